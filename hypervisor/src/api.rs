@@ -56,7 +56,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError { status, field: field.into(), message: message.into() }
+        ApiError {
+            status,
+            field: field.into(),
+            message: message.into(),
+        }
     }
     fn conflict(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::CONFLICT, "state", message)
@@ -94,12 +98,15 @@ fn parse<T: DeserializeOwned>(prefix: &str, body: &[u8]) -> Result<T, ApiError> 
 fn not_started(st: &Inner) -> Result<(), ApiError> {
     match &st.vm {
         None => Ok(()),
-        Some(_) => Err(ApiError::conflict("the VM is already built; configuration is frozen")),
+        Some(_) => Err(ApiError::conflict(
+            "the VM is already built; configuration is frozen",
+        )),
     }
 }
 
 async fn put_config(State(s): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "body", "not UTF-8"))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "body", "not UTF-8"))?;
     let cfg = VmConfig::from_json(text)?;
     let mut st = s.lock();
     not_started(&st)?;
@@ -141,7 +148,11 @@ async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCod
 fn build_and_start(st: &mut Inner, stopped: &Arc<tokio::sync::Notify>) -> Result<(), ApiError> {
     not_started(st)?;
     let cfg = VmConfig {
-        machine: st.pending.machine.clone().ok_or_else(|| ConfigError::new("machine", "not configured"))?,
+        machine: st
+            .pending
+            .machine
+            .clone()
+            .ok_or_else(|| ConfigError::new("machine", "not configured"))?,
         boot_source: st
             .pending
             .boot_source
@@ -155,7 +166,8 @@ fn build_and_start(st: &mut Inner, stopped: &Arc<tokio::sync::Notify>) -> Result
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "boot_source", e.to_string()))?;
     let mut vm = Vm::build(&cfg, &inputs)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "config", e.to_string()))?;
-    vm.start().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vm", e.to_string()))?;
+    vm.start()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vm", e.to_string()))?;
     let control = vm.control();
     let notify = Arc::clone(stopped);
     std::thread::Builder::new()
@@ -184,12 +196,16 @@ fn with_vm<T>(s: &AppState, f: impl FnOnce(&mut Vm) -> Result<T, ApiError>) -> R
 }
 
 async fn pause(State(s): State<AppState>) -> Result<StatusCode, ApiError> {
-    with_vm(&s, |vm| vm.pause().map_err(|e| ApiError::conflict(e.to_string())))?;
+    with_vm(&s, |vm| {
+        vm.pause().map_err(|e| ApiError::conflict(e.to_string()))
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn resume(State(s): State<AppState>) -> Result<StatusCode, ApiError> {
-    with_vm(&s, |vm| vm.resume().map_err(|e| ApiError::conflict(e.to_string())))?;
+    with_vm(&s, |vm| {
+        vm.resume().map_err(|e| ApiError::conflict(e.to_string()))
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -205,14 +221,19 @@ async fn describe(State(s): State<AppState>) -> Response {
     let st = s.lock();
     match &st.vm {
         Some(vm) => Json(vm.describe()).into_response(),
-        None => Json(serde_json::json!({"state": "not_started", "pending": st.pending})).into_response(),
+        None => {
+            Json(serde_json::json!({"state": "not_started", "pending": st.pending})).into_response()
+        }
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let st = s.lock();
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP bulwark_vm_running 1 while the vCPUs run.\n# TYPE bulwark_vm_running gauge");
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vm_running 1 while the vCPUs run.\n# TYPE bulwark_vm_running gauge"
+    );
     match &st.vm {
         None => {
             let _ = writeln!(out, "bulwark_vm_running 0");
@@ -222,7 +243,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
             let running = matches!(d.state, crate::control::RunState::Running);
             let _ = writeln!(out, "bulwark_vm_running {}", u8::from(running));
             let _ = writeln!(out, "# HELP bulwark_guest_memory_bytes Guest RAM.\n# TYPE bulwark_guest_memory_bytes gauge");
-            let _ = writeln!(out, "bulwark_guest_memory_bytes {}", d.memory.guest_ram_bytes);
+            let _ = writeln!(
+                out,
+                "bulwark_guest_memory_bytes {}",
+                d.memory.guest_ram_bytes
+            );
             for (name, help) in [
                 ("bulwark_vcpu_exits_total", "Exits from KVM_RUN to the VMM."),
                 ("bulwark_vcpu_pio_exits_total", "Port I/O exits."),
@@ -242,13 +267,25 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 out,
                 "# HELP bulwark_unowned_accesses_total Guest accesses to ports/MMIO no device owns.\n# TYPE bulwark_unowned_accesses_total counter"
             );
-            let _ = writeln!(out, "bulwark_unowned_accesses_total{{space=\"pio\"}} {}", d.unowned_pio);
-            let _ = writeln!(out, "bulwark_unowned_accesses_total{{space=\"mmio\"}} {}", d.unowned_mmio);
+            let _ = writeln!(
+                out,
+                "bulwark_unowned_accesses_total{{space=\"pio\"}} {}",
+                d.unowned_pio
+            );
+            let _ = writeln!(
+                out,
+                "bulwark_unowned_accesses_total{{space=\"mmio\"}} {}",
+                d.unowned_mmio
+            );
             let _ = writeln!(
                 out,
                 "# HELP bulwark_serial_dropped_bytes_total Serial output dropped past the cap.\n# TYPE bulwark_serial_dropped_bytes_total counter"
             );
-            let _ = writeln!(out, "bulwark_serial_dropped_bytes_total {}", d.serial_dropped);
+            let _ = writeln!(
+                out,
+                "bulwark_serial_dropped_bytes_total {}",
+                d.serial_dropped
+            );
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
@@ -272,7 +309,11 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method", "method not allowed here")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "method not allowed here",
+            )
         })
         .with_state(state)
 }
@@ -280,24 +321,39 @@ fn router(state: AppState) -> Router {
 /// Serves the API on `sock` until the VM stops; with `config`, builds and starts that
 /// VM first. Returns why the VM stopped.
 pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
-    let state = AppState { inner: Arc::default(), stopped: Arc::new(tokio::sync::Notify::new()) };
+    let state = AppState {
+        inner: Arc::default(),
+        stopped: Arc::new(tokio::sync::Notify::new()),
+    };
     if let Some(path) = config {
         let text = std::fs::read_to_string(path)?;
         let cfg = VmConfig::from_json(&text)?;
         let mut st = state.lock();
-        st.pending =
-            Pending { machine: Some(cfg.machine), boot_source: Some(cfg.boot_source), devices: cfg.devices, seccomp: cfg.seccomp };
-        build_and_start(&mut st, &state.stopped).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+        st.pending = Pending {
+            machine: Some(cfg.machine),
+            boot_source: Some(cfg.boot_source),
+            devices: cfg.devices,
+            seccomp: cfg.seccomp,
+        };
+        build_and_start(&mut st, &state.stopped)
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
     }
     if sock.exists() {
-        anyhow::bail!("{} already exists; remove it or choose another --api-sock", sock.display());
+        anyhow::bail!(
+            "{} already exists; remove it or choose another --api-sock",
+            sock.display()
+        );
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
     let app = router(state.clone());
     let stopped = Arc::clone(&state.stopped);
     let served = rt.block_on(async move {
         let listener = tokio::net::UnixListener::bind(sock)?;
-        axum::serve(listener, app).with_graceful_shutdown(async move { stopped.notified().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.notified().await })
+            .await
     });
     let _ = std::fs::remove_file(sock);
     served?;

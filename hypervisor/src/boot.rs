@@ -5,7 +5,9 @@
 use std::io::Cursor;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader, KernelLoaderResult};
 use serde::Serialize;
@@ -116,7 +118,12 @@ impl Writer<'_> {
     fn measure_blob(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) {
         self.events.push(Event::new(
             "blob",
-            vec![text(kind), Field::U64(addr), Field::U64(bytes.len() as u64), sha384_field(bytes)],
+            vec![
+                text(kind),
+                Field::U64(addr),
+                Field::U64(bytes.len() as u64),
+                sha384_field(bytes),
+            ],
             format!("{kind} at {addr:#x}, {} bytes", bytes.len()),
         ));
     }
@@ -159,11 +166,19 @@ fn write_long_mode_structures(w: &mut Writer, mode: EntryMode) -> Result<(), Boo
     Ok(())
 }
 
-fn machine_events(cfg: &VmConfig, layout: &MemoryLayout, signed: &crate::boot_source::Origin) -> Vec<Event> {
+fn machine_events(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    signed: &crate::boot_source::Origin,
+) -> Vec<Event> {
     let e820 = layout.e820();
     let mut map = vec![Field::U32(e820.len() as u32)];
     for e in &e820 {
-        map.extend([Field::U64(e.addr), Field::U64(e.size), Field::U32(e.kind.code())]);
+        map.extend([
+            Field::U64(e.addr),
+            Field::U64(e.size),
+            Field::U32(e.kind.code()),
+        ]);
     }
     let devices = device_list(&cfg.devices);
     let mut dev = vec![Field::U32(devices.len() as u32)];
@@ -188,7 +203,11 @@ fn machine_events(cfg: &VmConfig, layout: &MemoryLayout, signed: &crate::boot_so
             ),
         ),
         Event::new("memory-map", map, format!("{} e820 entries", e820.len())),
-        Event::new("cpuid-policy", vec![text(cfg.machine.cpuid_policy.name())], cfg.machine.cpuid_policy.name()),
+        Event::new(
+            "cpuid-policy",
+            vec![text(cfg.machine.cpuid_policy.name())],
+            cfg.machine.cpuid_policy.name(),
+        ),
         Event::new("devices", dev, devices.join(", ")),
         signed.event(),
     ]
@@ -201,12 +220,23 @@ pub fn prepare(
     inputs: &BootInputs,
     mem: &GuestMemoryMmap,
 ) -> Result<BootPlan, BootError> {
-    let mut w = Writer { mem, layout, events: machine_events(cfg, layout, &inputs.origin) };
+    let mut w = Writer {
+        mem,
+        layout,
+        events: machine_events(cfg, layout, &inputs.origin),
+    };
     let entry = match &inputs.payload {
-        BootPayload::Raw { image, load_addr, entry } => load_raw(&mut w, image, *load_addr, entry)?,
-        BootPayload::Linux { kernel, initrd, cmdline, entry } => {
-            load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry)?
-        }
+        BootPayload::Raw {
+            image,
+            load_addr,
+            entry,
+        } => load_raw(&mut w, image, *load_addr, entry)?,
+        BootPayload::Linux {
+            kernel,
+            initrd,
+            cmdline,
+            entry,
+        } => load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry)?,
     };
     w.events.push(Event::new(
         "entry",
@@ -221,13 +251,29 @@ pub fn prepare(
                 ApStart::AtEntry => "at_entry",
             }),
         ],
-        format!("{} rip={:#x} rsp={:#x} rsi={:#x} rbx={:#x}", entry.mode.name(), entry.rip, entry.rsp, entry.rsi, entry.rbx),
+        format!(
+            "{} rip={:#x} rsp={:#x} rsi={:#x} rbx={:#x}",
+            entry.mode.name(),
+            entry.rip,
+            entry.rsp,
+            entry.rsi,
+            entry.rbx
+        ),
     ));
     let measurement = Measurement::compute(&w.events);
-    Ok(BootPlan { entry, events: w.events, measurement })
+    Ok(BootPlan {
+        entry,
+        events: w.events,
+        measurement,
+    })
 }
 
-fn load_raw(w: &mut Writer, image: &[u8], load_addr: u64, entry: &RawEntry) -> Result<EntryState, BootError> {
+fn load_raw(
+    w: &mut Writer,
+    image: &[u8],
+    load_addr: u64,
+    entry: &RawEntry,
+) -> Result<EntryState, BootError> {
     if !w.layout.is_ram(load_addr, image.len() as u64) {
         return Err(BootError::Raw(format!(
             "image of {} bytes at {load_addr:#x} does not fit in guest RAM",
@@ -250,7 +296,14 @@ fn load_raw(w: &mut Writer, image: &[u8], load_addr: u64, entry: &RawEntry) -> R
         write_long_mode_structures(w, mode)?;
     }
     w.put("raw-image", load_addr, image)?;
-    Ok(EntryState { mode, rip: entry.rip, rsp: entry.rsp, rsi: entry.rsi, rbx: 0, aps: entry.aps })
+    Ok(EntryState {
+        mode,
+        rip: entry.rip,
+        rsp: entry.rsp,
+        rsi: entry.rsi,
+        rbx: 0,
+        aps: entry.aps,
+    })
 }
 
 fn load_linux(
@@ -274,11 +327,25 @@ fn load_linux(
         BzImage::load(w.mem, None, &mut Cursor::new(kernel), himem)
             .map_err(|e| BootError::Kernel(format!("not an x86-64 ELF; as bzImage: {e}")))?
     };
-    w.measure_blob(if is_elf { "kernel-elf" } else { "kernel-bzimage" }, loaded.kernel_load.0, kernel);
+    w.measure_blob(
+        if is_elf {
+            "kernel-elf"
+        } else {
+            "kernel-bzimage"
+        },
+        loaded.kernel_load.0,
+        kernel,
+    );
     let pvh = match (want, loaded.pvh_boot_cap) {
         (LinuxEntry::Linux64, _) => None,
-        (LinuxEntry::Auto | LinuxEntry::Pvh, PvhBootCapability::PvhEntryPresent(a)) if is_elf => Some(a.0),
-        (LinuxEntry::Pvh, _) => return Err(BootError::Entry("pvh requested but the kernel has no PVH note".into())),
+        (LinuxEntry::Auto | LinuxEntry::Pvh, PvhBootCapability::PvhEntryPresent(a)) if is_elf => {
+            Some(a.0)
+        }
+        (LinuxEntry::Pvh, _) => {
+            return Err(BootError::Entry(
+                "pvh requested but the kernel has no PVH note".into(),
+            ))
+        }
         (LinuxEntry::Auto, _) => None,
     };
 
@@ -296,7 +363,11 @@ fn load_linux(
                 .checked_sub(len)
                 .map(|a| a & !0xfff)
                 .filter(|&a| a >= loaded.kernel_end && a >= BOOT_AREA_END)
-                .ok_or_else(|| BootError::Initrd(format!("{len} bytes do not fit between the kernel and {limit:#x}")))?;
+                .ok_or_else(|| {
+                    BootError::Initrd(format!(
+                        "{len} bytes do not fit between the kernel and {limit:#x}"
+                    ))
+                })?;
             w.put("initrd", at, data)?;
             Some((at, len))
         }
@@ -317,7 +388,12 @@ fn load_linux(
         let mut blob = Vec::new();
         let mut map = Vec::new();
         for e in &e820 {
-            let m = hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind.code(), reserved: 0 };
+            let m = hvm_memmap_table_entry {
+                addr: e.addr,
+                size: e.size,
+                type_: e.kind.code(),
+                reserved: 0,
+            };
             map.extend_from_slice(m.as_slice());
         }
         let mut modules = Vec::new();
@@ -325,7 +401,11 @@ fn load_linux(
             let modlist_at = PVH_MEMMAP_ADDR + map.len() as u64;
             start.nr_modules = 1;
             start.modlist_paddr = modlist_at;
-            let m = hvm_modlist_entry { paddr: at, size: len, ..Default::default() };
+            let m = hvm_modlist_entry {
+                paddr: at,
+                size: len,
+                ..Default::default()
+            };
             modules.extend_from_slice(m.as_slice());
         }
         blob.extend_from_slice(start.as_slice());
@@ -333,7 +413,9 @@ fn load_linux(
         blob.extend_from_slice(&map);
         blob.extend_from_slice(&modules);
         if PVH_INFO_ADDR + blob.len() as u64 > ZERO_PAGE_ADDR {
-            return Err(BootError::Memory("PVH start info overflows its area".into()));
+            return Err(BootError::Memory(
+                "PVH start info overflows its area".into(),
+            ));
         }
         w.put("pvh-start-info", PVH_INFO_ADDR, &blob)?;
         return Ok(EntryState {
@@ -365,7 +447,11 @@ fn load_linux(
         return Err(BootError::Memory("e820 table too long".into()));
     }
     for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind.code() };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind.code(),
+        };
     }
     params.e820_entries = e820.len() as u8;
     w.put("linux-zero-page", ZERO_PAGE_ADDR, params.as_slice())?;

@@ -95,7 +95,11 @@ pub enum SourceError {
 }
 
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SourceError> {
-    let err = |message: String| SourceError::Read { field, path: path.display().to_string(), message };
+    let err = |message: String| SourceError::Read {
+        field,
+        path: path.display().to_string(),
+        message,
+    };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {
         return Err(err("not a regular file".into()));

@@ -174,7 +174,11 @@ fn yes() -> bool {
 
 impl Default for DevicesConfig {
     fn default() -> Self {
-        DevicesConfig { serial: SerialOutput::default(), i8042: true, debug_exit: false }
+        DevicesConfig {
+            serial: SerialOutput::default(),
+            i8042: true,
+            debug_exit: false,
+        }
     }
 }
 
@@ -219,7 +223,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// A new error for `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -236,7 +243,10 @@ impl VmConfig {
         let de = &mut serde_json::Deserializer::from_str(text);
         let cfg: VmConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::new(if path == "." { "config".into() } else { path }, e.into_inner().to_string())
+            ConfigError::new(
+                if path == "." { "config".into() } else { path },
+                e.into_inner().to_string(),
+            )
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -253,7 +263,9 @@ impl BootSource {
     /// Checks the boot source fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            BootSource::Raw { load_addr, entry, .. } => {
+            BootSource::Raw {
+                load_addr, entry, ..
+            } => {
                 if entry.mode == RawMode::Real && entry.aps == ApStart::AtEntry {
                     return Err(ConfigError::new(
                         "boot_source.entry.aps",
@@ -273,9 +285,16 @@ impl BootSource {
             BootSource::Linux { kernel, .. } if kernel.as_os_str().is_empty() => {
                 return Err(ConfigError::new("boot_source.kernel", "must not be empty"));
             }
-            BootSource::Bundle { trusted_keys, threshold, .. } => {
+            BootSource::Bundle {
+                trusted_keys,
+                threshold,
+                ..
+            } => {
                 if trusted_keys.is_empty() {
-                    return Err(ConfigError::new("boot_source.trusted_keys", "at least one key is required"));
+                    return Err(ConfigError::new(
+                        "boot_source.trusted_keys",
+                        "at least one key is required",
+                    ));
                 }
                 if *threshold == 0 || *threshold > trusted_keys.len() {
                     return Err(ConfigError::new(
@@ -294,13 +313,22 @@ impl MachineConfig {
     /// Checks the machine shape.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(ConfigError::new("machine.vcpus", format!("must be between 1 and {MAX_VCPUS}")));
+            return Err(ConfigError::new(
+                "machine.vcpus",
+                format!("must be between 1 and {MAX_VCPUS}"),
+            ));
         }
         if self.mem_mib > MAX_MEM_MIB {
-            return Err(ConfigError::new("machine.mem_mib", format!("at most {MAX_MEM_MIB}")));
+            return Err(ConfigError::new(
+                "machine.mem_mib",
+                format!("at most {MAX_MEM_MIB}"),
+            ));
         }
         if self.mmio64_gib > MAX_MMIO64_GIB {
-            return Err(ConfigError::new("machine.mmio64_gib", format!("at most {MAX_MMIO64_GIB}")));
+            return Err(ConfigError::new(
+                "machine.mmio64_gib",
+                format!("at most {MAX_MMIO64_GIB}"),
+            ));
         }
         self.layout(52).map_err(|e| {
             let s = e.to_string();

@@ -94,7 +94,12 @@ pub struct Control {
 impl Default for Control {
     fn default() -> Self {
         Control {
-            inner: Mutex::new(Inner { state: RunState::Created, parked: 0, live: 0, reason: None }),
+            inner: Mutex::new(Inner {
+                state: RunState::Created,
+                parked: 0,
+                live: 0,
+                reason: None,
+            }),
             changed: Condvar::new(),
         }
     }
@@ -183,7 +188,11 @@ impl Control {
     }
 
     /// Waits up to `timeout` until `done` holds for (parked, live, state).
-    pub fn wait_until(&self, timeout: Duration, done: impl Fn(usize, usize, RunState) -> bool) -> bool {
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(usize, usize, RunState) -> bool,
+    ) -> bool {
         let g = self.lock();
         let (g, _) = self
             .changed

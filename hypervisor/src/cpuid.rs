@@ -72,9 +72,10 @@ const EMULATED_KERNEL_HIDDEN: &[(u32, Reg, u32, &str)] = &[
     (0x8000_0001, Reg::Ecx, 5, "LZCNT"),
 ];
 
-/// CPUID leaf 7 bits in EBX/ECX/EDX that depend on AVX-512 or AMX state; all hidden
+/// CPUID leaf 7 EBX bits of the AVX-512 family (F, DQ, IFMA, PF, ER, CD, BW, VL); hidden
 /// with XSAVE since the guest cannot enable that state without it.
-const EMULATED_KERNEL_LEAF7_EBX_MASK_EXTRA: u32 = 0xfffe_0000 & !(1 << 18 | 1 << 19 | 1 << 20);
+const EMULATED_KERNEL_LEAF7_EBX_MASK_EXTRA: u32 =
+    1 << 16 | 1 << 17 | 1 << 21 | 1 << 26 | 1 << 27 | 1 << 28 | 1 << 30 | 1 << 31;
 
 fn reg(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
     match r {
@@ -112,7 +113,8 @@ pub fn apply(policy: CpuidPolicy, supported: &CpuId, index: u8, count: u8) -> Cp
             7 if emulated && e.index == 0 => {
                 e.ebx &= !EMULATED_KERNEL_LEAF7_EBX_MASK_EXTRA;
                 e.ecx &= !(1 << 1 | 1 << 11 | 1 << 12 | 1 << 14); // AVX512_VBMI, _VNNI, _BITALG, _VPOPCNTDQ
-                e.edx &= !(1 << 22 | 1 << 24 | 1 << 25 | 1 << 2 | 1 << 3 | 1 << 8 | 1 << 23); // AMX, AVX512 4VNNIW/4FMAPS/VP2INTERSECT/FP16
+                e.edx &= !(1 << 22 | 1 << 24 | 1 << 25 | 1 << 2 | 1 << 3 | 1 << 8 | 1 << 23);
+                // AMX, AVX512 4VNNIW/4FMAPS/VP2INTERSECT/FP16
             }
             7 if emulated && e.index == 1 => {
                 e.eax &= !(1 << 4 | 1 << 5); // AVX-VNNI, AVX512_BF16
@@ -155,7 +157,11 @@ pub fn hidden_features(policy: CpuidPolicy) -> Vec<&'static str> {
     let mut v: Vec<&str> = DEFAULT_HIDDEN.iter().map(|h| h.3).collect();
     if policy == CpuidPolicy::EmulatedKernelV1 {
         v.extend(EMULATED_KERNEL_HIDDEN.iter().map(|h| h.3));
-        v.extend(["AVX-512 (all)", "AMX", "leaf 0xD (XSAVE state, XSAVEOPT/XSAVEC/XSAVES)"]);
+        v.extend([
+            "AVX-512 (all)",
+            "AMX",
+            "leaf 0xD (XSAVE state, XSAVEOPT/XSAVEC/XSAVES)",
+        ]);
     }
     v
 }
@@ -165,12 +171,21 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32, all: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, eax: all, ebx: all, ecx: all, edx: all, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: all,
+            ebx: all,
+            ecx: all,
+            edx: all,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn emulated_kernel_policy_hides_what_pvm_cannot_run() {
-        let host = CpuId::from_entries(&[entry(1, 0, !0), entry(7, 0, !0), entry(0xd, 1, !0)]).unwrap();
+        let host =
+            CpuId::from_entries(&[entry(1, 0, !0), entry(7, 0, !0), entry(0xd, 1, !0)]).unwrap();
         let c = apply(CpuidPolicy::EmulatedKernelV1, &host, 3, 4);
         let s = c.as_slice();
         assert_eq!(s[0].ecx & (1 << 26 | 1 << 23 | 1 << 13 | 1 << 17), 0);

@@ -29,10 +29,16 @@ pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
         v.push(format!("debug-exit@io:{DEBUG_EXIT_PORT:#x}"));
     }
     if cfg.i8042 {
-        v.push(format!("i8042-reset@io:{I8042_BASE:#x}-{:#x}", I8042_BASE + 4));
+        v.push(format!(
+            "i8042-reset@io:{I8042_BASE:#x}-{:#x}",
+            I8042_BASE + 4
+        ));
     }
     if cfg.serial != SerialOutput::None {
-        v.push(format!("serial-16550@io:{COM1_BASE:#x}-{:#x},irq:{COM1_IRQ}", COM1_BASE + 7));
+        v.push(format!(
+            "serial-16550@io:{COM1_BASE:#x}-{:#x},irq:{COM1_IRQ}",
+            COM1_BASE + 7
+        ));
     }
     v
 }
@@ -70,7 +76,9 @@ pub struct SerialSink {
 
 impl std::fmt::Debug for SerialSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerialSink").field("written", &self.written).finish()
+        f.debug_struct("SerialSink")
+            .field("written", &self.written)
+            .finish()
     }
 }
 
@@ -79,12 +87,19 @@ impl SerialSink {
     pub fn open(cfg: &SerialOutput) -> std::io::Result<Self> {
         let out: Option<Box<dyn Write + Send>> = match cfg {
             SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
-            SerialOutput::File(p) => {
-                Some(Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?))
-            }
+            SerialOutput::File(p) => Some(Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )),
             SerialOutput::Sink | SerialOutput::None => None,
         };
-        Ok(SerialSink { out, written: 0, dropped: 0 })
+        Ok(SerialSink {
+            out,
+            written: 0,
+            dropped: 0,
+        })
     }
 }
 
@@ -159,7 +174,9 @@ pub struct PioBus {
 
 impl std::fmt::Debug for PioBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PioBus").field("debug_exit", &self.debug_exit).finish()
+        f.debug_struct("PioBus")
+            .field("debug_exit", &self.debug_exit)
+            .finish()
     }
 }
 
@@ -168,12 +185,17 @@ impl PioBus {
     pub fn new(cfg: &DevicesConfig, serial_irq: Option<EventFd>) -> std::io::Result<Self> {
         let serial = match (&cfg.serial, serial_irq) {
             (SerialOutput::None, _) | (_, None) => None,
-            (out, Some(evt)) => Some(Mutex::new(Serial::new(IrqLine(evt), SerialSink::open(out)?))),
+            (out, Some(evt)) => Some(Mutex::new(Serial::new(
+                IrqLine(evt),
+                SerialSink::open(out)?,
+            ))),
         };
         let reset = Latch::default();
         Ok(PioBus {
             serial,
-            i8042: cfg.i8042.then(|| Mutex::new(I8042Device::new(reset.clone()))),
+            i8042: cfg
+                .i8042
+                .then(|| Mutex::new(I8042Device::new(reset.clone()))),
             reset,
             debug_exit: cfg.debug_exit,
             unowned: UnownedCounters::default(),
@@ -195,7 +217,13 @@ impl PioBus {
                 }
             }
             DEBUG_EXIT_PORT if self.debug_exit => data.fill(0),
-            _ => UnownedCounters::note(&self.unowned.pio, "port", u64::from(port), data.len(), false),
+            _ => UnownedCounters::note(
+                &self.unowned.pio,
+                "port",
+                u64::from(port),
+                data.len(),
+                false,
+            ),
         }
     }
 
@@ -220,7 +248,9 @@ impl PioBus {
                     PioAction::Continue
                 }
             }
-            DEBUG_EXIT_PORT if self.debug_exit => PioAction::DebugExit(data.first().copied().unwrap_or(0)),
+            DEBUG_EXIT_PORT if self.debug_exit => {
+                PioAction::DebugExit(data.first().copied().unwrap_or(0))
+            }
             _ => {
                 UnownedCounters::note(&self.unowned.pio, "port", u64::from(port), data.len(), true);
                 PioAction::Continue
@@ -257,7 +287,11 @@ mod tests {
 
     #[test]
     fn owned_ports_route_and_unowned_are_counted() {
-        let cfg = DevicesConfig { serial: SerialOutput::Sink, i8042: true, debug_exit: true };
+        let cfg = DevicesConfig {
+            serial: SerialOutput::Sink,
+            i8042: true,
+            debug_exit: true,
+        };
         let bus = PioBus::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
         let mut b = [0u8; 1];
         bus.read(COM1_BASE + 5, &mut b); // LSR: transmitter empty

@@ -144,7 +144,9 @@ impl MemoryLayout {
         let addr_limit = 1u64
             .checked_shl(u32::from(phys_bits))
             .filter(|_| phys_bits <= 52)
-            .ok_or_else(|| LayoutError::Mmio64(format!("bad physical address width {phys_bits}")))?;
+            .ok_or_else(|| {
+                LayoutError::Mmio64(format!("bad physical address width {phys_bits}"))
+            })?;
         let low = mem_size.min(MMIO32_START);
         let mut ram_regions = vec![(0, low)];
         let ram_end = if mem_size > low {
@@ -188,8 +190,16 @@ impl MemoryLayout {
     /// The e820 map the guest is given.
     pub fn e820(&self) -> Vec<E820Entry> {
         let mut map = vec![
-            E820Entry { addr: 0, size: EBDA_START, kind: E820Kind::Ram },
-            E820Entry { addr: EBDA_START, size: HIMEM_START - EBDA_START, kind: E820Kind::Reserved },
+            E820Entry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820Kind::Ram,
+            },
+            E820Entry {
+                addr: EBDA_START,
+                size: HIMEM_START - EBDA_START,
+                kind: E820Kind::Reserved,
+            },
             E820Entry {
                 addr: HIMEM_START,
                 size: self.low_ram_end() - HIMEM_START,
@@ -197,7 +207,11 @@ impl MemoryLayout {
             },
         ];
         if let Some(&(addr, size)) = self.ram_regions.get(1) {
-            map.push(E820Entry { addr, size, kind: E820Kind::Ram });
+            map.push(E820Entry {
+                addr,
+                size,
+                kind: E820Kind::Ram,
+            });
         }
         map
     }
@@ -224,13 +238,23 @@ mod tests {
         assert_eq!(l.mmio64, (4 * GIB, GIB));
         let e = l.e820();
         assert_eq!(e.len(), 3);
-        assert_eq!(e[2], E820Entry { addr: HIMEM_START, size: 127 * MIB, kind: E820Kind::Ram });
+        assert_eq!(
+            e[2],
+            E820Entry {
+                addr: HIMEM_START,
+                size: 127 * MIB,
+                kind: E820Kind::Ram
+            }
+        );
     }
 
     #[test]
     fn large_vm_splits_around_the_hole_and_window_sits_above() {
         let l = MemoryLayout::new(8 * GIB + 2 * MIB, 512 * GIB, 46).unwrap();
-        assert_eq!(l.ram_regions, vec![(0, 3 * GIB), (4 * GIB, 5 * GIB + 2 * MIB)]);
+        assert_eq!(
+            l.ram_regions,
+            vec![(0, 3 * GIB), (4 * GIB, 5 * GIB + 2 * MIB)]
+        );
         assert_eq!(l.mmio64.0, 10 * GIB);
         assert_eq!(l.e820().last().unwrap().size, 5 * GIB + 2 * MIB);
         assert!(l.is_ram(4 * GIB, 4096));

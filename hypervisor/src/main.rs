@@ -12,7 +12,11 @@ use bulwark_vmm::vm::{measure_offline, Vm};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "bulwark-vmm", version, about = "Bulwark microVM monitor (one process per VM)")]
+#[command(
+    name = "bulwark-vmm",
+    version,
+    about = "Bulwark microVM monitor (one process per VM)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -31,7 +35,8 @@ enum Command {
 }
 
 fn load_config(path: &PathBuf) -> anyhow::Result<VmConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(VmConfig::from_json(&text).with_context(|| format!("in {}", path.display()))?)
 }
 
@@ -61,7 +66,8 @@ fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

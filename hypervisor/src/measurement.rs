@@ -39,7 +39,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 impl Event {
     /// A new event.
     pub fn new(tag: &'static str, fields: Vec<Field>, detail: impl Into<String>) -> Self {
-        Event { tag, fields, detail: detail.into() }
+        Event {
+            tag,
+            fields,
+            detail: detail.into(),
+        }
     }
 
     /// The canonical encoding: the tag as bytes, then each field.
@@ -105,9 +109,16 @@ impl Measurement {
             h.update(value);
             h.update(d);
             value = h.finalize().into();
-            records.push(EventRecord { tag: e.tag, digest: hex::encode(d), detail: e.detail.clone() });
+            records.push(EventRecord {
+                tag: e.tag,
+                digest: hex::encode(d),
+                detail: e.detail.clone(),
+            });
         }
-        Measurement { value: hex::encode(value), events: records }
+        Measurement {
+            value: hex::encode(value),
+            events: records,
+        }
     }
 }
 
@@ -117,10 +128,19 @@ mod tests {
 
     #[test]
     fn encoding_is_as_documented() {
-        let e = Event::new("t", vec![Field::U8(1), Field::U32(2), Field::U64(3), text("ab")], "");
+        let e = Event::new(
+            "t",
+            vec![Field::U8(1), Field::U32(2), Field::U64(3), text("ab")],
+            "",
+        );
         assert_eq!(
             e.encode(),
-            [&[1, 0, 0, 0, b't', 1, 2, 0, 0, 0][..], &[3, 0, 0, 0, 0, 0, 0, 0], &[2, 0, 0, 0, b'a', b'b']].concat()
+            [
+                &[1, 0, 0, 0, b't', 1, 2, 0, 0, 0][..],
+                &[3, 0, 0, 0, 0, 0, 0, 0],
+                &[2, 0, 0, 0, b'a', b'b']
+            ]
+            .concat()
         );
     }
 
@@ -136,7 +156,11 @@ mod tests {
         assert_eq!(m1.events.len(), 3);
         // Recompute by hand: m = H(m || H(encoding)), starting from 48 zero bytes.
         let mut v = [0u8; 48];
-        for enc in [Event::new(DOMAIN, vec![], "").encode(), a.encode(), b.encode()] {
+        for enc in [
+            Event::new(DOMAIN, vec![], "").encode(),
+            a.encode(),
+            b.encode(),
+        ] {
             let mut h = Sha384::new();
             h.update(v);
             h.update(Sha384::digest(enc));

@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
-use vm_memory::mmap::MmapRegionBuilder;
 
 use crate::layout::MemoryLayout;
 
@@ -67,7 +67,11 @@ pub fn allocate(layout: &MemoryLayout, backing: Backing) -> Result<GuestMemoryMm
             .with_mmap_flags(flags)
             .with_hugetlbfs(backing == Backing::Hugetlbfs)
             .build()
-            .map_err(|source| MemoryError::Mmap { size, backing, source })?;
+            .map_err(|source| MemoryError::Mmap {
+                size,
+                backing,
+                source,
+            })?;
         let region = GuestRegionMmap::new(map, GuestAddress(addr))
             .ok_or_else(|| MemoryError::Regions(format!("region at {addr:#x} wraps")))?;
         regions.push(region);
@@ -135,6 +139,9 @@ mod tests {
         assert!(mem.write_obj(0u8, GuestAddress(64 * MIB)).is_err());
         prefault(&mem, Backing::Anonymous, 3).unwrap();
         // Prefault writes zeros only to the first byte of each page.
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(64 * MIB - 1)).unwrap(), 0xab);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(64 * MIB - 1)).unwrap(),
+            0xab
+        );
     }
 }

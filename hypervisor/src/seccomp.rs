@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 use crate::config::SeccompMode;
@@ -54,7 +54,8 @@ pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
     let Some(mismatch) = action(mode) else {
         return Ok(None);
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = VCPU_SYSCALLS.iter().map(|&s| (s, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        VCPU_SYSCALLS.iter().map(|&s| (s, vec![])).collect();
     let ioctl = [KVM_RUN, KVM_GET_REGS]
         .into_iter()
         .map(|req| {
@@ -64,6 +65,17 @@ pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("building the vCPU seccomp filter: {e}"))?;
     rules.insert(libc::SYS_ioctl, ioctl);
+    // Debug builds check an fd's validity with F_GETFD when closing it (the VcpuFd
+    // is dropped on this thread).
+    let getfd = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::F_GETFD as u64,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(|e| format!("building the vCPU seccomp filter: {e}"))?;
+    rules.insert(libc::SYS_fcntl, vec![getfd]);
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|e| format!("building the vCPU seccomp filter: {e}"))?;
     BpfProgram::try_from(filter)

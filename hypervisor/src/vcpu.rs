@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs,
+    KVM_MP_STATE_RUNNABLE, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
@@ -91,7 +92,11 @@ fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_MTRR_DEF_TYPE, (1 << 11) | 6),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
     .collect()
 }
 
@@ -101,7 +106,11 @@ fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let g = ((entry >> 55) & 1) as u8;
     kvm_segment {
         base,
-        limit: if g == 1 { ((limit << 12) | 0xfff) as u32 } else { limit as u32 },
+        limit: if g == 1 {
+            ((limit << 12) | 0xfff) as u32
+        } else {
+            limit as u32
+        },
         selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -123,7 +132,13 @@ pub fn configure(
     cpuid: &CpuId,
     entry: &EntryState,
 ) -> Result<(), SetupError> {
-    let err = |what: &'static str| move |source| SetupError { index, what, source };
+    let err = |what: &'static str| {
+        move |source| SetupError {
+            index,
+            what,
+            source,
+        }
+    };
     vcpu.set_cpuid2(cpuid).map_err(err("KVM_SET_CPUID2"))?;
     let msrs = boot_msrs();
     let list = Msrs::from_entries(&msrs).map_err(|_| SetupError {
@@ -138,10 +153,19 @@ pub fn configure(
             what: "KVM_SET_MSRS rejected an MSR",
             source: kvm_ioctls::Error::new(libc::EINVAL),
         })
-        .inspect_err(|_| tracing::error!(msr = format_args!("{:#x}", msrs[written].index), "MSR refused"));
+        .inspect_err(|_| {
+            tracing::error!(
+                msr = format_args!("{:#x}", msrs[written].index),
+                "MSR refused"
+            )
+        });
     }
-    vcpu.set_fpu(&kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() })
-        .map_err(err("KVM_SET_FPU"))?;
+    vcpu.set_fpu(&kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    })
+    .map_err(err("KVM_SET_FPU"))?;
 
     // LAPIC: LINT0 in ExtINT mode (legacy PIC), LINT1 in NMI mode.
     let mut lapic = vcpu.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
@@ -163,8 +187,10 @@ pub fn configure(
         return Ok(());
     }
     if index != 0 {
-        vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })
-            .map_err(err("KVM_SET_MP_STATE"))?;
+        vcpu.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(err("KVM_SET_MP_STATE"))?;
     }
 
     let mut sregs = vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
@@ -210,7 +236,11 @@ pub fn configure(
         rbp: entry.rsp,
         rsi: entry.rsi,
         rbx: entry.rbx,
-        rdi: if entry.aps == ApStart::AtEntry { u64::from(index) } else { 0 },
+        rdi: if entry.aps == ApStart::AtEntry {
+            u64::from(index)
+        } else {
+            0
+        },
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
@@ -219,7 +249,13 @@ pub fn configure(
 
 /// Runs vCPU `index` until the VM stops. Never panics on guest behaviour: every exit
 /// reason either continues or records why the VM stopped.
-pub fn run_loop(mut vcpu: VcpuFd, index: u8, bus: Arc<PioBus>, control: Arc<Control>, stats: Arc<VcpuStats>) {
+pub fn run_loop(
+    mut vcpu: VcpuFd,
+    index: u8,
+    bus: Arc<PioBus>,
+    control: Arc<Control>,
+    stats: Arc<VcpuStats>,
+) {
     let span = tracing::info_span!("vcpu", index);
     let _g = span.enter();
     loop {
@@ -266,7 +302,9 @@ pub fn run_loop(mut vcpu: VcpuFd, index: u8, bus: Arc<PioBus>, control: Arc<Cont
             Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitReason::GuestCrash(format!(
                 "VM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
             ))),
-            Ok(VcpuExit::Hlt) => Some(ExitReason::GuestCrash("vCPU halted without an in-kernel irqchip".into())),
+            Ok(VcpuExit::Hlt) => Some(ExitReason::GuestCrash(
+                "vCPU halted without an in-kernel irqchip".into(),
+            )),
             Ok(other) => Some(ExitReason::GuestCrash(format!("unhandled exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);

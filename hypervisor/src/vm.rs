@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -155,22 +157,34 @@ impl Vm {
         }
         let max = kvm.get_max_vcpus();
         if usize::from(cfg.machine.vcpus) > max {
-            return Err(VmError::Config(format!("machine.vcpus: this host allows at most {max}")));
+            return Err(VmError::Config(format!(
+                "machine.vcpus: this host allows at most {max}"
+            )));
         }
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let layout = cfg.machine.layout(guest_phys_bits(&supported)).map_err(|e| VmError::Config(e.to_string()))?;
+        let layout = cfg
+            .machine
+            .layout(guest_phys_bits(&supported))
+            .map_err(|e| VmError::Config(e.to_string()))?;
 
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm_fd.set_tss_address(KVM_TSS_ADDR as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm_fd
             .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
             .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         if kvm.check_extension(Cap::Pit2) {
             vm_fd
-                .create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
+                .create_pit2(kvm_pit_config {
+                    flags: KVM_PIT_SPEAKER_DUMMY,
+                    ..Default::default()
+                })
                 .map_err(kvm_err("KVM_CREATE_PIT2"))?;
         } else {
             tracing::warn!("host offers no in-kernel PIT; the guest has no PIT");
@@ -181,7 +195,11 @@ impl Vm {
             0 => None,
             n => {
                 let t = memory::prefault(&mem, cfg.machine.backing, usize::from(n))?;
-                tracing::info!(ms = t.as_millis() as u64, threads = n, "prefaulted guest RAM");
+                tracing::info!(
+                    ms = t.as_millis() as u64,
+                    threads = n,
+                    "prefaulted guest RAM"
+                );
                 Some(t)
             }
         };
@@ -199,12 +217,15 @@ impl Vm {
             };
             // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
             // `mem`, which the returned `Vm` keeps alive for as long as the VM fd exists.
-            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { vm_fd.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
         let serial_irq = if cfg.devices.serial != SerialOutput::None {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Devices(e.into()))?;
-            vm_fd.register_irqfd(&evt, COM1_IRQ).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+            vm_fd
+                .register_irqfd(&evt, COM1_IRQ)
+                .map_err(kvm_err("KVM_IRQFD (serial)"))?;
             Some(evt)
         } else {
             None
@@ -213,8 +234,15 @@ impl Vm {
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
-            let fd = vm_fd.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = cpuid::apply(cfg.machine.cpuid_policy, &supported, index, cfg.machine.vcpus);
+            let fd = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid = cpuid::apply(
+                cfg.machine.cpuid_policy,
+                &supported,
+                index,
+                cfg.machine.vcpus,
+            );
             vcpu::configure(&fd, index, &cpuid, &plan.entry)?;
             pending.push(fd);
         }
@@ -257,14 +285,20 @@ impl Vm {
         let n = self.pending.len();
         self.control.start(n);
         for (index, fd) in self.pending.drain(..).enumerate() {
-            let (bus, control, stats) = (Arc::clone(&self.bus), Arc::clone(&self.control), Arc::clone(&self.stats[index]));
+            let (bus, control, stats) = (
+                Arc::clone(&self.bus),
+                Arc::clone(&self.control),
+                Arc::clone(&self.stats[index]),
+            );
             let filter = filter.clone();
             let mode = self.cfg.seccomp;
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
                     if let Err(e) = seccomp::install(mode, filter.as_ref()) {
-                        control.request_stop(ExitReason::VmmError(format!("seccomp on vCPU {index}: {e}")));
+                        control.request_stop(ExitReason::VmmError(format!(
+                            "seccomp on vCPU {index}: {e}"
+                        )));
                     } else {
                         vcpu::run_loop(fd, index as u8, bus, Arc::clone(&control), stats);
                     }
@@ -293,9 +327,12 @@ impl Vm {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             self.kick_all();
-            if self.control.wait_until(Duration::from_millis(5), |parked, live, st| {
-                st != RunState::Paused || parked >= live
-            }) {
+            if self
+                .control
+                .wait_until(Duration::from_millis(5), |parked, live, st| {
+                    st != RunState::Paused || parked >= live
+                })
+            {
                 return Ok(());
             }
         }
@@ -316,7 +353,10 @@ impl Vm {
         self.control.request_stop(reason);
         loop {
             self.kick_all();
-            if self.control.wait_until(Duration::from_millis(5), |_, live, _| live == 0) {
+            if self
+                .control
+                .wait_until(Duration::from_millis(5), |_, live, _| live == 0)
+            {
                 break;
             }
         }
@@ -341,15 +381,28 @@ impl Vm {
             signed: self.origin.is_signed(),
             boot_source: self.origin.clone(),
             cpuid_policy: self.cfg.machine.cpuid_policy.name(),
-            vcpus: self.stats.iter().enumerate().map(|(i, s)| s.snapshot(i as u8)).collect(),
+            vcpus: self
+                .stats
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.snapshot(i as u8))
+                .collect(),
             memory: MemoryStats {
                 guest_ram_bytes: self.layout.mem_size,
                 prefault_ms: self.prefault.map(|d| d.as_millis() as u64),
                 regions: self.layout.ram_regions.clone(),
                 mmio64: self.layout.mmio64,
             },
-            unowned_pio: self.bus.unowned.pio.load(std::sync::atomic::Ordering::Relaxed),
-            unowned_mmio: self.bus.unowned.mmio.load(std::sync::atomic::Ordering::Relaxed),
+            unowned_pio: self
+                .bus
+                .unowned
+                .pio
+                .load(std::sync::atomic::Ordering::Relaxed),
+            unowned_mmio: self
+                .bus
+                .unowned
+                .mmio
+                .load(std::sync::atomic::Ordering::Relaxed),
             serial_dropped: self.bus.serial_dropped(),
         }
     }
@@ -369,8 +422,10 @@ impl Drop for Vm {
 /// host's real width applies and may reject the config, but never changes the value.
 pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, VmError> {
     cfg.validate().map_err(|e| VmError::Config(e.to_string()))?;
-    let layout = cfg.machine.layout(52).map_err(|e| VmError::Config(e.to_string()))?;
+    let layout = cfg
+        .machine
+        .layout(52)
+        .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
     Ok(prepare(cfg, &layout, inputs, &mem)?)
 }
-
