@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::boot_source::read_boot_source;
-use crate::config::{BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig};
+use crate::config::{
+    field_path, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
+};
 use crate::control::ExitReason;
 use crate::vm::Vm;
 
@@ -84,13 +86,7 @@ impl IntoResponse for ApiError {
 fn parse<T: DeserializeOwned>(prefix: &str, body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = match (prefix, path.as_str()) {
-            ("", ".") => "body".to_string(),
-            (p, ".") => p.to_string(),
-            ("", p) => p.to_string(),
-            (p, q) => format!("{p}.{q}"),
-        };
+        let field = field_path(if prefix.is_empty() { "body" } else { prefix }, e.path());
         ApiError::new(StatusCode::BAD_REQUEST, field, e.into_inner().to_string())
     })
 }

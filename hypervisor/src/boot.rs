@@ -429,13 +429,15 @@ fn load_linux(
     }
 
     write_long_mode_structures(w, EntryMode::Long64)?;
-    let mut params = boot_params::default();
-    params.hdr = loaded.setup_header.unwrap_or(setup_header {
-        boot_flag: 0xaa55,
-        header: 0x5372_6448,
-        kernel_alignment: 0x0100_0000,
+    let mut params = boot_params {
+        hdr: loaded.setup_header.unwrap_or(setup_header {
+            boot_flag: 0xaa55,
+            header: 0x5372_6448,
+            kernel_alignment: 0x0100_0000,
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     params.hdr.type_of_loader = 0xff;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = cl.len() as u32;

@@ -230,6 +230,22 @@ impl ConfigError {
     }
 }
 
+/// The dotted name of the field a deserialisation error is at, below `prefix`
+/// (`prefix` itself when the error is not inside any field; the top-level prefix
+/// `config` is dropped once a field is known).
+pub fn field_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
+    let inner: Vec<String> = path
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty() && s != "?")
+        .collect();
+    match (prefix, inner.is_empty()) {
+        (p, true) => p.to_string(),
+        ("config", false) => inner.join("."),
+        (p, false) => format!("{p}.{}", inner.join(".")),
+    }
+}
+
 /// Largest vCPU count (xAPIC IDs 0..=253, 0xff is broadcast).
 pub const MAX_VCPUS: u8 = 254;
 /// Largest guest RAM accepted (1 TiB).
@@ -242,11 +258,7 @@ impl VmConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let cfg: VmConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::new(
-                if path == "." { "config".into() } else { path },
-                e.into_inner().to_string(),
-            )
+            ConfigError::new(field_path("config", e.path()), e.into_inner().to_string())
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -371,7 +383,10 @@ mod tests {
         let e = VmConfig::from_json(&RAW.replace("\"mem_mib\":64", "\"mem_mib\":65")).unwrap_err();
         assert_eq!(e.field, "machine.mem_mib");
         let e = VmConfig::from_json(&RAW.replace("long64", "protected")).unwrap_err();
-        assert_eq!(e.field, "boot_source.entry.mode");
+        // Inside the internally tagged boot source serde reports no deeper path; the
+        // message names the bad value and the accepted ones.
+        assert_eq!(e.field, "boot_source");
+        assert!(e.message.contains("`protected`") && e.message.contains("long64"), "{e}");
         let e = VmConfig::from_json(&RAW.replace("\"debug_exit\"", "\"bogus\"")).unwrap_err();
         assert_eq!(e.field, "devices.bogus");
         let e = VmConfig::from_json("{").unwrap_err();

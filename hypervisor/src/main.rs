@@ -37,7 +37,7 @@ enum Command {
 fn load_config(path: &PathBuf) -> anyhow::Result<VmConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(VmConfig::from_json(&text).with_context(|| format!("in {}", path.display()))?)
+    VmConfig::from_json(&text).with_context(|| format!("in {}", path.display()))
 }
 
 fn measure(path: &PathBuf) -> anyhow::Result<()> {

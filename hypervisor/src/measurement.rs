@@ -150,7 +150,7 @@ mod tests {
         let b = Event::new("b", vec![Field::U8(0)], "");
         let m1 = Measurement::compute(&[a.clone(), b.clone()]);
         let m2 = Measurement::compute(&[b.clone(), a.clone()]);
-        let m3 = Measurement::compute(&[a.clone()]);
+        let m3 = Measurement::compute(std::slice::from_ref(&a));
         assert_ne!(m1.value, m2.value);
         assert_ne!(m1.value, m3.value);
         assert_eq!(m1.events.len(), 3);

@@ -222,7 +222,7 @@ impl Vm {
         }
 
         let serial_irq = if cfg.devices.serial != SerialOutput::None {
-            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Devices(e.into()))?;
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Devices)?;
             vm_fd
                 .register_irqfd(&evt, COM1_IRQ)
                 .map_err(kvm_err("KVM_IRQFD (serial)"))?;

@@ -40,7 +40,7 @@ extern "C" fn guest_main(_cpu: u64, zero_page: u64) -> ! {
         let cmd: u32 = peek(zero_page + CMD_LINE_PTR);
         print!("cmdline=");
         let mut p = u64::from(cmd);
-        while cmd != 0 {
+        while cmd != 0 && p < u64::from(cmd) + 4096 {
             let b: u8 = peek(p);
             if b == 0 {
                 break;
