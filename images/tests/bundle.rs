@@ -66,7 +66,10 @@ fn every_single_byte_flip_is_refused() {
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
     });
     assert!(
         accepted.is_empty(),
@@ -148,14 +151,20 @@ fn threshold_counts_distinct_trusted_signers() {
         Err(ImageError::Policy(_))
     ));
     sign(&f.bundle, &second, &|_| {}).unwrap();
-    let v = Bundle::open(&f.bundle).unwrap().verify(&two_of_two).unwrap();
+    let v = Bundle::open(&f.bundle)
+        .unwrap()
+        .verify(&two_of_two)
+        .unwrap();
     assert_eq!(v.signed_by().len(), 2);
     // Signing twice with one key is refused and leaves the bundle intact.
     assert!(matches!(
         sign(&f.bundle, &second, &|_| {}),
         Err(ImageError::Sign(_))
     ));
-    Bundle::open(&f.bundle).unwrap().verify(&two_of_two).unwrap();
+    Bundle::open(&f.bundle)
+        .unwrap()
+        .verify(&two_of_two)
+        .unwrap();
 }
 
 #[test]
@@ -214,7 +223,11 @@ fn hand_made_bundle_in_the_documented_layout_verifies() {
         r#"{{"components":[{}],"created":1,"format":"bulwark.image.v1","name":"x","version":1}}"#,
         kernel_entry(3 * PAGE as usize, data)
     );
-    verify_bytes(&hand_made(m.as_bytes(), data, &key), &TrustPolicy::single(public)).unwrap();
+    verify_bytes(
+        &hand_made(m.as_bytes(), data, &key),
+        &TrustPolicy::single(public),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -228,12 +241,18 @@ fn signed_manifest_with_unknown_or_duplicate_fields_is_refused() {
         r#"{{"components":[{k}],"created":1,"debug":true,"format":"bulwark.image.v1","name":"x","version":1}}"#
     );
     let err = verify_bytes(&hand_made(unknown.as_bytes(), data, &key), &policy).unwrap_err();
-    assert!(matches!(&err, ImageError::UnknownField(m) if m.contains("debug")), "{err}");
+    assert!(
+        matches!(&err, ImageError::UnknownField(m) if m.contains("debug")),
+        "{err}"
+    );
     let duplicate = format!(
         r#"{{"components":[{k}],"created":1,"format":"bulwark.image.v1","name":"x","name":"y","version":1}}"#
     );
     let err = verify_bytes(&hand_made(duplicate.as_bytes(), data, &key), &policy).unwrap_err();
-    assert!(matches!(&err, ImageError::DuplicateField(m) if m.contains("name")), "{err}");
+    assert!(
+        matches!(&err, ImageError::DuplicateField(m) if m.contains("name")),
+        "{err}"
+    );
     let noncanonical = format!(
         r#"{{"components":[{k}], "created":1,"format":"bulwark.image.v1","name":"x","version":1}}"#
     );
@@ -250,8 +269,11 @@ fn duplicate_component_is_refused() {
     let m = format!(
         r#"{{"components":[{k},{k}],"created":1,"format":"bulwark.image.v1","name":"x","version":1}}"#
     );
-    let err =
-        verify_bytes(&hand_made(m.as_bytes(), data, &key), &TrustPolicy::single(public)).unwrap_err();
+    let err = verify_bytes(
+        &hand_made(m.as_bytes(), data, &key),
+        &TrustPolicy::single(public),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, ImageError::DuplicateComponent(ComponentKind::Kernel)),
         "{err}"
@@ -294,7 +316,11 @@ fn content_changed_after_verification_is_caught_on_read() {
         .unwrap()
         .verify(&TrustPolicy::single(f.public.clone()))
         .unwrap();
-    let kernel_off = v.manifest().component(ComponentKind::Kernel).unwrap().offset;
+    let kernel_off = v
+        .manifest()
+        .component(ComponentKind::Kernel)
+        .unwrap()
+        .offset;
     // Overwrite the kernel in place (same inode) after verification.
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new()
