@@ -1,8 +1,10 @@
 //! Reading the boot source: plain files (unsigned) or a signed image bundle.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::{BootSource, LinuxEntry, RawEntry};
+use bulwark_image::{Bundle, ComponentKind, PublicKey, TrustPolicy};
+
+use crate::config::{BootSource, LinuxEntry, RawEntry, RawLoad};
 use crate::measurement::{text, Event, Field};
 
 /// Largest kernel, initrd or raw image read (1 GiB).
@@ -45,6 +47,9 @@ pub enum Origin {
         name: String,
         /// Image version from the signed manifest.
         version: u64,
+        /// Hex SHA-384 of the signed manifest bytes (binds every component,
+        /// the rootfs's dm-verity root hash included).
+        manifest_sha384: String,
     },
 }
 
@@ -53,10 +58,19 @@ impl Origin {
     pub fn event(&self) -> Event {
         match self {
             Origin::Unsigned => Event::new("boot-source", vec![Field::U8(0)], "unsigned files"),
-            Origin::Signed { name, version } => Event::new(
+            Origin::Signed {
+                name,
+                version,
+                manifest_sha384,
+            } => Event::new(
                 "boot-source",
-                vec![Field::U8(1), text(name), Field::U64(*version)],
-                format!("signed bundle {name} version {version}"),
+                vec![
+                    Field::U8(1),
+                    text(name),
+                    Field::U64(*version),
+                    Field::Bytes(hex::decode(manifest_sha384).unwrap_or_default()),
+                ],
+                format!("signed bundle {name} version {version}, manifest {manifest_sha384}"),
             ),
         }
     }
@@ -89,6 +103,14 @@ pub enum SourceError {
         /// Why.
         message: String,
     },
+    /// A trusted key could not be read.
+    #[error("boot_source.trusted_keys[{index}]: {message}")]
+    Key {
+        /// Index in `trusted_keys`.
+        index: usize,
+        /// Why.
+        message: String,
+    },
     /// The bundle failed verification or is unusable.
     #[error("boot_source.path: {0}")]
     Bundle(String),
@@ -113,16 +135,28 @@ fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SourceError> {
 /// Reads (and for bundles, verifies) the boot source.
 pub fn read_boot_source(source: &BootSource) -> Result<BootInputs, SourceError> {
     match source {
-        BootSource::Linux { kernel, initrd, cmdline, entry } => Ok(BootInputs {
+        BootSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+            entry,
+        } => Ok(BootInputs {
             payload: BootPayload::Linux {
                 kernel: read("boot_source.kernel", kernel)?,
-                initrd: initrd.as_deref().map(|p| read("boot_source.initrd", p)).transpose()?,
+                initrd: initrd
+                    .as_deref()
+                    .map(|p| read("boot_source.initrd", p))
+                    .transpose()?,
                 cmdline: cmdline.clone(),
                 entry: *entry,
             },
             origin: Origin::Unsigned,
         }),
-        BootSource::Raw { image, load_addr, entry } => Ok(BootInputs {
+        BootSource::Raw {
+            image,
+            load_addr,
+            entry,
+        } => Ok(BootInputs {
             payload: BootPayload::Raw {
                 image: read("boot_source.image", image)?,
                 load_addr: *load_addr,
@@ -130,8 +164,106 @@ pub fn read_boot_source(source: &BootSource) -> Result<BootInputs, SourceError> 
             },
             origin: Origin::Unsigned,
         }),
-        BootSource::Bundle { .. } => Err(SourceError::Bundle(
-            "signed image bundles are not supported by this build yet (the bulwark-image crate is not merged); use kind \"linux\" or \"raw\"".into(),
-        )),
+        BootSource::Bundle {
+            path,
+            trusted_keys,
+            threshold,
+            min_version,
+            entry,
+            raw,
+        } => read_bundle(
+            path,
+            trusted_keys,
+            *threshold,
+            *min_version,
+            *entry,
+            raw.as_ref(),
+        ),
     }
+}
+
+/// Verifies the bundle at `path` against the trust policy before reading a single
+/// component, then reads the kernel, initrd and command line (each re-hashed against
+/// the signed digest as it is read).
+fn read_bundle(
+    path: &Path,
+    trusted_keys: &[PathBuf],
+    threshold: usize,
+    min_version: u64,
+    entry: LinuxEntry,
+    raw: Option<&RawLoad>,
+) -> Result<BootInputs, SourceError> {
+    let keys = trusted_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            PublicKey::from_pem_file(k).map_err(|e| SourceError::Key {
+                index: i,
+                message: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = TrustPolicy {
+        keys,
+        threshold,
+        min_version,
+    };
+    let bundle = Bundle::open(path).map_err(|e| SourceError::Bundle(e.to_string()))?;
+    let verified = bundle
+        .verify(&policy)
+        .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
+    let manifest = verified.manifest();
+    for kind in [
+        ComponentKind::Kernel,
+        ComponentKind::Initrd,
+        ComponentKind::Cmdline,
+    ] {
+        if let Some(c) = manifest.component(kind) {
+            if c.size > MAX_BLOB_SIZE {
+                return Err(SourceError::Bundle(format!(
+                    "the {kind} component is {} bytes, more than the {MAX_BLOB_SIZE} this VMM loads",
+                    c.size
+                )));
+            }
+        }
+    }
+    let read = |kind| {
+        verified
+            .read_component(kind)
+            .map_err(|e| SourceError::Bundle(format!("reading the {kind} component: {e}")))
+    };
+    let kernel = read(ComponentKind::Kernel)?
+        .ok_or_else(|| SourceError::Bundle("the bundle has no kernel component".into()))?;
+    let initrd = read(ComponentKind::Initrd)?;
+    let cmdline = match read(ComponentKind::Cmdline)? {
+        Some(b) => String::from_utf8(b)
+            .map_err(|_| SourceError::Bundle("the cmdline component is not UTF-8".into()))?,
+        None => String::new(),
+    };
+    let origin = Origin::Signed {
+        name: manifest.name.clone(),
+        version: manifest.version,
+        manifest_sha384: hex::encode(verified.manifest_sha384()),
+    };
+    let payload = match raw {
+        Some(r) => {
+            if initrd.is_some() || !cmdline.is_empty() {
+                return Err(SourceError::Bundle(
+                    "a bundle booted as a raw binary must not carry an initrd or a command line (they would not be loaded)".into(),
+                ));
+            }
+            BootPayload::Raw {
+                image: kernel,
+                load_addr: r.load_addr,
+                entry: r.entry.clone(),
+            }
+        }
+        None => BootPayload::Linux {
+            kernel,
+            initrd,
+            cmdline,
+            entry,
+        },
+    };
+    Ok(BootInputs { payload, origin })
 }
