@@ -150,7 +150,7 @@ const LOG_FIRST: u64 = 16;
 impl UnownedCounters {
     fn note(counter: &AtomicU64, what: &str, addr: u64, len: usize, write: bool) {
         let n = counter.fetch_add(1, Ordering::Relaxed);
-        if n < LOG_FIRST || n % 65536 == 0 {
+        if n < LOG_FIRST || n.is_multiple_of(65536) {
             tracing::warn!(
                 addr = format_args!("{addr:#x}"),
                 len,

@@ -134,7 +134,7 @@ impl MemoryLayout {
     /// `mmio64_size` bytes, checked against a guest physical address width of
     /// `phys_bits`.
     pub fn new(mem_size: u64, mmio64_size: u64, phys_bits: u8) -> Result<Self, LayoutError> {
-        if mem_size < MIN_MEM_SIZE || mem_size % MEM_ALIGN != 0 {
+        if mem_size < MIN_MEM_SIZE || !mem_size.is_multiple_of(MEM_ALIGN) {
             return Err(LayoutError::MemSize(format!(
                 "{} MiB is not a multiple of 2 MiB of at least {} MiB",
                 mem_size / MIB,
