@@ -19,6 +19,7 @@ use crate::config::{
     field_path, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
 };
 use crate::control::ExitReason;
+use crate::seccomp;
 use crate::vm::Vm;
 
 /// Configuration gathered piecewise before start.
@@ -164,15 +165,28 @@ fn build_and_start(st: &mut Inner, stopped: &Arc<tokio::sync::Notify>) -> Result
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "config", e.to_string()))?;
     vm.start()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vm", e.to_string()))?;
+    // The VM runs: from here on neither this (the API) thread nor the watcher needs
+    // new files or KVM objects. The watcher is spawned first (naming a thread is not
+    // in the filter) and installs the same filter itself.
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "seccomp", e);
+    let filter = seccomp::control_filter(cfg.seccomp).map_err(internal)?;
     let control = vm.control();
     let notify = Arc::clone(stopped);
+    let (mode, watch_filter) = (cfg.seccomp, filter.clone());
     std::thread::Builder::new()
         .name("vm-watch".into())
         .spawn(move || {
+            if let Err(e) = seccomp::install(mode, watch_filter.as_ref()) {
+                control.request_stop(ExitReason::VmmError(format!("seccomp on the watcher: {e}")));
+            }
             control.wait_stopped();
             notify.notify_one();
         })
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vm", e.to_string()))?;
+    if let Err(e) = seccomp::install(cfg.seccomp, filter.as_ref()) {
+        vm.stop(ExitReason::VmmError(e.clone()));
+        return Err(internal(e));
+    }
     st.vm = Some(vm);
     Ok(())
 }
@@ -321,19 +335,12 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
         inner: Arc::default(),
         stopped: Arc::new(tokio::sync::Notify::new()),
     };
-    if let Some(path) = config {
-        let text = std::fs::read_to_string(path)?;
-        let cfg = VmConfig::from_json(&text)?;
-        let mut st = state.lock();
-        st.pending = Pending {
-            machine: Some(cfg.machine),
-            boot_source: Some(cfg.boot_source),
-            devices: cfg.devices,
-            seccomp: cfg.seccomp,
-        };
-        build_and_start(&mut st, &state.stopped)
-            .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-    }
+    let initial = config
+        .map(|path| -> anyhow::Result<VmConfig> {
+            let text = std::fs::read_to_string(path)?;
+            Ok(VmConfig::from_json(&text)?)
+        })
+        .transpose()?;
     if sock.exists() {
         anyhow::bail!(
             "{} already exists; remove it or choose another --api-sock",
@@ -345,8 +352,20 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
         .build()?;
     let app = router(state.clone());
     let stopped = Arc::clone(&state.stopped);
+    let boot_state = state.clone();
     let served = rt.block_on(async move {
         let listener = tokio::net::UnixListener::bind(sock)?;
+        if let Some(cfg) = initial {
+            let mut st = boot_state.lock();
+            st.pending = Pending {
+                machine: Some(cfg.machine),
+                boot_source: Some(cfg.boot_source),
+                devices: cfg.devices,
+                seccomp: cfg.seccomp,
+            };
+            build_and_start(&mut st, &boot_state.stopped)
+                .map_err(|e| std::io::Error::other(format!("{}: {}", e.field, e.message)))?;
+        }
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stopped.notified().await })
             .await

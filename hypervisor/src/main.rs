@@ -60,6 +60,14 @@ fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
     let mut vm = Vm::build(&cfg, &inputs)?;
     eprintln!("bulwark-vmm: launch measurement {}", vm.measurement().value);
     vm.start()?;
+    // From here on this thread only waits, kicks and tears down.
+    bulwark_vmm::seccomp::install(
+        cfg.seccomp,
+        bulwark_vmm::seccomp::control_filter(cfg.seccomp)
+            .map_err(anyhow::Error::msg)?
+            .as_ref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok(vm.wait())
 }
 

@@ -237,6 +237,17 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     assert_eq!(api.call("POST", "/vm/resume", "").0, 204);
     assert_eq!(api.json("GET", "/vm", "").1["state"], "running");
 
+    // Every thread of the VMM (API, watcher, vCPU) runs under a seccomp filter.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", api.child.id())).unwrap();
+    let mut n = 0;
+    for t in tasks {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let name = status.lines().next().unwrap_or_default().to_string();
+        assert!(status.contains("Seccomp:\t2"), "{name} runs without a seccomp filter");
+        n += 1;
+    }
+    assert!(n >= 3, "expected API, watcher and vCPU threads, saw {n}");
+
     let (s, metrics) = api.call("GET", "/metrics", "");
     assert_eq!(s, 200);
     assert!(metrics.contains("bulwark_vm_running 1"), "{metrics}");
