@@ -52,11 +52,13 @@ fn page_size(backing: Backing) -> u64 {
 
 /// Allocates the RAM regions of `layout`.
 pub fn allocate(layout: &MemoryLayout, backing: Backing) -> Result<GuestMemoryMmap, MemoryError> {
+    // Anonymous RAM is reserved lazily (MAP_NORESERVE: untouched pages cost nothing).
+    // Huge pages are reserved at mmap time, so a too-small pool fails here, at start,
+    // and never as a SIGBUS when the guest first touches a page.
     let flags = libc::MAP_PRIVATE
         | libc::MAP_ANONYMOUS
-        | libc::MAP_NORESERVE
         | match backing {
-            Backing::Anonymous => 0,
+            Backing::Anonymous => libc::MAP_NORESERVE,
             Backing::Hugetlbfs => libc::MAP_HUGETLB,
         };
     let mut regions = Vec::with_capacity(layout.ram_regions.len());

@@ -246,3 +246,40 @@ fn guest_cpuid_matches_the_policy_on_every_bit_kvm_controls() {
         );
     }
 }
+
+fn free_huge_pages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Huge pages are reserved when the VM is built: a pool too small for the guest is a
+/// clear start-up error, never a SIGBUS later; a pool large enough boots the guest.
+#[test]
+fn hugetlbfs_backing_boots_or_fails_cleanly_at_start() {
+    let free = free_huge_pages();
+    let mut cfg = raw_config("hello", 1, 0);
+    cfg["machine"]["backing"] = json!("hugetlbfs");
+    cfg["machine"]["mem_mib"] = json!((free + 2) * 2);
+    let run = boot(cfg.clone());
+    assert_eq!(run.status, 1, "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("Hugetlbfs"), "stderr: {}", run.stderr);
+    assert!(run.serial.is_empty());
+    if free >= 4 {
+        cfg["machine"]["mem_mib"] = json!(8);
+        cfg["machine"]["prefault_threads"] = json!(2);
+        let run = boot(cfg);
+        assert_eq!((run.status, run.serial.as_str()), (16, "hello from tiny guest\n"), "stderr: {}", run.stderr);
+    }
+}
+
+#[test]
+fn prefaulted_anonymous_memory_boots_the_same_guest() {
+    let mut cfg = raw_config("hello", 1, 0);
+    cfg["machine"]["prefault_threads"] = json!(2);
+    let run = boot(cfg);
+    assert_eq!((run.status, run.serial.as_str()), (16, "hello from tiny guest\n"), "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("prefaulted guest RAM"), "stderr: {}", run.stderr);
+}
