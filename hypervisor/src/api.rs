@@ -378,3 +378,28 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
         None => ExitReason::Stopped,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is described in openapi.yaml, and vice versa.
+    #[test]
+    fn openapi_file_lists_exactly_the_served_paths() {
+        let spec = include_str!("../openapi.yaml");
+        let documented: Vec<&str> = spec
+            .lines()
+            .filter_map(|l| l.strip_prefix("  /").and_then(|p| p.strip_suffix(':')))
+            .collect();
+        let source = include_str!("api.rs");
+        let served: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\"/"))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert!(!served.is_empty());
+        let mut d = documented.clone();
+        let mut s = served.clone();
+        d.sort_unstable();
+        s.sort_unstable();
+        assert_eq!(d, s);
+    }
+}

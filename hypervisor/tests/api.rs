@@ -243,7 +243,10 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     for t in tasks {
         let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
         let name = status.lines().next().unwrap_or_default().to_string();
-        assert!(status.contains("Seccomp:\t2"), "{name} runs without a seccomp filter");
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "{name} runs without a seccomp filter"
+        );
         n += 1;
     }
     assert!(n >= 3, "expected API, watcher and vCPU threads, saw {n}");

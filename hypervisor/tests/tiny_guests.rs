@@ -271,7 +271,12 @@ fn hugetlbfs_backing_boots_or_fails_cleanly_at_start() {
         cfg["machine"]["mem_mib"] = json!(8);
         cfg["machine"]["prefault_threads"] = json!(2);
         let run = boot(cfg);
-        assert_eq!((run.status, run.serial.as_str()), (16, "hello from tiny guest\n"), "stderr: {}", run.stderr);
+        assert_eq!(
+            (run.status, run.serial.as_str()),
+            (16, "hello from tiny guest\n"),
+            "stderr: {}",
+            run.stderr
+        );
     }
 }
 
@@ -280,6 +285,15 @@ fn prefaulted_anonymous_memory_boots_the_same_guest() {
     let mut cfg = raw_config("hello", 1, 0);
     cfg["machine"]["prefault_threads"] = json!(2);
     let run = boot(cfg);
-    assert_eq!((run.status, run.serial.as_str()), (16, "hello from tiny guest\n"), "stderr: {}", run.stderr);
-    assert!(run.stderr.contains("prefaulted guest RAM"), "stderr: {}", run.stderr);
+    assert_eq!(
+        (run.status, run.serial.as_str()),
+        (16, "hello from tiny guest\n"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("prefaulted guest RAM"),
+        "stderr: {}",
+        run.stderr
+    );
 }
