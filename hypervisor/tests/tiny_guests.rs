@@ -297,3 +297,68 @@ fn prefaulted_anonymous_memory_boots_the_same_guest() {
         run.stderr
     );
 }
+
+/// A raw binary entered in 16-bit real mode (the firmware path): six instructions
+/// that print "R" and leave with code 5.
+#[test]
+fn raw_real_mode_entry_runs_16_bit_code_at_the_given_address() {
+    let dir = scratch();
+    // mov al,'R'; mov dx,0x3f8; out dx,al; mov al,5; out 0xf4,al; hlt
+    let code = [
+        0xb0, b'R', 0xba, 0xf8, 0x03, 0xee, 0xb0, 0x05, 0xe6, 0xf4, 0xf4,
+    ];
+    let image = dir.path().join("real.bin");
+    std::fs::write(&image, code).unwrap();
+    let cfg = json!({
+        "machine": {"vcpus": 1, "mem_mib": 4},
+        "boot_source": {"kind": "raw", "image": image, "load_addr": 0x1_2340,
+                        "entry": {"mode": "real", "rip": 0x1_2340}},
+        "devices": {"debug_exit": true}
+    });
+    let run = boot(cfg);
+    assert_eq!(
+        (run.status, run.serial.as_str()),
+        (21, "R"),
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn unusable_boot_payloads_are_refused_naming_the_field() {
+    let cases = [
+        (
+            json!({"kind": "linux", "kernel": flat("hello")}),
+            "boot_source.kernel",
+        ),
+        (
+            json!({"kind": "raw", "image": flat("hello"), "load_addr": 0x3ff_fff0,
+                   "entry": {"mode": "long64", "rip": 0x10_0000}}),
+            "boot_source.load_addr",
+        ),
+        (
+            json!({"kind": "raw", "image": flat("hello"), "load_addr": 0x1000,
+                   "entry": {"mode": "long64", "rip": 0x1000}}),
+            "boot_source.load_addr",
+        ),
+        (
+            json!({"kind": "raw", "image": flat("hello"), "load_addr": 0x10_0000,
+                   "entry": {"mode": "long64", "rip": 0x1_0000_0000u64}}),
+            "boot_source.entry.rip",
+        ),
+        (
+            json!({"kind": "linux", "kernel": elf("e820"), "cmdline": "a\u{0}b"}),
+            "boot_source.cmdline",
+        ),
+    ];
+    for (source, field) in cases {
+        let run = boot(json!({"machine": {"vcpus": 1, "mem_mib": 64}, "boot_source": source}));
+        assert_eq!(run.status, 1, "{source}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(field),
+            "{source}: wanted {field} in {}",
+            run.stderr
+        );
+        assert!(run.serial.is_empty());
+    }
+}
