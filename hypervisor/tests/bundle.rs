@@ -74,11 +74,7 @@ fn a_signed_linux_style_bundle_boots_and_is_measured_as_signed() {
     let cfg = bundle_config(&s.bundle, &s.key_pub);
     let predicted = measure(cfg.clone());
     let run = boot(cfg);
-    assert_eq!(
-        run.status, 16,
-        "serial: {}\nstderr: {}",
-        run.serial, run.stderr
-    );
+    run.assert_status(16);
     assert!(
         run.serial.contains("cmdline=console=ttyS0 signed=yes\n"),
         "{}",

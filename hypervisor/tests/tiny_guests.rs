@@ -37,11 +37,7 @@ fn triple_fault_ends_the_vm_with_its_status() {
 #[test]
 fn every_vcpu_checks_in_with_its_own_apic_id() {
     let run = boot(raw_config("smp", 4, 4));
-    assert_eq!(
-        run.status, 16,
-        "serial: {}\nstderr: {}",
-        run.serial, run.stderr
-    );
+    run.assert_status(16);
     for i in 0..4 {
         assert!(
             run.serial.contains(&format!("cpu {i} up, apic id {i}\n")),
@@ -59,11 +55,7 @@ fn every_vcpu_checks_in_with_its_own_apic_id() {
 #[test]
 fn hostile_guest_writing_every_unowned_port_and_mmio_address_does_not_kill_the_vmm() {
     let run = boot(raw_config("port-fuzz", 1, 64 << 20));
-    assert_eq!(
-        run.status, 16,
-        "serial: {}\nstderr: {}",
-        run.serial, run.stderr
-    );
+    run.assert_status(16);
     assert!(
         run.serial.contains("port fuzz done"),
         "serial: {}",
@@ -117,11 +109,7 @@ fn guest_sees_the_documented_e820_map_cmdline_and_initrd_through_the_linux_boot_
     std::fs::write(&initrd_path, &initrd).unwrap();
     for mem_mib in [64u64, 3074] {
         let run = boot(linux_config(elf("e820"), &initrd_path, mem_mib, "auto"));
-        assert_eq!(
-            run.status, 16,
-            "serial: {}\nstderr: {}",
-            run.serial, run.stderr
-        );
+        run.assert_status(16);
         let layout = bulwark_vmm::layout::MemoryLayout::new(mem_mib << 20, 1 << 40, 46).unwrap();
         let mut expected = format!("boot_flag=aa55\ne820 entries={}\n", layout.e820().len());
         let mut ram_end = 0;

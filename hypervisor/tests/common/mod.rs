@@ -95,6 +95,18 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    /// Asserts the exit status, showing the guest's serial output and the VMM's log
+    /// on failure.
+    pub fn assert_status(&self, status: i32) {
+        assert_eq!(
+            self.status, status,
+            "serial: {}\nstderr: {}",
+            self.serial, self.stderr
+        );
+    }
+}
+
 /// A scratch directory for one run.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()
