@@ -103,12 +103,19 @@ fn linux_config(
 
 #[test]
 fn guest_sees_the_documented_e820_map_cmdline_and_initrd_through_the_linux_boot_protocol() {
+    let bz_dir = scratch();
+    let bz = bzimage("e820-bzimage", bz_dir.path());
     let dir = scratch();
     let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
     let initrd_path = dir.path().join("initrd");
     std::fs::write(&initrd_path, &initrd).unwrap();
-    for mem_mib in [64u64, 3074] {
-        let run = boot(linux_config(elf("e820"), &initrd_path, mem_mib, "auto"));
+    for (kernel, mem_mib) in [
+        (elf("e820"), 64u64),
+        (elf("e820"), 3074),
+        (bz.clone(), 64),
+        (bz.clone(), 3074),
+    ] {
+        let run = boot(linux_config(kernel.clone(), &initrd_path, mem_mib, "auto"));
         run.assert_status(16);
         let layout = bulwark_vmm::layout::MemoryLayout::new(mem_mib << 20, 1 << 40, 46).unwrap();
         let mut expected = format!("boot_flag=aa55\ne820 entries={}\n", layout.e820().len());
@@ -128,7 +135,12 @@ fn guest_sees_the_documented_e820_map_cmdline_and_initrd_through_the_linux_boot_
             "initrd {initrd_at:#x} 3000 fnv1a={:08x}\ne820 done\n",
             fnv1a(&initrd)
         );
-        assert_eq!(run.serial, expected, "mem_mib {mem_mib}");
+        assert_eq!(
+            run.serial,
+            expected,
+            "{} with {mem_mib} MiB",
+            kernel.display()
+        );
     }
 }
 

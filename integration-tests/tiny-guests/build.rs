@@ -6,5 +6,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-T{dir}/link.ld");
         println!("cargo:rustc-link-arg-bins=--no-pie");
         println!("cargo:rustc-link-arg-bins=-static");
+        // The bzImage variant's code sits 0x200 above the 1 MiB load address.
+        println!("cargo:rustc-link-arg-bin=e820-bzimage=--defsym=LOAD_ADDR=0x100200");
     }
 }

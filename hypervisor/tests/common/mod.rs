@@ -46,7 +46,7 @@ pub fn guests() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = target.join("x86_64-unknown-none/release");
-        for name in ["hello", "e820", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh"] {
+        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh"] {
             let elf = dir.join(name);
             let status = Command::new("objcopy")
                 .args(["-O", "binary"])
@@ -68,6 +68,25 @@ pub fn flat(name: &str) -> PathBuf {
 /// The ELF of guest `name`.
 pub fn elf(name: &str) -> PathBuf {
     guests().join(name)
+}
+
+/// Wraps flat guest `name` (linked at 0x100200) into a minimal bzImage: a boot sector
+/// with the setup header (one setup sector, protocol 2.15, LOADED_HIGH,
+/// code32_start 1 MiB), one empty setup sector, then the protected-mode part: 0x200
+/// bytes of padding and the guest, so the guest lands on the 64-bit entry.
+pub fn bzimage(name: &str, dir: &Path) -> PathBuf {
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 0x01; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    image.extend_from_slice(&[0u8; 0x200]);
+    image.extend_from_slice(&std::fs::read(flat(name)).expect("flat guest"));
+    let path = dir.join(format!("{name}.bzImage"));
+    std::fs::write(&path, image).expect("write bzImage");
+    path
 }
 
 /// A config booting flat guest `name` at 1 MiB in long mode with RSI = `rsi`.

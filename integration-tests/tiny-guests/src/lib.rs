@@ -8,6 +8,8 @@
 //! `guest_main(cpu, arg)`, which each binary defines.
 #![no_std]
 
+pub mod e820;
+
 use core::arch::{asm, global_asm};
 use core::fmt::{self, Write};
 
