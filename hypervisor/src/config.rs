@@ -417,6 +417,12 @@ mod tests {
         );
         let e = VmConfig::from_json(&RAW.replace("\"debug_exit\"", "\"bogus\"")).unwrap_err();
         assert_eq!(e.field, "devices.bogus");
+        let e = VmConfig::from_json(&RAW.replace("\"load_addr\"", "\"bogus\":1,\"load_addr\""))
+            .unwrap_err();
+        assert!(
+            e.field.starts_with("boot_source") && e.message.contains("bogus"),
+            "{e}"
+        );
         let e = VmConfig::from_json("{").unwrap_err();
         assert_eq!(e.field, "config");
     }
