@@ -353,6 +353,15 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
     let app = router(state.clone());
     let stopped = Arc::clone(&state.stopped);
     let boot_state = state.clone();
+    let signal_state = state.clone();
+    let mode = initial.as_ref().map_or(SeccompMode::Enforce, |c| c.seccomp);
+    crate::signals::spawn_waiter(mode, move |_| {
+        if let Some(vm) = signal_state.lock().vm.as_ref() {
+            vm.control().request_stop(ExitReason::Stopped);
+        }
+        signal_state.stopped.notify_one();
+    })
+    .map_err(anyhow::Error::msg)?;
     let served = rt.block_on(async move {
         let listener = tokio::net::UnixListener::bind(sock)?;
         if let Some(cfg) = initial {
@@ -374,7 +383,8 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
     served?;
     let mut st = state.lock();
     Ok(match st.vm.as_mut() {
-        Some(vm) => vm.wait(),
+        // The server ends when the VM stopped (its reason is kept) or on SIGTERM/SIGINT.
+        Some(vm) => vm.stop(ExitReason::Stopped),
         None => ExitReason::Stopped,
     })
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
 pub enum ExitReason {
-    /// Stopped through the API.
+    /// Stopped through the API or by SIGTERM/SIGINT.
     Stopped,
     /// The guest powered off (KVM system event).
     PowerOff,

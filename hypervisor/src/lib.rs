@@ -18,5 +18,6 @@ pub mod layout;
 pub mod measurement;
 pub mod memory;
 pub mod seccomp;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;

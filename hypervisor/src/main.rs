@@ -59,6 +59,11 @@ fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
     let inputs = read_boot_source(&cfg.boot_source)?;
     let mut vm = Vm::build(&cfg, &inputs)?;
     eprintln!("bulwark-vmm: launch measurement {}", vm.measurement().value);
+    let control = vm.control();
+    bulwark_vmm::signals::spawn_waiter(cfg.seccomp, move |_| {
+        control.request_stop(ExitReason::Stopped)
+    })
+    .map_err(anyhow::Error::msg)?;
     vm.start()?;
     // From here on this thread only waits, kicks and tears down.
     bulwark_vmm::seccomp::install(
@@ -80,6 +85,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(e) = bulwark_vmm::signals::block_termination() {
+        eprintln!("bulwark-vmm: error: {e}");
+        return ExitCode::from(status::VMM_ERROR as u8);
+    }
     let result = match (&cli.command, &cli.config, &cli.api_sock) {
         (Some(Command::Measure), Some(c), _) => measure(c).map(|()| ExitReason::Stopped),
         (Some(Command::Measure), None, _) => Err(anyhow::anyhow!("measure needs --config FILE")),

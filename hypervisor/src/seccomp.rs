@@ -73,6 +73,7 @@ const CONTROL_SYSCALLS: &[i64] = &[
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_tgkill,
+    libc::SYS_rt_sigtimedwait,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
     libc::SYS_clock_gettime,

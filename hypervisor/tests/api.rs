@@ -266,3 +266,32 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     assert_eq!(api.call("POST", "/vm/stop", "").0, 204);
     assert_eq!(api.wait_exit(), 0);
 }
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn sigterm_stops_a_running_vm_cleanly_and_removes_the_socket() {
+    // Before any VM exists.
+    let api = Api::spawn();
+    sigterm(api.child.id());
+    let sock = api.sock.clone();
+    assert_eq!(api.wait_exit(), 0);
+    assert!(!sock.exists(), "the API socket is removed");
+
+    // With a running VM (vCPU 0 of the smp guest spins waiting for a second vCPU).
+    let api = Api::spawn();
+    let mut cfg = raw_config("smp", 1, 2);
+    cfg["devices"]["serial"] = json!("sink");
+    assert_eq!(api.call("PUT", "/vm/config", &cfg.to_string()).0, 204);
+    assert_eq!(api.call("POST", "/vm/start", "").0, 204);
+    assert_eq!(api.json("GET", "/vm", "").1["state"], "running");
+    sigterm(api.child.id());
+    assert_eq!(api.wait_exit(), 0);
+}

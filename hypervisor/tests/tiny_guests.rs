@@ -362,3 +362,31 @@ fn unusable_boot_payloads_are_refused_naming_the_field() {
         assert!(run.serial.is_empty());
     }
 }
+
+#[test]
+fn sigterm_stops_a_vm_booted_from_a_config_with_status_0() {
+    let dir = scratch();
+    let path = write_config(dir.path(), raw_config("smp", 1, 2));
+    let mut child = std::process::Command::new(vmm_bin())
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = dir.path().join("serial.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cpu 0 up")
+    {
+        assert!(std::time::Instant::now() < deadline, "guest never printed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
