@@ -129,19 +129,15 @@ impl Writer<'_> {
     }
 }
 
-/// GDT for the boot: null, null, 64-bit code (0x10), data (0x18), TSS (0x20); and the
-/// 32-bit code descriptor replaces the 64-bit one for PVH.
-fn gdt(mode: EntryMode) -> [u64; 5] {
+/// GDT for the boot: null, null, 64-bit code (0x10), data (0x18), TSS (0x20); the
+/// 32-bit code descriptor replaces the 64-bit one for PVH. The vCPU set-up loads the
+/// segment registers from the same values.
+pub fn gdt_entries(mode: EntryMode) -> [u64; 5] {
     let code = match mode {
         EntryMode::Protected32 => 0x00cf_9b00_0000_ffff,
         _ => 0x00af_9b00_0000_ffff,
     };
     [0, 0, code, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067]
-}
-
-/// The GDT descriptor values for `mode`, as the vCPU setup loads them.
-pub fn gdt_entries(mode: EntryMode) -> [u64; 5] {
-    gdt(mode)
 }
 
 /// Identity map of 0..4 GiB: PML4[0] -> PDPT, PDPT[0..4] -> four PDs of 2 MiB pages.
@@ -158,7 +154,7 @@ fn page_tables() -> Vec<u8> {
 }
 
 fn write_long_mode_structures(w: &mut Writer, mode: EntryMode) -> Result<(), BootError> {
-    let g: Vec<u8> = gdt(mode).iter().flat_map(|e| e.to_le_bytes()).collect();
+    let g: Vec<u8> = gdt_entries(mode).iter().flat_map(|e| e.to_le_bytes()).collect();
     w.put("boot-gdt", BOOT_GDT_ADDR, &g)?;
     if mode == EntryMode::Long64 {
         w.put("boot-page-tables", PML4_ADDR, &page_tables())?;
