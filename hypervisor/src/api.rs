@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::boot_source::read_boot_source;
+use crate::boot_source::{read_boot_source, StateUse};
 use crate::config::{
     field_path, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
 };
@@ -159,7 +159,7 @@ fn build_and_start(st: &mut Inner, stopped: &Arc<tokio::sync::Notify>) -> Result
         seccomp: st.pending.seccomp,
     };
     cfg.validate()?;
-    let inputs = read_boot_source(&cfg.boot_source)
+    let inputs = read_boot_source(&cfg.boot_source, StateUse::Record)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "boot_source", e.to_string()))?;
     let mut vm = Vm::build(&cfg, &inputs)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "config", e.to_string()))?;

@@ -154,7 +154,10 @@ fn page_tables() -> Vec<u8> {
 }
 
 fn write_long_mode_structures(w: &mut Writer, mode: EntryMode) -> Result<(), BootError> {
-    let g: Vec<u8> = gdt_entries(mode).iter().flat_map(|e| e.to_le_bytes()).collect();
+    let g: Vec<u8> = gdt_entries(mode)
+        .iter()
+        .flat_map(|e| e.to_le_bytes())
+        .collect();
     w.put("boot-gdt", BOOT_GDT_ADDR, &g)?;
     if mode == EntryMode::Long64 {
         w.put("boot-page-tables", PML4_ADDR, &page_tables())?;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bulwark_image::{Bundle, ComponentKind, PublicKey, TrustPolicy};
+use bulwark_image::{Bundle, ComponentKind, PublicKey, RollbackState, TrustPolicy};
 
 use crate::config::{BootSource, LinuxEntry, RawEntry, RawLoad};
 use crate::measurement::{text, Event, Field};
@@ -111,6 +111,9 @@ pub enum SourceError {
         /// Why.
         message: String,
     },
+    /// The rollback state file could not be read or written.
+    #[error("boot_source.rollback_state: {0}")]
+    State(String),
     /// The bundle failed verification or is unusable.
     #[error("boot_source.path: {0}")]
     Bundle(String),
@@ -132,8 +135,20 @@ fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SourceError> {
     std::fs::read(path).map_err(|e| err(e.to_string()))
 }
 
+/// What reading a bundle does with its `rollback_state` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateUse {
+    /// Refuse a rolled-back version, change nothing (`measure`).
+    CheckOnly,
+    /// Refuse a rolled-back version and record this one (booting).
+    Record,
+}
+
 /// Reads (and for bundles, verifies) the boot source.
-pub fn read_boot_source(source: &BootSource) -> Result<BootInputs, SourceError> {
+pub fn read_boot_source(
+    source: &BootSource,
+    state_use: StateUse,
+) -> Result<BootInputs, SourceError> {
     match source {
         BootSource::Linux {
             kernel,
@@ -169,13 +184,18 @@ pub fn read_boot_source(source: &BootSource) -> Result<BootInputs, SourceError> 
             trusted_keys,
             threshold,
             min_version,
+            rollback_state,
             entry,
             raw,
         } => read_bundle(
             path,
             trusted_keys,
-            *threshold,
-            *min_version,
+            TrustOptions {
+                threshold: *threshold,
+                min_version: *min_version,
+                rollback_state: rollback_state.as_deref(),
+                state_use,
+            },
             *entry,
             raw.as_ref(),
         ),
@@ -185,11 +205,18 @@ pub fn read_boot_source(source: &BootSource) -> Result<BootInputs, SourceError> 
 /// Verifies the bundle at `path` against the trust policy before reading a single
 /// component, then reads the kernel, initrd and command line (each re-hashed against
 /// the signed digest as it is read).
+/// The policy knobs of a bundle boot source besides the keys.
+struct TrustOptions<'a> {
+    threshold: usize,
+    min_version: u64,
+    rollback_state: Option<&'a Path>,
+    state_use: StateUse,
+}
+
 fn read_bundle(
     path: &Path,
     trusted_keys: &[PathBuf],
-    threshold: usize,
-    min_version: u64,
+    trust: TrustOptions<'_>,
     entry: LinuxEntry,
     raw: Option<&RawLoad>,
 ) -> Result<BootInputs, SourceError> {
@@ -205,14 +232,30 @@ fn read_bundle(
         .collect::<Result<Vec<_>, _>>()?;
     let policy = TrustPolicy {
         keys,
-        threshold,
-        min_version,
+        threshold: trust.threshold,
+        min_version: trust.min_version,
     };
+    // Locked from before verification until the booted version is recorded.
+    let mut state = trust
+        .rollback_state
+        .map(RollbackState::open)
+        .transpose()
+        .map_err(|e| SourceError::State(e.to_string()))?;
     let bundle = Bundle::open(path).map_err(|e| SourceError::Bundle(e.to_string()))?;
     let verified = bundle
         .verify(&policy)
         .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
     let manifest = verified.manifest();
+    if let Some(state) = state.as_mut() {
+        state
+            .check(&manifest.name, manifest.version)
+            .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
+        if trust.state_use == StateUse::Record {
+            state
+                .record(&manifest.name, manifest.version)
+                .map_err(|e| SourceError::State(e.to_string()))?;
+        }
+    }
     for kind in [
         ComponentKind::Kernel,
         ComponentKind::Initrd,

@@ -90,6 +90,11 @@ pub enum BootSource {
         /// Lowest acceptable image version (rollback protection).
         #[serde(default)]
         min_version: u64,
+        /// Rollback state file shared with `bulwark-image verify --state`: a version
+        /// lower than the highest recorded for the image name is refused, and the
+        /// booted version is recorded (the file is locked while checked and updated).
+        #[serde(default)]
+        rollback_state: Option<PathBuf>,
         /// Which entry point of a vmlinux to use.
         #[serde(default)]
         entry: LinuxEntry,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bulwark_vmm::boot_source::read_boot_source;
+use bulwark_vmm::boot_source::{read_boot_source, StateUse};
 use bulwark_vmm::config::VmConfig;
 use bulwark_vmm::control::{status, ExitReason};
 use bulwark_vmm::vm::{measure_offline, Vm};
@@ -42,7 +42,7 @@ fn load_config(path: &PathBuf) -> anyhow::Result<VmConfig> {
 
 fn measure(path: &PathBuf) -> anyhow::Result<()> {
     let cfg = load_config(path)?;
-    let inputs = read_boot_source(&cfg.boot_source)?;
+    let inputs = read_boot_source(&cfg.boot_source, StateUse::CheckOnly)?;
     let plan = measure_offline(&cfg, &inputs)?;
     let out = serde_json::json!({
         "measurement": plan.measurement.value,
@@ -56,7 +56,7 @@ fn measure(path: &PathBuf) -> anyhow::Result<()> {
 
 fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
     let cfg = load_config(path)?;
-    let inputs = read_boot_source(&cfg.boot_source)?;
+    let inputs = read_boot_source(&cfg.boot_source, StateUse::Record)?;
     let mut vm = Vm::build(&cfg, &inputs)?;
     eprintln!("bulwark-vmm: launch measurement {}", vm.measurement().value);
     let control = vm.control();

@@ -154,3 +154,38 @@ fn unsigned_tampered_untrusted_and_rolled_back_bundles_are_refused_before_boot()
     std::fs::write(&tampered, &bytes).unwrap();
     refuse(bundle_config(&tampered, &s.key_pub), "boot_source.path");
 }
+
+/// With a rollback state file, booting version 5 records it; `measure` only checks;
+/// version 4 (correctly signed by the same key) is then refused.
+#[test]
+fn rollback_state_records_the_booted_version_and_refuses_older_ones() {
+    let new = make_bundle(&flat("hello"), None, None, 5);
+    let state = new._dir.path().join("rollback.json");
+    let raw = json!({"load_addr": 0x10_0000, "entry": {"mode": "long64", "rip": 0x10_0000}});
+    let cfg = |bundle: &Path, key: &Path| {
+        let mut c = bundle_config(bundle, key);
+        c["boot_source"]["raw"] = raw.clone();
+        c["boot_source"]["rollback_state"] = json!(state);
+        c
+    };
+    measure(cfg(&new.bundle, &new.key_pub));
+    assert!(!state.exists(), "measure must not record anything");
+    boot(cfg(&new.bundle, &new.key_pub)).assert_status(16);
+    assert!(std::fs::read_to_string(&state)
+        .unwrap()
+        .contains("tiny-test"));
+
+    // An older version signed by a key the config trusts.
+    let old = make_bundle(&flat("hello"), None, None, 4);
+    let run = boot(cfg(&old.bundle, &old.key_pub));
+    run.assert_status(1);
+    assert!(run.stderr.contains("verification failed"), "{}", run.stderr);
+    assert!(run.serial.is_empty());
+    // The same older version still boots without the state file.
+    let mut no_state = cfg(&old.bundle, &old.key_pub);
+    no_state["boot_source"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rollback_state");
+    boot(no_state).assert_status(16);
+}
