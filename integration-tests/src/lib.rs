@@ -9,5 +9,5 @@
 //!   console, shared by both sides.
 
 pub mod lab;
-pub mod result_line;
 pub mod probe;
+pub mod result_line;

@@ -51,7 +51,11 @@ pub fn parse(line: &str) -> Option<ResultLine> {
         "done" => Some(ResultLine::Done),
         "check" => {
             let name = words.next()?;
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 return None;
             }
             let passed = match words.next()? {
@@ -138,7 +142,10 @@ mod tests {
 
     #[test]
     fn terminal_escapes_before_a_result_are_ignored() {
-        assert_eq!(parse("\x1bc\x1b[?7l\x1b[2JLAB-RESULT done"), Some(ResultLine::Done));
+        assert_eq!(
+            parse("\x1bc\x1b[?7l\x1b[2JLAB-RESULT done"),
+            Some(ResultLine::Done)
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use bulwark_integration_tests::lab::{scenario, Lab};
 fn run_scenario(name: &str) {
     static LAB: OnceLock<Result<Lab, String>> = OnceLock::new();
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = match LAB.get_or_init(|| Lab::open().map_err(|e| e.to_string())) {
         Ok(lab) => lab,
         Err(e) => panic!("the lab cannot start: {e}"),

@@ -11,7 +11,9 @@ use bulwark_integration_tests::lab::{self, scenario, Lab};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(about = "Run Bulwark's lab scenarios (QEMU TCG machine with KVM, an IOMMU and VFIO devices)")]
+#[command(
+    about = "Run Bulwark's lab scenarios (QEMU TCG machine with KVM, an IOMMU and VFIO devices)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,14 +56,21 @@ fn run(cli: Cli) -> lab::Result<bool> {
         Command::Fetch => {
             let start = std::time::Instant::now();
             Lab::open()?;
-            println!("lab ready in {:.1} s (cache {})", start.elapsed().as_secs_f64(), lab::cache_dir()?.display());
+            println!(
+                "lab ready in {:.1} s (cache {})",
+                start.elapsed().as_secs_f64(),
+                lab::cache_dir()?.display()
+            );
             Ok(true)
         }
         Command::Run { scenarios, log } => {
             let selected = if scenarios.is_empty() {
                 lab::SCENARIOS.iter().collect()
             } else {
-                scenarios.iter().map(|n| scenario::find(n)).collect::<lab::Result<Vec<_>>>()?
+                scenarios
+                    .iter()
+                    .map(|n| scenario::find(n))
+                    .collect::<lab::Result<Vec<_>>>()?
             };
             let start = std::time::Instant::now();
             let lab = Lab::open()?;

@@ -7,7 +7,12 @@ use bulwark_integration_tests::probe;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["edu", bdf] => probe::edu::run(bdf),
         ["virtio-msix", bdf] => probe::virtio_msix::run(bdf),
         _ => Err(probe::fail(

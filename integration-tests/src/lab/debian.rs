@@ -55,13 +55,20 @@ impl PackageCache {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        fs::create_dir_all(&scratch).map_err(LabError::io(format!("creating {}", scratch.display())))?;
+        fs::create_dir_all(&scratch)
+            .map_err(LabError::io(format!("creating {}", scratch.display())))?;
         let result = self.download_and_unpack(name, &version, &scratch, &dir);
         let _ = fs::remove_dir_all(&scratch);
         result.map(|()| dir)
     }
 
-    fn download_and_unpack(&self, name: &str, version: &str, scratch: &Path, dir: &Path) -> Result<()> {
+    fn download_and_unpack(
+        &self,
+        name: &str,
+        version: &str,
+        scratch: &Path,
+        dir: &Path,
+    ) -> Result<()> {
         stdout_of(
             Command::new("apt-get")
                 .current_dir(scratch)
@@ -80,13 +87,18 @@ impl PackageCache {
         let tree = scratch.join("tree");
         stdout_of(Command::new("dpkg").arg("-x").arg(&deb).arg(&tree))?;
         if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).map_err(LabError::io(format!("creating {}", parent.display())))?;
+            fs::create_dir_all(parent)
+                .map_err(LabError::io(format!("creating {}", parent.display())))?;
         }
         match fs::rename(&tree, dir) {
             Ok(()) => Ok(()),
             // Another run unpacked the same package first: use theirs.
             Err(_) if dir.is_dir() => Ok(()),
-            Err(e) => Err(LabError::io(format!("moving {} to {}", tree.display(), dir.display()))(e)),
+            Err(e) => Err(LabError::io(format!(
+                "moving {} to {}",
+                tree.display(),
+                dir.display()
+            ))(e)),
         }
     }
 }
@@ -178,7 +190,11 @@ mod tests {
     #[test]
     fn kernel_package_must_be_a_debian_12_cloud_kernel() {
         assert!(check_kernel_package("linux-image-6.1.0-56-cloud-amd64".into()).is_ok());
-        for bad in ["linux-image-6.12.1-cloud-amd64", "linux-image-6.1.0-56-amd64", "busybox"] {
+        for bad in [
+            "linux-image-6.12.1-cloud-amd64",
+            "linux-image-6.1.0-56-amd64",
+            "busybox",
+        ] {
             let err = check_kernel_package(bad.into()).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }

@@ -37,19 +37,25 @@ impl Initramfs {
 
     /// Adds a file with the given contents and permission bits.
     pub fn file(&mut self, path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> &mut Self {
-        self.insert(path, Node::File {
-            source: Source::Bytes(contents.into()),
-            mode,
-        })
+        self.insert(
+            path,
+            Node::File {
+                source: Source::Bytes(contents.into()),
+                mode,
+            },
+        )
     }
 
     /// Adds a file whose contents are read from `host` when the image is written
     /// (symlinks on the host are followed).
     pub fn host_file(&mut self, path: &str, host: &Path, mode: u32) -> &mut Self {
-        self.insert(path, Node::File {
-            source: Source::Host(host.to_owned()),
-            mode,
-        })
+        self.insert(
+            path,
+            Node::File {
+                source: Source::Host(host.to_owned()),
+                mode,
+            },
+        )
     }
 
     /// Adds a symbolic link.
@@ -106,7 +112,8 @@ impl Initramfs {
                     write_entry(out, ino, path, 0o120_777, 0, target.as_bytes()).map_err(io_err)?
                 }
                 Node::CharDevice { major, minor } => {
-                    write_entry(out, ino, path, 0o020_600, rdev(*major, *minor), &[]).map_err(io_err)?
+                    write_entry(out, ino, path, 0o020_600, rdev(*major, *minor), &[])
+                        .map_err(io_err)?
                 }
                 Node::File { source, mode } => {
                     let host_data;
@@ -120,7 +127,8 @@ impl Initramfs {
                             host_data.as_slice()
                         }
                     };
-                    write_entry(out, ino, path, 0o100_000 | (mode & 0o7777), 0, data).map_err(io_err)?
+                    write_entry(out, ino, path, 0o100_000 | (mode & 0o7777), 0, data)
+                        .map_err(io_err)?
                 }
             }
         }
@@ -129,7 +137,10 @@ impl Initramfs {
 }
 
 fn normalize(path: &str) -> String {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn rdev(major: u32, minor: u32) -> u64 {
@@ -138,9 +149,20 @@ fn rdev(major: u32, minor: u32) -> u64 {
 
 /// One `newc` record: a 110-byte ASCII header, the NUL-terminated name and the
 /// data, each padded to 4 bytes.
-fn write_entry(out: &mut impl Write, ino: u32, name: &str, mode: u32, rdev: u64, data: &[u8]) -> io::Result<()> {
-    let size = u32::try_from(data.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("/{name} is larger than 4 GiB")))?;
+fn write_entry(
+    out: &mut impl Write,
+    ino: u32,
+    name: &str,
+    mode: u32,
+    rdev: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    let size = u32::try_from(data.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("/{name} is larger than 4 GiB"),
+        )
+    })?;
     let (rmajor, rminor) = ((rdev >> 32) as u32, rdev as u32);
     let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
     let header = format!(
@@ -209,7 +231,13 @@ mod tests {
     fn a_missing_host_file_names_both_paths() {
         let mut image = Initramfs::new();
         image.host_file("/bin/x", Path::new("/nonexistent/lab-file"), 0o755);
-        let err = image.write_archive(&mut Vec::new()).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/lab-file") && err.contains("/bin/x"), "{err}");
+        let err = image
+            .write_archive(&mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/lab-file") && err.contains("/bin/x"),
+            "{err}"
+        );
     }
 }

@@ -41,28 +41,46 @@ pub fn qemu_binary() -> Result<PathBuf> {
     let name = std::env::var(QEMU_ENV).unwrap_or_else(|_| "qemu-system-x86_64".into());
     find_program(&name).ok_or_else(|| LabError::Prerequisite {
         what: format!("QEMU binary `{name}` not found"),
-        hint: "the lab needs Debian's qemu-system-x86 and seabios packages: run scripts/setup".into(),
+        hint: "the lab needs Debian's qemu-system-x86 and seabios packages: run scripts/setup"
+            .into(),
     })
 }
 
 /// The QEMU command line for `spec` (L1 kernel command line included).
 pub fn command(qemu: &Path, spec: &MachineSpec) -> Command {
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg", "-M", "q35,kernel-irqchip=split", "-cpu", "max", "-smp", "1"])
-        .args(["-m", &format!("{}M", spec.memory_mib)])
-        .args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-M",
+        "q35,kernel-irqchip=split",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+    ])
+    .args(["-m", &format!("{}M", spec.memory_mib)])
+    .args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
     for object in &spec.objects {
         cmd.args(["-object", object]);
     }
     for device in &spec.devices {
         cmd.args(["-device", device]);
     }
-    cmd.args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-display", "none"])
-        .arg("-kernel")
-        .arg(&spec.kernel)
-        .arg("-initrd")
-        .arg(&spec.initramfs)
-        .args(["-append", "console=ttyS0 intel_iommu=on panic=-1 quiet"]);
+    cmd.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-display",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(&spec.kernel)
+    .arg("-initrd")
+    .arg(&spec.initramfs)
+    .args(["-append", "console=ttyS0 intel_iommu=on panic=-1 quiet"]);
     cmd
 }
 
@@ -70,7 +88,9 @@ pub fn command(qemu: &Path, spec: &MachineSpec) -> Command {
 pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
     let mut cmd = command(qemu, spec);
     let line = describe(&cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| LabError::Command {
         command: line.clone(),

@@ -93,7 +93,11 @@ impl ScenarioRun {
 
 /// The cache directory for downloaded packages.
 pub fn cache_dir() -> Result<PathBuf> {
-    let from_env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let from_env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = from_env(CACHE_ENV) {
         return Ok(dir);
     }
@@ -103,7 +107,9 @@ pub fn cache_dir() -> Result<PathBuf> {
     from_env("HOME")
         .map(|home| home.join(".cache/bulwark/lab"))
         .ok_or_else(|| LabError::Prerequisite {
-            what: "no cache directory: neither $BULWARK_LAB_CACHE, $XDG_CACHE_HOME nor $HOME is set".into(),
+            what:
+                "no cache directory: neither $BULWARK_LAB_CACHE, $XDG_CACHE_HOME nor $HOME is set"
+                    .into(),
             hint: "set BULWARK_LAB_CACHE to a directory outside the repository".into(),
         })
 }
@@ -185,11 +191,23 @@ impl Lab {
         let mut image = self.busybox_image(L1_INIT);
         image.file("/lab/lib.sh", L1_LIB, 0o644);
         image.file("/lab/scenario.sh", scenario.script, 0o644);
-        for (i, module) in self.modules.load_order(scenario.modules)?.iter().enumerate() {
-            let name = module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for (i, module) in self
+            .modules
+            .load_order(scenario.modules)?
+            .iter()
+            .enumerate()
+        {
+            let name = module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             image.host_file(&format!("/lab/modules/{i:02}-{name}"), module, 0o644);
         }
-        let programs = programs::build_guest_programs(&self.workspace, &self.target_dir, scenario.guest_programs)?;
+        let programs = programs::build_guest_programs(
+            &self.workspace,
+            &self.target_dir,
+            scenario.guest_programs,
+        )?;
         for (program, path) in scenario.guest_programs.iter().zip(programs) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
         }
@@ -201,7 +219,10 @@ impl Lab {
         for file in scenario.host_files {
             if !Path::new(file).is_file() {
                 return Err(LabError::Prerequisite {
-                    what: format!("{file} not found (scenario {} copies it into L1)", scenario.name),
+                    what: format!(
+                        "{file} not found (scenario {} copies it into L1)",
+                        scenario.name
+                    ),
                     hint: "run scripts/setup".into(),
                 });
             }

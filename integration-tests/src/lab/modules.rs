@@ -29,11 +29,19 @@ impl ModuleTree {
         let mut files = HashMap::new();
         let mut pending = vec![dir.join("kernel")];
         while let Some(d) = pending.pop() {
-            for entry in fs::read_dir(&d).map_err(LabError::io(format!("listing {}", d.display())))? {
-                let path = entry.map_err(LabError::io(format!("listing {}", d.display())))?.path();
+            for entry in
+                fs::read_dir(&d).map_err(LabError::io(format!("listing {}", d.display())))?
+            {
+                let path = entry
+                    .map_err(LabError::io(format!("listing {}", d.display())))?
+                    .path();
                 if path.is_dir() {
                     pending.push(path);
-                } else if let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+                } else if let Some(stem) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".ko"))
+                {
                     files.insert(canonical_name(stem), path.clone());
                 }
             }
@@ -58,7 +66,13 @@ impl ModuleTree {
         let mut order = Vec::new();
         let mut done = HashSet::new();
         for name in wanted {
-            self.visit(&canonical_name(name), "the scenario", &mut Vec::new(), &mut done, &mut order)?;
+            self.visit(
+                &canonical_name(name),
+                "the scenario",
+                &mut Vec::new(),
+                &mut done,
+                &mut order,
+            )?;
         }
         Ok(order)
     }
@@ -119,7 +133,12 @@ fn parse_depends(modinfo: &[u8]) -> Vec<String> {
     modinfo
         .split(|&b| b == 0)
         .filter_map(|record| record.strip_prefix(b"depends="))
-        .flat_map(|list| String::from_utf8_lossy(list).split(',').map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .filter(|d| !d.is_empty())
         .collect()
 }

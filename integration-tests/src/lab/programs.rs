@@ -14,20 +14,33 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Builds `programs` with cargo into `target_dir` (a directory of its own, so that a
 /// build started from inside `cargo test` does not wait on the outer build's lock)
 /// and returns each binary's path, in order.
-pub fn build_guest_programs(workspace: &Path, target_dir: &Path, programs: &[GuestProgram]) -> Result<Vec<PathBuf>> {
+pub fn build_guest_programs(
+    workspace: &Path,
+    target_dir: &Path,
+    programs: &[GuestProgram],
+) -> Result<Vec<PathBuf>> {
     if programs.is_empty() {
         return Ok(Vec::new());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--locked", "--quiet", "--target", GUEST_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--locked",
+            "--quiet",
+            "--target",
+            GUEST_TARGET,
+            "--target-dir",
+        ])
         .arg(target_dir);
     for program in programs {
         cmd.args(["--package", program.package, "--bin", program.bin]);
     }
     run(&mut cmd).map_err(|e| match e {
-        LabError::Command { output, .. } if output.contains(GUEST_TARGET) && output.contains("target may not be installed") => {
+        LabError::Command { output, .. }
+            if output.contains(GUEST_TARGET) && output.contains("target may not be installed") =>
+        {
             LabError::Prerequisite {
                 what: format!("the Rust target {GUEST_TARGET} is not installed"),
                 hint: "run scripts/setup (or `rustup target add x86_64-unknown-linux-musl`)".into(),
@@ -54,7 +67,9 @@ pub fn with_shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     cmd.arg(program);
     let text = match stdout_of(&mut cmd) {
         Ok(text) => text,
-        Err(LabError::Command { output, .. }) if output.contains("not a dynamic executable") => String::new(),
+        Err(LabError::Command { output, .. }) if output.contains("not a dynamic executable") => {
+            String::new()
+        }
         Err(e) => return Err(e),
     };
     let mut files = vec![program.to_owned()];
@@ -85,13 +100,25 @@ mod tests {
     fn a_dynamic_program_brings_its_loader_and_libc() {
         let files = with_shared_libraries(Path::new("/bin/sh")).unwrap();
         assert_eq!(files[0], Path::new("/bin/sh"));
-        assert!(files.iter().any(|f| f.to_string_lossy().contains("libc.so")), "{files:?}");
-        assert!(files.iter().any(|f| f.to_string_lossy().contains("ld-linux")), "{files:?}");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.to_string_lossy().contains("libc.so")),
+            "{files:?}"
+        );
+        assert!(
+            files
+                .iter()
+                .any(|f| f.to_string_lossy().contains("ld-linux")),
+            "{files:?}"
+        );
     }
 
     #[test]
     fn a_missing_program_is_a_clear_error() {
-        let err = with_shared_libraries(Path::new("/nonexistent/qemu")).unwrap_err().to_string();
+        let err = with_shared_libraries(Path::new("/nonexistent/qemu"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/qemu"), "{err}");
     }
 }

@@ -127,6 +127,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "bind-vfio-pci",
             "vfio-open",
             "virtio-capabilities",
+            "bus-master",
             "virtio-features",
             "msix-enable",
             "virtqueue-request",
@@ -160,7 +161,11 @@ pub fn find(name: &str) -> Result<&'static Scenario> {
         .find(|s| s.name == name)
         .ok_or_else(|| LabError::UnknownScenario {
             name: name.to_owned(),
-            known: SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+            known: SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -178,10 +183,17 @@ mod tests {
     #[test]
     fn scenario_names_are_unique_and_checks_are_single_words() {
         for (i, s) in SCENARIOS.iter().enumerate() {
-            assert!(SCENARIOS[..i].iter().all(|o| o.name != s.name), "{} twice", s.name);
+            assert!(
+                SCENARIOS[..i].iter().all(|o| o.name != s.name),
+                "{} twice",
+                s.name
+            );
             for check in s.expected_checks {
                 let line = crate::result_line::check_line(check, true, "");
-                assert!(crate::result_line::parse(&line).is_some(), "{check:?} is not a valid check name");
+                assert!(
+                    crate::result_line::parse(&line).is_some(),
+                    "{check:?} is not a valid check name"
+                );
             }
         }
     }

@@ -31,7 +31,11 @@ impl Verdict {
         let mut done = false;
         for line in console.lines() {
             match result_line::parse(line) {
-                Some(ResultLine::Check { name, passed, detail }) => checks.push((name, passed, detail)),
+                Some(ResultLine::Check {
+                    name,
+                    passed,
+                    detail,
+                }) => checks.push((name, passed, detail)),
                 Some(ResultLine::Done) => done = true,
                 None => {}
             }
@@ -47,10 +51,13 @@ impl Verdict {
             }
         }
         if let MachineEnd::TimedOut { after_secs } = end {
-            problems.push(format!("L1 was killed by the hard timeout after {after_secs} s"));
+            problems.push(format!(
+                "L1 was killed by the hard timeout after {after_secs} s"
+            ));
         }
         if !done {
-            problems.push("the scenario script did not reach its end (no `LAB-RESULT done`)".into());
+            problems
+                .push("the scenario script did not reach its end (no `LAB-RESULT done`)".into());
         }
         Verdict { checks, problems }
     }
@@ -64,7 +71,11 @@ impl Verdict {
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, passed, detail) in &self.checks {
-            writeln!(f, "  {} {name} {detail}", if *passed { "pass" } else { "FAIL" })?;
+            writeln!(
+                f,
+                "  {} {name} {detail}",
+                if *passed { "pass" } else { "FAIL" }
+            )?;
         }
         for problem in &self.problems {
             writeln!(f, "  problem: {problem}")?;
@@ -97,7 +108,11 @@ mod tests {
 
     #[test]
     fn a_missing_check_or_missing_end_fails() {
-        let v = Verdict::judge("LAB-RESULT check a pass\nLAB-RESULT done\n", &["a", "b"], &EXITED);
+        let v = Verdict::judge(
+            "LAB-RESULT check a pass\nLAB-RESULT done\n",
+            &["a", "b"],
+            &EXITED,
+        );
         assert_eq!(v.problems, ["check b was never reported"]);
         let v = Verdict::judge("LAB-RESULT check a pass\n", &["a"], &EXITED);
         assert!(v.problems[0].contains("did not reach its end"));
@@ -105,7 +120,11 @@ mod tests {
 
     #[test]
     fn a_timeout_fails_even_with_all_checks() {
-        let v = Verdict::judge("LAB-RESULT check a pass\nLAB-RESULT done\n", &["a"], &MachineEnd::TimedOut { after_secs: 9 });
+        let v = Verdict::judge(
+            "LAB-RESULT check a pass\nLAB-RESULT done\n",
+            &["a"],
+            &MachineEnd::TimedOut { after_secs: 9 },
+        );
         assert!(!v.passed());
         assert!(v.problems[0].contains("timeout"));
     }

@@ -11,10 +11,10 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice};
-use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+use vm_memory::{MmapRegion, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ensure, fail, get, pass, put, raw, wait_for, Failed, OrFail};
+use super::{ensure, fail, get, pass, pci, put, raw, wait_for, Failed, OrFail};
 
 const EDU_VENDOR_DEVICE: u32 = 0x11e8_1234;
 /// BAR0 registers (QEMU docs/specs/edu.rst).
@@ -48,35 +48,41 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     let sysfs = Path::new("/sys/bus/pci/devices").join(bdf);
     let container = Arc::new(VfioContainer::new(None).or_fail("vfio-open")?);
     let device = VfioDevice::new(&sysfs, container.clone(), false).or_fail("vfio-open")?;
-    pass("vfio-open", format!("container, group and device fd for {bdf}"));
+    pass(
+        "vfio-open",
+        format!("container, group and device fd for {bdf}"),
+    );
 
     let bar0_size = device.get_region_size(VFIO_PCI_BAR0_REGION_INDEX);
     let bar0_flags = device.get_region_flags(VFIO_PCI_BAR0_REGION_INDEX);
     let config_size = device.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
     ensure(
         "vfio-regions",
-        bar0_size == 0x10_0000 && bar0_flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && config_size >= 256,
+        bar0_size == 0x10_0000
+            && bar0_flags & VFIO_REGION_INFO_FLAG_MMAP != 0
+            && config_size >= 256,
         format!("BAR0 {bar0_size:#x} bytes flags {bar0_flags:#x}, config {config_size} bytes"),
     )?;
 
-    let mut id = [0u8; 4];
-    device.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut id, 0);
-    let id = u32::from_le_bytes(id);
+    let id = u32::from_le_bytes(pci::config_read::<4>(&device, 0));
     ensure(
         "vfio-config-space",
         id == EDU_VENDOR_DEVICE,
         format!("vendor:device dword {id:#010x}"),
     )?;
 
-    enable_bus_master(&device)?;
-    let bar0 = map_bar0(&device, bar0_size)?;
+    pci::enable_bus_master(&device)?;
+    let bar0 = pci::map_region(&device, VFIO_PCI_BAR0_REGION_INDEX).or_fail("bar0-mmap")?;
     let ident = read32(&bar0, REG_IDENT)?;
     write32(&bar0, REG_LIVENESS, 0x1234_5678)?;
     let liveness = read32(&bar0, REG_LIVENESS)?;
     ensure(
         "bar0-mmap",
         ident & 0xff == 0xed && liveness == !0x1234_5678,
-        format!("ident {ident:#010x}, liveness {liveness:#010x} (expected {:#010x})", !0x1234_5678u32),
+        format!(
+            "ident {ident:#010x}, liveness {liveness:#010x} (expected {:#010x})",
+            !0x1234_5678u32
+        ),
     )?;
 
     let buffer = MmapRegion::<()>::new(0x2000).or_fail("dma-map")?;
@@ -84,11 +90,15 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     pass("dma-map", format!("8 KiB at IOVA {DMA_IOVA:#x}"));
 
     let pattern: Vec<u8> = (0..TRANSFER).map(|i| (i * 7 + 3) as u8).collect();
-    let back = round_trip(&bar0, &buffer, DMA_IOVA, &pattern).map_err(|e| fail("dma-round-trip", e))?;
+    let back =
+        round_trip(&bar0, &buffer, DMA_IOVA, &pattern).map_err(|e| fail("dma-round-trip", e))?;
     ensure(
         "dma-round-trip",
         back == pattern,
-        format!("{TRANSFER} bytes RAM -> device -> RAM: {}", verdict(&back, &pattern)),
+        format!(
+            "{TRANSFER} bytes RAM -> device -> RAM: {}",
+            verdict(&back, &pattern)
+        ),
     )?;
 
     let event = EventFd::new(EFD_NONBLOCK).or_fail("msi-eventfd")?;
@@ -106,7 +116,11 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     ensure(
         "msi-eventfd",
         signalled,
-        if signalled { format!("eventfd counted {count}") } else { "no MSI within 5 s".into() },
+        if signalled {
+            format!("eventfd counted {count}")
+        } else {
+            "no MSI within 5 s".into()
+        },
     )?;
     device.disable_msi().or_fail("msi-eventfd")?;
 
@@ -116,16 +130,27 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     let victim = MmapRegion::<()>::new(0x1000).or_fail("dma-unmap")?;
     put(&victim, 0, &[SECRET; TRANSFER]).or_fail("dma-unmap")?;
     raw::dma_map(&container, UNMAPPED_IOVA, &victim).or_fail("dma-unmap")?;
-    container.vfio_dma_unmap(UNMAPPED_IOVA, 0x1000).or_fail("dma-unmap")?;
-    pass("dma-unmap", format!("IOVA {UNMAPPED_IOVA:#x} mapped then unmapped"));
+    container
+        .vfio_dma_unmap(UNMAPPED_IOVA, 0x1000)
+        .or_fail("dma-unmap")?;
+    pass(
+        "dma-unmap",
+        format!("IOVA {UNMAPPED_IOVA:#x} mapped then unmapped"),
+    );
     let filler = [FILLER; TRANSFER];
-    let before = round_trip(&bar0, &buffer, DMA_IOVA, &filler).map_err(|e| fail("unmapped-iova-blocked", e))?;
+    let before = round_trip(&bar0, &buffer, DMA_IOVA, &filler)
+        .map_err(|e| fail("unmapped-iova-blocked", e))?;
     if before != filler {
-        return Err(fail("unmapped-iova-blocked", "could not fill the device buffer first"));
+        return Err(fail(
+            "unmapped-iova-blocked",
+            "could not fill the device buffer first",
+        ));
     }
-    dma(&bar0, UNMAPPED_IOVA, EDU_BUFFER, TRANSFER, false).map_err(|e| fail("unmapped-iova-blocked", e))?;
+    dma(&bar0, UNMAPPED_IOVA, EDU_BUFFER, TRANSFER, false)
+        .map_err(|e| fail("unmapped-iova-blocked", e))?;
     put(&buffer, 0x1000, &[0; TRANSFER]).or_fail("unmapped-iova-blocked")?;
-    dma(&bar0, EDU_BUFFER, DMA_IOVA + 0x1000, TRANSFER, true).map_err(|e| fail("unmapped-iova-blocked", e))?;
+    dma(&bar0, EDU_BUFFER, DMA_IOVA + 0x1000, TRANSFER, true)
+        .map_err(|e| fail("unmapped-iova-blocked", e))?;
     let mut after = vec![0u8; TRANSFER];
     get(&buffer, 0x1000, &mut after).or_fail("unmapped-iova-blocked")?;
     let leaked = after.iter().filter(|&&b| b == SECRET).count();
@@ -138,43 +163,25 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-/// Sets Memory Space and Bus Master in the command register: without Bus Master the
-/// device's DMA never reaches memory (VFIO leaves that to the user, as QEMU does).
-pub(crate) fn enable_bus_master(device: &VfioDevice) -> Result<(), Failed> {
-    const COMMAND: u64 = 0x04;
-    const MEMORY_SPACE: u16 = 1 << 1;
-    const BUS_MASTER: u16 = 1 << 2;
-    let mut command = [0u8; 2];
-    device.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut command, COMMAND);
-    let value = u16::from_le_bytes(command) | MEMORY_SPACE | BUS_MASTER;
-    device.region_write(VFIO_PCI_CONFIG_REGION_INDEX, &value.to_le_bytes(), COMMAND);
-    device.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut command, COMMAND);
-    let readback = u16::from_le_bytes(command);
-    ensure(
-        "bus-master",
-        readback & (MEMORY_SPACE | BUS_MASTER) == MEMORY_SPACE | BUS_MASTER,
-        format!("PCI command register {readback:#06x}"),
-    )
-}
-
-fn map_bar0(device: &VfioDevice, size: u64) -> Result<MmapRegion, Failed> {
-    let file = raw::duplicate_fd(device).or_fail("bar0-mmap")?;
-    let offset = device.get_region_offset(VFIO_PCI_BAR0_REGION_INDEX);
-    MmapRegion::<()>::from_file(FileOffset::new(file, offset), size as usize).or_fail("bar0-mmap")
-}
-
 fn read32(bar: &MmapRegion, offset: usize) -> Result<u32, Failed> {
     Ok(bar.get_ref::<u32>(offset).or_fail("bar0-access")?.load())
 }
 
 fn write32(bar: &MmapRegion, offset: usize, value: u32) -> Result<(), Failed> {
-    bar.get_ref::<u32>(offset).or_fail("bar0-access")?.store(value);
+    bar.get_ref::<u32>(offset)
+        .or_fail("bar0-access")?
+        .store(value);
     Ok(())
 }
 
 /// Copies `data` to the device's buffer and back into RAM (at `iova` + 4 KiB),
 /// returning what came back.
-fn round_trip(bar: &MmapRegion, ram: &MmapRegion, iova: u64, data: &[u8]) -> Result<Vec<u8>, String> {
+fn round_trip(
+    bar: &MmapRegion,
+    ram: &MmapRegion,
+    iova: u64,
+    data: &[u8],
+) -> Result<Vec<u8>, String> {
     put(ram, 0, data).map_err(|e| e.to_string())?;
     put(ram, 0x1000, &vec![0; data.len()]).map_err(|e| e.to_string())?;
     dma(bar, iova, EDU_BUFFER, data.len(), false)?;
@@ -195,7 +202,9 @@ fn dma(bar: &MmapRegion, src: u64, dst: u64, len: usize, to_ram: bool) -> Result
     if wait_for(Duration::from_secs(5), || cmd.load() & DMA_CMD_START == 0) {
         Ok(())
     } else {
-        Err(format!("DMA {src:#x} -> {dst:#x} did not finish within 5 s"))
+        Err(format!(
+            "DMA {src:#x} -> {dst:#x} did not finish within 5 s"
+        ))
     }
 }
 
@@ -203,6 +212,9 @@ fn dma(bar: &MmapRegion, src: u64, dst: u64, len: usize, to_ram: bool) -> Result
 fn verdict(actual: &[u8], expected: &[u8]) -> String {
     match actual.iter().zip(expected).position(|(a, b)| a != b) {
         None => "identical".into(),
-        Some(i) => format!("first difference at byte {i}: {:#04x} != {:#04x}", actual[i], expected[i]),
+        Some(i) => format!(
+            "first difference at byte {i}: {:#04x} != {:#04x}",
+            actual[i], expected[i]
+        ),
     }
 }

@@ -13,14 +13,28 @@ const REPORT_PORT: u16 = 0x10;
 
 /// `mov ax, 0x1234; add ax, 0x0101; out 0x10, ax; hlt`: the guest computes its report
 /// (0x1335), so a pass shows guest code ran, not just that an exit happened.
-const GUEST_CODE: [u8; 9] = [0xb8, 0x34, 0x12, 0x05, 0x01, 0x01, 0xe7, REPORT_PORT as u8, 0xf4];
+const GUEST_CODE: [u8; 9] = [
+    0xb8,
+    0x34,
+    0x12,
+    0x05,
+    0x01,
+    0x01,
+    0xe7,
+    REPORT_PORT as u8,
+    0xf4,
+];
 const EXPECTED_REPORT: [u8; 2] = 0x1335u16.to_le_bytes();
 
 /// Runs the probe, printing one result line per step.
 pub fn run() -> Result<(), Failed> {
     let kvm = Kvm::new().or_fail("kvm-open")?;
     let api = kvm.get_api_version();
-    ensure("kvm-api-version", api == 12, format!("KVM_GET_API_VERSION = {api}"))?;
+    ensure(
+        "kvm-api-version",
+        api == 12,
+        format!("KVM_GET_API_VERSION = {api}"),
+    )?;
 
     // Created before the VM so that it outlives it (see `raw::set_guest_memory`).
     let memory = MmapRegion::<()>::new(MEMORY_SIZE).or_fail("guest-memory")?;
@@ -57,12 +71,19 @@ pub fn run() -> Result<(), Failed> {
                 return ensure(
                     "guest-halt",
                     reported.is_some(),
-                    if reported.is_some() { "HLT after the port write" } else { "HLT before any port write" },
+                    if reported.is_some() {
+                        "HLT after the port write"
+                    } else {
+                        "HLT before any port write"
+                    },
                 );
             }
             VcpuExit::InternalError | VcpuExit::FailEntry(..) | VcpuExit::Shutdown => {
                 let regs = vcpu.get_regs().map(|r| r.rip).unwrap_or_default();
-                return Err(fail("guest-run", format!("guest stopped abnormally at rip {regs:#x}")));
+                return Err(fail(
+                    "guest-run",
+                    format!("guest stopped abnormally at rip {regs:#x}"),
+                ));
             }
             other => return Err(fail("guest-run", format!("unexpected exit {other:?}"))),
         }

@@ -12,6 +12,7 @@ use crate::result_line::check_line;
 
 pub mod edu;
 pub mod kvm_smoke;
+pub mod pci;
 mod raw;
 pub mod virtio_msix;
 

@@ -15,7 +15,12 @@ use vm_memory::MmapRegion;
 ///
 /// The mapping must outlive every later `KVM_RUN` of `vm`: callers create `memory`
 /// before the VM and drop it after.
-pub fn set_guest_memory(vm: &VmFd, slot: u32, guest_phys_addr: u64, memory: &MmapRegion) -> Result<(), kvm_ioctls::Error> {
+pub fn set_guest_memory(
+    vm: &VmFd,
+    slot: u32,
+    guest_phys_addr: u64,
+    memory: &MmapRegion,
+) -> Result<(), kvm_ioctls::Error> {
     let region = kvm_userspace_memory_region {
         slot,
         flags: 0,
@@ -34,7 +39,11 @@ pub fn set_guest_memory(vm: &VmFd, slot: u32, guest_phys_addr: u64, memory: &Mma
 /// The caller must keep `memory` mapped until `vfio_dma_unmap` of the same range or
 /// until the container is dropped, and reach it only through vm-memory's volatile
 /// accessors (never through Rust references), as `VfioContainer::vfio_dma_map` requires.
-pub fn dma_map(container: &VfioContainer, iova: u64, memory: &MmapRegion) -> Result<(), vfio_ioctls::VfioError> {
+pub fn dma_map(
+    container: &VfioContainer,
+    iova: u64,
+    memory: &MmapRegion,
+) -> Result<(), vfio_ioctls::VfioError> {
     // SAFETY: `memory` is a live mapping of `memory.size()` bytes that the callers
     // access only through volatile operations, and which outlives the DMA mapping
     // (they unmap it, or drop the container, before the region).
