@@ -38,12 +38,17 @@ pub fn check_line(name: &str, passed: bool, detail: &str) -> String {
 
 /// Parses one console line; `None` for anything that is not a well-formed result line.
 /// The prefix may be preceded by other output on the same line (the serial console
-/// interleaves kernel messages), but must start a word.
+/// interleaves kernel and firmware messages that do not always end their lines), but
+/// not glued to a word.
 pub fn parse(line: &str) -> Option<ResultLine> {
     let line = strip_escapes(line);
     let line = line.trim_end_matches(['\r', '\n']);
     let start = line.find(PREFIX)?;
-    if start > 0 && !line[..start].ends_with([' ', ']', '\t']) {
+    if line[..start]
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    {
         return None;
     }
     let mut words = line[start + PREFIX.len()..].trim_start().splitn(4, ' ');
@@ -83,17 +88,14 @@ fn strip_escapes(line: &str) -> String {
             out.push(c);
             continue;
         }
-        match chars.next() {
-            // CSI: parameters and intermediates up to a final byte in @..~.
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
+        // CSI (ESC [ ...) runs to a final byte in @..~; any other escape is two
+        // characters (such as ESC c, reset), dropped by taking the second here.
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
                 }
             }
-            // A two-character sequence such as ESC c (reset): both dropped.
-            _ => {}
         }
     }
     out
