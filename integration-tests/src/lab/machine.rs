@@ -38,8 +38,12 @@ pub struct MachineRun {
 
 /// The QEMU binary the lab uses, or a clear error when it is not installed.
 pub fn qemu_binary() -> Result<PathBuf> {
-    let name = std::env::var(QEMU_ENV).unwrap_or_else(|_| "qemu-system-x86_64".into());
-    find_program(&name).ok_or_else(|| LabError::Prerequisite {
+    find_qemu(&std::env::var(QEMU_ENV).unwrap_or_else(|_| "qemu-system-x86_64".into()))
+}
+
+/// The QEMU binary `name` (a path, or a name looked up on `PATH`).
+fn find_qemu(name: &str) -> Result<PathBuf> {
+    find_program(name).ok_or_else(|| LabError::Prerequisite {
         what: format!("QEMU binary `{name}` not found"),
         hint: "the lab needs Debian's qemu-system-x86 and seabios packages: run scripts/setup"
             .into(),
@@ -141,4 +145,100 @@ fn spawn_reader(mut source: Box<dyn Read + Send>) -> std::thread::JoinHandle<Vec
         let _ = source.read_to_end(&mut bytes);
         bytes
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_qemu_says_how_to_install_it() {
+        let err = find_qemu("/nonexistent/qemu-system-x86_64")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/qemu-system-x86_64") && err.contains("scripts/setup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_l1_command_line_has_the_iommu_the_devices_and_tcg() {
+        let spec = MachineSpec {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            memory_mib: 512,
+            devices: vec!["edu".into()],
+            objects: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        let line = describe(&command(Path::new("qemu"), &spec));
+        for part in [
+            "-accel tcg",
+            "-smp 1",
+            "-m 512M",
+            "intel-iommu",
+            "-device edu",
+            "-kernel /k",
+            "-initrd /i",
+            "intel_iommu=on",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+    }
+
+    /// A stand-in for QEMU: a shell script that ignores its arguments.
+    fn fake_qemu(name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("lab-fake-qemu-{}-{name}", std::process::id()));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn spec(timeout: Duration) -> MachineSpec {
+        MachineSpec {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            memory_mib: 64,
+            devices: vec![],
+            objects: vec![],
+            timeout,
+        }
+    }
+
+    #[test]
+    fn a_hanging_machine_is_killed_at_the_timeout_and_its_output_kept() {
+        let qemu = fake_qemu("hang", "echo booting; exec sleep 60");
+        let run = boot(&qemu, &spec(Duration::from_millis(500))).unwrap();
+        std::fs::remove_file(&qemu).unwrap();
+        assert_eq!(run.end, MachineEnd::TimedOut { after_secs: 0 });
+        assert!(run.console.starts_with("booting"), "{:?}", run.console);
+    }
+
+    #[test]
+    fn a_machine_that_powers_off_is_collected_with_its_stderr() {
+        let qemu = fake_qemu(
+            "exit",
+            "echo 'LAB-RESULT done'; echo 'qemu: warning' >&2; exit 3",
+        );
+        let run = boot(&qemu, &spec(Duration::from_secs(60))).unwrap();
+        std::fs::remove_file(&qemu).unwrap();
+        assert!(
+            matches!(&run.end, MachineEnd::Exited(status) if status.contains('3')),
+            "{:?}",
+            run.end
+        );
+        assert!(
+            run.console.contains("LAB-RESULT done\n"),
+            "{:?}",
+            run.console
+        );
+        assert!(
+            run.console.contains("QEMU stderr ---\nqemu: warning"),
+            "{:?}",
+            run.console
+        );
+    }
 }
