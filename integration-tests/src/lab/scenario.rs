@@ -56,6 +56,23 @@ const VFIO_PROBE: GuestProgram = GuestProgram {
     bin: "lab-vfio-probe",
 };
 
+/// What a scenario has unless it says otherwise.
+const PLAIN: Scenario = Scenario {
+    name: "",
+    summary: "",
+    script: "",
+    modules: &[],
+    devices: &[],
+    objects: &[],
+    memory_mib: 512,
+    guest_programs: &[],
+    host_programs: &[],
+    host_files: &[],
+    l2: None,
+    expected_checks: &[],
+    timeout_secs: 180,
+};
+
 /// Every scenario the lab ships.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -63,16 +80,10 @@ pub const SCENARIOS: &[Scenario] = &[
         summary: "/dev/kvm in L1 (SVM with nested paging) runs a tiny guest to a port write and HLT",
         script: include_str!("../../lab/scenarios/kvm-smoke.sh"),
         modules: KVM_MODULES,
-        devices: &[],
-        objects: &[],
-        memory_mib: 512,
         guest_programs: &[GuestProgram {
             package: THIS_PACKAGE,
             bin: "lab-kvm-probe",
         }],
-        host_programs: &[],
-        host_files: &[],
-        l2: None,
         expected_checks: &[
             "kvm-device",
             "nested-paging",
@@ -81,7 +92,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "guest-port-write",
             "guest-halt",
         ],
-        timeout_secs: 180,
+        ..PLAIN
     },
     Scenario {
         name: "vfio-edu",
@@ -89,12 +100,7 @@ pub const SCENARIOS: &[Scenario] = &[
         script: include_str!("../../lab/scenarios/vfio-edu.sh"),
         modules: VFIO_MODULES,
         devices: &["edu"],
-        objects: &[],
-        memory_mib: 512,
         guest_programs: &[VFIO_PROBE],
-        host_programs: &[],
-        host_files: &[],
-        l2: None,
         expected_checks: &[
             "bind-vfio-pci",
             "vfio-open",
@@ -109,7 +115,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "unmapped-iova-blocked",
             "iommu-fault-logged",
         ],
-        timeout_secs: 180,
+        ..PLAIN
     },
     Scenario {
         name: "vfio-msix",
@@ -117,12 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         script: include_str!("../../lab/scenarios/vfio-msix.sh"),
         modules: VFIO_MODULES,
         devices: &["virtio-rng-pci,disable-legacy=on,iommu_platform=on"],
-        objects: &[],
-        memory_mib: 512,
         guest_programs: &[VFIO_PROBE],
-        host_programs: &[],
-        host_files: &[],
-        l2: None,
         expected_checks: &[
             "bind-vfio-pci",
             "vfio-open",
@@ -133,17 +134,14 @@ pub const SCENARIOS: &[Scenario] = &[
             "virtqueue-request",
             "msix-eventfd",
         ],
-        timeout_secs: 180,
+        ..PLAIN
     },
     Scenario {
         name: "linux-l2",
         summary: "a Linux L2 guest boots under KVM inside L1 to an init that reports over serial (QEMU in L1 as the VMM, until bulwark-vmm can)",
         script: include_str!("../../lab/scenarios/linux-l2.sh"),
         modules: KVM_MODULES,
-        devices: &[],
-        objects: &[],
         memory_mib: 1536,
-        guest_programs: &[],
         host_programs: &["/usr/bin/qemu-system-x86_64"],
         host_files: &["/usr/share/qemu/bios-microvm.bin"],
         l2: Some(L2Guest {
@@ -151,6 +149,7 @@ pub const SCENARIOS: &[Scenario] = &[
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,
+        ..PLAIN
     },
 ];
 
@@ -186,6 +185,12 @@ mod tests {
             assert!(
                 SCENARIOS[..i].iter().all(|o| o.name != s.name),
                 "{} twice",
+                s.name
+            );
+            assert!(!s.name.is_empty() && !s.summary.is_empty() && !s.script.is_empty());
+            assert!(
+                !s.expected_checks.is_empty(),
+                "{} expects no checks",
                 s.name
             );
             for check in s.expected_checks {

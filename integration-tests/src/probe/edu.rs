@@ -14,7 +14,7 @@ use vfio_ioctls::{VfioContainer, VfioDevice};
 use vm_memory::{MmapRegion, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ensure, fail, get, pass, pci, put, raw, wait_for, Failed, OrFail};
+use super::{ensure, fail, get, pass, pci, put, raw, wait_for, wait_for_event, Failed, OrFail};
 
 const EDU_VENDOR_DEVICE: u32 = 0x11e8_1234;
 /// BAR0 registers (QEMU docs/specs/edu.rst).
@@ -104,23 +104,14 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     let event = EventFd::new(EFD_NONBLOCK).or_fail("msi-eventfd")?;
     device.enable_msi(vec![&event]).or_fail("msi-eventfd")?;
     write32(&bar0, REG_IRQ_RAISE, 0x1)?;
-    let mut count = 0;
-    let signalled = wait_for(Duration::from_secs(5), || match event.read() {
-        Ok(n) => {
-            count = n;
-            true
-        }
-        Err(_) => false,
-    });
+    let count = wait_for_event(&event, Duration::from_secs(5));
     write32(&bar0, REG_IRQ_ACK, 0x1)?;
     ensure(
         "msi-eventfd",
-        signalled,
-        if signalled {
-            format!("eventfd counted {count}")
-        } else {
-            "no MSI within 5 s".into()
-        },
+        count.is_some(),
+        count.map_or("no MSI within 5 s".into(), |n| {
+            format!("eventfd counted {n}")
+        }),
     )?;
     device.disable_msi().or_fail("msi-eventfd")?;
 

@@ -7,6 +7,7 @@ use std::fmt::Display;
 
 use vm_memory::volatile_memory::Error as VolatileMemoryError;
 use vm_memory::{MmapRegion, VolatileMemory};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::result_line::check_line;
 
@@ -64,6 +65,16 @@ pub fn wait_for(timeout: std::time::Duration, mut ready: impl FnMut() -> bool) -
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// Waits up to `timeout` for `event` to be signalled; returns its count, or `None`.
+pub fn wait_for_event(event: &EventFd, timeout: std::time::Duration) -> Option<u64> {
+    let mut count = None;
+    wait_for(timeout, || {
+        count = event.read().ok();
+        count.is_some()
+    });
+    count
 }
 
 /// Copies `data` into `region` at `offset` with volatile accesses (the memory is

@@ -15,7 +15,7 @@ use vfio_ioctls::{VfioContainer, VfioDevice};
 use vm_memory::{ByteValued, MmapRegion, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ensure, fail, get, pass, pci, put, raw, wait_for, Failed, OrFail};
+use super::{ensure, fail, get, pass, pci, put, raw, wait_for, wait_for_event, Failed, OrFail};
 
 const VIRTIO_RNG: u32 = 0x1044_1af4;
 const CAP_VENDOR: u8 = 0x09;
@@ -181,14 +181,7 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     };
     doorbell.write::<u16>(0, 0)?;
 
-    let mut count = 0;
-    let signalled = wait_for(Duration::from_secs(5), || match event.read() {
-        Ok(n) => {
-            count = n;
-            true
-        }
-        Err(_) => false,
-    });
+    let count = wait_for_event(&event, Duration::from_secs(5));
     let mut used = [0u8; 12];
     get(&memory, USED + 2, &mut used).or_fail("virtqueue-request")?;
     let used_idx = u16::from_le_bytes([used[0], used[1]]);
@@ -206,12 +199,10 @@ pub fn run(bdf: &str) -> Result<(), Failed> {
     )?;
     ensure(
         "msix-eventfd",
-        signalled,
-        if signalled {
-            format!("vector 0 eventfd counted {count}")
-        } else {
-            "no MSI-X interrupt within 5 s".into()
-        },
+        count.is_some(),
+        count.map_or("no MSI-X interrupt within 5 s".into(), |n| {
+            format!("vector 0 eventfd counted {n}")
+        }),
     )?;
     cfg.write::<u8>(DEVICE_STATUS, 0)?;
     device.disable_msix().or_fail("msix-eventfd")?;
