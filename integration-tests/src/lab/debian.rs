@@ -129,8 +129,8 @@ fn check_kernel_package(name: String) -> Result<String> {
     if name.starts_with("linux-image-6.1.") && name.ends_with("-cloud-amd64") {
         Ok(name)
     } else {
-        Err(LabError::UnexpectedOutput {
-            command: format!("kernel package selection ({KERNEL_PACKAGE_ENV} or {KERNEL_META_PACKAGE})"),
+        Err(LabError::InvalidSetting {
+            setting: format!("kernel package (${KERNEL_PACKAGE_ENV}, else what {KERNEL_META_PACKAGE} depends on)"),
             reason: format!(
                 "{name:?} is not a Debian 12 cloud kernel (linux-image-6.1.*-cloud-amd64), the kernel the lab's module list is written for"
             ),
@@ -169,8 +169,8 @@ fn validate_package_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(LabError::UnexpectedOutput {
-            command: "package selection".into(),
+        Err(LabError::InvalidSetting {
+            setting: "Debian package name".into(),
             reason: format!("{name:?} is not a valid Debian package name"),
         })
     }

@@ -9,6 +9,9 @@ pub enum LabError {
     /// Something the lab needs from the host is missing; `hint` says how to get it.
     #[error("lab prerequisite missing: {what}; {hint}")]
     Prerequisite { what: String, hint: String },
+    /// A setting (an environment variable or a name given to the lab) is not valid.
+    #[error("invalid {setting}: {reason}")]
+    InvalidSetting { setting: String, reason: String },
     /// No scenario of that name exists.
     #[error("unknown lab scenario {name:?}; known scenarios: {known}")]
     UnknownScenario { name: String, known: String },
