@@ -47,7 +47,9 @@ impl PackageCache {
         // Unpack into a private scratch directory, then rename it into place, so an
         // interrupted run never leaves a half-unpacked package behind and two runs
         // racing on a cold cache both end up with a complete one.
-        let scratch = self.root.join("scratch").join(format!(
+        let scratch_root = self.root.join("scratch");
+        remove_abandoned(&scratch_root);
+        let scratch = scratch_root.join(format!(
             "{name}-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
@@ -99,6 +101,25 @@ impl PackageCache {
                 tree.display(),
                 dir.display()
             ))(e)),
+        }
+    }
+}
+
+/// Removes scratch directories an interrupted run left behind (older than an hour,
+/// far longer than a fetch takes). Best effort: what cannot be removed stays.
+fn remove_abandoned(scratch_root: &Path) {
+    let Ok(entries) = fs::read_dir(scratch_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if abandoned {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
