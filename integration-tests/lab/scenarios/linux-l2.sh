@@ -7,7 +7,9 @@ if version=$(qemu-system-x86_64 --version 2>&1); then
 else
   lab_fail l2-vmm-starts "$version"; exit 1
 fi
-timeout 150 qemu-system-x86_64 -accel kvm -cpu host,xsave=off -M microvm -smp 1 -m 256M \
+# L2 powers itself off (lab/l2-init.sh): QEMU exits 0. A hung L2 is killed with SIGKILL
+# (QEMU would exit 0 on SIGTERM), so that status 137 tells the two apart.
+timeout -s KILL 150 qemu-system-x86_64 -accel kvm -cpu host,xsave=off -M microvm -smp 1 -m 256M \
   -nodefaults -no-reboot -nographic -serial stdio -display none \
   -kernel /lab/l2/vmlinuz -initrd /lab/l2/initramfs.cpio \
   -append "console=ttyS0 panic=-1 quiet" </dev/null >/tmp/l2.log 2>&1
@@ -25,4 +27,8 @@ if tr -d '\r' </tmp/l2.log | grep -q '^L2-INIT .*hypervisor=KVM'; then
 else
   lab_fail l2-under-kvm "L2 did not detect KVM as its hypervisor"
 fi
-if [ "$status" -eq 0 ]; then lab_pass l2-exit; else lab_fail l2-exit "QEMU exited with status $status"; fi
+if [ "$status" -eq 0 ]; then
+  lab_pass l2-exit "L2 powered off, QEMU exited 0"
+else
+  lab_fail l2-exit "QEMU exited with status $status (137: killed after 150 s)"
+fi

@@ -143,7 +143,10 @@ pub const SCENARIOS: &[Scenario] = &[
         modules: KVM_MODULES,
         memory_mib: 1536,
         host_programs: &["/usr/bin/qemu-system-x86_64"],
-        host_files: &["/usr/share/qemu/bios-microvm.bin"],
+        host_files: &[
+            "/usr/share/qemu/bios-microvm.bin",
+            "/usr/share/qemu/linuxboot_dma.bin",
+        ],
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init.sh"),
         }),
