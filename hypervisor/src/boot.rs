@@ -1,0 +1,473 @@
+//! Loading what the guest boots into guest memory, and recording every byte written
+//! as a measured event. `bulwark-vmm measure` runs exactly this code against scratch
+//! memory, which is why its prediction equals the booted value.
+
+use std::io::Cursor;
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{BzImage, KernelLoader, KernelLoaderResult};
+use serde::Serialize;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::boot_source::{BootInputs, BootPayload};
+use crate::config::{ApStart, LinuxEntry, RawEntry, RawMode, VmConfig};
+use crate::devices::device_list;
+use crate::layout::*;
+use crate::measurement::{sha384_field, text, Event, Field, Measurement};
+
+/// CPU mode the vCPUs start in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryMode {
+    /// 64-bit long mode, identity-mapped first 4 GiB (Linux 64-bit boot protocol and raw `long64`).
+    Long64,
+    /// 32-bit flat protected mode, paging off (PVH).
+    Protected32,
+    /// 16-bit real mode.
+    Real,
+}
+
+impl EntryMode {
+    fn name(self) -> &'static str {
+        match self {
+            EntryMode::Long64 => "long64",
+            EntryMode::Protected32 => "protected32",
+            EntryMode::Real => "real",
+        }
+    }
+}
+
+/// The register state the vCPUs start with (everything not listed is zero or the
+/// architectural reset value; see `docs/measurement.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EntryState {
+    /// CPU mode.
+    pub mode: EntryMode,
+    /// Instruction pointer (for `real`: the linear address; CS base = rip & !0xffff).
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// RSI (Linux: zero page).
+    pub rsi: u64,
+    /// RBX (PVH: start info).
+    pub rbx: u64,
+    /// How vCPUs other than 0 start; with `at_entry` each gets RDI = its index.
+    pub aps: ApStart,
+}
+
+/// Boot failures, each naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The kernel could not be parsed or loaded.
+    #[error("boot_source.kernel: {0}")]
+    Kernel(String),
+    /// The initrd does not fit.
+    #[error("boot_source.initrd: {0}")]
+    Initrd(String),
+    /// Bad command line.
+    #[error("boot_source.cmdline: {0}")]
+    Cmdline(String),
+    /// The raw image does not fit where it was asked to go.
+    #[error("boot_source.load_addr: {0}")]
+    Raw(String),
+    /// Entry point choice is impossible for this kernel.
+    #[error("boot_source.entry: {0}")]
+    Entry(String),
+    /// Writing guest memory failed (a layout bug).
+    #[error("writing guest memory: {0}")]
+    Memory(String),
+}
+
+/// The result of loading: how to start the vCPUs and what was measured.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// vCPU entry state.
+    pub entry: EntryState,
+    /// Measured events (without the domain event).
+    pub events: Vec<Event>,
+    /// The measurement.
+    pub measurement: Measurement,
+}
+
+struct Writer<'a> {
+    mem: &'a GuestMemoryMmap,
+    layout: &'a MemoryLayout,
+    events: Vec<Event>,
+}
+
+impl Writer<'_> {
+    /// Writes `bytes` at `addr` (must be RAM) and measures them as `kind`.
+    fn put(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
+        if !self.layout.is_ram(addr, bytes.len() as u64) {
+            return Err(BootError::Memory(format!(
+                "{kind} of {} bytes at {addr:#x} is not inside guest RAM",
+                bytes.len()
+            )));
+        }
+        self.mem
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| BootError::Memory(format!("{kind}: {e}")))?;
+        self.measure_blob(kind, addr, bytes);
+        Ok(())
+    }
+
+    fn measure_blob(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) {
+        self.events.push(Event::new(
+            "blob",
+            vec![
+                text(kind),
+                Field::U64(addr),
+                Field::U64(bytes.len() as u64),
+                sha384_field(bytes),
+            ],
+            format!("{kind} at {addr:#x}, {} bytes", bytes.len()),
+        ));
+    }
+}
+
+/// GDT for the boot: null, null, 64-bit code (0x10), data (0x18), TSS (0x20); the
+/// 32-bit code descriptor replaces the 64-bit one for PVH. The vCPU set-up loads the
+/// segment registers from the same values.
+pub fn gdt_entries(mode: EntryMode) -> [u64; 5] {
+    let code = match mode {
+        EntryMode::Protected32 => 0x00cf_9b00_0000_ffff,
+        _ => 0x00af_9b00_0000_ffff,
+    };
+    [0, 0, code, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067]
+}
+
+/// Identity map of 0..4 GiB: PML4[0] -> PDPT, PDPT[0..4] -> four PDs of 2 MiB pages.
+fn page_tables() -> Vec<u8> {
+    let mut t = vec![0u64; 6 * 512];
+    t[0] = PDPT_ADDR | 0x3;
+    for i in 0..4u64 {
+        t[512 + i as usize] = (PD_ADDR + i * 0x1000) | 0x3;
+    }
+    for i in 0..2048u64 {
+        t[1024 + i as usize] = (i << 21) | 0x83;
+    }
+    t.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
+
+fn write_long_mode_structures(w: &mut Writer, mode: EntryMode) -> Result<(), BootError> {
+    let g: Vec<u8> = gdt_entries(mode)
+        .iter()
+        .flat_map(|e| e.to_le_bytes())
+        .collect();
+    w.put("boot-gdt", BOOT_GDT_ADDR, &g)?;
+    if mode == EntryMode::Long64 {
+        w.put("boot-page-tables", PML4_ADDR, &page_tables())?;
+    }
+    Ok(())
+}
+
+fn machine_events(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    signed: &crate::boot_source::Origin,
+) -> Vec<Event> {
+    let e820 = layout.e820();
+    let mut map = vec![Field::U32(e820.len() as u32)];
+    for e in &e820 {
+        map.extend([
+            Field::U64(e.addr),
+            Field::U64(e.size),
+            Field::U32(e.kind.code()),
+        ]);
+    }
+    let devices = device_list(&cfg.devices);
+    let mut dev = vec![Field::U32(devices.len() as u32)];
+    dev.extend(devices.iter().map(|d| text(d)));
+    vec![
+        Event::new(
+            "machine",
+            vec![
+                Field::U32(u32::from(cfg.machine.vcpus)),
+                Field::U64(layout.mem_size),
+                Field::U64(layout.mmio32.0),
+                Field::U64(layout.mmio32.1),
+                Field::U64(layout.mmio64.0),
+                Field::U64(layout.mmio64.1),
+            ],
+            format!(
+                "{} vCPUs, {} MiB RAM, 64-bit MMIO window {} GiB at {:#x}",
+                cfg.machine.vcpus,
+                layout.mem_size / MIB,
+                layout.mmio64.1 / GIB,
+                layout.mmio64.0
+            ),
+        ),
+        Event::new("memory-map", map, format!("{} e820 entries", e820.len())),
+        Event::new(
+            "cpuid-policy",
+            vec![text(cfg.machine.cpuid_policy.name())],
+            cfg.machine.cpuid_policy.name(),
+        ),
+        Event::new("devices", dev, devices.join(", ")),
+        signed.event(),
+    ]
+}
+
+/// Loads `inputs` into `mem` for `cfg` and returns the entry state and measurement.
+pub fn prepare(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    inputs: &BootInputs,
+    mem: &GuestMemoryMmap,
+) -> Result<BootPlan, BootError> {
+    let mut w = Writer {
+        mem,
+        layout,
+        events: machine_events(cfg, layout, &inputs.origin),
+    };
+    let entry = match &inputs.payload {
+        BootPayload::Raw {
+            image,
+            load_addr,
+            entry,
+        } => load_raw(&mut w, image, *load_addr, entry)?,
+        BootPayload::Linux {
+            kernel,
+            initrd,
+            cmdline,
+            entry,
+        } => load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry)?,
+    };
+    w.events.push(Event::new(
+        "entry",
+        vec![
+            text(entry.mode.name()),
+            Field::U64(entry.rip),
+            Field::U64(entry.rsp),
+            Field::U64(entry.rsi),
+            Field::U64(entry.rbx),
+            text(match entry.aps {
+                ApStart::WaitForSipi => "wait_for_sipi",
+                ApStart::AtEntry => "at_entry",
+            }),
+        ],
+        format!(
+            "{} rip={:#x} rsp={:#x} rsi={:#x} rbx={:#x}",
+            entry.mode.name(),
+            entry.rip,
+            entry.rsp,
+            entry.rsi,
+            entry.rbx
+        ),
+    ));
+    let measurement = Measurement::compute(&w.events);
+    Ok(BootPlan {
+        entry,
+        events: w.events,
+        measurement,
+    })
+}
+
+fn load_raw(
+    w: &mut Writer,
+    image: &[u8],
+    load_addr: u64,
+    entry: &RawEntry,
+) -> Result<EntryState, BootError> {
+    if !w.layout.is_ram(load_addr, image.len() as u64) {
+        return Err(BootError::Raw(format!(
+            "image of {} bytes at {load_addr:#x} does not fit in guest RAM",
+            image.len()
+        )));
+    }
+    let mode = match entry.mode {
+        RawMode::Long64 => EntryMode::Long64,
+        RawMode::Real => EntryMode::Real,
+    };
+    if mode == EntryMode::Long64 && load_addr < BOOT_AREA_END {
+        return Err(BootError::Raw(format!(
+            "a long64 image must load at or above {BOOT_AREA_END:#x} (boot structures live below)"
+        )));
+    }
+    if mode == EntryMode::Real && entry.rip >= 1 << 32 {
+        return Err(BootError::Entry("real-mode rip must be below 4 GiB".into()));
+    }
+    if mode == EntryMode::Long64 {
+        write_long_mode_structures(w, mode)?;
+    }
+    w.put("raw-image", load_addr, image)?;
+    Ok(EntryState {
+        mode,
+        rip: entry.rip,
+        rsp: entry.rsp,
+        rsi: entry.rsi,
+        rbx: 0,
+        aps: entry.aps,
+    })
+}
+
+fn load_linux(
+    w: &mut Writer,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+    cmdline: &str,
+    want: LinuxEntry,
+) -> Result<EntryState, BootError> {
+    if cmdline.len() as u64 >= CMDLINE_MAX_SIZE || cmdline.as_bytes().contains(&0) {
+        return Err(BootError::Cmdline(format!(
+            "must be shorter than {CMDLINE_MAX_SIZE} bytes and hold no NUL"
+        )));
+    }
+    let is_elf = kernel.starts_with(b"\x7fELF");
+    let himem = Some(GuestAddress(HIMEM_START));
+    let loaded: KernelLoaderResult = if is_elf {
+        Elf::load(w.mem, None, &mut Cursor::new(kernel), himem)
+            .map_err(|e| BootError::Kernel(format!("vmlinux ELF: {e}")))?
+    } else {
+        BzImage::load(w.mem, None, &mut Cursor::new(kernel), himem)
+            .map_err(|e| BootError::Kernel(format!("not an x86-64 ELF; as bzImage: {e}")))?
+    };
+    w.measure_blob(
+        if is_elf {
+            "kernel-elf"
+        } else {
+            "kernel-bzimage"
+        },
+        loaded.kernel_load.0,
+        kernel,
+    );
+    let pvh = match (want, loaded.pvh_boot_cap) {
+        (LinuxEntry::Linux64, _) => None,
+        (LinuxEntry::Auto | LinuxEntry::Pvh, PvhBootCapability::PvhEntryPresent(a)) if is_elf => {
+            Some(a.0)
+        }
+        (LinuxEntry::Pvh, _) => {
+            return Err(BootError::Entry(
+                "pvh requested but the kernel has no PVH note".into(),
+            ))
+        }
+        (LinuxEntry::Auto, _) => None,
+    };
+
+    // Command line, NUL-terminated.
+    let mut cl = cmdline.as_bytes().to_vec();
+    cl.push(0);
+    w.put("cmdline", CMDLINE_ADDR, &cl)?;
+
+    // Initrd at the top of low RAM (below 896 MiB for old kernels' initrd_addr_max).
+    let initrd_at = match initrd {
+        Some(data) => {
+            let limit = w.layout.low_ram_end().min(0x3800_0000);
+            let len = data.len() as u64;
+            let at = limit
+                .checked_sub(len)
+                .map(|a| a & !0xfff)
+                .filter(|&a| a >= loaded.kernel_end && a >= BOOT_AREA_END)
+                .ok_or_else(|| {
+                    BootError::Initrd(format!(
+                        "{len} bytes do not fit between the kernel and {limit:#x}"
+                    ))
+                })?;
+            w.put("initrd", at, data)?;
+            Some((at, len))
+        }
+        None => None,
+    };
+
+    let e820 = w.layout.e820();
+    if let Some(entry) = pvh {
+        write_long_mode_structures(w, EntryMode::Protected32)?;
+        let mut start = hvm_start_info {
+            magic: 0x336e_c578,
+            version: 1,
+            cmdline_paddr: CMDLINE_ADDR,
+            memmap_paddr: PVH_MEMMAP_ADDR,
+            memmap_entries: e820.len() as u32,
+            ..Default::default()
+        };
+        let mut blob = Vec::new();
+        let mut map = Vec::new();
+        for e in &e820 {
+            let m = hvm_memmap_table_entry {
+                addr: e.addr,
+                size: e.size,
+                type_: e.kind.code(),
+                reserved: 0,
+            };
+            map.extend_from_slice(m.as_slice());
+        }
+        let mut modules = Vec::new();
+        if let Some((at, len)) = initrd_at {
+            let modlist_at = PVH_MEMMAP_ADDR + map.len() as u64;
+            start.nr_modules = 1;
+            start.modlist_paddr = modlist_at;
+            let m = hvm_modlist_entry {
+                paddr: at,
+                size: len,
+                ..Default::default()
+            };
+            modules.extend_from_slice(m.as_slice());
+        }
+        blob.extend_from_slice(start.as_slice());
+        blob.resize((PVH_MEMMAP_ADDR - PVH_INFO_ADDR) as usize, 0);
+        blob.extend_from_slice(&map);
+        blob.extend_from_slice(&modules);
+        if PVH_INFO_ADDR + blob.len() as u64 > ZERO_PAGE_ADDR {
+            return Err(BootError::Memory(
+                "PVH start info overflows its area".into(),
+            ));
+        }
+        w.put("pvh-start-info", PVH_INFO_ADDR, &blob)?;
+        return Ok(EntryState {
+            mode: EntryMode::Protected32,
+            rip: entry,
+            rsp: 0,
+            rsi: 0,
+            rbx: PVH_INFO_ADDR,
+            aps: ApStart::WaitForSipi,
+        });
+    }
+
+    write_long_mode_structures(w, EntryMode::Long64)?;
+    let mut params = boot_params {
+        hdr: loaded.setup_header.unwrap_or(setup_header {
+            boot_flag: 0xaa55,
+            header: 0x5372_6448,
+            kernel_alignment: 0x0100_0000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    params.hdr.type_of_loader = 0xff;
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmdline_size = cl.len() as u32;
+    if let Some((at, len)) = initrd_at {
+        params.hdr.ramdisk_image = at as u32;
+        params.hdr.ramdisk_size = len as u32;
+    }
+    if e820.len() > params.e820_table.len() {
+        return Err(BootError::Memory("e820 table too long".into()));
+    }
+    for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind.code(),
+        };
+    }
+    params.e820_entries = e820.len() as u8;
+    w.put("linux-zero-page", ZERO_PAGE_ADDR, params.as_slice())?;
+    let entry = if is_elf {
+        loaded.kernel_load.0
+    } else {
+        // bzImage: the 64-bit entry is 0x200 past the protected-mode code.
+        loaded.kernel_load.0 + 0x200
+    };
+    Ok(EntryState {
+        mode: EntryMode::Long64,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rsi: ZERO_PAGE_ADDR,
+        rbx: 0,
+        aps: ApStart::WaitForSipi,
+    })
+}

@@ -1,0 +1,434 @@
+//! The VM description: one schema for the `--config` JSON file and the REST API.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpuid::CpuidPolicy;
+use crate::layout::{MemoryLayout, GIB, MIB};
+use crate::memory::Backing;
+
+/// A complete VM description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// CPUs, memory, CPUID.
+    pub machine: MachineConfig,
+    /// What the guest boots.
+    pub boot_source: BootSource,
+    /// Emulated devices.
+    #[serde(default)]
+    pub devices: DevicesConfig,
+    /// Seccomp filters for the VMM's threads.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+}
+
+/// CPUs and memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs, 1..=254.
+    pub vcpus: u8,
+    /// Guest RAM in MiB (a multiple of 2, at least 4).
+    pub mem_mib: u64,
+    /// Size of the 64-bit MMIO window above RAM, in GiB.
+    #[serde(default = "default_mmio64_gib")]
+    pub mmio64_gib: u64,
+    /// What backs guest RAM.
+    #[serde(default)]
+    pub backing: Backing,
+    /// Touch all guest RAM before boot with this many threads (0: do not prefault).
+    #[serde(default)]
+    pub prefault_threads: u8,
+    /// The CPUID policy (see `docs/vmm.md`).
+    #[serde(default)]
+    pub cpuid_policy: CpuidPolicy,
+}
+
+fn default_mmio64_gib() -> u64 {
+    1024
+}
+
+/// The boot source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BootSource {
+    /// A Linux kernel (vmlinux ELF or bzImage) from plain files: unsigned, for development.
+    Linux {
+        /// Path of the kernel.
+        kernel: PathBuf,
+        /// Path of the initrd, if any.
+        #[serde(default)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        #[serde(default)]
+        cmdline: String,
+        /// Which entry point of a vmlinux to use.
+        #[serde(default)]
+        entry: LinuxEntry,
+    },
+    /// A flat binary copied to `load_addr` and entered with the given registers:
+    /// unsigned, for test guests and firmware.
+    Raw {
+        /// Path of the binary.
+        image: PathBuf,
+        /// Guest-physical load address.
+        load_addr: u64,
+        /// Entry state of the vCPUs.
+        entry: RawEntry,
+    },
+    /// A signed image bundle verified against trusted keys before anything is loaded.
+    Bundle {
+        /// Path of the bundle file.
+        path: PathBuf,
+        /// PEM public keys the bundle must be signed by.
+        trusted_keys: Vec<PathBuf>,
+        /// How many of `trusted_keys` must have signed.
+        #[serde(default = "one")]
+        threshold: usize,
+        /// Lowest acceptable image version (rollback protection).
+        #[serde(default)]
+        min_version: u64,
+        /// Rollback state file shared with `bulwark-image verify --state`: a version
+        /// lower than the highest recorded for the image name is refused, and the
+        /// booted version is recorded (the file is locked while checked and updated).
+        #[serde(default)]
+        rollback_state: Option<PathBuf>,
+        /// Which entry point of a vmlinux to use.
+        #[serde(default)]
+        entry: LinuxEntry,
+        /// Load the bundle's kernel component as a flat binary instead of a Linux
+        /// kernel (for tiny guests and firmware); the load address and entry state
+        /// come from here and are measured.
+        #[serde(default)]
+        raw: Option<RawLoad>,
+    },
+}
+
+/// Where and how a flat binary from a bundle is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoad {
+    /// Guest-physical load address.
+    pub load_addr: u64,
+    /// Entry state of the vCPUs.
+    pub entry: RawEntry,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Entry point choice for a Linux kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinuxEntry {
+    /// PVH if the vmlinux has a PVH note, else the 64-bit boot protocol.
+    #[default]
+    Auto,
+    /// The Linux 64-bit boot protocol (zero page in RSI).
+    Linux64,
+    /// The PVH entry (32-bit protected mode, start info in EBX); vmlinux only.
+    Pvh,
+}
+
+/// Entry state for a raw binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntry {
+    /// CPU mode at entry.
+    pub mode: RawMode,
+    /// Entry instruction pointer (guest-physical; identity-mapped in `long64`).
+    pub rip: u64,
+    /// Initial RSP.
+    #[serde(default)]
+    pub rsp: u64,
+    /// Initial RSI.
+    #[serde(default)]
+    pub rsi: u64,
+    /// Where application processors start.
+    #[serde(default)]
+    pub aps: ApStart,
+}
+
+/// CPU mode for a raw entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    /// 64-bit long mode, CPL0, the first 4 GiB identity-mapped with 2 MiB pages.
+    Long64,
+    /// 16-bit real mode; `rip` is split into a CS base (64 KiB aligned) and IP.
+    Real,
+}
+
+/// How application processors (vCPU 1..N) start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApStart {
+    /// Halted until the BSP sends INIT/SIPI (what Linux expects).
+    #[default]
+    WaitForSipi,
+    /// Running at the entry point like the BSP, with RDI = vCPU index (test guests).
+    AtEntry,
+}
+
+/// Emulated devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// COM1 16550 UART at 0x3f8, IRQ 4.
+    #[serde(default)]
+    pub serial: SerialOutput,
+    /// i8042 controller at 0x60/0x64 (only its reset line is wired).
+    #[serde(default = "yes")]
+    pub i8042: bool,
+    /// Debug-exit port at 0xf4: a byte written there ends the VM with that code.
+    #[serde(default)]
+    pub debug_exit: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            serial: SerialOutput::default(),
+            i8042: true,
+            debug_exit: false,
+        }
+    }
+}
+
+/// Where the guest's serial output goes (host side; not part of the measurement).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// The UART exists but output is dropped.
+    Sink,
+    /// No UART at all.
+    None,
+}
+
+/// Seccomp enforcement for the VMM's threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// A disallowed system call kills the process.
+    #[default]
+    Enforce,
+    /// A disallowed system call is logged by the kernel (audit) and allowed.
+    Log,
+    /// No filter (debugging only).
+    Off,
+}
+
+/// A configuration error naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the field.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The dotted name of the field a deserialisation error is at, below `prefix`
+/// (`prefix` itself when the error is not inside any field; the top-level prefix
+/// `config` is dropped once a field is known).
+pub fn field_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
+    let inner: Vec<String> = path
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty() && s != "?")
+        .collect();
+    match (prefix, inner.is_empty()) {
+        (p, true) => p.to_string(),
+        ("config", false) => inner.join("."),
+        (p, false) => format!("{p}.{}", inner.join(".")),
+    }
+}
+
+/// Largest vCPU count (xAPIC IDs 0..=253, 0xff is broadcast).
+pub const MAX_VCPUS: u8 = 254;
+/// Largest guest RAM accepted (1 TiB).
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Largest 64-bit MMIO window accepted (64 TiB).
+pub const MAX_MMIO64_GIB: u64 = 64 << 10;
+
+impl VmConfig {
+    /// Parses JSON, naming the field on error.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let cfg: VmConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            ConfigError::new(field_path("config", e.path()), e.into_inner().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.machine.validate()?;
+        self.boot_source.validate()
+    }
+}
+
+impl BootSource {
+    /// Checks the boot source fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            BootSource::Raw {
+                load_addr, entry, ..
+            } => validate_raw("boot_source", *load_addr, entry)?,
+            BootSource::Linux { kernel, .. } if kernel.as_os_str().is_empty() => {
+                return Err(ConfigError::new("boot_source.kernel", "must not be empty"));
+            }
+            BootSource::Bundle {
+                trusted_keys,
+                threshold,
+                raw,
+                ..
+            } => {
+                if let Some(r) = raw {
+                    validate_raw("boot_source.raw", r.load_addr, &r.entry)?;
+                }
+                if trusted_keys.is_empty() {
+                    return Err(ConfigError::new(
+                        "boot_source.trusted_keys",
+                        "at least one key is required",
+                    ));
+                }
+                if *threshold == 0 || *threshold > trusted_keys.len() {
+                    return Err(ConfigError::new(
+                        "boot_source.threshold",
+                        format!("must be between 1 and {}", trusted_keys.len()),
+                    ));
+                }
+            }
+            BootSource::Linux { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn validate_raw(prefix: &str, load_addr: u64, entry: &RawEntry) -> Result<(), ConfigError> {
+    if entry.mode == RawMode::Real && entry.aps == ApStart::AtEntry {
+        return Err(ConfigError::new(
+            format!("{prefix}.entry.aps"),
+            "at_entry is only supported with mode long64",
+        ));
+    }
+    if entry.mode == RawMode::Long64 && entry.rip >= 4 * GIB {
+        return Err(ConfigError::new(
+            format!("{prefix}.entry.rip"),
+            "must be below 4 GiB (the identity-mapped range)",
+        ));
+    }
+    if load_addr.checked_add(1).is_none() {
+        return Err(ConfigError::new(
+            format!("{prefix}.load_addr"),
+            "out of range",
+        ));
+    }
+    Ok(())
+}
+
+impl MachineConfig {
+    /// Checks the machine shape.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::new(
+                "machine.vcpus",
+                format!("must be between 1 and {MAX_VCPUS}"),
+            ));
+        }
+        if self.mem_mib > MAX_MEM_MIB {
+            return Err(ConfigError::new(
+                "machine.mem_mib",
+                format!("at most {MAX_MEM_MIB}"),
+            ));
+        }
+        if self.mmio64_gib > MAX_MMIO64_GIB {
+            return Err(ConfigError::new(
+                "machine.mmio64_gib",
+                format!("at most {MAX_MMIO64_GIB}"),
+            ));
+        }
+        self.layout(52).map_err(|e| {
+            let s = e.to_string();
+            let (field, msg) = s.split_once(": ").unwrap_or(("machine", &s));
+            ConfigError::new(field, msg)
+        })?;
+        Ok(())
+    }
+
+    /// The memory layout for a guest physical address width of `phys_bits`.
+    pub fn layout(&self, phys_bits: u8) -> Result<MemoryLayout, crate::layout::LayoutError> {
+        MemoryLayout::new(self.mem_mib * MIB, self.mmio64_gib * GIB, phys_bits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAW: &str = r#"{"machine":{"vcpus":2,"mem_mib":64},
+        "boot_source":{"kind":"raw","image":"g.bin","load_addr":1048576,
+        "entry":{"mode":"long64","rip":1048576,"aps":"at_entry"}},
+        "devices":{"serial":{"file":"/tmp/x"},"debug_exit":true}}"#;
+
+    #[test]
+    fn parses_a_raw_config_with_defaults() {
+        let c = VmConfig::from_json(RAW).unwrap();
+        assert_eq!(c.machine.mmio64_gib, 1024);
+        assert!(c.devices.i8042);
+        assert_eq!(c.seccomp, SeccompMode::Enforce);
+        assert_eq!(c.devices.serial, SerialOutput::File("/tmp/x".into()));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = VmConfig::from_json(&RAW.replace("\"vcpus\":2", "\"vcpus\":0")).unwrap_err();
+        assert_eq!(e.field, "machine.vcpus");
+        let e = VmConfig::from_json(&RAW.replace("\"vcpus\":2", "\"vcpus\":\"x\"")).unwrap_err();
+        assert_eq!(e.field, "machine.vcpus");
+        let e = VmConfig::from_json(&RAW.replace("\"mem_mib\":64", "\"mem_mib\":65")).unwrap_err();
+        assert_eq!(e.field, "machine.mem_mib");
+        let e = VmConfig::from_json(&RAW.replace("long64", "protected")).unwrap_err();
+        // Inside the internally tagged boot source serde reports no deeper path; the
+        // message names the bad value and the accepted ones.
+        assert_eq!(e.field, "boot_source");
+        assert!(
+            e.message.contains("`protected`") && e.message.contains("long64"),
+            "{e}"
+        );
+        let e = VmConfig::from_json(&RAW.replace("\"debug_exit\"", "\"bogus\"")).unwrap_err();
+        assert_eq!(e.field, "devices.bogus");
+        let e = VmConfig::from_json(&RAW.replace("\"load_addr\"", "\"bogus\":1,\"load_addr\""))
+            .unwrap_err();
+        assert!(
+            e.field.starts_with("boot_source") && e.message.contains("bogus"),
+            "{e}"
+        );
+        let e = VmConfig::from_json("{").unwrap_err();
+        assert_eq!(e.field, "config");
+    }
+}

@@ -1,0 +1,316 @@
+//! The port-I/O devices the VMM emulates itself: COM1 (16550), the i8042 reset line
+//! and the debug-exit port. Everything else a guest touches is "unowned": reads see
+//! all-ones, writes are dropped, both are counted and logged (rate-limited).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vm_superio::{I8042Device, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{DevicesConfig, SerialOutput};
+
+/// COM1 base port.
+pub const COM1_BASE: u16 = 0x3f8;
+/// COM1 interrupt line.
+pub const COM1_IRQ: u32 = 4;
+/// i8042 data port (the controller spans 0x60..=0x64).
+pub const I8042_BASE: u16 = 0x60;
+/// The debug-exit port.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Serial output beyond this many bytes is dropped (a guest must not fill the disk).
+pub const SERIAL_OUTPUT_LIMIT: u64 = 64 << 20;
+
+/// The guest-visible device list, as measured (sorted, stable strings).
+pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    if cfg.debug_exit {
+        v.push(format!("debug-exit@io:{DEBUG_EXIT_PORT:#x}"));
+    }
+    if cfg.i8042 {
+        v.push(format!(
+            "i8042-reset@io:{I8042_BASE:#x}-{:#x}",
+            I8042_BASE + 4
+        ));
+    }
+    if cfg.serial != SerialOutput::None {
+        v.push(format!(
+            "serial-16550@io:{COM1_BASE:#x}-{:#x},irq:{COM1_IRQ}",
+            COM1_BASE + 7
+        ));
+    }
+    v
+}
+
+/// An interrupt line raised through a KVM irqfd.
+#[derive(Debug)]
+pub struct IrqLine(pub EventFd);
+
+impl Trigger for IrqLine {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// A latch set by the i8042 when the guest asks for a CPU reset.
+#[derive(Debug, Clone, Default)]
+pub struct Latch(Arc<AtomicBool>);
+
+impl Trigger for Latch {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Where serial bytes go, with the output cap.
+pub struct SerialSink {
+    out: Option<Box<dyn Write + Send>>,
+    written: u64,
+    /// Bytes dropped past the cap.
+    pub dropped: u64,
+}
+
+impl std::fmt::Debug for SerialSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialSink")
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl SerialSink {
+    /// Opens the configured output.
+    pub fn open(cfg: &SerialOutput) -> std::io::Result<Self> {
+        let out: Option<Box<dyn Write + Send>> = match cfg {
+            SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
+            SerialOutput::File(p) => Some(Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )),
+            SerialOutput::Sink | SerialOutput::None => None,
+        };
+        Ok(SerialSink {
+            out,
+            written: 0,
+            dropped: 0,
+        })
+    }
+}
+
+impl Write for SerialSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written >= SERIAL_OUTPUT_LIMIT {
+            self.dropped += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        self.written += buf.len() as u64;
+        match &mut self.out {
+            Some(o) => o.write_all(buf).map(|_| buf.len()),
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.out {
+            Some(o) => o.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a port access asks of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PioAction {
+    /// Nothing; continue.
+    Continue,
+    /// The guest asked for a reset (i8042).
+    Reset,
+    /// The guest wrote this code to the debug-exit port.
+    DebugExit(u8),
+}
+
+/// Counters for unowned accesses.
+#[derive(Debug, Default)]
+pub struct UnownedCounters {
+    /// Port reads/writes nobody owns.
+    pub pio: AtomicU64,
+    /// MMIO reads/writes nobody owns.
+    pub mmio: AtomicU64,
+}
+
+/// How many unowned accesses are logged individually before logging goes quiet
+/// (then every 65536th).
+const LOG_FIRST: u64 = 16;
+
+impl UnownedCounters {
+    fn note(counter: &AtomicU64, what: &str, addr: u64, len: usize, write: bool) {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        if n < LOG_FIRST || n.is_multiple_of(65536) {
+            tracing::warn!(
+                addr = format_args!("{addr:#x}"),
+                len,
+                write,
+                total = n + 1,
+                "guest accessed unowned {what}"
+            );
+        }
+    }
+}
+
+/// The port-I/O bus.
+pub struct PioBus {
+    serial: Option<Mutex<Serial<IrqLine, vm_superio::serial::NoEvents, SerialSink>>>,
+    i8042: Option<Mutex<I8042Device<Latch>>>,
+    reset: Latch,
+    debug_exit: bool,
+    /// Unowned-access counters (ports and MMIO).
+    pub unowned: UnownedCounters,
+}
+
+impl std::fmt::Debug for PioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PioBus")
+            .field("debug_exit", &self.debug_exit)
+            .finish()
+    }
+}
+
+impl PioBus {
+    /// Builds the bus; `serial_irq` is the eventfd registered as irqfd for IRQ 4.
+    pub fn new(cfg: &DevicesConfig, serial_irq: Option<EventFd>) -> std::io::Result<Self> {
+        let serial = match (&cfg.serial, serial_irq) {
+            (SerialOutput::None, _) | (_, None) => None,
+            (out, Some(evt)) => Some(Mutex::new(Serial::new(
+                IrqLine(evt),
+                SerialSink::open(out)?,
+            ))),
+        };
+        let reset = Latch::default();
+        Ok(PioBus {
+            serial,
+            i8042: cfg
+                .i8042
+                .then(|| Mutex::new(I8042Device::new(reset.clone()))),
+            reset,
+            debug_exit: cfg.debug_exit,
+            unowned: UnownedCounters::default(),
+        })
+    }
+
+    /// A guest read of `data.len()` bytes from `port`.
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        data.fill(0xff);
+        match port {
+            COM1_BASE..=0x3ff if self.serial.is_some() && data.len() == 1 => {
+                if let Some(s) = &self.serial {
+                    data[0] = lock(s).read((port - COM1_BASE) as u8);
+                }
+            }
+            0x60..=0x64 if self.i8042.is_some() && data.len() == 1 => {
+                if let Some(d) = &self.i8042 {
+                    data[0] = lock(d).read((port - I8042_BASE) as u8);
+                }
+            }
+            DEBUG_EXIT_PORT if self.debug_exit => data.fill(0),
+            _ => UnownedCounters::note(
+                &self.unowned.pio,
+                "port",
+                u64::from(port),
+                data.len(),
+                false,
+            ),
+        }
+    }
+
+    /// A guest write of `data` to `port`.
+    pub fn write(&self, port: u16, data: &[u8]) -> PioAction {
+        match port {
+            COM1_BASE..=0x3ff if self.serial.is_some() && data.len() == 1 => {
+                if let Some(s) = &self.serial {
+                    if let Err(e) = lock(s).write((port - COM1_BASE) as u8, data[0]) {
+                        tracing::warn!(error = %e, "serial write failed");
+                    }
+                }
+                PioAction::Continue
+            }
+            0x60..=0x64 if self.i8042.is_some() && data.len() == 1 => {
+                if let Some(d) = &self.i8042 {
+                    let Ok(()) = lock(d).write((port - I8042_BASE) as u8, data[0]);
+                }
+                if self.reset.0.swap(false, Ordering::SeqCst) {
+                    PioAction::Reset
+                } else {
+                    PioAction::Continue
+                }
+            }
+            DEBUG_EXIT_PORT if self.debug_exit => {
+                PioAction::DebugExit(data.first().copied().unwrap_or(0))
+            }
+            _ => {
+                UnownedCounters::note(&self.unowned.pio, "port", u64::from(port), data.len(), true);
+                PioAction::Continue
+            }
+        }
+    }
+
+    /// A guest MMIO read nobody owns (this VMM has no MMIO devices yet).
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        UnownedCounters::note(&self.unowned.mmio, "MMIO", addr, data.len(), false);
+    }
+
+    /// A guest MMIO write nobody owns.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        UnownedCounters::note(&self.unowned.mmio, "MMIO", addr, data.len(), true);
+    }
+
+    /// Serial bytes dropped past the output cap.
+    pub fn serial_dropped(&self) -> u64 {
+        self.serial.as_ref().map_or(0, |s| lock(s).writer().dropped)
+    }
+}
+
+/// Locks a device mutex; a poisoned lock (a panic while holding it) still yields the
+/// device, since device state stays consistent between single register accesses.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_ports_route_and_unowned_are_counted() {
+        let cfg = DevicesConfig {
+            serial: SerialOutput::Sink,
+            i8042: true,
+            debug_exit: true,
+        };
+        let bus = PioBus::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
+        let mut b = [0u8; 1];
+        bus.read(COM1_BASE + 5, &mut b); // LSR: transmitter empty
+        assert_eq!(b[0] & 0x60, 0x60);
+        assert_eq!(bus.write(0x64, &[0x01]), PioAction::Continue);
+        assert_eq!(bus.write(0x64, &[0xfe]), PioAction::Reset);
+        assert_eq!(bus.write(DEBUG_EXIT_PORT, &[7]), PioAction::DebugExit(7));
+        assert_eq!(bus.write(0x1234, &[1, 2]), PioAction::Continue);
+        let mut w = [0u8; 4];
+        bus.read(0x5678, &mut w);
+        assert_eq!(w, [0xff; 4]);
+        assert_eq!(bus.unowned.pio.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn device_list_is_stable_and_reflects_config() {
+        let mut cfg = DevicesConfig::default();
+        assert_eq!(device_list(&cfg).len(), 2);
+        cfg.debug_exit = true;
+        assert!(device_list(&cfg)[0].starts_with("debug-exit"));
+    }
+}

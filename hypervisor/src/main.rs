@@ -1,0 +1,111 @@
+//! The `bulwark-vmm` binary: boots one microVM from a config file and/or serves the
+//! REST API on a Unix socket; `measure` prints the launch measurement without booting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bulwark_vmm::boot_source::{read_boot_source, StateUse};
+use bulwark_vmm::config::VmConfig;
+use bulwark_vmm::control::{status, ExitReason};
+use bulwark_vmm::vm::{measure_offline, Vm};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulwark-vmm",
+    version,
+    about = "Bulwark microVM monitor (one process per VM)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// VM description (JSON, schema in hypervisor/openapi.yaml); the VM boots at once.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Serve the REST API on this Unix socket.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the launch measurement for --config without booting (JSON).
+    Measure,
+}
+
+fn load_config(path: &PathBuf) -> anyhow::Result<VmConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    VmConfig::from_json(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn measure(path: &PathBuf) -> anyhow::Result<()> {
+    let cfg = load_config(path)?;
+    let inputs = read_boot_source(&cfg.boot_source, StateUse::CheckOnly)?;
+    let plan = measure_offline(&cfg, &inputs)?;
+    let out = serde_json::json!({
+        "measurement": plan.measurement.value,
+        "signed": inputs.origin.is_signed(),
+        "boot_source": inputs.origin,
+        "events": plan.measurement.events,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
+    let cfg = load_config(path)?;
+    let inputs = read_boot_source(&cfg.boot_source, StateUse::Record)?;
+    let mut vm = Vm::build(&cfg, &inputs)?;
+    eprintln!("bulwark-vmm: launch measurement {}", vm.measurement().value);
+    let control = vm.control();
+    bulwark_vmm::signals::spawn_waiter(cfg.seccomp, move |_| {
+        control.request_stop(ExitReason::Stopped)
+    })
+    .map_err(anyhow::Error::msg)?;
+    vm.start()?;
+    // From here on this thread only waits, kicks and tears down.
+    bulwark_vmm::seccomp::install(
+        cfg.seccomp,
+        bulwark_vmm::seccomp::control_filter(cfg.seccomp)
+            .map_err(anyhow::Error::msg)?
+            .as_ref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(vm.wait())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = bulwark_vmm::signals::block_termination() {
+        eprintln!("bulwark-vmm: error: {e}");
+        return ExitCode::from(status::VMM_ERROR as u8);
+    }
+    let result = match (&cli.command, &cli.config, &cli.api_sock) {
+        (Some(Command::Measure), Some(c), _) => measure(c).map(|()| ExitReason::Stopped),
+        (Some(Command::Measure), None, _) => Err(anyhow::anyhow!("measure needs --config FILE")),
+        (None, _, Some(sock)) => bulwark_vmm::api::serve(sock, cli.config.as_deref()),
+        (None, Some(c), None) => boot(c),
+        (None, None, None) => Err(anyhow::anyhow!("give --config FILE and/or --api-sock PATH")),
+    };
+    match result {
+        Ok(reason) => {
+            if reason != ExitReason::Stopped {
+                eprintln!("bulwark-vmm: VM ended: {reason:?}");
+            }
+            ExitCode::from(reason.exit_status() as u8)
+        }
+        Err(e) => {
+            eprintln!("bulwark-vmm: error: {e:#}");
+            ExitCode::from(status::VMM_ERROR as u8)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Seccomp filters for the VMM's threads, installed by each thread before it runs
+//! guest code or serves requests.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::config::SeccompMode;
+
+/// `KVM_RUN` = `_IO(0xAE, 0x80)`.
+const KVM_RUN: u64 = 0xae80;
+/// `KVM_GET_REGS` = `_IOR(0xAE, 0x81, struct kvm_regs)` (144 bytes), used to log RIP.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+
+/// System calls a vCPU thread makes: KVM_RUN, device output (write), the allocator,
+/// futexes, the kick signal's return path and thread exit.
+const VCPU_SYSCALLS: &[i64] = &[
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_rseq,
+];
+
+/// System calls of the control thread once the VM runs: serving the API (epoll,
+/// socket I/O), kicking and joining vCPU threads, logging, tearing down (close,
+/// munmap, unlinking the API socket). No open, no new KVM objects, no exec.
+const CONTROL_SYSCALLS: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_accept4,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_close,
+    libc::SYS_unlink,
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_clone3,
+    libc::SYS_clone,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+fn action(mode: SeccompMode) -> Option<SeccompAction> {
+    match mode {
+        SeccompMode::Enforce => Some(SeccompAction::KillProcess),
+        SeccompMode::Log => Some(SeccompAction::Log),
+        SeccompMode::Off => None,
+    }
+}
+
+/// The filter for vCPU threads (`None` when seccomp is off).
+pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
+    filter(mode, "vCPU", VCPU_SYSCALLS, &[KVM_RUN, KVM_GET_REGS])
+}
+
+/// The filter for the control thread (API or `--config` waiter) once the VM runs.
+pub fn control_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
+    filter(mode, "control", CONTROL_SYSCALLS, &[])
+}
+
+fn arg1_is(value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .and_then(|c| SeccompRule::new(vec![c]))
+}
+
+fn filter(
+    mode: SeccompMode,
+    what: &str,
+    syscalls: &[i64],
+    ioctls: &[u64],
+) -> Result<Option<BpfProgram>, String> {
+    let Some(mismatch) = action(mode) else {
+        return Ok(None);
+    };
+    let err = |e: seccompiler::BackendError| format!("building the {what} seccomp filter: {e}");
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        syscalls.iter().map(|&s| (s, vec![])).collect();
+    if !ioctls.is_empty() {
+        let allowed = ioctls
+            .iter()
+            .map(|&req| arg1_is(req))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        rules.insert(libc::SYS_ioctl, allowed);
+    }
+    // Debug builds check an fd's validity with F_GETFD when closing it.
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![arg1_is(libc::F_GETFD as u64).map_err(err)?],
+    );
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(err)?;
+    BpfProgram::try_from(filter)
+        .map(Some)
+        .map_err(|e| format!("compiling the {what} seccomp filter: {e}"))
+}
+
+/// Installs `filter` on the calling thread.
+pub fn install(mode: SeccompMode, filter: Option<&BpfProgram>) -> Result<(), String> {
+    match filter {
+        Some(f) => seccompiler::apply_filter(f).map_err(|e| e.to_string()),
+        None if mode == SeccompMode::Off => Ok(()),
+        None => Err("seccomp requested but no filter was built".into()),
+    }
+}

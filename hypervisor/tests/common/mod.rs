@@ -1,0 +1,211 @@
+//! Shared helpers for the tests that boot tiny guests on this machine's /dev/kvm:
+//! building the guests (integration-tests/tiny-guests, own target dir so it does not
+//! wait on the outer cargo lock), writing configs, running `bulwark-vmm`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Path of the `bulwark-vmm` binary under test.
+pub fn vmm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bulwark-vmm")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("hypervisor/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds the tiny guests once per test binary; returns the directory holding each
+/// guest as an ELF (`NAME`) and as a flat binary (`NAME.bin`).
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        assert!(Path::new("/dev/kvm").exists(), "these tests boot real VMs and need /dev/kvm");
+        let crate_dir = repo_root().join("integration-tests/tiny-guests");
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiny-guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(&crate_dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .args(["build", "--release", "--locked", "--target", "x86_64-unknown-none", "--target-dir"])
+            .arg(&target)
+            .output()
+            .expect("running cargo for the tiny guests");
+        assert!(
+            out.status.success(),
+            "building tiny guests failed (is the x86_64-unknown-none target installed? scripts/setup adds it):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = target.join("x86_64-unknown-none/release");
+        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh"] {
+            let elf = dir.join(name);
+            let status = Command::new("objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(dir.join(format!("{name}.bin")))
+                .status()
+                .expect("running objcopy (binutils)");
+            assert!(status.success(), "objcopy {name}");
+        }
+        dir
+    })
+}
+
+/// The flat binary of guest `name`.
+pub fn flat(name: &str) -> PathBuf {
+    guests().join(format!("{name}.bin"))
+}
+
+/// The ELF of guest `name`.
+pub fn elf(name: &str) -> PathBuf {
+    guests().join(name)
+}
+
+/// Wraps flat guest `name` (linked at 0x100200) into a minimal bzImage: a boot sector
+/// with the setup header (one setup sector, protocol 2.15, LOADED_HIGH,
+/// code32_start 1 MiB), one empty setup sector, then the protected-mode part: 0x200
+/// bytes of padding and the guest, so the guest lands on the 64-bit entry.
+pub fn bzimage(name: &str, dir: &Path) -> PathBuf {
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 0x01; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    image.extend_from_slice(&[0u8; 0x200]);
+    image.extend_from_slice(&std::fs::read(flat(name)).expect("flat guest"));
+    let path = dir.join(format!("{name}.bzImage"));
+    std::fs::write(&path, image).expect("write bzImage");
+    path
+}
+
+/// A config booting flat guest `name` at 1 MiB in long mode with RSI = `rsi`.
+pub fn raw_config(name: &str, vcpus: u8, rsi: u64) -> Value {
+    json!({
+        "machine": {"vcpus": vcpus, "mem_mib": 64},
+        "boot_source": {
+            "kind": "raw",
+            "image": flat(name),
+            "load_addr": 0x10_0000,
+            "entry": {"mode": "long64", "rip": 0x10_0000, "rsi": rsi, "aps": "at_entry"}
+        },
+        "devices": {"debug_exit": true}
+    })
+}
+
+/// What a finished VMM run left behind.
+#[derive(Debug)]
+pub struct Run {
+    /// Process exit status.
+    pub status: i32,
+    /// Everything the guest wrote to COM1.
+    pub serial: String,
+    /// The VMM's stderr (logs).
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit status, showing the guest's serial output and the VMM's log
+    /// on failure.
+    pub fn assert_status(&self, status: i32) {
+        assert_eq!(
+            self.status, status,
+            "serial: {}\nstderr: {}",
+            self.serial, self.stderr
+        );
+    }
+}
+
+/// A scratch directory for one run.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("bulwark-vmm-test")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Writes `config` (serial redirected to a file in `dir`) and returns its path.
+pub fn write_config(dir: &Path, mut config: Value) -> PathBuf {
+    config["devices"]["serial"] = json!({"file": dir.join("serial.log")});
+    let path = dir.join("vm.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write config");
+    path
+}
+
+/// Boots `config` with `bulwark-vmm --config` and waits for the process to end. A
+/// watchdog kills a VMM that is still running after two minutes (a hang is a failure).
+pub fn boot(config: Value) -> Run {
+    let dir = scratch();
+    let path = write_config(dir.path(), config);
+    let mut child = Command::new(vmm_bin())
+        .arg("--config")
+        .arg(&path)
+        .env("BULWARK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning bulwark-vmm");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bulwark-vmm did not finish within the watchdog period");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    Run {
+        status: status.code().unwrap_or(-1),
+        serial: std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default(),
+        stderr,
+    }
+}
+
+/// `bulwark-vmm measure --config` for `config`: the measurement value.
+pub fn measure(config: Value) -> String {
+    let dir = scratch();
+    let path = write_config(dir.path(), config);
+    let out = Command::new(vmm_bin())
+        .arg("measure")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("measure");
+    assert!(
+        out.status.success(),
+        "measure failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("measure prints JSON");
+    v["measurement"]
+        .as_str()
+        .expect("measurement field")
+        .to_string()
+}
+
+/// The value bulwark-vmm printed as "launch measurement X" on stderr.
+pub fn booted_measurement(run: &Run) -> String {
+    run.stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bulwark-vmm: launch measurement "))
+        .expect("bulwark-vmm prints the launch measurement")
+        .trim()
+        .to_string()
+}
