@@ -44,6 +44,12 @@ pub fn build_guest_programs(
                 hint: "run scripts/setup (or `rustup target add x86_64-unknown-linux-musl`)".into(),
             }
         }
+        LabError::Command { output, .. } if output.contains("failed to find tool \"x86_64-linux-musl-gcc\"") => {
+            LabError::Prerequisite {
+                what: "no C compiler for the musl target (musl-gcc) to build C parts of the L1 programs".into(),
+                hint: "install Debian's musl-tools: run scripts/setup".into(),
+            }
+        }
         other => other,
     })?;
     Ok(programs
