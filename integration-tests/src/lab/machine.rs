@@ -1,0 +1,244 @@
+//! Booting the L1 machine: QEMU TCG with an IOMMU, the scenario's devices and a hard
+//! timeout, its serial console collected.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::error::{LabError, Result};
+use super::host_command::{describe, find_program};
+use super::verdict::MachineEnd;
+
+/// Environment variable naming the QEMU binary (default `qemu-system-x86_64` on `PATH`).
+pub const QEMU_ENV: &str = "BULWARK_LAB_QEMU";
+
+/// What to boot and with which devices.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub memory_mib: u32,
+    /// `-device` arguments beyond the IOMMU (which every lab machine has).
+    pub devices: Vec<String>,
+    /// `-object` arguments.
+    pub objects: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// The end of one L1 boot.
+#[derive(Debug, Clone)]
+pub struct MachineRun {
+    /// Serial console output, then anything QEMU itself printed.
+    pub console: String,
+    pub end: MachineEnd,
+    pub elapsed: Duration,
+    pub command: String,
+}
+
+/// The QEMU binary the lab uses, or a clear error when it is not installed.
+pub fn qemu_binary() -> Result<PathBuf> {
+    find_qemu(&std::env::var(QEMU_ENV).unwrap_or_else(|_| "qemu-system-x86_64".into()))
+}
+
+/// The QEMU binary `name` (a path, or a name looked up on `PATH`).
+fn find_qemu(name: &str) -> Result<PathBuf> {
+    find_program(name).ok_or_else(|| LabError::Prerequisite {
+        what: format!("QEMU binary `{name}` not found"),
+        hint: "the lab needs Debian's qemu-system-x86 and seabios packages: run scripts/setup"
+            .into(),
+    })
+}
+
+/// The QEMU command line for `spec` (L1 kernel command line included).
+pub fn command(qemu: &Path, spec: &MachineSpec) -> Command {
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-M",
+        "q35,kernel-irqchip=split",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+    ])
+    .args(["-m", &format!("{}M", spec.memory_mib)])
+    .args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+    for object in &spec.objects {
+        cmd.args(["-object", object]);
+    }
+    for device in &spec.devices {
+        cmd.args(["-device", device]);
+    }
+    cmd.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-display",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(&spec.kernel)
+    .arg("-initrd")
+    .arg(&spec.initramfs)
+    .args(["-append", "console=ttyS0 intel_iommu=on panic=-1 quiet"]);
+    cmd
+}
+
+/// Boots L1 and waits for it to power off, or kills it at the timeout.
+pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
+    let mut cmd = command(qemu, spec);
+    let line = describe(&cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| LabError::Command {
+        command: line.clone(),
+        status: "could not start".into(),
+        output: e.to_string(),
+    })?;
+    let readers = [
+        child.stdout.take().map(|s| spawn_reader(Box::new(s))),
+        child.stderr.take().map(|s| spawn_reader(Box::new(s))),
+    ];
+    let end = loop {
+        match child.try_wait().map_err(LabError::io("waiting for QEMU"))? {
+            Some(status) => break MachineEnd::Exited(status.to_string()),
+            None if start.elapsed() >= spec.timeout => {
+                // Killing can only fail if it already exited; the wait below reaps it either way.
+                let _ = child.kill();
+                let _ = child.wait();
+                break MachineEnd::TimedOut {
+                    after_secs: spec.timeout.as_secs(),
+                };
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let elapsed = start.elapsed();
+    let mut console = String::new();
+    for (reader, label) in readers.into_iter().zip(["", "\n--- QEMU stderr ---\n"]) {
+        if let Some(reader) = reader {
+            let bytes = reader.join().unwrap_or_default();
+            if !bytes.is_empty() {
+                console.push_str(label);
+                console.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    Ok(MachineRun {
+        console,
+        end,
+        elapsed,
+        command: line,
+    })
+}
+
+fn spawn_reader(mut source: Box<dyn Read + Send>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error ends the capture; what was read so far is kept.
+        let _ = source.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_qemu_says_how_to_install_it() {
+        let err = find_qemu("/nonexistent/qemu-system-x86_64")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/qemu-system-x86_64") && err.contains("scripts/setup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_l1_command_line_has_the_iommu_the_devices_and_tcg() {
+        let spec = MachineSpec {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            memory_mib: 512,
+            devices: vec!["edu".into()],
+            objects: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        let line = describe(&command(Path::new("qemu"), &spec));
+        for part in [
+            "-accel tcg",
+            "-smp 1",
+            "-m 512M",
+            "intel-iommu",
+            "-device edu",
+            "-kernel /k",
+            "-initrd /i",
+            "intel_iommu=on",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+    }
+
+    /// A stand-in for QEMU: a shell script that ignores its arguments.
+    fn fake_qemu(name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("lab-fake-qemu-{}-{name}", std::process::id()));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn spec(timeout: Duration) -> MachineSpec {
+        MachineSpec {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            memory_mib: 64,
+            devices: vec![],
+            objects: vec![],
+            timeout,
+        }
+    }
+
+    #[test]
+    fn a_hanging_machine_is_killed_at_the_timeout_and_its_output_kept() {
+        let qemu = fake_qemu("hang", "echo booting; exec sleep 60");
+        let run = boot(&qemu, &spec(Duration::from_millis(500))).unwrap();
+        std::fs::remove_file(&qemu).unwrap();
+        assert_eq!(run.end, MachineEnd::TimedOut { after_secs: 0 });
+        assert!(run.console.starts_with("booting"), "{:?}", run.console);
+    }
+
+    #[test]
+    fn a_machine_that_powers_off_is_collected_with_its_stderr() {
+        let qemu = fake_qemu(
+            "exit",
+            "echo 'LAB-RESULT done'; echo 'qemu: warning' >&2; exit 3",
+        );
+        let run = boot(&qemu, &spec(Duration::from_secs(60))).unwrap();
+        std::fs::remove_file(&qemu).unwrap();
+        assert!(
+            matches!(&run.end, MachineEnd::Exited(status) if status.contains('3')),
+            "{:?}",
+            run.end
+        );
+        assert!(
+            run.console.contains("LAB-RESULT done\n"),
+            "{:?}",
+            run.console
+        );
+        assert!(
+            run.console.contains("QEMU stderr ---\nqemu: warning"),
+            "{:?}",
+            run.console
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The programs that go into L1: this workspace's binaries built statically for
+//! `x86_64-unknown-linux-musl`, and host executables with their shared libraries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::error::{LabError, Result};
+use super::host_command::{describe, run, stdout_of};
+use super::scenario::GuestProgram;
+
+/// The target L1 programs are built for: static, so they need nothing from L1's userland.
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Builds `programs` with cargo into `target_dir` (a directory of its own, so that a
+/// build started from inside `cargo test` does not wait on the outer build's lock)
+/// and returns each binary's path, in order.
+pub fn build_guest_programs(
+    workspace: &Path,
+    target_dir: &Path,
+    programs: &[GuestProgram],
+) -> Result<Vec<PathBuf>> {
+    if programs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--locked", "--quiet", "--target", GUEST_TARGET])
+        // The workspace optimises dependencies even in the dev profile (for the host's
+        // tests); the L1 programs do not need that, and building them from nothing
+        // is the largest part of a cold lab run.
+        .args(["--config", r#"profile.dev.package."*".opt-level=0"#])
+        .arg("--target-dir")
+        .arg(target_dir);
+    for program in programs {
+        cmd.args(["--package", program.package, "--bin", program.bin]);
+    }
+    run(&mut cmd).map_err(|e| match e {
+        LabError::Command { output, .. }
+            if output.contains(GUEST_TARGET) && output.contains("target may not be installed") =>
+        {
+            LabError::Prerequisite {
+                what: format!("the Rust target {GUEST_TARGET} is not installed"),
+                hint: "run scripts/setup (or `rustup target add x86_64-unknown-linux-musl`)".into(),
+            }
+        }
+        LabError::Command { output, .. } if output.contains("failed to find tool \"x86_64-linux-musl-gcc\"") => {
+            LabError::Prerequisite {
+                what: "no C compiler for the musl target (musl-gcc) to build C parts of the L1 programs".into(),
+                hint: "install Debian's musl-tools: run scripts/setup".into(),
+            }
+        }
+        other => other,
+    })?;
+    Ok(programs
+        .iter()
+        .map(|p| target_dir.join(GUEST_TARGET).join("debug").join(p.bin))
+        .collect())
+}
+
+/// `program` and the shared libraries (and dynamic loader) it needs, as host paths,
+/// found with `ldd`. A static program is just itself.
+pub fn with_shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    if !program.is_file() {
+        return Err(LabError::Prerequisite {
+            what: format!("{} not found", program.display()),
+            hint: "the scenario copies it from the host into L1; run scripts/setup".into(),
+        });
+    }
+    let mut cmd = Command::new("ldd");
+    cmd.arg(program);
+    let text = match stdout_of(&mut cmd) {
+        Ok(text) => text,
+        Err(LabError::Command { output, .. }) if output.contains("not a dynamic executable") => {
+            String::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let mut files = vec![program.to_owned()];
+    for line in text.lines() {
+        let line = line.trim();
+        if line.contains("=> not found") {
+            return Err(LabError::UnexpectedOutput {
+                command: describe(&cmd),
+                reason: format!("a shared library is missing on the host: {line}"),
+            });
+        }
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)";
+        // the vDSO ("linux-vdso.so.1 (0x...)") has no file.
+        let path = line.split_once("=> ").map_or(line, |(_, p)| p);
+        let path = path.split(" (").next().unwrap_or_default();
+        if path.starts_with('/') {
+            files.push(PathBuf::from(path));
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_program_brings_its_loader_and_libc() {
+        let files = with_shared_libraries(Path::new("/bin/sh")).unwrap();
+        assert_eq!(files[0], Path::new("/bin/sh"));
+        assert!(
+            files
+                .iter()
+                .any(|f| f.to_string_lossy().contains("libc.so")),
+            "{files:?}"
+        );
+        assert!(
+            files
+                .iter()
+                .any(|f| f.to_string_lossy().contains("ld-linux")),
+            "{files:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let err = with_shared_libraries(Path::new("/nonexistent/qemu"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/qemu"), "{err}");
+    }
+}

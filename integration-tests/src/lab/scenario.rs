@@ -1,0 +1,208 @@
+//! The lab's scenarios: what each boots L1 with, what it runs there and which
+//! checks it must report passed.
+
+use super::error::{LabError, Result};
+
+/// A program of this workspace built for `x86_64-unknown-linux-musl` and put in
+/// L1's `/bin`.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestProgram {
+    /// Cargo package that holds the binary.
+    pub package: &'static str,
+    /// Binary target name (also its name in `/bin`).
+    pub bin: &'static str,
+}
+
+/// A Linux guest that a scenario boots inside L1 (as L2): the lab's own kernel at
+/// `/lab/l2/vmlinuz` and an initramfs at `/lab/l2/initramfs.cpio` holding busybox
+/// and `init` as `/init`.
+#[derive(Debug, Clone, Copy)]
+pub struct L2Guest {
+    /// The L2 `/init` script (busybox sh).
+    pub init: &'static str,
+}
+
+/// One lab scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Shell script run in L1 after module loading, with `lab/l1-lib.sh` sourced.
+    pub script: &'static str,
+    /// Kernel modules to load (dependencies are added and ordered automatically).
+    pub modules: &'static [&'static str],
+    /// QEMU `-device` arguments (the IOMMU is always present).
+    pub devices: &'static [&'static str],
+    /// QEMU `-object` arguments.
+    pub objects: &'static [&'static str],
+    pub memory_mib: u32,
+    pub guest_programs: &'static [GuestProgram],
+    /// Host executables copied into L1 at the same path, with their shared libraries.
+    pub host_programs: &'static [&'static str],
+    /// Other host files copied into L1 at the same path (firmware, data).
+    pub host_files: &'static [&'static str],
+    pub l2: Option<L2Guest>,
+    /// Checks that must be reported and pass (`modules-loaded` is always expected too).
+    pub expected_checks: &'static [&'static str],
+    /// Hard limit for the L1 run, boot to power-off.
+    pub timeout_secs: u64,
+}
+
+const THIS_PACKAGE: &str = env!("CARGO_PKG_NAME");
+const KVM_MODULES: &[&str] = &["kvm_amd"];
+const VFIO_MODULES: &[&str] = &["vfio_pci", "vfio_iommu_type1"];
+const VFIO_PROBE: GuestProgram = GuestProgram {
+    package: THIS_PACKAGE,
+    bin: "lab-vfio-probe",
+};
+
+/// What a scenario has unless it says otherwise.
+const PLAIN: Scenario = Scenario {
+    name: "",
+    summary: "",
+    script: "",
+    modules: &[],
+    devices: &[],
+    objects: &[],
+    memory_mib: 512,
+    guest_programs: &[],
+    host_programs: &[],
+    host_files: &[],
+    l2: None,
+    expected_checks: &[],
+    timeout_secs: 180,
+};
+
+/// Every scenario the lab ships.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "kvm-smoke",
+        summary: "/dev/kvm in L1 (SVM with nested paging) runs a tiny guest to a port write and HLT",
+        script: include_str!("../../lab/scenarios/kvm-smoke.sh"),
+        modules: KVM_MODULES,
+        guest_programs: &[GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-kvm-probe",
+        }],
+        expected_checks: &[
+            "kvm-device",
+            "nested-paging",
+            "kvm-api-version",
+            "kvm-create-vm",
+            "guest-port-write",
+            "guest-halt",
+        ],
+        ..PLAIN
+    },
+    Scenario {
+        name: "vfio-edu",
+        summary: "QEMU's edu device through VFIO: regions, config, BAR0 mmap, DMA via the IOMMU, MSI, unmapped IOVA blocked",
+        script: include_str!("../../lab/scenarios/vfio-edu.sh"),
+        modules: VFIO_MODULES,
+        devices: &["edu"],
+        guest_programs: &[VFIO_PROBE],
+        expected_checks: &[
+            "bind-vfio-pci",
+            "vfio-open",
+            "vfio-regions",
+            "vfio-config-space",
+            "bus-master",
+            "bar0-mmap",
+            "dma-map",
+            "dma-round-trip",
+            "msi-eventfd",
+            "dma-unmap",
+            "unmapped-iova-blocked",
+            "iommu-fault-logged",
+        ],
+        ..PLAIN
+    },
+    Scenario {
+        name: "vfio-msix",
+        summary: "a modern virtio-rng device (iommu_platform=on) through VFIO: MSI-X on an eventfd after a virtqueue request",
+        script: include_str!("../../lab/scenarios/vfio-msix.sh"),
+        modules: VFIO_MODULES,
+        devices: &["virtio-rng-pci,disable-legacy=on,iommu_platform=on"],
+        guest_programs: &[VFIO_PROBE],
+        expected_checks: &[
+            "bind-vfio-pci",
+            "vfio-open",
+            "virtio-capabilities",
+            "bus-master",
+            "virtio-features",
+            "msix-enable",
+            "virtqueue-request",
+            "msix-eventfd",
+        ],
+        ..PLAIN
+    },
+    Scenario {
+        name: "linux-l2",
+        summary: "a Linux L2 guest boots under KVM inside L1 to an init that reports over serial (QEMU in L1 as the VMM, until bulwark-vmm can)",
+        script: include_str!("../../lab/scenarios/linux-l2.sh"),
+        modules: KVM_MODULES,
+        memory_mib: 1536,
+        host_programs: &["/usr/bin/qemu-system-x86_64"],
+        host_files: &[
+            "/usr/share/qemu/bios-microvm.bin",
+            "/usr/share/qemu/linuxboot_dma.bin",
+        ],
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init.sh"),
+        }),
+        expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
+        timeout_secs: 240,
+        ..PLAIN
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Result<&'static Scenario> {
+    SCENARIOS
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| LabError::UnknownScenario {
+            name: name.to_owned(),
+            known: SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scenarios_are_a_clear_error() {
+        let err = find("no-such").unwrap_err().to_string();
+        assert!(err.contains("no-such") && err.contains("vfio-edu"), "{err}");
+        assert_eq!(find("kvm-smoke").unwrap().name, "kvm-smoke");
+    }
+
+    #[test]
+    fn scenario_names_are_unique_and_checks_are_single_words() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(
+                SCENARIOS[..i].iter().all(|o| o.name != s.name),
+                "{} twice",
+                s.name
+            );
+            assert!(!s.name.is_empty() && !s.summary.is_empty() && !s.script.is_empty());
+            assert!(
+                !s.expected_checks.is_empty(),
+                "{} expects no checks",
+                s.name
+            );
+            for check in s.expected_checks {
+                let line = crate::result_line::check_line(check, true, "");
+                assert!(
+                    crate::result_line::parse(&line).is_some(),
+                    "{check:?} is not a valid check name"
+                );
+            }
+        }
+    }
+}

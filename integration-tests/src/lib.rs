@@ -1,0 +1,13 @@
+//! Bulwark's integration-test bench.
+//!
+//! - [`lab`]: the host side. Fetches a Debian kernel and busybox, builds an L1
+//!   initramfs, boots the lab machine (QEMU TCG with KVM, an IOMMU and VFIO devices)
+//!   and turns a scenario's result lines into a verdict.
+//! - [`probe`]: the programs that run inside the lab machine (L1), built statically
+//!   for `x86_64-unknown-linux-musl`.
+//! - [`result_line`]: the machine-readable lines a scenario prints on the serial
+//!   console, shared by both sides.
+
+pub mod lab;
+pub mod probe;
+pub mod result_line;
