@@ -58,6 +58,7 @@ pub fn verify(
     let r = &ev.report;
     let cert = &ev.endorsement_key;
     add_claims(&mut v, r, cert);
+    v.push(check_version(r));
     v.push(check_signature_algorithm(r));
     let (chain, path) = x509::chain_check("cert-chain", cert, &trust.intermediates, &trust.anchors);
     v.push(chain);
@@ -122,6 +123,26 @@ fn add_claims(v: &mut Verification, r: &AttestationReport, cert: &Certificate) {
         );
     }
     v.claim("endorsement_key_subject", cert.subject.clone());
+}
+
+/// The report version is one whose layout this verifier knows.
+pub fn check_version(r: &AttestationReport) -> Check {
+    if report::SUPPORTED_VERSIONS.contains(&r.version) {
+        Check::passed(
+            "report-version",
+            Category::Format,
+            format!("version {}", r.version),
+        )
+    } else {
+        Check::failed(
+            "report-version",
+            Category::Format,
+            format!(
+                "report version {} not supported (2, 3, 4, 5 are)",
+                r.version
+            ),
+        )
+    }
 }
 
 /// The report must be signed with ECDSA P-384 / SHA-384 (algorithm 1).

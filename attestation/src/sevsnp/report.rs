@@ -125,14 +125,16 @@ pub struct AttestationReport {
     pub signature_s: [u8; 72],
 }
 
+/// Report versions whose layout this parser knows (version 4 is laid out as 3).
+pub const SUPPORTED_VERSIONS: [u32; 4] = [2, 3, 4, 5];
+
 pub const POLICY_DEBUG_BIT: u64 = 1 << 19;
 
 impl AttestationReport {
-    /// Parse raw bytes (exactly 1184) or hex text of them.
+    /// Parse raw bytes (exactly 1184) or hex text of them. Input made only
+    /// of hex digits and whitespace is hex text (a real report has zero
+    /// bytes in its reserved fields, so it is never mistaken for text).
     pub fn parse_any(input: &[u8]) -> Result<Self, Error> {
-        if input.len() == REPORT_LEN {
-            return Self::parse(input);
-        }
         if !input.is_empty()
             && input
                 .iter()
@@ -152,12 +154,9 @@ impl AttestationReport {
             )));
         }
         let mut r = Reader::new(b, "SEV-SNP report");
+        // Unknown versions still parse with the version 2 field layout (the
+        // signed region is the same) and fail the `report-version` check.
         let version = r.u32()?;
-        if !matches!(version, 2..=5) {
-            return Err(Error::Parse(format!(
-                "SEV-SNP report version {version} not supported (2, 3, 4, 5 are)"
-            )));
-        }
         let guest_svn = r.u32()?;
         let policy = r.u64()?;
         let family_id = r.array()?;
@@ -190,7 +189,9 @@ impl AttestationReport {
         let signature_r = r.array()?;
         let signature_s = r.array()?;
 
-        let cpuid = (version >= 3).then_some((cpuid_bytes[0], cpuid_bytes[1], cpuid_bytes[2]));
+        let known = SUPPORTED_VERSIONS.contains(&version);
+        let cpuid =
+            (known && version >= 3).then_some((cpuid_bytes[0], cpuid_bytes[1], cpuid_bytes[2]));
         // Turin (family 0x1A) reports use the TCB layout with an FMC field.
         let turin = matches!(cpuid, Some((0x1A, _, _)));
         let tcb = |raw| TcbVersion::decode(raw, turin);
@@ -220,7 +221,7 @@ impl AttestationReport {
             current_version: (cur[2], cur[1], cur[0]),
             committed_version: (com[2], com[1], com[0]),
             launch_tcb: tcb(launch_tcb_raw),
-            mit_vectors: (version >= 5).then_some((launch_mit, current_mit)),
+            mit_vectors: (known && version >= 5).then_some((launch_mit, current_mit)),
             signature_r,
             signature_s,
         })

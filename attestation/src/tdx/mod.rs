@@ -10,6 +10,9 @@ pub struct Policy {
     pub allow_debug: bool,
     pub allow_outdated_tcb: bool,
     pub expect_mrtd: Option<Vec<u8>>,
+    pub expect_mrconfigid: Option<Vec<u8>>,
+    /// Expected RTMR values by index (0..=3).
+    pub expect_rtmrs: Vec<(usize, Vec<u8>)>,
     pub expect_report_data: Option<Vec<u8>>,
 }
 

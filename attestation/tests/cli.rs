@@ -1,0 +1,161 @@
+//! The bulwark-verify CLI contract: exit status, human and JSON output.
+
+mod common;
+
+use common::*;
+
+const SEV_OK: [&str; 5] = [
+    "sev-snp",
+    "--report",
+    "testdata:sev-snp/milan-report.hex",
+    "--vcek",
+    "testdata:sev-snp/milan-vcek.der",
+];
+
+fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    base.iter().chain(extra).copied().collect()
+}
+
+#[test]
+fn sev_snp_fixtures_through_the_cli() {
+    let o = cli(&with(&SEV_OK, &["--at", "2024-06-01T00:00:00Z"]));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("passed") && l.contains("report-signature")));
+    assert!(text
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("verdict: VERIFIED"));
+
+    let debug = [
+        "sev-snp",
+        "--report",
+        "testdata:sev-snp/milan-debug-report.bin",
+        "--vcek",
+        "testdata:sev-snp/milan-debug-vcek.der",
+        "--at",
+        "1717200000000",
+    ];
+    let o = cli(&debug);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("REJECTED: failed checks: policy-debug"));
+    let o = cli(&with(&debug, &["--allow-debug", "--json"]));
+    assert_eq!(code(&o), 0);
+    assert_eq!(json(&o)["status"], "warning");
+}
+
+#[test]
+fn sev_snp_json_is_ear_shaped() {
+    let o = cli(&with(&SEV_OK, &["--json", "--at", "2024-06-01T00:00:00Z"]));
+    assert_eq!(code(&o), 0);
+    let j = json(&o);
+    assert_eq!(j["status"], "affirming");
+    assert_eq!(j["submods"]["sev-snp"]["ear.status"], "affirming");
+    assert_eq!(j["eat_profile"], "tag:github.com,2023:veraison/ear");
+    assert_eq!(j["iat"], 1717200000);
+    let checks = j["checks"].as_array().unwrap();
+    assert!(checks
+        .iter()
+        .any(|c| c["name"] == "report-signature" && c["result"] == "passed"));
+    assert_eq!(j["claims"]["report_version"], 2);
+    assert_eq!(j["claims"]["measurement"].as_str().unwrap().len(), 96);
+}
+
+#[test]
+fn expectations_through_the_cli() {
+    let zeros = "00".repeat(48);
+    let o = cli(&with(
+        &SEV_OK,
+        &[
+            "--at",
+            "2024-06-01T00:00:00Z",
+            "--json",
+            "--expect-measurement",
+            &zeros,
+        ],
+    ));
+    assert_eq!(code(&o), 1);
+    assert_eq!(json(&o)["status"], "contraindicated");
+    let o = cli(&with(&SEV_OK, &["--expect-measurement", "zz"]));
+    assert_eq!(code(&o), 2, "bad hex is an argument error");
+}
+
+#[test]
+fn verification_time_out_of_window_fails_with_1() {
+    let o = cli(&with(&SEV_OK, &["--at", "2022-01-01T00:00:00Z"]));
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("not yet valid"));
+    let o = cli(&with(&SEV_OK, &["--at", "2031-01-01T00:00:00Z"]));
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("certificate expired"));
+    let o = cli(&with(&SEV_OK, &["--at", "yesterday"]));
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn wrong_chain_fails_with_1() {
+    let o = cli(&with(
+        &SEV_OK,
+        &[
+            "--chain",
+            "testdata:sev-snp/ask-ark-turin.pem",
+            "--at",
+            "2024-06-01T00:00:00Z",
+        ],
+    ));
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o)
+        .lines()
+        .any(|l| l.starts_with("FAILED") && l.contains("cert-chain")));
+}
+
+#[test]
+fn truncated_inputs_exit_2_with_a_parse_error() {
+    let raw = read("sev-snp/milan-debug-report.bin");
+    for len in [0, 1, 4, 100, 0x2A0, 1183] {
+        let f = TempFile::new(&format!("report-{len}.bin"), &raw[..len]);
+        let o = cli(&[
+            "sev-snp",
+            "--report",
+            &f.path(),
+            "--vcek",
+            "testdata:sev-snp/milan-debug-vcek.der",
+        ]);
+        assert_eq!(code(&o), 2, "len {len}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("parse error"),
+            "len {len}"
+        );
+    }
+    let vcek = read("sev-snp/milan-vcek.der");
+    let f = TempFile::new("vcek-half.der", &vcek[..vcek.len() / 2]);
+    let o = cli(&[
+        "sev-snp",
+        "--report",
+        "testdata:sev-snp/milan-report.hex",
+        "--vcek",
+        &f.path(),
+    ]);
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    assert_eq!(code(&cli(&[])), 2);
+    assert_eq!(code(&cli(&["sev-snp"])), 2);
+    assert_eq!(code(&cli(&["frobnicate"])), 2);
+    assert_eq!(
+        code(&cli(&[
+            "sev-snp",
+            "--report",
+            "/nonexistent",
+            "--vcek",
+            "/nonexistent"
+        ])),
+        2
+    );
+    assert_eq!(code(&cli(&["--help"])), 0);
+}
