@@ -231,6 +231,14 @@ impl Certificate {
         }
     }
 
+    /// The CN attribute of the subject, or the whole subject without one.
+    pub fn common_name(&self) -> &str {
+        self.subject
+            .split(", ")
+            .find_map(|rdn| rdn.strip_prefix("CN="))
+            .unwrap_or(&self.subject)
+    }
+
     pub fn extension(&self, oid: &str) -> Option<&Extension> {
         self.extensions.iter().find(|e| e.oid == oid)
     }
@@ -313,7 +321,7 @@ impl CertPath {
     pub fn describe(&self) -> String {
         self.certs
             .iter()
-            .map(|c| format!("\"{}\"", c.subject))
+            .map(|c| format!("\"{}\"", c.common_name()))
             .collect::<Vec<_>>()
             .join(" -> ")
     }

@@ -159,3 +159,45 @@ fn bad_arguments_exit_2() {
     );
     assert_eq!(code(&cli(&["--help"])), 0);
 }
+
+#[test]
+fn tdx_through_the_cli() {
+    let o = cli(&[
+        "tdx",
+        "--quote",
+        "testdata:tdx/quote-v4-spr.dat",
+        "--json",
+        "--at",
+        "2026-06-01T00:00:00Z",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["status"], "warning");
+    let o = cli(&[
+        "tdx",
+        "--quote",
+        "testdata:tdx/quote-v4-debug.dat",
+        "--at",
+        "2026-06-01T00:00:00Z",
+    ]);
+    assert_eq!(code(&o), 1);
+    let collateral = [
+        "tdx",
+        "--quote",
+        "testdata:tdx/quote-v4-uptodate.dat",
+        "--collateral",
+        "testdata:tdx/quote-v4-uptodate.collateral.json",
+        "--json",
+        "--at",
+    ];
+    let o = cli(&with(&collateral, &["2025-06-25T00:00:00Z"]));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["status"], "affirming");
+    let o = cli(&with(&collateral, &["2025-07-20T00:00:00Z"]));
+    assert_eq!(code(&o), 1);
+    let raw = read("tdx/quote-v5.dat");
+    for len in [0, 47, 48, 700, 1000, 2000] {
+        let f = TempFile::new(&format!("quote-{len}.dat"), &raw[..len]);
+        let o = cli(&["tdx", "--quote", &f.path()]);
+        assert_eq!(code(&o), 2, "len {len}");
+    }
+}
