@@ -201,3 +201,46 @@ fn tdx_through_the_cli() {
         assert_eq!(code(&o), 2, "len {len}");
     }
 }
+
+#[test]
+fn nitro_through_the_cli() {
+    let prod = [
+        "nitro",
+        "--doc",
+        "testdata:nitro/doc-beta-production.cbor",
+        "--at",
+        "1665651482136",
+    ];
+    let o = cli(&with(&prod, &["--json"]));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let j = json(&o);
+    assert_eq!(j["status"], "affirming");
+    let pcr0 = "f4d48b81a460c9916d1e685119074bf24660afd3e34fae9fca0a0d28d9d5599936332687e6f66fc890ac8cf150142d8b";
+    assert_eq!(j["claims"]["pcrs"]["0"], pcr0);
+    let arg = format!("0={pcr0}");
+    assert_eq!(code(&cli(&with(&prod, &["--expect-pcr", &arg]))), 0);
+    let bad = format!("1={pcr0}");
+    assert_eq!(code(&cli(&with(&prod, &["--expect-pcr", &bad]))), 1);
+    assert_eq!(code(&cli(&with(&prod, &["--expect-pcr", "x"]))), 2);
+    assert_eq!(code(&cli(&with(&prod, &["--expect-nonce", "00"]))), 1);
+    // Now, long after the leaf expired.
+    let o = cli(&["nitro", "--doc", "testdata:nitro/doc-beta-production.cbor"]);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("certificate expired"));
+
+    let debug = [
+        "nitro",
+        "--doc",
+        "testdata:nitro/doc-2023-debug.b64",
+        "--at",
+        "1695049410860",
+    ];
+    assert_eq!(code(&cli(&debug)), 1);
+    assert_eq!(code(&cli(&with(&debug, &["--allow-debug"]))), 0);
+
+    let raw = read("nitro/doc-beta-production.cbor");
+    for len in [0, 1, 10, 1000, 4000, raw.len() - 1] {
+        let f = TempFile::new(&format!("nitro-{len}.cbor"), &raw[..len]);
+        assert_eq!(code(&cli(&["nitro", "--doc", &f.path()])), 2, "len {len}");
+    }
+}
