@@ -244,3 +244,41 @@ fn nitro_through_the_cli() {
         assert_eq!(code(&cli(&["nitro", "--doc", &f.path()])), 2, "len {len}");
     }
 }
+
+#[test]
+fn nvidia_through_the_cli() {
+    let base = [
+        "nvidia",
+        "--report",
+        "testdata:nvidia/hopper-report.hex",
+        "--chain",
+        "testdata:nvidia/hopper-cert-chain.pem",
+        "--at",
+        "2024-06-01T00:00:00Z",
+    ];
+    let o = cli(&with(&base, &["--json"]));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(json(&o)["status"], "affirming");
+    let nonce = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+    assert_eq!(code(&cli(&with(&base, &["--expect-nonce", nonce]))), 0);
+    assert_eq!(code(&cli(&with(&base, &["--expect-nonce", "00"]))), 1);
+    // RIM comparison is not implemented: a clear error, not a pass.
+    let o = cli(&with(
+        &base,
+        &["--rim", "testdata:nvidia/driver-rim-test.swidtag"],
+    ));
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented"));
+    let text = read("nvidia/hopper-report.hex");
+    for len in [0, 2, 74, 1000, 8000] {
+        let f = TempFile::new(&format!("nv-{len}.hex"), &text[..len]);
+        let o = cli(&[
+            "nvidia",
+            "--report",
+            &f.path(),
+            "--chain",
+            "testdata:nvidia/hopper-cert-chain.pem",
+        ]);
+        assert_eq!(code(&o), 2, "len {len}");
+    }
+}

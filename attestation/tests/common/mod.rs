@@ -63,3 +63,25 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Run `check(pos, flipped_bytes)` for every position in `positions`, with
+/// the byte at `pos` XORed with 1, split over two threads.
+pub fn for_each_flip<F>(raw: &[u8], positions: std::ops::Range<usize>, check: F)
+where
+    F: Fn(usize, &[u8]) + Sync,
+{
+    let mid = positions.start + positions.len() / 2;
+    std::thread::scope(|s| {
+        for part in [positions.start..mid, mid..positions.end] {
+            let check = &check;
+            s.spawn(move || {
+                let mut b = raw.to_vec();
+                for pos in part {
+                    b[pos] ^= 0x01;
+                    check(pos, &b);
+                    b[pos] ^= 0x01;
+                }
+            });
+        }
+    });
+}
