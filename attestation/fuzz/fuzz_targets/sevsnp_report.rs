@@ -9,7 +9,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(report) = AttestationReport::parse_any(data) {
         let _ = report.signature_p384_fixed();
         if let Ok(ev) = Evidence::parse(&report.raw, VCEK) {
-            let v = sevsnp::verify(&ev, &sevsnp::default_trust(), &Policy::default(), VerificationTime::from_unix_ms(0));
+            let v = sevsnp::verify(
+                &ev,
+                &sevsnp::default_trust(),
+                &Policy::default(),
+                VerificationTime::from_unix_ms(0),
+            );
             let _ = v.to_text();
         }
     }
