@@ -149,6 +149,41 @@ fn sig_alg(alg: &AlgorithmIdentifier) -> SigAlg {
     }
 }
 
+/// The signed part of a certificate or CRL: the issuer's name, the
+/// to-be-signed bytes and the signature over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SignedPart {
+    issuer_raw: Vec<u8>,
+    tbs: Vec<u8>,
+    sig_alg: SigAlg,
+    signature: Vec<u8>,
+}
+
+impl SignedPart {
+    fn new(issuer_raw: &[u8], tbs: &[u8], alg: &AlgorithmIdentifier, signature: &[u8]) -> Self {
+        SignedPart {
+            issuer_raw: issuer_raw.to_vec(),
+            tbs: tbs.to_vec(),
+            sig_alg: sig_alg(alg),
+            signature: signature.to_vec(),
+        }
+    }
+
+    /// `signer` is named as the issuer and its key verifies the signature.
+    fn verify_by(&self, signer: &Certificate) -> Result<(), String> {
+        if self.issuer_raw != signer.subject_raw {
+            return Err(format!("issuer name is not \"{}\"", signer.subject));
+        }
+        verify_signature(
+            &signer.key,
+            self.sig_alg,
+            EcdsaEncoding::Der,
+            &self.tbs,
+            &self.signature,
+        )
+    }
+}
+
 /// One certificate extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extension {
@@ -164,13 +199,10 @@ pub struct Certificate {
     pub subject: String,
     pub issuer: String,
     subject_raw: Vec<u8>,
-    issuer_raw: Vec<u8>,
+    signed: SignedPart,
     pub not_before: i64,
     pub not_after: i64,
     pub key: PublicKey,
-    tbs: Vec<u8>,
-    sig_alg: SigAlg,
-    signature: Vec<u8>,
     pub serial: Vec<u8>,
     pub extensions: Vec<Extension>,
     /// basicConstraints cA, when the extension is present.
@@ -197,13 +229,15 @@ impl Certificate {
             subject: c.subject().to_string(),
             issuer: c.issuer().to_string(),
             subject_raw: c.subject().as_raw().to_vec(),
-            issuer_raw: c.issuer().as_raw().to_vec(),
+            signed: SignedPart::new(
+                c.issuer().as_raw(),
+                c.tbs_certificate.as_ref(),
+                &c.signature_algorithm,
+                &c.signature_value.data,
+            ),
             not_before: c.validity().not_before.timestamp(),
             not_after: c.validity().not_after.timestamp(),
             key: public_key(c.public_key()),
-            tbs: c.tbs_certificate.as_ref().to_vec(),
-            sig_alg: sig_alg(&c.signature_algorithm),
-            signature: c.signature_value.data.to_vec(),
             serial: c.raw_serial().to_vec(),
             extensions: c
                 .extensions()
@@ -244,28 +278,16 @@ impl Certificate {
     }
 
     pub fn is_self_issued(&self) -> bool {
-        self.subject_raw == self.issuer_raw
+        self.subject_raw == self.signed.issuer_raw
     }
 
     /// Whether `issuer` signed this certificate.
     pub fn verify_signed_by(&self, issuer: &Certificate) -> Result<(), String> {
-        if self.issuer_raw != issuer.subject_raw {
-            return Err(format!(
-                "issuer name \"{}\" does not match \"{}\"",
-                self.issuer, issuer.subject
-            ));
-        }
-        verify_signature(
-            &issuer.key,
-            self.sig_alg,
-            EcdsaEncoding::Der,
-            &self.tbs,
-            &self.signature,
-        )
-        .map_err(|e| {
+        self.signed.verify_by(issuer).map_err(|e| {
             format!(
                 "\"{}\" not signed by \"{}\": {e}",
-                self.subject, issuer.subject
+                self.common_name(),
+                issuer.common_name()
             )
         })
     }
@@ -388,6 +410,24 @@ pub fn chain_check(
     }
 }
 
+/// The chain check of `leaf` and the validity check, as of `at`, of the path
+/// it built (of the leaf alone when there is no path).
+pub fn path_checks(
+    chain_name: &'static str,
+    validity_name: &'static str,
+    leaf: &Certificate,
+    pool: &[Certificate],
+    anchors: &[Certificate],
+    at: VerificationTime,
+) -> [Check; 2] {
+    let (chain, path) = chain_check(chain_name, leaf, pool, anchors);
+    let certs = match &path {
+        Some(p) => p.certs.as_slice(),
+        None => std::slice::from_ref(leaf),
+    };
+    [chain, validity_check(validity_name, certs, at)]
+}
+
 /// A validity check over every certificate given, as of `at`.
 pub fn validity_check<'a>(
     name: &'static str,
@@ -415,12 +455,9 @@ pub fn validity_check<'a>(
 #[derive(Debug, Clone)]
 pub struct Crl {
     pub issuer: String,
-    issuer_raw: Vec<u8>,
+    signed: SignedPart,
     pub this_update: i64,
     pub next_update: Option<i64>,
-    tbs: Vec<u8>,
-    sig_alg: SigAlg,
-    signature: Vec<u8>,
     pub revoked_serials: Vec<Vec<u8>>,
 }
 
@@ -433,12 +470,14 @@ impl Crl {
         }
         Ok(Crl {
             issuer: crl.issuer().to_string(),
-            issuer_raw: crl.issuer().as_raw().to_vec(),
+            signed: SignedPart::new(
+                crl.issuer().as_raw(),
+                crl.tbs_cert_list.as_ref(),
+                &crl.signature_algorithm,
+                &crl.signature_value.data,
+            ),
             this_update: crl.last_update().timestamp(),
             next_update: crl.next_update().map(|t| t.timestamp()),
-            tbs: crl.tbs_cert_list.as_ref().to_vec(),
-            sig_alg: sig_alg(&crl.signature_algorithm),
-            signature: crl.signature_value.data.to_vec(),
             revoked_serials: crl
                 .iter_revoked_certificates()
                 .map(|r| r.raw_serial().to_vec())
@@ -447,20 +486,9 @@ impl Crl {
     }
 
     pub fn verify_signed_by(&self, issuer: &Certificate) -> Result<(), String> {
-        if self.issuer_raw != issuer.subject_raw {
-            return Err(format!(
-                "CRL issuer \"{}\" is not \"{}\"",
-                self.issuer, issuer.subject
-            ));
-        }
-        verify_signature(
-            &issuer.key,
-            self.sig_alg,
-            EcdsaEncoding::Der,
-            &self.tbs,
-            &self.signature,
-        )
-        .map_err(|e| format!("CRL of \"{}\": {e}", self.issuer))
+        self.signed
+            .verify_by(issuer)
+            .map_err(|e| format!("CRL of \"{}\": {e}", self.issuer))
     }
 
     pub fn valid_at(&self, at: VerificationTime) -> Result<(), String> {
@@ -491,7 +519,7 @@ impl Crl {
             v.to_vec()
         };
         let serial = strip(&cert.serial);
-        cert.issuer_raw == self.issuer_raw
+        cert.signed.issuer_raw == self.signed.issuer_raw
             && self.revoked_serials.iter().any(|s| strip(s) == serial)
     }
 }

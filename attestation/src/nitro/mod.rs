@@ -73,20 +73,16 @@ pub fn verify(
         }
     }
     v.push(check_fields(doc));
-    let (chain, path) = x509::chain_check(
+    let [chain, validity] = x509::path_checks(
         "cert-chain",
+        "cert-validity",
         &doc.certificate,
         &doc.cabundle,
         &trust.anchors,
+        at,
     );
     v.push(chain);
-    v.push(x509::validity_check(
-        "cert-validity",
-        path.as_ref()
-            .map(|p| p.certs.as_slice())
-            .unwrap_or(std::slice::from_ref(&doc.certificate)),
-        at,
-    ));
+    v.push(validity);
     v.push(check_signature(d));
     v.push(check_debug(doc, policy));
     v.push(check_pcrs(doc, policy));

@@ -66,15 +66,16 @@ pub fn verify(
     let mut v = Verification::new(EvidenceKind::Nvidia, at);
     add_claims(&mut v, &ev.exchange);
     let leaf = &ev.chain[0];
-    let (chain, path) = x509::chain_check("cert-chain", leaf, &ev.chain[1..], &trust.anchors);
-    v.push(chain);
-    v.push(x509::validity_check(
+    let [chain, validity] = x509::path_checks(
+        "cert-chain",
         "cert-validity",
-        path.as_ref()
-            .map(|p| p.certs.as_slice())
-            .unwrap_or(&ev.chain),
+        leaf,
+        &ev.chain[1..],
+        &trust.anchors,
         at,
-    ));
+    );
+    v.push(chain);
+    v.push(validity);
     v.push(check_signature(&ev.exchange, leaf));
     v.push(expect_bytes(
         "expect-nonce",

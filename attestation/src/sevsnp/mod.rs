@@ -60,15 +60,16 @@ pub fn verify(
     add_claims(&mut v, r, cert);
     v.push(check_version(r));
     v.push(check_signature_algorithm(r));
-    let (chain, path) = x509::chain_check("cert-chain", cert, &trust.intermediates, &trust.anchors);
-    v.push(chain);
-    v.push(x509::validity_check(
+    let [chain, validity] = x509::path_checks(
+        "cert-chain",
         "cert-validity",
-        path.as_ref()
-            .map(|p| p.certs.as_slice())
-            .unwrap_or(std::slice::from_ref(cert)),
+        cert,
+        &trust.intermediates,
+        &trust.anchors,
         at,
-    ));
+    );
+    v.push(chain);
+    v.push(validity);
     v.push(check_key_kind(r, cert));
     v.push(check_tcb_extensions(r, cert));
     v.push(check_hwid(r, cert));

@@ -57,15 +57,16 @@ pub fn verify(
     add_claims(&mut v, q);
     v.push(check_header(q));
     let leaf = &q.pck_chain[0];
-    let (chain, path) = x509::chain_check("pck-chain", leaf, &q.pck_chain[1..], &trust.anchors);
-    v.push(chain);
-    v.push(x509::validity_check(
+    let [chain, validity] = x509::path_checks(
+        "pck-chain",
         "pck-validity",
-        path.as_ref()
-            .map(|p| p.certs.as_slice())
-            .unwrap_or(&q.pck_chain),
+        leaf,
+        &q.pck_chain[1..],
+        &trust.anchors,
         at,
-    ));
+    );
+    v.push(chain);
+    v.push(validity);
     v.push(check_qe_report_signature(q));
     v.push(check_qe_key_binding(q));
     v.push(check_quote_signature(q));
