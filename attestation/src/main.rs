@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use bulwark_attestation::roots::TrustStore;
+use bulwark_attestation::roots::{self, TrustStore};
 use bulwark_attestation::{ear, nitro, nvidia, sevsnp, tdx, Error, Verification, VerificationTime};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -107,12 +107,16 @@ enum Kind {
         chain: PathBuf,
         #[arg(long, value_name = "HEX")]
         expect_nonce: Option<String>,
-        /// Signed reference integrity manifest (SWID tag) to compare against.
+        /// Signed reference integrity manifest (SWID tag) to compare against;
+        /// repeat for the driver and the VBIOS RIM.
         #[arg(long, value_name = "FILE")]
-        rim: Option<PathBuf>,
+        rim: Vec<PathBuf>,
         /// NVIDIA device identity root (PEM) to use instead of the embedded one.
         #[arg(long, value_name = "FILE")]
         root: Option<PathBuf>,
+        /// NVIDIA RIM signing root (PEM) to use instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        rim_root: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -221,22 +225,21 @@ fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
             expect_nonce,
             rim,
             root,
+            rim_root,
             common,
         } => {
             let at = time_of(&common)?;
             let policy = nvidia::Policy {
                 expect_nonce: hex_opt(&expect_nonce, "--expect-nonce")?,
             };
-            let trust = trust_override(&root, nvidia::default_trust)?;
-            let rim = rim.map(|p| read(&p)).transpose()?;
-            let v = nvidia::verify_bytes(
-                &read(&report)?,
-                &read(&chain)?,
-                rim.as_deref(),
-                &trust,
-                &policy,
-                at,
-            )?;
+            let trust = nvidia::Trust {
+                device: trust_override(&root, roots::nvidia_device_identity)?,
+                rim: trust_override(&rim_root, roots::nvidia_rim)?,
+            };
+            let rims = rim.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+            let rims: Vec<&[u8]> = rims.iter().map(Vec::as_slice).collect();
+            let v =
+                nvidia::verify_bytes(&read(&report)?, &read(&chain)?, &rims, &trust, &policy, at)?;
             Ok((v, common.json))
         }
     }

@@ -17,6 +17,7 @@ const AMD_CHAINS: [(&str, &str); 4] = [
 const INTEL_SGX_ROOT_CA: &str = include_str!("../roots/intel-sgx-root-ca.pem");
 const AWS_NITRO_ROOT: &str = include_str!("../roots/aws-nitro-enclaves-root.pem");
 const NVIDIA_DEVICE_IDENTITY_ROOT: &str = include_str!("../roots/nvidia-device-identity-root.pem");
+const NVIDIA_RIM_ROOT: &str = include_str!("../roots/nvidia-rim-root.pem");
 
 /// Anchors (self-signed) and intermediates for a verifier.
 #[derive(Debug, Clone, Default)]
@@ -93,6 +94,11 @@ pub fn nvidia_device_identity() -> TrustStore {
     embedded(&[NVIDIA_DEVICE_IDENTITY_ROOT])
 }
 
+/// NVIDIA CoRIM signing root (signs reference integrity manifests).
+pub fn nvidia_rim() -> TrustStore {
+    embedded(&[NVIDIA_RIM_ROOT])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,7 +109,12 @@ mod tests {
         // Milan (listed twice, deduplicated), Genoa, Turin.
         assert_eq!(amd.anchors.len(), 3);
         assert_eq!(amd.intermediates.len(), 4);
-        for s in [intel_sgx(), aws_nitro(), nvidia_device_identity()] {
+        for s in [
+            intel_sgx(),
+            aws_nitro(),
+            nvidia_device_identity(),
+            nvidia_rim(),
+        ] {
             assert_eq!(s.anchors.len(), 1);
             assert!(s.intermediates.is_empty());
         }

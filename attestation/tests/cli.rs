@@ -262,13 +262,22 @@ fn nvidia_through_the_cli() {
     let nonce = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
     assert_eq!(code(&cli(&with(&base, &["--expect-nonce", nonce]))), 0);
     assert_eq!(code(&cli(&with(&base, &["--expect-nonce", "00"]))), 1);
-    // RIM comparison is not implemented: a clear error, not a pass.
+    // The fixture RIMs are signed but for another driver and VBIOS version.
     let o = cli(&with(
         &base,
-        &["--rim", "testdata:nvidia/driver-rim-test.swidtag"],
+        &["--rim", "testdata:nvidia/driver-rim-test.swidtag", "--json"],
     ));
-    assert_eq!(code(&o), 2);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented"));
+    assert_eq!(code(&o), 1);
+    let j = json(&o);
+    let checks = j["checks"].as_array().unwrap();
+    let result = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap()["result"].clone();
+    assert_eq!(result("rim-signature"), "passed");
+    assert_eq!(result("rim-version"), "failed");
+    let o = cli(&with(
+        &base,
+        &["--rim", "testdata:nvidia/hopper-cert-chain.pem"],
+    ));
+    assert_eq!(code(&o), 2, "a PEM file is not a RIM");
     let text = read("nvidia/hopper-report.hex");
     for len in [0, 2, 74, 1000, 8000] {
         let f = TempFile::new(&format!("nv-{len}.hex"), &text[..len]);

@@ -2,12 +2,15 @@
 //! the GPU's attestation key, whose certificate chains to the NVIDIA Device
 //! Identity CA.
 
+pub mod rim;
 pub mod spdm;
+pub mod xml;
 
 use crate::checks::{expect_bytes, Category, Check, EvidenceKind, Verification};
 use crate::roots::{self, TrustStore};
 use crate::x509::{self, parse_pem_certificates, Certificate, EcdsaEncoding, PublicKey, SigAlg};
 use crate::{Error, VerificationTime};
+use rim::Rim;
 pub use spdm::Exchange;
 
 #[derive(Debug, Clone, Default)]
@@ -16,19 +19,32 @@ pub struct Policy {
     pub expect_nonce: Option<Vec<u8>>,
 }
 
-pub fn default_trust() -> TrustStore {
-    roots::nvidia_device_identity()
+/// Trust anchors: the device identity root, and the RIM signing root.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub device: TrustStore,
+    pub rim: TrustStore,
 }
 
-/// Parsed NVIDIA evidence: the SPDM exchange and the device chain (leaf first).
+/// The embedded NVIDIA Device Identity CA and CoRIM signing root.
+pub fn default_trust() -> Trust {
+    Trust {
+        device: roots::nvidia_device_identity(),
+        rim: roots::nvidia_rim(),
+    }
+}
+
+/// Parsed NVIDIA evidence: the SPDM exchange, the device chain (leaf first)
+/// and the reference manifests to compare against (driver and/or VBIOS).
 #[derive(Debug, Clone)]
 pub struct Evidence {
     pub exchange: Exchange,
     pub chain: Vec<Certificate>,
+    pub rims: Vec<Rim>,
 }
 
 impl Evidence {
-    pub fn parse(report: &[u8], chain_pem: &[u8]) -> Result<Self, Error> {
+    pub fn parse(report: &[u8], chain_pem: &[u8], rims: &[&[u8]]) -> Result<Self, Error> {
         let exchange = Exchange::parse_any(report)?;
         let chain = parse_pem_certificates(chain_pem)?;
         if chain.is_empty() {
@@ -36,33 +52,35 @@ impl Evidence {
                 "device certificate chain holds no certificate",
             ));
         }
-        Ok(Evidence { exchange, chain })
+        let rims = rims
+            .iter()
+            .map(|r| Rim::parse(r))
+            .collect::<Result<_, _>>()?;
+        Ok(Evidence {
+            exchange,
+            chain,
+            rims,
+        })
     }
 }
 
 pub fn verify_bytes(
     report: &[u8],
     chain: &[u8],
-    rim: Option<&[u8]>,
-    trust: &TrustStore,
+    rims: &[&[u8]],
+    trust: &Trust,
     policy: &Policy,
     at: VerificationTime,
 ) -> Result<Verification, Error> {
-    let ev = Evidence::parse(report, chain)?;
-    if rim.is_some() {
-        return Err(Error::NotImplemented(
-            "RIM comparison (--rim): verifying the RIM's XML signature and comparing reference values is not implemented; run without --rim".into(),
-        ));
-    }
-    Ok(verify(&ev, trust, policy, at))
+    Ok(verify(
+        &Evidence::parse(report, chain, rims)?,
+        trust,
+        policy,
+        at,
+    ))
 }
 
-pub fn verify(
-    ev: &Evidence,
-    trust: &TrustStore,
-    policy: &Policy,
-    at: VerificationTime,
-) -> Verification {
+pub fn verify(ev: &Evidence, trust: &Trust, policy: &Policy, at: VerificationTime) -> Verification {
     let mut v = Verification::new(EvidenceKind::Nvidia, at);
     add_claims(&mut v, &ev.exchange);
     let leaf = &ev.chain[0];
@@ -71,7 +89,7 @@ pub fn verify(
         "cert-validity",
         leaf,
         &ev.chain[1..],
-        &trust.anchors,
+        &trust.device.anchors,
         at,
     );
     v.push(chain);
@@ -82,11 +100,17 @@ pub fn verify(
         policy.expect_nonce.as_deref(),
         &ev.exchange.request.nonce,
     ));
-    v.push(Check::skipped(
-        "rim-comparison",
-        Category::Policy,
-        "no RIM given (measurements listed in the claims, not compared)",
-    ));
+    if ev.rims.is_empty() {
+        v.push(Check::skipped(
+            "rim-comparison",
+            Category::Policy,
+            "no RIM given (measurements listed in the claims, not compared)",
+        ));
+    } else {
+        for c in rim_checks(ev, &trust.rim, at) {
+            v.push(c);
+        }
+    }
     v
 }
 
@@ -142,4 +166,131 @@ pub fn check_signature(x: &Exchange, leaf: &Certificate) -> Check {
         ))
     })();
     Check::from_result("measurement-signature", Category::Signature, r)
+}
+
+/// The checks of the reference manifests: their signatures, signer chains
+/// and validity, that each is for the driver or VBIOS version the GPU
+/// reports, and that every active reference measurement matches.
+pub fn rim_checks(ev: &Evidence, trust: &TrustStore, at: VerificationTime) -> Vec<Check> {
+    let sigs = ev
+        .rims
+        .iter()
+        .map(|r| {
+            r.verify_signature()
+                .map_err(|e| format!("RIM {}: {e}", r.version))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|_| format!("{} RIMs signed (XMLDSig, ECDSA P-384)", ev.rims.len()));
+    let mut checks = vec![Check::from_result(
+        "rim-signature",
+        Category::Signature,
+        sigs,
+    )];
+
+    let mut paths = Vec::new();
+    let chains = ev
+        .rims
+        .iter()
+        .map(|r| {
+            x509::build_path(&r.signer_chain[0], &r.signer_chain[1..], &trust.anchors)
+                .map(|p| paths.extend(p.certs))
+                .map_err(|e| format!("RIM {}: {e}", r.version))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|_| "RIM signers chain to the NVIDIA RIM signing root".to_string());
+    checks.push(Check::from_result("rim-chain", Category::Chain, chains));
+    let leaves: Vec<&Certificate> = ev.rims.iter().map(|r| &r.signer_chain[0]).collect();
+    let validity_set: Vec<&Certificate> = if paths.is_empty() {
+        leaves
+    } else {
+        paths.iter().collect()
+    };
+    checks.push(x509::validity_check("rim-validity", validity_set, at));
+
+    let fields = spdm::opaque_fields(&ev.exchange.response.opaque).unwrap_or_default();
+    let field = |t: u16| fields.iter().find(|(ft, _)| *ft == t).map(|(_, v)| *v);
+    let driver = field(3).map(|v| {
+        String::from_utf8_lossy(v)
+            .trim_end_matches('\0')
+            .to_string()
+    });
+    let vbios = field(6).and_then(spdm::format_vbios_version);
+    let versions = ev
+        .rims
+        .iter()
+        .map(|r| {
+            let v = r.version.to_ascii_lowercase();
+            if driver
+                .as_deref()
+                .is_some_and(|d| d.to_ascii_lowercase() == v)
+                || vbios
+                    .as_deref()
+                    .is_some_and(|b| b.to_ascii_lowercase() == v)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "RIM for version {} does not match the GPU's driver {} or VBIOS {}",
+                    r.version,
+                    driver.as_deref().unwrap_or("?"),
+                    vbios.as_deref().unwrap_or("?")
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|_| "RIM versions match the reported driver/VBIOS".to_string());
+    checks.push(Check::from_result(
+        "rim-version",
+        Category::Policy,
+        versions,
+    ));
+    checks.push(compare_measurements(&ev.exchange, &ev.rims));
+    checks
+}
+
+/// Every active reference measurement (RIM index i is SPDM block i + 1)
+/// equals one of its alternatives; an index active in two RIMs conflicts.
+pub fn compare_measurements(x: &Exchange, rims: &[Rim]) -> Check {
+    const NAME: &str = "rim-comparison";
+    let mut golden: std::collections::BTreeMap<u32, &[Vec<u8>]> = Default::default();
+    for r in rims {
+        for m in r.measurements.iter().filter(|m| m.active) {
+            if golden.insert(m.index, &m.alternatives).is_some() {
+                return Check::failed(
+                    NAME,
+                    Category::Policy,
+                    format!("measurement {} is active in more than one RIM", m.index),
+                );
+            }
+        }
+    }
+    let mut mismatched = Vec::new();
+    for (index, alternatives) in &golden {
+        let block = x
+            .response
+            .blocks
+            .iter()
+            .find(|b| u32::from(b.index) == index + 1);
+        if !block.is_some_and(|b| alternatives.contains(&b.value)) {
+            mismatched.push(index.to_string());
+        }
+    }
+    if mismatched.is_empty() {
+        Check::passed(
+            NAME,
+            Category::Policy,
+            format!("{} active reference measurements match", golden.len()),
+        )
+    } else {
+        Check::failed(
+            NAME,
+            Category::Policy,
+            format!(
+                "{} of {} active reference measurements differ: indices {}",
+                mismatched.len(),
+                golden.len(),
+                mismatched.join(", ")
+            ),
+        )
+    }
 }
