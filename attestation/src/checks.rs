@@ -104,6 +104,22 @@ pub fn expect_bytes(name: &'static str, expected: Option<&[u8]>, actual: &[u8]) 
     }
 }
 
+/// The `policy-debug` check: a debuggable guest fails unless the relying
+/// party allowed it (then it warns). `debug` is `Some(why)` for a debuggable
+/// guest; `not_debug` describes the other case.
+pub fn debug_policy(debug: Option<String>, allow_debug: bool, not_debug: &str) -> Check {
+    const NAME: &str = "policy-debug";
+    match debug {
+        None => Check::passed(NAME, Category::Policy, not_debug),
+        Some(why) if allow_debug => Check::warning(
+            NAME,
+            Category::Policy,
+            format!("{why} (accepted by --allow-debug)"),
+        ),
+        Some(why) => Check::failed(NAME, Category::Policy, why),
+    }
+}
+
 /// The kinds of evidence this crate verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -3,7 +3,7 @@
 
 pub mod document;
 
-use crate::checks::{expect_bytes, Category, Check, EvidenceKind, Verification};
+use crate::checks::{debug_policy, expect_bytes, Category, Check, EvidenceKind, Verification};
 use crate::roots::{self, TrustStore};
 use crate::x509::{self, EcdsaEncoding, PublicKey, SigAlg};
 use crate::{Error, VerificationTime};
@@ -169,22 +169,10 @@ pub fn check_signature(d: &Document) -> Check {
 
 /// A debug-mode enclave reports PCR0, PCR1 and PCR2 as all zeros.
 pub fn check_debug(doc: &AttestationDoc, policy: &Policy) -> Check {
-    const NAME: &str = "policy-debug";
     let zero = |i: u64| doc.pcrs.get(&i).is_some_and(|p| p.iter().all(|&b| b == 0));
-    let debug = zero(0) && zero(1) && zero(2);
-    match (debug, policy.allow_debug) {
-        (false, _) => Check::passed(NAME, Category::Policy, "not a debug-mode enclave"),
-        (true, true) => Check::warning(
-            NAME,
-            Category::Policy,
-            "debug-mode enclave (PCR0-2 zero), accepted by --allow-debug",
-        ),
-        (true, false) => Check::failed(
-            NAME,
-            Category::Policy,
-            "debug-mode enclave: PCR0, PCR1 and PCR2 are all zero",
-        ),
-    }
+    let debug = (zero(0) && zero(1) && zero(2))
+        .then(|| "debug-mode enclave: PCR0, PCR1 and PCR2 are all zero".to_string());
+    debug_policy(debug, policy.allow_debug, "not a debug-mode enclave")
 }
 
 pub fn check_pcrs(doc: &AttestationDoc, policy: &Policy) -> Check {

@@ -3,7 +3,7 @@
 
 pub mod report;
 
-use crate::checks::{expect_bytes, Category, Check, EvidenceKind, Verification};
+use crate::checks::{debug_policy, expect_bytes, Category, Check, EvidenceKind, Verification};
 use crate::roots::{self, TrustStore};
 use crate::x509::{self, der, Certificate, EcdsaEncoding, PublicKey, SigAlg};
 use crate::{Error, VerificationTime};
@@ -285,23 +285,13 @@ pub fn check_report_signature(r: &AttestationReport, cert: &Certificate) -> Chec
 }
 
 pub fn check_debug(r: &AttestationReport, policy: &Policy) -> Check {
-    const NAME: &str = "policy-debug";
-    match (r.debug_allowed(), policy.allow_debug) {
-        (false, _) => Check::passed(NAME, Category::Policy, "guest policy forbids debugging"),
-        (true, true) => Check::warning(
-            NAME,
-            Category::Policy,
-            "guest policy allows debugging (accepted by --allow-debug)",
-        ),
-        (true, false) => Check::failed(
-            NAME,
-            Category::Policy,
-            format!(
-                "guest policy {:#x} allows debugging (DEBUG bit 19 set)",
-                r.policy
-            ),
-        ),
-    }
+    let debug = r.debug_allowed().then(|| {
+        format!(
+            "guest policy {:#x} allows debugging (DEBUG bit 19 set)",
+            r.policy
+        )
+    });
+    debug_policy(debug, policy.allow_debug, "guest policy forbids debugging")
 }
 
 pub fn check_min_tcb(r: &AttestationReport, policy: &Policy) -> Check {

@@ -6,7 +6,7 @@ pub mod collateral;
 pub mod pck;
 pub mod quote;
 
-use crate::checks::{expect_bytes, Category, Check, EvidenceKind, Verification};
+use crate::checks::{debug_policy, expect_bytes, Category, Check, EvidenceKind, Verification};
 use crate::roots::{self, TrustStore};
 use crate::time::parse_rfc3339;
 use crate::x509::{self, Certificate, EcdsaEncoding, PublicKey, SigAlg};
@@ -207,23 +207,13 @@ pub fn check_quote_signature(q: &Quote) -> Check {
 }
 
 pub fn check_debug(q: &Quote, policy: &Policy) -> Check {
-    const NAME: &str = "policy-debug";
-    match (q.body.debug(), policy.allow_debug) {
-        (false, _) => Check::passed(NAME, Category::Policy, "TD is not debuggable"),
-        (true, true) => Check::warning(
-            NAME,
-            Category::Policy,
-            "TD DEBUG attribute set (accepted by --allow-debug)",
-        ),
-        (true, false) => Check::failed(
-            NAME,
-            Category::Policy,
-            format!(
-                "TD attributes {} have DEBUG set",
-                hex::encode(q.body.td_attributes)
-            ),
-        ),
-    }
+    let debug = q.body.debug().then(|| {
+        format!(
+            "TD attributes {} have DEBUG set",
+            hex::encode(q.body.td_attributes)
+        )
+    });
+    debug_policy(debug, policy.allow_debug, "TD is not debuggable")
 }
 
 pub fn check_rtmrs(q: &Quote, policy: &Policy) -> Check {
