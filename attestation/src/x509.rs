@@ -329,6 +329,46 @@ pub fn parse_pem_certificates(bytes: &[u8]) -> Result<Vec<Certificate>, Error> {
     Ok(out)
 }
 
+/// A certificate chain as presented in evidence: a leaf and the certificates
+/// offered to chain it (issuers, possibly the root). Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub leaf: Certificate,
+    pub issuers: Vec<Certificate>,
+}
+
+impl Chain {
+    /// Leaf first; `what` names the chain in the error for an empty list.
+    pub fn from_certs(mut certs: Vec<Certificate>, what: &str) -> Result<Self, Error> {
+        if certs.is_empty() {
+            return Err(Error::Parse(format!("{what} holds no certificate")));
+        }
+        let leaf = certs.remove(0);
+        Ok(Chain {
+            leaf,
+            issuers: certs,
+        })
+    }
+
+    /// Every `CERTIFICATE` block of a PEM text, leaf first.
+    pub fn from_pem(pem: &[u8], what: &str) -> Result<Self, Error> {
+        Self::from_certs(parse_pem_certificates(pem)?, what)
+    }
+
+    /// Path from the leaf through the issuers to one of `anchors`.
+    pub fn path_to(&self, anchors: &[Certificate]) -> Result<CertPath, String> {
+        build_path(&self.leaf, &self.issuers, anchors)
+    }
+
+    pub fn len(&self) -> usize {
+        1 + self.issuers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// A certificate path from a leaf to a trust anchor (anchor last).
 #[derive(Debug, Clone)]
 pub struct CertPath {
@@ -336,10 +376,6 @@ pub struct CertPath {
 }
 
 impl CertPath {
-    pub fn leaf(&self) -> &Certificate {
-        &self.certs[0]
-    }
-
     pub fn describe(&self) -> String {
         self.certs
             .iter()

@@ -253,7 +253,7 @@ fn pck_chain_to_another_root_fails_the_chain_check() {
 #[test]
 fn pck_validity_follows_the_verification_time() {
     let q = Quote::parse(&read("tdx/quote-v4-spr.dat")).unwrap();
-    let leaf = &q.pck_chain[0];
+    let leaf = &q.pck_chain.leaf;
     let before = VerificationTime::from_unix_seconds(leaf.not_before - 1);
     let after = VerificationTime::from_unix_seconds(leaf.not_after + 1);
     for (t, word) in [(before, "not yet valid"), (after, "certificate expired")] {

@@ -8,7 +8,7 @@ pub mod xml;
 
 use crate::checks::{expect_bytes, Category, Check, EvidenceKind, Verification};
 use crate::roots::{self, TrustStore};
-use crate::x509::{self, parse_pem_certificates, Certificate, EcdsaEncoding, PublicKey, SigAlg};
+use crate::x509::{self, Certificate, Chain, EcdsaEncoding, PublicKey, SigAlg};
 use crate::{Error, VerificationTime};
 use rim::Rim;
 pub use spdm::Exchange;
@@ -39,19 +39,14 @@ pub fn default_trust() -> Trust {
 #[derive(Debug, Clone)]
 pub struct Evidence {
     pub exchange: Exchange,
-    pub chain: Vec<Certificate>,
+    pub chain: Chain,
     pub rims: Vec<Rim>,
 }
 
 impl Evidence {
     pub fn parse(report: &[u8], chain_pem: &[u8], rims: &[&[u8]]) -> Result<Self, Error> {
         let exchange = Exchange::parse_any(report)?;
-        let chain = parse_pem_certificates(chain_pem)?;
-        if chain.is_empty() {
-            return Err(Error::parse(
-                "device certificate chain holds no certificate",
-            ));
-        }
+        let chain = Chain::from_pem(chain_pem, "device certificate chain")?;
         let rims = rims
             .iter()
             .map(|r| Rim::parse(r))
@@ -83,12 +78,12 @@ pub fn verify_bytes(
 pub fn verify(ev: &Evidence, trust: &Trust, policy: &Policy, at: VerificationTime) -> Verification {
     let mut v = Verification::new(EvidenceKind::Nvidia, at);
     add_claims(&mut v, &ev.exchange);
-    let leaf = &ev.chain[0];
+    let leaf = &ev.chain.leaf;
     let [chain, validity] = x509::path_checks(
         "cert-chain",
         "cert-validity",
         leaf,
-        &ev.chain[1..],
+        &ev.chain.issuers,
         &trust.device.anchors,
         at,
     );
@@ -192,14 +187,15 @@ pub fn rim_checks(ev: &Evidence, trust: &TrustStore, at: VerificationTime) -> Ve
         .rims
         .iter()
         .map(|r| {
-            x509::build_path(&r.signer_chain[0], &r.signer_chain[1..], &trust.anchors)
+            r.signer_chain
+                .path_to(&trust.anchors)
                 .map(|p| paths.extend(p.certs))
                 .map_err(|e| format!("RIM {}: {e}", r.version))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(|_| "RIM signers chain to the NVIDIA RIM signing root".to_string());
     checks.push(Check::from_result("rim-chain", Category::Chain, chains));
-    let leaves: Vec<&Certificate> = ev.rims.iter().map(|r| &r.signer_chain[0]).collect();
+    let leaves: Vec<&Certificate> = ev.rims.iter().map(|r| &r.signer_chain.leaf).collect();
     let validity_set: Vec<&Certificate> = if paths.is_empty() {
         leaves
     } else {

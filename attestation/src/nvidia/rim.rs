@@ -3,7 +3,7 @@
 //! SHA-384), whose `Payload` lists reference measurements by index.
 
 use super::xml::{self, Element, Scope};
-use crate::x509::{self, Certificate, EcdsaEncoding, SigAlg};
+use crate::x509::{self, Certificate, Chain, EcdsaEncoding, SigAlg};
 use crate::Error;
 use base64::Engine;
 use ring::digest;
@@ -28,8 +28,8 @@ pub struct Rim {
     /// `Meta/@colloquialVersion`: driver version or VBIOS version.
     pub version: String,
     pub measurements: Vec<RimMeasurement>,
-    /// KeyInfo certificates, signer first.
-    pub signer_chain: Vec<Certificate>,
+    /// KeyInfo certificates: the signer and its issuers.
+    pub signer_chain: Chain,
     /// SHA-384 of the canonical document without the signature.
     pub document_digest: Vec<u8>,
     pub digest_value: Vec<u8>,
@@ -136,9 +136,7 @@ impl Rim {
             .filter(|e| e.local_name() == "X509Certificate")
             .map(|e| Certificate::from_der(&b64(&e.text(), "X509Certificate")?))
             .collect::<Result<Vec<_>, _>>()?;
-        if signer_chain.is_empty() {
-            return Err(Error::parse("RIM KeyInfo holds no certificate"));
-        }
+        let signer_chain = Chain::from_certs(signer_chain, "RIM KeyInfo")?;
 
         let version = need(root.child("Meta"), "Meta")?
             .attr("colloquialVersion")
@@ -196,7 +194,7 @@ impl Rim {
             return Err("RIM document digest does not match its signed reference".into());
         }
         x509::verify_signature(
-            &self.signer_chain[0].key,
+            &self.signer_chain.leaf.key,
             SigAlg::EcdsaSha384,
             EcdsaEncoding::Fixed,
             &self.signed_info,

@@ -6,7 +6,7 @@
 //! cover their exact bytes; CRLs hex DER; signatures hex r || s).
 
 use crate::bytes::decode_hex_text;
-use crate::x509::{parse_pem_certificates, Certificate, Crl};
+use crate::x509::{Chain, Crl};
 use crate::Error;
 use serde::Deserialize;
 
@@ -30,7 +30,7 @@ pub struct Signed<T> {
     /// The exact signed text.
     pub text: String,
     pub signature: Vec<u8>,
-    pub issuer_chain: Vec<Certificate>,
+    pub issuer_chain: Chain,
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub struct Collateral {
     pub qe_identity: Signed<QeIdentity>,
     pub pck_crl: Crl,
     pub root_ca_crl: Crl,
-    pub pck_crl_issuer_chain: Vec<Certificate>,
+    pub pck_crl_issuer_chain: Chain,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,12 +136,8 @@ fn signed<T: for<'de> Deserialize<'de>>(
             signature.len()
         )));
     }
-    let issuer_chain = parse_pem_certificates(chain.as_bytes())?;
-    if issuer_chain.is_empty() {
-        return Err(Error::Parse(format!(
-            "collateral {what}: empty issuer chain"
-        )));
-    }
+    let issuer_chain =
+        Chain::from_pem(chain.as_bytes(), &format!("collateral {what} issuer chain"))?;
     Ok(Signed {
         body,
         text,
@@ -154,10 +150,10 @@ impl Collateral {
     pub fn parse(json: &[u8]) -> Result<Self, Error> {
         let b: Bundle = serde_json::from_slice(json)
             .map_err(|e| Error::Parse(format!("collateral bundle: {e}")))?;
-        let pck_crl_issuer_chain = parse_pem_certificates(b.pck_crl_issuer_chain.as_bytes())?;
-        if pck_crl_issuer_chain.is_empty() {
-            return Err(Error::parse("collateral: empty PCK CRL issuer chain"));
-        }
+        let pck_crl_issuer_chain = Chain::from_pem(
+            b.pck_crl_issuer_chain.as_bytes(),
+            "collateral PCK CRL issuer chain",
+        )?;
         Ok(Collateral {
             tcb_info: signed(
                 "tcb_info",

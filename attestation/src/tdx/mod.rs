@@ -56,12 +56,11 @@ pub fn verify(
     let mut v = Verification::new(EvidenceKind::Tdx, at);
     add_claims(&mut v, q);
     v.push(check_header(q));
-    let leaf = &q.pck_chain[0];
     let [chain, validity] = x509::path_checks(
         "pck-chain",
         "pck-validity",
-        leaf,
-        &q.pck_chain[1..],
+        &q.pck_chain.leaf,
+        &q.pck_chain.issuers,
         &trust.anchors,
         at,
     );
@@ -127,7 +126,7 @@ fn add_claims(v: &mut Verification, q: &Quote) {
     if let Some(m) = b.mr_service_td {
         v.claim("mr_service_td", hex::encode(m));
     }
-    if let Ok(p) = PckExtensions::from_certificate(&q.pck_chain[0]) {
+    if let Ok(p) = PckExtensions::from_certificate(&q.pck_chain.leaf) {
         v.claim("fmspc", hex::encode(p.fmspc));
         v.claim("pce_svn", p.pcesvn);
     }
@@ -161,7 +160,7 @@ fn p256_key(xy: &[u8; 64]) -> PublicKey {
 
 /// The PCK leaf signed the QE report.
 pub fn check_qe_report_signature(q: &Quote) -> Check {
-    let leaf = &q.pck_chain[0];
+    let leaf = &q.pck_chain.leaf;
     let r = x509::verify_signature(
         &leaf.key,
         SigAlg::EcdsaSha256,
@@ -250,10 +249,12 @@ fn signed_json_check<T>(
     what: &str,
     anchors: &[Certificate],
 ) -> Result<Vec<Certificate>, String> {
-    let path = x509::build_path(&doc.issuer_chain[0], &doc.issuer_chain[1..], anchors)
+    let path = doc
+        .issuer_chain
+        .path_to(anchors)
         .map_err(|e| format!("{what} issuer chain: {e}"))?;
     x509::verify_signature(
-        &doc.issuer_chain[0].key,
+        &doc.issuer_chain.leaf.key,
         SigAlg::EcdsaSha256,
         EcdsaEncoding::Fixed,
         doc.text.as_bytes(),
@@ -293,13 +294,11 @@ pub fn collateral_checks(
             "QE identity",
             &trust.anchors,
         )?);
-        let crl_path = x509::build_path(
-            &c.pck_crl_issuer_chain[0],
-            &c.pck_crl_issuer_chain[1..],
-            &trust.anchors,
-        )
-        .map_err(|e| format!("PCK CRL issuer chain: {e}"))?;
-        c.pck_crl.verify_signed_by(&crl_path.certs[0])?;
+        let crl_path = c
+            .pck_crl_issuer_chain
+            .path_to(&trust.anchors)
+            .map_err(|e| format!("PCK CRL issuer chain: {e}"))?;
+        c.pck_crl.verify_signed_by(&c.pck_crl_issuer_chain.leaf)?;
         let root = crl_path.certs.last().ok_or("empty CRL issuer path")?;
         c.root_ca_crl.verify_signed_by(root)?;
         certs.extend(crl_path.certs);
@@ -339,11 +338,11 @@ pub fn collateral_checks(
 
     // Revocation of the PCK chain.
     let revoked = (|| {
-        let leaf = &q.pck_chain[0];
+        let leaf = &q.pck_chain.leaf;
         if c.pck_crl.is_revoked(leaf) {
             return Err(format!("PCK certificate \"{}\" is revoked", leaf.subject));
         }
-        for ca in &q.pck_chain[1..] {
+        for ca in &q.pck_chain.issuers {
             if c.root_ca_crl.is_revoked(ca) || c.pck_crl.is_revoked(ca) {
                 return Err(format!("\"{}\" is revoked", ca.subject));
             }
@@ -372,7 +371,7 @@ pub fn tcb_status(q: &Quote, c: &Collateral, policy: &Policy, collateral_authent
         );
     }
     let r = (|| {
-        let pck = PckExtensions::from_certificate(&q.pck_chain[0])?;
+        let pck = PckExtensions::from_certificate(&q.pck_chain.leaf)?;
         let ti = &c.tcb_info.body;
         if ti.id != "TDX" || ti.version != 3 {
             return Err(format!("TCB info {} v{} is not TDX v3", ti.id, ti.version));

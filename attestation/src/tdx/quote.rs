@@ -2,7 +2,7 @@
 //! Quoting Library API, appendix "Quote Format").
 
 use crate::bytes::Reader;
-use crate::x509::{parse_pem_certificates, Certificate};
+use crate::x509::Chain;
 use crate::Error;
 
 pub const HEADER_LEN: usize = 48;
@@ -111,8 +111,8 @@ pub struct Quote {
     pub qe_report: EnclaveReport,
     pub qe_report_signature: [u8; 64],
     pub qe_auth_data: Vec<u8>,
-    /// PCK leaf first, then the issuing CAs.
-    pub pck_chain: Vec<Certificate>,
+    /// PCK leaf and the issuing CAs.
+    pub pck_chain: Chain,
     /// Bytes after the signature data, ignored.
     pub trailing: usize,
 }
@@ -194,10 +194,7 @@ impl Quote {
         }
         // The PEM chain may be NUL-terminated.
         let pem_end = inner.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-        let pck_chain = parse_pem_certificates(&inner[..pem_end])?;
-        if pck_chain.is_empty() {
-            return Err(Error::parse("quote carries an empty PCK certificate chain"));
-        }
+        let pck_chain = Chain::from_pem(&inner[..pem_end], "quote PCK certificate chain")?;
         Ok(Quote {
             header,
             body_type,
