@@ -388,8 +388,9 @@ impl CertPath {
 const MAX_PATH: usize = 8;
 
 /// Build and verify a path from `leaf` through certificates in `pool` to one
-/// of `anchors`. Every signature on the path is verified, and every anchor
-/// must be self-signed. An anchor byte-identical to a pool certificate ends
+/// of `anchors`. Every signature on the path is verified, every intermediate
+/// must carry basicConstraints cA=TRUE, and every anchor must be
+/// self-signed. An anchor byte-identical to a pool certificate ends
 /// the path there.
 pub fn build_path(
     leaf: &Certificate,
@@ -418,8 +419,11 @@ pub fn build_path(
         });
         match next {
             Some(c) => {
-                if c.is_ca == Some(false) {
-                    return Err(format!("\"{}\" is not a CA certificate", c.subject));
+                if c.is_ca != Some(true) {
+                    return Err(format!(
+                        "\"{}\" signs certificates but is not a CA (basicConstraints)",
+                        c.common_name()
+                    ));
                 }
                 path.push(c.clone());
             }
