@@ -283,3 +283,48 @@ fn expectations() {
     let v = tdx::verify(&q, None, &tdx::default_trust(), &bad, now());
     assert_eq!(failed_names(&v), ["expect-mrtd", "expect-rtmrs"]);
 }
+
+/// The status rules, on the real collateral with its (already verified)
+/// level statuses edited: the signature check is separate and would fail.
+#[test]
+fn tcb_status_policy() {
+    let q = Quote::parse(&read("tdx/quote-v4-uptodate.dat")).unwrap();
+    let with_status = |platform: &str, qe: &str, allow_outdated_tcb: bool| {
+        let mut c = collateral();
+        c.tcb_info.body.tcb_levels[0].tcb_status = platform.to_string();
+        c.tcb_info.body.tcb_levels[0].advisory_ids = vec!["INTEL-SA-00001".into()];
+        c.qe_identity.body.tcb_levels[0].tcb_status = qe.to_string();
+        let policy = Policy {
+            allow_outdated_tcb,
+            ..Policy::default()
+        };
+        tdx::tcb_status(&q, &c, &policy, true)
+    };
+    let c = with_status("UpToDate", "UpToDate", false);
+    assert_eq!(c.result, Outcome::Passed, "{}", c.detail);
+    let c = with_status("SWHardeningNeeded", "UpToDate", false);
+    assert_eq!(c.result, Outcome::Warning);
+    assert!(c.detail.contains("INTEL-SA-00001"), "{}", c.detail);
+    assert_eq!(
+        with_status("OutOfDate", "UpToDate", false).result,
+        Outcome::Failed
+    );
+    assert_eq!(
+        with_status("OutOfDate", "UpToDate", true).result,
+        Outcome::Warning
+    );
+    // The worst of platform and QE status wins.
+    let c = with_status("ConfigurationNeeded", "OutOfDate", false);
+    assert!(
+        c.result == Outcome::Failed && c.detail.starts_with("OutOfDate"),
+        "{}",
+        c.detail
+    );
+    assert_eq!(
+        with_status("Revoked", "UpToDate", true).result,
+        Outcome::Failed
+    );
+    // Unauthentic collateral is never evaluated.
+    let c = tdx::tcb_status(&q, &collateral(), &Policy::default(), false);
+    assert_eq!(c.result, Outcome::Failed);
+}

@@ -52,9 +52,18 @@ pub struct TcbInfo {
     pub fmspc: String,
     pub pce_id: String,
     pub tcb_evaluation_data_number: u32,
+    pub tdx_module: TdxModule,
     #[serde(default)]
     pub tdx_module_identities: Vec<TdxModuleIdentity>,
     pub tcb_levels: Vec<TcbLevel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TdxModule {
+    pub mrsigner: String,
+    pub attributes: String,
+    pub attributes_mask: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

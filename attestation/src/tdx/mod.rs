@@ -397,7 +397,19 @@ pub fn tcb_status(q: &Quote, c: &Collateral, policy: &Policy, collateral_authent
             level.tcb_status, level.tcb_date
         )];
 
-        // TDX module identity (TDX 1.5 modules: TEE_TCB_SVN[1] is the major version).
+        // TDX module: signer and attributes always; for TDX 1.5 modules
+        // (TEE_TCB_SVN[1], the major version, non-zero) the identity's level too.
+        let module_signer = hex::encode(q.body.mr_signer_seam);
+        let module = &ti.tdx_module;
+        if !module.mrsigner.eq_ignore_ascii_case(&module_signer)
+            || !masked_eq(
+                &q.body.seam_attributes,
+                &module.attributes,
+                &module.attributes_mask,
+            )?
+        {
+            return Err("TDX module signer or attributes do not match the TCB info".into());
+        }
         if tee[1] > 0 {
             let id = format!("TDX_{:02X}", tee[1]);
             let m = ti
@@ -405,11 +417,12 @@ pub fn tcb_status(q: &Quote, c: &Collateral, policy: &Policy, collateral_authent
                 .iter()
                 .find(|m| m.id == id)
                 .ok_or(format!("no TDX module identity {id} in the TCB info"))?;
-            if !m
-                .mrsigner
-                .eq_ignore_ascii_case(&hex::encode(q.body.mr_signer_seam))
+            if !m.mrsigner.eq_ignore_ascii_case(&module_signer)
+                || !masked_eq(&q.body.seam_attributes, &m.attributes, &m.attributes_mask)?
             {
-                return Err(format!("TDX module signer does not match identity {id}"));
+                return Err(format!(
+                    "TDX module signer or attributes do not match identity {id}"
+                ));
             }
             let ml = collateral::isv_level(&m.tcb_levels, u16::from(tee[0])).ok_or(format!(
                 "TDX module SVN {} below every level of {id}",
@@ -426,18 +439,13 @@ pub fn tcb_status(q: &Quote, c: &Collateral, policy: &Policy, collateral_authent
 
         // Quoting Enclave identity.
         let qe = &c.qe_identity.body;
+        if qe.id != "TD_QE" || qe.version != 2 {
+            return Err(format!(
+                "QE identity {} v{} is not TD_QE v2",
+                qe.id, qe.version
+            ));
+        }
         let r = &q.qe_report;
-        let masked_eq = |have: &[u8], want: &str, mask: &str| -> Result<bool, String> {
-            let want = hex::decode(want).map_err(|e| e.to_string())?;
-            let mask = hex::decode(mask).map_err(|e| e.to_string())?;
-            Ok(want.len() == have.len()
-                && mask.len() == have.len()
-                && have
-                    .iter()
-                    .zip(&mask)
-                    .zip(&want)
-                    .all(|((h, m), w)| h & m == w & m))
-        };
         if !qe.mrsigner.eq_ignore_ascii_case(&hex::encode(r.mr_signer))
             || qe.isvprodid != r.isv_prod_id
             || !masked_eq(
@@ -493,6 +501,19 @@ pub fn tcb_status(q: &Quote, c: &Collateral, policy: &Policy, collateral_authent
             }
         }
     }
+}
+
+/// `have & mask == want & mask`, with `want` and `mask` as hex text.
+fn masked_eq(have: &[u8], want: &str, mask: &str) -> Result<bool, String> {
+    let want = hex::decode(want).map_err(|e| format!("collateral hex: {e}"))?;
+    let mask = hex::decode(mask).map_err(|e| format!("collateral hex: {e}"))?;
+    Ok(want.len() == have.len()
+        && mask.len() == have.len()
+        && have
+            .iter()
+            .zip(&mask)
+            .zip(&want)
+            .all(|((h, m), w)| h & m == w & m))
 }
 
 fn merge(status: &mut String, advisories: &mut Vec<String>, other: &str, other_adv: &[String]) {
