@@ -88,3 +88,15 @@ pub fn parse_hex_arg(text: &str, what: &str) -> Result<Vec<u8>, Error> {
         other => other,
     })
 }
+
+/// Parse an `N=HEX` argument (an index and an expected value).
+pub fn parse_indexed_hex_arg(arg: &str, flag: &str) -> Result<(u64, Vec<u8>), Error> {
+    let (n, h) = arg
+        .split_once('=')
+        .ok_or_else(|| Error::Argument(format!("{flag} {arg:?}: expected N=HEX")))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| Error::Argument(format!("{flag} {arg:?}: bad index")))?;
+    Ok((n, parse_hex_arg(h, flag)?))
+}

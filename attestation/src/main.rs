@@ -76,6 +76,11 @@ enum Kind {
         #[arg(long, value_name = "HEX")]
         expect_mrtd: Option<String>,
         #[arg(long, value_name = "HEX")]
+        expect_mrconfigid: Option<String>,
+        /// Expected RTMR value, N=HEX with N in 0..=3 (repeatable).
+        #[arg(long, value_name = "N=HEX")]
+        expect_rtmr: Vec<String>,
+        #[arg(long, value_name = "HEX")]
         expect_report_data: Option<String>,
         #[command(flatten)]
         common: Common,
@@ -91,6 +96,10 @@ enum Kind {
         expect_pcr: Vec<String>,
         #[arg(long, value_name = "HEX")]
         expect_nonce: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_user_data: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_public_key: Option<String>,
         /// AWS Nitro root (PEM) to use instead of the embedded one.
         #[arg(long, value_name = "FILE")]
         root: Option<PathBuf>,
@@ -182,6 +191,8 @@ fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
             allow_outdated_tcb,
             root,
             expect_mrtd,
+            expect_mrconfigid,
+            expect_rtmr,
             expect_report_data,
             common,
         } => {
@@ -190,8 +201,12 @@ fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
                 allow_debug,
                 allow_outdated_tcb,
                 expect_mrtd: hex_opt(&expect_mrtd, "--expect-mrtd")?,
+                expect_mrconfigid: hex_opt(&expect_mrconfigid, "--expect-mrconfigid")?,
+                expect_rtmrs: expect_rtmr
+                    .iter()
+                    .map(|a| tdx::parse_rtmr_arg(a))
+                    .collect::<Result<_, _>>()?,
                 expect_report_data: hex_opt(&expect_report_data, "--expect-report-data")?,
-                ..Default::default()
             };
             let trust = trust_override(&root, tdx::default_trust)?;
             let collateral = collateral.map(|p| read(&p)).transpose()?;
@@ -203,14 +218,18 @@ fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
             allow_debug,
             expect_pcr,
             expect_nonce,
+            expect_user_data,
+            expect_public_key,
             root,
             common,
         } => {
             let at = time_of(&common)?;
             let mut policy = nitro::Policy {
                 allow_debug,
+                expect_pcrs: Vec::new(),
                 expect_nonce: hex_opt(&expect_nonce, "--expect-nonce")?,
-                ..Default::default()
+                expect_user_data: hex_opt(&expect_user_data, "--expect-user-data")?,
+                expect_public_key: hex_opt(&expect_public_key, "--expect-public-key")?,
             };
             for p in &expect_pcr {
                 policy.expect_pcrs.push(nitro::parse_pcr_arg(p)?);

@@ -291,3 +291,37 @@ fn nvidia_through_the_cli() {
         assert_eq!(code(&o), 2, "len {len}");
     }
 }
+
+#[test]
+fn tdx_and_nitro_expectation_flags() {
+    let q = bulwark_attestation::tdx::Quote::parse(&read("tdx/quote-v4-spr.dat")).unwrap();
+    let rtmr1 = format!("1={}", hex::encode(q.body.rtmr[1]));
+    let mrtd = hex::encode(q.body.mr_td);
+    let base = [
+        "tdx",
+        "--quote",
+        "testdata:tdx/quote-v4-spr.dat",
+        "--at",
+        "2026-06-01T00:00:00Z",
+    ];
+    assert_eq!(
+        code(&cli(&with(
+            &base,
+            &["--expect-rtmr", &rtmr1, "--expect-mrtd", &mrtd]
+        ))),
+        0
+    );
+    let wrong = format!("2={}", hex::encode(q.body.rtmr[1]));
+    assert_eq!(code(&cli(&with(&base, &["--expect-rtmr", &wrong]))), 1);
+    assert_eq!(code(&cli(&with(&base, &["--expect-rtmr", "7=00"]))), 2);
+
+    let nitro = [
+        "nitro",
+        "--doc",
+        "testdata:nitro/doc-beta-production.cbor",
+        "--at",
+        "1665651482136",
+    ];
+    assert_eq!(code(&cli(&with(&nitro, &["--expect-user-data", "00"]))), 1);
+    assert_eq!(code(&cli(&with(&nitro, &["--expect-public-key", "zz"]))), 2);
+}

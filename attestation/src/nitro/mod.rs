@@ -26,16 +26,9 @@ pub fn default_trust() -> TrustStore {
     roots::aws_nitro()
 }
 
-/// Parse `N=HEX`.
+/// Parse `--expect-pcr N=HEX`.
 pub fn parse_pcr_arg(arg: &str) -> Result<(u64, Vec<u8>), Error> {
-    let (n, h) = arg
-        .split_once('=')
-        .ok_or_else(|| Error::Argument(format!("--expect-pcr {arg:?}: expected N=HEX")))?;
-    let n: u64 = n
-        .trim()
-        .parse()
-        .map_err(|_| Error::Argument(format!("--expect-pcr {arg:?}: bad PCR index")))?;
-    Ok((n, crate::bytes::parse_hex_arg(h, "--expect-pcr")?))
+    crate::bytes::parse_indexed_hex_arg(arg, "--expect-pcr")
 }
 
 pub fn verify_bytes(

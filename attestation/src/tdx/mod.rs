@@ -29,6 +29,17 @@ pub struct Policy {
     pub expect_report_data: Option<Vec<u8>>,
 }
 
+/// Parse `--expect-rtmr N=HEX` (N in 0..=3).
+pub fn parse_rtmr_arg(arg: &str) -> Result<(usize, Vec<u8>), Error> {
+    let (n, v) = crate::bytes::parse_indexed_hex_arg(arg, "--expect-rtmr")?;
+    match usize::try_from(n) {
+        Ok(i @ 0..=3) => Ok((i, v)),
+        _ => Err(Error::Argument(format!(
+            "--expect-rtmr {arg:?}: RTMR index {n} is not 0..=3"
+        ))),
+    }
+}
+
 pub fn default_trust() -> TrustStore {
     roots::intel_sgx()
 }
