@@ -222,3 +222,18 @@ fn truncation_at_every_length_is_a_parse_error() {
         );
     }
 }
+
+/// ga.spec.json describes the 2023 debug document: PCR0, 1, 2 and 8 all zero.
+#[test]
+fn debug_document_pcrs_match_its_spec() {
+    let spec: serde_json::Value = serde_json::from_slice(&read("nitro/ga.spec.json")).unwrap();
+    assert!(spec["attestationDoc"]
+        .as_str()
+        .unwrap()
+        .ends_with("valid-attestation-doc-base64"));
+    let d = debug_doc();
+    for i in [0u64, 1, 2, 8] {
+        let want = hex::decode(spec["pcrs"][format!("pcr{i}")].as_str().unwrap()).unwrap();
+        assert_eq!(d.doc.pcrs[&i], want, "PCR{i}");
+    }
+}

@@ -328,3 +328,50 @@ fn tcb_status_policy() {
     let c = tdx::tcb_status(&q, &collateral(), &Policy::default(), false);
     assert_eq!(c.result, Outcome::Failed);
 }
+
+/// The PCS response and CRL samples (PROVENANCE: parse + signature checks),
+/// verified with the issuer chains carried in the collateral bundle.
+#[test]
+fn pcs_collateral_samples_parse_and_verify() {
+    use bulwark_attestation::tdx::collateral::{QeIdentity, Signed, TcbInfo};
+    use bulwark_attestation::x509::Crl;
+    let bundle = collateral();
+    let anchors = tdx::default_trust().anchors;
+    let tcb: Signed<TcbInfo> = Signed::from_pcs_response(
+        &read("tdx/tcbinfo-response.json"),
+        "tcbInfo",
+        bundle.tcb_info.issuer_chain.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        (tcb.body.id.as_str(), tcb.body.fmspc.as_str()),
+        ("TDX", "50806f000000")
+    );
+    tcb.verify("TCB info", &anchors).unwrap();
+    let qe: Signed<QeIdentity> = Signed::from_pcs_response(
+        &read("tdx/qeidentity-response.json"),
+        "enclaveIdentity",
+        bundle.qe_identity.issuer_chain.clone(),
+    )
+    .unwrap();
+    assert_eq!(qe.body.id, "TD_QE");
+    qe.verify("QE identity", &anchors).unwrap();
+    // One changed byte in the signed text breaks the signature.
+    let mut forged = tcb.clone();
+    forged.text = forged.text.replacen("UpToDate", "UpToDatf", 1);
+    assert!(forged.verify("TCB info", &anchors).is_err());
+
+    let root_crl = Crl::from_der(&read("tdx/root-crl.der")).unwrap();
+    root_crl.verify_signed_by(&anchors[0]).unwrap();
+    let pck_crl = Crl::from_der(&read("tdx/pck-crl")).unwrap();
+    pck_crl
+        .verify_signed_by(&bundle.pck_crl_issuer_chain.leaf)
+        .unwrap();
+    assert!(pck_crl.verify_signed_by(&anchors[0]).is_err());
+    // The PCK CRL sample: thisUpdate 2023-06-08T07:27:52Z, nextUpdate 2023-07-08T07:27:52Z.
+    assert!(pck_crl
+        .valid_at(VerificationTime::parse("2023-06-20T00:00:00Z").unwrap())
+        .is_ok());
+    let late = pck_crl.valid_at(VerificationTime::parse("2023-07-08T07:27:53Z").unwrap());
+    assert!(late.unwrap_err().contains("expired"));
+}

@@ -6,7 +6,7 @@
 //! cover their exact bytes; CRLs hex DER; signatures hex r || s).
 
 use crate::bytes::decode_hex_text;
-use crate::x509::{Chain, Crl};
+use crate::x509::{self, Certificate, Chain, Crl, EcdsaEncoding, SigAlg};
 use crate::Error;
 use serde::Deserialize;
 
@@ -130,11 +130,52 @@ pub struct QeIdentity {
     pub tcb_levels: Vec<IsvTcbLevel>,
 }
 
+impl<T: for<'de> Deserialize<'de>> Signed<T> {
+    /// A PCS API response body, `{"<member>": {...}, "signature": "<hex>"}`
+    /// (the issuer chain comes from the response header, here an argument).
+    pub fn from_pcs_response(
+        json: &[u8],
+        member: &str,
+        issuer_chain: Chain,
+    ) -> Result<Self, Error> {
+        let fields: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_slice(json).map_err(|e| Error::Parse(format!("PCS response: {e}")))?;
+        let text = fields
+            .get(member)
+            .ok_or_else(|| Error::Parse(format!("PCS response lacks {member}")))?
+            .get()
+            .to_string();
+        let sig: String = fields
+            .get("signature")
+            .and_then(|s| serde_json::from_str(s.get()).ok())
+            .ok_or_else(|| Error::parse("PCS response lacks a signature string"))?;
+        signed(member, text, &sig, issuer_chain)
+    }
+
+    /// The issuer chain leads to one of `anchors` and its leaf's P-256 key
+    /// signed the exact text; returns the certificate path.
+    pub fn verify(&self, what: &str, anchors: &[Certificate]) -> Result<Vec<Certificate>, String> {
+        let path = self
+            .issuer_chain
+            .path_to(anchors)
+            .map_err(|e| format!("{what} issuer chain: {e}"))?;
+        x509::verify_signature(
+            &self.issuer_chain.leaf.key,
+            SigAlg::EcdsaSha256,
+            EcdsaEncoding::Fixed,
+            self.text.as_bytes(),
+            &self.signature,
+        )
+        .map_err(|e| format!("{what}: {e}"))?;
+        Ok(path.certs)
+    }
+}
+
 fn signed<T: for<'de> Deserialize<'de>>(
     what: &str,
     text: String,
     sig: &str,
-    chain: &str,
+    issuer_chain: Chain,
 ) -> Result<Signed<T>, Error> {
     let body =
         serde_json::from_str(&text).map_err(|e| Error::Parse(format!("collateral {what}: {e}")))?;
@@ -145,8 +186,6 @@ fn signed<T: for<'de> Deserialize<'de>>(
             signature.len()
         )));
     }
-    let issuer_chain =
-        Chain::from_pem(chain.as_bytes(), &format!("collateral {what} issuer chain"))?;
     Ok(Signed {
         body,
         text,
@@ -168,13 +207,19 @@ impl Collateral {
                 "tcb_info",
                 b.tcb_info,
                 &b.tcb_info_signature,
-                &b.tcb_info_issuer_chain,
+                Chain::from_pem(
+                    b.tcb_info_issuer_chain.as_bytes(),
+                    "collateral TCB info issuer chain",
+                )?,
             )?,
             qe_identity: signed(
                 "qe_identity",
                 b.qe_identity,
                 &b.qe_identity_signature,
-                &b.qe_identity_issuer_chain,
+                Chain::from_pem(
+                    b.qe_identity_issuer_chain.as_bytes(),
+                    "collateral QE identity issuer chain",
+                )?,
             )?,
             pck_crl: Crl::from_der(&decode_hex_text(b.pck_crl.as_bytes(), "pck_crl")?)?,
             root_ca_crl: Crl::from_der(&decode_hex_text(b.root_ca_crl.as_bytes(), "root_ca_crl")?)?,

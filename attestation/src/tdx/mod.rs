@@ -11,7 +11,7 @@ use crate::roots::{self, TrustStore};
 use crate::time::parse_rfc3339;
 use crate::x509::{self, Certificate, EcdsaEncoding, PublicKey, SigAlg};
 use crate::{Error, VerificationTime};
-use collateral::{Collateral, Signed};
+use collateral::Collateral;
 use pck::PckExtensions;
 pub use quote::Quote;
 use ring::digest;
@@ -255,26 +255,6 @@ pub fn check_rtmrs(q: &Quote, policy: &Policy) -> Check {
     )
 }
 
-fn signed_json_check<T>(
-    doc: &Signed<T>,
-    what: &str,
-    anchors: &[Certificate],
-) -> Result<Vec<Certificate>, String> {
-    let path = doc
-        .issuer_chain
-        .path_to(anchors)
-        .map_err(|e| format!("{what} issuer chain: {e}"))?;
-    x509::verify_signature(
-        &doc.issuer_chain.leaf.key,
-        SigAlg::EcdsaSha256,
-        EcdsaEncoding::Fixed,
-        doc.text.as_bytes(),
-        &doc.signature,
-    )
-    .map_err(|e| format!("{what}: {e}"))?;
-    Ok(path.certs)
-}
-
 fn window(what: &str, issue: &str, next: &str, at: VerificationTime) -> Result<(), String> {
     let issue_ms = parse_rfc3339(issue).map_err(|e| format!("{what} issueDate: {e}"))?;
     let next_ms = parse_rfc3339(next).map_err(|e| format!("{what} nextUpdate: {e}"))?;
@@ -299,12 +279,8 @@ pub fn collateral_checks(
     // Signatures over the JSON documents and CRLs, with their issuer chains.
     let mut certs: Vec<Certificate> = Vec::new();
     let sigs = (|| {
-        certs.extend(signed_json_check(&c.tcb_info, "TCB info", &trust.anchors)?);
-        certs.extend(signed_json_check(
-            &c.qe_identity,
-            "QE identity",
-            &trust.anchors,
-        )?);
+        certs.extend(c.tcb_info.verify("TCB info", &trust.anchors)?);
+        certs.extend(c.qe_identity.verify("QE identity", &trust.anchors)?);
         let crl_path = c
             .pck_crl_issuer_chain
             .path_to(&trust.anchors)
