@@ -1,0 +1,294 @@
+//! `bulwark-verify`: the customer's offline verifier for TEE and GPU evidence.
+//!
+//! Exit status: 0 authentic and within policy (warnings allowed), 1 a check
+//! failed, 2 unreadable/unparsable input or bad arguments.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use bulwark_attestation::roots::{self, TrustStore};
+use bulwark_attestation::{ear, nitro, nvidia, sevsnp, tdx, Error, Verification, VerificationTime};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bulwark-verify",
+    version,
+    about = "Verify confidential-computing evidence offline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    kind: Kind,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Verification time: RFC 3339 or Unix milliseconds (default: now).
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// Print an EAR-shaped JSON result instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Kind {
+    /// AMD SEV-SNP attestation report + VCEK/VLEK.
+    SevSnp {
+        /// Report: raw 1184 bytes or hex text.
+        #[arg(long, value_name = "FILE")]
+        report: PathBuf,
+        /// VCEK or VLEK certificate, DER or PEM.
+        #[arg(long, value_name = "FILE")]
+        vcek: PathBuf,
+        /// ASK/ASVK + ARK (PEM) to use instead of the embedded AMD roots.
+        #[arg(long, value_name = "FILE")]
+        chain: Option<PathBuf>,
+        #[arg(long)]
+        allow_debug: bool,
+        #[arg(long, value_name = "HEX")]
+        expect_measurement: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_report_data: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_host_data: Option<String>,
+        #[arg(long, value_name = "N")]
+        expect_vmpl: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Intel TDX DCAP quote (v4, v5).
+    Tdx {
+        #[arg(long, value_name = "FILE")]
+        quote: PathBuf,
+        /// Collateral bundle (JSON: TCB info, QE identity, CRLs, issuer chains).
+        #[arg(long, value_name = "FILE")]
+        collateral: Option<PathBuf>,
+        #[arg(long)]
+        allow_debug: bool,
+        /// Accept TCB statuses other than UpToDate (reported as warnings).
+        #[arg(long)]
+        allow_outdated_tcb: bool,
+        /// Intel SGX Root CA (PEM) to use instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+        #[arg(long, value_name = "HEX")]
+        expect_mrtd: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_mrconfigid: Option<String>,
+        /// Expected RTMR value, N=HEX with N in 0..=3 (repeatable).
+        #[arg(long, value_name = "N=HEX")]
+        expect_rtmr: Vec<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_report_data: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// AWS Nitro Enclaves attestation document (COSE_Sign1; raw or base64).
+    Nitro {
+        #[arg(long, value_name = "FILE")]
+        doc: PathBuf,
+        #[arg(long)]
+        allow_debug: bool,
+        /// Expected PCR value, N=HEX (repeatable).
+        #[arg(long, value_name = "N=HEX")]
+        expect_pcr: Vec<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_nonce: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_user_data: Option<String>,
+        #[arg(long, value_name = "HEX")]
+        expect_public_key: Option<String>,
+        /// AWS Nitro root (PEM) to use instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// NVIDIA Hopper GPU SPDM GET_MEASUREMENTS evidence.
+    Nvidia {
+        /// SPDM request + response, hex.
+        #[arg(long, value_name = "FILE")]
+        report: PathBuf,
+        /// Device certificate chain, PEM.
+        #[arg(long, value_name = "FILE")]
+        chain: PathBuf,
+        #[arg(long, value_name = "HEX")]
+        expect_nonce: Option<String>,
+        /// Signed reference integrity manifest (SWID tag) to compare against;
+        /// repeat for the driver and the VBIOS RIM.
+        #[arg(long, value_name = "FILE")]
+        rim: Vec<PathBuf>,
+        /// NVIDIA device identity root (PEM) to use instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+        /// NVIDIA RIM signing root (PEM) to use instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        rim_root: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn hex_opt(v: &Option<String>, what: &str) -> Result<Option<Vec<u8>>, Error> {
+    v.as_deref()
+        .map(|s| bulwark_attestation::bytes::parse_hex_arg(s, what))
+        .transpose()
+}
+
+fn trust_override(
+    path: &Option<PathBuf>,
+    default: fn() -> TrustStore,
+) -> anyhow::Result<TrustStore> {
+    match path {
+        Some(p) => Ok(TrustStore::from_pem(&read(p)?)?),
+        None => Ok(default()),
+    }
+}
+
+fn time_of(common: &Common) -> Result<VerificationTime, Error> {
+    match &common.at {
+        Some(t) => VerificationTime::parse(t),
+        None => Ok(VerificationTime::now()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
+    match cli.kind {
+        Kind::SevSnp {
+            report,
+            vcek,
+            chain,
+            allow_debug,
+            expect_measurement,
+            expect_report_data,
+            expect_host_data,
+            expect_vmpl,
+            common,
+        } => {
+            let at = time_of(&common)?;
+            let policy = sevsnp::Policy {
+                allow_debug,
+                min_tcb: None,
+                expect_report_data: hex_opt(&expect_report_data, "--expect-report-data")?,
+                expect_measurement: hex_opt(&expect_measurement, "--expect-measurement")?,
+                expect_host_data: hex_opt(&expect_host_data, "--expect-host-data")?,
+                expect_vmpl,
+            };
+            let trust = trust_override(&chain, sevsnp::default_trust)?;
+            let ev = sevsnp::Evidence::parse(&read(&report)?, &read(&vcek)?)?;
+            Ok((sevsnp::verify(&ev, &trust, &policy, at), common.json))
+        }
+        Kind::Tdx {
+            quote,
+            collateral,
+            allow_debug,
+            allow_outdated_tcb,
+            root,
+            expect_mrtd,
+            expect_mrconfigid,
+            expect_rtmr,
+            expect_report_data,
+            common,
+        } => {
+            let at = time_of(&common)?;
+            let policy = tdx::Policy {
+                allow_debug,
+                allow_outdated_tcb,
+                expect_mrtd: hex_opt(&expect_mrtd, "--expect-mrtd")?,
+                expect_mrconfigid: hex_opt(&expect_mrconfigid, "--expect-mrconfigid")?,
+                expect_rtmrs: expect_rtmr
+                    .iter()
+                    .map(|a| tdx::parse_rtmr_arg(a))
+                    .collect::<Result<_, _>>()?,
+                expect_report_data: hex_opt(&expect_report_data, "--expect-report-data")?,
+            };
+            let trust = trust_override(&root, tdx::default_trust)?;
+            let collateral = collateral.map(|p| read(&p)).transpose()?;
+            let v = tdx::verify_bytes(&read(&quote)?, collateral.as_deref(), &trust, &policy, at)?;
+            Ok((v, common.json))
+        }
+        Kind::Nitro {
+            doc,
+            allow_debug,
+            expect_pcr,
+            expect_nonce,
+            expect_user_data,
+            expect_public_key,
+            root,
+            common,
+        } => {
+            let at = time_of(&common)?;
+            let mut policy = nitro::Policy {
+                allow_debug,
+                expect_pcrs: Vec::new(),
+                expect_nonce: hex_opt(&expect_nonce, "--expect-nonce")?,
+                expect_user_data: hex_opt(&expect_user_data, "--expect-user-data")?,
+                expect_public_key: hex_opt(&expect_public_key, "--expect-public-key")?,
+            };
+            for p in &expect_pcr {
+                policy.expect_pcrs.push(nitro::parse_pcr_arg(p)?);
+            }
+            let trust = trust_override(&root, nitro::default_trust)?;
+            let v = nitro::verify_bytes(&read(&doc)?, &trust, &policy, at)?;
+            Ok((v, common.json))
+        }
+        Kind::Nvidia {
+            report,
+            chain,
+            expect_nonce,
+            rim,
+            root,
+            rim_root,
+            common,
+        } => {
+            let at = time_of(&common)?;
+            let policy = nvidia::Policy {
+                expect_nonce: hex_opt(&expect_nonce, "--expect-nonce")?,
+            };
+            let trust = nvidia::Trust {
+                device: trust_override(&root, roots::nvidia_device_identity)?,
+                rim: trust_override(&rim_root, roots::nvidia_rim)?,
+            };
+            let rims = rim.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+            let rims: Vec<&[u8]> = rims.iter().map(Vec::as_slice).collect();
+            let v =
+                nvidia::verify_bytes(&read(&report)?, &read(&chain)?, &rims, &trust, &policy, at)?;
+            Ok((v, common.json))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok((v, json)) => {
+            if json {
+                println!("{:#}", ear::to_json(&v));
+            } else {
+                print!("{}", v.to_text());
+            }
+            ExitCode::from(v.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("bulwark-verify: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
