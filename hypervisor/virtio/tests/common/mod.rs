@@ -126,6 +126,15 @@ impl FakeDriver {
     }
 
     pub fn setup_queue(&mut self, index: usize, size: u16) {
+        let q = self.queues[index];
+        self.mem
+            .write_slice(&[0u8; 0x3000], GuestAddress(q.desc))
+            .unwrap();
+        self.setup_queue_no_clear(index, size);
+    }
+
+    /// Programs the queue registers without touching guest memory.
+    pub fn setup_queue_no_clear(&mut self, index: usize, size: u16) {
         let q = &mut self.queues[index];
         q.size = size;
         q.next_desc = 0;
