@@ -240,7 +240,7 @@ impl MmioTransport {
             return;
         }
         data.fill(0);
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             tracing::warn!(
                 offset,
                 len = data.len(),
@@ -303,7 +303,7 @@ impl MmioTransport {
             );
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             tracing::warn!(offset, "virtio-mmio: refused unaligned register write");
             return;
         }

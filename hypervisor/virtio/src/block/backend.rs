@@ -98,7 +98,7 @@ impl DiskBackend {
             })?
             .len();
         let end = offset.checked_add(len);
-        if len == 0 || len % SECTOR_SIZE != 0 || end.is_none_or(|e| e > file_len) {
+        if len == 0 || !len.is_multiple_of(SECTOR_SIZE) || end.is_none_or(|e| e > file_len) {
             return Err(BackendError::BadRange {
                 offset,
                 len,

@@ -164,7 +164,7 @@ impl Block {
     }
 
     fn disk_range(sector: u64, len: u64) -> Result<u64, DiskError> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(DiskError::Io(std::io::Error::other(format!(
                 "data length {len} is not a whole number of sectors"
             ))));
@@ -220,7 +220,7 @@ impl Block {
             return Err(DiskError::ReadOnly);
         }
         let len = src.remaining();
-        if len == 0 || len % 16 != 0 || len / 16 > u64::from(MAX_DISCARD_SEGMENTS) {
+        if len == 0 || !len.is_multiple_of(16) || len / 16 > u64::from(MAX_DISCARD_SEGMENTS) {
             return Err(DiskError::Io(std::io::Error::other(format!(
                 "discard payload of {len} bytes is not 1..={MAX_DISCARD_SEGMENTS} segments"
             ))));

@@ -60,7 +60,11 @@ impl FakeDriver {
         mem: Arc<GuestMemory>,
         ring_base: u64,
     ) -> Self {
-        let device: SharedDevice = Arc::new(Mutex::new(device));
+        Self::with_shared(Arc::new(Mutex::new(device)), mem, ring_base)
+    }
+
+    /// A driver for a device the test also holds by its concrete type.
+    pub fn with_shared(device: SharedDevice, mem: Arc<GuestMemory>, ring_base: u64) -> Self {
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let line: Arc<dyn IrqLine> = irq.clone();
         let transport = MmioTransport::new(device.clone(), mem.clone(), line).unwrap();
@@ -167,7 +171,9 @@ impl FakeDriver {
     pub fn init(&mut self, extra: u64, size: u16) {
         assert!(self.negotiate(VIRTIO_F_VERSION_1 | extra));
         for i in 0..self.queues.len() {
-            self.setup_queue(i, size);
+            self.write_reg(0x30, i as u32);
+            let max = self.read_reg(0x34) as u16;
+            self.setup_queue(i, size.min(max));
         }
         self.driver_ok();
         assert_eq!(self.status() & status::DEVICE_NEEDS_RESET, 0);
