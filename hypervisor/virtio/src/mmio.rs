@@ -492,6 +492,10 @@ impl MmioTransport {
             .map_err(|e| format!("size {size}: {e}"))?;
         q.try_set_desc_table_address(GuestAddress(regs.desc))
             .map_err(|e| format!("descriptor table {:#x}: {e}", regs.desc))?;
+        if regs.avail == 0 {
+            // virtio-queue treats an available ring at 0 as "not set up".
+            return Err("available ring at guest address 0 is not supported".into());
+        }
         q.try_set_avail_ring_address(GuestAddress(regs.avail))
             .map_err(|e| format!("available ring {:#x}: {e}", regs.avail))?;
         q.try_set_used_ring_address(GuestAddress(regs.used))

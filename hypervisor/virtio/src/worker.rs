@@ -23,6 +23,8 @@ const STOP_TOKEN: u64 = u64::MAX;
 const BACKEND_TOKEN: u64 = 1 << 32;
 /// Most batches run for one wake-up before other sources get a turn.
 const MAX_BATCHES_PER_WAKE: usize = 64;
+/// Longest sleep while the device has host descriptors to poll.
+const RESYNC_MS: i32 = 200;
 
 /// A running I/O worker thread. Dropping it stops and joins the thread.
 #[derive(Debug)]
@@ -100,7 +102,16 @@ impl WorkerLoop {
         let mut events = vec![EpollEvent::default(); 64];
         self.sync_backend_fds();
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            // With host descriptors in play, wake at least every
+            // RESYNC_MS so that changes made on other threads (activation
+            // or reset from a vCPU) are picked up; otherwise sleep until
+            // an event.
+            let timeout = if self.backend.is_empty() {
+                -1
+            } else {
+                RESYNC_MS
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -146,26 +157,25 @@ impl WorkerLoop {
         }
     }
 
+    /// Makes the epoll set match the device's current wishes. Descriptors
+    /// can be closed and their numbers reused by the device on other threads
+    /// (a reset runs on a vCPU thread), so the map here is only a hint: each
+    /// wanted descriptor is modified, or added when epoll no longer has it.
     fn sync_backend_fds(&mut self) {
         let wanted: HashMap<RawFd, FdInterest> = lock_device(&self.device)
             .backend_fds()
             .into_iter()
             .map(|i| (i.fd, i))
             .collect();
-        let stale: Vec<RawFd> = self
-            .backend
-            .keys()
-            .filter(|fd| !wanted.contains_key(fd))
-            .copied()
-            .collect();
-        for fd in stale {
-            // The device may already have closed it (which removes it from
-            // the epoll set by itself); ENOENT/EBADF are expected then.
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            self.backend.remove(&fd);
+        for fd in self.backend.keys() {
+            if !wanted.contains_key(fd) {
+                // Already closed (and so dropped by epoll) is fine.
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, *fd, EpollEvent::default());
+            }
         }
+        self.backend.clear();
         for (fd, interest) in wanted {
             let mut set = EventSet::READ_HANG_UP;
             if interest.read {
@@ -175,21 +185,12 @@ impl WorkerLoop {
                 set |= EventSet::OUT;
             }
             let event = EpollEvent::new(set, BACKEND_TOKEN + fd as u64);
-            let op = match self.backend.get(&fd) {
-                Some(old) if *old == interest => continue,
-                Some(_) => ControlOperation::Modify,
-                None => ControlOperation::Add,
-            };
-            let result = self.epoll.ctl(op, fd, event).or_else(|e| {
-                // A descriptor number reused after close: re-add it.
-                if e.raw_os_error() == Some(libc::ENOENT) {
+            let result = match self.epoll.ctl(ControlOperation::Modify, fd, event) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     self.epoll.ctl(ControlOperation::Add, fd, event)
-                } else if e.raw_os_error() == Some(libc::EEXIST) {
-                    self.epoll.ctl(ControlOperation::Modify, fd, event)
-                } else {
-                    Err(e)
                 }
-            });
+                other => other,
+            };
             match result {
                 Ok(()) => {
                     self.backend.insert(fd, interest);

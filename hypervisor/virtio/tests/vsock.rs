@@ -33,6 +33,9 @@ struct Guest {
     next_rx: u64,
     _dir: tempfile::TempDir,
     uds: PathBuf,
+    /// Notifications only signal the queue events (an I/O worker serves
+    /// them) instead of running the device on the test thread.
+    worker_mode: bool,
 }
 
 impl Guest {
@@ -50,6 +53,7 @@ impl Guest {
             next_rx: 0,
             _dir: dir,
             uds,
+            worker_mode: false,
         }
     }
 
@@ -60,7 +64,11 @@ impl Guest {
             let head = self.d.add_chain(RX, &[(addr, RX_BUF, true)]);
             self.rx_bufs.insert(u32::from(head), addr);
         }
-        self.d.kick(RX);
+        if self.worker_mode {
+            self.d.write_reg(0x50, RX as u32);
+        } else {
+            self.d.kick(RX);
+        }
     }
 
     /// Runs the device's host side once: every descriptor it polls, as if
@@ -104,8 +112,20 @@ impl Guest {
             chain.push((TX_AREA + 0x1000, payload.len() as u32, false));
         }
         self.d.add_chain(TX, &chain);
-        self.d.kick(TX);
-        assert_eq!(self.d.take_used(TX).len(), 1);
+        if !self.worker_mode {
+            self.d.kick(TX);
+            assert_eq!(self.d.take_used(TX).len(), 1);
+            return;
+        }
+        self.d.write_reg(0x50, TX as u32);
+        // Bounded wait (up to 20 s) for the worker to consume the packet.
+        for _ in 0..20_000 {
+            if !self.d.take_used(TX).is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("the I/O worker did not consume a tx packet");
     }
 
     fn send(&mut self, h: Header, payload: &[u8]) {
@@ -187,8 +207,9 @@ fn host_to_guest_10mb_byte_exact() {
                 other => panic!("unexpected op {other}"),
             }
         }
-        // The guest application consumed everything; report credit.
-        if got.len() - reported >= 64 * 1024 {
+        // The guest application consumed everything; report credit while
+        // the connection is open.
+        if !done && got.len() - reported >= 64 * 1024 {
             let (p, hp) = key.unwrap();
             g.send(hdr(p, hp, op::CREDIT_UPDATE, 0, got.len() as u32), &[]);
             reported = got.len();
@@ -464,4 +485,76 @@ fn assert_closed(s: &mut UnixStream) {
         Ok(_) => assert!(rest.is_empty()),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
+}
+
+#[test]
+fn host_stream_through_io_worker() {
+    let mut g = Guest::new();
+    g.worker_mode = true;
+    let events =
+        g.d.transport
+            .queue_events()
+            .iter()
+            .map(|e| e.try_clone().unwrap())
+            .collect();
+    // The worker alone polls the host sockets: the test never calls pump().
+    let worker = bulwark_virtio::IoWorker::spawn("vsock-io", g.d.device.clone(), events).unwrap();
+    g.post_rx(RX_COUNT);
+    let uds = g.uds.clone();
+    let data = pattern(12, 1 << 20);
+    let expected = data.clone();
+    let host = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(&uds).unwrap();
+        // A stalled device fails the test instead of hanging it.
+        let limit = Some(std::time::Duration::from_secs(60));
+        s.set_read_timeout(limit).unwrap();
+        s.set_write_timeout(limit).unwrap();
+        s.write_all(b"CONNECT 77\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("OK "), "{line:?}");
+        s.write_all(&data).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut key = None;
+    let mut reported = 0;
+    let mut done = false;
+    // Bounded wait: up to 60 s of 1 ms naps while nothing arrives.
+    for _ in 0..60_000 {
+        let packets = g.recv();
+        if packets.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for (h, payload) in packets {
+            match h.op {
+                op::REQUEST => {
+                    key = Some((h.dst_port, h.src_port));
+                    g.send(hdr(77, h.src_port, op::RESPONSE, 0, 0), &[]);
+                }
+                op::RW => got.extend_from_slice(&payload),
+                op::SHUTDOWN => done = true,
+                _ => {}
+            }
+        }
+        if let Some((p, hp)) = key {
+            if got.len() - reported >= 64 * 1024 {
+                g.send(hdr(p, hp, op::CREDIT_UPDATE, 0, got.len() as u32), &[]);
+                reported = got.len();
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    host.join().unwrap();
+    worker.stop();
+    assert!(done, "stream did not finish");
+    assert!(
+        got == expected,
+        "bytes differ ({} of {})",
+        got.len(),
+        expected.len()
+    );
 }

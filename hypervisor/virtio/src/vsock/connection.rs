@@ -28,6 +28,10 @@ pub enum ConnState {
     Established,
     /// The host side closed: `SHUTDOWN` sent, waiting for the guest's `RST`.
     HostClosed,
+    /// The guest shut down both directions while bytes for the host were
+    /// still held: they are written out, then the host socket is closed and
+    /// the guest gets its `RST`.
+    Draining,
 }
 
 /// The (host port, guest port) pair naming a connection.

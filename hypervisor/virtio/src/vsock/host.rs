@@ -81,6 +81,22 @@ pub fn parse_connect(line: &[u8]) -> HandshakeStep {
     }
 }
 
+/// Connects to the Unix socket at `path` without blocking: a host listener
+/// whose backlog is full refuses (`EAGAIN`) instead of stalling the I/O
+/// worker.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path)?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
 /// The listener path for guest connections to host port `port`.
 pub fn listener_path(uds_path: &Path, port: u32) -> PathBuf {
     let mut p = uds_path.as_os_str().to_owned();

@@ -21,12 +21,12 @@ pub mod packet;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use connection::{ConnKey, ConnState, Connection, CONN_BUF_ALLOC};
-use host::{listener_path, HandshakeStep, PendingHost};
+use host::{connect_nonblocking, listener_path, HandshakeStep, PendingHost};
 use packet::{op, Header, HEADER_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
 use crate::chain::{ParsedChain, SegmentCursor};
@@ -318,15 +318,10 @@ impl Vsock {
             op::SHUTDOWN => {
                 conn.guest_shut_rcv |= h.flags & SHUTDOWN_RCV != 0;
                 conn.guest_shut_send |= h.flags & SHUTDOWN_SEND != 0;
-                let _ = conn.flush_to_host();
                 if conn.guest_shut_rcv && conn.guest_shut_send {
-                    // Full shutdown: close and answer with RST.
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-                    self.remove_conn(key);
-                    self.queue_rst(key);
-                } else if conn.guest_shut_send && conn.buffered() == 0 {
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                    conn.state = ConnState::Draining;
                 }
+                self.after_host_write(key);
             }
             other => {
                 let why = format!("operation {other} not valid in state {:?}", conn.state);
@@ -348,7 +343,7 @@ impl Vsock {
         }
         let path = listener_path(&self.uds_path, h.dst_port);
         let conn =
-            UnixStream::connect(&path).and_then(|s| Connection::new(s, ConnState::Established));
+            connect_nonblocking(&path).and_then(|s| Connection::new(s, ConnState::Established));
         match conn {
             Ok(mut conn) => {
                 conn.update_peer_credit(h.buf_alloc, h.fwd_cnt);
@@ -606,17 +601,34 @@ impl Vsock {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if writable {
-            if let Err(e) = conn.flush_to_host() {
-                self.reset_conn(key, &e.to_string());
-                return;
-            }
-            if conn.guest_shut_send && conn.buffered() == 0 {
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-            }
-        }
         if readable {
             conn.host_readable = true;
+        }
+        if writable {
+            self.after_host_write(key);
+        }
+    }
+
+    /// Writes held bytes to the host socket, then carries out a guest
+    /// shutdown whose data is now all out: half-close for `SEND`, close and
+    /// `RST` for a full shutdown.
+    fn after_host_write(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Err(e) = conn.flush_to_host() {
+            self.reset_conn(key, &e.to_string());
+            return;
+        }
+        if conn.buffered() > 0 {
+            return;
+        }
+        if conn.state == ConnState::Draining {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            self.remove_conn(key);
+            self.queue_rst(key);
+        } else if conn.guest_shut_send {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
     }
 }
