@@ -157,6 +157,44 @@ impl ActiveQueues {
         }
     }
 
+    /// Serves one bounded batch (at most one queue's worth) of chains from
+    /// queue `index`: each valid chain goes to `serve`, which returns the
+    /// used length; invalid ones are returned with length 0 and counted as
+    /// errors. Interrupts once for the batch. Returns `true` when the batch
+    /// was full, so more may be pending.
+    pub fn serve_batch(
+        &mut self,
+        index: usize,
+        mut serve: impl FnMut(&GuestMemory, &ParsedChain) -> u32,
+    ) -> bool {
+        let batch = self.queue_size(index).max(1);
+        let mem = self.mem.clone();
+        let mut completed = 0usize;
+        let mut more = true;
+        for _ in 0..batch {
+            let (head, used) = match self.pop(index) {
+                Popped::Empty => {
+                    more = false;
+                    break;
+                }
+                Popped::Invalid { head, .. } => {
+                    self.counters.add_error();
+                    (head, 0)
+                }
+                Popped::Chain(chain) => {
+                    self.counters.add_request();
+                    (chain.head, serve(&mem, &chain))
+                }
+            };
+            self.complete(index, head, used);
+            completed += 1;
+        }
+        if completed > 0 {
+            self.notify(index);
+        }
+        more && !self.is_broken()
+    }
+
     /// Raises the used-buffer interrupt if the driver wants one.
     pub fn notify(&mut self, index: usize) {
         if self.is_broken() {

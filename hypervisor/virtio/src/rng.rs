@@ -7,17 +7,28 @@ use std::sync::Arc;
 use crate::chain::SegmentCursor;
 use crate::counters::DeviceCounters;
 use crate::device::{ActivateContext, ActivateError, DeviceType, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::queue::{ActiveQueues, Popped};
+use crate::queue::ActiveQueues;
 
 /// Most bytes one request gets.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 const QUEUE_SIZES: [u16; 1] = [256];
 
 /// The entropy device.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rng {
     active: Option<ActiveQueues>,
     counters: Arc<DeviceCounters>,
+    buf: Vec<u8>,
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self {
+            active: None,
+            counters: Arc::default(),
+            buf: vec![0; MAX_BYTES_PER_REQUEST],
+        }
+    }
 }
 
 impl Rng {
@@ -26,43 +37,28 @@ impl Rng {
         Self::default()
     }
 
-    fn handle(&mut self, active_index: usize) -> bool {
+    fn handle(&mut self, index: usize) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
-        let batch = active.queue_size(active_index).max(1);
-        let mut buf = vec![0u8; MAX_BYTES_PER_REQUEST];
-        for _ in 0..batch {
-            let (head, written) = match active.pop(active_index) {
-                Popped::Empty => return false,
-                Popped::Invalid { head, .. } => {
-                    self.counters.add_error();
-                    (head, 0)
-                }
-                Popped::Chain(chain) => {
-                    self.counters.add_request();
-                    let want = usize::try_from(chain.writable_len())
-                        .unwrap_or(usize::MAX)
-                        .min(MAX_BYTES_PER_REQUEST);
-                    let out = &mut buf[..want];
-                    let filled = match getrandom::getrandom(out) {
-                        Ok(()) => SegmentCursor::new(&active.mem, &chain.writable)
-                            .write(out)
-                            .unwrap_or(0),
-                        Err(e) => {
-                            tracing::error!(error = %e, "virtio-rng: getrandom failed");
-                            self.counters.add_error();
-                            0
-                        }
-                    };
-                    self.counters.add_bytes_read(filled as u64);
-                    (chain.head, filled as u32)
-                }
-            };
-            active.complete(active_index, head, written);
-            active.notify(active_index);
-        }
-        true
+        let (counters, buf) = (&self.counters, &mut self.buf);
+        active.serve_batch(index, |mem, chain| {
+            let want = usize::try_from(chain.writable_len())
+                .unwrap_or(usize::MAX)
+                .min(MAX_BYTES_PER_REQUEST);
+            let out = &mut buf[..want];
+            if let Err(e) = getrandom::getrandom(out) {
+                tracing::error!(error = %e, "virtio-rng: getrandom failed");
+                counters.add_error();
+                return 0;
+            }
+            let filled = SegmentCursor::new(mem, &chain.writable)
+                .write(out)
+                .unwrap_or(0);
+            counters.add_bytes_read(filled as u64);
+            // filled <= MAX_BYTES_PER_REQUEST.
+            filled as u32
+        })
     }
 }
 

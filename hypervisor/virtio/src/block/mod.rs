@@ -23,7 +23,7 @@ use crate::counters::DeviceCounters;
 use crate::device::{
     read_config_bytes, ActivateContext, ActivateError, DeviceType, VirtioDevice, VIRTIO_F_VERSION_1,
 };
-use crate::queue::{ActiveQueues, Popped};
+use crate::queue::ActiveQueues;
 use crate::GuestMemory;
 
 /// Request types.
@@ -68,6 +68,7 @@ pub struct Block {
     id: [u8; ID_BYTES],
     config: [u8; CONFIG_BYTES],
     features: u64,
+    acked_features: u64,
     active: Option<ActiveQueues>,
     counters: Arc<DeviceCounters>,
     bounce: Vec<u8>,
@@ -115,6 +116,7 @@ impl Block {
             id: id_bytes,
             config,
             features,
+            acked_features: 0,
             active: None,
             counters: Arc::default(),
             bounce: vec![0; BOUNCE_BYTES],
@@ -132,7 +134,6 @@ impl Block {
         let mut sector_bytes = [0u8; 8];
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
-        let acked = self.active.as_ref().map_or(0, ActiveQueues::acked_features);
         let result = match kind {
             VIRTIO_BLK_T_IN => self.read(mem, sector, data),
             VIRTIO_BLK_T_OUT => self.write(sector, &mut readable),
@@ -143,7 +144,7 @@ impl Block {
                     .map(|n| n as u32)
                     .map_err(|e| DiskError::Io(std::io::Error::other(e)))
             }
-            VIRTIO_BLK_T_DISCARD if acked & VIRTIO_BLK_F_DISCARD != 0 => {
+            VIRTIO_BLK_T_DISCARD if self.acked_features & VIRTIO_BLK_F_DISCARD != 0 => {
                 self.discard(&mut readable)
             }
             other => {
@@ -252,32 +253,13 @@ impl Block {
     }
 
     fn process(&mut self, index: usize) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        // Taken out for the batch so requests can borrow the rest of `self`.
+        let Some(mut active) = self.active.take() else {
             return false;
         };
-        let batch = active.queue_size(index).max(1);
-        let mem = active.mem.clone();
-        for _ in 0..batch {
-            let Some(active) = self.active.as_mut() else {
-                return false;
-            };
-            let (head, used) = match active.pop(index) {
-                Popped::Empty => return false,
-                Popped::Invalid { head, .. } => {
-                    self.counters.add_error();
-                    (head, 0)
-                }
-                Popped::Chain(chain) => {
-                    self.counters.add_request();
-                    (chain.head, self.serve(&mem, &chain))
-                }
-            };
-            if let Some(active) = self.active.as_mut() {
-                active.complete(index, head, used);
-                active.notify(index);
-            }
-        }
-        true
+        let more = active.serve_batch(index, |mem, chain| self.serve(mem, chain));
+        self.active = Some(active);
+        more
     }
 
     /// Runs one request; returns the used length (data + status byte).
@@ -328,7 +310,9 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.active = Some(ActiveQueues::new(ctx, 1, self.counters.clone())?);
+        let active = ActiveQueues::new(ctx, 1, self.counters.clone())?;
+        self.acked_features = active.acked_features();
+        self.active = Some(active);
         Ok(())
     }
 
@@ -342,6 +326,7 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+        self.acked_features = 0;
     }
 
     fn counters(&self) -> Arc<DeviceCounters> {

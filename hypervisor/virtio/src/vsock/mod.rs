@@ -194,38 +194,15 @@ impl Vsock {
     // ---- guest → host ----
 
     fn process_tx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        // Taken out for the batch so packets can borrow the rest of `self`.
+        let Some(mut active) = self.active.take() else {
             return false;
         };
-        let mem = active.mem.clone();
-        let batch = active.queue_size(TX).max(1);
-        let mut more = true;
-        for _ in 0..batch {
-            let Some(active) = self.active.as_mut() else {
-                return false;
-            };
-            let head = match active.pop(TX) {
-                Popped::Empty => {
-                    more = false;
-                    break;
-                }
-                Popped::Invalid { head, .. } => {
-                    self.counters.add_error();
-                    head
-                }
-                Popped::Chain(chain) => {
-                    self.counters.add_request();
-                    self.handle_tx_chain(&mem, &chain);
-                    chain.head
-                }
-            };
-            if let Some(active) = self.active.as_mut() {
-                active.complete(TX, head, 0);
-            }
-        }
-        if let Some(active) = self.active.as_mut() {
-            active.notify(TX);
-        }
+        let more = active.serve_batch(TX, |mem, chain| {
+            self.handle_tx_chain(mem, chain);
+            0
+        });
+        self.active = Some(active);
         self.pump_rx();
         more
     }
