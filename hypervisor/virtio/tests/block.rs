@@ -356,3 +356,64 @@ fn backend_rejects_bad_ranges() {
         Err(BackendError::Io { .. })
     ));
 }
+
+#[test]
+fn hostile_indirect_tables_are_refused() {
+    const F_INDIRECT: u16 = 4;
+    let file = disk_file(&pattern(5, 4096));
+    let mut d = driver(DiskBackend::open_file(file.path(), true).unwrap());
+    d.write_mem(HDR, &header(VIRTIO_BLK_T_IN, 0));
+    let table = DATA_START + 0x2_0000;
+    let write_table = |d: &FakeDriver, at: u64, descs: &[(u64, u32, u16, u16)]| {
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let mut b = addr.to_le_bytes().to_vec();
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(&flags.to_le_bytes());
+            b.extend_from_slice(&next.to_le_bytes());
+            d.write_mem(at + 16 * i as u64, &b);
+        }
+    };
+    // 1. A table length that is not a whole number of descriptors.
+    d.raw_desc(0, 0, table, 20, F_INDIRECT, 0);
+    d.push_avail(0, 0);
+    // 2. A table that loops on itself.
+    write_table(
+        &d,
+        table + 0x100,
+        &[(HDR, 16, F_NEXT, 1), (BUF, 512, F_NEXT | F_WRITE, 0)],
+    );
+    d.raw_desc(0, 1, table + 0x100, 32, F_INDIRECT, 0);
+    d.push_avail(0, 1);
+    // 3. An indirect descriptor inside an indirect table.
+    write_table(
+        &d,
+        table + 0x200,
+        &[(HDR, 16, F_NEXT, 1), (table, 32, F_INDIRECT, 0)],
+    );
+    d.raw_desc(0, 2, table + 0x200, 32, F_INDIRECT, 0);
+    d.push_avail(0, 2);
+    // 4. A table outside guest memory, 4 GiB long.
+    d.raw_desc(0, 3, MEM_END, 0xffff_fff0, F_INDIRECT, 0);
+    d.push_avail(0, 3);
+    d.kick(0);
+    assert_eq!(d.take_used(0), vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
+    assert_eq!(d.counters().errors, 4);
+    assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+    // A well-formed indirect table is served.
+    write_table(
+        &d,
+        table + 0x300,
+        &[
+            (HDR, 16, F_NEXT, 1),
+            (BUF, 4096, F_NEXT | F_WRITE, 2),
+            (STATUS, 1, F_WRITE, 0),
+        ],
+    );
+    d.write_mem(STATUS, &[0xff]);
+    d.raw_desc(0, 4, table + 0x300, 48, F_INDIRECT, 0);
+    d.push_avail(0, 4);
+    d.kick(0);
+    assert_eq!(d.take_used(0), vec![(4, 4097)]);
+    assert_eq!(d.read_mem(STATUS, 1)[0], VIRTIO_BLK_S_OK);
+    assert!(d.read_mem(BUF, 4096) == pattern(5, 4096));
+}
