@@ -1,0 +1,204 @@
+//! The I/O worker: one thread per device that runs its requests off the vCPU
+//! threads.
+//!
+//! It waits with `epoll` on the device's queue notification `EventFd`s (the
+//! ones from [`crate::MmioTransport::queue_events`], which KVM signals
+//! directly when registered as ioeventfds), on the descriptors the device
+//! asks for ([`crate::device::VirtioDevice::backend_fds`], vsock's sockets),
+//! and on a stop event. Each wake-up locks the device for one bounded batch
+//! at a time, so a vCPU reading config space never waits behind a flood.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::{lock_device, FdInterest, SharedDevice};
+
+const STOP_TOKEN: u64 = u64::MAX;
+const BACKEND_TOKEN: u64 = 1 << 32;
+/// Most batches run for one wake-up before other sources get a turn.
+const MAX_BATCHES_PER_WAKE: usize = 64;
+/// Longest sleep while the device has host descriptors to poll.
+const RESYNC_MS: i32 = 200;
+
+/// A running I/O worker thread. Dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct IoWorker {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IoWorker {
+    /// Spawns the worker for `device`, with `queue_events[i]` the
+    /// notification event of queue `i` (clones of the transport's events).
+    pub fn spawn(name: &str, device: SharedDevice, queue_events: Vec<EventFd>) -> io::Result<Self> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let epoll = Epoll::new()?;
+        for (i, evt) in queue_events.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP_TOKEN),
+        )?;
+        let mut state = WorkerLoop {
+            epoll,
+            device,
+            queue_events,
+            backend: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || state.run())?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the worker and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.stop.write(1) {
+                tracing::error!(error = %e, "virtio worker: cannot signal stop");
+                return;
+            }
+            if thread.join().is_err() {
+                tracing::error!("virtio worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for IoWorker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct WorkerLoop {
+    epoll: Epoll,
+    device: SharedDevice,
+    queue_events: Vec<EventFd>,
+    backend: HashMap<RawFd, FdInterest>,
+}
+
+impl WorkerLoop {
+    fn run(&mut self) {
+        let mut events = vec![EpollEvent::default(); 64];
+        self.sync_backend_fds();
+        loop {
+            // With host descriptors in play, wake at least every
+            // RESYNC_MS so that changes made on other threads (activation
+            // or reset from a vCPU) are picked up; otherwise sleep until
+            // an event.
+            let timeout = if self.backend.is_empty() {
+                -1
+            } else {
+                RESYNC_MS
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "virtio worker: epoll_wait failed, stopping");
+                    return;
+                }
+            };
+            for event in &events[..n] {
+                let token = event.data();
+                if token == STOP_TOKEN {
+                    return;
+                }
+                if token >= BACKEND_TOKEN {
+                    let fd = (token - BACKEND_TOKEN) as RawFd;
+                    let set = event.event_set();
+                    let readable = set.intersects(
+                        EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP,
+                    );
+                    let writable = set.contains(EventSet::OUT);
+                    self.run_batches(|d| d.process_backend(fd, readable, writable));
+                } else if let Some(evt) = self.queue_events.get(token as usize) {
+                    // EAGAIN only means another wake-up already drained it.
+                    let _ = evt.read();
+                    let index = token as usize;
+                    self.run_batches(|d| d.process_queue(index));
+                }
+            }
+            self.sync_backend_fds();
+        }
+    }
+
+    fn run_batches(&self, mut f: impl FnMut(&mut dyn crate::VirtioDevice) -> bool) {
+        for _ in 0..MAX_BATCHES_PER_WAKE {
+            let more = f(&mut *lock_device(&self.device));
+            if !more {
+                return;
+            }
+        }
+        // Level-triggered backend fds wake us again; for queues, re-arm the
+        // event so the rest is handled after other sources had a turn.
+        for evt in &self.queue_events {
+            let _ = evt.write(1);
+        }
+    }
+
+    /// Makes the epoll set match the device's current wishes. Descriptors
+    /// can be closed and their numbers reused by the device on other threads
+    /// (a reset runs on a vCPU thread), so the map here is only a hint: each
+    /// wanted descriptor is modified, or added when epoll no longer has it.
+    fn sync_backend_fds(&mut self) {
+        let wanted: HashMap<RawFd, FdInterest> = lock_device(&self.device)
+            .backend_fds()
+            .into_iter()
+            .map(|i| (i.fd, i))
+            .collect();
+        for fd in self.backend.keys() {
+            if !wanted.contains_key(fd) {
+                // Already closed (and so dropped by epoll) is fine.
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, *fd, EpollEvent::default());
+            }
+        }
+        self.backend.clear();
+        for (fd, interest) in wanted {
+            let mut set = EventSet::READ_HANG_UP;
+            if interest.read {
+                set |= EventSet::IN;
+            }
+            if interest.write {
+                set |= EventSet::OUT;
+            }
+            let event = EpollEvent::new(set, BACKEND_TOKEN + fd as u64);
+            let result = match self.epoll.ctl(ControlOperation::Modify, fd, event) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.epoll.ctl(ControlOperation::Add, fd, event)
+                }
+                other => other,
+            };
+            match result {
+                Ok(()) => {
+                    self.backend.insert(fd, interest);
+                }
+                Err(e) => {
+                    tracing::error!(fd, error = %e, "virtio worker: cannot poll device descriptor")
+                }
+            }
+        }
+    }
+}
