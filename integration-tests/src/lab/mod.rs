@@ -10,6 +10,7 @@ pub mod debian;
 pub mod error;
 mod host_command;
 pub mod initramfs;
+pub mod l2_bundle;
 pub mod machine;
 pub mod modules;
 pub mod programs;
@@ -159,7 +160,8 @@ impl Lab {
         let dir = self.target_dir.join("runs").join(scenario.name);
         fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
         let initramfs_path = dir.join("l1-initramfs.cpio");
-        self.l1_initramfs(scenario)?.write_to(&initramfs_path)?;
+        self.l1_initramfs(scenario, &dir)?
+            .write_to(&initramfs_path)?;
         let prepare = start.elapsed();
 
         let spec = MachineSpec {
@@ -187,7 +189,7 @@ impl Lab {
         Ok(run)
     }
 
-    fn l1_initramfs(&self, scenario: &Scenario) -> Result<Initramfs> {
+    fn l1_initramfs(&self, scenario: &Scenario, dir: &Path) -> Result<Initramfs> {
         let mut image = self.busybox_image(L1_INIT);
         image.file("/lab/lib.sh", L1_LIB, 0o644);
         image.file("/lab/scenario.sh", scenario.script, 0o644);
@@ -231,6 +233,12 @@ impl Lab {
         if let Some(l2) = &scenario.l2 {
             let mut l2_image = Vec::new();
             self.busybox_image(l2.init).write_archive(&mut l2_image)?;
+            if l2.signed_bundles {
+                for (l1_path, host) in l2_bundle::prepare(&dir.join("l2"), &self.kernel, &l2_image)?
+                {
+                    image.host_file(&l1_path, &host, 0o644);
+                }
+            }
             image.file("/lab/l2/initramfs.cpio", l2_image, 0o644);
             image.host_file("/lab/l2/vmlinuz", &self.kernel, 0o644);
         }

@@ -20,6 +20,10 @@ pub struct GuestProgram {
 pub struct L2Guest {
     /// The L2 `/init` script (busybox sh).
     pub init: &'static str,
+    /// Also build and sign, on the host, image bundles of the kernel (bzImage and the
+    /// extracted vmlinux) with this initramfs, and give L1 `bulwark-vmm` configs for
+    /// them (see `l2_bundle`).
+    pub signed_bundles: bool,
 }
 
 /// One lab scenario.
@@ -149,8 +153,42 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init.sh"),
+            signed_bundles: false,
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
+        timeout_secs: 240,
+        ..PLAIN
+    },
+    Scenario {
+        name: "vmm-linux",
+        summary: "bulwark-vmm boots the Debian kernel (bzImage, and vmlinux via PVH) under KVM inside L1 from signed bundles; a tampered bundle is refused",
+        script: include_str!("../../lab/scenarios/vmm-linux.sh"),
+        modules: KVM_MODULES,
+        memory_mib: 1536,
+        guest_programs: &[GuestProgram {
+            package: "bulwark-vmm",
+            bin: "bulwark-vmm",
+        }],
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init-vmm.sh"),
+            signed_bundles: true,
+        }),
+        expected_checks: &[
+            "kvm-device",
+            "vmm-starts",
+            "tampered-refused",
+            "l2-bzimage-init",
+            "l2-bzimage-under-kvm",
+            "l2-bzimage-signed-cmdline",
+            "l2-bzimage-exit",
+            "l2-bzimage-measurement",
+            "l2-vmlinux-init",
+            "l2-vmlinux-under-kvm",
+            "l2-vmlinux-signed-cmdline",
+            "l2-vmlinux-exit",
+            "l2-vmlinux-measurement",
+            "vmlinux-pvh-entry",
+        ],
         timeout_secs: 240,
         ..PLAIN
     },
