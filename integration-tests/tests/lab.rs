@@ -54,6 +54,11 @@ fn vmm_linux() {
 }
 
 #[test]
+fn vmm_linux_pvh() {
+    run_scenario("vmm-linux-pvh");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

@@ -77,6 +77,22 @@ const PLAIN: Scenario = Scenario {
     timeout_secs: 180,
 };
 
+/// What the scenarios in which bulwark-vmm boots Linux in L1 share.
+const VMM_LINUX: Scenario = Scenario {
+    modules: KVM_MODULES,
+    memory_mib: 1536,
+    guest_programs: &[GuestProgram {
+        package: "bulwark-vmm",
+        bin: "bulwark-vmm",
+    }],
+    l2: Some(L2Guest {
+        init: include_str!("../../lab/l2-init-vmm.sh"),
+        signed_bundles: true,
+    }),
+    timeout_secs: 240,
+    ..PLAIN
+};
+
 /// Every scenario the lab ships.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -161,18 +177,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-linux",
-        summary: "bulwark-vmm boots the Debian kernel (bzImage, and vmlinux via PVH) under KVM inside L1 from signed bundles; a tampered bundle is refused",
-        script: include_str!("../../lab/scenarios/vmm-linux.sh"),
-        modules: KVM_MODULES,
-        memory_mib: 1536,
-        guest_programs: &[GuestProgram {
-            package: "bulwark-vmm",
-            bin: "bulwark-vmm",
-        }],
-        l2: Some(L2Guest {
-            init: include_str!("../../lab/l2-init-vmm.sh"),
-            signed_bundles: true,
-        }),
+        summary: "bulwark-vmm boots the Debian kernel (bzImage) under KVM inside L1 from a host-signed bundle; a tampered bundle is refused",
+        script: concat!(
+            "kinds=bzimage tampered=1\n",
+            include_str!("../../lab/scenarios/vmm-linux.sh")
+        ),
         expected_checks: &[
             "kvm-device",
             "vmm-starts",
@@ -182,15 +191,28 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-bzimage-signed-cmdline",
             "l2-bzimage-exit",
             "l2-bzimage-measurement",
+            "l2-bzimage-entry",
+        ],
+        ..VMM_LINUX
+    },
+    Scenario {
+        name: "vmm-linux-pvh",
+        summary: "bulwark-vmm boots the vmlinux ELF extracted from the Debian kernel through its PVH entry, under KVM inside L1, from a host-signed bundle",
+        script: concat!(
+            "kinds=vmlinux tampered=0\n",
+            include_str!("../../lab/scenarios/vmm-linux.sh")
+        ),
+        expected_checks: &[
+            "kvm-device",
+            "vmm-starts",
             "l2-vmlinux-init",
             "l2-vmlinux-under-kvm",
             "l2-vmlinux-signed-cmdline",
             "l2-vmlinux-exit",
             "l2-vmlinux-measurement",
-            "vmlinux-pvh-entry",
+            "l2-vmlinux-entry",
         ],
-        timeout_secs: 240,
-        ..PLAIN
+        ..VMM_LINUX
     },
 ];
 
