@@ -191,6 +191,31 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_that_is_not_lz4_or_outside_the_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("bulwark-l2-lz4-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut image = vec![0u8; 8192];
+        image[0x1f1] = 4; // setup_sects: payload area starts at 5 * 512
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x248..0x24c].copy_from_slice(&16u32.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&64u32.to_le_bytes());
+        image[2576..2580].copy_from_slice(&[0x1f, 0x8b, 8, 0]); // gzip, not LZ4
+        let fake = dir.join("gzip-bzimage");
+        fs::write(&fake, &image).unwrap();
+        let err = extract_vmlinux(&fake, &dir.join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not LZ4"), "{err}");
+        image[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&fake, &image).unwrap();
+        let err = extract_vmlinux(&fake, &dir.join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside the file"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn vm_configs_are_valid_bulwark_vmm_configs() {
         let text = vm_config("bzimage.bwi", "/tmp/x.log");
         let cfg = bulwark_vmm::config::VmConfig::from_json(&text).unwrap();
