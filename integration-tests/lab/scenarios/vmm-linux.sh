@@ -3,7 +3,8 @@
 # (src/lab/l2_bundle.rs): `kinds` (set by the scenario before this script) is
 # `bzimage` (the kernel as shipped, 64-bit boot protocol) or `vmlinux` (the ELF
 # extracted from it, PVH entry). The L2 init (lab/l2-init-vmm.sh) reports over
-# serial and reboots through the i8042 reset line (exit status 3). With `tampered=1`
+# serial and ends the VM: the bzImage one through the debug-exit port (code 7, exit
+# status 23), the vmlinux one through the i8042 reset line (exit status 3). With `tampered=1`
 # a bundle with one kernel byte flipped is first refused with nothing booted.
 lab_check kvm-device test -c /dev/kvm
 if version=$(bulwark-vmm --version 2>&1); then
@@ -50,10 +51,15 @@ for kind in $kinds; do
   else
     lab_fail l2-$kind-signed-cmdline "L2's command line is not the signed one"
   fi
-  if [ "$status" -eq 3 ]; then
-    lab_pass l2-$kind-exit "L2 reset through the i8042, bulwark-vmm exited 3"
+  # bzImage bundle: debug-exit code 7 (status 16 + 7); vmlinux bundle: i8042 reset (3).
+  case $kind in
+    bzimage) want_status=23; how="the debug-exit port (code 7)" ;;
+    *) want_status=3; how="the i8042 reset line" ;;
+  esac
+  if [ "$status" -eq "$want_status" ]; then
+    lab_pass l2-$kind-exit "L2 ended the VM through $how, bulwark-vmm exited $status"
   else
-    lab_fail l2-$kind-exit "bulwark-vmm exited with status $status (137: killed after 150 s)"
+    lab_fail l2-$kind-exit "bulwark-vmm exited with status $status, expected $want_status for $how (137: killed after 150 s)"
   fi
   booted=$(sed -n 's/^bulwark-vmm: launch measurement //p' /tmp/vmm-$kind.out)
   if [ -n "$predicted" ] && [ "$predicted" = "$booted" ]; then

@@ -18,9 +18,11 @@ use super::error::{LabError, Result};
 /// Where the files go in L1.
 pub const L1_DIR: &str = "/lab/l2";
 
-/// The command line signed into the bundles. `reboot=k`: the init's `reboot -f` goes
-/// through the i8042 reset line (bulwark-vmm exits 3); `panic=-1`: a panic reboots the
-/// same way at once instead of hanging.
+/// The command line signed into the bundles. `reboot=k`: a `reboot -f` goes through
+/// the i8042 reset line (bulwark-vmm exits 3); `panic=-1`: a panic resets the same way
+/// at once instead of hanging. Each bundle appends `bulwark.exit=`: `debug` (the
+/// bzImage bundle: the init writes 7 to the debug-exit port, bulwark-vmm exits 23) or
+/// `reset` (the vmlinux bundle: the init resets through the i8042).
 pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet bulwark.lab=signed";
 
 /// A file for L1: its path there and the host file.
@@ -128,7 +130,10 @@ pub fn prepare(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File
     let (key, key_pub, _) = generate_key_pair(&keys).map_err(image_error("keygen"))?;
     let key = SigningKey::from_pem_file(&key).map_err(image_error("reading the signing key"))?;
     let mut files = vec![(format!("{L1_DIR}/signing.pub"), key_pub)];
-    for (name, kernel) in [("bzimage", kernel), ("vmlinux", vmlinux.as_path())] {
+    for (name, kernel, exit) in [
+        ("bzimage", kernel, "debug"),
+        ("vmlinux", vmlinux.as_path(), "reset"),
+    ] {
         let bundle = dir.join(format!("{name}.bwi"));
         let spec = BuildSpec {
             name: format!("lab-l2-{name}"),
@@ -136,7 +141,7 @@ pub fn prepare(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File
             created: 0,
             kernel: kernel.to_owned(),
             initrd: Some(initrd.clone()),
-            cmdline: Some(CMDLINE.into()),
+            cmdline: Some(format!("{CMDLINE} bulwark.exit={exit}")),
             config: None,
             rootfs: None,
         };

@@ -205,12 +205,17 @@ impl Lab {
                 .unwrap_or_default();
             image.host_file(&format!("/lab/modules/{i:02}-{name}"), module, 0o644);
         }
-        let programs = programs::build_guest_programs(
-            &self.workspace,
-            &self.target_dir,
-            scenario.guest_programs,
-        )?;
-        for (program, path) in scenario.guest_programs.iter().zip(programs) {
+        // The L1 programs and the L2 guest's programs, in one build.
+        let l2_programs = scenario.l2.map_or(&[][..], |l2| l2.programs);
+        let all: Vec<_> = scenario
+            .guest_programs
+            .iter()
+            .chain(l2_programs)
+            .copied()
+            .collect();
+        let mut built = programs::build_guest_programs(&self.workspace, &self.target_dir, &all)?;
+        let l2_built = built.split_off(scenario.guest_programs.len());
+        for (program, path) in scenario.guest_programs.iter().zip(built) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
         }
         for program in scenario.host_programs {
@@ -232,7 +237,11 @@ impl Lab {
         }
         if let Some(l2) = &scenario.l2 {
             let mut l2_image = Vec::new();
-            self.busybox_image(l2.init).write_archive(&mut l2_image)?;
+            let mut l2_files = self.busybox_image(l2.init);
+            for (program, path) in l2.programs.iter().zip(&l2_built) {
+                l2_files.host_file(&format!("/bin/{}", program.bin), path, 0o755);
+            }
+            l2_files.write_archive(&mut l2_image)?;
             if l2.signed_bundles {
                 for (l1_path, host) in l2_bundle::prepare(&dir.join("l2"), &self.kernel, &l2_image)?
                 {

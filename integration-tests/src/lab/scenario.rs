@@ -24,6 +24,8 @@ pub struct L2Guest {
     /// extracted vmlinux) with this initramfs, and give L1 `bulwark-vmm` configs for
     /// them (see `l2_bundle`).
     pub signed_bundles: bool,
+    /// Programs of this workspace (built for musl, static) put in the L2 `/bin`.
+    pub programs: &'static [GuestProgram],
 }
 
 /// One lab scenario.
@@ -88,6 +90,10 @@ const VMM_LINUX: Scenario = Scenario {
     l2: Some(L2Guest {
         init: include_str!("../../lab/l2-init-vmm.sh"),
         signed_bundles: true,
+        programs: &[GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-l2-exit",
+        }],
     }),
     timeout_secs: 240,
     ..PLAIN
@@ -170,6 +176,7 @@ pub const SCENARIOS: &[Scenario] = &[
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init.sh"),
             signed_bundles: false,
+            programs: &[],
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,
