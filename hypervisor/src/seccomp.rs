@@ -73,6 +73,8 @@ const CONTROL_SYSCALLS: &[i64] = &[
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_tgkill,
+    // musl's pthread_kill (the vCPU kick) uses tkill, glibc's tgkill.
+    libc::SYS_tkill,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,

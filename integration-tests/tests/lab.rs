@@ -49,6 +49,16 @@ fn linux_l2() {
 }
 
 #[test]
+fn vmm_linux() {
+    run_scenario("vmm-linux");
+}
+
+#[test]
+fn vmm_linux_pvh() {
+    run_scenario("vmm-linux-pvh");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

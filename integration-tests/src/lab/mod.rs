@@ -10,6 +10,7 @@ pub mod debian;
 pub mod error;
 mod host_command;
 pub mod initramfs;
+pub mod l2_bundle;
 pub mod machine;
 pub mod modules;
 pub mod programs;
@@ -159,7 +160,8 @@ impl Lab {
         let dir = self.target_dir.join("runs").join(scenario.name);
         fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
         let initramfs_path = dir.join("l1-initramfs.cpio");
-        self.l1_initramfs(scenario)?.write_to(&initramfs_path)?;
+        self.l1_initramfs(scenario, &dir)?
+            .write_to(&initramfs_path)?;
         let prepare = start.elapsed();
 
         let spec = MachineSpec {
@@ -187,7 +189,7 @@ impl Lab {
         Ok(run)
     }
 
-    fn l1_initramfs(&self, scenario: &Scenario) -> Result<Initramfs> {
+    fn l1_initramfs(&self, scenario: &Scenario, dir: &Path) -> Result<Initramfs> {
         let mut image = self.busybox_image(L1_INIT);
         image.file("/lab/lib.sh", L1_LIB, 0o644);
         image.file("/lab/scenario.sh", scenario.script, 0o644);
@@ -203,12 +205,17 @@ impl Lab {
                 .unwrap_or_default();
             image.host_file(&format!("/lab/modules/{i:02}-{name}"), module, 0o644);
         }
-        let programs = programs::build_guest_programs(
-            &self.workspace,
-            &self.target_dir,
-            scenario.guest_programs,
-        )?;
-        for (program, path) in scenario.guest_programs.iter().zip(programs) {
+        // The L1 programs and the L2 guest's programs, in one build.
+        let l2_programs = scenario.l2.map_or(&[][..], |l2| l2.programs);
+        let all: Vec<_> = scenario
+            .guest_programs
+            .iter()
+            .chain(l2_programs)
+            .copied()
+            .collect();
+        let mut built = programs::build_guest_programs(&self.workspace, &self.target_dir, &all)?;
+        let l2_built = built.split_off(scenario.guest_programs.len());
+        for (program, path) in scenario.guest_programs.iter().zip(built) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
         }
         for program in scenario.host_programs {
@@ -230,7 +237,17 @@ impl Lab {
         }
         if let Some(l2) = &scenario.l2 {
             let mut l2_image = Vec::new();
-            self.busybox_image(l2.init).write_archive(&mut l2_image)?;
+            let mut l2_files = self.busybox_image(l2.init);
+            for (program, path) in l2.programs.iter().zip(&l2_built) {
+                l2_files.host_file(&format!("/bin/{}", program.bin), path, 0o755);
+            }
+            l2_files.write_archive(&mut l2_image)?;
+            if l2.signed_bundles {
+                for (l1_path, host) in l2_bundle::prepare(&dir.join("l2"), &self.kernel, &l2_image)?
+                {
+                    image.host_file(&l1_path, &host, 0o644);
+                }
+            }
             image.file("/lab/l2/initramfs.cpio", l2_image, 0o644);
             image.host_file("/lab/l2/vmlinuz", &self.kernel, 0o644);
         }

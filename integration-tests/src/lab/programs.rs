@@ -30,6 +30,11 @@ pub fn build_guest_programs(
         // tests); the L1 programs do not need that, and building them from nothing
         // is the largest part of a cold lab run.
         .args(["--config", r#"profile.dev.package."*".opt-level=0"#])
+        // Except the crypto: bulwark-vmm hashes every byte of a signed bundle (tens of
+        // MB for a Linux kernel) and checks P-384 signatures, which unoptimised under
+        // L1's instruction emulation took minutes.
+        .args(["--config", "profile.dev.package.sha2.opt-level=3"])
+        .args(["--config", "profile.dev.package.ring.opt-level=3"])
         .arg("--target-dir")
         .arg(target_dir);
     for program in programs {

@@ -20,6 +20,12 @@ pub struct GuestProgram {
 pub struct L2Guest {
     /// The L2 `/init` script (busybox sh).
     pub init: &'static str,
+    /// Also build and sign, on the host, image bundles of the kernel (bzImage and the
+    /// extracted vmlinux) with this initramfs, and give L1 `bulwark-vmm` configs for
+    /// them (see `l2_bundle`).
+    pub signed_bundles: bool,
+    /// Programs of this workspace (built for musl, static) put in the L2 `/bin`.
+    pub programs: &'static [GuestProgram],
 }
 
 /// One lab scenario.
@@ -71,6 +77,26 @@ const PLAIN: Scenario = Scenario {
     l2: None,
     expected_checks: &[],
     timeout_secs: 180,
+};
+
+/// What the scenarios in which bulwark-vmm boots Linux in L1 share.
+const VMM_LINUX: Scenario = Scenario {
+    modules: KVM_MODULES,
+    memory_mib: 1536,
+    guest_programs: &[GuestProgram {
+        package: "bulwark-vmm",
+        bin: "bulwark-vmm",
+    }],
+    l2: Some(L2Guest {
+        init: include_str!("../../lab/l2-init-vmm.sh"),
+        signed_bundles: true,
+        programs: &[GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-l2-exit",
+        }],
+    }),
+    timeout_secs: 240,
+    ..PLAIN
 };
 
 /// Every scenario the lab ships.
@@ -149,10 +175,51 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init.sh"),
+            signed_bundles: false,
+            programs: &[],
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,
         ..PLAIN
+    },
+    Scenario {
+        name: "vmm-linux",
+        summary: "bulwark-vmm boots the Debian kernel (bzImage) under KVM inside L1 from a host-signed bundle; a tampered bundle is refused",
+        script: concat!(
+            "kinds=bzimage tampered=1\n",
+            include_str!("../../lab/scenarios/vmm-linux.sh")
+        ),
+        expected_checks: &[
+            "kvm-device",
+            "vmm-starts",
+            "tampered-refused",
+            "l2-bzimage-init",
+            "l2-bzimage-under-kvm",
+            "l2-bzimage-signed-cmdline",
+            "l2-bzimage-exit",
+            "l2-bzimage-measurement",
+            "l2-bzimage-entry",
+        ],
+        ..VMM_LINUX
+    },
+    Scenario {
+        name: "vmm-linux-pvh",
+        summary: "bulwark-vmm boots the vmlinux ELF extracted from the Debian kernel through its PVH entry, under KVM inside L1, from a host-signed bundle",
+        script: concat!(
+            "kinds=vmlinux tampered=0\n",
+            include_str!("../../lab/scenarios/vmm-linux.sh")
+        ),
+        expected_checks: &[
+            "kvm-device",
+            "vmm-starts",
+            "l2-vmlinux-init",
+            "l2-vmlinux-under-kvm",
+            "l2-vmlinux-signed-cmdline",
+            "l2-vmlinux-exit",
+            "l2-vmlinux-measurement",
+            "l2-vmlinux-entry",
+        ],
+        ..VMM_LINUX
     },
 ];
 
