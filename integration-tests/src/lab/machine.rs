@@ -188,13 +188,32 @@ mod tests {
     }
 
     /// A stand-in for QEMU: a shell script that ignores its arguments.
+    ///
+    /// Another test thread that forks while the script is still open for
+    /// writing hands the write descriptor to its child until that child execs,
+    /// and executing the script meanwhile fails with ETXTBSY. So the script is
+    /// run once with `--probe` (which exits at once) until it executes.
     fn fake_qemu(name: &str, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path =
             std::env::temp_dir().join(format!("lab-fake-qemu-{}-{name}", std::process::id()));
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n[ \"$1\" = --probe ] && exit 0\n{body}\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
+        for _ in 0..200 {
+            match std::process::Command::new(&path).arg("--probe").status() {
+                Ok(status) if status.success() => return path,
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    // ETXTBSY: a sibling's child still holds the write descriptor.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("fake QEMU {}: {other:?}", path.display()),
+            }
+        }
+        panic!("fake QEMU {} stayed busy", path.display());
     }
 
     fn spec(timeout: Duration) -> MachineSpec {
@@ -211,9 +230,9 @@ mod tests {
     #[test]
     fn a_hanging_machine_is_killed_at_the_timeout_and_its_output_kept() {
         let qemu = fake_qemu("hang", "echo booting; exec sleep 60");
-        let run = boot(&qemu, &spec(Duration::from_millis(500))).unwrap();
+        let run = boot(&qemu, &spec(Duration::from_secs(2))).unwrap();
         std::fs::remove_file(&qemu).unwrap();
-        assert_eq!(run.end, MachineEnd::TimedOut { after_secs: 0 });
+        assert_eq!(run.end, MachineEnd::TimedOut { after_secs: 2 });
         assert!(run.console.starts_with("booting"), "{:?}", run.console);
     }
 
