@@ -204,7 +204,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         for _ in 0..200 {
-            match std::process::Command::new(&path).arg("--probe").status() {
+            match Command::new(&path).arg("--probe").status() {
                 Ok(status) if status.success() => return path,
                 Err(e) if e.raw_os_error() == Some(26) => {
                     // ETXTBSY: a sibling's child still holds the write descriptor.

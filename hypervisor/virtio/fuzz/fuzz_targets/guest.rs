@@ -55,12 +55,20 @@ pub fn bring_up(device: SharedDevice, data: &[u8]) -> Option<Guest> {
     w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
     w(&mut t, 0x24, 1);
     w(&mut t, 0x20, (VIRTIO_F_VERSION_1 >> 32) as u32);
-    w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        &mut t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     for q in 0..queues {
         let at = q * QUEUE_BYTES;
         // Mostly power-of-two sizes, sometimes anything.
         let raw = u16_at(data, at);
-        let size = if raw & 0x8000 == 0 { 1u32 << (raw % 9) } else { u32::from(raw & 0x7fff) };
+        let size = if raw & 0x8000 == 0 {
+            1u32 << (raw % 9)
+        } else {
+            u32::from(raw & 0x7fff)
+        };
         w(&mut t, 0x30, q as u32);
         w(&mut t, 0x38, size);
         w(&mut t, 0x80, u32::from(u16_at(data, at + 2)));

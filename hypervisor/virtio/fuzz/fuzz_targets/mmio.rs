@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     static DISK: OnceLock<std::path::PathBuf> = OnceLock::new();
     let disk = DISK.get_or_init(|| {
         let p = std::env::temp_dir().join(format!("bulwark-mmio-fuzz-{}", std::process::id()));
-        std::fs::File::create(&p).unwrap().write_all(&[0u8; 8192]).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&[0u8; 8192])
+            .unwrap();
         p
     });
     let mem = Arc::new(
