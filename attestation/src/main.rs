@@ -131,8 +131,22 @@ enum Kind {
     },
 }
 
+/// Largest evidence, certificate, collateral or RIM file read (real ones are
+/// kilobytes; this stops `/dev/zero` or a huge file from exhausting memory).
+const MAX_INPUT_LEN: u64 = 16 << 20;
+
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT_LEN + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_INPUT_LEN {
+        anyhow::bail!("{} is larger than {MAX_INPUT_LEN} bytes", path.display());
+    }
+    Ok(bytes)
 }
 
 fn hex_opt(v: &Option<String>, what: &str) -> Result<Option<Vec<u8>>, Error> {

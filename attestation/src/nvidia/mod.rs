@@ -266,7 +266,7 @@ pub fn compare_measurements(x: &Exchange, rims: &[Rim]) -> Check {
             .response
             .blocks
             .iter()
-            .find(|b| u32::from(b.index) == index + 1);
+            .find(|b| index.checked_add(1) == Some(u32::from(b.index)));
         if !block.is_some_and(|b| alternatives.contains(&b.value)) {
             mismatched.push(index.to_string());
         }

@@ -99,6 +99,13 @@ fn element(start: &BytesStart) -> Result<Element, Error> {
     let mut ns_decls = Vec::new();
     let mut attrs = Vec::new();
     for a in start.attributes() {
+        // Checked as they are read: the duplicate check on each attribute
+        // is linear in the ones before it.
+        if attrs.len() + ns_decls.len() >= MAX_ATTRIBUTES {
+            return Err(xml_err(format!(
+                "an element has more than {MAX_ATTRIBUTES} attributes"
+            )));
+        }
         let a = a.map_err(xml_err)?;
         let key = std::str::from_utf8(a.key.as_ref())
             .map_err(xml_err)?
@@ -131,8 +138,34 @@ fn element(start: &BytesStart) -> Result<Element, Error> {
     })
 }
 
+/// Largest XML document accepted (NVIDIA's RIMs are tens of KiB).
+pub const MAX_XML_LEN: usize = 4 << 20;
+/// Most namespace declarations in one document: canonicalization copies the
+/// in-scope namespaces per element, so this keeps its cost linear in the
+/// document size.
+pub const MAX_NS_DECLS: usize = 64;
+/// Most attributes (namespace declarations included) on one element.
+pub const MAX_ATTRIBUTES: usize = 256;
+
+fn counted(e: Element, ns_decls: &mut usize) -> Result<Element, Error> {
+    *ns_decls += e.ns_decls.len();
+    if *ns_decls > MAX_NS_DECLS {
+        return Err(xml_err(format!(
+            "more than {MAX_NS_DECLS} namespace declarations"
+        )));
+    }
+    Ok(e)
+}
+
 /// Parse a document to its root element.
 pub fn parse(text: &[u8]) -> Result<Element, Error> {
+    if text.len() > MAX_XML_LEN {
+        return Err(xml_err(format!(
+            "document is {} bytes, over the limit of {MAX_XML_LEN}",
+            text.len()
+        )));
+    }
+    let mut ns_decls = 0usize;
     let mut reader = quick_xml::Reader::from_reader(text);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Element> = Vec::new();
@@ -146,13 +179,13 @@ pub fn parse(text: &[u8]) -> Result<Element, Error> {
                         "content after the root element or nesting too deep",
                     ));
                 }
-                stack.push(element(&s)?);
+                stack.push(counted(element(&s)?, &mut ns_decls)?);
             }
             Event::Empty(s) => {
                 if root.is_some() {
                     return Err(xml_err("content after the root element"));
                 }
-                let e = element(&s)?;
+                let e = counted(element(&s)?, &mut ns_decls)?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(Node::Element(e)),
                     None => root = Some(e),
@@ -296,4 +329,36 @@ fn write_element(
     out.push_str(&el.name);
     out.push('>');
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_declarations_beyond_the_limit_are_refused() {
+        let decls: String = (0..=MAX_NS_DECLS)
+            .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+            .collect();
+        let doc = format!("<r{decls}><a/><a/></r>");
+        let err = parse(doc.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("namespace declarations"), "{err}");
+        // At the limit it still parses.
+        let decls: String = (1..=MAX_NS_DECLS)
+            .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+            .collect();
+        parse(format!("<r{decls}><a/></r>").as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn too_many_attributes_and_oversized_documents_are_refused() {
+        let attrs: String = (0..=MAX_ATTRIBUTES)
+            .map(|i| format!(" a{i}=\"v\""))
+            .collect();
+        let err = parse(format!("<r{attrs}/>").as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("attributes"), "{err}");
+        let big = vec![b' '; MAX_XML_LEN + 1];
+        let err = parse(&big).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+    }
 }

@@ -17,6 +17,8 @@
 //! - [`block`], [`rng`], [`vsock`]: the device models.
 //! - [`counters`]: per-device request/byte/error counters.
 
+#![forbid(unsafe_code)]
+
 pub mod block;
 pub mod chain;
 pub mod counters;

@@ -447,6 +447,11 @@ impl Vsock {
                 let mut h = self.header(key, op::RW);
                 let conn = self.conns.get_mut(&key)?;
                 let want = max_payload.min(conn.peer_credit()) as usize;
+                if want == 0 {
+                    // A header-only rx buffer has no room for data; reading
+                    // zero bytes would look like the host's EOF.
+                    return None;
+                }
                 match conn.stream.read(&mut self.bounce[..want]) {
                     Ok(0) => {
                         conn.state = ConnState::HostClosed;
