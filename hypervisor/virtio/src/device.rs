@@ -95,6 +95,19 @@ pub struct FdInterest {
     pub write: bool,
 }
 
+/// What the I/O worker saw on one of a device's host descriptors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendReady {
+    /// Readable, or the peer shut its write side (a read returns EOF).
+    pub readable: bool,
+    /// Writable.
+    pub writable: bool,
+    /// Hung up or in error: nothing more can be written to it. `HANG_UP`
+    /// and `ERROR` are level-triggered and always reported, so the device
+    /// must stop polling the descriptor once it has seen this.
+    pub hung_up: bool,
+}
+
 /// A virtio device model, independent of the transport.
 pub trait VirtioDevice: Send + std::fmt::Debug {
     /// The virtio device ID.
@@ -139,7 +152,7 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
 
     /// Handles readiness of one of [`Self::backend_fds`]. Returns `true` when
     /// more work may be pending. Default: nothing to do.
-    fn process_backend(&mut self, _fd: RawFd, _readable: bool, _writable: bool) -> bool {
+    fn process_backend(&mut self, _fd: RawFd, _ready: BackendReady) -> bool {
         false
     }
 }

@@ -31,10 +31,11 @@ pub mod worker;
 
 pub use counters::{CounterSnapshot, DeviceCounters};
 pub use device::{
-    lock_device, ActivateError, DeviceType, Interrupt, InterruptKind, SharedDevice, VirtioDevice,
+    lock_device, ActivateError, BackendReady, DeviceType, Interrupt, InterruptKind, SharedDevice,
+    VirtioDevice,
 };
 pub use mmio::{MmioTransport, MMIO_REGION_SIZE};
-pub use worker::IoWorker;
+pub use worker::{IoWorker, ManualWorker};
 
 /// Guest memory as the devices see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -27,6 +27,8 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::counters::{guest_warn, DeviceCounters};
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -87,6 +89,7 @@ struct InterruptState {
     needs_reset: AtomicBool,
     config_generation: AtomicU32,
     irq: Arc<dyn IrqLine>,
+    counters: Arc<DeviceCounters>,
 }
 
 impl InterruptState {
@@ -115,7 +118,7 @@ impl Interrupt for MmioInterrupt {
 
     fn set_needs_reset(&self, reason: &str) {
         if !self.0.needs_reset.swap(true, Ordering::SeqCst) {
-            tracing::error!(reason, "virtio-mmio: device needs reset");
+            guest_warn!(self.0.counters, reason, "virtio-mmio: device needs reset");
             self.0.raise(INT_CONFIG);
         }
     }
@@ -138,6 +141,9 @@ struct QueueRegs {
 /// One virtio-mmio device window.
 pub struct MmioTransport {
     device: SharedDevice,
+    /// The device's counters (kept here so that refused accesses are
+    /// counted and rate-limited without taking the device lock).
+    counters: Arc<DeviceCounters>,
     mem: Arc<GuestMemory>,
     interrupt: Arc<InterruptState>,
     queue_events: Vec<EventFd>,
@@ -169,12 +175,13 @@ impl MmioTransport {
         mem: Arc<GuestMemory>,
         irq: Arc<dyn IrqLine>,
     ) -> io::Result<Self> {
-        let (max_sizes, offered, device_id) = {
+        let (max_sizes, offered, device_id, counters) = {
             let d = lock_device(&device);
             (
                 d.queue_max_sizes().to_vec(),
                 d.offered_features(),
                 d.device_type() as u32,
+                d.counters(),
             )
         };
         let queue_events = max_sizes
@@ -183,12 +190,14 @@ impl MmioTransport {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             device,
+            counters: counters.clone(),
             mem,
             interrupt: Arc::new(InterruptState {
                 status: AtomicU32::new(0),
                 needs_reset: AtomicBool::new(false),
                 config_generation: AtomicU32::new(0),
                 irq,
+                counters,
             }),
             queue_events,
             queues: vec![QueueRegs::default(); max_sizes.len()],
@@ -241,7 +250,8 @@ impl MmioTransport {
         }
         data.fill(0);
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 offset,
                 len = data.len(),
                 "virtio-mmio: refused unaligned register read"
@@ -272,7 +282,8 @@ impl MmioTransport {
             0xb0 | 0xb4 => u32::MAX,
             0xfc => self.interrupt.config_generation.load(Ordering::SeqCst),
             _ => {
-                tracing::warn!(
+                guest_warn!(
+                    self.counters,
                     offset,
                     "virtio-mmio: read of a write-only or unknown register"
                 );
@@ -287,7 +298,8 @@ impl MmioTransport {
         if offset >= CONFIG_OFFSET {
             let accepted = lock_device(&self.device).write_config(offset - CONFIG_OFFSET, data);
             if !accepted {
-                tracing::warn!(
+                guest_warn!(
+                    self.counters,
                     offset,
                     len = data.len(),
                     "virtio-mmio: refused config write"
@@ -296,7 +308,8 @@ impl MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 offset,
                 len = data.len(),
                 "virtio-mmio: refused register write of wrong width"
@@ -304,7 +317,11 @@ impl MmioTransport {
             return;
         };
         if !offset.is_multiple_of(4) {
-            tracing::warn!(offset, "virtio-mmio: refused unaligned register write");
+            guest_warn!(
+                self.counters,
+                offset,
+                "virtio-mmio: refused unaligned register write"
+            );
             return;
         }
         let value = u32::from_le_bytes(bytes);
@@ -321,7 +338,8 @@ impl MmioTransport {
                 self.interrupt.status.fetch_and(!value, Ordering::SeqCst);
             }
             0x70 => self.write_status(value),
-            _ => tracing::warn!(
+            _ => guest_warn!(
+                self.counters,
                 offset,
                 value,
                 "virtio-mmio: write to a read-only or unknown register"
@@ -331,7 +349,8 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 status = self.status,
                 "virtio-mmio: refused feature write outside negotiation"
             );
@@ -345,7 +364,12 @@ impl MmioTransport {
             }
             sel => {
                 if value != 0 {
-                    tracing::warn!(sel, value, "virtio-mmio: refused unknown feature bits");
+                    guest_warn!(
+                        self.counters,
+                        sel,
+                        value,
+                        "virtio-mmio: refused unknown feature bits"
+                    );
                 }
             }
         }
@@ -356,11 +380,12 @@ impl MmioTransport {
             self.interrupt_handle().set_needs_reset(
                 "driver rewrote a queue register after DRIVER_OK (refused; queues keep their addresses)",
             );
-            lock_device(&self.device).counters().add_error();
+            self.counters.add_error();
             return;
         }
         if self.status & status::FEATURES_OK == 0 {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 offset,
                 "virtio-mmio: refused queue setup before FEATURES_OK"
             );
@@ -368,7 +393,8 @@ impl MmioTransport {
         }
         let sel = self.queue_sel;
         let Some(q) = self.queues.get_mut(sel as usize) else {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 queue = sel,
                 "virtio-mmio: refused write to a queue that does not exist"
             );
@@ -390,7 +416,8 @@ impl MmioTransport {
 
     fn notify(&mut self, value: u32) {
         if self.status() & (status::DRIVER_OK | status::DEVICE_NEEDS_RESET) != status::DRIVER_OK {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 queue = value,
                 status = self.status(),
                 "virtio-mmio: notify ignored, device not running"
@@ -403,7 +430,8 @@ impl MmioTransport {
                     tracing::error!(error = %e, "virtio-mmio: cannot signal queue event");
                 }
             }
-            None => tracing::warn!(
+            None => guest_warn!(
+                self.counters,
                 queue = value,
                 "virtio-mmio: notify for a queue that does not exist"
             ),
@@ -423,7 +451,8 @@ impl MmioTransport {
         // The driver may echo DEVICE_NEEDS_RESET back; it never sets it.
         let value = value & !status::DEVICE_NEEDS_RESET;
         if value & old != old {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 old,
                 new = value,
                 "virtio-mmio: refused status write that clears bits (write 0 to reset)"
@@ -436,7 +465,11 @@ impl MmioTransport {
             | status::DRIVER_OK
             | status::FAILED;
         if value & !known != 0 {
-            tracing::warn!(new = value, "virtio-mmio: refused unknown status bits");
+            guest_warn!(
+                self.counters,
+                new = value,
+                "virtio-mmio: refused unknown status bits"
+            );
             return;
         }
         let has = |bit: u32| value & bit != 0;
@@ -444,7 +477,8 @@ impl MmioTransport {
             && (!has(status::FEATURES_OK) || has(status::DRIVER))
             && (!has(status::DRIVER_OK) || has(status::FEATURES_OK));
         if !order_ok {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 old,
                 new = value,
                 "virtio-mmio: refused out-of-order status transition"
@@ -457,7 +491,7 @@ impl MmioTransport {
             new_status &= !(status::FEATURES_OK | status::DRIVER_OK);
         }
         if new_status & status::FAILED != 0 {
-            tracing::warn!("virtio-mmio: driver set FAILED");
+            guest_warn!(self.counters, "virtio-mmio: driver set FAILED");
         }
         self.status = new_status;
         if added & status::DRIVER_OK != 0 && new_status & status::DRIVER_OK != 0 {
@@ -468,14 +502,15 @@ impl MmioTransport {
     fn features_acceptable(&self) -> bool {
         let unknown = self.driver_features & !self.offered;
         if unknown != 0 {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 unknown,
                 "virtio-mmio: FEATURES_OK refused, driver acked features not offered"
             );
             return false;
         }
         if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-            tracing::warn!("virtio-mmio: FEATURES_OK refused, driver did not ack VIRTIO_F_VERSION_1 (legacy drivers unsupported)");
+            guest_warn!(self.counters, "virtio-mmio: FEATURES_OK refused, driver did not ack VIRTIO_F_VERSION_1 (legacy drivers unsupported)");
             return false;
         }
         true

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use crate::chain::{parse_chain, ChainError, ParsedChain};
-use crate::counters::DeviceCounters;
+use crate::counters::{guest_warn, DeviceCounters};
 use crate::device::{ActivateContext, ActivateError, Interrupt, InterruptKind};
 use crate::GuestMemory;
 
@@ -94,7 +94,7 @@ impl ActiveQueues {
     /// transport, and stops all queue processing.
     pub fn fail(&mut self, reason: &str) {
         if !self.broken {
-            tracing::error!(reason, "virtio device needs reset");
+            guest_warn!(self.counters, reason, "virtio device needs reset");
             self.broken = true;
             self.counters.add_needs_reset();
             self.counters.add_error();
@@ -129,7 +129,7 @@ impl ActiveQueues {
         match parse_chain(chain, mem) {
             Ok(parsed) => Popped::Chain(parsed),
             Err(error) => {
-                tracing::warn!(queue = index, head, %error, "refused descriptor chain");
+                guest_warn!(self.counters, queue = index, head, %error, "refused descriptor chain");
                 Popped::Invalid { head, error }
             }
         }

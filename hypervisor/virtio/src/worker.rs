@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device::{lock_device, FdInterest, SharedDevice};
+use crate::device::{lock_device, BackendReady, FdInterest, SharedDevice};
 
 const STOP_TOKEN: u64 = u64::MAX;
 const BACKEND_TOKEN: u64 = 1 << 32;
@@ -84,12 +84,57 @@ impl IoWorker {
     }
 }
 
+/// A worker loop driven on the calling thread, one `epoll_wait` at a time,
+/// for tests and deterministic harnesses: the same event handling as
+/// [`IoWorker`], without a thread. [`ManualWorker::step`] reports how many
+/// events each wait returned, so a test can tell a loop that keeps waking
+/// (a level-triggered event that stays armed) from one that goes quiet.
+#[derive(Debug)]
+pub struct ManualWorker {
+    state: WorkerLoop,
+    events: Vec<EpollEvent>,
+}
+
+impl ManualWorker {
+    /// The loop for `device`, with `queue_events[i]` the notification event
+    /// of queue `i`.
+    pub fn new(device: SharedDevice, queue_events: Vec<EventFd>) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        for (i, evt) in queue_events.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        let mut state = WorkerLoop {
+            epoll,
+            device,
+            queue_events,
+            backend: HashMap::new(),
+        };
+        state.sync_backend_fds();
+        Ok(Self {
+            state,
+            events: vec![EpollEvent::default(); 64],
+        })
+    }
+
+    /// Waits up to `timeout_ms` (0: not at all) and handles what woke it;
+    /// returns the number of events `epoll_wait` returned.
+    pub fn step(&mut self, timeout_ms: i32) -> io::Result<usize> {
+        let Self { state, events } = self;
+        state.step(events, timeout_ms).map(|n| n.unwrap_or(0))
+    }
+}
+
 impl Drop for IoWorker {
     fn drop(&mut self) {
         self.shutdown();
     }
 }
 
+#[derive(Debug)]
 struct WorkerLoop {
     epoll: Epoll,
     device: SharedDevice,
@@ -111,36 +156,48 @@ impl WorkerLoop {
             } else {
                 RESYNC_MS
             };
-            let n = match self.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            match self.step(&mut events, timeout) {
+                Ok(Some(_)) => {}
+                Ok(None) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "virtio worker: epoll_wait failed, stopping");
                     return;
                 }
-            };
-            for event in &events[..n] {
-                let token = event.data();
-                if token == STOP_TOKEN {
-                    return;
-                }
-                if token >= BACKEND_TOKEN {
-                    let fd = (token - BACKEND_TOKEN) as RawFd;
-                    let set = event.event_set();
-                    let readable = set.intersects(
-                        EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP,
-                    );
-                    let writable = set.contains(EventSet::OUT);
-                    self.run_batches(|d| d.process_backend(fd, readable, writable));
-                } else if let Some(evt) = self.queue_events.get(token as usize) {
-                    // EAGAIN only means another wake-up already drained it.
-                    let _ = evt.read();
-                    let index = token as usize;
-                    self.run_batches(|d| d.process_queue(index));
-                }
             }
-            self.sync_backend_fds();
         }
+    }
+
+    /// One `epoll_wait` and the work for what it returned. `Ok(Some(n))`:
+    /// `n` events woke it (0 on timeout or `EINTR`); `Ok(None)`: stop.
+    fn step(&mut self, events: &mut [EpollEvent], timeout: i32) -> io::Result<Option<usize>> {
+        let n = match self.epoll.wait(timeout, events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(0)),
+            Err(e) => return Err(e),
+        };
+        for event in &events[..n] {
+            let token = event.data();
+            if token == STOP_TOKEN {
+                return Ok(None);
+            }
+            if token >= BACKEND_TOKEN {
+                let fd = (token - BACKEND_TOKEN) as RawFd;
+                let set = event.event_set();
+                let ready = BackendReady {
+                    readable: set.intersects(EventSet::IN | EventSet::READ_HANG_UP),
+                    writable: set.contains(EventSet::OUT),
+                    hung_up: set.intersects(EventSet::HANG_UP | EventSet::ERROR),
+                };
+                self.run_batches(|d| d.process_backend(fd, ready));
+            } else if let Some(evt) = self.queue_events.get(token as usize) {
+                // EAGAIN only means another wake-up already drained it.
+                let _ = evt.read();
+                let index = token as usize;
+                self.run_batches(|d| d.process_queue(index));
+            }
+        }
+        self.sync_backend_fds();
+        Ok(Some(n))
     }
 
     fn run_batches(&self, mut f: impl FnMut(&mut dyn crate::VirtioDevice) -> bool) {
@@ -177,9 +234,15 @@ impl WorkerLoop {
         }
         self.backend.clear();
         for (fd, interest) in wanted {
-            let mut set = EventSet::READ_HANG_UP;
+            // Hang-ups are only asked for together with read interest: a
+            // peer that shut its write side keeps READ_HANG_UP raised
+            // (level-triggered) for good, so asking for it while the device
+            // only wants to write would wake this loop forever. (HANG_UP and
+            // ERROR are always reported; the device stops polling a
+            // descriptor once it has seen them.)
+            let mut set = EventSet::empty();
             if interest.read {
-                set |= EventSet::IN;
+                set |= EventSet::IN | EventSet::READ_HANG_UP;
             }
             if interest.write {
                 set |= EventSet::OUT;

@@ -417,3 +417,24 @@ fn hostile_indirect_tables_are_refused() {
     assert_eq!(d.read_mem(STATUS, 1)[0], VIRTIO_BLK_S_OK);
     assert!(d.read_mem(BUF, 4096) == pattern(5, 4096));
 }
+
+#[test]
+fn bad_request_flood_is_counted_but_rate_limited() {
+    use bulwark_virtio::counters::LOG_FIRST;
+    let file = disk_file(&vec![1u8; 8192]);
+    let mut d = driver(DiskBackend::open_file(file.path(), false).unwrap());
+    for _ in 0..10_000 {
+        assert_eq!(request(&mut d, 0xdead, 0, &[]).0, VIRTIO_BLK_S_UNSUPP);
+    }
+    let c = d.counters();
+    assert_eq!(c.errors, 10_000, "every bad request is an error");
+    assert_eq!(c.guest_faults, 10_000, "every bad request is counted");
+    assert_eq!(
+        c.guest_faults_logged, LOG_FIRST,
+        "only the first are logged"
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 0, &[(BUF, 512, true)]),
+        (VIRTIO_BLK_S_OK, 513)
+    );
+}

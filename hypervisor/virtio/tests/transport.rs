@@ -276,3 +276,32 @@ fn interrupt_line_failure_is_not_fatal() {
     t.read(0x60, &mut s);
     assert_eq!(u32::from_le_bytes(s), 2);
 }
+
+#[test]
+fn register_fault_flood_is_counted_but_rate_limited() {
+    use bulwark_virtio::counters::{LOG_EVERY, LOG_FIRST};
+    let mut d = rng();
+    // 10,000 writes to a read-only register: all counted, only the first
+    // LOG_FIRST logged.
+    for _ in 0..10_000 {
+        d.write_reg(0x00, 0);
+    }
+    let c = d.counters();
+    assert_eq!(c.guest_faults, 10_000);
+    assert_eq!(c.guest_faults_logged, LOG_FIRST);
+    // Past 2 * LOG_EVERY faults of mixed kinds, two periodic lines more.
+    let total = 2 * LOG_EVERY + 1;
+    let mut b2 = [0u8; 2];
+    for i in 10_000..total {
+        match i % 3 {
+            0 => d.transport.read(0x02, &mut b2),
+            1 => d.write_reg(0x50, 99),
+            _ => d.write_reg(0x70, DRIVER),
+        }
+    }
+    let c = d.counters();
+    assert_eq!(c.guest_faults, total);
+    assert_eq!(c.guest_faults_logged, LOG_FIRST + 2);
+    // The device still works.
+    assert_eq!(d.read_reg(0x00), 0x7472_6976);
+}

@@ -15,7 +15,7 @@ use bulwark_virtio::vsock::packet::{
     op, Header, HEADER_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 use bulwark_virtio::vsock::{Vsock, MAX_CONTROL_PACKETS};
-use bulwark_virtio::{lock_device, SharedDevice};
+use bulwark_virtio::{lock_device, BackendReady, SharedDevice};
 use common::*;
 
 const CID: u64 = 3;
@@ -76,7 +76,14 @@ impl Guest {
     fn pump(&mut self) {
         let fds = lock_device(&self.d.device).backend_fds();
         for f in fds {
-            lock_device(&self.d.device).process_backend(f.fd, true, true);
+            lock_device(&self.d.device).process_backend(
+                f.fd,
+                BackendReady {
+                    readable: true,
+                    writable: true,
+                    hung_up: false,
+                },
+            );
         }
         self.d.run(RX);
     }
@@ -557,4 +564,79 @@ fn host_stream_through_io_worker() {
         got.len(),
         expected.len()
     );
+}
+
+#[test]
+fn host_half_close_while_holding_guest_bytes_does_not_spin_the_worker() {
+    let mut g = Guest::new();
+    g.post_rx(RX_COUNT);
+    let listener = listener_at(&g.uds, 7000);
+    g.send(hdr(1, 7000, op::REQUEST, 0, 0), &[]);
+    // The host program accepts, never reads, and shuts its write side.
+    let (held, _) = listener.accept().unwrap();
+    g.pump();
+    assert_eq!(g.recv()[0].0.op, op::RESPONSE);
+    // The guest sends (within its credit) until the device holds bytes the
+    // full host socket did not take.
+    let chunk = vec![0x5au8; 16 * 1024];
+    let mut sent = 0u32;
+    while g.dev.lock().unwrap().buffered_bytes() == 0 {
+        assert!(sent < CONN_BUF_ALLOC, "the host socket never filled up");
+        g.send(hdr(1, 7000, op::RW, chunk.len() as u32, 0), &chunk);
+        sent += chunk.len() as u32;
+    }
+    held.shutdown(std::net::Shutdown::Write).unwrap();
+
+    let events =
+        g.d.transport
+            .queue_events()
+            .iter()
+            .map(|e| e.try_clone().unwrap())
+            .collect();
+    let mut worker = bulwark_virtio::ManualWorker::new(g.d.device.clone(), events).unwrap();
+    // The half-close is seen once (EOF → SHUTDOWN for the guest); after
+    // that, with bytes still held for a host that does not read, nothing
+    // may stay armed.
+    let mut wakeups = 0;
+    for _ in 0..1000 {
+        if worker.step(0).unwrap() > 0 {
+            wakeups += 1;
+        }
+    }
+    assert!(wakeups <= 2, "worker woke {wakeups} times in 1000 polls");
+    assert!(g.dev.lock().unwrap().buffered_bytes() > 0);
+    let shutdown: Vec<_> = g
+        .recv()
+        .into_iter()
+        .filter(|(h, _)| h.op == op::SHUTDOWN)
+        .collect();
+    assert_eq!(shutdown.len(), 1, "the guest is told the host is gone");
+    assert_eq!(shutdown[0].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    assert_eq!((shutdown[0].0.src_port, shutdown[0].0.dst_port), (7000, 1));
+
+    // The guest keeps sending: it gets RST and the connection is gone.
+    g.send(hdr(1, 7000, op::RW, chunk.len() as u32, 0), &chunk);
+    let mut rst = false;
+    for _ in 0..10 {
+        worker.step(0).unwrap();
+        g.d.run(RX);
+        if g.recv().iter().any(|(h, _)| h.op == op::RST) {
+            rst = true;
+            break;
+        }
+    }
+    assert!(rst, "data after the host hung up is answered with RST");
+    assert_eq!(g.dev.lock().unwrap().connection_count(), 0);
+    assert_eq!(g.dev.lock().unwrap().buffered_bytes(), 0);
+    let mut wakeups = 0;
+    for _ in 0..1000 {
+        if worker.step(0).unwrap() > 0 {
+            wakeups += 1;
+        }
+    }
+    assert_eq!(
+        wakeups, 0,
+        "nothing stays armed once the connection is gone"
+    );
+    drop(held);
 }

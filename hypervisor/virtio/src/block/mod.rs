@@ -19,7 +19,7 @@ use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::chain::{split_last_byte, ParsedChain, Segment, SegmentCursor};
-use crate::counters::DeviceCounters;
+use crate::counters::{guest_warn, DeviceCounters};
 use crate::device::{
     read_config_bytes, ActivateContext, ActivateError, DeviceType, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -127,7 +127,10 @@ impl Block {
         let mut header = [0u8; 16];
         let mut readable = SegmentCursor::new(mem, &chain.readable);
         if !matches!(readable.read(&mut header), Ok(16)) {
-            tracing::warn!("virtio-blk: request header shorter than 16 bytes");
+            guest_warn!(
+                self.counters,
+                "virtio-blk: request header shorter than 16 bytes"
+            );
             return Outcome::status(VIRTIO_BLK_S_IOERR);
         }
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -148,7 +151,11 @@ impl Block {
                 self.discard(&mut readable)
             }
             other => {
-                tracing::warn!(kind = other, "virtio-blk: unsupported request type");
+                guest_warn!(
+                    self.counters,
+                    kind = other,
+                    "virtio-blk: unsupported request type"
+                );
                 return Outcome::status(VIRTIO_BLK_S_UNSUPP);
             }
         };
@@ -158,7 +165,7 @@ impl Block {
                 data_written,
             },
             Err(e) => {
-                tracing::warn!(kind, sector, error = %e, "virtio-blk: request failed");
+                guest_warn!(self.counters, kind, sector, error = %e, "virtio-blk: request failed");
                 Outcome::status(VIRTIO_BLK_S_IOERR)
             }
         }
@@ -265,7 +272,10 @@ impl Block {
     /// Runs one request; returns the used length (data + status byte).
     fn serve(&mut self, mem: &GuestMemory, chain: &ParsedChain) -> u32 {
         let Some((data, status_addr)) = split_last_byte(&chain.writable) else {
-            tracing::warn!("virtio-blk: request without a writable status byte");
+            guest_warn!(
+                self.counters,
+                "virtio-blk: request without a writable status byte"
+            );
             self.counters.add_error();
             return 0;
         };

@@ -79,6 +79,9 @@ pub struct Connection {
     rx_cnt: Wrapping<u32>,
     /// The host socket may have data (cleared on `EAGAIN`).
     pub host_readable: bool,
+    /// The host socket hung up or failed (`HANG_UP`/`ERROR` seen): it is no
+    /// longer polled.
+    pub host_hung_up: bool,
     /// A `RESPONSE` must be sent to the guest.
     pub need_response: bool,
     /// A `CREDIT_UPDATE` must be sent to the guest.
@@ -103,6 +106,7 @@ impl Connection {
             peer_fwd_cnt: Wrapping(0),
             rx_cnt: Wrapping(0),
             host_readable: false,
+            host_hung_up: false,
             need_response: false,
             need_credit_update: false,
             guest_shut_rcv: false,

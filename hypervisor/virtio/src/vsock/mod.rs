@@ -30,10 +30,10 @@ use host::{connect_nonblocking, listener_path, HandshakeStep, PendingHost};
 use packet::{op, Header, HEADER_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
 use crate::chain::{ParsedChain, SegmentCursor};
-use crate::counters::DeviceCounters;
+use crate::counters::{guest_warn, DeviceCounters};
 use crate::device::{
-    read_config_bytes, ActivateContext, ActivateError, DeviceType, FdInterest, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateContext, ActivateError, BackendReady, DeviceType, FdInterest,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::queue::{ActiveQueues, Popped};
 use crate::GuestMemory;
@@ -152,7 +152,8 @@ impl Vsock {
 
     fn queue_control(&mut self, h: Header) {
         if self.control.len() >= MAX_CONTROL_PACKETS {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 op = h.op,
                 "virtio-vsock: control queue full, packet dropped"
             );
@@ -175,7 +176,8 @@ impl Vsock {
 
     /// Resets a connection: drops it and tells the guest.
     fn reset_conn(&mut self, key: ConnKey, why: &str) {
-        tracing::warn!(
+        guest_warn!(
+            self.counters,
             local = key.local_port,
             peer = key.peer_port,
             why,
@@ -211,7 +213,10 @@ impl Vsock {
         let mut cursor = SegmentCursor::new(mem, &chain.readable);
         let mut raw = [0u8; HEADER_LEN];
         if !matches!(cursor.read(&mut raw), Ok(HEADER_LEN)) {
-            tracing::warn!("virtio-vsock: tx packet shorter than its header, dropped");
+            guest_warn!(
+                self.counters,
+                "virtio-vsock: tx packet shorter than its header, dropped"
+            );
             self.counters.add_error();
             return;
         }
@@ -221,7 +226,8 @@ impl Vsock {
             peer_port: h.src_port,
         };
         if h.src_cid != self.cid {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 src_cid = h.src_cid,
                 "virtio-vsock: spoofed source CID, packet dropped"
             );
@@ -244,7 +250,13 @@ impl Vsock {
             None
         };
         if let Some(why) = bogus {
-            tracing::warn!(op = h.op, len = h.len, why, "virtio-vsock: bogus packet");
+            guest_warn!(
+                self.counters,
+                op = h.op,
+                len = h.len,
+                why,
+                "virtio-vsock: bogus packet"
+            );
             if self.conns.contains_key(&key) {
                 self.reset_conn(key, why);
             } else {
@@ -258,7 +270,8 @@ impl Vsock {
             return;
         }
         let Some(conn) = self.conns.get_mut(&key) else {
-            tracing::warn!(
+            guest_warn!(
+                self.counters,
                 op = h.op,
                 port = h.dst_port,
                 "virtio-vsock: packet for no connection"
@@ -313,7 +326,11 @@ impl Vsock {
             return;
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(port = h.dst_port, "virtio-vsock: connection limit reached");
+            guest_warn!(
+                self.counters,
+                port = h.dst_port,
+                "virtio-vsock: connection limit reached"
+            );
             self.counters.add_error();
             self.queue_rst(key);
             return;
@@ -328,7 +345,7 @@ impl Vsock {
                 self.insert_conn(key, conn);
             }
             Err(e) => {
-                tracing::info!(path = %path.display(), error = %e, "virtio-vsock: guest connection refused");
+                guest_warn!(self.counters, path = %path.display(), error = %e, "virtio-vsock: guest connection refused");
                 self.queue_rst(key);
             }
         }
@@ -385,7 +402,11 @@ impl Vsock {
             };
             let room = chain.writable_len();
             if room < HEADER_LEN as u64 {
-                tracing::warn!(room, "virtio-vsock: rx buffer smaller than a header");
+                guest_warn!(
+                    self.counters,
+                    room,
+                    "virtio-vsock: rx buffer smaller than a header"
+                );
                 self.counters.add_error();
                 active.complete(RX, chain.head, 0);
                 sent = true;
@@ -576,19 +597,46 @@ impl Vsock {
         None
     }
 
-    fn host_ready(&mut self, fd: RawFd, readable: bool, writable: bool) {
+    fn host_ready(&mut self, fd: RawFd, ready: BackendReady) {
         let Some(&key) = self.by_fd.get(&fd) else {
             return;
         };
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if readable {
+        if ready.readable || ready.hung_up {
+            // A peer that shut its write side reads as EOF: the rx pump
+            // turns that into SHUTDOWN for the guest. Until then the socket
+            // is not polled for reading again (`host_readable`), so its
+            // level-triggered hang-up does not keep waking the worker.
             conn.host_readable = true;
         }
-        if writable {
+        if ready.hung_up {
+            // Nothing more can be written to the host either: stop polling
+            // the socket altogether. Bytes still held for the host can
+            // never be delivered, so the guest gets RST; with nothing held,
+            // the pending EOF read ends the connection with SHUTDOWN.
+            conn.host_hung_up = true;
+            if conn.buffered() > 0 || conn.state == ConnState::Draining {
+                self.reset_host_gone(key);
+            }
+            return;
+        }
+        if ready.writable {
             self.after_host_write(key);
         }
+    }
+
+    /// Resets a connection whose host socket hung up with guest bytes still
+    /// held for it (a host-side event, so not counted as a guest fault).
+    fn reset_host_gone(&mut self, key: ConnKey) {
+        tracing::debug!(
+            local = key.local_port,
+            peer = key.peer_port,
+            "virtio-vsock: host socket hung up with bytes undelivered, connection reset"
+        );
+        self.remove_conn(key);
+        self.queue_rst(key);
     }
 
     /// Writes held bytes to the host socket, then carries out a guest
@@ -685,6 +733,10 @@ impl VirtioDevice for Vsock {
             write: false,
         }));
         for conn in self.conns.values() {
+            if conn.host_hung_up {
+                // HANG_UP/ERROR would be reported whatever the interest.
+                continue;
+            }
             let read = conn.state == ConnState::Established
                 && !conn.host_readable
                 && !conn.guest_shut_rcv
@@ -701,7 +753,7 @@ impl VirtioDevice for Vsock {
         fds
     }
 
-    fn process_backend(&mut self, fd: RawFd, readable: bool, writable: bool) -> bool {
+    fn process_backend(&mut self, fd: RawFd, ready: BackendReady) -> bool {
         if self.active.is_none() {
             return false;
         }
@@ -710,7 +762,7 @@ impl VirtioDevice for Vsock {
         } else if self.pending_host.contains_key(&fd) {
             self.host_handshake(fd);
         } else {
-            self.host_ready(fd, readable, writable);
+            self.host_ready(fd, ready);
         }
         self.pump_rx();
         false
