@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
@@ -14,7 +15,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::boot_source::{read_boot_source, StateUse};
+use crate::boot_source::{read_boot_source, BootInputs, StateUse};
 use crate::config::{
     field_path, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
 };
@@ -35,12 +36,20 @@ struct Pending {
 struct Inner {
     pending: Pending,
     vm: Option<Vm>,
+    /// A start is reading/verifying the boot source and building the VM (without
+    /// this lock held); configuration is frozen and a second start is refused.
+    starting: bool,
+    /// Why the last start failed, shown by `GET /vm` until the next start.
+    last_start_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 struct AppState {
     inner: Arc<Mutex<Inner>>,
     stopped: Arc<tokio::sync::Notify>,
+    /// Set by `/vm/stop` during a start and by SIGTERM/SIGINT (which never wait for
+    /// `inner`); a start that finishes after it does not run the VM.
+    stop_requested: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -93,12 +102,109 @@ fn parse<T: DeserializeOwned>(prefix: &str, body: &[u8]) -> Result<T, ApiError> 
 }
 
 fn not_started(st: &Inner) -> Result<(), ApiError> {
+    if st.starting {
+        return Err(ApiError::conflict(
+            "the VM is starting; configuration is frozen",
+        ));
+    }
     match &st.vm {
         None => Ok(()),
         Some(_) => Err(ApiError::conflict(
             "the VM is already built; configuration is frozen",
         )),
     }
+}
+
+/// Test hook for the API tests: while the file this names exists, a start waits
+/// (after taking the configuration, before reading the boot source), so a test can
+/// observe the `starting` state without depending on timing.
+const HOLD_START_ENV: &str = "BULWARK_VMM_TEST_HOLD_START";
+
+/// Reads (and for bundles verifies) the boot source and builds the VM. Slow (it reads
+/// every byte of a bundle); runs on its own thread with no lock held.
+fn read_and_build(cfg: &VmConfig) -> Result<Vm, ApiError> {
+    if let Some(hold) = std::env::var_os(HOLD_START_ENV) {
+        while Path::new(&hold).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let inputs: BootInputs = read_boot_source(&cfg.boot_source, StateUse::Record)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "boot_source", e.to_string()))?;
+    Vm::build(cfg, &inputs)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "config", e.to_string()))
+}
+
+/// Starts the configured VM: takes the configuration and marks `starting` under the
+/// lock, reads/verifies/builds on a separate thread with the lock released (so
+/// `GET /vm`, `/vm/stop` and the signal path stay responsive), then re-takes the lock
+/// to start and install the VM, or to record the failure and return to configuring.
+async fn start_vm(s: &AppState) -> Result<(), ApiError> {
+    let cfg = {
+        let mut st = s.lock();
+        not_started(&st)?;
+        if s.stop_requested.load(Ordering::SeqCst) {
+            return Err(ApiError::conflict("the VMM is stopping"));
+        }
+        let cfg = pending_config(&st.pending)?;
+        cfg.validate()?;
+        st.starting = true;
+        st.last_start_error = None;
+        cfg
+    };
+    let built = build_off_thread(cfg.clone()).await;
+    let mut st = s.lock();
+    st.starting = false;
+    let stop = s.stop_requested.load(Ordering::SeqCst);
+    if stop {
+        // Stopped (API or signal) while building: the VM never runs; the server ends.
+        s.stopped.notify_one();
+    }
+    let result = built.and_then(|vm| {
+        if stop {
+            return Err(ApiError::conflict("stopped while the VM was starting"));
+        }
+        run_vm(&mut st, vm, &cfg, &s.stopped)
+    });
+    if let Err(e) = &result {
+        st.last_start_error = Some(format!("{}: {}", e.field, e.message));
+    }
+    result
+}
+
+/// Runs `read_and_build` on a thread of its own and waits for it without blocking the
+/// runtime. The thread is joined, so no unfiltered thread outlives the start (the API
+/// thread installs its seccomp filter afterwards).
+async fn build_off_thread(cfg: VmConfig) -> Result<Vm, ApiError> {
+    let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vm", m);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = std::thread::Builder::new()
+        .name("vm-build".into())
+        .spawn(move || {
+            let _ = tx.send(read_and_build(&cfg));
+        })
+        .map_err(|e| internal(e.to_string()))?;
+    let built = rx.await;
+    // The thread has sent its result (or died): it ends at once.
+    let joined = handle.join();
+    match (built, joined) {
+        (Ok(r), Ok(())) => r,
+        _ => Err(internal("the build thread failed".into())),
+    }
+}
+
+fn pending_config(p: &Pending) -> Result<VmConfig, ApiError> {
+    Ok(VmConfig {
+        machine: p
+            .machine
+            .clone()
+            .ok_or_else(|| ConfigError::new("machine", "not configured"))?,
+        boot_source: p
+            .boot_source
+            .clone()
+            .ok_or_else(|| ConfigError::new("boot_source", "not configured"))?,
+        devices: p.devices.clone(),
+        seccomp: p.seccomp,
+    })
 }
 
 async fn put_config(State(s): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
@@ -142,27 +248,14 @@ async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCod
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn build_and_start(st: &mut Inner, stopped: &Arc<tokio::sync::Notify>) -> Result<(), ApiError> {
-    not_started(st)?;
-    let cfg = VmConfig {
-        machine: st
-            .pending
-            .machine
-            .clone()
-            .ok_or_else(|| ConfigError::new("machine", "not configured"))?,
-        boot_source: st
-            .pending
-            .boot_source
-            .clone()
-            .ok_or_else(|| ConfigError::new("boot_source", "not configured"))?,
-        devices: st.pending.devices.clone(),
-        seccomp: st.pending.seccomp,
-    };
-    cfg.validate()?;
-    let inputs = read_boot_source(&cfg.boot_source, StateUse::Record)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "boot_source", e.to_string()))?;
-    let mut vm = Vm::build(&cfg, &inputs)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "config", e.to_string()))?;
+/// Starts the built VM's vCPUs and the watcher, installs the API thread's seccomp
+/// filter and installs the VM in the state. Quick; runs under the lock on the API thread.
+fn run_vm(
+    st: &mut Inner,
+    mut vm: Vm,
+    cfg: &VmConfig,
+    stopped: &Arc<tokio::sync::Notify>,
+) -> Result<(), ApiError> {
     vm.start()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vm", e.to_string()))?;
     // The VM runs: from here on neither this (the API) thread nor the watcher needs
@@ -192,15 +285,16 @@ fn build_and_start(st: &mut Inner, stopped: &Arc<tokio::sync::Notify>) -> Result
 }
 
 async fn start(State(s): State<AppState>) -> Result<StatusCode, ApiError> {
-    let mut st = s.lock();
-    build_and_start(&mut st, &s.stopped)?;
+    start_vm(&s).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 fn with_vm<T>(s: &AppState, f: impl FnOnce(&mut Vm) -> Result<T, ApiError>) -> Result<T, ApiError> {
     let mut st = s.lock();
+    let starting = st.starting;
     match st.vm.as_mut() {
         Some(vm) => f(vm),
+        None if starting => Err(ApiError::conflict("the VM is starting")),
         None => Err(ApiError::conflict("the VM has not been started")),
     }
 }
@@ -220,6 +314,14 @@ async fn resume(State(s): State<AppState>) -> Result<StatusCode, ApiError> {
 }
 
 async fn stop(State(s): State<AppState>) -> Result<StatusCode, ApiError> {
+    {
+        let st = s.lock();
+        if st.starting && st.vm.is_none() {
+            // Honoured when the start finishes: the VM is dropped unrun.
+            s.stop_requested.store(true, Ordering::SeqCst);
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
     with_vm(&s, |vm| {
         vm.control().request_stop(ExitReason::Stopped);
         Ok(())
@@ -231,9 +333,12 @@ async fn describe(State(s): State<AppState>) -> Response {
     let st = s.lock();
     match &st.vm {
         Some(vm) => Json(vm.describe()).into_response(),
-        None => {
-            Json(serde_json::json!({"state": "not_started", "pending": st.pending})).into_response()
-        }
+        None => Json(serde_json::json!({
+            "state": if st.starting { "starting" } else { "not_started" },
+            "pending": st.pending,
+            "last_start_error": st.last_start_error,
+        }))
+        .into_response(),
     }
 }
 
@@ -334,6 +439,7 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
     let state = AppState {
         inner: Arc::default(),
         stopped: Arc::new(tokio::sync::Notify::new()),
+        stop_requested: Arc::default(),
     };
     let initial = config
         .map(|path| -> anyhow::Result<VmConfig> {
@@ -356,8 +462,14 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
     let signal_state = state.clone();
     let mode = initial.as_ref().map_or(SeccompMode::Enforce, |c| c.seccomp);
     crate::signals::spawn_waiter(mode, move |_| {
-        if let Some(vm) = signal_state.lock().vm.as_ref() {
-            vm.control().request_stop(ExitReason::Stopped);
+        // Never waits for the state lock (a start or another request may hold it):
+        // the flag stops a start in progress when it finishes, the notification ends
+        // the server, and `serve` then stops a VM that is running.
+        signal_state.stop_requested.store(true, Ordering::SeqCst);
+        if let Ok(st) = signal_state.inner.try_lock() {
+            if let Some(vm) = st.vm.as_ref() {
+                vm.control().request_stop(ExitReason::Stopped);
+            }
         }
         signal_state.stopped.notify_one();
     })
@@ -365,15 +477,18 @@ pub fn serve(sock: &Path, config: Option<&Path>) -> anyhow::Result<ExitReason> {
     let served = rt.block_on(async move {
         let listener = tokio::net::UnixListener::bind(sock)?;
         if let Some(cfg) = initial {
-            let mut st = boot_state.lock();
-            st.pending = Pending {
+            boot_state.lock().pending = Pending {
                 machine: Some(cfg.machine),
                 boot_source: Some(cfg.boot_source),
                 devices: cfg.devices,
                 seccomp: cfg.seccomp,
             };
-            build_and_start(&mut st, &boot_state.stopped)
-                .map_err(|e| std::io::Error::other(format!("{}: {}", e.field, e.message)))?;
+            if let Err(e) = start_vm(&boot_state).await {
+                // A signal during the start is a clean stop, not a failure.
+                if !boot_state.stop_requested.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::other(format!("{}: {}", e.field, e.message)));
+                }
+            }
         }
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stopped.notified().await })

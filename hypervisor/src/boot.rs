@@ -305,6 +305,65 @@ fn load_raw(
     })
 }
 
+/// Refuses a vmlinux whose PT_LOAD segments would not land wholly in guest RAM at or
+/// above `BOOT_AREA_END` (the loader places each at its `p_paddr`; the boot structures
+/// live below), like the raw path. Parses the ELF64 program headers with checked
+/// arithmetic; anything malformed is an error, never a panic.
+fn check_elf_segments(kernel: &[u8], layout: &MemoryLayout) -> Result<(), BootError> {
+    const PT_LOAD: u32 = 1;
+    const PHDR_MIN: usize = 56;
+    let bad = |what: String| BootError::Kernel(format!("vmlinux ELF: {what}"));
+    let u16_at = |off: usize| -> Option<u64> {
+        let b = kernel.get(off..off.checked_add(2)?)?;
+        Some(u64::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        let b: [u8; 4] = kernel.get(off..off.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b))
+    };
+    let u64_at = |off: usize| -> Option<u64> {
+        let b: [u8; 8] = kernel.get(off..off.checked_add(8)?)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    if kernel.len() < 64 || kernel[4] != 2 || kernel[5] != 1 {
+        return Err(bad("not a little-endian ELF64 file".into()));
+    }
+    let truncated = || bad("truncated ELF header".into());
+    let phoff = u64_at(32).ok_or_else(truncated)?;
+    let phentsize = u16_at(54).ok_or_else(truncated)?;
+    let phnum = u16_at(56).ok_or_else(truncated)?;
+    if phentsize < PHDR_MIN as u64 {
+        return Err(bad(format!("program header size {phentsize} is too small")));
+    }
+    for i in 0..phnum {
+        let at = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|&o| o.checked_add(PHDR_MIN).is_some_and(|e| e <= kernel.len()))
+            .ok_or_else(|| bad(format!("program header {i} lies outside the file")))?;
+        let field = |off: usize| u64_at(at + off).ok_or_else(truncated);
+        let p_type = u32_at(at).ok_or_else(truncated)?;
+        if p_type != PT_LOAD {
+            continue;
+        }
+        let paddr = field(24)?;
+        let filesz = field(32)?;
+        let memsz = field(40)?.max(filesz);
+        if paddr < BOOT_AREA_END {
+            return Err(bad(format!(
+                "segment {i} at {paddr:#x} would overwrite the boot structures (it must load at or above {BOOT_AREA_END:#x})"
+            )));
+        }
+        if !layout.is_ram(paddr, memsz) {
+            return Err(bad(format!(
+                "segment {i} of {memsz} bytes at {paddr:#x} does not fit in guest RAM"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn load_linux(
     w: &mut Writer,
     kernel: &[u8],
@@ -320,6 +379,7 @@ fn load_linux(
     let is_elf = kernel.starts_with(b"\x7fELF");
     let himem = Some(GuestAddress(HIMEM_START));
     let loaded: KernelLoaderResult = if is_elf {
+        check_elf_segments(kernel, w.layout)?;
         Elf::load(w.mem, None, &mut Cursor::new(kernel), himem)
             .map_err(|e| BootError::Kernel(format!("vmlinux ELF: {e}")))?
     } else {

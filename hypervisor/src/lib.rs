@@ -7,6 +7,8 @@
 //! per vCPU, each under [`seccomp`]) → [`vm::Vm::wait`] (the guest or the operator ends it;
 //! [`control::ExitReason`] gives the process exit status).
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod boot;
 pub mod boot_source;
@@ -19,5 +21,7 @@ pub mod measurement;
 pub mod memory;
 pub mod seccomp;
 pub mod signals;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod vcpu;
 pub mod vm;

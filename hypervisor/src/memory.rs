@@ -131,11 +131,9 @@ pub fn prefault(
     Ok(start.elapsed())
 }
 
-/// `MADV_POPULATE_WRITE` (Linux 5.14): fault in a range writable, in the kernel, without
-/// a user-space touch per page (measured ~2.5x faster per thread than touching).
-const MADV_POPULATE_WRITE: libc::c_int = 23;
-
-/// Populates guest RAM `[from, to)` (inside one region) with `MADV_POPULATE_WRITE`.
+/// Populates guest RAM `[from, to)` (inside one region) with `MADV_POPULATE_WRITE`,
+/// which faults a range in without a user-space touch per page (measured ~2.5x faster
+/// per thread than touching).
 /// Returns false when the kernel does not know the advice.
 fn populate_write(mem: &GuestMemoryMmap, from: u64, to: u64) -> Result<bool, MemoryError> {
     let len = usize::try_from(to - from).map_err(|_| MemoryError::Prefault("range".into()))?;
@@ -144,17 +142,9 @@ fn populate_write(mem: &GuestMemoryMmap, from: u64, to: u64) -> Result<bool, Mem
             "{from:#x}..{to:#x} is not guest RAM"
         )));
     }
-    let host = mem
-        .get_host_address(GuestAddress(from))
-        .map_err(|e| MemoryError::Prefault(e.to_string()))?;
-    // SAFETY: `[host, host + len)` lies inside one live mapping owned by `mem` (checked
-    // above; chunks never cross a region); MADV_POPULATE_WRITE only faults pages in and
-    // does not change their contents or the mapping.
-    let rc = unsafe { libc::madvise(host.cast(), len, MADV_POPULATE_WRITE) };
-    if rc == 0 {
+    let Err(err) = crate::sys::populate_write(mem, GuestAddress(from), len) else {
         return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
+    };
     match err.raw_os_error() {
         Some(libc::EINVAL) => Ok(false),
         _ => Err(MemoryError::Prefault(format!(

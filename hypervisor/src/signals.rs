@@ -38,15 +38,14 @@ pub fn spawn_waiter(
                 );
                 return;
             }
-            let mut got: libc::c_int = 0;
-            // SAFETY: `set` is an initialised sigset_t and `got` a valid out-pointer; both
-            // outlive the call.
-            let rc = unsafe { libc::sigwait(&set, &mut got) };
-            if rc == 0 {
-                tracing::info!(signal = got, "termination signal: stopping the VM");
-                on_signal(got);
-            } else {
-                tracing::error!(rc, "sigwait failed; SIGTERM will not stop the VM cleanly");
+            match crate::sys::sigwait(&set) {
+                Ok(got) => {
+                    tracing::info!(signal = got, "termination signal: stopping the VM");
+                    on_signal(got);
+                }
+                Err(rc) => {
+                    tracing::error!(rc, "sigwait failed; SIGTERM will not stop the VM cleanly");
+                }
             }
         })
         .map_err(|e| format!("spawning the signal waiter: {e}"))

@@ -5,12 +5,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::Serialize;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -204,22 +202,9 @@ impl Vm {
             }
         };
         let plan = prepare(cfg, &layout, inputs, &mem)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|e| VmError::Config(format!("guest memory: {e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
-            // `mem`, which the returned `Vm` keeps alive for as long as the VM fd exists.
-            unsafe { vm_fd.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
+        // so vCPU threads that `stop` gives up on can never touch unmapped memory.
+        crate::sys::register_guest_ram(&vm_fd, &mem).map_err(VmError::Host)?;
 
         let serial_irq = if cfg.devices.serial != SerialOutput::None {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Devices)?;
@@ -350,7 +335,9 @@ impl Vm {
 
     /// Stops the VM (if it is not already stopped) and joins every vCPU thread. A vCPU
     /// that does not leave `KVM_RUN` within 10 s of kicking is logged and left behind
-    /// (the process is about to exit) rather than hanging the teardown.
+    /// (the process is about to exit) rather than hanging the teardown; it keeps its
+    /// `VcpuFd`, which is memory-safe because guest RAM is never unmapped while the
+    /// process lives (`sys::register_guest_ram`).
     pub fn stop(&mut self, reason: ExitReason) -> ExitReason {
         self.control.request_stop(reason);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -20,11 +20,16 @@ struct Api {
 
 impl Api {
     fn spawn() -> Api {
+        Api::spawn_with_env(&[])
+    }
+
+    fn spawn_with_env(env: &[(&str, &Path)]) -> Api {
         let dir = scratch();
         let sock = dir.path().join("api.sock");
         let child = Command::new(vmm_bin())
             .arg("--api-sock")
             .arg(&sock)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -293,5 +298,80 @@ fn sigterm_stops_a_running_vm_cleanly_and_removes_the_socket() {
     assert_eq!(api.call("POST", "/vm/start", "").0, 204);
     assert_eq!(api.json("GET", "/vm", "").1["state"], "running");
     sigterm(api.child.id());
+    assert_eq!(api.wait_exit(), 0);
+}
+
+#[test]
+fn a_slow_start_leaves_the_api_and_sigterm_responsive() {
+    // The test hook holds a start (after it took the configuration, before it reads
+    // the boot source) while this file exists.
+    let hold_dir = scratch();
+    let hold = hold_dir.path().join("hold");
+    std::fs::write(&hold, b"").unwrap();
+    let api = Api::spawn_with_env(&[("BULWARK_VMM_TEST_HOLD_START", hold.as_path())]);
+    let mut cfg = raw_config("smp", 1, 2);
+    cfg["devices"]["serial"] = json!("sink");
+    assert_eq!(api.call("PUT", "/vm/config", &cfg.to_string()).0, 204);
+    let sock = api.sock.clone();
+    let first = std::thread::spawn(move || raw_call(&sock, "POST", "/vm/start", ""));
+    // GET /vm answers while the start is held; wait until it reports `starting`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, v) = api.json("GET", "/vm", "");
+        assert_eq!(s, 200);
+        if v["state"] == "starting" {
+            break;
+        }
+        assert_eq!(v["state"], "not_started", "{v}");
+        assert!(
+            Instant::now() < deadline,
+            "the start never showed as starting"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A second start, configuration changes, pause are refused while starting.
+    let (s, v) = api.json("POST", "/vm/start", "");
+    assert_eq!((s, error_field(&v)), (409, "state"), "{v}");
+    let (s, v) = api.json("PUT", "/machine-config", r#"{"vcpus":1,"mem_mib":64}"#);
+    assert_eq!((s, error_field(&v)), (409, "state"), "{v}");
+    assert_eq!(api.call("POST", "/vm/pause", "").0, 409);
+    assert_eq!(api.json("GET", "/vm", "").1["state"], "starting");
+    let (s, metrics) = api.call("GET", "/metrics", "");
+    assert_eq!(s, 200);
+    assert!(metrics.contains("bulwark_vm_running 0"), "{metrics}");
+
+    // Release the start: it completes and the VM runs.
+    std::fs::remove_file(&hold).unwrap();
+    assert_eq!(first.join().unwrap().0, 204);
+    assert_eq!(api.json("GET", "/vm", "").1["state"], "running");
+    assert_eq!(api.call("POST", "/vm/stop", "").0, 204);
+    assert_eq!(api.wait_exit(), 0);
+
+    // SIGTERM during a held start is not blocked by it: the VMM exits cleanly once
+    // the start finishes, without running the VM.
+    std::fs::write(&hold, b"").unwrap();
+    let api = Api::spawn_with_env(&[("BULWARK_VMM_TEST_HOLD_START", hold.as_path())]);
+    assert_eq!(api.call("PUT", "/vm/config", &cfg.to_string()).0, 204);
+    let sock = api.sock.clone();
+    let first = std::thread::spawn(move || raw_call(&sock, "POST", "/vm/start", ""));
+    while api.json("GET", "/vm", "").1["state"] != "starting" {
+        assert!(
+            Instant::now() < deadline,
+            "the start never showed as starting"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sigterm(api.child.id());
+    // The signal path ran although the start holds on: the server stops listening.
+    while UnixStream::connect(&api.sock).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM was not acted on during the start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(&hold).unwrap();
+    let (s, body) = first.join().unwrap();
+    assert_eq!(s, 409, "{body}");
     assert_eq!(api.wait_exit(), 0);
 }

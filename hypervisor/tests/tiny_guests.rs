@@ -390,3 +390,46 @@ fn sigterm_stops_a_vm_booted_from_a_config_with_status_0() {
     assert!(kill.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// Rewrites the `p_paddr` of every PT_LOAD segment of a little-endian ELF64.
+fn with_load_paddr(elf_bytes: &[u8], paddr: u64) -> Vec<u8> {
+    let mut out = elf_bytes.to_vec();
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let phoff = u64_at(&out, 32) as usize;
+    let phentsize = u16::from_le_bytes([out[54], out[55]]) as usize;
+    let phnum = u16::from_le_bytes([out[56], out[57]]) as usize;
+    let mut patched = 0;
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        if u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) == 1 {
+            out[at + 24..at + 32].copy_from_slice(&paddr.to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert!(patched > 0, "the test ELF has no PT_LOAD segment");
+    out
+}
+
+#[test]
+fn elf_segments_over_the_boot_area_or_outside_ram_are_refused() {
+    let dir = scratch();
+    let kernel = std::fs::read(elf("e820")).unwrap();
+    for (paddr, wanted) in [
+        (0x1000u64, "would overwrite the boot structures"),
+        (0x1_0000_0000, "does not fit in guest RAM"),
+    ] {
+        let path = dir.path().join(format!("e820-at-{paddr:#x}"));
+        std::fs::write(&path, with_load_paddr(&kernel, paddr)).unwrap();
+        let run = boot(json!({
+            "machine": {"vcpus": 1, "mem_mib": 64},
+            "boot_source": {"kind": "linux", "kernel": path, "cmdline": "console=ttyS0"}
+        }));
+        assert_eq!(run.status, 1, "paddr {paddr:#x}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("boot_source.kernel") && run.stderr.contains(wanted),
+            "paddr {paddr:#x}: wanted {wanted} in {}",
+            run.stderr
+        );
+        assert!(run.serial.is_empty(), "paddr {paddr:#x}: the guest ran");
+    }
+}
