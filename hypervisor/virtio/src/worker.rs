@@ -33,19 +33,25 @@ pub struct IoWorker {
     thread: Option<JoinHandle<()>>,
 }
 
+/// An epoll set watching `queue_events[i]` with token `i`.
+fn queue_epoll(queue_events: &[EventFd]) -> io::Result<Epoll> {
+    let epoll = Epoll::new()?;
+    for (i, evt) in queue_events.iter().enumerate() {
+        epoll.ctl(
+            ControlOperation::Add,
+            evt.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, i as u64),
+        )?;
+    }
+    Ok(epoll)
+}
+
 impl IoWorker {
     /// Spawns the worker for `device`, with `queue_events[i]` the
     /// notification event of queue `i` (clones of the transport's events).
     pub fn spawn(name: &str, device: SharedDevice, queue_events: Vec<EventFd>) -> io::Result<Self> {
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        let epoll = Epoll::new()?;
-        for (i, evt) in queue_events.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                evt.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
-        }
+        let epoll = queue_epoll(&queue_events)?;
         epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd(),
@@ -99,14 +105,7 @@ impl ManualWorker {
     /// The loop for `device`, with `queue_events[i]` the notification event
     /// of queue `i`.
     pub fn new(device: SharedDevice, queue_events: Vec<EventFd>) -> io::Result<Self> {
-        let epoll = Epoll::new()?;
-        for (i, evt) in queue_events.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                evt.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
-        }
+        let epoll = queue_epoll(&queue_events)?;
         let mut state = WorkerLoop {
             epoll,
             device,
