@@ -5,10 +5,23 @@
 //!
 //! A missing prerequisite (no QEMU, no musl target) fails the tests with a message
 //! saying what to install; they are never skipped silently.
+//!
+//! One retry, loudly reported: a scenario whose L1 hung (killed by the hard timeout
+//! with no check failed) runs once more. L1 has been seen to stop making progress
+//! altogether (QEMU idle, even L1's own `timeout` never firing) in about one of ten
+//! `vmm-linux-pvh` runs; the cause is not found yet (docs/testing.md). A hang on the
+//! retry, or any failed check, fails the test.
 
 use std::sync::{Mutex, OnceLock};
 
-use bulwark_integration_tests::lab::{scenario, Lab};
+use bulwark_integration_tests::lab::verdict::MachineEnd;
+use bulwark_integration_tests::lab::{scenario, Lab, ScenarioRun};
+
+/// L1 was killed by the hard timeout and no check it reported had failed.
+fn hung_without_failing(run: &ScenarioRun) -> bool {
+    matches!(run.machine.end, MachineEnd::TimedOut { .. })
+        && run.verdict.checks.iter().all(|(_, passed, _)| *passed)
+}
 
 fn run_scenario(name: &str) {
     static LAB: OnceLock<Result<Lab, String>> = OnceLock::new();
@@ -21,10 +34,23 @@ fn run_scenario(name: &str) {
         Err(e) => panic!("the lab cannot start: {e}"),
     };
     let scenario = scenario::find(name).unwrap_or_else(|e| panic!("{e}"));
-    match lab.run(scenario) {
-        Ok(run) if run.passed() => eprintln!("{}", run.summary()),
-        Ok(run) => panic!("{}", run.failure_report()),
-        Err(e) => panic!("lab scenario {name} could not run: {e}"),
+    let run = |attempt: &str| {
+        lab.run(scenario)
+            .unwrap_or_else(|e| panic!("lab scenario {name} could not run ({attempt}): {e}"))
+    };
+    let mut outcome = run("first attempt");
+    if !outcome.passed() && hung_without_failing(&outcome) {
+        eprintln!(
+            "WARNING: lab scenario {name}: L1 hung (hard timeout, no failed check); \
+             running it once more. First attempt:\n{}",
+            outcome.failure_report()
+        );
+        outcome = run("retry after an L1 hang");
+    }
+    if outcome.passed() {
+        eprintln!("{}", outcome.summary());
+    } else {
+        panic!("{}", outcome.failure_report());
     }
 }
 
