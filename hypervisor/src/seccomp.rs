@@ -15,11 +15,10 @@ const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS` = `_IOR(0xAE, 0x81, struct kvm_regs)` (144 bytes), used to log RIP.
 const KVM_GET_REGS: u64 = 0x8090_ae81;
 
-/// System calls a vCPU thread makes: KVM_RUN, device output (write), the allocator,
-/// futexes, the kick signal's return path and thread exit.
-const VCPU_SYSCALLS: &[i64] = &[
-    libc::SYS_write,
-    libc::SYS_writev,
+/// System calls every filtered thread needs to exist in the process: memory
+/// management by the allocator and the thread library, and signal delivery.
+/// `filter` adds them to each thread's own list.
+const RUNTIME_SYSCALLS: &[i64] = &[
     libc::SYS_futex,
     libc::SYS_mmap,
     libc::SYS_munmap,
@@ -30,6 +29,13 @@ const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_rt_sigreturn,
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
+];
+
+/// System calls a vCPU thread makes besides [`RUNTIME_SYSCALLS`]: KVM_RUN, device output (write), the allocator,
+/// futexes, the kick signal's return path and thread exit.
+const VCPU_SYSCALLS: &[i64] = &[
+    libc::SYS_write,
+    libc::SYS_writev,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
     libc::SYS_clock_gettime,
@@ -62,16 +68,6 @@ const CONTROL_SYSCALLS: &[i64] = &[
     libc::SYS_epoll_ctl,
     libc::SYS_close,
     libc::SYS_unlink,
-    libc::SYS_futex,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_mremap,
-    libc::SYS_brk,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_sigaltstack,
     libc::SYS_tgkill,
     // musl's pthread_kill (the vCPU kick) uses tkill, glibc's tgkill.
     libc::SYS_tkill,
@@ -124,8 +120,11 @@ fn filter(
         return Ok(None);
     };
     let err = |e: seccompiler::BackendError| format!("building the {what} seccomp filter: {e}");
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        syscalls.iter().map(|&s| (s, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = RUNTIME_SYSCALLS
+        .iter()
+        .chain(syscalls)
+        .map(|&s| (s, vec![]))
+        .collect();
     if !ioctls.is_empty() {
         let allowed = ioctls
             .iter()
