@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::bus::Bus;
+pub use crate::bus::BusAction;
 use crate::config::{DevicesConfig, SerialOutput};
 
 /// COM1 base port.
@@ -123,17 +125,6 @@ impl Write for SerialSink {
     }
 }
 
-/// What a port access asks of the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PioAction {
-    /// Nothing; continue.
-    Continue,
-    /// The guest asked for a reset (i8042).
-    Reset,
-    /// The guest wrote this code to the debug-exit port.
-    DebugExit(u8),
-}
-
 /// Counters for unowned accesses.
 #[derive(Debug, Default)]
 pub struct UnownedCounters {
@@ -162,25 +153,33 @@ impl UnownedCounters {
     }
 }
 
-/// The port-I/O bus.
-pub struct PioBus {
+/// Every device a vCPU exit can reach: the fixed legacy ports (COM1, i8042,
+/// debug-exit), then the dynamic port and MMIO [`Bus`]es that configured devices
+/// register on; what nobody owns is counted in `unowned`.
+pub struct Buses {
     serial: Option<Mutex<Serial<IrqLine, vm_superio::serial::NoEvents, SerialSink>>>,
     i8042: Option<Mutex<I8042Device<Latch>>>,
     reset: Latch,
     debug_exit: bool,
+    /// Port ranges of configured devices (PCI configuration ports, ACPI registers).
+    pub pio: Bus,
+    /// MMIO ranges of configured devices.
+    pub mmio: Bus,
     /// Unowned-access counters (ports and MMIO).
     pub unowned: UnownedCounters,
 }
 
-impl std::fmt::Debug for PioBus {
+impl std::fmt::Debug for Buses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PioBus")
+        f.debug_struct("Buses")
             .field("debug_exit", &self.debug_exit)
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
             .finish()
     }
 }
 
-impl PioBus {
+impl Buses {
     /// Builds the bus; `serial_irq` is the eventfd registered as irqfd for IRQ 4.
     pub fn new(cfg: &DevicesConfig, serial_irq: Option<EventFd>) -> std::io::Result<Self> {
         let serial = match (&cfg.serial, serial_irq) {
@@ -191,13 +190,15 @@ impl PioBus {
             ))),
         };
         let reset = Latch::default();
-        Ok(PioBus {
+        Ok(Buses {
             serial,
             i8042: cfg
                 .i8042
                 .then(|| Mutex::new(I8042Device::new(reset.clone()))),
             reset,
             debug_exit: cfg.debug_exit,
+            pio: Bus::new(),
+            mmio: Bus::new(),
             unowned: UnownedCounters::default(),
         })
     }
@@ -217,6 +218,7 @@ impl PioBus {
                 }
             }
             DEBUG_EXIT_PORT if self.debug_exit => data.fill(0),
+            _ if self.pio.read(u64::from(port), data) => {}
             _ => UnownedCounters::note(
                 &self.unowned.pio,
                 "port",
@@ -228,7 +230,7 @@ impl PioBus {
     }
 
     /// A guest write of `data` to `port`.
-    pub fn write(&self, port: u16, data: &[u8]) -> PioAction {
+    pub fn write(&self, port: u16, data: &[u8]) -> BusAction {
         match port {
             COM1_BASE..=0x3ff if self.serial.is_some() && data.len() == 1 => {
                 if let Some(s) = &self.serial {
@@ -236,37 +238,41 @@ impl PioBus {
                         tracing::warn!(error = %e, "serial write failed");
                     }
                 }
-                PioAction::Continue
+                BusAction::Continue
             }
             0x60..=0x64 if self.i8042.is_some() && data.len() == 1 => {
                 if let Some(d) = &self.i8042 {
                     let Ok(()) = lock(d).write((port - I8042_BASE) as u8, data[0]);
                 }
                 if self.reset.0.swap(false, Ordering::SeqCst) {
-                    PioAction::Reset
+                    BusAction::Reset
                 } else {
-                    PioAction::Continue
+                    BusAction::Continue
                 }
             }
             DEBUG_EXIT_PORT if self.debug_exit => {
-                PioAction::DebugExit(data.first().copied().unwrap_or(0))
+                BusAction::DebugExit(data.first().copied().unwrap_or(0))
             }
-            _ => {
+            _ => self.pio.write(u64::from(port), data).unwrap_or_else(|| {
                 UnownedCounters::note(&self.unowned.pio, "port", u64::from(port), data.len(), true);
-                PioAction::Continue
-            }
+                BusAction::Continue
+            }),
         }
     }
 
-    /// A guest MMIO read nobody owns (this VMM has no MMIO devices yet).
+    /// A guest MMIO read of `data.len()` bytes at `addr`.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        data.fill(0xff);
-        UnownedCounters::note(&self.unowned.mmio, "MMIO", addr, data.len(), false);
+        if !self.mmio.read(addr, data) {
+            UnownedCounters::note(&self.unowned.mmio, "MMIO", addr, data.len(), false);
+        }
     }
 
-    /// A guest MMIO write nobody owns.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
-        UnownedCounters::note(&self.unowned.mmio, "MMIO", addr, data.len(), true);
+    /// A guest MMIO write of `data` at `addr`.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> BusAction {
+        self.mmio.write(addr, data).unwrap_or_else(|| {
+            UnownedCounters::note(&self.unowned.mmio, "MMIO", addr, data.len(), true);
+            BusAction::Continue
+        })
     }
 
     /// Serial bytes dropped past the output cap.
@@ -292,14 +298,14 @@ mod tests {
             i8042: true,
             debug_exit: true,
         };
-        let bus = PioBus::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
+        let bus = Buses::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
         let mut b = [0u8; 1];
         bus.read(COM1_BASE + 5, &mut b); // LSR: transmitter empty
         assert_eq!(b[0] & 0x60, 0x60);
-        assert_eq!(bus.write(0x64, &[0x01]), PioAction::Continue);
-        assert_eq!(bus.write(0x64, &[0xfe]), PioAction::Reset);
-        assert_eq!(bus.write(DEBUG_EXIT_PORT, &[7]), PioAction::DebugExit(7));
-        assert_eq!(bus.write(0x1234, &[1, 2]), PioAction::Continue);
+        assert_eq!(bus.write(0x64, &[0x01]), BusAction::Continue);
+        assert_eq!(bus.write(0x64, &[0xfe]), BusAction::Reset);
+        assert_eq!(bus.write(DEBUG_EXIT_PORT, &[7]), BusAction::DebugExit(7));
+        assert_eq!(bus.write(0x1234, &[1, 2]), BusAction::Continue);
         let mut w = [0u8; 4];
         bus.read(0x5678, &mut w);
         assert_eq!(w, [0xff; 4]);

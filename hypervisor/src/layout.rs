@@ -8,7 +8,12 @@
 //!             │   0x2_0000 kernel command line (at most 64 KiB)
 //! 0x0009_fc00 ┼ EBDA/VGA/BIOS hole ............... e820 reserved up to 1 MiB
 //! 0x0010_0000 ┼ low RAM continues ................ kernel / raw image / initrd
-//! 0xc000_0000 ┼ 32-bit MMIO hole (1 GiB) ......... IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000 ┼ 32-bit MMIO hole (1 GiB):
+//!             │   0xc000_0000 PCI 32-bit BAR window (256 MiB)
+//!             │   0xd000_0000 virtio-mmio windows, 4 KiB each (up to 256)
+//!             │   0xe000_0000 PCI ECAM / MMCONFIG (256 MiB: buses 0..=255)
+//!             │   0xfec0_0000 IOAPIC     0xfee0_0000 LAPIC
+//!             │   0xfffb_c000 KVM identity map + TSS
 //! 0x1_0000_0000 high RAM (whatever did not fit below 3 GiB)
 //! align_up(end of RAM, 1 GiB): 64-bit MMIO window (default 1 TiB) for PCI BARs of
 //!             passed-through GPUs; it is in no e820 entry (the guest discovers it from
@@ -37,6 +42,39 @@ pub const EBDA_START: u64 = 0x9_fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Alignment of the 64-bit MMIO window.
 pub const MMIO64_ALIGN: u64 = GIB;
+/// The PCI host bridge's 32-bit BAR window.
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+/// Size of [`PCI_MMIO32_START`]'s window.
+pub const PCI_MMIO32_SIZE: u64 = 256 * MIB;
+/// First virtio-mmio window; device `n` sits at `VIRTIO_MMIO_START + n * 4 KiB`.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Room for virtio-mmio windows.
+pub const VIRTIO_MMIO_SIZE: u64 = MIB;
+/// PCI ECAM (MMCONFIG): 1 MiB per bus, buses 0..=255.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM region.
+pub const PCI_ECAM_SIZE: u64 = 256 * MIB;
+/// Where the VMM writes the ACPI tables (RSDP first); inside the e820-reserved
+/// legacy hole, where Linux also searches for the RSDP.
+pub const ACPI_TABLES_START: u64 = 0xe_0000;
+/// Room for the ACPI tables (up to 1 MiB).
+pub const ACPI_TABLES_SIZE: u64 = HIMEM_START - ACPI_TABLES_START;
+/// I/O port of the ACPI hardware-reduced sleep control register (status at +1).
+pub const ACPI_SLEEP_PORT: u16 = 0x600;
+
+/// IOAPIC pins (GSIs): 4 is COM1; 9 is the ACPI SCI (the VM is hardware-reduced
+/// and never raises it); virtio-mmio devices take 5..=15 except 9, in order (at
+/// most 10 devices); PCI INTx uses 16..=23; MSI routes start at 24.
+pub const ACPI_SCI_GSI: u32 = 9;
+/// First GSI for virtio-mmio devices.
+pub const VIRTIO_MMIO_FIRST_GSI: u32 = 5;
+/// Last GSI for virtio-mmio devices.
+pub const VIRTIO_MMIO_LAST_GSI: u32 = 15;
+/// First GSI for PCI INTx.
+pub const PCI_INTX_FIRST_GSI: u32 = 16;
+/// Interrupt-remapped MSI routes (KVM GSI routing) start above the IOAPIC pins.
+pub const MSI_FIRST_GSI: u32 = 24;
+
 /// The in-kernel IOAPIC's MMIO page.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The in-kernel local APIC's MMIO page.

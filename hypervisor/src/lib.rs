@@ -12,6 +12,7 @@
 pub mod api;
 pub mod boot;
 pub mod boot_source;
+pub mod bus;
 pub mod config;
 pub mod control;
 pub mod cpuid;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::boot::{gdt_entries, EntryMode, EntryState};
 use crate::config::ApStart;
 use crate::control::{Control, ExitReason};
-use crate::devices::{PioAction, PioBus};
+use crate::devices::{BusAction, Buses};
 use crate::layout::{BOOT_GDT_ADDR, PML4_ADDR};
 
 /// Per-vCPU exit counters.
@@ -247,12 +247,22 @@ pub fn configure(
     Ok(())
 }
 
+/// Why the VM stops after a device access, if it does.
+fn action_stop(action: BusAction) -> Option<ExitReason> {
+    match action {
+        BusAction::Continue => None,
+        BusAction::Reset => Some(ExitReason::Reset),
+        BusAction::PowerOff => Some(ExitReason::PowerOff),
+        BusAction::DebugExit(code) => Some(ExitReason::DebugExit(code)),
+    }
+}
+
 /// Runs vCPU `index` until the VM stops. Never panics on guest behaviour: every exit
 /// reason either continues or records why the VM stopped.
 pub fn run_loop(
     mut vcpu: VcpuFd,
     index: u8,
-    bus: Arc<PioBus>,
+    bus: Arc<Buses>,
     control: Arc<Control>,
     stats: Arc<VcpuStats>,
 ) {
@@ -267,11 +277,7 @@ pub fn run_loop(
         let stop = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 stats.pio.fetch_add(1, Ordering::Relaxed);
-                match bus.write(port, data) {
-                    PioAction::Continue => None,
-                    PioAction::Reset => Some(ExitReason::Reset),
-                    PioAction::DebugExit(code) => Some(ExitReason::DebugExit(code)),
-                }
+                action_stop(bus.write(port, data))
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 stats.pio.fetch_add(1, Ordering::Relaxed);
@@ -285,8 +291,7 @@ pub fn run_loop(
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 stats.mmio.fetch_add(1, Ordering::Relaxed);
-                bus.mmio_write(addr, data);
-                None
+                action_stop(bus.mmio_write(addr, data))
             }
             Ok(VcpuExit::Intr) => None,
             Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),

@@ -17,7 +17,7 @@ use crate::boot_source::BootInputs;
 use crate::config::{SerialOutput, VmConfig};
 use crate::control::{Control, ExitReason, RunState};
 use crate::cpuid;
-use crate::devices::{PioBus, COM1_IRQ};
+use crate::devices::{Buses, COM1_IRQ};
 use crate::layout::{MemoryLayout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::memory;
 use crate::seccomp;
@@ -123,7 +123,7 @@ pub struct Vm {
     plan: BootPlan,
     origin: crate::boot_source::Origin,
     cfg: VmConfig,
-    bus: Arc<PioBus>,
+    bus: Arc<Buses>,
     control: Arc<Control>,
     stats: Vec<Arc<VcpuStats>>,
     pending: Vec<VcpuFd>,
@@ -215,7 +215,7 @@ impl Vm {
         } else {
             None
         };
-        let bus = Arc::new(PioBus::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
+        let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
