@@ -50,8 +50,9 @@ fn find_qemu(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// The QEMU command line for `spec` (L1 kernel command line included).
-pub fn command(qemu: &Path, spec: &MachineSpec) -> Command {
+/// The QEMU command line for `spec` (L1 kernel command line included), with QEMU's
+/// human monitor on the Unix socket `monitor` when given (read at a hard timeout).
+pub fn command(qemu: &Path, spec: &MachineSpec, monitor: Option<&Path>) -> Command {
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-accel",
@@ -85,12 +86,81 @@ pub fn command(qemu: &Path, spec: &MachineSpec) -> Command {
     .arg("-initrd")
     .arg(&spec.initramfs)
     .args(["-append", "console=ttyS0 intel_iommu=on panic=-1 quiet"]);
+    if let Some(path) = monitor {
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", path.display()));
+    }
     cmd
+}
+
+/// Monitor commands whose answers say where a hung L1 stands: its CPU registers
+/// (RIP, RFLAGS.IF, HLT state) and its local APIC (timer, pending interrupts).
+const HANG_PROBES: [&str; 3] = ["info registers", "info lapic", "info irq"];
+
+/// Asks QEMU's monitor at `socket` what L1's CPU is doing, and reads QEMU's own CPU
+/// time, so that a hard timeout leaves evidence of why L1 stopped. Best effort:
+/// every failure is written into the report instead.
+fn hang_report(socket: &Path, pid: u32) -> String {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let mut report = String::from("\n--- L1 state at the hard timeout ---\n");
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // Fields 14 and 15 (utime, stime) follow the parenthesised command name.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            report.push_str(&format!(
+                "QEMU CPU time: user {:?} ticks, system {:?} ticks\n",
+                ticks(11),
+                ticks(12)
+            ));
+        }
+        Err(e) => report.push_str(&format!("/proc/{pid}/stat: {e}\n")),
+    }
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            report.push_str(&format!("monitor {}: {e}\n", socket.display()));
+            return report;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    for probe in HANG_PROBES {
+        let _ = stream.write_all(format!("{probe}\n").as_bytes());
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Read until the monitor goes quiet for the read timeout (or 1 MiB).
+    while answer.len() < 1 << 20 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    // The monitor echoes each typed command with terminal escapes: drop those lines.
+    for line in String::from_utf8_lossy(&answer).lines() {
+        if !line.contains('\u{1b}') {
+            report.push_str(line.trim_end_matches('\r'));
+            report.push('\n');
+        }
+    }
+    report
 }
 
 /// Boots L1 and waits for it to power off, or kills it at the timeout.
 pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
-    let mut cmd = command(qemu, spec);
+    static BOOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let monitor = std::env::temp_dir().join(format!(
+        "bulwark-lab-monitor-{}-{}.sock",
+        std::process::id(),
+        BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&monitor);
+    let mut cmd = command(qemu, spec, Some(&monitor));
     let line = describe(&cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -105,10 +175,12 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
         child.stdout.take().map(|s| spawn_reader(Box::new(s))),
         child.stderr.take().map(|s| spawn_reader(Box::new(s))),
     ];
+    let mut hang = None;
     let end = loop {
         match child.try_wait().map_err(LabError::io("waiting for QEMU"))? {
             Some(status) => break MachineEnd::Exited(status.to_string()),
             None if start.elapsed() >= spec.timeout => {
+                hang = Some(hang_report(&monitor, child.id()));
                 // Killing can only fail if it already exited; the wait below reaps it either way.
                 let _ = child.kill();
                 let _ = child.wait();
@@ -130,6 +202,10 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
             }
         }
     }
+    if let Some(report) = hang {
+        console.push_str(&report);
+    }
+    let _ = std::fs::remove_file(&monitor);
     Ok(MachineRun {
         console,
         end,
@@ -172,7 +248,11 @@ mod tests {
             objects: vec![],
             timeout: Duration::from_secs(1),
         };
-        let line = describe(&command(Path::new("qemu"), &spec));
+        let line = describe(&command(
+            Path::new("qemu"),
+            &spec,
+            Some(Path::new("/m.sock")),
+        ));
         for part in [
             "-accel tcg",
             "-smp 1",
@@ -182,6 +262,7 @@ mod tests {
             "-kernel /k",
             "-initrd /i",
             "intel_iommu=on",
+            "-monitor unix:/m.sock,server=on,wait=off",
         ] {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }
@@ -234,6 +315,14 @@ mod tests {
         std::fs::remove_file(&qemu).unwrap();
         assert_eq!(run.end, MachineEnd::TimedOut { after_secs: 2 });
         assert!(run.console.starts_with("booting"), "{:?}", run.console);
+        // The fake has no monitor: the report says so instead of failing the run.
+        assert!(
+            run.console
+                .contains("--- L1 state at the hard timeout ---\nQEMU CPU time")
+                && run.console.contains("bulwark-lab-monitor-"),
+            "{:?}",
+            run.console
+        );
     }
 
     #[test]
