@@ -44,6 +44,10 @@ pub struct MachineConfig {
     /// The CPUID policy (see `docs/vmm.md`).
     #[serde(default)]
     pub cpuid_policy: CpuidPolicy,
+    /// ACPI tables for the guest (RSDP at 0xe0000) and the ACPI power-off/reset
+    /// registers; `false`: no tables, no registers (see `docs/vmm.md`).
+    #[serde(default = "yes")]
+    pub acpi: bool,
 }
 
 fn default_mmio64_gib() -> u64 {
@@ -399,6 +403,7 @@ mod tests {
     fn parses_a_raw_config_with_defaults() {
         let c = VmConfig::from_json(RAW).unwrap();
         assert_eq!(c.machine.mmio64_gib, 1024);
+        assert!(c.machine.acpi);
         assert!(c.devices.i8042);
         assert_eq!(c.seccomp, SeccompMode::Enforce);
         assert_eq!(c.devices.serial, SerialOutput::File("/tmp/x".into()));

@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod acpi;
 pub mod api;
 pub mod boot;
 pub mod boot_source;

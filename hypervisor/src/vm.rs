@@ -216,6 +216,8 @@ impl Vm {
             None
         };
         let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
+        crate::acpi::attach(cfg, &bus.pio)
+            .map_err(|e| VmError::Config(format!("machine.acpi: power registers: {e}")))?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
