@@ -324,7 +324,6 @@ fn pci0(sink: &mut Vec<u8>, pci: &PciHostAcpi, layout: &MemoryLayout) {
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
             &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
-            &aml::Name::new("_ADR".into(), &0u8),
             &aml::Name::new("_SEG".into(), &0u8),
             &aml::Name::new("_UID".into(), &0u8),
             &aml::Name::new("_BBN".into(), &0u8),
@@ -765,7 +764,7 @@ mod tests {
         // PNP0A08 = 0x080ad041, PNP0A03 = 0x030ad041.
         assert!(find(pci, &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08]).is_some());
         assert!(find(pci, &[b'_', b'C', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]).is_some());
-        for name in [b"_SEG", b"_BBN", b"_UID", b"_ADR"] {
+        for name in [b"_SEG", b"_BBN", b"_UID"] {
             let mut want = name.to_vec();
             want.push(0x00);
             assert!(
