@@ -83,10 +83,16 @@ const PLAIN: Scenario = Scenario {
 const VMM_LINUX: Scenario = Scenario {
     modules: KVM_MODULES,
     memory_mib: 1536,
-    guest_programs: &[GuestProgram {
-        package: "bulwark-vmm",
-        bin: "bulwark-vmm",
-    }],
+    guest_programs: &[
+        GuestProgram {
+            package: "bulwark-vmm",
+            bin: "bulwark-vmm",
+        },
+        GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-api-get",
+        },
+    ],
     l2: Some(L2Guest {
         init: include_str!("../../lab/l2-init-vmm.sh"),
         signed_bundles: true,
@@ -184,7 +190,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-linux",
-        summary: "bulwark-vmm boots the Debian kernel (bzImage) under KVM inside L1 from a host-signed bundle; a tampered bundle is refused",
+        summary: "bulwark-vmm boots the Debian kernel (bzImage) with 2 vCPUs and ACPI under KVM inside L1 from a host-signed bundle, L2 powers off (ACPI S5), GET /vm while it runs; a tampered bundle is refused",
         script: concat!(
             "kinds=bzimage tampered=1\n",
             include_str!("../../lab/scenarios/vmm-linux.sh")
@@ -196,7 +202,9 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-bzimage-init",
             "l2-bzimage-under-kvm",
             "l2-bzimage-signed-cmdline",
+            "l2-bzimage-cpus",
             "l2-bzimage-exit",
+            "l2-bzimage-api",
             "l2-bzimage-measurement",
             "l2-bzimage-entry",
         ],
@@ -204,7 +212,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-linux-pvh",
-        summary: "bulwark-vmm boots the vmlinux ELF extracted from the Debian kernel through its PVH entry, under KVM inside L1, from a host-signed bundle",
+        summary: "bulwark-vmm boots the vmlinux ELF extracted from the Debian kernel through its PVH entry with 2 vCPUs and ACPI, under KVM inside L1, from a host-signed bundle; L2 resets through the ACPI reset register",
         script: concat!(
             "kinds=vmlinux tampered=0\n",
             include_str!("../../lab/scenarios/vmm-linux.sh")
@@ -215,7 +223,9 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-vmlinux-init",
             "l2-vmlinux-under-kvm",
             "l2-vmlinux-signed-cmdline",
+            "l2-vmlinux-cpus",
             "l2-vmlinux-exit",
+            "l2-vmlinux-api",
             "l2-vmlinux-measurement",
             "l2-vmlinux-entry",
         ],
