@@ -34,10 +34,9 @@ use acpi_tables::Aml;
 use crate::bus::{Bus, BusAction, BusDevice, BusError};
 use crate::config::{SerialOutput, VmConfig};
 use crate::layout::{
-    MemoryLayout, ACPI_SCI_GSI, ACPI_SLEEP_PORT, ACPI_TABLES_SIZE, ACPI_TABLES_START, IOAPIC_START,
-    LAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_INTX_FIRST_GSI, PCI_MMIO32_SIZE,
-    PCI_MMIO32_START, VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_SIZE,
-    VIRTIO_MMIO_START,
+    MemoryLayout, ACPI_SCI_GSI, ACPI_SLEEP_PORT, ACPI_TABLES_START, IOAPIC_START, LAPIC_START,
+    PCI_ECAM_SIZE, PCI_ECAM_START, PCI_INTX_FIRST_GSI, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 
 /// OEM ID in every table header.
@@ -63,6 +62,32 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 pub const SLP_EN: u8 = 1 << 5;
 /// SLP_TYP field of the sleep control register: bits 2..=4.
 pub const SLP_TYP_SHIFT: u8 = 2;
+
+/// The x86 reset vector, F000:FFF0. Linux jumps there to reboot when it chooses the
+/// BIOS method, which it does on hardware-reduced ACPI without EFI (its EFI reboot
+/// falls through to `machine_real_restart`); without firmware the VMM puts
+/// [`RESET_VECTOR_CODE`] there so that reboot ends the VM instead of running zeros.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+/// 16-bit code at [`RESET_VECTOR`]: `mov al, RESET_VALUE; mov dx, RESET_PORT;
+/// out dx, al; cli; hlt; jmp $-2`, padded to 16 bytes with `hlt`.
+pub const RESET_VECTOR_CODE: [u8; 16] = [
+    0xb0,
+    RESET_VALUE,
+    0xba,
+    RESET_PORT as u8,
+    (RESET_PORT >> 8) as u8,
+    0xee,
+    0xfa,
+    0xf4,
+    0xeb,
+    0xfd,
+    0xf4,
+    0xf4,
+    0xf4,
+    0xf4,
+    0xf4,
+    0xf4,
+];
 
 /// Every device slot of bus 0 gets a `_PRT` entry for each of INTA..INTD.
 pub const PCI_SLOTS: u32 = 32;
@@ -497,9 +522,10 @@ impl AcpiPlatform {
             bytes.extend_from_slice(&data);
             tables.push((sig, at));
         }
-        if bytes.len() as u64 > ACPI_TABLES_SIZE {
+        let room = RESET_VECTOR - ACPI_TABLES_START;
+        if bytes.len() as u64 > room {
             return Err(AcpiError(format!(
-                "{} bytes of tables exceed the {ACPI_TABLES_SIZE:#x}-byte area",
+                "{} bytes of tables exceed the {room:#x} bytes below the reset vector",
                 bytes.len()
             )));
         }

@@ -233,6 +233,11 @@ pub fn prepare(
         Some(p) => {
             let tables = p.build(layout)?;
             w.put("acpi-tables", ACPI_TABLES_START, &tables.bytes)?;
+            w.put(
+                "reset-vector",
+                crate::acpi::RESET_VECTOR,
+                &crate::acpi::RESET_VECTOR_CODE,
+            )?;
             Some(tables.rsdp_addr())
         }
         None => None,

@@ -15,6 +15,7 @@ pub mod boot;
 pub mod boot_source;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod cpuid;
 pub mod devices;

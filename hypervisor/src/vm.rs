@@ -294,6 +294,14 @@ impl Vm {
                 .map_err(|e| VmError::Thread(format!("spawning vCPU thread: {e}")))?;
             self.threads.push(handle);
         }
+        if self.cfg.devices.serial == SerialOutput::Stdout {
+            crate::console::spawn_stdin_reader(
+                Arc::clone(&self.bus),
+                Arc::clone(&self.control),
+                self.cfg.seccomp,
+            )
+            .map_err(VmError::Thread)?;
+        }
         Ok(())
     }
 

@@ -258,5 +258,13 @@ fn docs_are_enough_to_recompute_a_raw_boot_measurement() {
         .build(&cfg.machine.layout(52).unwrap())
         .unwrap();
     events.insert(6, blob("acpi-tables", 0xe_0000, &tables.bytes));
+    events.insert(
+        7,
+        blob(
+            "reset-vector",
+            0xf_fff0,
+            &bulwark_vmm::acpi::RESET_VECTOR_CODE,
+        ),
+    );
     assert_eq!(chain(&events), offline(&raw_config("hello", 1, 0)).unwrap());
 }

@@ -531,3 +531,61 @@ fn acpi_reset_register_resets_the_vm() {
     }));
     run.assert_status(3);
 }
+
+/// With serial output on the VMM's standard output, its standard input feeds COM1's
+/// receive FIFO: the guest reads the line written to the pipe.
+#[test]
+fn stdin_reaches_the_guest_serial_port_when_serial_is_stdout() {
+    use std::io::{Read, Write};
+    let dir = scratch();
+    let mut cfg = raw_config("echo", 1, 0);
+    cfg["devices"]["serial"] = json!("stdout");
+    let path = dir.path().join("vm.json");
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mut child = std::process::Command::new(vmm_bin())
+        .arg("--config")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // More than the 64-byte FIFO holds: the VMM waits for room, never drops input.
+    let line = format!("{}\n", "x".repeat(63));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.write_all(b"tail\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(16));
+    assert_eq!(out, format!("ready\ngot {}", line));
+}
+
+/// A jump to the reset vector F000:FFF0 (how Linux reboots on hardware-reduced ACPI
+/// without EFI) resets the VM: the VMM's code there writes the ACPI reset register.
+#[test]
+fn a_jump_to_the_reset_vector_resets_the_vm() {
+    let dir = scratch();
+    let image = dir.path().join("jump.bin");
+    // 16-bit: jmp far 0xf000:0xfff0
+    std::fs::write(&image, [0xea, 0xf0, 0xff, 0x00, 0xf0]).unwrap();
+    let cfg = json!({
+        "machine": {"vcpus": 1, "mem_mib": 4},
+        "boot_source": {"kind": "raw", "image": image, "load_addr": 0x1_0000,
+                        "entry": {"mode": "real", "rip": 0x1_0000}},
+        "devices": {"debug_exit": true}
+    });
+    let run = boot(cfg);
+    run.assert_status(3);
+    assert!(
+        run.stderr.contains("guest wrote the ACPI reset register"),
+        "stderr: {}",
+        run.stderr
+    );
+}

@@ -3,7 +3,8 @@
 # reports its kernel, hypervisor, CPUs and command line over the serial port, then
 # ends the VM as `bulwark.exit=` on its command line asks: `poweroff` runs
 # `poweroff -f` (ACPI S5 through the FADT's sleep control register: bulwark-vmm exits
-# 0), `reset` runs `reboot -f` (the FADT's reset register: exit 3), `debug` writes 7 to
+# 0), `reset` runs `reboot -f` (through the reset vector to the FADT's reset
+# register: exit 3), `debug` writes 7 to
 # the debug-exit port (lab-l2-exit: exit 16 + 7 = 23). A failure is reported and
 # falls through to `reboot -f`.
 /bin/busybox --install -s /bin

@@ -5,7 +5,7 @@
 # extracted from it, PVH entry). The VM has 2 vCPUs and ACPI tables; the L2 init
 # (lab/l2-init-vmm.sh) reports the CPUs it sees over serial and ends the VM: the
 # bzImage one with `poweroff -f` (ACPI S5, exit status 0), the vmlinux one with
-# `reboot -f` (the ACPI reset register, exit status 3). While L2 runs, `GET /vm` over
+# `reboot -f` (via the reset vector and the ACPI reset register, exit status 3). While L2 runs, `GET /vm` over
 # the API socket (lab-api-get) must say `running` with the predicted measurement.
 # With `tampered=1` a bundle with one kernel byte flipped is first refused with
 # nothing booted.
@@ -78,7 +78,7 @@ for kind in $kinds; do
   # ACPI reset register (status 3).
   case $kind in
     bzimage) want_status=0; how="ACPI S5 (poweroff -f)"; logged="guest entered S5" ;;
-    *) want_status=3; how="the ACPI reset register (reboot -f)"; logged="guest wrote the ACPI reset register" ;;
+    *) want_status=3; how="reboot -f (hardware-reduced ACPI without EFI: Linux jumps to the reset vector, whose VMM code writes the ACPI reset register)"; logged="guest wrote the ACPI reset register" ;;
   esac
   if [ "$status" -eq "$want_status" ] && grep -q "$logged" /tmp/vmm-$kind.out; then
     lab_pass l2-$kind-exit "L2 ended the VM through $how, bulwark-vmm exited $status"

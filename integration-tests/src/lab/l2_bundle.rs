@@ -22,8 +22,9 @@ pub const L1_DIR: &str = "/lab/l2";
 /// instead of hanging (bulwark-vmm exits 3). Each bundle appends `bulwark.exit=`:
 /// `poweroff` (the bzImage bundle: the init runs `poweroff -f`, which enters S5
 /// through the ACPI sleep control register; bulwark-vmm exits 0) or `reset` (the
-/// vmlinux bundle: `reboot -f`, which writes the ACPI reset register; bulwark-vmm
-/// exits 3).
+/// vmlinux bundle: `reboot -f`; on hardware-reduced ACPI without EFI Linux reboots
+/// by jumping to the reset vector, where bulwark-vmm's code writes the ACPI reset
+/// register; bulwark-vmm exits 3).
 pub const CMDLINE: &str = "console=ttyS0 panic=-1 quiet bulwark.lab=signed";
 
 /// vCPUs of the L2 guests: the application processor comes up through INIT/SIPI.

@@ -233,10 +233,45 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// Benchmarks: run by name only (`bench/vmm-boot --lab`), never by `bulwark-lab run`
+/// without names nor as tests; their checks say only that every run ended as
+/// expected, never how fast.
+pub const BENCHMARKS: &[Scenario] = &[
+    Scenario {
+        name: "vmm-boot-bench",
+        summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm vs QEMU microvm booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init and power-off",
+        script: include_str!("../../lab/scenarios/vmm-boot-bench.sh"),
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-vmm",
+                bin: "bulwark-vmm",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-boot-timer",
+            },
+        ],
+        host_programs: &["/usr/bin/qemu-system-x86_64"],
+        host_files: &[
+            "/usr/share/qemu/bios-microvm.bin",
+            "/usr/share/qemu/linuxboot_dma.bin",
+        ],
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init-vmm.sh"),
+            signed_bundles: false,
+            programs: &[],
+        }),
+        expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
+        timeout_secs: 600,
+        ..VMM_LINUX
+    },
+];
+
 /// The scenario called `name`.
 pub fn find(name: &str) -> Result<&'static Scenario> {
     SCENARIOS
         .iter()
+        .chain(BENCHMARKS)
         .find(|s| s.name == name)
         .ok_or_else(|| LabError::UnknownScenario {
             name: name.to_owned(),
@@ -257,13 +292,15 @@ mod tests {
         let err = find("no-such").unwrap_err().to_string();
         assert!(err.contains("no-such") && err.contains("vfio-edu"), "{err}");
         assert_eq!(find("kvm-smoke").unwrap().name, "kvm-smoke");
+        assert_eq!(find("vmm-boot-bench").unwrap().name, "vmm-boot-bench");
     }
 
     #[test]
     fn scenario_names_are_unique_and_checks_are_single_words() {
-        for (i, s) in SCENARIOS.iter().enumerate() {
+        let all: Vec<&Scenario> = SCENARIOS.iter().chain(BENCHMARKS).collect();
+        for (i, s) in all.iter().enumerate() {
             assert!(
-                SCENARIOS[..i].iter().all(|o| o.name != s.name),
+                all[..i].iter().all(|o| o.name != s.name),
                 "{} twice",
                 s.name
             );
