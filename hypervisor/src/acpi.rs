@@ -443,8 +443,8 @@ impl AcpiPlatform {
         }
         let mut gsis = Vec::new();
         for &(base, gsi) in &self.virtio_mmio {
-            let in_window = base >= VIRTIO_MMIO_START
-                && base < VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE
+            let in_window = (VIRTIO_MMIO_START..VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE)
+                .contains(&base)
                 && base.is_multiple_of(0x1000);
             if !in_window {
                 return Err(AcpiError(format!(
