@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::boot_source::{read_boot_source, BootInputs, StateUse};
 use crate::config::{
-    field_path, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
+    path_error, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
 };
 use crate::control::ExitReason;
 use crate::seccomp;
@@ -96,8 +96,8 @@ impl IntoResponse for ApiError {
 fn parse<T: DeserializeOwned>(prefix: &str, body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = field_path(if prefix.is_empty() { "body" } else { prefix }, e.path());
-        ApiError::new(StatusCode::BAD_REQUEST, field, e.into_inner().to_string())
+        let e = path_error(if prefix.is_empty() { "body" } else { prefix }, e);
+        ApiError::new(StatusCode::BAD_REQUEST, e.field, e.message)
     })
 }
 

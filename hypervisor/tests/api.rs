@@ -167,6 +167,21 @@ fn bad_requests_get_4xx_naming_the_field_and_never_kill_the_vmm() {
         ),
         (
             "PUT",
+            "/boot-source",
+            r#"{"kind":"raw","image":"/x","load_addr":1048576,"entry":{"mode":"protected","rip":1}}"#
+                .into(),
+            400,
+            "boot_source.entry.mode",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kind":"bundle","path":"/x","trusted_keys":["/k"],"threshold":-1}"#.into(),
+            400,
+            "boot_source.threshold",
+        ),
+        (
+            "PUT",
             "/devices",
             r#"{"serial":{"file":7}}"#.into(),
             400,
