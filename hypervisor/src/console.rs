@@ -53,14 +53,55 @@ fn copy(input: &mut impl Read, bus: &Buses, control: &Control) {
         };
         let mut rest = &buf[..n];
         while !rest.is_empty() {
-            if control.state() == RunState::Stopped {
-                return;
-            }
             let taken = bus.serial_input(rest);
             rest = &rest[taken..];
             if taken == 0 {
+                // Full FIFO (or no UART): wait for the guest, unless it is gone.
+                if control.state() == RunState::Stopped {
+                    return;
+                }
                 std::thread::sleep(FULL_FIFO_BACKOFF);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DevicesConfig, SerialOutput};
+    use crate::control::ExitReason;
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn uart() -> Buses {
+        let cfg = DevicesConfig {
+            serial: SerialOutput::Sink,
+            ..Default::default()
+        };
+        Buses::new(&cfg, Some(EventFd::new(libc::EFD_NONBLOCK).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn input_fills_the_fifo_and_a_stopped_vm_ends_the_copy_instead_of_waiting() {
+        let bus = uart();
+        let control = Control::default();
+        control.request_stop(ExitReason::Stopped);
+        // 100 bytes: 64 fit, then the FIFO is full and the VM is stopped: return.
+        copy(&mut &[b'a'; 100][..], &bus, &control);
+        assert_eq!(bus.serial_input(b"x"), 0, "FIFO full");
+        let mut b = [0u8; 1];
+        bus.read(crate::devices::COM1_BASE, &mut b);
+        assert_eq!(b[0], b'a');
+        assert_eq!(bus.serial_input(b"xy"), 1, "room for one");
+    }
+
+    #[test]
+    fn without_a_uart_input_is_not_taken() {
+        let cfg = DevicesConfig {
+            serial: SerialOutput::None,
+            ..Default::default()
+        };
+        let bus = Buses::new(&cfg, None).unwrap();
+        assert_eq!(bus.serial_input(b"abc"), 0);
     }
 }
