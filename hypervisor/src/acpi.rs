@@ -420,16 +420,15 @@ pub fn platform(cfg: &VmConfig) -> Option<AcpiPlatform> {
     })
 }
 
-/// Puts the power-management registers on the port bus when `cfg` has ACPI.
-pub fn attach(cfg: &VmConfig, pio: &Bus) -> Result<(), BusError> {
-    if cfg.machine.acpi {
-        pio.insert(
-            u64::from(ACPI_SLEEP_PORT),
-            PM_PORTS,
-            Arc::new(PowerManagement::default()),
-        )?;
+/// Puts the power-management registers on the port bus when `cfg` has ACPI; returns
+/// the device (for its counter).
+pub fn attach(cfg: &VmConfig, pio: &Bus) -> Result<Option<Arc<PowerManagement>>, BusError> {
+    if !cfg.machine.acpi {
+        return Ok(None);
     }
-    Ok(())
+    let pm = Arc::new(PowerManagement::default());
+    pio.insert(u64::from(ACPI_SLEEP_PORT), PM_PORTS, pm.clone())?;
+    Ok(Some(pm))
 }
 
 impl AcpiPlatform {

@@ -401,6 +401,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 "bulwark_serial_dropped_bytes_total {}",
                 d.serial_dropped
             );
+            let _ = writeln!(
+                out,
+                "# HELP bulwark_acpi_pm_ignored_total Ignored writes to the ACPI power-management registers.\n# TYPE bulwark_acpi_pm_ignored_total counter\nbulwark_acpi_pm_ignored_total {}",
+                d.acpi_pm_ignored
+            );
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

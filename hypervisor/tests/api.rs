@@ -246,6 +246,7 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     assert_eq!(v["boot_source"]["kind"], "unsigned");
     assert_eq!(v["memory"]["guest_ram_bytes"], 64u64 << 20);
     assert_eq!(v["vcpus"].as_array().unwrap().len(), 1);
+    assert_eq!(v["acpi_pm_ignored"], 0, "{v}");
     // Configuration is frozen once built.
     let (s, v) = api.json("PUT", "/machine-config", r#"{"vcpus":1,"mem_mib":64}"#);
     assert_eq!((s, error_field(&v)), (409, "state"));
@@ -280,6 +281,10 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     );
     assert!(
         metrics.contains("bulwark_guest_memory_bytes 67108864"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nbulwark_acpi_pm_ignored_total 0\n"),
         "{metrics}"
     );
 

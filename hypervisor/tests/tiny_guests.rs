@@ -508,14 +508,18 @@ fn a_raw_image_over_the_acpi_tables_is_refused_unless_acpi_is_off() {
 #[test]
 fn acpi_reset_register_resets_the_vm() {
     let dir = scratch();
-    // 16-bit: mov al, RESET_VALUE; mov dx, 0x602; out dx, al; mov al, 9; out 0xf4, al
+    // 16-bit: mov dx, 0x602; mov al, 0x45; out dx, al (a wrong value: ignored);
+    // mov al, RESET_VALUE; out dx, al; mov al, 9; out 0xf4, al
     let image = dir.path().join("reset.bin");
     let code = [
-        0xb0,
-        bulwark_vmm::acpi::RESET_VALUE,
         0xba,
         0x02,
         0x06,
+        0xb0,
+        0x45,
+        0xee,
+        0xb0,
+        bulwark_vmm::acpi::RESET_VALUE,
         0xee,
         0xb0,
         0x09,
@@ -530,6 +534,12 @@ fn acpi_reset_register_resets_the_vm() {
         "devices": {"debug_exit": true}
     }));
     run.assert_status(3);
+    assert!(
+        run.stderr
+            .contains("ignored ACPI power-management access: unknown register or reset value"),
+        "stderr: {}",
+        run.stderr
+    );
 }
 
 /// With serial output on the VMM's standard output, its standard input feeds COM1's
