@@ -1,12 +1,12 @@
 # vmm-boot-bench (a benchmark, run by `bench/vmm-boot --lab`, never as a test):
 # bulwark-vmm and `qemu-system-x86_64 -M microvm -accel kvm` boot the same Debian
-# kernel (bzImage) and initramfs, 1 vCPU, 256 MiB, under KVM inside L1, `runs` times
+# kernel (bzImage) and initramfs, 1 vCPU, 256 MiB, under KVM inside L1, `runs` (5) times
 # each, alternating; the L2 init (lab/l2-init-vmm.sh) prints L2-INIT and runs
 # `poweroff -f` (ACPI S5 on both), so both VMMs exit 0. lab-boot-timer prints one
 # BENCH line per boot: spawn -> first serial byte, -> the L2-INIT line, -> exit. The
 # checks only say that every boot ended as expected; no time is judged.
 lab_check kvm-device test -c /dev/kvm
-runs=${runs:-3}
+runs=${runs:-5}
 cmdline="console=ttyS0 panic=-1 quiet bulwark.exit=poweroff"
 cat >/tmp/bench-vm.json <<JSON
 {"machine": {"vcpus": 1, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"},
