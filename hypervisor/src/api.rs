@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::boot_source::{read_boot_source, BootInputs, StateUse};
 use crate::config::{
-    field_path, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
+    path_error, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
 };
 use crate::control::ExitReason;
 use crate::seccomp;
@@ -96,8 +96,8 @@ impl IntoResponse for ApiError {
 fn parse<T: DeserializeOwned>(prefix: &str, body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = field_path(if prefix.is_empty() { "body" } else { prefix }, e.path());
-        ApiError::new(StatusCode::BAD_REQUEST, field, e.into_inner().to_string())
+        let e = path_error(if prefix.is_empty() { "body" } else { prefix }, e);
+        ApiError::new(StatusCode::BAD_REQUEST, e.field, e.message)
     })
 }
 
@@ -400,6 +400,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 out,
                 "bulwark_serial_dropped_bytes_total {}",
                 d.serial_dropped
+            );
+            let _ = writeln!(
+                out,
+                "# HELP bulwark_acpi_pm_ignored_total Ignored writes to the ACPI power-management registers.\n# TYPE bulwark_acpi_pm_ignored_total counter\nbulwark_acpi_pm_ignored_total {}",
+                d.acpi_pm_ignored
             );
         }
     }

@@ -80,6 +80,9 @@ pub enum BootError {
     /// Writing guest memory failed (a layout bug).
     #[error("writing guest memory: {0}")]
     Memory(String),
+    /// The ACPI tables could not be built or do not fit with the payload.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
 }
 
 /// The result of loading: how to start the vCPUs and what was measured.
@@ -224,18 +227,33 @@ pub fn prepare(
         layout,
         events: machine_events(cfg, layout, &inputs.origin),
     };
+    // ACPI tables first (the first blob), so a payload that would overlap them is
+    // refused by the loaders below rather than silently overwriting them.
+    let rsdp = match crate::acpi::platform(cfg) {
+        Some(p) => {
+            let tables = p.build(layout)?;
+            w.put("acpi-tables", ACPI_TABLES_START, &tables.bytes)?;
+            w.put(
+                "reset-vector",
+                crate::acpi::RESET_VECTOR,
+                &crate::acpi::RESET_VECTOR_CODE,
+            )?;
+            Some(tables.rsdp_addr())
+        }
+        None => None,
+    };
     let entry = match &inputs.payload {
         BootPayload::Raw {
             image,
             load_addr,
             entry,
-        } => load_raw(&mut w, image, *load_addr, entry)?,
+        } => load_raw(&mut w, image, *load_addr, entry, rsdp.is_some())?,
         BootPayload::Linux {
             kernel,
             initrd,
             cmdline,
             entry,
-        } => load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry)?,
+        } => load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry, rsdp)?,
     };
     w.events.push(Event::new(
         "entry",
@@ -267,15 +285,29 @@ pub fn prepare(
     })
 }
 
+/// Whether `[addr, addr + len)` overlaps the ACPI table area.
+fn overlaps_acpi(addr: u64, len: u64) -> bool {
+    len > 0
+        && addr < ACPI_TABLES_START + ACPI_TABLES_SIZE
+        && ACPI_TABLES_START < addr.saturating_add(len)
+}
+
 fn load_raw(
     w: &mut Writer,
     image: &[u8],
     load_addr: u64,
     entry: &RawEntry,
+    acpi: bool,
 ) -> Result<EntryState, BootError> {
     if !w.layout.is_ram(load_addr, image.len() as u64) {
         return Err(BootError::Raw(format!(
             "image of {} bytes at {load_addr:#x} does not fit in guest RAM",
+            image.len()
+        )));
+    }
+    if acpi && overlaps_acpi(load_addr, image.len() as u64) {
+        return Err(BootError::Raw(format!(
+            "image of {} bytes at {load_addr:#x} overlaps the ACPI tables at {ACPI_TABLES_START:#x}..{HIMEM_START:#x} (load it elsewhere or set machine.acpi to false)",
             image.len()
         )));
     }
@@ -309,7 +341,7 @@ fn load_raw(
 /// above `BOOT_AREA_END` (the loader places each at its `p_paddr`; the boot structures
 /// live below), like the raw path. Parses the ELF64 program headers with checked
 /// arithmetic; anything malformed is an error, never a panic.
-fn check_elf_segments(kernel: &[u8], layout: &MemoryLayout) -> Result<(), BootError> {
+fn check_elf_segments(kernel: &[u8], layout: &MemoryLayout, acpi: bool) -> Result<(), BootError> {
     const PT_LOAD: u32 = 1;
     const PHDR_MIN: usize = 56;
     let bad = |what: String| BootError::Kernel(format!("vmlinux ELF: {what}"));
@@ -360,6 +392,11 @@ fn check_elf_segments(kernel: &[u8], layout: &MemoryLayout) -> Result<(), BootEr
                 "segment {i} of {memsz} bytes at {paddr:#x} does not fit in guest RAM"
             )));
         }
+        if acpi && overlaps_acpi(paddr, memsz) {
+            return Err(bad(format!(
+                "segment {i} at {paddr:#x} would overwrite the ACPI tables at {ACPI_TABLES_START:#x}"
+            )));
+        }
     }
     Ok(())
 }
@@ -370,6 +407,7 @@ fn load_linux(
     initrd: Option<&[u8]>,
     cmdline: &str,
     want: LinuxEntry,
+    rsdp: Option<u64>,
 ) -> Result<EntryState, BootError> {
     if cmdline.len() as u64 >= CMDLINE_MAX_SIZE || cmdline.as_bytes().contains(&0) {
         return Err(BootError::Cmdline(format!(
@@ -379,7 +417,7 @@ fn load_linux(
     let is_elf = kernel.starts_with(b"\x7fELF");
     let himem = Some(GuestAddress(HIMEM_START));
     let loaded: KernelLoaderResult = if is_elf {
-        check_elf_segments(kernel, w.layout)?;
+        check_elf_segments(kernel, w.layout, rsdp.is_some())?;
         Elf::load(w.mem, None, &mut Cursor::new(kernel), himem)
             .map_err(|e| BootError::Kernel(format!("vmlinux ELF: {e}")))?
     } else {
@@ -442,6 +480,7 @@ fn load_linux(
             cmdline_paddr: CMDLINE_ADDR,
             memmap_paddr: PVH_MEMMAP_ADDR,
             memmap_entries: e820.len() as u32,
+            rsdp_paddr: rsdp.unwrap_or(0),
             ..Default::default()
         };
         let mut blob = Vec::new();
@@ -498,6 +537,7 @@ fn load_linux(
         ..Default::default()
     };
     params.hdr.type_of_loader = 0xff;
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = cl.len() as u32;
     if let Some((at, len)) = initrd_at {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use bulwark_image::{Bundle, ComponentKind, PublicKey, RollbackState, TrustPolicy};
 
-use crate::config::{BootSource, LinuxEntry, RawEntry, RawLoad};
+use crate::config::{BootSource, BundleBoot, LinuxBoot, LinuxEntry, RawBoot, RawEntry, RawLoad};
 use crate::measurement::{text, Event, Field};
 
 /// Largest kernel, initrd or raw image read (1 GiB).
@@ -150,12 +150,12 @@ pub fn read_boot_source(
     state_use: StateUse,
 ) -> Result<BootInputs, SourceError> {
     match source {
-        BootSource::Linux {
+        BootSource::Linux(LinuxBoot {
             kernel,
             initrd,
             cmdline,
             entry,
-        } => Ok(BootInputs {
+        }) => Ok(BootInputs {
             payload: BootPayload::Linux {
                 kernel: read("boot_source.kernel", kernel)?,
                 initrd: initrd
@@ -167,11 +167,11 @@ pub fn read_boot_source(
             },
             origin: Origin::Unsigned,
         }),
-        BootSource::Raw {
+        BootSource::Raw(RawBoot {
             image,
             load_addr,
             entry,
-        } => Ok(BootInputs {
+        }) => Ok(BootInputs {
             payload: BootPayload::Raw {
                 image: read("boot_source.image", image)?,
                 load_addr: *load_addr,
@@ -179,7 +179,7 @@ pub fn read_boot_source(
             },
             origin: Origin::Unsigned,
         }),
-        BootSource::Bundle {
+        BootSource::Bundle(BundleBoot {
             path,
             trusted_keys,
             threshold,
@@ -187,7 +187,7 @@ pub fn read_boot_source(
             rollback_state,
             entry,
             raw,
-        } => read_bundle(
+        }) => read_bundle(
             path,
             trusted_keys,
             TrustOptions {

@@ -44,66 +44,123 @@ pub struct MachineConfig {
     /// The CPUID policy (see `docs/vmm.md`).
     #[serde(default)]
     pub cpuid_policy: CpuidPolicy,
+    /// ACPI tables for the guest (RSDP at 0xe0000) and the ACPI power-off/reset
+    /// registers; `false`: no tables, no registers (see `docs/vmm.md`).
+    #[serde(default = "yes")]
+    pub acpi: bool,
 }
 
 fn default_mmio64_gib() -> u64 {
     1024
 }
 
-/// The boot source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+/// The boot source. JSON: an object whose `kind` (`linux`, `raw` or `bundle`) selects
+/// the variant, with that variant's fields beside it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BootSource {
     /// A Linux kernel (vmlinux ELF or bzImage) from plain files: unsigned, for development.
-    Linux {
-        /// Path of the kernel.
-        kernel: PathBuf,
-        /// Path of the initrd, if any.
-        #[serde(default)]
-        initrd: Option<PathBuf>,
-        /// Kernel command line.
-        #[serde(default)]
-        cmdline: String,
-        /// Which entry point of a vmlinux to use.
-        #[serde(default)]
-        entry: LinuxEntry,
-    },
+    Linux(LinuxBoot),
     /// A flat binary copied to `load_addr` and entered with the given registers:
     /// unsigned, for test guests and firmware.
-    Raw {
-        /// Path of the binary.
-        image: PathBuf,
-        /// Guest-physical load address.
-        load_addr: u64,
-        /// Entry state of the vCPUs.
-        entry: RawEntry,
-    },
+    Raw(RawBoot),
     /// A signed image bundle verified against trusted keys before anything is loaded.
-    Bundle {
-        /// Path of the bundle file.
-        path: PathBuf,
-        /// PEM public keys the bundle must be signed by.
-        trusted_keys: Vec<PathBuf>,
-        /// How many of `trusted_keys` must have signed.
-        #[serde(default = "one")]
-        threshold: usize,
-        /// Lowest acceptable image version (rollback protection).
-        #[serde(default)]
-        min_version: u64,
-        /// Rollback state file shared with `bulwark-image verify --state`: a version
-        /// lower than the highest recorded for the image name is refused, and the
-        /// booted version is recorded (the file is locked while checked and updated).
-        #[serde(default)]
-        rollback_state: Option<PathBuf>,
-        /// Which entry point of a vmlinux to use.
-        #[serde(default)]
-        entry: LinuxEntry,
-        /// Load the bundle's kernel component as a flat binary instead of a Linux
-        /// kernel (for tiny guests and firmware); the load address and entry state
-        /// come from here and are measured.
-        #[serde(default)]
-        raw: Option<RawLoad>,
-    },
+    Bundle(BundleBoot),
+}
+
+/// A Linux kernel (vmlinux ELF or bzImage) from plain files: unsigned, for development.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinuxBoot {
+    /// Path of the kernel.
+    pub kernel: PathBuf,
+    /// Path of the initrd, if any.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Which entry point of a vmlinux to use.
+    #[serde(default)]
+    pub entry: LinuxEntry,
+}
+
+/// A flat binary copied to `load_addr` and entered with the given registers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBoot {
+    /// Path of the binary.
+    pub image: PathBuf,
+    /// Guest-physical load address.
+    pub load_addr: u64,
+    /// Entry state of the vCPUs.
+    pub entry: RawEntry,
+}
+
+/// A signed image bundle verified against trusted keys before anything is loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleBoot {
+    /// Path of the bundle file.
+    pub path: PathBuf,
+    /// PEM public keys the bundle must be signed by.
+    pub trusted_keys: Vec<PathBuf>,
+    /// How many of `trusted_keys` must have signed.
+    #[serde(default = "one")]
+    pub threshold: usize,
+    /// Lowest acceptable image version (rollback protection).
+    #[serde(default)]
+    pub min_version: u64,
+    /// Rollback state file shared with `bulwark-image verify --state`: a version
+    /// lower than the highest recorded for the image name is refused, and the
+    /// booted version is recorded (the file is locked while checked and updated).
+    #[serde(default)]
+    pub rollback_state: Option<PathBuf>,
+    /// Which entry point of a vmlinux to use.
+    #[serde(default)]
+    pub entry: LinuxEntry,
+    /// Load the bundle's kernel component as a flat binary instead of a Linux
+    /// kernel (for tiny guests and firmware); the load address and entry state
+    /// come from here and are measured.
+    #[serde(default)]
+    pub raw: Option<RawLoad>,
+}
+
+/// Separates the path inside a boot source from the message in a deserialisation
+/// error, so that [`path_error`] can name the inner field (serde's internally tagged
+/// enums lose the path; `BootSource` is therefore deserialised by hand).
+const INNER_PATH: char = '\u{1f}';
+
+impl<'de> Deserialize<'de> for BootSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let kind = match map.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format_args!(
+                    "{INNER_PATH}kind{INNER_PATH}expected a string, got {other}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        fn inner<T: serde::de::DeserializeOwned, E: Error>(
+            rest: serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, E> {
+            serde_path_to_error::deserialize(serde_json::Value::Object(rest)).map_err(|e| {
+                let path = field_path("", e.path());
+                E::custom(format_args!("{INNER_PATH}{path}{INNER_PATH}{}", e.inner()))
+            })
+        }
+        match kind.as_str() {
+            "linux" => inner(map).map(BootSource::Linux),
+            "raw" => inner(map).map(BootSource::Raw),
+            "bundle" => inner(map).map(BootSource::Bundle),
+            other => Err(D::Error::custom(format_args!(
+                "{INNER_PATH}kind{INNER_PATH}unknown variant `{other}`, expected one of `linux`, `raw`, `bundle`"
+            ))),
+        }
+    }
 }
 
 /// Where and how a flat binary from a bundle is loaded.
@@ -252,16 +309,19 @@ impl ConfigError {
 
 /// The dotted name of the field a deserialisation error is at, below `prefix`
 /// (`prefix` itself when the error is not inside any field; the top-level prefix
-/// `config` is dropped once a field is known).
+/// `config`, or an empty one, is dropped once a field is known).
 pub fn field_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
     let inner: Vec<String> = path
         .iter()
-        .map(|s| s.to_string())
+        .map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => index.to_string(),
+            other => other.to_string(),
+        })
         .filter(|s| !s.is_empty() && s != "?")
         .collect();
     match (prefix, inner.is_empty()) {
         (p, true) => p.to_string(),
-        ("config", false) => inner.join("."),
+        ("config" | "", false) => inner.join("."),
         (p, false) => format!("{p}.{}", inner.join(".")),
     }
 }
@@ -273,13 +333,32 @@ pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Largest 64-bit MMIO window accepted (64 TiB).
 pub const MAX_MMIO64_GIB: u64 = 64 << 10;
 
+/// A deserialisation error as a [`ConfigError`] naming the field below `prefix`,
+/// including fields inside the boot source (whose path [`BootSource`]'s deserialiser
+/// carries in the message).
+pub fn path_error(prefix: &str, e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let field = field_path(prefix, e.path());
+    let message = e.into_inner().to_string();
+    let mut parts = message.splitn(3, INNER_PATH);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(inner), Some(rest)) => {
+            let field = if inner.is_empty() {
+                field
+            } else {
+                format!("{field}.{inner}")
+            };
+            ConfigError::new(field, rest.to_string())
+        }
+        _ => ConfigError::new(field, message),
+    }
+}
+
 impl VmConfig {
     /// Parses JSON, naming the field on error.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let cfg: VmConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            ConfigError::new(field_path("config", e.path()), e.into_inner().to_string())
-        })?;
+        let cfg: VmConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| path_error("config", e))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -295,18 +374,18 @@ impl BootSource {
     /// Checks the boot source fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            BootSource::Raw {
+            BootSource::Raw(RawBoot {
                 load_addr, entry, ..
-            } => validate_raw("boot_source", *load_addr, entry)?,
-            BootSource::Linux { kernel, .. } if kernel.as_os_str().is_empty() => {
+            }) => validate_raw("boot_source", *load_addr, entry)?,
+            BootSource::Linux(LinuxBoot { kernel, .. }) if kernel.as_os_str().is_empty() => {
                 return Err(ConfigError::new("boot_source.kernel", "must not be empty"));
             }
-            BootSource::Bundle {
+            BootSource::Bundle(BundleBoot {
                 trusted_keys,
                 threshold,
                 raw,
                 ..
-            } => {
+            }) => {
                 if let Some(r) = raw {
                     validate_raw("boot_source.raw", r.load_addr, &r.entry)?;
                 }
@@ -323,7 +402,7 @@ impl BootSource {
                     ));
                 }
             }
-            BootSource::Linux { .. } => {}
+            BootSource::Linux(_) => {}
         }
         Ok(())
     }
@@ -399,6 +478,7 @@ mod tests {
     fn parses_a_raw_config_with_defaults() {
         let c = VmConfig::from_json(RAW).unwrap();
         assert_eq!(c.machine.mmio64_gib, 1024);
+        assert!(c.machine.acpi);
         assert!(c.devices.i8042);
         assert_eq!(c.seccomp, SeccompMode::Enforce);
         assert_eq!(c.devices.serial, SerialOutput::File("/tmp/x".into()));
@@ -413,21 +493,35 @@ mod tests {
         let e = VmConfig::from_json(&RAW.replace("\"mem_mib\":64", "\"mem_mib\":65")).unwrap_err();
         assert_eq!(e.field, "machine.mem_mib");
         let e = VmConfig::from_json(&RAW.replace("long64", "protected")).unwrap_err();
-        // Inside the internally tagged boot source serde reports no deeper path; the
-        // message names the bad value and the accepted ones.
-        assert_eq!(e.field, "boot_source");
+        assert_eq!(e.field, "boot_source.entry.mode");
         assert!(
             e.message.contains("`protected`") && e.message.contains("long64"),
             "{e}"
         );
+        assert!(!e.message.contains('\u{1f}'), "{e:?}");
+        let e = VmConfig::from_json(&RAW.replace("\"raw\"", "\"firmware\"")).unwrap_err();
+        assert_eq!(e.field, "boot_source.kind");
+        assert!(e.message.contains("`firmware`"), "{e}");
+        let e = VmConfig::from_json(&RAW.replace("\"kind\":\"raw\",", "")).unwrap_err();
+        assert_eq!(e.field, "boot_source");
+        assert!(e.message.contains("kind"), "{e}");
+        let e = VmConfig::from_json(&RAW.replace("\"load_addr\":1048576", "\"load_addr\":-1"))
+            .unwrap_err();
+        assert_eq!(e.field, "boot_source.load_addr");
+        let bundle = r#"{"machine":{"vcpus":1,"mem_mib":64},
+            "boot_source":{"kind":"bundle","path":"b.bwi","trusted_keys":["k.pem"],
+            "raw":{"load_addr":1048576,"entry":{"mode":"long64","rip":"x"}}}}"#;
+        let e = VmConfig::from_json(bundle).unwrap_err();
+        assert_eq!(e.field, "boot_source.raw.entry.rip");
+        let e = VmConfig::from_json(&bundle.replace("\"k.pem\"", "7").replace("\"x\"", "1"))
+            .unwrap_err();
+        assert_eq!(e.field, "boot_source.trusted_keys.0");
         let e = VmConfig::from_json(&RAW.replace("\"debug_exit\"", "\"bogus\"")).unwrap_err();
         assert_eq!(e.field, "devices.bogus");
         let e = VmConfig::from_json(&RAW.replace("\"load_addr\"", "\"bogus\":1,\"load_addr\""))
             .unwrap_err();
-        assert!(
-            e.field.starts_with("boot_source") && e.message.contains("bogus"),
-            "{e}"
-        );
+        assert_eq!(e.field, "boot_source.bogus", "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
         let e = VmConfig::from_json("{").unwrap_err();
         assert_eq!(e.field, "config");
     }

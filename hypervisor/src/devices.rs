@@ -275,6 +275,24 @@ impl Buses {
         })
     }
 
+    /// Queues host bytes in COM1's receive FIFO (raising its interrupt when the guest
+    /// enabled it); returns how many fit: 0 when the FIFO is full or there is no UART.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        match &self.serial {
+            Some(s) => {
+                let mut uart = lock(s);
+                if uart.fifo_capacity() == 0 {
+                    return 0;
+                }
+                uart.enqueue_raw_bytes(bytes).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "serial input");
+                    0
+                })
+            }
+            None => 0,
+        }
+    }
+
     /// Serial bytes dropped past the output cap.
     pub fn serial_dropped(&self) -> u64 {
         self.serial.as_ref().map_or(0, |s| lock(s).writer().dropped)

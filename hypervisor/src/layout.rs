@@ -59,7 +59,8 @@ pub const PCI_ECAM_SIZE: u64 = 256 * MIB;
 pub const ACPI_TABLES_START: u64 = 0xe_0000;
 /// Room for the ACPI tables (up to 1 MiB).
 pub const ACPI_TABLES_SIZE: u64 = HIMEM_START - ACPI_TABLES_START;
-/// I/O port of the ACPI hardware-reduced sleep control register (status at +1).
+/// I/O port of the ACPI hardware-reduced sleep control register (status at +1, the
+/// reset register at +2; `acpi.rs`).
 pub const ACPI_SLEEP_PORT: u16 = 0x600;
 
 /// IOAPIC pins (GSIs): 4 is COM1; 9 is the ACPI SCI (the VM is hardware-reduced

@@ -9,11 +9,13 @@
 
 #![deny(unsafe_code)]
 
+pub mod acpi;
 pub mod api;
 pub mod boot;
 pub mod boot_source;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod cpuid;
 pub mod devices;

@@ -111,6 +111,9 @@ pub struct VmDescription {
     pub unowned_mmio: u64,
     /// Serial bytes dropped past the output cap.
     pub serial_dropped: u64,
+    /// Ignored writes to the ACPI power-management registers (unsupported sleep
+    /// states, wrong reset values, wider accesses).
+    pub acpi_pm_ignored: u64,
 }
 
 /// A built VM.
@@ -129,6 +132,7 @@ pub struct Vm {
     pending: Vec<VcpuFd>,
     threads: Vec<JoinHandle<()>>,
     prefault: Option<Duration>,
+    acpi_pm: Option<Arc<crate::acpi::PowerManagement>>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -216,6 +220,8 @@ impl Vm {
             None
         };
         let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
+        let acpi_pm = crate::acpi::attach(cfg, &bus.pio)
+            .map_err(|e| VmError::Config(format!("machine.acpi: power registers: {e}")))?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -246,6 +252,7 @@ impl Vm {
             pending,
             threads: Vec::new(),
             prefault,
+            acpi_pm,
         })
     }
 
@@ -291,6 +298,14 @@ impl Vm {
                 })
                 .map_err(|e| VmError::Thread(format!("spawning vCPU thread: {e}")))?;
             self.threads.push(handle);
+        }
+        if self.cfg.devices.serial == SerialOutput::Stdout {
+            crate::console::spawn_stdin_reader(
+                Arc::clone(&self.bus),
+                Arc::clone(&self.control),
+                self.cfg.seccomp,
+            )
+            .map_err(VmError::Thread)?;
         }
         Ok(())
     }
@@ -399,6 +414,9 @@ impl Vm {
                 .mmio
                 .load(std::sync::atomic::Ordering::Relaxed),
             serial_dropped: self.bus.serial_dropped(),
+            acpi_pm_ignored: self.acpi_pm.as_ref().map_or(0, |pm| {
+                pm.ignored.load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
     }
 }

@@ -167,6 +167,21 @@ fn bad_requests_get_4xx_naming_the_field_and_never_kill_the_vmm() {
         ),
         (
             "PUT",
+            "/boot-source",
+            r#"{"kind":"raw","image":"/x","load_addr":1048576,"entry":{"mode":"protected","rip":1}}"#
+                .into(),
+            400,
+            "boot_source.entry.mode",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kind":"bundle","path":"/x","trusted_keys":["/k"],"threshold":-1}"#.into(),
+            400,
+            "boot_source.threshold",
+        ),
+        (
+            "PUT",
             "/devices",
             r#"{"serial":{"file":7}}"#.into(),
             400,
@@ -231,6 +246,7 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     assert_eq!(v["boot_source"]["kind"], "unsigned");
     assert_eq!(v["memory"]["guest_ram_bytes"], 64u64 << 20);
     assert_eq!(v["vcpus"].as_array().unwrap().len(), 1);
+    assert_eq!(v["acpi_pm_ignored"], 0, "{v}");
     // Configuration is frozen once built.
     let (s, v) = api.json("PUT", "/machine-config", r#"{"vcpus":1,"mem_mib":64}"#);
     assert_eq!((s, error_field(&v)), (409, "state"));
@@ -265,6 +281,10 @@ fn life_cycle_start_describe_pause_resume_metrics_stop() {
     );
     assert!(
         metrics.contains("bulwark_guest_memory_bytes 67108864"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nbulwark_acpi_pm_ignored_total 0\n"),
         "{metrics}"
     );
 

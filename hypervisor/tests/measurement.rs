@@ -44,7 +44,9 @@ fn set(cfg: &mut Value, ptr: &str, v: Value) {
 #[test]
 fn measure_predicts_the_booted_value() {
     let dir = scratch();
-    for cfg in [raw_config("hello", 2, 0), linux_cfg(dir.path())] {
+    let mut no_acpi = linux_cfg(dir.path());
+    no_acpi["machine"]["acpi"] = json!(false);
+    for cfg in [raw_config("hello", 2, 0), linux_cfg(dir.path()), no_acpi] {
         let predicted = measure(cfg.clone());
         let run = boot(cfg);
         assert_eq!(run.status, 16, "stderr: {}", run.stderr);
@@ -81,6 +83,7 @@ fn every_byte_of_every_input_changes_the_measurement() {
         ("/devices/debug_exit", json!(false)),
         ("/devices/i8042", json!(false)),
         ("/devices/serial", json!("none")),
+        ("/machine/acpi", json!(false)),
         ("/boot_source/load_addr", json!(0x20_0000)),
         ("/boot_source/entry/rip", json!(0x10_0001)),
         ("/boot_source/entry/rsp", json!(8)),
@@ -234,12 +237,34 @@ fn docs_are_enough_to_recompute_a_raw_boot_measurement() {
     }
     bytes(&mut entry, b"at_entry");
     events.push(event("entry", &entry));
-    let mut m = [0u8; 48];
-    for e in events {
-        let mut h = Sha384::new();
-        h.update(m);
-        h.update(Sha384::digest(&e));
-        m = h.finalize().into();
-    }
-    assert_eq!(hex::encode(m), offline(&raw_config("hello", 1, 0)).unwrap());
+    let chain = |events: &[Vec<u8>]| {
+        let mut m = [0u8; 48];
+        for e in events {
+            let mut h = Sha384::new();
+            h.update(m);
+            h.update(Sha384::digest(e));
+            m = h.finalize().into();
+        }
+        hex::encode(m)
+    };
+    let mut no_acpi = raw_config("hello", 1, 0);
+    no_acpi["machine"]["acpi"] = json!(false);
+    assert_eq!(chain(&events), offline(&no_acpi).unwrap());
+    // With ACPI (the default) the tables are one more blob, right after the
+    // boot-source event; their bytes come from the documented `acpi` module.
+    let cfg = VmConfig::from_json(&raw_config("hello", 1, 0).to_string()).unwrap();
+    let tables = bulwark_vmm::acpi::platform(&cfg)
+        .unwrap()
+        .build(&cfg.machine.layout(52).unwrap())
+        .unwrap();
+    events.insert(6, blob("acpi-tables", 0xe_0000, &tables.bytes));
+    events.insert(
+        7,
+        blob(
+            "reset-vector",
+            0xf_fff0,
+            &bulwark_vmm::acpi::RESET_VECTOR_CODE,
+        ),
+    );
+    assert_eq!(chain(&events), offline(&raw_config("hello", 1, 0)).unwrap());
 }

@@ -156,6 +156,15 @@ fn vmlinux_with_a_pvh_note_is_entered_through_pvh_unless_linux64_is_asked() {
         "stderr: {}",
         run.stderr
     );
+    let mut cfg = linux_config(elf("pvh"), &initrd, 64, "auto");
+    cfg["machine"]["acpi"] = json!(false);
+    let run = boot(cfg);
+    assert_eq!(
+        (run.status, run.serial.as_str()),
+        (19, "pvh ok\n"),
+        "without ACPI rsdp_paddr is 0; stderr: {}",
+        run.stderr
+    );
     let run = boot(linux_config(elf("pvh"), &initrd, 64, "linux64"));
     assert_eq!(run.status, 18, "serial: {}", run.serial);
     let run = boot(linux_config(elf("e820"), &initrd, 64, "pvh"));
@@ -432,4 +441,161 @@ fn elf_segments_over_the_boot_area_or_outside_ram_are_refused() {
         );
         assert!(run.serial.is_empty(), "paddr {paddr:#x}: the guest ran");
     }
+}
+
+fn acpi_config(vcpus: u8) -> serde_json::Value {
+    json!({
+        "machine": {"vcpus": vcpus, "mem_mib": 64},
+        "boot_source": {"kind": "linux", "kernel": elf("acpi"), "cmdline": "console=ttyS0"},
+        "devices": {"debug_exit": true}
+    })
+}
+
+/// The guest finds the RSDP through the zero page and by scanning the BIOS area, every
+/// checksum holds, the MADT lists one local APIC per vCPU, and writing \_S5's SLP_TYP
+/// with SLP_EN to the FADT's sleep control register powers the VM off (status 0).
+#[test]
+fn guest_walks_the_acpi_tables_and_powers_off_through_the_sleep_register() {
+    for vcpus in [1u8, 3] {
+        let run = boot(acpi_config(vcpus));
+        run.assert_status(0);
+        assert_eq!(
+            run.serial,
+            format!(
+                "rsdp zero-page=0xe0000\nrsdp scan=0xe0000\nxsdt entries=2\nfadt sleep-control=0x600 s5=5\nmadt lapics={vcpus}\npowering off\n"
+            ),
+            "stderr: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("PowerOff"), "stderr: {}", run.stderr);
+    }
+}
+
+#[test]
+fn without_acpi_the_guest_finds_no_rsdp() {
+    let mut cfg = acpi_config(1);
+    cfg["machine"]["acpi"] = json!(false);
+    let run = boot(cfg);
+    run.assert_status(18);
+    assert_eq!(run.serial, "rsdp zero-page=0x0\nrsdp scan=0x0\n");
+}
+
+#[test]
+fn a_raw_image_over_the_acpi_tables_is_refused_unless_acpi_is_off() {
+    let dir = scratch();
+    // 16-bit: mov al, 7; out 0xf4, al; hlt
+    let image = dir.path().join("bios.bin");
+    std::fs::write(&image, [0xb0, 0x07, 0xe6, 0xf4, 0xf4]).unwrap();
+    let mut cfg = json!({
+        "machine": {"vcpus": 1, "mem_mib": 4},
+        "boot_source": {"kind": "raw", "image": image, "load_addr": 0xf_0000,
+                        "entry": {"mode": "real", "rip": 0xf_0000}},
+        "devices": {"debug_exit": true}
+    });
+    let run = boot(cfg.clone());
+    assert_eq!(run.status, 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("boot_source.load_addr") && run.stderr.contains("ACPI tables"),
+        "stderr: {}",
+        run.stderr
+    );
+    cfg["machine"]["acpi"] = json!(false);
+    boot(cfg).assert_status(23);
+}
+
+/// The FADT's reset register: RESET_VALUE written to port 0x602 ends the VM with the
+/// reset status (what Linux's default `reboot` does first).
+#[test]
+fn acpi_reset_register_resets_the_vm() {
+    let dir = scratch();
+    // 16-bit: mov dx, 0x602; mov al, 0x45; out dx, al (a wrong value: ignored);
+    // mov al, RESET_VALUE; out dx, al; mov al, 9; out 0xf4, al
+    let image = dir.path().join("reset.bin");
+    let code = [
+        0xba,
+        0x02,
+        0x06,
+        0xb0,
+        0x45,
+        0xee,
+        0xb0,
+        bulwark_vmm::acpi::RESET_VALUE,
+        0xee,
+        0xb0,
+        0x09,
+        0xe6,
+        0xf4,
+    ];
+    std::fs::write(&image, code).unwrap();
+    let run = boot(json!({
+        "machine": {"vcpus": 1, "mem_mib": 4},
+        "boot_source": {"kind": "raw", "image": image, "load_addr": 0x1_0000,
+                        "entry": {"mode": "real", "rip": 0x1_0000}},
+        "devices": {"debug_exit": true}
+    }));
+    run.assert_status(3);
+    assert!(
+        run.stderr
+            .contains("ignored ACPI power-management access: unknown register or reset value"),
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+/// With serial output on the VMM's standard output, its standard input feeds COM1's
+/// receive FIFO: the guest reads the line written to the pipe.
+#[test]
+fn stdin_reaches_the_guest_serial_port_when_serial_is_stdout() {
+    use std::io::{Read, Write};
+    let dir = scratch();
+    let mut cfg = raw_config("echo", 1, 0);
+    cfg["devices"]["serial"] = json!("stdout");
+    let path = dir.path().join("vm.json");
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let mut child = std::process::Command::new(vmm_bin())
+        .arg("--config")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // More than the 64-byte FIFO holds: the VMM waits for room, never drops input.
+    let line = format!("{}\n", "x".repeat(63));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.write_all(b"tail\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(16));
+    assert_eq!(out, format!("ready\ngot {}", line));
+}
+
+/// A jump to the reset vector F000:FFF0 (how Linux reboots on hardware-reduced ACPI
+/// without EFI) resets the VM: the VMM's code there writes the ACPI reset register.
+#[test]
+fn a_jump_to_the_reset_vector_resets_the_vm() {
+    let dir = scratch();
+    let image = dir.path().join("jump.bin");
+    // 16-bit: jmp far 0xf000:0xfff0
+    std::fs::write(&image, [0xea, 0xf0, 0xff, 0x00, 0xf0]).unwrap();
+    let cfg = json!({
+        "machine": {"vcpus": 1, "mem_mib": 4},
+        "boot_source": {"kind": "raw", "image": image, "load_addr": 0x1_0000,
+                        "entry": {"mode": "real", "rip": 0x1_0000}},
+        "devices": {"debug_exit": true}
+    });
+    let run = boot(cfg);
+    run.assert_status(3);
+    assert!(
+        run.stderr.contains("guest wrote the ACPI reset register"),
+        "stderr: {}",
+        run.stderr
+    );
 }

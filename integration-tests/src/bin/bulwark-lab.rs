@@ -51,6 +51,9 @@ fn run(cli: Cli) -> lab::Result<bool> {
             for s in lab::SCENARIOS {
                 println!("{:<10} {}", s.name, s.summary);
             }
+            for s in scenario::BENCHMARKS {
+                println!("{:<10} (run by name only) {}", s.name, s.summary);
+            }
             Ok(true)
         }
         Command::Fetch => {

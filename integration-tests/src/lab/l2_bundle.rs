@@ -18,12 +18,17 @@ use super::error::{LabError, Result};
 /// Where the files go in L1.
 pub const L1_DIR: &str = "/lab/l2";
 
-/// The command line signed into the bundles. `reboot=k`: a `reboot -f` goes through
-/// the i8042 reset line (bulwark-vmm exits 3); `panic=-1`: a panic resets the same way
-/// at once instead of hanging. Each bundle appends `bulwark.exit=`: `debug` (the
-/// bzImage bundle: the init writes 7 to the debug-exit port, bulwark-vmm exits 23) or
-/// `reset` (the vmlinux bundle: the init resets through the i8042).
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet bulwark.lab=signed";
+/// The command line signed into the bundles. `panic=-1`: a panic resets at once
+/// instead of hanging (bulwark-vmm exits 3). Each bundle appends `bulwark.exit=`:
+/// `poweroff` (the bzImage bundle: the init runs `poweroff -f`, which enters S5
+/// through the ACPI sleep control register; bulwark-vmm exits 0) or `reset` (the
+/// vmlinux bundle: `reboot -f`; on hardware-reduced ACPI without EFI Linux reboots
+/// by jumping to the reset vector, where bulwark-vmm's code writes the ACPI reset
+/// register; bulwark-vmm exits 3).
+pub const CMDLINE: &str = "console=ttyS0 panic=-1 quiet bulwark.lab=signed";
+
+/// vCPUs of the L2 guests: the application processor comes up through INIT/SIPI.
+pub const VCPUS: u8 = 2;
 
 /// A file for L1: its path there and the host file.
 pub type L1File = (String, PathBuf);
@@ -113,7 +118,7 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
 /// A `bulwark-vmm` VM config (JSON) booting `bundle` in L1, trusting `/lab/l2/signing.pub`.
 pub fn vm_config(bundle: &str, serial_log: &str) -> String {
     format!(
-        r#"{{"machine": {{"vcpus": 1, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"}},
+        r#"{{"machine": {{"vcpus": {VCPUS}, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"}},
  "boot_source": {{"kind": "bundle", "path": "{L1_DIR}/{bundle}", "trusted_keys": ["{L1_DIR}/signing.pub"]}},
  "devices": {{"serial": {{"file": "{serial_log}"}}, "debug_exit": true}}}}
 "#
@@ -135,7 +140,7 @@ pub fn prepare(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File
     let key = SigningKey::from_pem_file(&key).map_err(image_error("reading the signing key"))?;
     let mut files = vec![(format!("{L1_DIR}/signing.pub"), key_pub)];
     for (name, kernel, exit) in [
-        ("bzimage", kernel, "debug"),
+        ("bzimage", kernel, "poweroff"),
         ("vmlinux", vmlinux.as_path(), "reset"),
     ] {
         let bundle = dir.join(format!("{name}.bwi"));
@@ -228,7 +233,8 @@ mod tests {
     fn vm_configs_are_valid_bulwark_vmm_configs() {
         let text = vm_config("bzimage.bwi", "/tmp/x.log");
         let cfg = bulwark_vmm::config::VmConfig::from_json(&text).unwrap();
-        assert_eq!(cfg.machine.vcpus, 1);
+        assert_eq!(cfg.machine.vcpus, VCPUS);
+        assert!(cfg.machine.acpi);
         assert!(text.contains("\"/lab/l2/bzimage.bwi\""), "{text}");
     }
 }

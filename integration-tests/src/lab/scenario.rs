@@ -83,10 +83,16 @@ const PLAIN: Scenario = Scenario {
 const VMM_LINUX: Scenario = Scenario {
     modules: KVM_MODULES,
     memory_mib: 1536,
-    guest_programs: &[GuestProgram {
-        package: "bulwark-vmm",
-        bin: "bulwark-vmm",
-    }],
+    guest_programs: &[
+        GuestProgram {
+            package: "bulwark-vmm",
+            bin: "bulwark-vmm",
+        },
+        GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-api-get",
+        },
+    ],
     l2: Some(L2Guest {
         init: include_str!("../../lab/l2-init-vmm.sh"),
         signed_bundles: true,
@@ -184,7 +190,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-linux",
-        summary: "bulwark-vmm boots the Debian kernel (bzImage) under KVM inside L1 from a host-signed bundle; a tampered bundle is refused",
+        summary: "bulwark-vmm boots the Debian kernel (bzImage) with 2 vCPUs and ACPI under KVM inside L1 from a host-signed bundle, L2 powers off (ACPI S5), GET /vm while it runs; a tampered bundle is refused",
         script: concat!(
             "kinds=bzimage tampered=1\n",
             include_str!("../../lab/scenarios/vmm-linux.sh")
@@ -196,7 +202,9 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-bzimage-init",
             "l2-bzimage-under-kvm",
             "l2-bzimage-signed-cmdline",
+            "l2-bzimage-cpus",
             "l2-bzimage-exit",
+            "l2-bzimage-api",
             "l2-bzimage-measurement",
             "l2-bzimage-entry",
         ],
@@ -204,7 +212,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-linux-pvh",
-        summary: "bulwark-vmm boots the vmlinux ELF extracted from the Debian kernel through its PVH entry, under KVM inside L1, from a host-signed bundle",
+        summary: "bulwark-vmm boots the vmlinux ELF extracted from the Debian kernel through its PVH entry with 2 vCPUs and ACPI, under KVM inside L1, from a host-signed bundle; L2 resets through the ACPI reset register",
         script: concat!(
             "kinds=vmlinux tampered=0\n",
             include_str!("../../lab/scenarios/vmm-linux.sh")
@@ -215,10 +223,46 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-vmlinux-init",
             "l2-vmlinux-under-kvm",
             "l2-vmlinux-signed-cmdline",
+            "l2-vmlinux-cpus",
             "l2-vmlinux-exit",
+            "l2-vmlinux-api",
             "l2-vmlinux-measurement",
             "l2-vmlinux-entry",
         ],
+        ..VMM_LINUX
+    },
+];
+
+/// Benchmarks: run by name only (`bench/vmm-boot --lab`), never by `bulwark-lab run`
+/// without names nor as tests; their checks say only that every run ended as
+/// expected, never how fast.
+pub const BENCHMARKS: &[Scenario] = &[
+    Scenario {
+        name: "vmm-boot-bench",
+        summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm vs QEMU microvm booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init and power-off",
+        script: include_str!("../../lab/scenarios/vmm-boot-bench.sh"),
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-vmm",
+                bin: "bulwark-vmm",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-boot-timer",
+            },
+        ],
+        host_programs: &["/usr/bin/qemu-system-x86_64"],
+        host_files: &[
+            "/usr/share/qemu/bios-microvm.bin",
+            "/usr/share/qemu/linuxboot_dma.bin",
+        ],
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init-vmm.sh"),
+            signed_bundles: false,
+            programs: &[],
+        }),
+        expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
+        timeout_secs: 600,
         ..VMM_LINUX
     },
 ];
@@ -227,6 +271,7 @@ pub const SCENARIOS: &[Scenario] = &[
 pub fn find(name: &str) -> Result<&'static Scenario> {
     SCENARIOS
         .iter()
+        .chain(BENCHMARKS)
         .find(|s| s.name == name)
         .ok_or_else(|| LabError::UnknownScenario {
             name: name.to_owned(),
@@ -247,13 +292,15 @@ mod tests {
         let err = find("no-such").unwrap_err().to_string();
         assert!(err.contains("no-such") && err.contains("vfio-edu"), "{err}");
         assert_eq!(find("kvm-smoke").unwrap().name, "kvm-smoke");
+        assert_eq!(find("vmm-boot-bench").unwrap().name, "vmm-boot-bench");
     }
 
     #[test]
     fn scenario_names_are_unique_and_checks_are_single_words() {
-        for (i, s) in SCENARIOS.iter().enumerate() {
+        let all: Vec<&Scenario> = SCENARIOS.iter().chain(BENCHMARKS).collect();
+        for (i, s) in all.iter().enumerate() {
             assert!(
-                SCENARIOS[..i].iter().all(|o| o.name != s.name),
+                all[..i].iter().all(|o| o.name != s.name),
                 "{} twice",
                 s.name
             );

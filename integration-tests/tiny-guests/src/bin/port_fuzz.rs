@@ -8,7 +8,7 @@
 use tiny_guest::{exit, inb, outb, outl, peek, poke, print};
 
 fn owned(port: u16) -> bool {
-    matches!(port, 0x3f8..=0x3ff | 0x60..=0x64 | 0xf4)
+    matches!(port, 0x3f8..=0x3ff | 0x60..=0x64 | 0xf4 | 0x600..=0x602)
 }
 
 #[no_mangle]

@@ -1,6 +1,8 @@
 //! A vmlinux-style ELF with a PVH entry (Xen ELF note 18): entered in 32-bit protected
-//! mode with EBX = hvm_start_info, it checks the magic, prints "pvh ok", and exits 0
-//! (1 on a bad magic). Entered through the 64-bit Linux entry instead, it exits 2.
+//! mode with EBX = hvm_start_info, it checks the magic, prints "pvh ok", checks that
+//! `rsdp_paddr` points at "RSD PTR " and exits 0 (1 on a bad magic, 3 without an RSDP
+//! pointer, 4 when the pointer does not lead to an RSDP). Entered through the 64-bit
+//! Linux entry instead, it exits 2.
 #![no_std]
 #![no_main]
 
@@ -39,6 +41,16 @@ global_asm!(
     "    out dx, al",
     "    mov al, 10",
     "    out dx, al",
+    // hvm_start_info.rsdp_paddr (offset 32): 0 exits 3, no "RSD PTR " there exits 4.
+    "    mov ecx, 3",
+    "    mov eax, [ebx + 32]",
+    "    test eax, eax",
+    "    jz 3f",
+    "    mov ecx, 4",
+    "    cmp dword ptr [eax], 0x20445352",
+    "    jne 3f",
+    "    cmp dword ptr [eax + 4], 0x20525450",
+    "    jne 3f",
     "    xor ecx, ecx",
     "3:  mov eax, ecx",
     "    mov edx, 0xf4",
