@@ -244,6 +244,7 @@ async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCod
     let d: DevicesConfig = parse("devices", &body)?;
     let mut st = s.lock();
     not_started(&st)?;
+    crate::virtio_mmio::validate(&d, st.pending.boot_source.as_ref())?;
     st.pending.devices = d;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -401,6 +402,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 "bulwark_serial_dropped_bytes_total {}",
                 d.serial_dropped
             );
+            crate::virtio_mmio::write_metrics(&mut out, &d.virtio);
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

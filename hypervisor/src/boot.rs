@@ -235,7 +235,12 @@ pub fn prepare(
             initrd,
             cmdline,
             entry,
-        } => load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry)?,
+        } => {
+            // The virtio-mmio devices are announced on the command line (measured
+            // with it, as written into guest memory).
+            let cmdline = crate::virtio_mmio::append_cmdline(cmdline, &cfg.devices);
+            load_linux(&mut w, kernel, initrd.as_deref(), &cmdline, *entry)?
+        }
     };
     w.events.push(Event::new(
         "entry",

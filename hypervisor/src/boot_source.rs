@@ -88,6 +88,21 @@ pub struct BootInputs {
     pub payload: BootPayload,
     /// Who vouches for it.
     pub origin: Origin,
+    /// The rootfs of a verified bundle (and its dm-verity tree), served in place to
+    /// the guest as a read-only disk when `devices.block` asks for it.
+    pub rootfs: Option<RootfsExtent>,
+}
+
+/// Where a verified bundle's rootfs lies in the bundle file: the filesystem image and
+/// its dm-verity hash tree, `[offset, offset + len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsExtent {
+    /// The bundle file.
+    pub path: PathBuf,
+    /// First byte of the rootfs component.
+    pub offset: u64,
+    /// Bytes from `offset` to the end of the hash tree.
+    pub len: u64,
 }
 
 /// Errors reading the boot source, naming the field.
@@ -166,6 +181,7 @@ pub fn read_boot_source(
                 entry: *entry,
             },
             origin: Origin::Unsigned,
+            rootfs: None,
         }),
         BootSource::Raw {
             image,
@@ -178,6 +194,7 @@ pub fn read_boot_source(
                 entry: entry.clone(),
             },
             origin: Origin::Unsigned,
+            rootfs: None,
         }),
         BootSource::Bundle {
             path,
@@ -308,5 +325,22 @@ fn read_bundle(
             entry,
         },
     };
-    Ok(BootInputs { payload, origin })
+    let rootfs = match manifest.component(ComponentKind::Rootfs) {
+        Some(c) => {
+            let end = c
+                .stored_end()
+                .ok_or_else(|| SourceError::Bundle("the rootfs extent overflows".into()))?;
+            Some(RootfsExtent {
+                path: path.to_path_buf(),
+                offset: c.offset,
+                len: end - c.offset,
+            })
+        }
+        None => None,
+    };
+    Ok(BootInputs {
+        payload,
+        origin,
+        rootfs,
+    })
 }

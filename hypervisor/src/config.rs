@@ -186,6 +186,15 @@ pub struct DevicesConfig {
     /// Debug-exit port at 0xf4: a byte written there ends the VM with that code.
     #[serde(default)]
     pub debug_exit: bool,
+    /// virtio-blk disks (virtio-mmio), in this order (see `virtio_mmio`).
+    #[serde(default)]
+    pub block: Vec<crate::virtio_mmio::BlockConfig>,
+    /// virtio-vsock with its host side on Unix sockets.
+    #[serde(default)]
+    pub vsock: Option<crate::virtio_mmio::VsockConfig>,
+    /// virtio-rng fed from the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
 }
 
 fn yes() -> bool {
@@ -198,6 +207,9 @@ impl Default for DevicesConfig {
             serial: SerialOutput::default(),
             i8042: true,
             debug_exit: false,
+            block: Vec::new(),
+            vsock: None,
+            rng: false,
         }
     }
 }
@@ -259,10 +271,19 @@ pub fn field_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
         .map(|s| s.to_string())
         .filter(|s| !s.is_empty() && s != "?")
         .collect();
+    // Sequence indices print as `[i]` and attach without a dot: `devices.block[0].id`.
+    let joined = inner.iter().fold(String::new(), |mut acc, seg| {
+        if !acc.is_empty() && !seg.starts_with('[') {
+            acc.push('.');
+        }
+        acc.push_str(seg);
+        acc
+    });
     match (prefix, inner.is_empty()) {
         (p, true) => p.to_string(),
-        ("config", false) => inner.join("."),
-        (p, false) => format!("{p}.{}", inner.join(".")),
+        ("config", false) => joined,
+        (p, false) if joined.starts_with('[') => format!("{p}{joined}"),
+        (p, false) => format!("{p}.{joined}"),
     }
 }
 
@@ -287,7 +308,8 @@ impl VmConfig {
     /// Checks the values that the types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.machine.validate()?;
-        self.boot_source.validate()
+        self.boot_source.validate()?;
+        crate::virtio_mmio::validate(&self.devices, Some(&self.boot_source))
     }
 }
 

@@ -87,6 +87,55 @@ const CONTROL_SYSCALLS: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// `FIONBIO`: std's `set_nonblocking` on the vsock sockets the worker accepts or opens.
+const FIONBIO: u64 = 0x5421;
+
+/// System calls of a virtio I/O worker thread: its epoll loop and eventfds, positioned
+/// disk I/O, flush and hole punching (block), getrandom (rng), and the vsock host side
+/// (accepting and connecting Unix sockets, stream I/O, shutdown). No open, no exec, no
+/// KVM ioctls: the disk files and the vsock listener are opened before the VM runs.
+const VIRTIO_WORKER_SYSCALLS: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
+    libc::SYS_getrandom,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_accept,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_close,
+    libc::SYS_clock_gettime,
+    libc::SYS_sched_yield,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_rseq,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// The filter for virtio I/O worker threads (`None` when seccomp is off), installed by
+/// each worker before it touches its device or guest memory.
+pub fn virtio_worker_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
+    filter(mode, "virtio worker", VIRTIO_WORKER_SYSCALLS, &[FIONBIO])
+}
+
 fn action(mode: SeccompMode) -> Option<SeccompAction> {
     match mode {
         SeccompMode::Enforce => Some(SeccompAction::KillProcess),

@@ -111,6 +111,8 @@ pub struct VmDescription {
     pub unowned_mmio: u64,
     /// Serial bytes dropped past the output cap.
     pub serial_dropped: u64,
+    /// The virtio-mmio devices: where, state, counters.
+    pub virtio: Vec<crate::virtio_mmio::VirtioDeviceInfo>,
 }
 
 /// A built VM.
@@ -124,6 +126,7 @@ pub struct Vm {
     origin: crate::boot_source::Origin,
     cfg: VmConfig,
     bus: Arc<Buses>,
+    virtio: crate::virtio_mmio::VirtioDevices,
     control: Arc<Control>,
     stats: Vec<Arc<VcpuStats>>,
     pending: Vec<VcpuFd>,
@@ -216,6 +219,11 @@ impl Vm {
             None
         };
         let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
+        let control = Arc::new(Control::default());
+        let virtio = crate::virtio_mmio::VirtioDevices::build(
+            cfg, inputs, &mem, &kvm, &vm_fd, &bus, &control,
+        )
+        .map_err(|e| VmError::Config(e.to_string()))?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -241,7 +249,8 @@ impl Vm {
             plan,
             cfg: cfg.clone(),
             bus,
-            control: Arc::new(Control::default()),
+            virtio,
+            control,
             stats: (0..cfg.machine.vcpus).map(|_| Arc::default()).collect(),
             pending,
             threads: Vec::new(),
@@ -358,6 +367,7 @@ impl Vm {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.virtio.stop();
         self.control.reason().unwrap_or(ExitReason::Stopped)
     }
 
@@ -399,6 +409,7 @@ impl Vm {
                 .mmio
                 .load(std::sync::atomic::Ordering::Relaxed),
             serial_dropped: self.bus.serial_dropped(),
+            virtio: self.virtio.describe(),
         }
     }
 }
@@ -420,6 +431,8 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
     let layout = cfg
         .machine
         .layout(52)
+        .map_err(|e| VmError::Config(e.to_string()))?;
+    crate::virtio_mmio::check_inputs(&cfg.devices, inputs)
         .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
     Ok(prepare(cfg, &layout, inputs, &mem)?)
