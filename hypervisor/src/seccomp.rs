@@ -34,6 +34,9 @@ const RUNTIME_SYSCALLS: &[i64] = &[
 /// System calls a vCPU thread makes besides [`RUNTIME_SYSCALLS`]: KVM_RUN, device output (write), the allocator,
 /// futexes, the kick signal's return path and thread exit.
 const VCPU_SYSCALLS: &[i64] = &[
+    // A virtio device reset (a status write, on the vCPU thread) drains its queue
+    // notification eventfds.
+    libc::SYS_read,
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_sched_yield,

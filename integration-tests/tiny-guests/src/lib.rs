@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod e820;
+pub mod virtio;
 
 use core::arch::{asm, global_asm};
 use core::fmt::{self, Write};
