@@ -10,6 +10,7 @@
 
 pub mod e820;
 pub mod virtio;
+pub mod vsock;
 
 use core::arch::{asm, global_asm};
 use core::fmt::{self, Write};

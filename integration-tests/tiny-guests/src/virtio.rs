@@ -366,8 +366,7 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
     }
     digits.iter().try_fold(0u64, |acc, &c| {
         let d = (c as char).to_digit(radix)?;
-        acc.checked_mul(u64::from(radix))?
-            .checked_add(u64::from(d))
+        acc.checked_mul(u64::from(radix))?.checked_add(u64::from(d))
     })
 }
 

@@ -116,7 +116,11 @@ extern "C" fn guest_main(_cpu: u64, zero_page: u64) -> ! {
                 // SAFETY: the device wrote 20 bytes at BUF_A.
                 let id: [u8; 20] = unsafe { peek(BUF_A) };
                 let id = &id[..id.iter().position(|&b| b == 0).unwrap_or(20)];
-                print!("disk {base:#x}: {} sectors, id {}\n", blk.capacity, core::str::from_utf8(id).unwrap_or("?"));
+                print!(
+                    "disk {base:#x}: {} sectors, id {}\n",
+                    blk.capacity,
+                    core::str::from_utf8(id).unwrap_or("?")
+                );
                 match id {
                     b"rootfs" => check_rootfs(&mut blk, cmdline),
                     b"scratch" => check_scratch(&mut blk),
@@ -137,6 +141,9 @@ extern "C" fn guest_main(_cpu: u64, zero_page: u64) -> ! {
             _ => {}
         }
     }
-    print!("virtio-blk done: {disks} disks, rng {}\n", if rng_ok { "yes" } else { "no" });
+    print!(
+        "virtio-blk done: {disks} disks, rng {}\n",
+        if rng_ok { "yes" } else { "no" }
+    );
     exit(0)
 }
