@@ -96,7 +96,8 @@ impl ActiveQueues {
         if !self.broken {
             guest_warn!(self.counters, reason, "virtio device needs reset");
             self.broken = true;
-            self.counters.add_needs_reset();
+            // The interrupt counts the needs-reset entry (once per entry, whoever
+            // triggers it: the device here or the transport).
             self.counters.add_error();
             self.interrupt.set_needs_reset(reason);
         }

@@ -115,8 +115,8 @@ pub enum Event {
     },
     /// Our request was accepted.
     Response,
-    /// The peer reset the connection.
-    Rst,
+    /// The peer reset a connection (our port).
+    Rst(u32),
     /// The peer shut down (flags).
     Shutdown(u32),
 }
@@ -278,6 +278,24 @@ impl Vsock {
         false
     }
 
+    /// Sends `len` raw bytes at `addr` as one packet (a hostile driver's malformed
+    /// packets), waiting for a free slot. Returns false on timeout.
+    pub fn send_bytes(&mut self, addr: u64, len: u32) -> bool {
+        for _ in 0..crate::virtio::SPINS {
+            if let Some(s) = self.free_slot() {
+                let d0 = s * 4;
+                self.tx.set_desc(d0, addr, len, 0, 0);
+                self.slots[usize::from(s)] = Some(None);
+                self.tx.push(d0);
+                self.mmio.notify(1);
+                return true;
+            }
+            self.poll_tx();
+            core::hint::spin_loop();
+        }
+        false
+    }
+
     /// Sends a control packet on the current connection.
     pub fn send_ctl(&mut self, op: u16, flags: u32) -> bool {
         let h = self.header(op, 0, flags);
@@ -341,7 +359,7 @@ impl Vsock {
                     })
                 }
                 OP_RESPONSE => event = Some(Event::Response),
-                OP_RST => event = Some(Event::Rst),
+                OP_RST => event = Some(Event::Rst(h.dst_port)),
                 OP_SHUTDOWN => event = Some(Event::Shutdown(h.flags)),
                 OP_RW => {
                     self.rx_bytes += u64::from(h.len);

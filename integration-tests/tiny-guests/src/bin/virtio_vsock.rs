@@ -51,7 +51,7 @@ extern "C" fn guest_main(_cpu: u64, chunks: u64) -> ! {
     print!("echo: connected\n");
     loop {
         match wait(&mut v) {
-            Event::Shutdown(_) | Event::Rst => break,
+            Event::Shutdown(_) | Event::Rst(_) => break,
             e => print!("echo: ignoring {e:?}\n"),
         }
     }
@@ -113,7 +113,7 @@ extern "C" fn guest_main(_cpu: u64, chunks: u64) -> ! {
     v.send_ctl(OP_SHUTDOWN, 3);
     loop {
         match wait(&mut v) {
-            Event::Rst => break,
+            Event::Rst(_) => break,
             e => print!("send: ignoring {e:?}\n"),
         }
     }
