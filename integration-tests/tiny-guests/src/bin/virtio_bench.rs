@@ -10,6 +10,7 @@
 //!   64 KiB requests, sequentially, wrapping around the disk;
 //! - `bench-lat start` / `bench-lat done`: `lat_reqs=` (default 2000) 512-byte reads
 //!   of sector 0, one at a time.
+//!
 //! The host times the lines. Ends through the debug-exit port (0; 1 on failure).
 #![no_std]
 #![no_main]
