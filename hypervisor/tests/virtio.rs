@@ -492,7 +492,7 @@ fn a_hostile_guest_cannot_break_the_vmm_or_the_other_devices() {
         "ok buffer across the end of RAM",
         "ok length near u32::MAX",
         "ok next index out of range",
-        "ok indirect table outside memory",
+        "ok unnegotiated indirect table",
         "ok write to the read-only disk",
         "ok read past the end",
         "ok read straddling the end",

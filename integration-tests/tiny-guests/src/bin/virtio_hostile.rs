@@ -139,11 +139,29 @@ fn blk_attacks(d: &mut Devs) {
         "next index out of range",
         &[(h, 16, F_NEXT, 1), (BUF, 512, F_WRITE | F_NEXT, 999)],
     );
-    // An indirect table the driver never negotiated, pointing outside memory.
+    // A well-formed indirect table, but VIRTIO_F_INDIRECT_DESC was never offered.
+    let table = BIG + 0x10_0000;
+    for (i, (addr, len, flags, next)) in [
+        (h, 16u32, F_NEXT, 1u16),
+        (BUF, 512, F_WRITE | F_NEXT, 2),
+        (st, 1, F_WRITE, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = table + i as u64 * 16;
+        // SAFETY: free RAM in the data area.
+        unsafe {
+            poke(d, addr);
+            poke(d + 8, len);
+            poke(d + 12, flags);
+            poke(d + 14, next);
+        }
+    }
     refused_chain(
         d,
-        "indirect table outside memory",
-        &[(0x20_0000_0000, 64, F_INDIRECT, 0)],
+        "unnegotiated indirect table",
+        &[(table, 48, F_INDIRECT, 0)],
     );
 
     // Writes to the read-only disk; reads past the end, straddling it, overflowing.
