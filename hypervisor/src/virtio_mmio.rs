@@ -615,7 +615,7 @@ impl VirtioDevices {
                     status,
                     needs_reset: status & bulwark_virtio::mmio::status::DEVICE_NEEDS_RESET != 0,
                     notify: r.notify,
-                    worker_alive: r.worker.is_some()
+                    worker_alive: r.worker.as_ref().is_some_and(IoWorker::is_running)
                         && !r.worker_done.load(std::sync::atomic::Ordering::SeqCst),
                     counters: r.counters.snapshot().into(),
                 }

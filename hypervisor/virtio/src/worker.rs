@@ -88,6 +88,12 @@ impl IoWorker {
         })
     }
 
+    /// Whether the worker thread is still running (it ends on stop, when its
+    /// set-up fails, or when `epoll_wait` fails).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the worker and waits for it.
     pub fn stop(mut self) {
         self.shutdown();
