@@ -107,6 +107,7 @@ const VIRTIO_WORKER_SYSCALLS: &[i64] = &[
     libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    libc::SYS_lseek,
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_fdatasync,
