@@ -113,6 +113,24 @@ fn notifications_work_without_ioeventfd() {
     );
 }
 
+#[test]
+fn device_interrupts_reach_the_guest_through_the_irqfd() {
+    // rng is the only device: slot 0, GSI 5. The guest sleeps in `hlt` until the
+    // interrupt for each completed buffer arrives (a lost interrupt hangs it and the
+    // watchdog fails the test).
+    for env in [&[][..], &[("BULWARK_VMM_NO_IOEVENTFD", "1")][..]] {
+        let mut cfg = raw_config("virtio-irq", 1, 5);
+        cfg["devices"]["rng"] = json!(true);
+        let run = boot_with_env(cfg, env);
+        run.assert_status(16);
+        assert!(
+            run.serial.contains("irq ok: 8 interrupts"),
+            "{}",
+            run.serial
+        );
+    }
+}
+
 struct SignedRootfs {
     _dir: tempfile::TempDir,
     bundle: PathBuf,

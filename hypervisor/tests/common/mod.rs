@@ -46,7 +46,7 @@ pub fn guests() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = target.join("x86_64-unknown-none/release");
-        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh", "virtio-blk", "virtio-vsock", "virtio-hostile"] {
+        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh", "virtio-blk", "virtio-vsock", "virtio-hostile", "virtio-irq"] {
             let elf = dir.join(name);
             let status = Command::new("objcopy")
                 .args(["-O", "binary"])
