@@ -4,7 +4,8 @@
 # `tiny_guests`). virtio-blk: SHA-256 of a read-only disk against the value on its
 # command line, a scratch disk written and read back, 64 bytes from rng; the
 # measurement equals `bulwark-vmm measure`. virtio-irq: the guest sleeps in `hlt`
-# until each rng completion's interrupt arrives. Each with ioeventfd and with
+# until each rng completion's interrupt arrives. virtio-vsock with lab-vsock-peer:
+# 1 MiB echoed, then 1 MiB from the guest, byte-exact. Each with ioeventfd and with
 # notifications through MMIO exits (BULWARK_VMM_NO_IOEVENTFD).
 lab_check kvm-device test -c /dev/kvm
 
@@ -24,6 +25,14 @@ cat >/tmp/irq.json <<EOF
  "boot_source": {"kind": "raw", "image": "/lab/tiny/virtio-irq.bin", "load_addr": 1048576,
    "entry": {"mode": "long64", "rip": 1048576, "rsi": 5}},
  "devices": {"serial": {"file": "/tmp/irq-serial.log"}, "debug_exit": true, "rng": true}}
+EOF
+
+cat >/tmp/vsock.json <<EOF
+{$machine,
+ "boot_source": {"kind": "raw", "image": "/lab/tiny/virtio-vsock.bin", "load_addr": 1048576,
+   "entry": {"mode": "long64", "rip": 1048576, "rsi": 16}},
+ "devices": {"serial": {"file": "/tmp/vsock-serial.log"}, "debug_exit": true,
+   "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"}}}
 EOF
 
 # run NAME CONFIG SERIAL [ENV...]: boots CONFIG; sets $status and $log.
@@ -55,6 +64,20 @@ for mode in ioeventfd mmio-exit; do
     else
       lab_fail blk-measurement "measure '$predicted', booted '$booted'"
     fi
+  fi
+  # vsock: lab-vsock-peer is the host side (1 MiB echoed, 1 MiB from the guest).
+  rm -f /tmp/v.sock /tmp/v.sock_5678 /tmp/vsock-serial.log
+  env "$@" timeout -s KILL 120 bulwark-vmm --config /tmp/vsock.json >/tmp/vsock-$mode.out 2>&1 &
+  vmm=$!
+  peer=$(timeout -s KILL 110 lab-vsock-peer /tmp/v.sock 1048576 2>&1)
+  wait $vmm
+  status=$?
+  echo "--- vsock-$mode: exit status $status, peer: $peer, serial:"; tr -d '\r' </tmp/vsock-serial.log
+  echo "--- vsock-$mode: bulwark-vmm output:"; tail -n 20 /tmp/vsock-$mode.out
+  if [ "$status" -eq 16 ] && echo "$peer" | grep -q '^vsock ok'; then
+    lab_pass vsock-$mode "$peer"
+  else
+    lab_fail vsock-$mode "status $status (16 expected); peer: $peer"
   fi
   run irq-$mode /tmp/irq.json /tmp/irq-serial.log "$@"
   if [ "$status" -eq 16 ] && echo "$log" | grep -q '^irq ok: 8 interrupts'; then

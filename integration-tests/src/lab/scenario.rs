@@ -107,15 +107,21 @@ const VMM_LINUX: Scenario = Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "vmm-virtio",
-        summary: "bulwark-vmm's virtio devices under real (nested SVM) KVM inside L1: tiny guests hash a read-only disk, write a scratch disk, read rng, and sleep until each completion's interrupt (irqfd; ioeventfd and MMIO-exit notifications)",
+        summary: "bulwark-vmm's virtio devices under real (nested SVM) KVM inside L1: tiny guests hash a read-only disk, write a scratch disk, read rng, sleep until each completion's interrupt (irqfd) and move 1 MiB each way over vsock (ioeventfd and MMIO-exit notifications)",
         script: include_str!("../../lab/scenarios/vmm-virtio.sh"),
         modules: KVM_MODULES,
         memory_mib: 768,
-        guest_programs: &[GuestProgram {
-            package: "bulwark-vmm",
-            bin: "bulwark-vmm",
-        }],
-        tiny_guests: &["virtio-blk", "virtio-irq"],
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-vmm",
+                bin: "bulwark-vmm",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-vsock-peer",
+            },
+        ],
+        tiny_guests: &["virtio-blk", "virtio-irq", "virtio-vsock"],
         expected_checks: &[
             "kvm-device",
             "blk-ioeventfd",
@@ -123,6 +129,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "blk-mmio-exit",
             "irq-ioeventfd",
             "irq-mmio-exit",
+            "vsock-ioeventfd",
+            "vsock-mmio-exit",
         ],
         timeout_secs: 240,
         ..PLAIN
