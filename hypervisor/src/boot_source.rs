@@ -94,16 +94,27 @@ pub struct BootInputs {
 }
 
 /// Where a verified bundle's rootfs lies in the bundle file: the filesystem image and
-/// its dm-verity hash tree, `[offset, offset + len)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// its dm-verity hash tree, `[offset, offset + len)`, with the very file descriptor
+/// that was verified (so the disk cannot be a different file swapped in at `path`).
+#[derive(Debug, Clone)]
 pub struct RootfsExtent {
-    /// The bundle file.
+    /// The bundle file's path (for messages).
     pub path: PathBuf,
+    /// The verified bundle file, opened read-only.
+    pub file: std::sync::Arc<std::fs::File>,
     /// First byte of the rootfs component.
     pub offset: u64,
     /// Bytes from `offset` to the end of the hash tree.
     pub len: u64,
 }
+
+impl PartialEq for RootfsExtent {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.path, self.offset, self.len) == (&other.path, other.offset, other.len)
+    }
+}
+
+impl Eq for RootfsExtent {}
 
 /// Errors reading the boot source, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -330,8 +341,13 @@ fn read_bundle(
             let end = c
                 .stored_end()
                 .ok_or_else(|| SourceError::Bundle("the rootfs extent overflows".into()))?;
+            let file =
+                verified.source().file().try_clone().map_err(|e| {
+                    SourceError::Bundle(format!("keeping the bundle file open: {e}"))
+                })?;
             Some(RootfsExtent {
                 path: path.to_path_buf(),
+                file: std::sync::Arc::new(file),
                 offset: c.offset,
                 len: end - c.offset,
             })

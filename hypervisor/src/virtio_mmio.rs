@@ -519,7 +519,14 @@ impl VirtioDevices {
                     let disk = match (&b.path, &inputs.rootfs) {
                         (Some(p), _) => DiskBackend::open_file(p, b.is_read_only())
                             .map_err(|e| verr(format!("{field}.path"), e))?,
-                        (None, Some(r)) => DiskBackend::open_range(&r.path, r.offset, r.len, true)
+                        (None, Some(r)) => r
+                            .file
+                            .try_clone()
+                            .map_err(|e| bulwark_virtio::block::BackendError::Io {
+                                path: r.path.display().to_string(),
+                                source: e,
+                            })
+                            .and_then(|f| DiskBackend::from_range(f, r.offset, r.len, true))
                             .map_err(|e| verr(format!("{field}.bundle_rootfs"), e))?,
                         (None, None) => {
                             return Err(verr(
