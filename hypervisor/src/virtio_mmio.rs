@@ -504,7 +504,6 @@ impl VirtioDevices {
             return Ok(Self::default());
         }
         let mem = Arc::new(mem.clone());
-        let filter = seccomp::virtio_worker_filter(mode).map_err(|e| verr("seccomp", e))?;
         let use_ioeventfd =
             kvm.check_extension(Cap::Ioeventfd) && std::env::var_os(NO_IOEVENTFD_ENV).is_none();
         if !use_ioeventfd {
@@ -551,6 +550,13 @@ impl VirtioDevices {
                     (Arc::new(Mutex::new(dev)), "virtio-vsock".into())
                 }
             };
+            let worker_kind = match slot.kind {
+                SlotKind::Block { .. } => seccomp::VirtioWorker::Block,
+                SlotKind::Rng => seccomp::VirtioWorker::Rng,
+                SlotKind::Vsock => seccomp::VirtioWorker::Vsock,
+            };
+            let filter =
+                seccomp::virtio_worker_filter(mode, worker_kind).map_err(|e| verr("seccomp", e))?;
             let counters = bulwark_virtio::lock_device(&device).counters();
             let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| verr("eventfd", e))?);
             vm_fd
@@ -582,7 +588,7 @@ impl VirtioDevices {
                 .insert(slot.base, MMIO_REGION_SIZE, transport.clone())
                 .map_err(|e| verr("virtio-mmio window", e))?;
             let worker_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (filter, done, control) = (filter.clone(), worker_done.clone(), control.clone());
+            let (done, control) = (worker_done.clone(), control.clone());
             let worker_name = name.clone();
             let worker = IoWorker::spawn_with_setup(&name, device, events, move || {
                 let r = seccomp::install(mode, filter.as_ref()).map_err(|e| {
