@@ -415,7 +415,7 @@ pub fn platform(cfg: &VmConfig) -> Option<AcpiPlatform> {
     cfg.machine.acpi.then(|| AcpiPlatform {
         vcpus: cfg.machine.vcpus,
         serial: cfg.devices.serial != SerialOutput::None,
-        virtio_mmio: Vec::new(),
+        virtio_mmio: crate::virtio_mmio::mmio_devices(&cfg.devices),
         pci: None,
     })
 }

@@ -244,6 +244,7 @@ async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCod
     let d: DevicesConfig = parse("devices", &body)?;
     let mut st = s.lock();
     not_started(&st)?;
+    crate::virtio_mmio::validate(&d, st.pending.boot_source.as_ref())?;
     st.pending.devices = d;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -406,6 +407,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 "# HELP bulwark_acpi_pm_ignored_total Ignored writes to the ACPI power-management registers.\n# TYPE bulwark_acpi_pm_ignored_total counter\nbulwark_acpi_pm_ignored_total {}",
                 d.acpi_pm_ignored
             );
+            crate::virtio_mmio::write_metrics(&mut out, &d.virtio);
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

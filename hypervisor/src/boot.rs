@@ -253,7 +253,18 @@ pub fn prepare(
             initrd,
             cmdline,
             entry,
-        } => load_linux(&mut w, kernel, initrd.as_deref(), cmdline, *entry, rsdp)?,
+        } => {
+            // Without ACPI the virtio-mmio devices are announced on the command line
+            // (measured with it, as written into guest memory); with ACPI the DSDT
+            // describes them (`LNRO0005`), and announcing them twice would make a
+            // kernel that reads both register each device twice.
+            let cmdline = if cfg.machine.acpi {
+                cmdline.to_string()
+            } else {
+                crate::virtio_mmio::append_cmdline(cmdline, &cfg.devices)
+            };
+            load_linux(&mut w, kernel, initrd.as_deref(), &cmdline, *entry, rsdp)?
+        }
     };
     w.events.push(Event::new(
         "entry",

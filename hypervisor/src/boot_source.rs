@@ -88,7 +88,33 @@ pub struct BootInputs {
     pub payload: BootPayload,
     /// Who vouches for it.
     pub origin: Origin,
+    /// The rootfs of a verified bundle (and its dm-verity tree), served in place to
+    /// the guest as a read-only disk when `devices.block` asks for it.
+    pub rootfs: Option<RootfsExtent>,
 }
+
+/// Where a verified bundle's rootfs lies in the bundle file: the filesystem image and
+/// its dm-verity hash tree, `[offset, offset + len)`, with the very file descriptor
+/// that was verified (so the disk cannot be a different file swapped in at `path`).
+#[derive(Debug, Clone)]
+pub struct RootfsExtent {
+    /// The bundle file's path (for messages).
+    pub path: PathBuf,
+    /// The verified bundle file, opened read-only.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// First byte of the rootfs component.
+    pub offset: u64,
+    /// Bytes from `offset` to the end of the hash tree.
+    pub len: u64,
+}
+
+impl PartialEq for RootfsExtent {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.path, self.offset, self.len) == (&other.path, other.offset, other.len)
+    }
+}
+
+impl Eq for RootfsExtent {}
 
 /// Errors reading the boot source, naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +192,7 @@ pub fn read_boot_source(
                 entry: *entry,
             },
             origin: Origin::Unsigned,
+            rootfs: None,
         }),
         BootSource::Raw(RawBoot {
             image,
@@ -178,6 +205,7 @@ pub fn read_boot_source(
                 entry: entry.clone(),
             },
             origin: Origin::Unsigned,
+            rootfs: None,
         }),
         BootSource::Bundle(BundleBoot {
             path,
@@ -308,5 +336,27 @@ fn read_bundle(
             entry,
         },
     };
-    Ok(BootInputs { payload, origin })
+    let rootfs = match manifest.component(ComponentKind::Rootfs) {
+        Some(c) => {
+            let end = c
+                .stored_end()
+                .ok_or_else(|| SourceError::Bundle("the rootfs extent overflows".into()))?;
+            let file =
+                verified.source().file().try_clone().map_err(|e| {
+                    SourceError::Bundle(format!("keeping the bundle file open: {e}"))
+                })?;
+            Some(RootfsExtent {
+                path: path.to_path_buf(),
+                file: std::sync::Arc::new(file),
+                offset: c.offset,
+                len: end - c.offset,
+            })
+        }
+        None => None,
+    };
+    Ok(BootInputs {
+        payload,
+        origin,
+        rootfs,
+    })
 }

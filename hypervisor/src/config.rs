@@ -243,6 +243,15 @@ pub struct DevicesConfig {
     /// Debug-exit port at 0xf4: a byte written there ends the VM with that code.
     #[serde(default)]
     pub debug_exit: bool,
+    /// virtio-blk disks (virtio-mmio), in this order (see `virtio_mmio`).
+    #[serde(default)]
+    pub block: Vec<crate::virtio_mmio::BlockConfig>,
+    /// virtio-vsock with its host side on Unix sockets.
+    #[serde(default)]
+    pub vsock: Option<crate::virtio_mmio::VsockConfig>,
+    /// virtio-rng fed from the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
 }
 
 fn yes() -> bool {
@@ -255,6 +264,9 @@ impl Default for DevicesConfig {
             serial: SerialOutput::default(),
             i8042: true,
             debug_exit: false,
+            block: Vec::new(),
+            vsock: None,
+            rng: false,
         }
     }
 }
@@ -313,16 +325,22 @@ impl ConfigError {
 pub fn field_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
     let inner: Vec<String> = path
         .iter()
-        .map(|s| match s {
-            serde_path_to_error::Segment::Seq { index } => index.to_string(),
-            other => other.to_string(),
-        })
+        .map(|s| s.to_string())
         .filter(|s| !s.is_empty() && s != "?")
         .collect();
+    // Sequence indices print as `[i]` and attach without a dot: `devices.block[0].id`.
+    let joined = inner.iter().fold(String::new(), |mut acc, seg| {
+        if !acc.is_empty() && !seg.starts_with('[') {
+            acc.push('.');
+        }
+        acc.push_str(seg);
+        acc
+    });
     match (prefix, inner.is_empty()) {
         (p, true) => p.to_string(),
-        ("config" | "", false) => inner.join("."),
-        (p, false) => format!("{p}.{}", inner.join(".")),
+        ("config" | "", false) => joined,
+        (p, false) if joined.starts_with('[') => format!("{p}{joined}"),
+        (p, false) => format!("{p}.{joined}"),
     }
 }
 
@@ -366,7 +384,8 @@ impl VmConfig {
     /// Checks the values that the types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.machine.validate()?;
-        self.boot_source.validate()
+        self.boot_source.validate()?;
+        crate::virtio_mmio::validate(&self.devices, Some(&self.boot_source))
     }
 }
 
@@ -515,7 +534,7 @@ mod tests {
         assert_eq!(e.field, "boot_source.raw.entry.rip");
         let e = VmConfig::from_json(&bundle.replace("\"k.pem\"", "7").replace("\"x\"", "1"))
             .unwrap_err();
-        assert_eq!(e.field, "boot_source.trusted_keys.0");
+        assert_eq!(e.field, "boot_source.trusted_keys[0]");
         let e = VmConfig::from_json(&RAW.replace("\"debug_exit\"", "\"bogus\"")).unwrap_err();
         assert_eq!(e.field, "devices.bogus");
         let e = VmConfig::from_json(&RAW.replace("\"load_addr\"", "\"bogus\":1,\"load_addr\""))

@@ -42,6 +42,7 @@ pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
             COM1_BASE + 7
         ));
     }
+    v.extend(crate::virtio_mmio::device_list(cfg));
     v
 }
 
@@ -315,6 +316,7 @@ mod tests {
             serial: SerialOutput::Sink,
             i8042: true,
             debug_exit: true,
+            ..Default::default()
         };
         let bus = Buses::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
         let mut b = [0u8; 1];

@@ -27,4 +27,5 @@ pub mod signals;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod vcpu;
+pub mod virtio_mmio;
 pub mod vm;

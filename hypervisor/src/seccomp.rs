@@ -34,6 +34,9 @@ const RUNTIME_SYSCALLS: &[i64] = &[
 /// System calls a vCPU thread makes besides [`RUNTIME_SYSCALLS`]: KVM_RUN, device output (write), the allocator,
 /// futexes, the kick signal's return path and thread exit.
 const VCPU_SYSCALLS: &[i64] = &[
+    // A virtio device reset (a status write, on the vCPU thread) drains its queue
+    // notification eventfds.
+    libc::SYS_read,
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_sched_yield,
@@ -86,6 +89,94 @@ const CONTROL_SYSCALLS: &[i64] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];
+
+/// `FIONBIO`: std's `set_nonblocking` on the vsock sockets the worker accepts or opens.
+const FIONBIO: u64 = 0x5421;
+
+/// System calls every virtio I/O worker thread makes: its epoll loop, eventfds
+/// (notifications in, interrupts out), logging, thread exit. No open, no exec, no KVM
+/// ioctls: disk files and the vsock listener are opened before the VM runs.
+const VIRTIO_WORKER_SYSCALLS: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    // std's HashMap seeds its hasher per thread from getrandom (the worker's map of
+    // polled descriptors), and virtio-rng's bytes come from it.
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_sched_yield,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_rseq,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// virtio-blk's worker also does positioned and seek+read disk I/O, flush and hole
+/// punching (discard).
+const VIRTIO_BLOCK_SYSCALLS: &[i64] = &[
+    libc::SYS_readv,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_lseek,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
+];
+
+/// virtio-rng's worker needs nothing beyond the common list (getrandom is there).
+const VIRTIO_RNG_SYSCALLS: &[i64] = &[];
+
+/// virtio-vsock's worker also accepts host connections, connects to host listeners
+/// (Unix sockets) and moves stream bytes; `set_nonblocking` is the `FIONBIO` ioctl.
+const VIRTIO_VSOCK_SYSCALLS: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_accept,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+];
+
+/// Which virtio device a worker serves (its filter allows only what that device needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioWorker {
+    /// virtio-blk.
+    Block,
+    /// virtio-rng.
+    Rng,
+    /// virtio-vsock.
+    Vsock,
+}
+
+/// The filter for a virtio I/O worker thread of `kind` (`None` when seccomp is off),
+/// installed by the worker before it touches its device or guest memory.
+pub fn virtio_worker_filter(
+    mode: SeccompMode,
+    kind: VirtioWorker,
+) -> Result<Option<BpfProgram>, String> {
+    let (extra, ioctls): (&[i64], &[u64]) = match kind {
+        VirtioWorker::Block => (VIRTIO_BLOCK_SYSCALLS, &[]),
+        VirtioWorker::Rng => (VIRTIO_RNG_SYSCALLS, &[]),
+        VirtioWorker::Vsock => (VIRTIO_VSOCK_SYSCALLS, &[FIONBIO]),
+    };
+    let list: Vec<i64> = VIRTIO_WORKER_SYSCALLS
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    filter(mode, "virtio worker", &list, ioctls)
+}
 
 fn action(mode: SeccompMode) -> Option<SeccompAction> {
     match mode {

@@ -114,6 +114,8 @@ pub struct VmDescription {
     /// Ignored writes to the ACPI power-management registers (unsupported sleep
     /// states, wrong reset values, wider accesses).
     pub acpi_pm_ignored: u64,
+    /// The virtio-mmio devices: where, state, counters.
+    pub virtio: Vec<crate::virtio_mmio::VirtioDeviceInfo>,
 }
 
 /// A built VM.
@@ -127,6 +129,7 @@ pub struct Vm {
     origin: crate::boot_source::Origin,
     cfg: VmConfig,
     bus: Arc<Buses>,
+    virtio: crate::virtio_mmio::VirtioDevices,
     control: Arc<Control>,
     stats: Vec<Arc<VcpuStats>>,
     pending: Vec<VcpuFd>,
@@ -222,6 +225,11 @@ impl Vm {
         let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
         let acpi_pm = crate::acpi::attach(cfg, &bus.pio)
             .map_err(|e| VmError::Config(format!("machine.acpi: power registers: {e}")))?;
+        let control = Arc::new(Control::default());
+        let virtio = crate::virtio_mmio::VirtioDevices::build(
+            cfg, inputs, &mem, &kvm, &vm_fd, &bus, &control,
+        )
+        .map_err(|e| VmError::Config(e.to_string()))?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -247,7 +255,8 @@ impl Vm {
             plan,
             cfg: cfg.clone(),
             bus,
-            control: Arc::new(Control::default()),
+            virtio,
+            control,
             stats: (0..cfg.machine.vcpus).map(|_| Arc::default()).collect(),
             pending,
             threads: Vec::new(),
@@ -373,6 +382,7 @@ impl Vm {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.virtio.stop();
         self.control.reason().unwrap_or(ExitReason::Stopped)
     }
 
@@ -417,6 +427,7 @@ impl Vm {
             acpi_pm_ignored: self.acpi_pm.as_ref().map_or(0, |pm| {
                 pm.ignored.load(std::sync::atomic::Ordering::Relaxed)
             }),
+            virtio: self.virtio.describe(),
         }
     }
 }
@@ -438,6 +449,8 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
     let layout = cfg
         .machine
         .layout(52)
+        .map_err(|e| VmError::Config(e.to_string()))?;
+    crate::virtio_mmio::check_inputs(&cfg.devices, inputs)
         .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
     Ok(prepare(cfg, &layout, inputs, &mem)?)

@@ -46,7 +46,7 @@ pub fn guests() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = target.join("x86_64-unknown-none/release");
-        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh", "acpi", "echo"] {
+        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh", "acpi", "echo", "virtio-blk", "virtio-vsock", "virtio-hostile", "virtio-irq"] {
             let elf = dir.join(name);
             let status = Command::new("objcopy")
                 .args(["-O", "binary"])
@@ -145,16 +145,30 @@ pub fn write_config(dir: &Path, mut config: Value) -> PathBuf {
 /// Boots `config` with `bulwark-vmm --config` and waits for the process to end. A
 /// watchdog kills a VMM that is still running after two minutes (a hang is a failure).
 pub fn boot(config: Value) -> Run {
+    boot_with_env(config, &[])
+}
+
+/// [`boot`] with extra environment variables for the VMM.
+pub fn boot_with_env(config: Value, env: &[(&str, &str)]) -> Run {
     let dir = scratch();
     let path = write_config(dir.path(), config);
     let mut child = Command::new(vmm_bin())
         .arg("--config")
         .arg(&path)
         .env("BULWARK_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning bulwark-vmm");
+    // Drained while the VMM runs, so a chatty log can never block it.
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let err_reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -166,11 +180,7 @@ pub fn boot(config: Value) -> Run {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = err_reader.join().unwrap_or_default();
     Run {
         status: status.code().unwrap_or(-1),
         serial: std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default(),

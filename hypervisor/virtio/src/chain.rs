@@ -19,6 +19,42 @@ use crate::GuestMemory;
 /// Most descriptors one chain may have (direct and indirect together).
 pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
 
+/// `VIRTIO_F_INDIRECT_DESC`: no device here offers it, so no driver may use
+/// indirect descriptors.
+pub const VIRTIO_F_INDIRECT_DESC: u64 = 1 << 28;
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_INDIRECT: u16 = 4;
+
+/// Whether the direct chain starting at `head` in the descriptor table at
+/// `table` (of `size` entries) holds an indirect descriptor. Reads at most
+/// `size` descriptors; an unreadable descriptor or a bad `next` ends the walk
+/// with `false` (the full walk in [`parse_chain`] refuses such chains). A
+/// guest racing this check can at worst get an indirect table walked and
+/// validated like any chain.
+pub fn uses_indirect(mem: &GuestMemory, table: u64, size: u16, head: u16) -> bool {
+    let mut index = head;
+    for _ in 0..size {
+        let Some(at) = table.checked_add(u64::from(index) * 16) else {
+            return false;
+        };
+        let (Ok(flags), Ok(next)) = (
+            mem.read_obj::<u16>(GuestAddress(at.wrapping_add(12))),
+            mem.read_obj::<u16>(GuestAddress(at.wrapping_add(14))),
+        ) else {
+            return false;
+        };
+        if flags & DESC_F_INDIRECT != 0 {
+            return true;
+        }
+        if flags & DESC_F_NEXT == 0 || next >= size {
+            return false;
+        }
+        index = next;
+    }
+    false
+}
+
 /// Why a descriptor chain was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -43,6 +79,10 @@ pub enum ChainError {
     /// A device-readable descriptor follows a device-writable one.
     #[error("readable descriptor after a writable one")]
     ReadableAfterWritable,
+    /// An indirect descriptor although `VIRTIO_F_INDIRECT_DESC` was not
+    /// negotiated.
+    #[error("indirect descriptor without VIRTIO_F_INDIRECT_DESC negotiated")]
+    IndirectNotNegotiated,
 }
 
 /// One guest buffer, already checked to lie inside guest memory.

@@ -118,6 +118,7 @@ impl Interrupt for MmioInterrupt {
 
     fn set_needs_reset(&self, reason: &str) {
         if !self.0.needs_reset.swap(true, Ordering::SeqCst) {
+            self.0.counters.add_needs_reset();
             guest_warn!(self.0.counters, reason, "virtio-mmio: device needs reset");
             self.0.raise(INT_CONFIG);
         }

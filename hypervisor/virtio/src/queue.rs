@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
-use crate::chain::{parse_chain, ChainError, ParsedChain};
+use crate::chain::{parse_chain, uses_indirect, ChainError, ParsedChain, VIRTIO_F_INDIRECT_DESC};
 use crate::counters::{guest_warn, DeviceCounters};
 use crate::device::{ActivateContext, ActivateError, Interrupt, InterruptKind};
 use crate::GuestMemory;
@@ -96,7 +96,8 @@ impl ActiveQueues {
         if !self.broken {
             guest_warn!(self.counters, reason, "virtio device needs reset");
             self.broken = true;
-            self.counters.add_needs_reset();
+            // The interrupt counts the needs-reset entry (once per entry, whoever
+            // triggers it: the device here or the transport).
             self.counters.add_error();
             self.interrupt.set_needs_reset(reason);
         }
@@ -126,6 +127,13 @@ impl ActiveQueues {
             return Popped::Empty;
         };
         let head = chain.head_index();
+        if self.acked_features & VIRTIO_F_INDIRECT_DESC == 0
+            && uses_indirect(mem, queue.desc_table(), queue.size(), head)
+        {
+            let error = ChainError::IndirectNotNegotiated;
+            guest_warn!(self.counters, queue = index, head, %error, "refused descriptor chain");
+            return Popped::Invalid { head, error };
+        }
         match parse_chain(chain, mem) {
             Ok(parsed) => Popped::Chain(parsed),
             Err(error) => {

@@ -50,6 +50,19 @@ impl IoWorker {
     /// Spawns the worker for `device`, with `queue_events[i]` the
     /// notification event of queue `i` (clones of the transport's events).
     pub fn spawn(name: &str, device: SharedDevice, queue_events: Vec<EventFd>) -> io::Result<Self> {
+        Self::spawn_with_setup(name, device, queue_events, || Ok(()))
+    }
+
+    /// Like [`IoWorker::spawn`], but the thread first runs `setup` (the VMM
+    /// installs the thread's seccomp filter there), before it touches the
+    /// device or guest memory. If `setup` fails the error is logged and the
+    /// thread ends without serving the device.
+    pub fn spawn_with_setup(
+        name: &str,
+        device: SharedDevice,
+        queue_events: Vec<EventFd>,
+        setup: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> io::Result<Self> {
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let epoll = queue_epoll(&queue_events)?;
         epoll.ctl(
@@ -65,11 +78,20 @@ impl IoWorker {
         };
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || state.run())?;
+            .spawn(move || match setup() {
+                Ok(()) => state.run(),
+                Err(e) => tracing::error!(error = %e, "virtio worker: set-up failed, not serving the device"),
+            })?;
         Ok(Self {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Whether the worker thread is still running (it ends on stop, when its
+    /// set-up fails, or when `epoll_wait` fails).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Stops the worker and waits for it.

@@ -399,7 +399,8 @@ fn hostile_indirect_tables_are_refused() {
     assert_eq!(d.take_used(0), vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
     assert_eq!(d.counters().errors, 4);
     assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
-    // A well-formed indirect table is served.
+    // A well-formed indirect table is refused too: no device offers
+    // VIRTIO_F_INDIRECT_DESC, so no driver may use one.
     write_table(
         &d,
         table + 0x300,
@@ -413,7 +414,17 @@ fn hostile_indirect_tables_are_refused() {
     d.raw_desc(0, 4, table + 0x300, 48, F_INDIRECT, 0);
     d.push_avail(0, 4);
     d.kick(0);
-    assert_eq!(d.take_used(0), vec![(4, 4097)]);
+    assert_eq!(d.take_used(0), vec![(4, 0)]);
+    assert_eq!(d.read_mem(STATUS, 1)[0], 0xff);
+    assert_eq!(d.counters().errors, 5);
+    assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+    // The same request through direct descriptors is served.
+    d.raw_desc(0, 5, HDR, 16, F_NEXT, 6);
+    d.raw_desc(0, 6, BUF, 4096, F_NEXT | F_WRITE, 7);
+    d.raw_desc(0, 7, STATUS, 1, F_WRITE, 0);
+    d.push_avail(0, 5);
+    d.kick(0);
+    assert_eq!(d.take_used(0), vec![(5, 4097)]);
     assert_eq!(d.read_mem(STATUS, 1)[0], VIRTIO_BLK_S_OK);
     assert!(d.read_mem(BUF, 4096) == pattern(5, 4096));
 }

@@ -235,6 +235,16 @@ impl Lab {
             }
             image.host_file(file, Path::new(file), 0o644);
         }
+        for (name, elf) in
+            programs::build_tiny_guests(&self.workspace, &self.target_dir, scenario.tiny_guests)?
+        {
+            image.host_file(&format!("/lab/tiny/{name}"), &elf, 0o644);
+            image.host_file(
+                &format!("/lab/tiny/{name}.bin"),
+                &elf.with_extension("bin"),
+                0o644,
+            );
+        }
         if let Some(l2) = &scenario.l2 {
             let mut l2_image = Vec::new();
             let mut l2_files = self.busybox_image(l2.init);

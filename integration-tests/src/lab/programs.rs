@@ -63,6 +63,54 @@ pub fn build_guest_programs(
         .collect())
 }
 
+/// Builds the tiny guests `names` (`integration-tests/tiny-guests`, its own workspace,
+/// target `x86_64-unknown-none`) into `target_dir/tiny-guests` and makes each one's flat
+/// binary (`NAME.bin`, `objcopy -O binary`) next to its ELF; returns `(name, ELF path)`.
+pub fn build_tiny_guests(
+    workspace: &Path,
+    target_dir: &Path,
+    names: &[&'static str],
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = target_dir.join("tiny-guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace.join("integration-tests/tiny-guests"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--target",
+            "x86_64-unknown-none",
+        ])
+        .arg("--target-dir")
+        .arg(&out);
+    for name in names {
+        cmd.args(["--bin", name]);
+    }
+    run(&mut cmd)?;
+    let dir = out.join("x86_64-unknown-none/release");
+    names
+        .iter()
+        .map(|&name| {
+            let elf = dir.join(name);
+            let mut objcopy = Command::new("objcopy");
+            objcopy
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(elf.with_extension("bin"));
+            run(&mut objcopy)?;
+            Ok((name, elf))
+        })
+        .collect()
+}
+
 /// `program` and the shared libraries (and dynamic loader) it needs, as host paths,
 /// found with `ldd`. A static program is just itself.
 pub fn with_shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {

@@ -48,6 +48,9 @@ pub struct Scenario {
     /// Other host files copied into L1 at the same path (firmware, data).
     pub host_files: &'static [&'static str],
     pub l2: Option<L2Guest>,
+    /// Tiny guests (`integration-tests/tiny-guests`, built for `x86_64-unknown-none`)
+    /// put in L1 as `/lab/tiny/NAME` (ELF) and `/lab/tiny/NAME.bin` (flat binary).
+    pub tiny_guests: &'static [&'static str],
     /// Checks that must be reported and pass (`modules-loaded` is always expected too).
     pub expected_checks: &'static [&'static str],
     /// Hard limit for the L1 run, boot to power-off.
@@ -75,6 +78,7 @@ const PLAIN: Scenario = Scenario {
     host_programs: &[],
     host_files: &[],
     l2: None,
+    tiny_guests: &[],
     expected_checks: &[],
     timeout_secs: 180,
 };
@@ -107,6 +111,36 @@ const VMM_LINUX: Scenario = Scenario {
 
 /// Every scenario the lab ships.
 pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "vmm-virtio",
+        summary: "bulwark-vmm's virtio devices under real (nested SVM) KVM inside L1: tiny guests hash a read-only disk, write a scratch disk, read rng, sleep until each completion's interrupt (irqfd) and move 1 MiB each way over vsock (ioeventfd and MMIO-exit notifications)",
+        script: include_str!("../../lab/scenarios/vmm-virtio.sh"),
+        modules: KVM_MODULES,
+        memory_mib: 768,
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-vmm",
+                bin: "bulwark-vmm",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-vsock-peer",
+            },
+        ],
+        tiny_guests: &["virtio-blk", "virtio-irq", "virtio-vsock"],
+        expected_checks: &[
+            "kvm-device",
+            "blk-ioeventfd",
+            "blk-measurement",
+            "blk-mmio-exit",
+            "irq-ioeventfd",
+            "irq-mmio-exit",
+            "vsock-ioeventfd",
+            "vsock-mmio-exit",
+        ],
+        timeout_secs: 240,
+        ..PLAIN
+    },
     Scenario {
         name: "kvm-smoke",
         summary: "/dev/kvm in L1 (SVM with nested paging) runs a tiny guest to a port write and HLT",

@@ -9,6 +9,8 @@
 #![no_std]
 
 pub mod e820;
+pub mod virtio;
+pub mod vsock;
 
 use core::arch::{asm, global_asm};
 use core::fmt::{self, Write};

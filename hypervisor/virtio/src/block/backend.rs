@@ -147,6 +147,27 @@ impl DiskBackend {
         Ok(())
     }
 
+    /// Reads `len` bytes at disk byte `pos` straight into guest memory at
+    /// `addr` (no bounce copy): `lseek` then `read(2)` into the mapping, split
+    /// per memory region by `vm-memory`. The caller has checked that
+    /// `[addr, addr + len)` lies in guest memory. Only the device's worker
+    /// uses the file, so the shared file offset is not raced.
+    pub fn read_into_guest(
+        &self,
+        pos: u64,
+        mem: &crate::GuestMemory,
+        addr: vm_memory::GuestAddress,
+        len: usize,
+    ) -> Result<(), DiskError> {
+        use std::io::{Seek, SeekFrom};
+        use vm_memory::Bytes;
+        let at = self.locate(pos, len as u64)?;
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(at))?;
+        mem.read_exact_volatile_from(addr, &mut file, len)
+            .map_err(|e| DiskError::Io(io::Error::other(e)))
+    }
+
     /// Writes `buf` at disk byte `pos`.
     pub fn write_at(&self, pos: u64, buf: &[u8]) -> Result<(), DiskError> {
         if self.read_only {
