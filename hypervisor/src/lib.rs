@@ -20,6 +20,7 @@ pub mod devices;
 pub mod layout;
 pub mod measurement;
 pub mod memory;
+pub mod pci;
 pub mod seccomp;
 pub mod signals;
 #[allow(unsafe_code)]
