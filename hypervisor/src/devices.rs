@@ -297,6 +297,7 @@ mod tests {
             serial: SerialOutput::Sink,
             i8042: true,
             debug_exit: true,
+            vfio: Vec::new(),
         };
         let bus = Buses::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
         let mut b = [0u8; 1];

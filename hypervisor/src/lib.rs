@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod devices;
+pub mod irq_routing;
 pub mod layout;
 pub mod measurement;
 pub mod memory;
@@ -26,4 +27,5 @@ pub mod signals;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod vcpu;
+pub mod vfio;
 pub mod vm;

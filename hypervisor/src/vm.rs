@@ -12,7 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::{prepare, BootPlan};
+use crate::boot::{prepare_with, BootPlan};
 use crate::boot_source::BootInputs;
 use crate::config::{SerialOutput, VmConfig};
 use crate::control::{Control, ExitReason, RunState};
@@ -58,6 +58,9 @@ pub enum VmError {
     /// The operation is not valid in the VM's current state.
     #[error("the VM is {0:?}")]
     State(RunState),
+    /// PCI passthrough (VFIO) set-up.
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioSetupError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -111,13 +114,16 @@ pub struct VmDescription {
     pub unowned_mmio: u64,
     /// Serial bytes dropped past the output cap.
     pub serial_dropped: u64,
+    /// Assigned PCI devices and the DMA-map time (absent without passthrough).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<crate::vfio::VfioReport>,
 }
 
 /// A built VM.
 #[derive(Debug)]
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     layout: MemoryLayout,
     plan: BootPlan,
@@ -129,6 +135,7 @@ pub struct Vm {
     pending: Vec<VcpuFd>,
     threads: Vec<JoinHandle<()>>,
     prefault: Option<Duration>,
+    vfio: Option<crate::vfio::VfioSet>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -167,7 +174,9 @@ impl Vm {
             .layout(guest_phys_bits(&supported))
             .map_err(|e| VmError::Config(e.to_string()))?;
 
-        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // Host checks for passthrough before anything big is allocated.
+        let vfio_hosts = crate::vfio::preflight(&cfg.devices.vfio, layout.mem_size)?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -201,7 +210,13 @@ impl Vm {
                 Some(t)
             }
         };
-        let plan = prepare(cfg, &layout, inputs, &mem)?;
+        let plan = prepare_with(
+            cfg,
+            &layout,
+            inputs,
+            &mem,
+            &crate::vfio::measured_entries(&vfio_hosts),
+        )?;
         // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
         // so vCPU threads that `stop` gives up on can never touch unmapped memory.
         crate::sys::register_guest_ram(&vm_fd, &mem).map_err(VmError::Host)?;
@@ -216,6 +231,7 @@ impl Vm {
             None
         };
         let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
+        let vfio = crate::vfio::attach_to_vm(&vfio_hosts, &vm_fd, &mem, &layout, &bus)?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -246,6 +262,7 @@ impl Vm {
             pending,
             threads: Vec::new(),
             prefault,
+            vfio,
         })
     }
 
@@ -266,7 +283,8 @@ impl Vm {
         }
         register_signal_handler(kick_signal(), kick_handler)
             .map_err(|e| VmError::Thread(format!("installing the vCPU kick handler: {e}")))?;
-        let filter = seccomp::vcpu_filter(self.cfg.seccomp).map_err(VmError::Thread)?;
+        let filter = seccomp::vcpu_filter_with(self.cfg.seccomp, self.vfio.is_some())
+            .map_err(VmError::Thread)?;
         let n = self.pending.len();
         self.control.start(n);
         for (index, fd) in self.pending.drain(..).enumerate() {
@@ -358,6 +376,9 @@ impl Vm {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(v) = &self.vfio {
+            v.teardown();
+        }
         self.control.reason().unwrap_or(ExitReason::Stopped)
     }
 
@@ -399,6 +420,7 @@ impl Vm {
                 .mmio
                 .load(std::sync::atomic::Ordering::Relaxed),
             serial_dropped: self.bus.serial_dropped(),
+            vfio: self.vfio.as_ref().map(crate::vfio::VfioSet::report),
         }
     }
 }
@@ -407,6 +429,9 @@ impl Drop for Vm {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
             self.stop(ExitReason::Stopped);
+        }
+        if let Some(v) = &self.vfio {
+            v.teardown();
         }
     }
 }
@@ -422,5 +447,14 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
         .layout(52)
         .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
-    Ok(prepare(cfg, &layout, inputs, &mem)?)
+    // The assigned devices' IDs come from this host's sysfs: measure on the host that
+    // will boot the VM (or one with the same devices).
+    let hosts = crate::vfio::describe_hosts(&cfg.devices.vfio)?;
+    Ok(prepare_with(
+        cfg,
+        &layout,
+        inputs,
+        &mem,
+        &crate::vfio::measured_entries(&hosts),
+    )?)
 }
