@@ -15,6 +15,7 @@ pub mod machine;
 pub mod modules;
 pub mod programs;
 pub mod scenario;
+pub mod tiny;
 pub mod verdict;
 
 use std::fmt::Write as _;
@@ -217,6 +218,13 @@ impl Lab {
         let l2_built = built.split_off(scenario.guest_programs.len());
         for (program, path) in scenario.guest_programs.iter().zip(built) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
+        }
+        for (name, flat) in scenario
+            .tiny_guests
+            .iter()
+            .zip(tiny::build(&self.workspace, &self.target_dir, scenario.tiny_guests)?)
+        {
+            image.host_file(&format!("/lab/tiny/{name}.bin"), &flat, 0o644);
         }
         for program in scenario.host_programs {
             for file in programs::with_shared_libraries(Path::new(program))? {

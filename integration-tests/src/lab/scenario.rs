@@ -48,6 +48,9 @@ pub struct Scenario {
     /// Other host files copied into L1 at the same path (firmware, data).
     pub host_files: &'static [&'static str],
     pub l2: Option<L2Guest>,
+    /// Tiny guests (`integration-tests/tiny-guests` binaries) put in L1 as flat
+    /// binaries at `/lab/tiny/NAME.bin`, for `bulwark-vmm` to boot raw at 1 MiB.
+    pub tiny_guests: &'static [&'static str],
     /// Checks that must be reported and pass (`modules-loaded` is always expected too).
     pub expected_checks: &'static [&'static str],
     /// Hard limit for the L1 run, boot to power-off.
@@ -75,6 +78,7 @@ const PLAIN: Scenario = Scenario {
     host_programs: &[],
     host_files: &[],
     l2: None,
+    tiny_guests: &[],
     expected_checks: &[],
     timeout_secs: 180,
 };
@@ -99,8 +103,49 @@ const VMM_LINUX: Scenario = Scenario {
     ..PLAIN
 };
 
+const VMM: GuestProgram = GuestProgram {
+    package: "bulwark-vmm",
+    bin: "bulwark-vmm",
+};
+
 /// Every scenario the lab ships.
 pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "vmm-vfio-edu",
+        summary: "bulwark-vmm passes QEMU's edu device through VFIO into a tiny guest (PCI scan, BAR0, DMA, MSI); refusals; a second VM takes the device after the first",
+        script: include_str!("../../lab/scenarios/vmm-vfio-edu.sh"),
+        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
+        // 04.0 is passed through; 05.0 and 05.1 share an IOMMU group (a multifunction
+        // device without ACS) and only 05.0 is bound to vfio-pci.
+        devices: &[
+            "edu,addr=04.0",
+            "edu,addr=05.0,multifunction=on",
+            "edu,addr=05.1",
+        ],
+        memory_mib: 768,
+        guest_programs: &[VMM],
+        tiny_guests: &["vfio-edu"],
+        expected_checks: &[
+            "kvm-device",
+            "bind-vfio-pci",
+            "edu-found",
+            "edu-bar0",
+            "edu-bar-move-refused",
+            "edu-ident",
+            "edu-msi-enable",
+            "edu-dma",
+            "edu-msi",
+            "edu-vm-exit",
+            "edu-measured",
+            "teardown-second-vm",
+            "refuse-busy",
+            "refuse-group",
+            "refuse-no-device",
+            "refuse-memlock",
+        ],
+        timeout_secs: 300,
+        ..PLAIN
+    },
     Scenario {
         name: "kvm-smoke",
         summary: "/dev/kvm in L1 (SVM with nested paging) runs a tiny guest to a port write and HLT",
