@@ -794,3 +794,296 @@ impl PassthroughFunction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A device: 256 bytes of config space, BAR contents, and a log of IRQ calls.
+    #[derive(Default)]
+    struct FakeDevice {
+        config: Mutex<Vec<u8>>,
+        bar: Mutex<Vec<u8>>,
+        irq_calls: Mutex<Vec<(&'static str, bool)>>,
+    }
+
+    impl DeviceIo for FakeDevice {
+        fn config_read(&self, offset: u64, data: &mut [u8]) {
+            let o = offset as usize;
+            data.copy_from_slice(&lock(&self.config)[o..o + data.len()]);
+        }
+        fn config_write(&self, offset: u64, data: &[u8]) {
+            let o = offset as usize;
+            lock(&self.config)[o..o + data.len()].copy_from_slice(data);
+        }
+        fn bar_read(&self, _bar: u8, offset: u64, data: &mut [u8]) {
+            let o = offset as usize;
+            data.copy_from_slice(&lock(&self.bar)[o..o + data.len()]);
+        }
+        fn bar_write(&self, _bar: u8, offset: u64, data: &[u8]) {
+            let o = offset as usize;
+            lock(&self.bar)[o..o + data.len()].copy_from_slice(data);
+        }
+        fn set_msi(&self, enable: bool) -> Result<(), String> {
+            lock(&self.irq_calls).push(("msi", enable));
+            Ok(())
+        }
+        fn set_msix(&self, enable: bool) -> Result<(), String> {
+            lock(&self.irq_calls).push(("msix", enable));
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeRoutes(Mutex<BTreeMap<u32, MsiMessage>>);
+
+    impl Routes for FakeRoutes {
+        fn update(&self, updates: &[(u32, Option<MsiMessage>)]) -> Result<(), String> {
+            let mut m = lock(&self.0);
+            for &(gsi, msg) in updates {
+                match msg.filter(MsiMessage::is_valid) {
+                    Some(v) => m.insert(gsi, v),
+                    None => m.remove(&gsi),
+                };
+            }
+            Ok(())
+        }
+    }
+
+    const MSI_CAP: u16 = 0x50;
+    const MSIX_CAP: u16 = 0x70;
+
+    /// BAR0: 1 MiB 32-bit; BAR2/3: 16 KiB 64-bit prefetchable holding the MSI-X table
+    /// (4 entries at 0x2000) and PBA (at 0x3000). MSI at 0x50 (64-bit), MSI-X at 0x70.
+    fn setup() -> (Arc<FakeDevice>, Arc<FakeRoutes>, PassthroughFunction) {
+        let dev = Arc::new(FakeDevice::default());
+        let mut c = vec![0u8; 256];
+        c[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
+        c[6] = 0x10; // capability list
+        c[0x10..0x14].copy_from_slice(&0xfeb0_0000u32.to_le_bytes()); // host address
+        c[0x18..0x1c].copy_from_slice(&0xfea0_000cu32.to_le_bytes());
+        c[0x34] = MSI_CAP as u8;
+        c[0x3d] = 1; // INTA
+        c[MSI_CAP as usize] = 0x05;
+        c[MSI_CAP as usize + 1] = MSIX_CAP as u8;
+        c[MSI_CAP as usize + 2] = 0x80 | 0x0a; // 64-bit, MMC = 32 vectors
+        c[MSIX_CAP as usize] = 0x11;
+        c[MSIX_CAP as usize + 2] = 3; // 4 entries
+        c[0x90..0x94].copy_from_slice(&0xabcd_ef01u32.to_le_bytes()); // a device register
+        *lock(&dev.config) = c;
+        *lock(&dev.bar) = vec![0x5a; 0x4000];
+        let routes = Arc::new(FakeRoutes::default());
+        let f = PassthroughFunction::new(
+            "test".into(),
+            dev.clone(),
+            routes.clone(),
+            vec![
+                GuestBar {
+                    index: 0,
+                    kind: BarKind::Mem32,
+                    size: 0x10_0000,
+                    addr: 0xc000_0000,
+                    flags: 0,
+                },
+                GuestBar {
+                    index: 2,
+                    kind: BarKind::Mem64Prefetchable,
+                    size: 0x4000,
+                    addr: 0x10_0000_0000,
+                    flags: 0xc,
+                },
+            ],
+            Some(MsiInfo {
+                cap: MSI_CAP,
+                is64: true,
+                per_vector_mask: false,
+                gsi: 24,
+            }),
+            Some(MsixInfo {
+                cap: MSIX_CAP,
+                table_size: 4,
+                table_bar: 2,
+                table_offset: 0x2000,
+                pba_bar: 2,
+                pba_offset: 0x3000,
+                first_gsi: 25,
+            }),
+        );
+        (dev, routes, f)
+    }
+
+    fn r32(f: &PassthroughFunction, off: u16) -> u32 {
+        let mut d = [0xffu8; 4];
+        f.config_read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w32(f: &PassthroughFunction, off: u16, v: u32) {
+        f.config_write(off, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn bars_size_and_read_back_the_guest_address_and_moves_are_refused() {
+        let (_, _, f) = setup();
+        assert_eq!(r32(&f, 0x10), 0xc000_0000);
+        assert_eq!(r32(&f, 0x18), 0x0000_000c);
+        assert_eq!(r32(&f, 0x1c), 0x10);
+        assert_eq!(r32(&f, 0x14), 0, "BAR1 does not exist");
+        w32(&f, 0x10, u32::MAX);
+        assert_eq!(r32(&f, 0x10), 0xfff0_0000);
+        w32(&f, 0x18, u32::MAX);
+        w32(&f, 0x1c, u32::MAX);
+        assert_eq!(r32(&f, 0x18), 0xffff_c00c);
+        assert_eq!(r32(&f, 0x1c), u32::MAX);
+        w32(&f, 0x10, 0xc000_0000);
+        w32(&f, 0x18, 0xc);
+        w32(&f, 0x1c, 0x10);
+        assert_eq!((r32(&f, 0x10), r32(&f, 0x1c)), (0xc000_0000, 0x10));
+        assert_eq!(f.counters.bar_moves_refused.load(Ordering::Relaxed), 0);
+        // A move (also one made of byte writes) is refused and counted.
+        w32(&f, 0x10, 0xd000_0000);
+        f.config_write(0x13, &[0xe0]);
+        assert_eq!(r32(&f, 0x10), 0xc000_0000);
+        assert_eq!(f.counters.bar_moves_refused.load(Ordering::Relaxed), 2);
+        // Writing to a non-existent BAR or the ROM does nothing and reads 0.
+        w32(&f, 0x14, u32::MAX);
+        w32(&f, 0x30, u32::MAX);
+        assert_eq!((r32(&f, 0x14), r32(&f, 0x30)), (0, 0));
+    }
+
+    #[test]
+    fn command_register_filters_io_and_unknown_bits_and_the_rest_passes_through() {
+        let (dev, _, f) = setup();
+        f.config_write(0x04, &0xffffu16.to_le_bytes());
+        let cmd = {
+            let c = lock(&dev.config);
+            u16::from_le_bytes([c[4], c[5]])
+        };
+        assert_eq!(cmd, COMMAND_ALLOWED);
+        assert_eq!(cmd & regs::CMD_IO, 0);
+        assert_eq!(r32(&f, 0) & 0xffff, 0x1234);
+        assert_eq!(r32(&f, 0x90), 0xabcd_ef01);
+        w32(&f, 0x90, 7);
+        assert_eq!(
+            u32::from_le_bytes(lock(&dev.config)[0x90..0x94].try_into().unwrap()),
+            7
+        );
+        // Interrupt pin reads 0 (no INTx); the line is scratch.
+        f.config_write(0x3c, &[0x0b]);
+        assert_eq!(r32(&f, 0x3c) & 0xffff, 0x000b);
+        // Vendor/device ID writes reach vfio-pci, which ignores them (not our job).
+        assert_eq!(lock(&dev.config)[0x3c], 0, "line not written to the device");
+    }
+
+    #[test]
+    fn msi_enable_programs_one_route_and_bad_addresses_are_not_routed() {
+        let (dev, routes, f) = setup();
+        // Multiple Message Capable reads 0: one vector.
+        assert_eq!(r32(&f, MSI_CAP) >> 16, 0x80);
+        w32(&f, MSI_CAP + 4, 0xfee0_0000);
+        w32(&f, MSI_CAP + 8, 0);
+        w32(&f, MSI_CAP + 12, 0x41);
+        assert!(lock(&routes.0).is_empty());
+        // Enable with MME = 5 (32 vectors): MME stays 0.
+        f.config_write(MSI_CAP + 2, &[0x51, 0]);
+        assert_eq!(r32(&f, MSI_CAP) >> 16, 0x81);
+        assert_eq!(lock(&dev.irq_calls).as_slice(), &[("msi", true)]);
+        assert_eq!(
+            lock(&routes.0).get(&24),
+            Some(&MsiMessage {
+                addr: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        assert_eq!(f.interrupt_mode(), "msi");
+        assert_eq!(r32(&f, MSI_CAP + 4), 0xfee0_0000);
+        assert_eq!(r32(&f, MSI_CAP + 12), 0x41);
+        // A message that is no interrupt (a forged DMA write) is dropped and counted.
+        w32(&f, MSI_CAP + 4, 0x1000);
+        assert!(lock(&routes.0).is_empty());
+        assert_eq!(f.counters.bad_msi_messages.load(Ordering::Relaxed), 1);
+        // None of this reached the device's own capability.
+        assert_eq!(lock(&dev.config)[MSI_CAP as usize + 4], 0);
+        f.config_write(MSI_CAP + 2, &[0, 0]);
+        assert_eq!(lock(&dev.irq_calls).last(), Some(&("msi", false)));
+        assert_eq!(f.interrupt_mode(), "none");
+    }
+
+    #[test]
+    fn msix_table_is_emulated_and_routes_follow_masks() {
+        let (dev, routes, f) = setup();
+        assert_eq!(r32(&f, MSIX_CAP) >> 16, 3);
+        assert_eq!(r32(&f, MSIX_CAP + 4), 0x2002);
+        assert_eq!(r32(&f, MSIX_CAP + 8), 0x3002);
+        let x = f.msix().unwrap();
+        assert_eq!(x.info.trapped_pages(2), vec![(0x2000, 0x2000)]);
+        assert!(x.info.trapped_pages(0).is_empty());
+        let trap = BarTrap::new(&f, 2, 0x2000);
+        // Entry 1: address, data, unmask.
+        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        trap.write(0x14, &0u32.to_le_bytes());
+        trap.write(0x18, &0x42u32.to_le_bytes());
+        trap.write(0x1c, &0xffff_fffeu32.to_le_bytes());
+        let mut d = [0u8; 4];
+        trap.read(0x1c, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0, "only the mask bit is kept");
+        assert!(lock(&routes.0).is_empty(), "MSI-X not enabled yet");
+        // Enable: VFIO gets every vector; entry 1 is routed, the masked ones are not.
+        f.config_write(MSIX_CAP + 3, &[0x80]);
+        assert_eq!(lock(&dev.irq_calls).as_slice(), &[("msix", true)]);
+        assert_eq!(
+            lock(&routes.0).keys().copied().collect::<Vec<_>>(),
+            vec![26]
+        );
+        assert_eq!(f.interrupt_mode(), "msi-x");
+        // Function mask removes every route; unmasking restores them.
+        f.config_write(MSIX_CAP + 2, &[0, 0xc0]);
+        assert!(lock(&routes.0).is_empty());
+        f.config_write(MSIX_CAP + 2, &[0, 0x80]);
+        assert_eq!(lock(&routes.0).len(), 1);
+        // Masking the entry through the table removes its route.
+        trap.write(0x1c, &1u32.to_le_bytes());
+        assert!(lock(&routes.0).is_empty());
+        // 8-byte table access: address of entry 2 in one go.
+        trap.write(0x20, &0x0000_0000_fee0_2000u64.to_le_bytes());
+        let mut q = [0u8; 8];
+        trap.read(0x20, &mut q);
+        assert_eq!(u64::from_le_bytes(q), 0xfee0_2000);
+        // Malformed table accesses are counted, not served.
+        trap.write(0x21, &[1, 2]);
+        let mut b = [0xffu8; 2];
+        trap.read(0x22, &mut b);
+        assert_eq!(b, [0xff; 2]);
+        assert_eq!(f.counters.bad_table_accesses.load(Ordering::Relaxed), 2);
+        // The PBA comes from the device and is read-only; bytes past the table in
+        // the trapped pages pass through.
+        trap.read(0x1000, &mut d);
+        assert_eq!(d, [0x5a; 4]);
+        trap.write(0x1000, &[0; 4]);
+        assert_eq!(lock(&dev.bar)[0x3000], 0x5a);
+        trap.write(0x800, &[1]);
+        assert_eq!(lock(&dev.bar)[0x2800], 1);
+        // Disable.
+        f.config_write(MSIX_CAP + 3, &[0]);
+        assert_eq!(lock(&dev.irq_calls).last(), Some(&("msix", false)));
+    }
+
+    #[test]
+    fn msi_x_pages_are_merged_and_page_aligned() {
+        let info = MsixInfo {
+            cap: 0x70,
+            table_size: 300,
+            table_bar: 0,
+            table_offset: 0x1800,
+            pba_bar: 0,
+            pba_offset: 0x3010,
+            first_gsi: 24,
+        };
+        // Table 0x1800..0x2ac0 → pages 0x1000..0x3000; PBA 0x3010..0x3038 → 0x3000..0x4000.
+        assert_eq!(info.trapped_pages(0), vec![(0x1000, 0x3000)]);
+        let other = MsixInfo { pba_bar: 4, ..info };
+        assert_eq!(other.trapped_pages(0), vec![(0x1000, 0x2000)]);
+        assert_eq!(other.trapped_pages(4), vec![(0x3000, 0x1000)]);
+    }
+}

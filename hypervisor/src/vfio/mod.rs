@@ -409,13 +409,20 @@ impl VfioSet {
         let mut opened = Vec::new();
         for h in hosts {
             let path = host::device_dir(Path::new(SYSFS_PCI_DEVICES), &h.bdf);
-            let dev =
-                VfioDevice::new(&path, container.clone(), false).map_err(|e| open_error(e, h))?;
-            let reset = crate::sys::vfio_device_reset(&dev).map_err(|e| {
+            let dev = Arc::new(
+                VfioDevice::new(&path, container.clone(), false).map_err(|e| open_error(e, h))?,
+            );
+            // Never dropped: `VfioDevice`'s drop reads sysfs and unbinds the group
+            // through calls that the running VM's seccomp filters do not allow, and
+            // the BAR mappings (kept until exit, like guest RAM) hold the device
+            // anyway. Teardown quiesces and resets the device; the kernel releases
+            // the group when the process exits.
+            std::mem::forget(Arc::clone(&dev));
+            let reset = crate::sys::vfio_device_reset(&*dev).map_err(|e| {
                 VfioSetupError::Device(format!("devices.vfio: resetting {}: {e}", h.bdf))
             })?;
             let p = probe(&dev, &h.bdf.to_string());
-            opened.push((h.clone(), Arc::new(dev), reset, p));
+            opened.push((h.clone(), dev, reset, p));
         }
 
         // Place every BAR of every device together.
