@@ -401,6 +401,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 "bulwark_serial_dropped_bytes_total {}",
                 d.serial_dropped
             );
+            if let Some(v) = &d.vfio {
+                crate::vfio::write_metrics(&mut out, v);
+            }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

@@ -164,6 +164,31 @@ pub fn measured_entries(hosts: &[HostDevice]) -> Vec<String> {
     v
 }
 
+/// Appends the passthrough metrics (Prometheus text format) for `v`.
+pub fn write_metrics(out: &mut String, v: &VfioReport) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vfio_dma_map_seconds Time to DMA-map and pin guest RAM for assigned devices.\n# TYPE bulwark_vfio_dma_map_seconds gauge\nbulwark_vfio_dma_map_seconds {:.3}",
+        v.dma_map_ms as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vfio_dma_mapped_bytes Guest RAM DMA-mapped.\n# TYPE bulwark_vfio_dma_mapped_bytes gauge\nbulwark_vfio_dma_mapped_bytes {}",
+        v.dma_mapped_bytes
+    );
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vfio_devices Assigned PCI devices.\n# TYPE bulwark_vfio_devices gauge\nbulwark_vfio_devices {}",
+        v.devices.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_pci_config_malformed_total Malformed guest PCI configuration accesses.\n# TYPE bulwark_pci_config_malformed_total counter\nbulwark_pci_config_malformed_total {}",
+        v.pci_config_malformed
+    );
+}
+
 /// One BAR in `GET /vm`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BarReport {
