@@ -219,11 +219,11 @@ impl Lab {
         for (program, path) in scenario.guest_programs.iter().zip(built) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
         }
-        for (name, flat) in scenario
-            .tiny_guests
-            .iter()
-            .zip(tiny::build(&self.workspace, &self.target_dir, scenario.tiny_guests)?)
-        {
+        for (name, flat) in scenario.tiny_guests.iter().zip(tiny::build(
+            &self.workspace,
+            &self.target_dir,
+            scenario.tiny_guests,
+        )?) {
             image.host_file(&format!("/lab/tiny/{name}.bin"), &flat, 0o644);
         }
         for program in scenario.host_programs {

@@ -21,7 +21,14 @@ pub fn build(workspace: &Path, target_dir: &Path, names: &[&str]) -> Result<Vec<
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--release", "--locked", "--quiet", "--target", "x86_64-unknown-none"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--target",
+            "x86_64-unknown-none",
+        ])
         .arg("--target-dir")
         .arg(&target);
     for name in names {
