@@ -6,7 +6,7 @@
 # virtio_pci and virtio_rng (from /lab/modules) and reads /dev/hwrng, shows the MSI-X
 # lines of /proc/interrupts, and ends the VM through the debug-exit port (code 7).
 /bin/busybox --install -s /bin
-mkdir -p /proc /sys /dev
+mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
