@@ -242,6 +242,7 @@ async fn put_boot_source(State(s): State<AppState>, body: Bytes) -> Result<Statu
 
 async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
     let d: DevicesConfig = parse("devices", &body)?;
+    d.validate()?;
     let mut st = s.lock();
     not_started(&st)?;
     st.pending.devices = d;
