@@ -31,11 +31,13 @@ if [ -n "$ivs" ]; then
   first=$(devmem $start 32); tail=$(devmem $last 32)
   printf 'L2-IVSHMEM bar2=0x%x size=%d first=%s last=%s\n' $start $size $first $tail
 fi
+echo "L2-LOADING-MODULES"
 for m in /lab/modules/*.ko; do
   insmod $m 2>/tmp/insmod.err || echo "L2-INSMOD-FAILED $m $(cat /tmp/insmod.err)"
 done
 sleep 1
-echo "L2-HWRNG current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null) bytes=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
+echo "L2-MODULES-LOADED"
+echo "L2-HWRNG current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null) bytes=$(timeout 30 dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
 grep -i 'msi' /proc/interrupts | while read -r line; do echo "L2-IRQ $line"; done
 echo "L2-DONE"
 lab-l2-exit 7

@@ -15,14 +15,15 @@ cat >/tmp/linux.json <<EOF
 {"machine":{"vcpus":1,"mem_mib":256,"mmio64_gib":64},
  "boot_source":{"kind":"linux","kernel":"/lab/l2/vmlinuz","initrd":"/lab/l2/initramfs.cpio",
    "cmdline":"console=ttyS0 reboot=k panic=-1 acpi=off"},
- "devices":{"serial":{"file":"/tmp/linux.serial"},"debug_exit":true,
+ "devices":{"serial":"stdout","debug_exit":true,
    "vfio":[{"bdf":"$rng"},{"bdf":"$ivs"}]}}
 EOF
-BULWARK_LOG=info timeout -s KILL 300 bulwark-vmm --config /tmp/linux.json >/tmp/linux.out 2>&1
-status=$?
-echo "--- bulwark-vmm exit status $status ---"; tr -d '\033' </tmp/linux.out | sed 's/\[[0-9;]*m//g'
-echo "--- L2 console ---"; tr -d '\r' </tmp/linux.serial; echo "--- end of L2 console ---"
-log=$(tr -d '\r' </tmp/linux.serial)
+# The guest's console goes to L1's console live (through tee), so a hang shows where.
+echo "--- bulwark-vmm output and L2 console ---"
+(BULWARK_LOG=info NO_COLOR=1 timeout -s KILL 300 bulwark-vmm --config /tmp/linux.json 2>&1; echo $? >/tmp/linux.status) | tee /tmp/linux.out
+status=$(cat /tmp/linux.status)
+echo "--- bulwark-vmm exit status $status ---"
+log=$(tr -d '\r' </tmp/linux.out)
 check() { # NAME PATTERN
   if line=$(echo "$log" | grep -m1 -- "$2"); then lab_pass "$1" "$line"; else lab_fail "$1" "no L2 line matching '$2'"; fi
 }
