@@ -11,6 +11,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "L2-INIT kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+echo "L2-CPU apic=$(grep -m1 -c -w apic /proc/cpuinfo) x2apic=$(grep -m1 -c -w x2apic /proc/cpuinfo)"
 ivs=; rng=
 for d in /sys/bus/pci/devices/*; do
   id="$(cat $d/vendor):$(cat $d/device)"
