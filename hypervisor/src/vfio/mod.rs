@@ -437,12 +437,6 @@ impl VfioSet {
             let dev = Arc::new(
                 VfioDevice::new(&path, container.clone(), false).map_err(|e| open_error(e, h))?,
             );
-            // Never dropped: `VfioDevice`'s drop reads sysfs and unbinds the group
-            // through calls that the running VM's seccomp filters do not allow, and
-            // the BAR mappings (kept until exit, like guest RAM) hold the device
-            // anyway. Teardown quiesces and resets the device; the kernel releases
-            // the group when the process exits.
-            std::mem::forget(Arc::clone(&dev));
             let reset = crate::sys::vfio_device_reset(&*dev).map_err(|e| {
                 VfioSetupError::Device(format!("devices.vfio: resetting {}: {e}", h.bdf))
             })?;
@@ -637,6 +631,15 @@ impl VfioSet {
                 caps,
                 reset_supported,
             });
+        }
+        // From here on the devices are never dropped: `VfioDevice`'s drop reads sysfs
+        // and unbinds the group through calls that the running VM's seccomp filters do
+        // not allow, and the BAR mappings (kept until exit, like guest RAM) hold the
+        // devices anyway. Teardown quiesces and resets them; the kernel releases the
+        // groups when the process exits. (A failed attach above drops them normally,
+        // so a later start can take them again.)
+        for d in &devices {
+            std::mem::forget(Arc::clone(&d.dev));
         }
         Ok(VfioSet {
             _container: container,
