@@ -231,6 +231,8 @@ pub struct PassthroughFunction {
     msix: Option<Arc<MsixState>>,
     /// The device's MSI-X control (table size), read once.
     msix_ctrl_ro: u16,
+    /// INTx pin (1..=4) and its GSI, when wired.
+    intx: Option<(u8, u32)>,
     state: Mutex<State>,
     /// Counters.
     pub counters: Arc<FunctionCounters>,
@@ -265,6 +267,21 @@ impl PassthroughFunction {
         bars: Vec<GuestBar>,
         msi: Option<MsiInfo>,
         msix: Option<MsixInfo>,
+    ) -> Self {
+        Self::with_intx(name, io, routes, bars, msi, msix, None)
+    }
+
+    /// [`Self::new`] with INTx wired: `intx` is the device's pin (1..=4) and the GSI
+    /// (IOAPIC pin) it raises; the interrupt line register starts at that GSI.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_intx(
+        name: String,
+        io: Arc<dyn DeviceIo>,
+        routes: Arc<dyn Routes>,
+        bars: Vec<GuestBar>,
+        msi: Option<MsiInfo>,
+        msix: Option<MsixInfo>,
+        intx: Option<(u8, u32)>,
     ) -> Self {
         let mut reg_map = [None; 6];
         for (i, b) in bars.iter().enumerate() {
@@ -303,9 +320,10 @@ impl PassthroughFunction {
             msi_ctrl_ro,
             msix,
             msix_ctrl_ro,
+            intx,
             state: Mutex::new(State {
                 sizing: [false; 6],
-                interrupt_line: 0xff,
+                interrupt_line: intx.map_or(0xff, |(_, gsi)| gsi as u8),
                 msi: MsiRegs::default(),
             }),
             counters: Arc::default(),
@@ -317,12 +335,15 @@ impl PassthroughFunction {
         self.msix.clone()
     }
 
-    /// The interrupt mode the guest has enabled: "msi-x", "msi" or "none".
+    /// The interrupt mode in effect: "msi-x", "msi", "intx" (wired, neither MSI nor
+    /// MSI-X enabled) or "none".
     pub fn interrupt_mode(&self) -> &'static str {
         if self.msix.as_ref().is_some_and(|m| lock(&m.regs).enable) {
             "msi-x"
         } else if lock(&self.state).msi.enable {
             "msi"
+        } else if self.intx.is_some() {
+            "intx"
         } else {
             "none"
         }
@@ -515,7 +536,7 @@ impl PassthroughFunction {
             regs::BAR0..regs::BAR_END => Class::Bar((pos - regs::BAR0) / 4),
             regs::ROM..0x34 => Class::Zero,
             regs::INTERRUPT_LINE => Class::Line,
-            regs::INTERRUPT_PIN => Class::Zero,
+            regs::INTERRUPT_PIN => Class::Pin,
             _ => {
                 if let Some(m) = &self.msi {
                     let c = usize::from(m.cap);
@@ -538,6 +559,7 @@ impl PassthroughFunction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Device,
+    Pin,
     Command,
     Bar(usize),
     Zero,
@@ -572,6 +594,7 @@ impl PciFunction for PassthroughFunction {
                 Class::Bar(r) => *byte = self.bar_reg(&st, r).to_le_bytes()[pos % 4],
                 Class::Zero => *byte = 0,
                 Class::Line => *byte = st.interrupt_line,
+                Class::Pin => *byte = self.intx.map_or(0, |(pin, _)| pin),
                 Class::Msi(rel) => {
                     if let Some(m) = &self.msi {
                         *byte = self.msi_bytes(m, &st)[rel];
@@ -620,7 +643,7 @@ impl PciFunction for PassthroughFunction {
                     }
                     self.bar_write(&mut st, r, u32::from_le_bytes(cur));
                 }
-                Class::Zero => {}
+                Class::Zero | Class::Pin => {}
                 Class::Line => st.interrupt_line = bytes[0],
                 Class::Msi(rel) => {
                     if let Some(m) = self.msi {
@@ -1067,6 +1090,24 @@ mod tests {
         // Disable.
         f.config_write(MSIX_CAP + 3, &[0]);
         assert_eq!(lock(&dev.irq_calls).last(), Some(&("msix", false)));
+    }
+
+    #[test]
+    fn intx_pin_and_line() {
+        let (dev, routes, _) = setup();
+        let f = PassthroughFunction::with_intx(
+            "intx".into(),
+            dev,
+            routes,
+            Vec::new(),
+            None,
+            None,
+            Some((1, 17)),
+        );
+        assert_eq!(r32(&f, 0x3c) & 0xffff, 0x0111, "pin INTA, line = GSI 17");
+        f.config_write(0x3d, &[4]);
+        assert_eq!(r32(&f, 0x3c) & 0xffff, 0x0111, "pin is read-only");
+        assert_eq!(f.interrupt_mode(), "intx");
     }
 
     #[test]

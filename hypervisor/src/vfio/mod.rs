@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 use serde::Serialize;
-use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
 use vm_memory::{FileOffset, GuestMemoryMmap, MmapRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -27,6 +29,15 @@ use crate::layout::{MemoryLayout, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use crate::pci::{allocate_bars, regs, BarKind, BarRequest, Bdf, PciRoot};
 use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction};
 pub use host::{HostDevice, HostError};
+
+/// The GSI (IOAPIC pin) of INTx pin `pin` (1..=4, INTA..INTD) of the device in guest
+/// slot `slot` on bus 0: `PCI_INTX_FIRST_GSI + (slot + pin - 1) % 8`, so neighbouring
+/// slots spread over the eight GSIs 16..=23. A guest without ACPI reads it from the
+/// interrupt line register; the ACPI `_PRT` must say the same, level-triggered and
+/// active-high (what KVM's IOAPIC expects from an irqfd).
+pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
+    crate::layout::PCI_INTX_FIRST_GSI + (u32::from(slot) + u32::from(pin.clamp(1, 4)) - 1) % 8
+}
 
 /// Where sysfs lists PCI devices.
 pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
@@ -220,9 +231,9 @@ pub struct DeviceReport {
     pub reset_supported: bool,
     /// Memory BARs.
     pub bars: Vec<BarReport>,
-    /// Interrupt capabilities of the device ("msi", "msi-x").
+    /// Interrupt capabilities wired for the device ("msi", "msi-x", "intx").
     pub interrupt_capabilities: Vec<&'static str>,
-    /// What the guest has enabled now: "msi-x", "msi" or "none".
+    /// What is in effect now: "msi-x", "msi", "intx" or "none".
     pub interrupt_mode: &'static str,
     /// BAR moves the guest tried (refused).
     pub bar_moves_refused: u64,
@@ -285,6 +296,30 @@ struct VfioIo {
     bar_sizes: [u64; 6],
     msi: Vec<EventFd>,
     msix: Vec<EventFd>,
+    /// INTx trigger and resample (unmask) eventfds, when INTx is wired.
+    intx: Option<(EventFd, EventFd)>,
+}
+
+impl VfioIo {
+    /// Turns INTx delivery through VFIO on (trigger eventfd, unmask on resample) or
+    /// off. VFIO allows one interrupt type at a time, so INTx is off while MSI or
+    /// MSI-X is enabled.
+    fn set_intx(&self, enable: bool) -> Result<(), String> {
+        let Some((trigger, resample)) = &self.intx else {
+            return Ok(());
+        };
+        if enable {
+            self.dev
+                .enable_irq(VFIO_PCI_INTX_IRQ_INDEX, vec![trigger])
+                .and_then(|()| {
+                    self.dev
+                        .set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![resample])
+                })
+        } else {
+            self.dev.disable_irq(VFIO_PCI_INTX_IRQ_INDEX)
+        }
+        .map_err(|e| format!("INTx: {e}"))
+    }
 }
 
 impl DeviceIo for VfioIo {
@@ -312,19 +347,25 @@ impl DeviceIo for VfioIo {
     }
     fn set_msi(&self, enable: bool) -> Result<(), String> {
         if enable {
-            self.dev.enable_msi(self.msi.iter().collect())
+            self.set_intx(false)?;
+            self.dev
+                .enable_msi(self.msi.iter().collect())
+                .map_err(|e| e.to_string())
         } else {
-            self.dev.disable_msi()
+            self.dev.disable_msi().map_err(|e| e.to_string())?;
+            self.set_intx(true)
         }
-        .map_err(|e| e.to_string())
     }
     fn set_msix(&self, enable: bool) -> Result<(), String> {
         if enable {
-            self.dev.enable_msix(self.msix.iter().collect())
+            self.set_intx(false)?;
+            self.dev
+                .enable_msix(self.msix.iter().collect())
+                .map_err(|e| e.to_string())
         } else {
-            self.dev.disable_msix()
+            self.dev.disable_msix().map_err(|e| e.to_string())?;
+            self.set_intx(true)
         }
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -525,8 +566,26 @@ impl VfioSet {
                 }
                 None => None,
             };
-            if msi.is_none() && msix.is_none() {
-                tracing::warn!("{name}: the device has neither MSI nor MSI-X; INTx is not implemented, so the guest gets no interrupts from it");
+            // INTx: the device's pin (from its config space) on IOAPIC pin
+            // `intx_gsi(slot, pin)`, level-triggered through an irqfd with resample.
+            let pin = (read_u32(&dev, regs::INTERRUPT_LINE as u64) >> 8) as u8;
+            let has_intx = dev
+                .get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
+                .is_some_and(|i| i.count > 0);
+            let intx = if (1..=4).contains(&pin) && has_intx {
+                let gsi = intx_gsi(slot, pin);
+                let trigger = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| VfioSetupError::Device(e.to_string()))?;
+                let resample = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| VfioSetupError::Device(e.to_string()))?;
+                vm.register_irqfd_with_resample(&trigger, &resample, gsi)
+                    .map_err(|e| kvm_err("KVM_IRQFD (INTx, resample)", e))?;
+                Some((pin, gsi, trigger, resample))
+            } else {
+                None
+            };
+            if msi.is_none() && msix.is_none() && intx.is_none() {
+                tracing::warn!("{name}: the device has no MSI, MSI-X or INTx; the guest gets no interrupts from it");
             }
             let mut bar_sizes = [0u64; 6];
             let mut guest_bars = Vec::new();
@@ -546,20 +605,25 @@ impl VfioSet {
                 bar_places.push((i, kind, size, place.addr, mappable));
             }
             let config_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
+            let intx_pin_gsi = intx.as_ref().map(|(pin, gsi, _, _)| (*pin, *gsi));
             let io = Arc::new(VfioIo {
                 dev: dev.clone(),
                 config_size,
                 bar_sizes,
                 msi: msi_evts,
                 msix: msix_evts,
+                intx: intx.map(|(_, _, t, r)| (t, r)),
             });
-            let function = Arc::new(PassthroughFunction::new(
+            io.set_intx(true)
+                .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?;
+            let function = Arc::new(PassthroughFunction::with_intx(
                 name.clone(),
                 io.clone(),
                 router.clone(),
                 guest_bars,
                 msi,
                 msix,
+                intx_pin_gsi,
             ));
             let mut bars = Vec::new();
             for (i, kind, size, addr, mappable) in bar_places {
@@ -619,6 +683,9 @@ impl VfioSet {
             }
             if msix.is_some() {
                 caps.push("msi-x");
+            }
+            if intx_pin_gsi.is_some() {
+                caps.push("intx");
             }
             tracing::info!(device = %name, slot, reset_supported, "assigned");
             devices.push(Assigned {
@@ -693,6 +760,7 @@ impl VfioSet {
         for d in &self.devices {
             let _ = d.io.set_msix(false);
             let _ = d.io.set_msi(false);
+            let _ = d.io.set_intx(false);
             // Bus master off so the device stops DMA before the reset.
             let mut cmd = [0u8; 2];
             d.io.config_read(regs::COMMAND as u64, &mut cmd);

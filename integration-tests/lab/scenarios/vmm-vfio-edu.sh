@@ -2,7 +2,7 @@
 # tiny guest /lab/tiny/vfio-edu.bin (integration-tests/tiny-guests/src/bin/vfio_edu.rs),
 # which scans the guest's bus 0 through ports 0xCF8/0xCFC, sizes BAR0, checks edu's
 # identification and liveness registers, DMAs 2 KiB into its own RAM and back and takes
-# two MSIs. Then: a second VM takes the device after the first ended, a third is
+# two MSIs; with MSI off it takes them as INTx through the IOAPIC. Then: a second VM takes the device after the first ended, a third is
 # refused while the second holds it, and the refusals of a bad IOMMU group (00:05.0
 # shares its group with 00:05.1, which stays unbound), a missing device and a too-low
 # RLIMIT_MEMLOCK, each with a clear error and exit status 1.
@@ -67,7 +67,14 @@ else
   lab_fail edu-measured "booted '$booted'; measure: $(head -c 1500 /tmp/vm1.measure)"
 fi
 
-# A second VM takes the device after the first ended, and keeps it (RSI=1: halts).
+# INTx: the same guest with MSI left off (RSI=2) takes the interrupts on the IOAPIC
+# pin that the interrupt line register names (irqfd with resample, VFIO unmask).
+vmconfig intx $edu 2
+runvm intx
+guest_check edu-intx-route intx '^EDU-INTX-ROUTE pin=1 line=1[6-9] ok$'
+guest_check edu-intx intx '^EDU-INTX after-dma.* ok$'
+
+# Another VM takes the device after the first ones ended, and keeps it (RSI=1: halts).
 vmconfig hold $edu 1
 BULWARK_LOG=info timeout -s KILL 150 bulwark-vmm --config /tmp/hold.json >/tmp/hold.out 2>&1 &
 holder=$!

@@ -187,6 +187,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "edu-dma",
             "edu-msi",
             "edu-vm-exit",
+            "edu-intx-route",
+            "edu-intx",
             "edu-measured",
             "teardown-second-vm",
             "refuse-busy",

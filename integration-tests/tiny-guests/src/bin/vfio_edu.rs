@@ -6,7 +6,9 @@
 //! `EDU-...` lines; exits 0 when everything passed, else 1.
 //!
 //! With boot argument (RSI) 1 it then keeps the device: halts forever, so the lab can
-//! try to take the same device from a second VMM.
+//! try to take the same device from a second VMM. With RSI 2 it leaves MSI off and
+//! takes the interrupts as INTx instead: the IOAPIC pin named by the interrupt line
+//! register, level-triggered, acknowledged at the device before the EOI.
 #![no_std]
 #![no_main]
 
@@ -26,6 +28,11 @@ const EDU_BUFFER: u64 = 0x4_0000;
 const LEN: usize = 2048;
 
 static MSI_COUNT: AtomicU64 = AtomicU64::new(0);
+static INTX_COUNT: AtomicU64 = AtomicU64::new(0);
+/// BAR0's address, for the INTx handler's acknowledgement.
+static BAR0: AtomicU64 = AtomicU64::new(0);
+const INTX_VECTOR: u8 = 0x41;
+const IOAPIC: u64 = 0xfec0_0000;
 static UNEXPECTED: AtomicU64 = AtomicU64::new(0);
 
 global_asm!(
@@ -37,6 +44,19 @@ global_asm!(
     "    mov dword ptr [rax], 0",
     "    pop rax",
     "    iretq",
+    ".global intx_entry",
+    "intx_entry:",
+    "    push rax",
+    "    push rcx",
+    "    lock inc qword ptr [rip + {intx}]",
+    "    mov rax, qword ptr [rip + {bar0}]",
+    "    mov ecx, dword ptr [rax + 0x24]",
+    "    mov dword ptr [rax + 0x64], ecx",
+    "    mov rax, 0xfee000b0",
+    "    mov dword ptr [rax], 0",
+    "    pop rcx",
+    "    pop rax",
+    "    iretq",
     ".global other_entry",
     "other_entry:",
     "    lock inc qword ptr [rip + {other}]",
@@ -45,10 +65,13 @@ global_asm!(
     "    jmp 3b",
     count = sym MSI_COUNT,
     other = sym UNEXPECTED,
+    intx = sym INTX_COUNT,
+    bar0 = sym BAR0,
 );
 
 extern "C" {
     fn msi_entry();
+    fn intx_entry();
     fn other_entry();
 }
 
@@ -121,6 +144,7 @@ fn setup_interrupts() {
         set_gate(v, other_entry as *const () as u64, cs);
     }
     set_gate(usize::from(MSI_VECTOR), msi_entry as *const () as u64, cs);
+    set_gate(usize::from(INTX_VECTOR), intx_entry as *const () as u64, cs);
     #[repr(C, packed)]
     struct Ptr {
         limit: u16,
@@ -157,15 +181,23 @@ fn dma(bar: u64, src: u64, dst: u64, to_ram: bool, irq: bool) -> bool {
     false
 }
 
-fn wait_msi(at_least: u64) -> u64 {
+fn wait_count(counter: &AtomicU64, at_least: u64) -> u64 {
     for _ in 0..200_000_000u64 {
-        let n = MSI_COUNT.load(Ordering::SeqCst);
+        let n = counter.load(Ordering::SeqCst);
         if n >= at_least {
             return n;
         }
         core::hint::spin_loop();
     }
-    MSI_COUNT.load(Ordering::SeqCst)
+    counter.load(Ordering::SeqCst)
+}
+
+/// Routes IOAPIC pin `gsi` to `INTX_VECTOR` on APIC 0, level-triggered, active high.
+fn ioapic_route(gsi: u32) {
+    wr32(IOAPIC, 0x10 + 2 * gsi + 1);
+    wr32(IOAPIC + 0x10, 0);
+    wr32(IOAPIC, 0x10 + 2 * gsi);
+    wr32(IOAPIC + 0x10, u32::from(INTX_VECTOR) | 1 << 15);
 }
 
 #[no_mangle]
@@ -215,7 +247,8 @@ extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
 
     // 3. Memory decode and bus master on.
     let cmd = cfg_read(dev, 0x04);
-    cfg_write(dev, 0x04, (cmd & 0xffff) | 0x6);
+    cfg_write(dev, 0x04, (cmd & 0xffff & !0x400) | 0x6);
+    BAR0.store(addr, Ordering::SeqCst);
 
     // 4. Identification and liveness (the device inverts what is written).
     let ident = rd32(addr);
@@ -228,37 +261,50 @@ extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
     );
     ok &= id_ok;
 
-    // 5. MSI: find the capability, program address/data, enable.
+    // 5. MSI (or, with RSI 2, INTx through the IOAPIC).
     setup_interrupts();
-    let mut cap = (cfg_read(dev, 0x34) & 0xfc) as u8;
-    let mut msi = None;
-    for _ in 0..16 {
-        if cap < 0x40 {
-            break;
-        }
-        let hdr = cfg_read(dev, cap);
-        if hdr & 0xff == 5 {
-            msi = Some((cap, hdr >> 16));
-            break;
-        }
-        cap = ((hdr >> 8) & 0xfc) as u8;
-    }
-    let Some((cap, ctrl)) = msi else {
-        print!("EDU-MSI no capability\n");
-        exit(1)
-    };
-    let is64 = ctrl & 0x80 != 0;
-    cfg_write(dev, cap + 4, LAPIC as u32);
-    if is64 {
-        cfg_write(dev, cap + 8, 0);
-        cfg_write(dev, cap + 12, u32::from(MSI_VECTOR));
+    let intx = arg == 2;
+    if intx {
+        let r = cfg_read(dev, 0x3c);
+        let (line, pin) = (r & 0xff, r >> 8 & 0xff);
+        let ok_pin = (1..=4).contains(&pin) && (16..=23).contains(&line);
+        print!(
+            "EDU-INTX-ROUTE pin={pin} line={line} {}\n",
+            if ok_pin { "ok" } else { "bad" }
+        );
+        ok &= ok_pin;
+        ioapic_route(line);
     } else {
-        cfg_write(dev, cap + 8, u32::from(MSI_VECTOR));
+        let mut cap = (cfg_read(dev, 0x34) & 0xfc) as u8;
+        let mut msi = None;
+        for _ in 0..16 {
+            if cap < 0x40 {
+                break;
+            }
+            let hdr = cfg_read(dev, cap);
+            if hdr & 0xff == 5 {
+                msi = Some((cap, hdr >> 16));
+                break;
+            }
+            cap = ((hdr >> 8) & 0xfc) as u8;
+        }
+        let Some((cap, ctrl)) = msi else {
+            print!("EDU-MSI no capability\n");
+            exit(1)
+        };
+        let is64 = ctrl & 0x80 != 0;
+        cfg_write(dev, cap + 4, LAPIC as u32);
+        if is64 {
+            cfg_write(dev, cap + 8, 0);
+            cfg_write(dev, cap + 12, u32::from(MSI_VECTOR));
+        } else {
+            cfg_write(dev, cap + 8, u32::from(MSI_VECTOR));
+        }
+        cfg_write(dev, cap, (ctrl | 1) << 16 | (cfg_read(dev, cap) & 0xffff));
+        let enabled = cfg_read(dev, cap) >> 16 & 1 == 1;
+        print!("EDU-MSI-ENABLE cap={cap:#x} 64bit={is64} enabled={enabled}\n");
+        ok &= enabled;
     }
-    cfg_write(dev, cap, (ctrl | 1) << 16 | (cfg_read(dev, cap) & 0xffff));
-    let enabled = cfg_read(dev, cap) >> 16 & 1 == 1;
-    print!("EDU-MSI-ENABLE cap={cap:#x} 64bit={is64} enabled={enabled}\n");
-    ok &= enabled;
 
     // 6. DMA: RAM -> device -> RAM (the second raises the MSI when done).
     for i in 0..LEN as u64 {
@@ -283,18 +329,20 @@ extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
         if dma_ok { "ok" } else { "bad" }
     );
     ok &= dma_ok;
-    let n = wait_msi(1);
+    let counter = if intx { &INTX_COUNT } else { &MSI_COUNT };
+    let n = wait_count(counter, 1);
     wr32(addr + 0x64, rd32(addr + 0x24));
     // 7. And once more through the interrupt-raise register.
     wr32(addr + 0x60, 0x1);
-    let m = wait_msi(n + 1);
+    let m = wait_count(counter, n + 1);
     wr32(addr + 0x64, rd32(addr + 0x24));
-    let msi_ok = n >= 1 && m > n && UNEXPECTED.load(Ordering::SeqCst) == 0;
+    let irq_ok = n >= 1 && m > n && UNEXPECTED.load(Ordering::SeqCst) == 0;
+    let kind = if intx { "INTX" } else { "MSI" };
     print!(
-        "EDU-MSI after-dma={n} after-raise={m} {}\n",
-        if msi_ok { "ok" } else { "bad" }
+        "EDU-{kind} after-dma={n} after-raise={m} {}\n",
+        if irq_ok { "ok" } else { "bad" }
     );
-    ok &= msi_ok;
+    ok &= irq_ok;
 
     print!("EDU-DONE {}\n", if ok { "pass" } else { "fail" });
     if arg == 1 {
