@@ -416,7 +416,12 @@ pub fn platform(cfg: &VmConfig) -> Option<AcpiPlatform> {
         vcpus: cfg.machine.vcpus,
         serial: cfg.devices.serial != SerialOutput::None,
         virtio_mmio: crate::virtio_mmio::mmio_devices(&cfg.devices),
-        pci: None,
+        // The PCI root bus exists only with assigned devices (`pci::root`): bus 0, no
+        // I/O window (I/O BARs are not offered to the guest).
+        pci: (!cfg.devices.vfio.is_empty()).then_some(PciHostAcpi {
+            last_bus: 0,
+            io_window: None,
+        }),
     })
 }
 

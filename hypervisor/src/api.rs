@@ -242,6 +242,7 @@ async fn put_boot_source(State(s): State<AppState>, body: Bytes) -> Result<Statu
 
 async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCode, ApiError> {
     let d: DevicesConfig = parse("devices", &body)?;
+    d.validate()?;
     let mut st = s.lock();
     not_started(&st)?;
     crate::virtio_mmio::validate(&d, st.pending.boot_source.as_ref())?;
@@ -408,6 +409,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 d.acpi_pm_ignored
             );
             crate::virtio_mmio::write_metrics(&mut out, &d.virtio);
+            if let Some(v) = &d.vfio {
+                crate::vfio::write_metrics(&mut out, v);
+            }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

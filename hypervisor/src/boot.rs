@@ -172,6 +172,7 @@ fn machine_events(
     cfg: &VmConfig,
     layout: &MemoryLayout,
     signed: &crate::boot_source::Origin,
+    passthrough: &[String],
 ) -> Vec<Event> {
     let e820 = layout.e820();
     let mut map = vec![Field::U32(e820.len() as u32)];
@@ -182,7 +183,8 @@ fn machine_events(
             Field::U32(e.kind.code()),
         ]);
     }
-    let devices = device_list(&cfg.devices);
+    let mut devices = device_list(&cfg.devices);
+    devices.extend_from_slice(passthrough);
     let mut dev = vec![Field::U32(devices.len() as u32)];
     dev.extend(devices.iter().map(|d| text(d)));
     vec![
@@ -222,10 +224,22 @@ pub fn prepare(
     inputs: &BootInputs,
     mem: &GuestMemoryMmap,
 ) -> Result<BootPlan, BootError> {
+    prepare_with(cfg, layout, inputs, mem, &[])
+}
+
+/// [`prepare`], with `passthrough` (the PCI host bridge and assigned devices, from
+/// `vfio::measured_entries`) appended to the measured device list.
+pub fn prepare_with(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    inputs: &BootInputs,
+    mem: &GuestMemoryMmap,
+    passthrough: &[String],
+) -> Result<BootPlan, BootError> {
     let mut w = Writer {
         mem,
         layout,
-        events: machine_events(cfg, layout, &inputs.origin),
+        events: machine_events(cfg, layout, &inputs.origin, passthrough),
     };
     // ACPI tables first (the first blob), so a payload that would overlap them is
     // refused by the loaders below rather than silently overwriting them.

@@ -252,6 +252,59 @@ pub struct DevicesConfig {
     /// virtio-rng fed from the host's getrandom.
     #[serde(default)]
     pub rng: bool,
+    /// Host PCI devices passed through with VFIO (`docs/vfio.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio: Vec<VfioDeviceConfig>,
+}
+
+/// One host PCI device assigned to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfioDeviceConfig {
+    /// Host PCI address, `0000:41:00.0`.
+    pub bdf: String,
+    /// The VFIO interface to open it through.
+    #[serde(default)]
+    pub interface: VfioInterface,
+}
+
+/// The VFIO user interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VfioInterface {
+    /// Legacy container and group (`/dev/vfio/vfio`, `/dev/vfio/N`).
+    #[default]
+    Container,
+    /// iommufd and the device cdev (`/dev/iommu`, `/dev/vfio/devices/vfioN`): not
+    /// implemented yet; refused with a clear error.
+    Iommufd,
+}
+
+impl DevicesConfig {
+    /// Checks the device fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vfio.len() > crate::vfio::MAX_DEVICES {
+            return Err(ConfigError::new(
+                "devices.vfio",
+                format!("at most {} devices", crate::vfio::MAX_DEVICES),
+            ));
+        }
+        let mut seen = Vec::new();
+        for (i, d) in self.vfio.iter().enumerate() {
+            let b: crate::pci::Bdf = d
+                .bdf
+                .parse()
+                .map_err(|e: String| ConfigError::new(format!("devices.vfio[{i}].bdf"), e))?;
+            if seen.contains(&b) {
+                return Err(ConfigError::new(
+                    format!("devices.vfio[{i}].bdf"),
+                    format!("{b} is listed twice"),
+                ));
+            }
+            seen.push(b);
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -267,6 +320,7 @@ impl Default for DevicesConfig {
             block: Vec::new(),
             vsock: None,
             rng: false,
+            vfio: Vec::new(),
         }
     }
 }
@@ -384,6 +438,7 @@ impl VmConfig {
     /// Checks the values that the types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.machine.validate()?;
+        self.devices.validate()?;
         self.boot_source.validate()?;
         crate::virtio_mmio::validate(&self.devices, Some(&self.boot_source))
     }
@@ -543,5 +598,28 @@ mod tests {
         assert!(e.message.contains("bogus"), "{e}");
         let e = VmConfig::from_json("{").unwrap_err();
         assert_eq!(e.field, "config");
+    }
+
+    #[test]
+    fn vfio_devices_are_checked() {
+        let with = |list: &str| {
+            RAW.replace(
+                "\"debug_exit\":true",
+                &format!("\"debug_exit\":true,\"vfio\":{list}"),
+            )
+        };
+        let c = VmConfig::from_json(&with(r#"[{"bdf":"0000:00:03.0"}]"#)).unwrap();
+        assert_eq!(c.devices.vfio[0].interface, VfioInterface::Container);
+        let e = VmConfig::from_json(&with(r#"[{"bdf":"00:03.0"}]"#)).unwrap_err();
+        assert_eq!(e.field, "devices.vfio[0].bdf");
+        let e = VmConfig::from_json(&with(r#"[{"bdf":"0000:00:03.0"},{"bdf":"0000:00:03.0"}]"#))
+            .unwrap_err();
+        assert_eq!(e.field, "devices.vfio[1].bdf");
+        assert!(e.message.contains("twice"));
+        let e = VmConfig::from_json(&with(r#"[{"bdf":"0000:00:03.0","x":1}]"#)).unwrap_err();
+        assert!(e.field.starts_with("devices.vfio"), "{e}");
+        let c = VmConfig::from_json(&with(r#"[{"bdf":"0000:00:03.0","interface":"iommufd"}]"#))
+            .unwrap();
+        assert_eq!(c.devices.vfio[0].interface, VfioInterface::Iommufd);
     }
 }

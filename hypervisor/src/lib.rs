@@ -19,13 +19,16 @@ pub mod console;
 pub mod control;
 pub mod cpuid;
 pub mod devices;
+pub mod irq_routing;
 pub mod layout;
 pub mod measurement;
 pub mod memory;
+pub mod pci;
 pub mod seccomp;
 pub mod signals;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod vcpu;
 pub mod virtio_mmio;
+pub mod vfio;
 pub mod vm;

@@ -186,14 +186,67 @@ fn action(mode: SeccompMode) -> Option<SeccompAction> {
     }
 }
 
+/// `VFIO_DEVICE_SET_IRQS` = `_IO(';', 100 + 10)`: the guest enabling MSI/MSI-X.
+const VFIO_DEVICE_SET_IRQS: u64 = 0x3b6e;
+/// `VFIO_DEVICE_RESET` = `_IO(';', 100 + 11)`: teardown.
+const VFIO_DEVICE_RESET: u64 = 0x3b6f;
+/// `KVM_SET_GSI_ROUTING` = `_IOW(0xAE, 0x6a, struct kvm_irq_routing)` (8-byte header).
+const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+
+/// What a vCPU thread additionally needs when devices are passed through: config
+/// space and trapped BAR pages through the VFIO fd (pread64/pwrite64), MSI/MSI-X
+/// enable (VFIO_DEVICE_SET_IRQS) and routes (KVM_SET_GSI_ROUTING).
+const VCPU_PASSTHROUGH_SYSCALLS: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64];
+
 /// The filter for vCPU threads (`None` when seccomp is off).
 pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
-    filter(mode, "vCPU", VCPU_SYSCALLS, &[KVM_RUN, KVM_GET_REGS])
+    vcpu_filter_with(mode, false)
+}
+
+/// The filter for vCPU threads of a VM with (`passthrough`) or without assigned
+/// PCI devices.
+pub fn vcpu_filter_with(
+    mode: SeccompMode,
+    passthrough: bool,
+) -> Result<Option<BpfProgram>, String> {
+    if passthrough {
+        let syscalls: Vec<i64> = VCPU_SYSCALLS
+            .iter()
+            .chain(VCPU_PASSTHROUGH_SYSCALLS)
+            .copied()
+            .collect();
+        filter(
+            mode,
+            "vCPU",
+            &syscalls,
+            &[
+                KVM_RUN,
+                KVM_GET_REGS,
+                VFIO_DEVICE_SET_IRQS,
+                KVM_SET_GSI_ROUTING,
+            ],
+        )
+    } else {
+        filter(mode, "vCPU", VCPU_SYSCALLS, &[KVM_RUN, KVM_GET_REGS])
+    }
 }
 
 /// The filter for the control thread (API or `--config` waiter) once the VM runs.
+/// Teardown of assigned devices runs here: interrupts off (VFIO_DEVICE_SET_IRQS),
+/// bus mastering off (pread64/pwrite64 on the device fd) and VFIO_DEVICE_RESET; on
+/// any other fd those calls fail.
 pub fn control_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
-    filter(mode, "control", CONTROL_SYSCALLS, &[])
+    let syscalls: Vec<i64> = CONTROL_SYSCALLS
+        .iter()
+        .chain(&[libc::SYS_pread64, libc::SYS_pwrite64])
+        .copied()
+        .collect();
+    filter(
+        mode,
+        "control",
+        &syscalls,
+        &[VFIO_DEVICE_SET_IRQS, VFIO_DEVICE_RESET],
+    )
 }
 
 fn arg1_is(value: u64) -> Result<SeccompRule, seccompiler::BackendError> {

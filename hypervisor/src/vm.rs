@@ -12,7 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::{prepare, BootPlan};
+use crate::boot::{prepare_with, BootPlan};
 use crate::boot_source::BootInputs;
 use crate::config::{SerialOutput, VmConfig};
 use crate::control::{Control, ExitReason, RunState};
@@ -58,6 +58,9 @@ pub enum VmError {
     /// The operation is not valid in the VM's current state.
     #[error("the VM is {0:?}")]
     State(RunState),
+    /// PCI passthrough (VFIO) set-up.
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioSetupError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -116,13 +119,16 @@ pub struct VmDescription {
     pub acpi_pm_ignored: u64,
     /// The virtio-mmio devices: where, state, counters.
     pub virtio: Vec<crate::virtio_mmio::VirtioDeviceInfo>,
+    /// Assigned PCI devices and the DMA-map time (absent without passthrough).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<crate::vfio::VfioReport>,
 }
 
 /// A built VM.
 #[derive(Debug)]
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     layout: MemoryLayout,
     plan: BootPlan,
@@ -136,6 +142,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     prefault: Option<Duration>,
     acpi_pm: Option<Arc<crate::acpi::PowerManagement>>,
+    vfio: Option<crate::vfio::VfioSet>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -174,7 +181,9 @@ impl Vm {
             .layout(guest_phys_bits(&supported))
             .map_err(|e| VmError::Config(e.to_string()))?;
 
-        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // Host checks for passthrough before anything big is allocated.
+        let vfio_hosts = crate::vfio::preflight(&cfg.devices.vfio, layout.mem_size)?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -208,7 +217,13 @@ impl Vm {
                 Some(t)
             }
         };
-        let plan = prepare(cfg, &layout, inputs, &mem)?;
+        let plan = prepare_with(
+            cfg,
+            &layout,
+            inputs,
+            &mem,
+            &crate::vfio::measured_entries(&vfio_hosts),
+        )?;
         // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
         // so vCPU threads that `stop` gives up on can never touch unmapped memory.
         crate::sys::register_guest_ram(&vm_fd, &mem).map_err(VmError::Host)?;
@@ -230,6 +245,7 @@ impl Vm {
             cfg, inputs, &mem, &kvm, &vm_fd, &bus, &control,
         )
         .map_err(|e| VmError::Config(e.to_string()))?;
+        let vfio = crate::vfio::attach_to_vm(&vfio_hosts, &vm_fd, &mem, &layout, &bus)?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -262,6 +278,7 @@ impl Vm {
             threads: Vec::new(),
             prefault,
             acpi_pm,
+            vfio,
         })
     }
 
@@ -282,7 +299,8 @@ impl Vm {
         }
         register_signal_handler(kick_signal(), kick_handler)
             .map_err(|e| VmError::Thread(format!("installing the vCPU kick handler: {e}")))?;
-        let filter = seccomp::vcpu_filter(self.cfg.seccomp).map_err(VmError::Thread)?;
+        let filter = seccomp::vcpu_filter_with(self.cfg.seccomp, self.vfio.is_some())
+            .map_err(VmError::Thread)?;
         let n = self.pending.len();
         self.control.start(n);
         for (index, fd) in self.pending.drain(..).enumerate() {
@@ -383,6 +401,9 @@ impl Vm {
             let _ = t.join();
         }
         self.virtio.stop();
+        if let Some(v) = &self.vfio {
+            v.teardown();
+        }
         self.control.reason().unwrap_or(ExitReason::Stopped)
     }
 
@@ -428,6 +449,7 @@ impl Vm {
                 pm.ignored.load(std::sync::atomic::Ordering::Relaxed)
             }),
             virtio: self.virtio.describe(),
+            vfio: self.vfio.as_ref().map(crate::vfio::VfioSet::report),
         }
     }
 }
@@ -436,6 +458,9 @@ impl Drop for Vm {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
             self.stop(ExitReason::Stopped);
+        }
+        if let Some(v) = &self.vfio {
+            v.teardown();
         }
     }
 }
@@ -453,5 +478,14 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
     crate::virtio_mmio::check_inputs(&cfg.devices, inputs)
         .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
-    Ok(prepare(cfg, &layout, inputs, &mem)?)
+    // The assigned devices' IDs come from this host's sysfs: measure on the host that
+    // will boot the VM (or one with the same devices).
+    let hosts = crate::vfio::describe_hosts(&cfg.devices.vfio)?;
+    Ok(prepare_with(
+        cfg,
+        &layout,
+        inputs,
+        &mem,
+        &crate::vfio::measured_entries(&hosts),
+    )?)
 }

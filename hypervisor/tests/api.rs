@@ -215,6 +215,13 @@ fn bad_requests_get_4xx_naming_the_field_and_never_kill_the_vmm() {
             400,
             "devices.serial.file",
         ),
+        (
+            "PUT",
+            "/devices",
+            r#"{"vfio":[{"bdf":"41:00.0"}]}"#.into(),
+            400,
+            "devices.vfio[0].bdf",
+        ),
         ("PUT", "/vm/config", "[]".into(), 400, "config"),
         ("POST", "/vm/start", String::new(), 400, "machine"),
         ("POST", "/vm/pause", String::new(), 409, "state"),

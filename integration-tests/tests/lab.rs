@@ -96,6 +96,21 @@ fn vmm_linux_pvh() {
 }
 
 #[test]
+fn vmm_vfio_edu() {
+    run_scenario("vmm-vfio-edu");
+}
+
+#[test]
+fn vfio_start() {
+    run_scenario("vfio-start");
+}
+
+#[test]
+fn vmm_vfio_linux() {
+    run_scenario("vmm-vfio-linux");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

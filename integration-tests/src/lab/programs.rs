@@ -94,7 +94,15 @@ pub fn build_tiny_guests(
     for name in names {
         cmd.args(["--bin", name]);
     }
-    run(&mut cmd)?;
+    run(&mut cmd).map_err(|e| match e {
+        LabError::Command { output, .. } if output.contains("target may not be installed") => {
+            LabError::Prerequisite {
+                what: "the Rust target x86_64-unknown-none is not installed".into(),
+                hint: "run scripts/setup (or `rustup target add x86_64-unknown-none`)".into(),
+            }
+        }
+        other => other,
+    })?;
     let dir = out.join("x86_64-unknown-none/release");
     names
         .iter()

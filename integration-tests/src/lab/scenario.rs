@@ -26,6 +26,9 @@ pub struct L2Guest {
     pub signed_bundles: bool,
     /// Programs of this workspace (built for musl, static) put in the L2 `/bin`.
     pub programs: &'static [GuestProgram],
+    /// Kernel modules for L2 (dependencies added and ordered automatically), put in
+    /// the L2 initramfs as `/lab/modules/NN-NAME.ko` for its init to load.
+    pub modules: &'static [&'static str],
 }
 
 /// One lab scenario.
@@ -104,9 +107,15 @@ const VMM_LINUX: Scenario = Scenario {
             package: THIS_PACKAGE,
             bin: "lab-l2-exit",
         }],
+        modules: &[],
     }),
     timeout_secs: 240,
     ..PLAIN
+};
+
+const VMM: GuestProgram = GuestProgram {
+    package: "bulwark-vmm",
+    bin: "bulwark-vmm",
 };
 
 /// Every scenario the lab ships.
@@ -139,6 +148,94 @@ pub const SCENARIOS: &[Scenario] = &[
             "vsock-mmio-exit",
         ],
         timeout_secs: 240,
+        ..PLAIN
+    },
+    Scenario {
+        name: "vmm-vfio-linux",
+        summary: "bulwark-vmm passes ivshmem-plain (4 GiB 64-bit prefetchable BAR) and virtio-rng-pci into a Linux guest that finds the PCI host bridge through ACPI: the guest enumerates both, uses the 4 GiB BAR, and its virtio-rng driver gets bytes through MSI-X",
+        script: include_str!("../../lab/scenarios/vmm-vfio-linux.sh"),
+        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
+        devices: &[
+            "virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=06.0",
+            "ivshmem-plain,memdev=shm,addr=07.0",
+        ],
+        objects: &["memory-backend-ram,id=shm,size=4G"],
+        memory_mib: 1536,
+        guest_programs: &[VMM],
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init-vfio.sh"),
+            signed_bundles: false,
+            programs: &[GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-l2-exit",
+            }],
+            modules: &["virtio_pci", "virtio_rng"],
+        }),
+        expected_checks: &[
+            "kvm-device",
+            "bind-vfio-pci",
+            "l2-booted",
+            "l2-pci-devices",
+            "l2-ivshmem-bar",
+            "l2-acpi-pci-root",
+            "l2-hwrng",
+            "l2-msix",
+            "l2-exit",
+        ],
+        timeout_secs: 400,
+        ..PLAIN
+    },
+    Scenario {
+        name: "vfio-start",
+        summary: "benchmark (bench/vfio-start): prefault and DMA-map time of 1 and 4 GiB guests with an assigned edu device, anonymous and hugetlbfs memory",
+        script: include_str!("../../lab/scenarios/vfio-start.sh"),
+        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
+        devices: &["edu"],
+        // 4 GiB guests plus L1 itself; the host has 24 GiB for four engineers, so
+        // 16 GiB guests are out of reach here.
+        memory_mib: 5632,
+        guest_programs: &[VMM],
+        tiny_guests: &["hello"],
+        expected_checks: &["kvm-device", "bind-vfio-pci", "start-anonymous", "start-hugetlbfs"],
+        timeout_secs: 900,
+        ..PLAIN
+    },
+    Scenario {
+        name: "vmm-vfio-edu",
+        summary: "bulwark-vmm passes QEMU's edu device through VFIO into a tiny guest (PCI scan, BAR0, DMA, MSI); refusals; a second VM takes the device after the first",
+        script: include_str!("../../lab/scenarios/vmm-vfio-edu.sh"),
+        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
+        // 04.0 is passed through; 05.0 and 05.1 share an IOMMU group (a multifunction
+        // device without ACS) and only 05.0 is bound to vfio-pci.
+        devices: &[
+            "edu,addr=04.0",
+            "edu,addr=05.0,multifunction=on",
+            "edu,addr=05.1",
+        ],
+        memory_mib: 768,
+        guest_programs: &[VMM],
+        tiny_guests: &["vfio-edu"],
+        expected_checks: &[
+            "kvm-device",
+            "bind-vfio-pci",
+            "edu-found",
+            "edu-bar0",
+            "edu-bar-move-refused",
+            "edu-ident",
+            "edu-msi-enable",
+            "edu-dma",
+            "edu-msi",
+            "edu-vm-exit",
+            "edu-intx-route",
+            "edu-intx",
+            "edu-measured",
+            "teardown-second-vm",
+            "refuse-busy",
+            "refuse-group",
+            "refuse-no-device",
+            "refuse-memlock",
+        ],
+        timeout_secs: 300,
         ..PLAIN
     },
     Scenario {
@@ -217,6 +314,7 @@ pub const SCENARIOS: &[Scenario] = &[
             init: include_str!("../../lab/l2-init.sh"),
             signed_bundles: false,
             programs: &[],
+            modules: &[],
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,

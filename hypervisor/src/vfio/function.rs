@@ -1,0 +1,1130 @@
+//! The guest's view of an assigned function's configuration space: the device's own
+//! registers, read and written through VFIO, with the BARs, the command register, the
+//! interrupt pin/line, the expansion ROM and the MSI and MSI-X capabilities
+//! virtualized here. Also the trap for the BAR pages that cannot be a memory slot
+//! (the MSI-X table and PBA, or a whole BAR VFIO does not let us map).
+//!
+//! Policy on guest writes (every one is hostile):
+//! - BARs: an all-ones write starts sizing (the register then reads the size mask);
+//!   any other value must be the address the VMM assigned. A move is **refused**: the
+//!   write is dropped, counted (`bar_moves_refused`) and logged, and the register keeps
+//!   the assigned address, so the memory slots and traps never move.
+//! - Command register: only memory decode, bus master, parity/SERR response and INTx
+//!   disable reach the device; I/O decode is never enabled (I/O BARs are hidden).
+//! - MSI: one vector (Multiple Message Capable reads 0); address, data, mask and
+//!   enable are kept here and become a KVM MSI route on the function's GSI; VFIO's
+//!   eventfd for the vector is an irqfd on that GSI.
+//! - MSI-X: enable and function mask are kept here, the table is emulated in the
+//!   trapped page(s); each unmasked vector with an x86 message address (0xFEEx_xxxx)
+//!   is a KVM MSI route; a masked vector has no route, so an interrupt that arrives
+//!   while masked is dropped rather than left pending (known limitation).
+//! - Everything else (status, capabilities other than MSI/MSI-X, extended space) is
+//!   passed to vfio-pci, which applies its own virtualization and write filters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::bus::{BusAction, BusDevice};
+use crate::irq_routing::MsiMessage;
+use crate::pci::{regs, BarKind, PciFunction};
+
+/// Access to the real device (VFIO in production, a fake in tests).
+pub trait DeviceIo: Send + Sync {
+    /// Reads the device's configuration space (the caller pre-fills all-ones).
+    fn config_read(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device's configuration space.
+    fn config_write(&self, offset: u64, data: &[u8]);
+    /// Reads BAR `bar` at `offset` through the device fd.
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]);
+    /// Writes BAR `bar` at `offset` through the device fd.
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]);
+    /// Enables (with its eventfd) or disables MSI on the device.
+    fn set_msi(&self, enable: bool) -> Result<(), String>;
+    /// Enables (with one eventfd per table entry) or disables MSI-X on the device.
+    fn set_msix(&self, enable: bool) -> Result<(), String>;
+}
+
+/// Programs interrupt routes (the VM's [`crate::irq_routing::GsiRouter`], or a fake).
+pub trait Routes: Send + Sync {
+    /// Sets or removes MSI routes.
+    fn update(&self, updates: &[(u32, Option<MsiMessage>)]) -> Result<(), String>;
+}
+
+impl Routes for crate::irq_routing::GsiRouter {
+    fn update(&self, updates: &[(u32, Option<MsiMessage>)]) -> Result<(), String> {
+        crate::irq_routing::GsiRouter::update(self, updates)
+    }
+}
+
+/// Guest misbehaviour and failures seen by one assigned function.
+#[derive(Debug, Default, Serialize)]
+pub struct FunctionCounters {
+    /// BAR writes that would have moved a BAR (refused).
+    pub bar_moves_refused: AtomicU64,
+    /// MSI/MSI-X messages with an address that is not an x86 interrupt message.
+    pub bad_msi_messages: AtomicU64,
+    /// Malformed accesses to the trapped MSI-X table.
+    pub bad_table_accesses: AtomicU64,
+    /// VFIO or KVM calls that failed while serving the guest.
+    pub errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, name: &str, what: std::fmt::Arguments<'_>) {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    if n < 16 || n.is_multiple_of(65536) {
+        tracing::warn!(total = n + 1, "assigned device {name}: {what}");
+    }
+}
+
+/// A memory BAR as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestBar {
+    /// BAR index (0..=5; a 64-bit BAR also uses `index + 1`).
+    pub index: u8,
+    /// Kind.
+    pub kind: BarKind,
+    /// The device's BAR size in bytes (a power of two).
+    pub size: u64,
+    /// Guest-physical address assigned by the VMM.
+    pub addr: u64,
+    /// The register's low four bits (type and prefetchable), from the device.
+    pub flags: u32,
+}
+
+/// Where the MSI capability is and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiInfo {
+    /// Capability offset.
+    pub cap: u16,
+    /// 64-bit message address.
+    pub is64: bool,
+    /// Per-vector masking.
+    pub per_vector_mask: bool,
+    /// The GSI of its one vector.
+    pub gsi: u32,
+}
+
+impl MsiInfo {
+    /// Bytes of the capability.
+    fn len(&self) -> usize {
+        match (self.is64, self.per_vector_mask) {
+            (false, false) => 10,
+            (true, false) => 14,
+            (false, true) => 20,
+            (true, true) => 24,
+        }
+    }
+    fn data_at(&self) -> usize {
+        if self.is64 {
+            12
+        } else {
+            8
+        }
+    }
+}
+
+/// Where the MSI-X capability, table and PBA are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixInfo {
+    /// Capability offset.
+    pub cap: u16,
+    /// Number of table entries.
+    pub table_size: u16,
+    /// BAR holding the table.
+    pub table_bar: u8,
+    /// Table offset in that BAR.
+    pub table_offset: u64,
+    /// BAR holding the PBA.
+    pub pba_bar: u8,
+    /// PBA offset in that BAR.
+    pub pba_offset: u64,
+    /// GSI of entry 0 (entry `i` uses `first_gsi + i`).
+    pub first_gsi: u32,
+}
+
+impl MsixInfo {
+    /// Table bytes.
+    pub fn table_len(&self) -> u64 {
+        u64::from(self.table_size) * 16
+    }
+    /// PBA bytes.
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.table_size).div_ceil(64) * 8
+    }
+    /// Page-aligned ranges `(offset, len)` of BAR `bar` that must trap.
+    pub fn trapped_pages(&self, bar: u8) -> Vec<(u64, u64)> {
+        let page = |off: u64, len: u64| {
+            let s = off & !0xfff;
+            (s, (off + len).next_multiple_of(0x1000) - s)
+        };
+        let mut v = Vec::new();
+        if self.table_bar == bar {
+            v.push(page(self.table_offset, self.table_len()));
+        }
+        if self.pba_bar == bar {
+            v.push(page(self.pba_offset, self.pba_len()));
+        }
+        v.sort_unstable();
+        // Merge overlapping or touching ranges.
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (s, l) in v {
+            match out.last_mut() {
+                Some((ps, pl)) if *ps + *pl >= s => *pl = (*pl).max(s + l - *ps),
+                _ => out.push((s, l)),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct MsiRegs {
+    enable: bool,
+    addr: u64,
+    data: u16,
+    mask: u32,
+}
+
+#[derive(Debug)]
+struct MsixRegs {
+    enable: bool,
+    function_mask: bool,
+    /// Per entry: address low, address high, data, vector control.
+    entries: Vec<[u32; 4]>,
+}
+
+/// MSI-X state shared by the configuration space (enable, function mask) and the
+/// table trap.
+pub struct MsixState {
+    info: MsixInfo,
+    regs: Mutex<MsixRegs>,
+}
+
+impl std::fmt::Debug for MsixState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsixState")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    sizing: [bool; 6],
+    interrupt_line: u8,
+    msi: MsiRegs,
+}
+
+/// One assigned function on the guest's bus.
+pub struct PassthroughFunction {
+    name: String,
+    io: Arc<dyn DeviceIo>,
+    routes: Arc<dyn Routes>,
+    bars: Vec<GuestBar>,
+    /// For each BAR register: the BAR and whether it is the high dword.
+    reg_map: [Option<(usize, bool)>; 6],
+    msi: Option<MsiInfo>,
+    /// The device's MSI control bits that stay (64-bit, per-vector masking).
+    msi_ctrl_ro: u16,
+    msix: Option<Arc<MsixState>>,
+    /// The device's MSI-X control (table size), read once.
+    msix_ctrl_ro: u16,
+    /// INTx pin (1..=4) and its GSI, when wired.
+    intx: Option<(u8, u32)>,
+    state: Mutex<State>,
+    /// Counters.
+    pub counters: Arc<FunctionCounters>,
+}
+
+impl std::fmt::Debug for PassthroughFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassthroughFunction")
+            .field("name", &self.name)
+            .field("bars", &self.bars)
+            .field("msi", &self.msi)
+            .field("msix", &self.msix)
+            .finish()
+    }
+}
+
+/// Command register bits the guest may set on the device.
+const COMMAND_ALLOWED: u16 =
+    regs::CMD_MEMORY | regs::CMD_BUS_MASTER | 1 << 6 | 1 << 8 | regs::CMD_INTX_DISABLE;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PassthroughFunction {
+    /// The function `name` over `io`, with its memory BARs placed, and the MSI/MSI-X
+    /// capabilities (with their GSIs) the VMM found on the device.
+    pub fn new(
+        name: String,
+        io: Arc<dyn DeviceIo>,
+        routes: Arc<dyn Routes>,
+        bars: Vec<GuestBar>,
+        msi: Option<MsiInfo>,
+        msix: Option<MsixInfo>,
+    ) -> Self {
+        Self::with_intx(name, io, routes, bars, msi, msix, None)
+    }
+
+    /// [`Self::new`] with INTx wired: `intx` is the device's pin (1..=4) and the GSI
+    /// (IOAPIC pin) it raises; the interrupt line register starts at that GSI.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_intx(
+        name: String,
+        io: Arc<dyn DeviceIo>,
+        routes: Arc<dyn Routes>,
+        bars: Vec<GuestBar>,
+        msi: Option<MsiInfo>,
+        msix: Option<MsixInfo>,
+        intx: Option<(u8, u32)>,
+    ) -> Self {
+        let mut reg_map = [None; 6];
+        for (i, b) in bars.iter().enumerate() {
+            let r = usize::from(b.index);
+            if r < 6 {
+                reg_map[r] = Some((i, false));
+            }
+            if b.kind != BarKind::Mem32 && r + 1 < 6 {
+                reg_map[r + 1] = Some((i, true));
+            }
+        }
+        let read16 = |off: u16| {
+            let mut d = [0xffu8; 2];
+            io.config_read(u64::from(off), &mut d);
+            u16::from_le_bytes(d)
+        };
+        let msi_ctrl_ro = msi.map_or(0, |m| read16(m.cap + 2) & (1 << 7 | 1 << 8));
+        let msix_ctrl_ro = msix.map_or(0, |m| m.table_size.saturating_sub(1) & 0x7ff);
+        let msix = msix.map(|info| {
+            Arc::new(MsixState {
+                info,
+                regs: Mutex::new(MsixRegs {
+                    enable: false,
+                    function_mask: false,
+                    entries: vec![[0, 0, 0, 1]; usize::from(info.table_size)],
+                }),
+            })
+        });
+        PassthroughFunction {
+            name,
+            io,
+            routes,
+            bars,
+            reg_map,
+            msi,
+            msi_ctrl_ro,
+            msix,
+            msix_ctrl_ro,
+            intx,
+            state: Mutex::new(State {
+                sizing: [false; 6],
+                interrupt_line: intx.map_or(0xff, |(_, gsi)| gsi as u8),
+                msi: MsiRegs::default(),
+            }),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The MSI-X state, for the table trap.
+    pub fn msix(&self) -> Option<Arc<MsixState>> {
+        self.msix.clone()
+    }
+
+    /// The interrupt mode in effect: "msi-x", "msi", "intx" (wired, neither MSI nor
+    /// MSI-X enabled) or "none".
+    pub fn interrupt_mode(&self) -> &'static str {
+        if self.msix.as_ref().is_some_and(|m| lock(&m.regs).enable) {
+            "msi-x"
+        } else if lock(&self.state).msi.enable {
+            "msi"
+        } else if self.intx.is_some() {
+            "intx"
+        } else {
+            "none"
+        }
+    }
+
+    fn bar_reg(&self, st: &State, r: usize) -> u32 {
+        let Some((i, high)) = self.reg_map[r] else {
+            return 0;
+        };
+        let b = &self.bars[i];
+        let v = if st.sizing[r] { !(b.size - 1) } else { b.addr };
+        if high {
+            (v >> 32) as u32
+        } else {
+            (v as u32 & !0xf) | b.flags
+        }
+    }
+
+    fn bar_write(&self, st: &mut State, r: usize, value: u32) {
+        let Some((i, high)) = self.reg_map[r] else {
+            return;
+        };
+        if value == u32::MAX {
+            st.sizing[r] = true;
+            return;
+        }
+        st.sizing[r] = false;
+        let b = &self.bars[i];
+        let mask = !(b.size - 1);
+        let (want, mask) = if high {
+            ((b.addr >> 32) as u32, (mask >> 32) as u32)
+        } else {
+            (b.addr as u32, mask as u32 & !0xf)
+        };
+        if value & mask != want & mask {
+            bump(
+                &self.counters.bar_moves_refused,
+                &self.name,
+                format_args!(
+                    "refused to move BAR{} (register {r}) to {value:#010x}; it stays at {:#x}",
+                    b.index, b.addr
+                ),
+            );
+        }
+    }
+
+    /// The MSI capability as the guest sees it.
+    fn msi_bytes(&self, m: &MsiInfo, st: &State) -> Vec<u8> {
+        let mut v = vec![0u8; m.len()];
+        let mut hdr = [0xffu8; 2];
+        self.io.config_read(u64::from(m.cap), &mut hdr);
+        v[0..2].copy_from_slice(&hdr);
+        let ctrl = self.msi_ctrl_ro | u16::from(st.msi.enable);
+        v[2..4].copy_from_slice(&ctrl.to_le_bytes());
+        v[4..8].copy_from_slice(&(st.msi.addr as u32).to_le_bytes());
+        if m.is64 {
+            v[8..12].copy_from_slice(&((st.msi.addr >> 32) as u32).to_le_bytes());
+        }
+        let d = m.data_at();
+        v[d..d + 2].copy_from_slice(&st.msi.data.to_le_bytes());
+        if m.per_vector_mask {
+            v[d + 4..d + 8].copy_from_slice(&st.msi.mask.to_le_bytes());
+        }
+        v
+    }
+
+    fn msi_write(&self, m: &MsiInfo, st: &mut State, rel: usize, data: &[u8]) {
+        let mut v = self.msi_bytes(m, st);
+        for (k, &b) in data.iter().enumerate() {
+            if let Some(slot) = v.get_mut(rel + k) {
+                *slot = b;
+            }
+        }
+        let d = m.data_at();
+        let rd32 = |o: usize| u32::from_le_bytes([v[o], v[o + 1], v[o + 2], v[o + 3]]);
+        let new = MsiRegs {
+            enable: v[2] & 1 != 0,
+            addr: u64::from(rd32(4) & !3) | if m.is64 { u64::from(rd32(8)) << 32 } else { 0 },
+            data: u16::from_le_bytes([v[d], v[d + 1]]),
+            mask: if m.per_vector_mask {
+                rd32(d + 4) & 1
+            } else {
+                0
+            },
+        };
+        let old = std::mem::replace(&mut st.msi, new);
+        if old == new {
+            return;
+        }
+        if new.enable && !old.enable {
+            if let Err(e) = self.io.set_msi(true) {
+                bump(
+                    &self.counters.errors,
+                    &self.name,
+                    format_args!("enabling MSI: {e}"),
+                );
+            }
+        }
+        let route = (new.enable && new.mask == 0).then_some(MsiMessage {
+            addr: new.addr,
+            data: u32::from(new.data),
+        });
+        if route.is_some_and(|r| !r.is_valid()) {
+            bump(
+                &self.counters.bad_msi_messages,
+                &self.name,
+                format_args!(
+                    "MSI address {:#x} is not an interrupt message; not routed",
+                    new.addr
+                ),
+            );
+        }
+        if let Err(e) = self.routes.update(&[(m.gsi, route)]) {
+            bump(
+                &self.counters.errors,
+                &self.name,
+                format_args!("MSI route: {e}"),
+            );
+        }
+        if !new.enable && old.enable {
+            if let Err(e) = self.io.set_msi(false) {
+                bump(
+                    &self.counters.errors,
+                    &self.name,
+                    format_args!("disabling MSI: {e}"),
+                );
+            }
+        }
+    }
+
+    fn msix_bytes(&self, x: &MsixState) -> [u8; 12] {
+        let mut v = [0u8; 12];
+        self.io.config_read(u64::from(x.info.cap), &mut v[0..2]);
+        let r = lock(&x.regs);
+        let ctrl = self.msix_ctrl_ro | u16::from(r.function_mask) << 14 | u16::from(r.enable) << 15;
+        v[2..4].copy_from_slice(&ctrl.to_le_bytes());
+        let table = x.info.table_offset as u32 | u32::from(x.info.table_bar);
+        let pba = x.info.pba_offset as u32 | u32::from(x.info.pba_bar);
+        v[4..8].copy_from_slice(&table.to_le_bytes());
+        v[8..12].copy_from_slice(&pba.to_le_bytes());
+        v
+    }
+
+    fn msix_write(&self, x: &MsixState, rel: usize, data: &[u8]) {
+        // Only the upper control byte (offset 3) is writable: function mask, enable.
+        let Some(k) = 3usize.checked_sub(rel).filter(|&k| k < data.len()) else {
+            return;
+        };
+        let (enable, mask) = (data[k] & 0x80 != 0, data[k] & 0x40 != 0);
+        let mut r = lock(&x.regs);
+        let was = r.enable;
+        if enable == was && mask == r.function_mask {
+            return;
+        }
+        if enable && !was {
+            if let Err(e) = self.io.set_msix(true) {
+                bump(
+                    &self.counters.errors,
+                    &self.name,
+                    format_args!("enabling MSI-X: {e}"),
+                );
+            }
+        }
+        r.enable = enable;
+        r.function_mask = mask;
+        let updates: Vec<_> = (0..r.entries.len())
+            .map(|i| (x.info.first_gsi + i as u32, msix_route(&r, i)))
+            .collect();
+        drop(r);
+        self.route_msix(&updates);
+        if !enable && was {
+            if let Err(e) = self.io.set_msix(false) {
+                bump(
+                    &self.counters.errors,
+                    &self.name,
+                    format_args!("disabling MSI-X: {e}"),
+                );
+            }
+        }
+    }
+
+    fn route_msix(&self, updates: &[(u32, Option<MsiMessage>)]) {
+        Self::route_msix_with(&self.routes, &self.counters, &self.name, updates);
+    }
+
+    /// Which virtualized register covers config byte `pos`, if any.
+    fn class(&self, pos: usize) -> Class {
+        match pos {
+            regs::COMMAND | 0x05 => Class::Command,
+            regs::BAR0..regs::BAR_END => Class::Bar((pos - regs::BAR0) / 4),
+            regs::ROM..0x34 => Class::Zero,
+            regs::INTERRUPT_LINE => Class::Line,
+            regs::INTERRUPT_PIN => Class::Pin,
+            _ => {
+                if let Some(m) = &self.msi {
+                    let c = usize::from(m.cap);
+                    if (c..c + m.len()).contains(&pos) {
+                        return Class::Msi(pos - c);
+                    }
+                }
+                if let Some(x) = &self.msix {
+                    let c = usize::from(x.info.cap);
+                    if (c..c + 12).contains(&pos) {
+                        return Class::Msix(pos - c);
+                    }
+                }
+                Class::Device
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Device,
+    Pin,
+    Command,
+    Bar(usize),
+    Zero,
+    Line,
+    Msi(usize),
+    Msix(usize),
+}
+
+fn msix_route(r: &MsixRegs, i: usize) -> Option<MsiMessage> {
+    let e = r.entries[i];
+    (r.enable && !r.function_mask && e[3] & 1 == 0).then_some(MsiMessage {
+        addr: u64::from(e[0]) | u64::from(e[1]) << 32,
+        data: e[2],
+    })
+}
+
+impl PciFunction for PassthroughFunction {
+    fn config_read(&self, offset: u16, data: &mut [u8]) {
+        let off = usize::from(offset);
+        self.io.config_read(u64::from(offset), data);
+        let st = lock(&self.state);
+        for (k, byte) in data.iter_mut().enumerate() {
+            let pos = off + k;
+            match self.class(pos) {
+                Class::Device => {}
+                Class::Command => {
+                    // The device's register, less I/O decode (never enabled).
+                    if pos == regs::COMMAND {
+                        *byte &= !(regs::CMD_IO as u8);
+                    }
+                }
+                Class::Bar(r) => *byte = self.bar_reg(&st, r).to_le_bytes()[pos % 4],
+                Class::Zero => *byte = 0,
+                Class::Line => *byte = st.interrupt_line,
+                Class::Pin => *byte = self.intx.map_or(0, |(pin, _)| pin),
+                Class::Msi(rel) => {
+                    if let Some(m) = &self.msi {
+                        *byte = self.msi_bytes(m, &st)[rel];
+                    }
+                }
+                Class::Msix(rel) => {
+                    if let Some(x) = &self.msix {
+                        *byte = self.msix_bytes(x)[rel];
+                    }
+                }
+            }
+        }
+    }
+
+    fn config_write(&self, offset: u16, data: &[u8]) {
+        let off = usize::from(offset);
+        // Split the access into runs of bytes of the same class.
+        let mut k = 0;
+        while k < data.len() {
+            let class = self.class(off + k);
+            let mut end = k + 1;
+            while end < data.len() && same_register(class, self.class(off + end)) {
+                end += 1;
+            }
+            let (pos, bytes) = (off + k, &data[k..end]);
+            let mut st = lock(&self.state);
+            match class {
+                Class::Device => {
+                    drop(st);
+                    self.io.config_write(pos as u64, bytes);
+                }
+                Class::Command => {
+                    let mut cur = [0xffu8; 2];
+                    self.io.config_read(regs::COMMAND as u64, &mut cur);
+                    for (i, b) in bytes.iter().enumerate() {
+                        cur[pos - regs::COMMAND + i] = *b;
+                    }
+                    let v = u16::from_le_bytes(cur) & COMMAND_ALLOWED;
+                    drop(st);
+                    self.io.config_write(regs::COMMAND as u64, &v.to_le_bytes());
+                }
+                Class::Bar(r) => {
+                    let mut cur = self.bar_reg(&st, r).to_le_bytes();
+                    for (i, b) in bytes.iter().enumerate() {
+                        cur[(pos + i) % 4] = *b;
+                    }
+                    self.bar_write(&mut st, r, u32::from_le_bytes(cur));
+                }
+                Class::Zero | Class::Pin => {}
+                Class::Line => st.interrupt_line = bytes[0],
+                Class::Msi(rel) => {
+                    if let Some(m) = self.msi {
+                        self.msi_write(&m, &mut st, rel, bytes);
+                    }
+                }
+                Class::Msix(rel) => {
+                    drop(st);
+                    if let Some(x) = &self.msix {
+                        self.msix_write(x, rel, bytes);
+                    }
+                }
+            }
+            k = end;
+        }
+    }
+}
+
+fn same_register(a: Class, b: Class) -> bool {
+    match (a, b) {
+        (Class::Msi(_), Class::Msi(_)) | (Class::Msix(_), Class::Msix(_)) => true,
+        _ => a == b,
+    }
+}
+
+/// A trapped range of a BAR: the MSI-X table (emulated), the PBA (read from the
+/// device) and anything else in the same pages, or a whole BAR that VFIO does not let
+/// us map (both passed to the device through the VFIO fd).
+pub struct BarTrap {
+    name: String,
+    io: Arc<dyn DeviceIo>,
+    routes: Arc<dyn Routes>,
+    bar: u8,
+    /// Offset in the BAR of the trapped range's start.
+    base: u64,
+    msix: Option<Arc<MsixState>>,
+    counters: Arc<FunctionCounters>,
+}
+
+impl std::fmt::Debug for BarTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BarTrap")
+            .field("name", &self.name)
+            .field("bar", &self.bar)
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl BarTrap {
+    /// A trap for BAR `bar` of `function` from BAR offset `base`.
+    pub fn new(function: &PassthroughFunction, bar: u8, base: u64) -> Self {
+        BarTrap {
+            name: function.name.clone(),
+            io: Arc::clone(&function.io),
+            routes: Arc::clone(&function.routes),
+            bar,
+            base,
+            msix: function.msix.clone().filter(|x| x.info.table_bar == bar),
+            counters: Arc::clone(&function.counters),
+        }
+    }
+
+    /// `(entry, dword)` when `[off, off + len)` is a well-formed table access.
+    fn table_slot(&self, off: u64, len: usize) -> Option<Option<(usize, usize)>> {
+        let x = self.msix.as_ref()?;
+        let t = x.info.table_offset;
+        if off < t || off >= t + x.info.table_len() {
+            return None;
+        }
+        let rel = off - t;
+        let ok = matches!(len, 4 | 8)
+            && rel.is_multiple_of(len as u64)
+            && rel + len as u64 <= x.info.table_len();
+        Some(ok.then_some(((rel / 16) as usize, ((rel % 16) / 4) as usize)))
+    }
+}
+
+impl BusDevice for BarTrap {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let off = self.base + offset;
+        match self.table_slot(off, data.len()) {
+            None => self.io.bar_read(self.bar, off, data),
+            Some(None) => bump(
+                &self.counters.bad_table_accesses,
+                &self.name,
+                format_args!(
+                    "{}-byte MSI-X table read at BAR offset {off:#x}",
+                    data.len()
+                ),
+            ),
+            Some(Some((entry, dword))) => {
+                if let Some(x) = &self.msix {
+                    let r = lock(&x.regs);
+                    for (k, chunk) in data.chunks_mut(4).enumerate() {
+                        chunk.copy_from_slice(&r.entries[entry][dword + k].to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> BusAction {
+        let off = self.base + offset;
+        match self.table_slot(off, data.len()) {
+            None => {
+                let in_pba = self.msix.as_ref().is_some_and(|x| {
+                    x.info.pba_bar == self.bar
+                        && off >= x.info.pba_offset
+                        && off < x.info.pba_offset + x.info.pba_len()
+                });
+                if !in_pba {
+                    self.io.bar_write(self.bar, off, data);
+                }
+            }
+            Some(None) => bump(
+                &self.counters.bad_table_accesses,
+                &self.name,
+                format_args!(
+                    "{}-byte MSI-X table write at BAR offset {off:#x}",
+                    data.len()
+                ),
+            ),
+            Some(Some((entry, dword))) => {
+                if let Some(x) = &self.msix {
+                    let mut r = lock(&x.regs);
+                    for (k, chunk) in data.chunks(4).enumerate() {
+                        let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                        // Vector control: only the mask bit is defined.
+                        let v = if dword + k == 3 { v & 1 } else { v };
+                        r.entries[entry][dword + k] = v;
+                    }
+                    let update = [(x.info.first_gsi + entry as u32, msix_route(&r, entry))];
+                    let enabled = r.enable;
+                    drop(r);
+                    if enabled {
+                        PassthroughFunction::route_msix_with(
+                            &self.routes,
+                            &self.counters,
+                            &self.name,
+                            &update,
+                        );
+                    }
+                }
+            }
+        }
+        BusAction::Continue
+    }
+}
+
+impl PassthroughFunction {
+    fn route_msix_with(
+        routes: &Arc<dyn Routes>,
+        counters: &FunctionCounters,
+        name: &str,
+        updates: &[(u32, Option<MsiMessage>)],
+    ) {
+        for (gsi, m) in updates {
+            if m.is_some_and(|m| !m.is_valid()) {
+                bump(
+                    &counters.bad_msi_messages,
+                    name,
+                    format_args!(
+                        "MSI-X message for GSI {gsi} is not an interrupt message; not routed"
+                    ),
+                );
+            }
+        }
+        if let Err(e) = routes.update(updates) {
+            bump(&counters.errors, name, format_args!("MSI-X routes: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A device: 256 bytes of config space, BAR contents, and a log of IRQ calls.
+    #[derive(Default)]
+    struct FakeDevice {
+        config: Mutex<Vec<u8>>,
+        bar: Mutex<Vec<u8>>,
+        irq_calls: Mutex<Vec<(&'static str, bool)>>,
+    }
+
+    impl DeviceIo for FakeDevice {
+        fn config_read(&self, offset: u64, data: &mut [u8]) {
+            let o = offset as usize;
+            data.copy_from_slice(&lock(&self.config)[o..o + data.len()]);
+        }
+        fn config_write(&self, offset: u64, data: &[u8]) {
+            let o = offset as usize;
+            lock(&self.config)[o..o + data.len()].copy_from_slice(data);
+        }
+        fn bar_read(&self, _bar: u8, offset: u64, data: &mut [u8]) {
+            let o = offset as usize;
+            data.copy_from_slice(&lock(&self.bar)[o..o + data.len()]);
+        }
+        fn bar_write(&self, _bar: u8, offset: u64, data: &[u8]) {
+            let o = offset as usize;
+            lock(&self.bar)[o..o + data.len()].copy_from_slice(data);
+        }
+        fn set_msi(&self, enable: bool) -> Result<(), String> {
+            lock(&self.irq_calls).push(("msi", enable));
+            Ok(())
+        }
+        fn set_msix(&self, enable: bool) -> Result<(), String> {
+            lock(&self.irq_calls).push(("msix", enable));
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeRoutes(Mutex<BTreeMap<u32, MsiMessage>>);
+
+    impl Routes for FakeRoutes {
+        fn update(&self, updates: &[(u32, Option<MsiMessage>)]) -> Result<(), String> {
+            let mut m = lock(&self.0);
+            for &(gsi, msg) in updates {
+                match msg.filter(MsiMessage::is_valid) {
+                    Some(v) => m.insert(gsi, v),
+                    None => m.remove(&gsi),
+                };
+            }
+            Ok(())
+        }
+    }
+
+    const MSI_CAP: u16 = 0x50;
+    const MSIX_CAP: u16 = 0x70;
+
+    /// BAR0: 1 MiB 32-bit; BAR2/3: 16 KiB 64-bit prefetchable holding the MSI-X table
+    /// (4 entries at 0x2000) and PBA (at 0x3000). MSI at 0x50 (64-bit), MSI-X at 0x70.
+    fn setup() -> (Arc<FakeDevice>, Arc<FakeRoutes>, PassthroughFunction) {
+        let dev = Arc::new(FakeDevice::default());
+        let mut c = vec![0u8; 256];
+        c[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
+        c[6] = 0x10; // capability list
+        c[0x10..0x14].copy_from_slice(&0xfeb0_0000u32.to_le_bytes()); // host address
+        c[0x18..0x1c].copy_from_slice(&0xfea0_000cu32.to_le_bytes());
+        c[0x34] = MSI_CAP as u8;
+        c[0x3d] = 1; // INTA
+        c[MSI_CAP as usize] = 0x05;
+        c[MSI_CAP as usize + 1] = MSIX_CAP as u8;
+        c[MSI_CAP as usize + 2] = 0x80 | 0x0a; // 64-bit, MMC = 32 vectors
+        c[MSIX_CAP as usize] = 0x11;
+        c[MSIX_CAP as usize + 2] = 3; // 4 entries
+        c[0x90..0x94].copy_from_slice(&0xabcd_ef01u32.to_le_bytes()); // a device register
+        *lock(&dev.config) = c;
+        *lock(&dev.bar) = vec![0x5a; 0x4000];
+        let routes = Arc::new(FakeRoutes::default());
+        let f = PassthroughFunction::new(
+            "test".into(),
+            dev.clone(),
+            routes.clone(),
+            vec![
+                GuestBar {
+                    index: 0,
+                    kind: BarKind::Mem32,
+                    size: 0x10_0000,
+                    addr: 0xc000_0000,
+                    flags: 0,
+                },
+                GuestBar {
+                    index: 2,
+                    kind: BarKind::Mem64Prefetchable,
+                    size: 0x4000,
+                    addr: 0x10_0000_0000,
+                    flags: 0xc,
+                },
+            ],
+            Some(MsiInfo {
+                cap: MSI_CAP,
+                is64: true,
+                per_vector_mask: false,
+                gsi: 24,
+            }),
+            Some(MsixInfo {
+                cap: MSIX_CAP,
+                table_size: 4,
+                table_bar: 2,
+                table_offset: 0x2000,
+                pba_bar: 2,
+                pba_offset: 0x3000,
+                first_gsi: 25,
+            }),
+        );
+        (dev, routes, f)
+    }
+
+    fn r32(f: &PassthroughFunction, off: u16) -> u32 {
+        let mut d = [0xffu8; 4];
+        f.config_read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w32(f: &PassthroughFunction, off: u16, v: u32) {
+        f.config_write(off, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn bars_size_and_read_back_the_guest_address_and_moves_are_refused() {
+        let (_, _, f) = setup();
+        assert_eq!(r32(&f, 0x10), 0xc000_0000);
+        assert_eq!(r32(&f, 0x18), 0x0000_000c);
+        assert_eq!(r32(&f, 0x1c), 0x10);
+        assert_eq!(r32(&f, 0x14), 0, "BAR1 does not exist");
+        w32(&f, 0x10, u32::MAX);
+        assert_eq!(r32(&f, 0x10), 0xfff0_0000);
+        w32(&f, 0x18, u32::MAX);
+        w32(&f, 0x1c, u32::MAX);
+        assert_eq!(r32(&f, 0x18), 0xffff_c00c);
+        assert_eq!(r32(&f, 0x1c), u32::MAX);
+        w32(&f, 0x10, 0xc000_0000);
+        w32(&f, 0x18, 0xc);
+        w32(&f, 0x1c, 0x10);
+        assert_eq!((r32(&f, 0x10), r32(&f, 0x1c)), (0xc000_0000, 0x10));
+        assert_eq!(f.counters.bar_moves_refused.load(Ordering::Relaxed), 0);
+        // A move (also one made of byte writes) is refused and counted.
+        w32(&f, 0x10, 0xd000_0000);
+        f.config_write(0x13, &[0xe0]);
+        assert_eq!(r32(&f, 0x10), 0xc000_0000);
+        assert_eq!(f.counters.bar_moves_refused.load(Ordering::Relaxed), 2);
+        // Writing to a non-existent BAR or the ROM does nothing and reads 0.
+        w32(&f, 0x14, u32::MAX);
+        w32(&f, 0x30, u32::MAX);
+        assert_eq!((r32(&f, 0x14), r32(&f, 0x30)), (0, 0));
+    }
+
+    #[test]
+    fn command_register_filters_io_and_unknown_bits_and_the_rest_passes_through() {
+        let (dev, _, f) = setup();
+        f.config_write(0x04, &0xffffu16.to_le_bytes());
+        let cmd = {
+            let c = lock(&dev.config);
+            u16::from_le_bytes([c[4], c[5]])
+        };
+        assert_eq!(cmd, COMMAND_ALLOWED);
+        assert_eq!(cmd & regs::CMD_IO, 0);
+        assert_eq!(r32(&f, 0) & 0xffff, 0x1234);
+        assert_eq!(r32(&f, 0x90), 0xabcd_ef01);
+        w32(&f, 0x90, 7);
+        assert_eq!(
+            u32::from_le_bytes(lock(&dev.config)[0x90..0x94].try_into().unwrap()),
+            7
+        );
+        // Interrupt pin reads 0 (no INTx); the line is scratch.
+        f.config_write(0x3c, &[0x0b]);
+        assert_eq!(r32(&f, 0x3c) & 0xffff, 0x000b);
+        // Vendor/device ID writes reach vfio-pci, which ignores them (not our job).
+        assert_eq!(lock(&dev.config)[0x3c], 0, "line not written to the device");
+    }
+
+    #[test]
+    fn msi_enable_programs_one_route_and_bad_addresses_are_not_routed() {
+        let (dev, routes, f) = setup();
+        // Multiple Message Capable reads 0: one vector.
+        assert_eq!(r32(&f, MSI_CAP) >> 16, 0x80);
+        w32(&f, MSI_CAP + 4, 0xfee0_0000);
+        w32(&f, MSI_CAP + 8, 0);
+        w32(&f, MSI_CAP + 12, 0x41);
+        assert!(lock(&routes.0).is_empty());
+        // Enable with MME = 5 (32 vectors): MME stays 0.
+        f.config_write(MSI_CAP + 2, &[0x51, 0]);
+        assert_eq!(r32(&f, MSI_CAP) >> 16, 0x81);
+        assert_eq!(lock(&dev.irq_calls).as_slice(), &[("msi", true)]);
+        assert_eq!(
+            lock(&routes.0).get(&24),
+            Some(&MsiMessage {
+                addr: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        assert_eq!(f.interrupt_mode(), "msi");
+        assert_eq!(r32(&f, MSI_CAP + 4), 0xfee0_0000);
+        assert_eq!(r32(&f, MSI_CAP + 12), 0x41);
+        // A message that is no interrupt (a forged DMA write) is dropped and counted.
+        w32(&f, MSI_CAP + 4, 0x1000);
+        assert!(lock(&routes.0).is_empty());
+        assert_eq!(f.counters.bad_msi_messages.load(Ordering::Relaxed), 1);
+        // None of this reached the device's own capability.
+        assert_eq!(lock(&dev.config)[MSI_CAP as usize + 4], 0);
+        f.config_write(MSI_CAP + 2, &[0, 0]);
+        assert_eq!(lock(&dev.irq_calls).last(), Some(&("msi", false)));
+        assert_eq!(f.interrupt_mode(), "none");
+    }
+
+    #[test]
+    fn msix_table_is_emulated_and_routes_follow_masks() {
+        let (dev, routes, f) = setup();
+        assert_eq!(r32(&f, MSIX_CAP) >> 16, 3);
+        assert_eq!(r32(&f, MSIX_CAP + 4), 0x2002);
+        assert_eq!(r32(&f, MSIX_CAP + 8), 0x3002);
+        let x = f.msix().unwrap();
+        assert_eq!(x.info.trapped_pages(2), vec![(0x2000, 0x2000)]);
+        assert!(x.info.trapped_pages(0).is_empty());
+        let trap = BarTrap::new(&f, 2, 0x2000);
+        // Entry 1: address, data, unmask.
+        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        trap.write(0x14, &0u32.to_le_bytes());
+        trap.write(0x18, &0x42u32.to_le_bytes());
+        trap.write(0x1c, &0xffff_fffeu32.to_le_bytes());
+        let mut d = [0u8; 4];
+        trap.read(0x1c, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0, "only the mask bit is kept");
+        assert!(lock(&routes.0).is_empty(), "MSI-X not enabled yet");
+        // Enable: VFIO gets every vector; entry 1 is routed, the masked ones are not.
+        f.config_write(MSIX_CAP + 3, &[0x80]);
+        assert_eq!(lock(&dev.irq_calls).as_slice(), &[("msix", true)]);
+        assert_eq!(
+            lock(&routes.0).keys().copied().collect::<Vec<_>>(),
+            vec![26]
+        );
+        assert_eq!(f.interrupt_mode(), "msi-x");
+        // Function mask removes every route; unmasking restores them.
+        f.config_write(MSIX_CAP + 2, &[0, 0xc0]);
+        assert!(lock(&routes.0).is_empty());
+        f.config_write(MSIX_CAP + 2, &[0, 0x80]);
+        assert_eq!(lock(&routes.0).len(), 1);
+        // Masking the entry through the table removes its route.
+        trap.write(0x1c, &1u32.to_le_bytes());
+        assert!(lock(&routes.0).is_empty());
+        // 8-byte table access: address of entry 2 in one go.
+        trap.write(0x20, &0x0000_0000_fee0_2000u64.to_le_bytes());
+        let mut q = [0u8; 8];
+        trap.read(0x20, &mut q);
+        assert_eq!(u64::from_le_bytes(q), 0xfee0_2000);
+        // Malformed table accesses are counted, not served.
+        trap.write(0x21, &[1, 2]);
+        let mut b = [0xffu8; 2];
+        trap.read(0x22, &mut b);
+        assert_eq!(b, [0xff; 2]);
+        assert_eq!(f.counters.bad_table_accesses.load(Ordering::Relaxed), 2);
+        // The PBA comes from the device and is read-only; bytes past the table in
+        // the trapped pages pass through.
+        trap.read(0x1000, &mut d);
+        assert_eq!(d, [0x5a; 4]);
+        trap.write(0x1000, &[0; 4]);
+        assert_eq!(lock(&dev.bar)[0x3000], 0x5a);
+        trap.write(0x800, &[1]);
+        assert_eq!(lock(&dev.bar)[0x2800], 1);
+        // Disable.
+        f.config_write(MSIX_CAP + 3, &[0]);
+        assert_eq!(lock(&dev.irq_calls).last(), Some(&("msix", false)));
+    }
+
+    #[test]
+    fn intx_pin_and_line() {
+        let (dev, routes, _) = setup();
+        let f = PassthroughFunction::with_intx(
+            "intx".into(),
+            dev,
+            routes,
+            Vec::new(),
+            None,
+            None,
+            Some((1, 17)),
+        );
+        assert_eq!(r32(&f, 0x3c) & 0xffff, 0x0111, "pin INTA, line = GSI 17");
+        f.config_write(0x3d, &[4]);
+        assert_eq!(r32(&f, 0x3c) & 0xffff, 0x0111, "pin is read-only");
+        assert_eq!(f.interrupt_mode(), "intx");
+    }
+
+    #[test]
+    fn msi_x_pages_are_merged_and_page_aligned() {
+        let info = MsixInfo {
+            cap: 0x70,
+            table_size: 300,
+            table_bar: 0,
+            table_offset: 0x1800,
+            pba_bar: 0,
+            pba_offset: 0x3010,
+            first_gsi: 24,
+        };
+        // Table 0x1800..0x2ac0 → pages 0x1000..0x3000; PBA 0x3010..0x3038 → 0x3000..0x4000.
+        assert_eq!(info.trapped_pages(0), vec![(0x1000, 0x3000)]);
+        let other = MsixInfo { pba_bar: 4, ..info };
+        assert_eq!(other.trapped_pages(0), vec![(0x1000, 0x2000)]);
+        assert_eq!(other.trapped_pages(4), vec![(0x3000, 0x1000)]);
+    }
+}

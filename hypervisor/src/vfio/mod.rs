@@ -1,0 +1,779 @@
+//! VFIO device assignment (legacy container/group interface of `vfio-ioctls`): the
+//! host checks, the container with all guest RAM DMA-mapped (IOVA = GPA), each
+//! device reset and placed on the guest's bus 0 with its BARs as KVM memory slots
+//! (only the MSI-X table/PBA pages trap), MSI/MSI-X through irqfd and GSI routing, and
+//! the reset at teardown. Design and limits: `docs/vfio.md`.
+
+pub mod function;
+pub mod host;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+use serde::Serialize;
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
+use vm_memory::{FileOffset, GuestMemoryMmap, MmapRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{VfioDeviceConfig, VfioInterface};
+use crate::devices::Buses;
+use crate::irq_routing::GsiRouter;
+use crate::layout::{MemoryLayout, PCI_MMIO32_SIZE, PCI_MMIO32_START};
+use crate::pci::{allocate_bars, regs, BarKind, BarRequest, Bdf, PciRoot};
+use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction};
+pub use host::{HostDevice, HostError};
+
+/// The GSI (IOAPIC pin) of INTx pin `pin` (1..=4, INTA..INTD) of the device in guest
+/// slot `slot` on bus 0: `PCI_INTX_FIRST_GSI + (slot + pin - 1) % 8`, so neighbouring
+/// slots spread over the eight GSIs 16..=23. A guest without ACPI reads it from the
+/// interrupt line register; the ACPI `_PRT` must say the same, level-triggered and
+/// active-high (what KVM's IOAPIC expects from an irqfd).
+pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
+    crate::layout::PCI_INTX_FIRST_GSI + (u32::from(slot) + u32::from(pin.clamp(1, 4)) - 1) % 8
+}
+
+/// Where sysfs lists PCI devices.
+pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
+/// Assigned device `i` sits at `00:(FIRST_SLOT + i).0` on the guest's bus 0.
+pub const FIRST_SLOT: u8 = 1;
+/// Most devices one VM takes (slots 1..=31 of bus 0).
+pub const MAX_DEVICES: usize = 31;
+/// KVM memory slots for BARs start here (guest RAM uses the first few).
+pub const FIRST_BAR_MEMSLOT: u32 = 16;
+
+/// Why assignment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VfioSetupError {
+    /// A host check failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The host or this build lacks something.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Opening or programming a device failed.
+    #[error("{0}")]
+    Device(String),
+    /// The BARs do not fit the windows.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Host checks before anything is allocated or opened: interface, locked-memory
+/// limit against `guest_ram`, VFIO present, each device and its IOMMU group.
+pub fn preflight(
+    cfg: &[VfioDeviceConfig],
+    guest_ram: u64,
+) -> Result<Vec<HostDevice>, VfioSetupError> {
+    if cfg.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(d) = cfg.iter().find(|d| d.interface == VfioInterface::Iommufd) {
+        return Err(VfioSetupError::Unsupported(
+            if Path::new("/dev/iommu").exists() {
+                format!("devices.vfio: {}: the iommufd/cdev interface is not implemented in this version of bulwark-vmm; use \"interface\": \"container\"", d.bdf)
+            } else {
+                format!("devices.vfio: {}: the iommufd/cdev interface is not supported on this host (no /dev/iommu); use \"interface\": \"container\"", d.bdf)
+            },
+        ));
+    }
+    let limit = crate::sys::memlock_limit()
+        .map_err(|e| VfioSetupError::Unsupported(format!("getrlimit(RLIMIT_MEMLOCK): {e}")))?;
+    host::check_memlock(limit, guest_ram)?;
+    if !Path::new("/dev/vfio/vfio").exists() {
+        return Err(VfioSetupError::Unsupported(
+            "devices.vfio: VFIO is not available on this host (no /dev/vfio/vfio: load vfio-pci and vfio_iommu_type1)".into(),
+        ));
+    }
+    let assigned: Vec<Bdf> = cfg
+        .iter()
+        .map(|d| d.bdf.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: String| VfioSetupError::Config(format!("devices.vfio: {e}")))?;
+    assigned
+        .iter()
+        .map(|b| host::check_device(Path::new(SYSFS_PCI_DEVICES), b, &assigned).map_err(Into::into))
+        .collect()
+}
+
+/// The IDs of the configured devices from sysfs, with no other check (for
+/// `bulwark-vmm measure`).
+pub fn describe_hosts(cfg: &[VfioDeviceConfig]) -> Result<Vec<HostDevice>, VfioSetupError> {
+    cfg.iter()
+        .map(|d| {
+            let b: Bdf = d
+                .bdf
+                .parse()
+                .map_err(|e: String| VfioSetupError::Config(format!("devices.vfio: {e}")))?;
+            Ok(host::describe(Path::new(SYSFS_PCI_DEVICES), &b)?)
+        })
+        .collect()
+}
+
+/// With assigned devices: the PCI host bridge (ports 0xCF8..=0xCFF on `buses.pio`,
+/// ECAM on `buses.mmio`), the GSI router, and [`VfioSet::attach`]. Without: nothing
+/// (no PCI bus at all).
+pub fn attach_to_vm(
+    hosts: &[HostDevice],
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    buses: &Buses,
+) -> Result<Option<VfioSet>, VfioSetupError> {
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    let root = Arc::new(PciRoot::new());
+    let err = |e: crate::bus::BusError| VfioSetupError::Device(format!("PCI host bridge: {e}"));
+    buses
+        .pio
+        .insert(
+            u64::from(crate::pci::root::CONFIG_ADDRESS_PORT),
+            8,
+            Arc::new(crate::pci::ConfigPorts::new(root.clone())),
+        )
+        .map_err(err)?;
+    buses
+        .mmio
+        .insert(
+            crate::layout::PCI_ECAM_START,
+            crate::layout::PCI_ECAM_SIZE,
+            Arc::new(crate::pci::Ecam::new(root.clone())),
+        )
+        .map_err(err)?;
+    let router = Arc::new(GsiRouter::new(vm.clone()));
+    let mut set = VfioSet::attach(hosts, vm, &router, mem, layout, buses, &root)?;
+    set.root = Some(root);
+    Ok(Some(set))
+}
+
+/// The launch measurement's entries for the assigned devices (with the vendor and
+/// device IDs the host reports).
+pub fn measured_entries(hosts: &[HostDevice]) -> Vec<String> {
+    let mut v = Vec::new();
+    if !hosts.is_empty() {
+        v.push(format!(
+            "pci-host@io:0xcf8-0xcff,ecam:{:#x}",
+            crate::layout::PCI_ECAM_START
+        ));
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        v.push(format!(
+            "vfio-pci@00:{:02x}.0,host={},id={:04x}:{:04x}",
+            usize::from(FIRST_SLOT) + i,
+            h.bdf,
+            h.vendor,
+            h.device
+        ));
+    }
+    v
+}
+
+/// Appends the passthrough metrics (Prometheus text format) for `v`.
+pub fn write_metrics(out: &mut String, v: &VfioReport) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vfio_dma_map_seconds Time to DMA-map and pin guest RAM for assigned devices.\n# TYPE bulwark_vfio_dma_map_seconds gauge\nbulwark_vfio_dma_map_seconds {:.3}",
+        v.dma_map_ms as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vfio_dma_mapped_bytes Guest RAM DMA-mapped.\n# TYPE bulwark_vfio_dma_mapped_bytes gauge\nbulwark_vfio_dma_mapped_bytes {}",
+        v.dma_mapped_bytes
+    );
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_vfio_devices Assigned PCI devices.\n# TYPE bulwark_vfio_devices gauge\nbulwark_vfio_devices {}",
+        v.devices.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_pci_config_malformed_total Malformed guest PCI configuration accesses.\n# TYPE bulwark_pci_config_malformed_total counter\nbulwark_pci_config_malformed_total {}",
+        v.pci_config_malformed
+    );
+}
+
+/// One BAR in `GET /vm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BarReport {
+    /// BAR index.
+    pub index: u8,
+    /// Kind.
+    pub kind: BarKind,
+    /// The device's BAR size in bytes.
+    pub host_size: u64,
+    /// Guest-physical address.
+    pub guest_addr: u64,
+    /// BAR offsets `(offset, len)` that trap (MSI-X table/PBA pages, or the whole BAR
+    /// when VFIO does not allow mapping it); the rest is a KVM memory slot.
+    pub trapped: Vec<(u64, u64)>,
+}
+
+/// One assigned device in `GET /vm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceReport {
+    /// Host PCI address.
+    pub bdf: String,
+    /// Where the guest sees it.
+    pub guest_bdf: String,
+    /// IOMMU group.
+    pub group: u32,
+    /// `vendor:device`.
+    pub id: String,
+    /// Whether VFIO could reset it (before the guest and at teardown).
+    pub reset_supported: bool,
+    /// Memory BARs.
+    pub bars: Vec<BarReport>,
+    /// Interrupt capabilities wired for the device ("msi", "msi-x", "intx").
+    pub interrupt_capabilities: Vec<&'static str>,
+    /// What is in effect now: "msi-x", "msi", "intx" or "none".
+    pub interrupt_mode: &'static str,
+    /// BAR moves the guest tried (refused).
+    pub bar_moves_refused: u64,
+    /// MSI messages not routed (not an x86 interrupt address).
+    pub bad_msi_messages: u64,
+    /// VFIO/KVM failures while serving the guest.
+    pub errors: u64,
+}
+
+/// Passthrough state in `GET /vm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VfioReport {
+    /// Time to DMA-map all guest RAM into the IOMMU domain (pinning included).
+    pub dma_map_ms: u64,
+    /// Bytes DMA-mapped.
+    pub dma_mapped_bytes: u64,
+    /// Malformed guest configuration accesses (bad size or alignment), dropped.
+    pub pci_config_malformed: u64,
+    /// The devices.
+    pub devices: Vec<DeviceReport>,
+}
+
+struct Assigned {
+    host: HostDevice,
+    slot: u8,
+    dev: Arc<VfioDevice>,
+    io: Arc<VfioIo>,
+    function: Arc<PassthroughFunction>,
+    bars: Vec<BarReport>,
+    caps: Vec<&'static str>,
+    reset_supported: bool,
+}
+
+/// The assigned devices of one VM.
+pub struct VfioSet {
+    _container: Arc<VfioContainer>,
+    devices: Vec<Assigned>,
+    dma_map: Duration,
+    dma_bytes: u64,
+    torn_down: AtomicBool,
+    root: Option<Arc<PciRoot>>,
+}
+
+impl std::fmt::Debug for VfioSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioSet")
+            .field(
+                "devices",
+                &self.devices.iter().map(|d| d.host.bdf).collect::<Vec<_>>(),
+            )
+            .field("dma_map", &self.dma_map)
+            .finish()
+    }
+}
+
+/// [`DeviceIo`] over a VFIO device fd.
+struct VfioIo {
+    dev: Arc<VfioDevice>,
+    config_size: u64,
+    bar_sizes: [u64; 6],
+    msi: Vec<EventFd>,
+    msix: Vec<EventFd>,
+    /// INTx trigger and resample (unmask) eventfds, when INTx is wired.
+    intx: Option<(EventFd, EventFd)>,
+}
+
+impl VfioIo {
+    /// Turns INTx delivery through VFIO on (trigger eventfd, unmask on resample) or
+    /// off. VFIO allows one interrupt type at a time, so INTx is off while MSI or
+    /// MSI-X is enabled.
+    fn set_intx(&self, enable: bool) -> Result<(), String> {
+        let Some((trigger, resample)) = &self.intx else {
+            return Ok(());
+        };
+        if enable {
+            self.dev
+                .enable_irq(VFIO_PCI_INTX_IRQ_INDEX, vec![trigger])
+                .and_then(|()| {
+                    self.dev
+                        .set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![resample])
+                })
+        } else {
+            self.dev.disable_irq(VFIO_PCI_INTX_IRQ_INDEX)
+        }
+        .map_err(|e| format!("INTx: {e}"))
+    }
+}
+
+impl DeviceIo for VfioIo {
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
+        if offset + data.len() as u64 <= self.config_size {
+            self.dev
+                .region_read(VFIO_PCI_CONFIG_REGION_INDEX, data, offset);
+        }
+    }
+    fn config_write(&self, offset: u64, data: &[u8]) {
+        if offset + data.len() as u64 <= self.config_size {
+            self.dev
+                .region_write(VFIO_PCI_CONFIG_REGION_INDEX, data, offset);
+        }
+    }
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) {
+        if bar < 6 && offset + data.len() as u64 <= self.bar_sizes[usize::from(bar)] {
+            self.dev.region_read(u32::from(bar), data, offset);
+        }
+    }
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) {
+        if bar < 6 && offset + data.len() as u64 <= self.bar_sizes[usize::from(bar)] {
+            self.dev.region_write(u32::from(bar), data, offset);
+        }
+    }
+    fn set_msi(&self, enable: bool) -> Result<(), String> {
+        if enable {
+            self.set_intx(false)?;
+            self.dev
+                .enable_msi(self.msi.iter().collect())
+                .map_err(|e| e.to_string())
+        } else {
+            self.dev.disable_msi().map_err(|e| e.to_string())?;
+            self.set_intx(true)
+        }
+    }
+    fn set_msix(&self, enable: bool) -> Result<(), String> {
+        if enable {
+            self.set_intx(false)?;
+            self.dev
+                .enable_msix(self.msix.iter().collect())
+                .map_err(|e| e.to_string())
+        } else {
+            self.dev.disable_msix().map_err(|e| e.to_string())?;
+            self.set_intx(true)
+        }
+    }
+}
+
+fn open_error(e: VfioError, h: &HostDevice) -> VfioSetupError {
+    let msg = match &e {
+        VfioError::OpenGroup(io, _) if io.raw_os_error() == Some(libc::EBUSY) => format!(
+            "devices.vfio: {} (IOMMU group {}) is already in use by another VM or process (/dev/vfio/{} is busy)",
+            h.bdf, h.group, h.group
+        ),
+        VfioError::GroupViable => format!(
+            "devices.vfio: IOMMU group {} of {} is not viable: a device in it is bound to a host driver",
+            h.group, h.bdf
+        ),
+        _ => format!("devices.vfio: opening {} through VFIO: {e}", h.bdf),
+    };
+    VfioSetupError::Device(msg)
+}
+
+/// What the VMM learned from one device before placing its BARs.
+struct Probe {
+    bars: Vec<(u8, BarKind, u64, u32, bool)>,
+    msi: Option<(u16, bool, bool)>,
+    msix: Option<(u16, u16, u8, u64, u8, u64)>,
+}
+
+fn read_u32(dev: &VfioDevice, off: u64) -> u32 {
+    let mut d = [0xffu8; 4];
+    dev.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut d, off);
+    u32::from_le_bytes(d)
+}
+
+fn probe(dev: &VfioDevice, name: &str) -> Probe {
+    let mut bars = Vec::new();
+    let mut i = 0u8;
+    while i < 6 {
+        let reg = read_u32(dev, (regs::BAR0 + 4 * usize::from(i)) as u64);
+        let size = dev.get_region_size(u32::from(i));
+        let mappable = dev.get_region_flags(u32::from(i)) & VFIO_REGION_INFO_FLAG_MMAP != 0;
+        let is64 = reg & 1 == 0 && (reg >> 1) & 3 == 2;
+        if size == 0 {
+        } else if reg & 1 == 1 {
+            tracing::warn!("{name}: I/O BAR{i} ({size} bytes) is hidden from the guest: I/O BARs are not implemented");
+        } else if !size.is_power_of_two() {
+            tracing::warn!("{name}: BAR{i} size {size:#x} is not a power of two; hidden");
+        } else {
+            let kind = match (is64, reg & 8 != 0) {
+                (false, _) => BarKind::Mem32,
+                (true, false) => BarKind::Mem64,
+                (true, true) => BarKind::Mem64Prefetchable,
+            };
+            bars.push((i, kind, size, reg & 0xf, mappable));
+        }
+        i += if is64 { 2 } else { 1 };
+    }
+    let (mut msi, mut msix) = (None, None);
+    let status = read_u32(dev, regs::COMMAND as u64) >> 16;
+    if status & u32::from(regs::STATUS_CAP_LIST) != 0 {
+        let mut pos = read_u32(dev, regs::CAP_PTR as u64) & 0xfc;
+        // A hostile or broken device could loop its list: at most 48 capabilities.
+        for _ in 0..48 {
+            if !(0x40..=0xfc).contains(&pos) {
+                break;
+            }
+            let hdr = read_u32(dev, u64::from(pos));
+            let ctrl = (hdr >> 16) as u16;
+            match hdr as u8 {
+                regs::CAP_MSI => msi = Some((pos as u16, ctrl & 1 << 7 != 0, ctrl & 1 << 8 != 0)),
+                regs::CAP_MSIX => {
+                    let table = read_u32(dev, u64::from(pos) + 4);
+                    let pba = read_u32(dev, u64::from(pos) + 8);
+                    msix = Some((
+                        pos as u16,
+                        (ctrl & 0x7ff) + 1,
+                        (table & 7) as u8,
+                        u64::from(table & !7),
+                        (pba & 7) as u8,
+                        u64::from(pba & !7),
+                    ));
+                }
+                // regs::CAP_VENDOR: NVIDIA's GPUDirect clique capability would be
+                // added here as a virtual vendor-specific capability chained into the
+                // list; not implemented (docs/vfio.md).
+                _ => {}
+            }
+            pos = (hdr >> 8) & 0xfc;
+        }
+    }
+    Probe { bars, msi, msix }
+}
+
+impl VfioSet {
+    /// Opens, resets and places every device of `hosts` (from [`preflight`]), maps
+    /// guest RAM for DMA, and puts the functions on `root` and their traps on `buses`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        hosts: &[HostDevice],
+        vm: &Arc<VmFd>,
+        router: &Arc<GsiRouter>,
+        mem: &GuestMemoryMmap,
+        layout: &MemoryLayout,
+        buses: &Buses,
+        root: &PciRoot,
+    ) -> Result<VfioSet, VfioSetupError> {
+        let container = Arc::new(VfioContainer::new(None).map_err(|e| {
+            VfioSetupError::Device(format!("devices.vfio: opening the VFIO container: {e}"))
+        })?);
+        let mut opened = Vec::new();
+        for h in hosts {
+            let path = host::device_dir(Path::new(SYSFS_PCI_DEVICES), &h.bdf);
+            let dev = Arc::new(
+                VfioDevice::new(&path, container.clone(), false).map_err(|e| open_error(e, h))?,
+            );
+            let reset = crate::sys::vfio_device_reset(&*dev).map_err(|e| {
+                VfioSetupError::Device(format!("devices.vfio: resetting {}: {e}", h.bdf))
+            })?;
+            let p = probe(&dev, &h.bdf.to_string());
+            opened.push((h.clone(), dev, reset, p));
+        }
+
+        // Place every BAR of every device together.
+        let mut requests = Vec::new();
+        for (h, _, _, p) in &opened {
+            for &(i, kind, size, _, _) in &p.bars {
+                requests.push(BarRequest {
+                    owner: format!("{} BAR{i}", h.bdf),
+                    size,
+                    kind,
+                });
+            }
+        }
+        let placed = allocate_bars(
+            &requests,
+            (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+            layout.mmio64,
+        )
+        .map_err(VfioSetupError::Config)?;
+
+        let t = Instant::now();
+        crate::sys::vfio_map_guest_ram(&container, mem).map_err(|e| {
+            VfioSetupError::Device(format!("devices.vfio: DMA-mapping guest RAM: {e}"))
+        })?;
+        let dma_map = t.elapsed();
+        tracing::info!(
+            ms = dma_map.as_millis() as u64,
+            bytes = layout.mem_size,
+            "DMA-mapped guest RAM"
+        );
+
+        let mut devices = Vec::new();
+        let mut next_placed = placed.into_iter();
+        let mut memslot = FIRST_BAR_MEMSLOT;
+        for (n, (h, dev, reset_supported, p)) in opened.into_iter().enumerate() {
+            let name = h.bdf.to_string();
+            let slot = FIRST_SLOT + n as u8;
+            let kvm_err = |what: &str, e: kvm_ioctls::Error| {
+                VfioSetupError::Device(format!("{name}: {what}: {e}"))
+            };
+            let mut msi_evts = Vec::new();
+            let msi = match p.msi {
+                Some((cap, is64, pvm)) => {
+                    let gsi = router.allocate(1).map_err(VfioSetupError::Device)?;
+                    let evt = EventFd::new(EFD_NONBLOCK)
+                        .map_err(|e| VfioSetupError::Device(e.to_string()))?;
+                    vm.register_irqfd(&evt, gsi)
+                        .map_err(|e| kvm_err("KVM_IRQFD", e))?;
+                    msi_evts.push(evt);
+                    Some(MsiInfo {
+                        cap,
+                        is64,
+                        per_vector_mask: pvm,
+                        gsi,
+                    })
+                }
+                None => None,
+            };
+            let mut msix_evts = Vec::new();
+            let msix = match p.msix {
+                Some((cap, table_size, table_bar, table_offset, pba_bar, pba_offset)) => {
+                    let first_gsi = router
+                        .allocate(u32::from(table_size))
+                        .map_err(VfioSetupError::Device)?;
+                    for v in 0..u32::from(table_size) {
+                        let evt = EventFd::new(EFD_NONBLOCK)
+                            .map_err(|e| VfioSetupError::Device(e.to_string()))?;
+                        vm.register_irqfd(&evt, first_gsi + v)
+                            .map_err(|e| kvm_err("KVM_IRQFD", e))?;
+                        msix_evts.push(evt);
+                    }
+                    Some(MsixInfo {
+                        cap,
+                        table_size,
+                        table_bar,
+                        table_offset,
+                        pba_bar,
+                        pba_offset,
+                        first_gsi,
+                    })
+                }
+                None => None,
+            };
+            // INTx: the device's pin (from its config space) on IOAPIC pin
+            // `intx_gsi(slot, pin)`, level-triggered through an irqfd with resample.
+            let pin = (read_u32(&dev, regs::INTERRUPT_LINE as u64) >> 8) as u8;
+            let has_intx = dev
+                .get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
+                .is_some_and(|i| i.count > 0);
+            let intx = if (1..=4).contains(&pin) && has_intx {
+                let gsi = intx_gsi(slot, pin);
+                let trigger = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| VfioSetupError::Device(e.to_string()))?;
+                let resample = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| VfioSetupError::Device(e.to_string()))?;
+                vm.register_irqfd_with_resample(&trigger, &resample, gsi)
+                    .map_err(|e| kvm_err("KVM_IRQFD (INTx, resample)", e))?;
+                Some((pin, gsi, trigger, resample))
+            } else {
+                None
+            };
+            if msi.is_none() && msix.is_none() && intx.is_none() {
+                tracing::warn!("{name}: the device has no MSI, MSI-X or INTx; the guest gets no interrupts from it");
+            }
+            let mut bar_sizes = [0u64; 6];
+            let mut guest_bars = Vec::new();
+            let mut bar_places = Vec::new();
+            for &(i, kind, size, flags, mappable) in &p.bars {
+                let place = next_placed
+                    .next()
+                    .ok_or_else(|| VfioSetupError::Device("BAR placement".into()))?;
+                bar_sizes[usize::from(i)] = size;
+                guest_bars.push(GuestBar {
+                    index: i,
+                    kind,
+                    size,
+                    addr: place.addr,
+                    flags,
+                });
+                bar_places.push((i, kind, size, place.addr, mappable));
+            }
+            let config_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
+            let intx_pin_gsi = intx.as_ref().map(|(pin, gsi, _, _)| (*pin, *gsi));
+            let io = Arc::new(VfioIo {
+                dev: dev.clone(),
+                config_size,
+                bar_sizes,
+                msi: msi_evts,
+                msix: msix_evts,
+                intx: intx.map(|(_, _, t, r)| (t, r)),
+            });
+            io.set_intx(true)
+                .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?;
+            let function = Arc::new(PassthroughFunction::with_intx(
+                name.clone(),
+                io.clone(),
+                router.clone(),
+                guest_bars,
+                msi,
+                msix,
+                intx_pin_gsi,
+            ));
+            let mut bars = Vec::new();
+            for (i, kind, size, addr, mappable) in bar_places {
+                let mut trapped = msix.map_or(Vec::new(), |x| x.trapped_pages(i));
+                if !mappable || size < 4096 {
+                    trapped = vec![(0, size)];
+                } else {
+                    let file = crate::sys::duplicate_fd(&*dev).map_err(|e| {
+                        VfioSetupError::Device(format!("{name}: duplicating the device fd: {e}"))
+                    })?;
+                    let offset = dev.get_region_offset(u32::from(i));
+                    let map = Arc::new(
+                        MmapRegion::<()>::from_file(FileOffset::new(file, offset), size as usize)
+                            .map_err(|e| {
+                            VfioSetupError::Device(format!("{name}: mmap of BAR{i}: {e}"))
+                        })?,
+                    );
+                    let mut at = 0u64;
+                    for &(s, l) in trapped.iter().chain(std::iter::once(&(size, 0))) {
+                        if s > at {
+                            crate::sys::map_device_memory(
+                                vm,
+                                memslot,
+                                addr + at,
+                                &map,
+                                at as usize,
+                                (s - at) as usize,
+                            )
+                            .map_err(|e| VfioSetupError::Device(format!("{name}: BAR{i}: {e}")))?;
+                            memslot += 1;
+                        }
+                        at = at.max(s + l);
+                    }
+                }
+                for &(s, l) in &trapped {
+                    buses
+                        .mmio
+                        .insert(addr + s, l, Arc::new(BarTrap::new(&function, i, s)))
+                        .map_err(|e| VfioSetupError::Device(format!("{name}: BAR{i} trap: {e}")))?;
+                }
+                bars.push(BarReport {
+                    index: i,
+                    kind,
+                    host_size: size,
+                    guest_addr: addr,
+                    trapped,
+                });
+            }
+            if !root.add(slot, 0, function.clone()) {
+                return Err(VfioSetupError::Device(format!(
+                    "{name}: guest slot {slot} is taken"
+                )));
+            }
+            let mut caps = Vec::new();
+            if msi.is_some() {
+                caps.push("msi");
+            }
+            if msix.is_some() {
+                caps.push("msi-x");
+            }
+            if intx_pin_gsi.is_some() {
+                caps.push("intx");
+            }
+            tracing::info!(device = %name, slot, reset_supported, "assigned");
+            devices.push(Assigned {
+                host: h,
+                slot,
+                dev,
+                io,
+                function,
+                bars,
+                caps,
+                reset_supported,
+            });
+        }
+        // From here on the devices are never dropped: `VfioDevice`'s drop reads sysfs
+        // and unbinds the group through calls that the running VM's seccomp filters do
+        // not allow, and the BAR mappings (kept until exit, like guest RAM) hold the
+        // devices anyway. Teardown quiesces and resets them; the kernel releases the
+        // groups when the process exits. (A failed attach above drops them normally,
+        // so a later start can take them again.)
+        for d in &devices {
+            std::mem::forget(Arc::clone(&d.dev));
+        }
+        Ok(VfioSet {
+            _container: container,
+            devices,
+            dma_map,
+            dma_bytes: layout.mem_size,
+            torn_down: AtomicBool::new(false),
+            root: None,
+        })
+    }
+
+    /// What `GET /vm` shows.
+    pub fn report(&self) -> VfioReport {
+        VfioReport {
+            dma_map_ms: self.dma_map.as_millis() as u64,
+            dma_mapped_bytes: self.dma_bytes,
+            pci_config_malformed: self
+                .root
+                .as_ref()
+                .map_or(0, |r| r.counters.malformed.load(Ordering::Relaxed)),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceReport {
+                    bdf: d.host.bdf.to_string(),
+                    guest_bdf: format!("0000:00:{:02x}.0", d.slot),
+                    group: d.host.group,
+                    id: format!("{:04x}:{:04x}", d.host.vendor, d.host.device),
+                    reset_supported: d.reset_supported,
+                    bars: d.bars.clone(),
+                    interrupt_capabilities: d.caps.clone(),
+                    interrupt_mode: d.function.interrupt_mode(),
+                    bar_moves_refused: d
+                        .function
+                        .counters
+                        .bar_moves_refused
+                        .load(Ordering::Relaxed),
+                    bad_msi_messages: d.function.counters.bad_msi_messages.load(Ordering::Relaxed),
+                    errors: d.function.counters.errors.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+
+    /// After the vCPUs stopped: interrupts off and each device reset, so the next VM
+    /// gets it clean (the fds close when the process exits). Runs once.
+    pub fn teardown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for d in &self.devices {
+            let _ = d.io.set_msix(false);
+            let _ = d.io.set_msi(false);
+            let _ = d.io.set_intx(false);
+            // Bus master off so the device stops DMA before the reset.
+            let mut cmd = [0u8; 2];
+            d.io.config_read(regs::COMMAND as u64, &mut cmd);
+            let v = u16::from_le_bytes(cmd) & !regs::CMD_BUS_MASTER;
+            d.io.config_write(regs::COMMAND as u64, &v.to_le_bytes());
+            match crate::sys::vfio_device_reset(&*d.dev) {
+                Ok(true) => tracing::info!(device = %d.host.bdf, "reset at teardown"),
+                Ok(false) => {
+                    tracing::info!(device = %d.host.bdf, "no reset available; bus mastering and interrupts turned off")
+                }
+                Err(e) => tracing::error!(device = %d.host.bdf, "reset at teardown failed: {e}"),
+            }
+            let _ = d.dev.as_raw_fd();
+        }
+    }
+}
