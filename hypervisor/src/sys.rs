@@ -1,5 +1,6 @@
-//! The crate's only `unsafe` code: three raw calls behind safe wrappers whose
-//! arguments make the safety conditions hold.
+//! The crate's only `unsafe` code: a few raw calls (sigwait, madvise, getrlimit, KVM
+//! memory slots for guest RAM and VFIO BARs, VFIO DMA maps and reset) behind safe
+//! wrappers whose arguments make the safety conditions hold.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
