@@ -392,6 +392,7 @@ pub const BENCHMARKS: &[Scenario] = &[
             init: include_str!("../../lab/l2-init-vmm.sh"),
             signed_bundles: false,
             programs: &[],
+            modules: &[],
         }),
         expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
         timeout_secs: 600,
