@@ -30,9 +30,11 @@ check() { # NAME PATTERN
 check l2-booted '^L2-INIT '
 check l2-pci-devices '^L2-PCI-FOUND ivshmem=0000:00:0[12].0 virtio-rng=0000:00:0[12].0'
 check l2-ivshmem-bar '^L2-IVSHMEM .*size=4294967296 first=0x5A5A1234 last=0xA5A54321'
-check l2-acpi-pci-root '^L2-ACPI-PCI-ROOT PNP0A08:00 path=.._SB_.PCI0'
+check l2-acpi-pci-root '^L2-ACPI-PCI-ROOT PNP0A08:00 path=._SB_.PCI0$'
 # virtio-rng's own Linux driver through the passed-through function: bytes from
 # /dev/hwrng, delivered by MSI-X (the completion interrupt is what wakes the reader).
 check l2-hwrng '^L2-HWRNG current=virtio_rng\.[0-9]* bytes=[0-9a-f]\{64\}$'
-check l2-msix '^L2-IRQ .*PCI-MSIX.*virtio'
+# Linux 6.1 labels MSI-X vectors PCI-MSI in /proc/interrupts; the mode file says which.
+check l2-msix '^L2-MSI-MODE msix$'
+check l2-msix-interrupts '^L2-IRQ [0-9]*: *[1-9][0-9]* *PCI-MSI .*virtio0-input'
 if [ "$status" -eq 23 ]; then lab_pass l2-exit "debug-exit 7, status 23"; else lab_fail l2-exit "status $status"; fi

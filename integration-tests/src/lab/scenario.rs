@@ -180,6 +180,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-acpi-pci-root",
             "l2-hwrng",
             "l2-msix",
+            "l2-msix-interrupts",
             "l2-exit",
         ],
         timeout_secs: 400,
