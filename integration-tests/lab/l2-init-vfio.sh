@@ -40,7 +40,7 @@ done
 sleep 1
 echo "L2-MODULES-LOADED"
 echo "L2-HWRNG current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null) bytes=$(timeout 30 dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
-[ -n "$rng" ] && echo "L2-MSI-MODE $(cat $rng/msi_irqs/*/mode 2>/dev/null | sort -u | tr '\n' ' ' | sed 's/ $//')"
+[ -n "$rng" ] && echo "L2-MSI-MODE $(cat $rng/msi_irqs/* 2>/dev/null | sort -u | tr '\n' ' ' | sed 's/ $//')"
 grep -i 'msi' /proc/interrupts | while read -r line; do echo "L2-IRQ $line"; done
 echo "L2-DONE"
 lab-l2-exit 7

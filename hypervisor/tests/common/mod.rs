@@ -10,9 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Path of the `bulwark-vmm` binary under test.
+/// Path of the `bulwark-vmm` binary under test: the one cargo built for these tests,
+/// or `BULWARK_VMM_BIN` when set (to run the suite against the shipped static musl
+/// release build, see docs/vmm.md).
 pub fn vmm_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_bulwark-vmm")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BULWARK_VMM_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bulwark-vmm").to_string())
+    })
 }
 
 fn repo_root() -> PathBuf {
