@@ -251,10 +251,21 @@ impl Lab {
             for (program, path) in l2.programs.iter().zip(&l2_built) {
                 l2_files.host_file(&format!("/bin/{}", program.bin), path, 0o755);
             }
+            for (i, module) in self.modules.load_order(l2.modules)?.iter().enumerate() {
+                let name = module
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                l2_files.host_file(&format!("/lab/modules/{i:02}-{name}"), module, 0o644);
+            }
             l2_files.write_archive(&mut l2_image)?;
             if l2.signed_bundles {
-                for (l1_path, host) in l2_bundle::prepare(&dir.join("l2"), &self.kernel, &l2_image)?
-                {
+                let prepare = if l2.virtio_bundle {
+                    l2_bundle::prepare_virtio
+                } else {
+                    l2_bundle::prepare
+                };
+                for (l1_path, host) in prepare(&dir.join("l2"), &self.kernel, &l2_image)? {
                     image.host_file(&l1_path, &host, 0o644);
                 }
             }

@@ -26,6 +26,13 @@ pub struct L2Guest {
     pub signed_bundles: bool,
     /// Programs of this workspace (built for musl, static) put in the L2 `/bin`.
     pub programs: &'static [GuestProgram],
+    /// Kernel modules for L2 (dependencies added and ordered automatically), put in
+    /// the L2 initramfs as `/lab/modules/NN-NAME.ko` for its init to load.
+    pub modules: &'static [&'static str],
+    /// With `signed_bundles`: build only the `virtio` bundle (the bzImage with a small
+    /// ext4 rootfs component, served to L2 through virtio-blk; see `l2_bundle`)
+    /// instead of the bzImage, vmlinux and tampered ones.
+    pub virtio_bundle: bool,
 }
 
 /// One lab scenario.
@@ -104,6 +111,8 @@ const VMM_LINUX: Scenario = Scenario {
             package: THIS_PACKAGE,
             bin: "lab-l2-exit",
         }],
+        modules: &[],
+        virtio_bundle: false,
     }),
     timeout_secs: 240,
     ..PLAIN
@@ -217,10 +226,45 @@ pub const SCENARIOS: &[Scenario] = &[
             init: include_str!("../../lab/l2-init.sh"),
             signed_bundles: false,
             programs: &[],
+            modules: &[],
+            virtio_bundle: false,
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,
         ..PLAIN
+    },
+    Scenario {
+        name: "vmm-linux-virtio",
+        summary: "bulwark-vmm boots the Debian kernel from a host-signed bundle whose ext4 rootfs component L2 reads through its own virtio-mmio drivers (found through the ACPI DSDT): rootfs hash and read-only, a scratch disk written and read back, /dev/hwrng from virtio-rng, the vsock driver bound; GET /vm shows the devices' request counters",
+        script: include_str!("../../lab/scenarios/vmm-linux-virtio.sh"),
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init-virtio.sh"),
+            signed_bundles: true,
+            programs: &[],
+            modules: &[
+                "virtio_mmio",
+                "virtio_blk",
+                "virtio-rng",
+                "vmw_vsock_virtio_transport",
+            ],
+            virtio_bundle: true,
+        }),
+        expected_checks: &[
+            "kvm-device",
+            "vmm-starts",
+            "l2-init",
+            "l2-modules",
+            "l2-block-devices",
+            "l2-rootfs-sha256",
+            "l2-rootfs-read-only",
+            "l2-rootfs-mount",
+            "l2-scratch-write-read",
+            "l2-hwrng",
+            "l2-vsock-driver",
+            "api-virtio-counters",
+            "l2-exit",
+        ],
+        ..VMM_LINUX
     },
     Scenario {
         name: "vmm-linux",
@@ -294,6 +338,8 @@ pub const BENCHMARKS: &[Scenario] = &[
             init: include_str!("../../lab/l2-init-vmm.sh"),
             signed_bundles: false,
             programs: &[],
+            modules: &[],
+            virtio_bundle: false,
         }),
         expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
         timeout_secs: 600,
