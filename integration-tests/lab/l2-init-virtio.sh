@@ -8,7 +8,8 @@
 # rootfs disk's first bulwark.rootfs_bytes bytes against bulwark.rootfs_sha256 (both
 # on the signed command line), that the rootfs disk refuses writes, a file read from
 # it mounted read-only, a pattern written to and read back from the scratch disk with
-# O_DIRECT, bytes from /dev/hwrng and the bound vsock driver, then powers off.
+# O_DIRECT, bytes from /dev/hwrng, the bound vsock driver and a vsock round trip with
+# L1's lab-vsock-peer (lab-l2-vsock), then powers off.
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /mnt /tmp
 mount -t proc proc /proc
@@ -37,6 +38,10 @@ for d in /sys/bus/virtio/devices/*; do
   drv=$(readlink $d/driver); echo "L2-VIRTIO ${d##*/} device=$(cat $d/device) driver=${drv##*/}"
 done
 dmesg | grep -i 'virtio' | while read -r line; do echo "L2-DMESG $line"; done
+# vsock: listen on port 1234 (L1 starts lab-vsock-peer once it sees
+# L2-VSOCK-LISTENING), echo, then send 4 chunks of 64 KiB to the host's port 5678.
+timeout 90 lab-l2-vsock 4 &
+vsock=$!
 
 if [ -n "$root" ]; then
   want=$(arg bulwark.rootfs_sha256); bytes=$(arg bulwark.rootfs_bytes)
@@ -44,7 +49,7 @@ if [ -n "$root" ]; then
   if [ -n "$want" ] && [ "$got" = "$want" ]; then r=ok; else r=mismatch; fi
   echo "L2-ROOTFS-SHA256 $r bytes=$bytes got=$got want=$want"
   before=$(head -c 4096 /dev/$root | sha256sum | cut -d' ' -f1)
-  if dd if=/dev/zero of=/dev/$root bs=4096 count=1 oflag=direct 2>/tmp/dd.err; then w=accepted; else w="refused($(tail -n 1 /tmp/dd.err))"; fi
+  if dd if=/dev/zero of=/dev/$root bs=4096 count=1 oflag=direct 2>/tmp/dd.err; then w=accepted; else w="refused($(head -n 1 /tmp/dd.err))"; fi
   echo 3 >/proc/sys/vm/drop_caches
   after=$(head -c 4096 /dev/$root | sha256sum | cut -d' ' -f1)
   [ "$before" = "$after" ] && same=unchanged || same=changed
@@ -72,7 +77,9 @@ if [ -n "$scratch" ]; then
   echo "L2-SCRATCH $r io=$how wrote=$want read=$got"
 fi
 echo "L2-HWRNG current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null) bytes=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
-echo "L2-VSOCK dev=$(ls /dev/vsock 2>/dev/null) cid=$(dmesg | sed -n 's/.*guest_cid=*\([0-9]*\).*/\1/p' | head -n 1)"
+wait $vsock
+vsock_status=$?
+echo "L2-VSOCK dev=$(ls /dev/vsock 2>/dev/null) lab-l2-vsock=$vsock_status"
 echo "L2-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 # Let L1 read GET /vm once more with the counters of all the above.
 sleep 2

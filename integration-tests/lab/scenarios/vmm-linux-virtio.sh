@@ -3,7 +3,9 @@
 # as a read-only virtio-blk disk, plus a writable scratch disk, virtio-rng and
 # virtio-vsock. L2 (lab/l2-init-virtio.sh) finds them through the ACPI DSDT, loads
 # its own virtio drivers and reports over serial; L1 checks the report, the scratch
-# file's contents after the VM ends, and GET /vm's per-device request counters.
+# file's contents after the VM ends, a vsock round trip (L2's lab-l2-vsock with
+# lab-vsock-peer, 256 KiB echoed and 256 KiB sent by L2) and GET /vm's per-device
+# request counters.
 lab_check kvm-device test -c /dev/kvm
 if version=$(bulwark-vmm --version 2>&1); then
   lab_pass vmm-starts "$version"
@@ -16,8 +18,15 @@ start=$(cut -d' ' -f1 /proc/uptime)
 BULWARK_LOG=info timeout -s KILL 170 bulwark-vmm --api-sock $sock --config /lab/l2/vm-virtio.json >/tmp/vmm-virtio.out 2>&1 &
 vmm=$!
 # Poll GET /vm while L2 runs; keep the last answer (L2 waits 2 s after its report).
+# Start the vsock host side once L2 listens on its port 1234.
 i=0
+peer=
+rm -f /tmp/l2-vsock.sock /tmp/l2-vsock.sock_5678
 while [ $i -lt 400 ] && kill -0 $vmm 2>/dev/null; do
+  if [ -z "$peer" ] && grep -q L2-VSOCK-LISTENING /tmp/l2-virtio.log 2>/dev/null; then
+    timeout -s KILL 100 lab-vsock-peer /tmp/l2-vsock.sock 262144 >/tmp/peer.out 2>&1 &
+    peer=$!
+  fi
   if [ -S $sock ] && lab-api-get $sock /vm >/tmp/api.json.new 2>/tmp/api.err; then
     mv /tmp/api.json.new /tmp/api.json
   fi
@@ -26,6 +35,7 @@ while [ $i -lt 400 ] && kill -0 $vmm 2>/dev/null; do
 done
 wait $vmm
 status=$?
+[ -n "$peer" ] && wait $peer
 end=$(cut -d' ' -f1 /proc/uptime)
 echo "--- bulwark-vmm output (exit status $status, $start s -> $end s L1 uptime) ---"
 cat /tmp/vmm-virtio.out
@@ -82,6 +92,12 @@ if echo "$log" | grep -q '^L2-VIRTIO .* device=0x0013 driver=vmw_vsock_virtio_tr
 else
   lab_fail l2-vsock-driver "no virtio device 0x0013 bound to vmw_vsock_virtio_transport, or no /dev/vsock: $(echo "$log" | grep '^L2-V' | tr '\n' ';')"
 fi
+l=$(line 'L2-VSOCK-ECHO ')
+p=$(cat /tmp/peer.out 2>/dev/null)
+case "$l/$p" in
+  'L2-VSOCK-ECHO ok '*'/vsock ok'*) lab_pass l2-vsock-round-trip "L2: ${l#L2-VSOCK-ECHO }; L1 lab-vsock-peer: $p" ;;
+  *) lab_fail l2-vsock-round-trip "L2: '$l'; L1 lab-vsock-peer: '$p'" ;;
+esac
 # GET /vm: the block and rng devices handled requests (pairs of label and requests;
 # vsock is listed too, but without a connection it may have moved nothing).
 api=$(cat /tmp/api.json 2>/dev/null)

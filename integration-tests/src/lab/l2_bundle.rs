@@ -235,7 +235,16 @@ pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec
     // Fixed UUID, hash seed and timestamps would make the image reproducible; the lab
     // only needs its hash, computed below from the file itself.
     run(Command::new(&mke2fs)
-        .args(["-q", "-t", "ext4", "-b", "4096", "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(&tree)
         .arg(&rootfs)
         .arg(format!("{}k", ROOTFS_BYTES / 1024)))?;
@@ -270,7 +279,10 @@ pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec
     build(&spec, &bundle, &|_| {}).map_err(image_error("build"))?;
     sign(&bundle, &key, &|_| {}).map_err(image_error("sign"))?;
     let config = dir.join("vm-virtio.json");
-    write(&config, vm_config_virtio("virtio.bwi", "/tmp/l2-virtio.log"))?;
+    write(
+        &config,
+        vm_config_virtio("virtio.bwi", "/tmp/l2-virtio.log"),
+    )?;
     Ok(vec![
         (format!("{L1_DIR}/signing.pub"), key_pub),
         (format!("{L1_DIR}/virtio.bwi"), bundle),

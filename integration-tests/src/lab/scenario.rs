@@ -235,12 +235,29 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-linux-virtio",
-        summary: "bulwark-vmm boots the Debian kernel from a host-signed bundle whose ext4 rootfs component L2 reads through its own virtio-mmio drivers (found through the ACPI DSDT): rootfs hash and read-only, a scratch disk written and read back, /dev/hwrng from virtio-rng, the vsock driver bound; GET /vm shows the devices' request counters",
+        summary: "bulwark-vmm boots the Debian kernel from a host-signed bundle whose ext4 rootfs component L2 reads through its own virtio-mmio drivers (found through the ACPI DSDT): rootfs hash and read-only, a scratch disk written and read back, /dev/hwrng from virtio-rng, a vsock round trip with L1; GET /vm shows the devices' request counters",
         script: include_str!("../../lab/scenarios/vmm-linux-virtio.sh"),
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-vmm",
+                bin: "bulwark-vmm",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-api-get",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-vsock-peer",
+            },
+        ],
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init-virtio.sh"),
             signed_bundles: true,
-            programs: &[],
+            programs: &[GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-l2-vsock",
+            }],
             modules: &[
                 "virtio_mmio",
                 "virtio_blk",
@@ -261,6 +278,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "l2-scratch-write-read",
             "l2-hwrng",
             "l2-vsock-driver",
+            "l2-vsock-round-trip",
             "api-virtio-counters",
             "l2-exit",
         ],
