@@ -86,6 +86,11 @@ fn vmm_linux() {
 }
 
 #[test]
+fn vmm_linux_virtio() {
+    run_scenario("vmm-linux-virtio");
+}
+
+#[test]
 fn vmm_virtio() {
     run_scenario("vmm-virtio");
 }

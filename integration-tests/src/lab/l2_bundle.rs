@@ -187,6 +187,109 @@ pub fn prepare(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File
     Ok(files)
 }
 
+/// The file in the `virtio` bundle's ext4 rootfs that the L2 init reads after mounting
+/// it, and its contents.
+pub const ROOTFS_FILE: &str = "bulwark-lab.txt";
+pub const ROOTFS_FILE_TEXT: &str = "bulwark lab rootfs over virtio-blk\n";
+/// Size of that ext4 image (mke2fs with 4 KiB blocks).
+pub const ROOTFS_BYTES: u64 = 4 << 20;
+
+/// The VM config of the `virtio` bundle: its rootfs component as a read-only
+/// virtio-blk disk, a writable scratch disk (`/tmp/scratch.img`, which the L1 script
+/// creates), virtio-rng and virtio-vsock (host side `/tmp/l2-vsock.sock`).
+pub fn vm_config_virtio(bundle: &str, serial_log: &str) -> String {
+    format!(
+        r#"{{"machine": {{"vcpus": {VCPUS}, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"}},
+ "boot_source": {{"kind": "bundle", "path": "{L1_DIR}/{bundle}", "trusted_keys": ["{L1_DIR}/signing.pub"]}},
+ "devices": {{"serial": {{"file": "{serial_log}"}}, "debug_exit": true, "rng": true,
+   "block": [{{"id": "rootfs", "bundle_rootfs": true}}, {{"id": "scratch", "path": "/tmp/scratch.img"}}],
+   "vsock": {{"guest_cid": 3, "uds_path": "/tmp/l2-vsock.sock"}}}}}}
+"#
+    )
+}
+
+/// Builds, in `dir`, the signed `virtio` bundle: the bzImage, `initramfs`, and as its
+/// rootfs component a 4 MiB ext4 image made here with `mke2fs -d` holding
+/// [`ROOTFS_FILE`]. Its signed command line carries the image's size and SHA-256
+/// (`bulwark.rootfs_bytes=`, `bulwark.rootfs_sha256=`), which L2 compares with what it
+/// reads from the virtio-blk disk. Returns the files for L1 (the bundle, the public
+/// key and `vm-virtio.json`).
+pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File>> {
+    use super::host_command::{find_program, run, stdout_of};
+    fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+    let initrd = dir.join("initramfs.cpio");
+    write(&initrd, initramfs)?;
+    let tree = dir.join("rootfs-tree");
+    let _ = fs::remove_dir_all(&tree);
+    fs::create_dir_all(&tree).map_err(LabError::io(format!("creating {}", tree.display())))?;
+    write(&tree.join(ROOTFS_FILE), ROOTFS_FILE_TEXT)?;
+    let mke2fs = ["mke2fs", "/sbin/mke2fs", "/usr/sbin/mke2fs"]
+        .into_iter()
+        .find_map(find_program)
+        .ok_or_else(|| LabError::Prerequisite {
+            what: "mke2fs (to build the L2 rootfs image)".into(),
+            hint: "install Debian's e2fsprogs: run scripts/setup".into(),
+        })?;
+    let rootfs = dir.join("rootfs.ext4");
+    let _ = fs::remove_file(&rootfs);
+    // Fixed UUID, hash seed and timestamps would make the image reproducible; the lab
+    // only needs its hash, computed below from the file itself.
+    run(Command::new(&mke2fs)
+        .args([
+            "-q",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(&tree)
+        .arg(&rootfs)
+        .arg(format!("{}k", ROOTFS_BYTES / 1024)))?;
+    let size = fs::metadata(&rootfs)
+        .map_err(LabError::io(format!("reading {}", rootfs.display())))?
+        .len();
+    if size != ROOTFS_BYTES {
+        return Err(LabError::UnexpectedOutput {
+            command: mke2fs.display().to_string(),
+            reason: format!("the image is {size} bytes, {ROOTFS_BYTES} expected"),
+        });
+    }
+    let sum = stdout_of(Command::new("sha256sum").arg(&rootfs))?;
+    let sha256 = sum.split_whitespace().next().unwrap_or_default().to_owned();
+    let keys = dir.join("keys");
+    let _ = fs::remove_dir_all(&keys);
+    let (key, key_pub, _) = generate_key_pair(&keys).map_err(image_error("keygen"))?;
+    let key = SigningKey::from_pem_file(&key).map_err(image_error("reading the signing key"))?;
+    let bundle = dir.join("virtio.bwi");
+    let spec = BuildSpec {
+        name: "lab-l2-virtio".into(),
+        version: 1,
+        created: 0,
+        kernel: kernel.to_owned(),
+        initrd: Some(initrd),
+        cmdline: Some(format!(
+            "{CMDLINE} bulwark.exit=poweroff bulwark.rootfs_bytes={size} bulwark.rootfs_sha256={sha256}"
+        )),
+        config: None,
+        rootfs: Some(rootfs),
+    };
+    build(&spec, &bundle, &|_| {}).map_err(image_error("build"))?;
+    sign(&bundle, &key, &|_| {}).map_err(image_error("sign"))?;
+    let config = dir.join("vm-virtio.json");
+    write(
+        &config,
+        vm_config_virtio("virtio.bwi", "/tmp/l2-virtio.log"),
+    )?;
+    Ok(vec![
+        (format!("{L1_DIR}/signing.pub"), key_pub),
+        (format!("{L1_DIR}/virtio.bwi"), bundle),
+        (format!("{L1_DIR}/vm-virtio.json"), config),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +339,9 @@ mod tests {
         assert_eq!(cfg.machine.vcpus, VCPUS);
         assert!(cfg.machine.acpi);
         assert!(text.contains("\"/lab/l2/bzimage.bwi\""), "{text}");
+        let text = vm_config_virtio("virtio.bwi", "/tmp/x.log");
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&text).unwrap();
+        assert!(cfg.machine.acpi && cfg.devices.rng && cfg.devices.vsock.is_some());
+        assert!(cfg.devices.block[0].bundle_rootfs && !cfg.devices.block[1].is_read_only());
     }
 }

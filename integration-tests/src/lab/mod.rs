@@ -260,8 +260,12 @@ impl Lab {
             }
             l2_files.write_archive(&mut l2_image)?;
             if l2.signed_bundles {
-                for (l1_path, host) in l2_bundle::prepare(&dir.join("l2"), &self.kernel, &l2_image)?
-                {
+                let prepare = if l2.virtio_bundle {
+                    l2_bundle::prepare_virtio
+                } else {
+                    l2_bundle::prepare
+                };
+                for (l1_path, host) in prepare(&dir.join("l2"), &self.kernel, &l2_image)? {
                     image.host_file(&l1_path, &host, 0o644);
                 }
             }

@@ -29,6 +29,10 @@ pub struct L2Guest {
     /// Kernel modules for L2 (dependencies added and ordered automatically), put in
     /// the L2 initramfs as `/lab/modules/NN-NAME.ko` for its init to load.
     pub modules: &'static [&'static str],
+    /// With `signed_bundles`: build only the `virtio` bundle (the bzImage with a small
+    /// ext4 rootfs component, served to L2 through virtio-blk; see `l2_bundle`)
+    /// instead of the bzImage, vmlinux and tampered ones.
+    pub virtio_bundle: bool,
 }
 
 /// One lab scenario.
@@ -108,6 +112,7 @@ const VMM_LINUX: Scenario = Scenario {
             bin: "lab-l2-exit",
         }],
         modules: &[],
+        virtio_bundle: false,
     }),
     timeout_secs: 240,
     ..PLAIN
@@ -170,6 +175,7 @@ pub const SCENARIOS: &[Scenario] = &[
                 bin: "lab-l2-exit",
             }],
             modules: &["virtio_pci", "virtio_rng"],
+            virtio_bundle: false,
         }),
         expected_checks: &[
             "kvm-device",
@@ -316,10 +322,62 @@ pub const SCENARIOS: &[Scenario] = &[
             signed_bundles: false,
             programs: &[],
             modules: &[],
+            virtio_bundle: false,
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,
         ..PLAIN
+    },
+    Scenario {
+        name: "vmm-linux-virtio",
+        summary: "bulwark-vmm boots the Debian kernel from a host-signed bundle whose ext4 rootfs component L2 reads through its own virtio-mmio drivers (found through the ACPI DSDT): rootfs hash and read-only, a scratch disk written and read back, /dev/hwrng from virtio-rng, a vsock round trip with L1; GET /vm shows the devices' request counters",
+        script: include_str!("../../lab/scenarios/vmm-linux-virtio.sh"),
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-vmm",
+                bin: "bulwark-vmm",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-api-get",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-vsock-peer",
+            },
+        ],
+        l2: Some(L2Guest {
+            init: include_str!("../../lab/l2-init-virtio.sh"),
+            signed_bundles: true,
+            programs: &[GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-l2-vsock",
+            }],
+            modules: &[
+                "virtio_mmio",
+                "virtio_blk",
+                "virtio-rng",
+                "vmw_vsock_virtio_transport",
+            ],
+            virtio_bundle: true,
+        }),
+        expected_checks: &[
+            "kvm-device",
+            "vmm-starts",
+            "l2-init",
+            "l2-modules",
+            "l2-block-devices",
+            "l2-rootfs-sha256",
+            "l2-rootfs-read-only",
+            "l2-rootfs-mount",
+            "l2-scratch-write-read",
+            "l2-hwrng",
+            "l2-vsock-driver",
+            "l2-vsock-round-trip",
+            "api-virtio-counters",
+            "l2-exit",
+        ],
+        ..VMM_LINUX
     },
     Scenario {
         name: "vmm-linux",
@@ -394,6 +452,7 @@ pub const BENCHMARKS: &[Scenario] = &[
             signed_bundles: false,
             programs: &[],
             modules: &[],
+            virtio_bundle: false,
         }),
         expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
         timeout_secs: 600,

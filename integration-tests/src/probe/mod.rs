@@ -15,7 +15,7 @@ pub mod edu;
 pub mod kvm_smoke;
 pub mod pci;
 mod raw;
-pub use raw::debug_exit;
+pub use raw::{debug_exit, vsock};
 pub mod virtio_msix;
 
 /// A probe step failed; its `fail` line has been printed.

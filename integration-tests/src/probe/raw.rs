@@ -74,3 +74,99 @@ pub fn debug_exit(code: u8) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `AF_VSOCK` stream sockets (std has none), as `File`s for `Read` and `Write`.
+pub mod vsock {
+    use std::fs::File;
+    use std::io::{Error, Result};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    fn check(ret: libc::c_int) -> Result<libc::c_int> {
+        if ret < 0 {
+            Err(Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    fn owned(fd: RawFd) -> OwnedFd {
+        // SAFETY: `fd` was just returned by socket(2) or accept(2) and nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn address(cid: u32, port: u32) -> libc::sockaddr_vm {
+        // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_cid = cid;
+        addr.svm_port = port;
+        addr
+    }
+
+    fn stream_socket() -> Result<OwnedFd> {
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let fd = check(unsafe {
+            libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+        })?;
+        Ok(owned(fd))
+    }
+
+    /// A socket listening on `port` for any CID.
+    pub fn listen(port: u32) -> Result<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        let fd = stream_socket()?;
+        let addr = address(libc::VMADDR_CID_ANY, port);
+        let len = size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes that outlives the call.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+                len,
+            )
+        })?;
+        // SAFETY: listen(2) on a socket this function owns.
+        check(unsafe { libc::listen(fd.as_raw_fd(), 1) })?;
+        Ok(fd)
+    }
+
+    /// The next connection on `listener`.
+    pub fn accept(listener: &OwnedFd) -> Result<File> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: accept(2) without a peer address buffer (null pointers are allowed).
+        let fd = check(unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        })?;
+        Ok(File::from(owned(fd)))
+    }
+
+    /// A connection to `cid`:`port`.
+    pub fn connect(cid: u32, port: u32) -> Result<File> {
+        use std::os::fd::AsRawFd;
+        let fd = stream_socket()?;
+        let addr = address(cid, port);
+        let len = size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes that outlives the call.
+        check(unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+                len,
+            )
+        })?;
+        Ok(File::from(fd))
+    }
+
+    /// Shuts down the writing half (the peer reads end of file).
+    pub fn shutdown_write(file: &File) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a socket the caller owns.
+        check(unsafe { libc::shutdown(file.as_raw_fd(), libc::SHUT_WR) })?;
+        Ok(())
+    }
+}

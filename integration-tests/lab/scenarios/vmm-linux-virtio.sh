@@ -1,0 +1,119 @@
+# vmm-linux-virtio: bulwark-vmm boots the Debian cloud kernel from a signed bundle
+# (src/lab/l2_bundle.rs, prepare_virtio) whose 4 MiB ext4 rootfs component it serves
+# as a read-only virtio-blk disk, plus a writable scratch disk, virtio-rng and
+# virtio-vsock. L2 (lab/l2-init-virtio.sh) finds them through the ACPI DSDT, loads
+# its own virtio drivers and reports over serial; L1 checks the report, the scratch
+# file's contents after the VM ends, a vsock round trip (L2's lab-l2-vsock with
+# lab-vsock-peer, 256 KiB echoed and 256 KiB sent by L2) and GET /vm's per-device
+# request counters.
+lab_check kvm-device test -c /dev/kvm
+if version=$(bulwark-vmm --version 2>&1); then
+  lab_pass vmm-starts "$version"
+else
+  lab_fail vmm-starts "$version"; exit 1
+fi
+dd if=/dev/zero of=/tmp/scratch.img bs=1M count=1 2>/dev/null
+sock=/tmp/vmm-virtio.sock
+start=$(cut -d' ' -f1 /proc/uptime)
+BULWARK_LOG=info timeout -s KILL 170 bulwark-vmm --api-sock $sock --config /lab/l2/vm-virtio.json >/tmp/vmm-virtio.out 2>&1 &
+vmm=$!
+# Poll GET /vm while L2 runs; keep the last answer (L2 waits 2 s after its report).
+# Start the vsock host side once L2 listens on its port 1234.
+i=0
+peer=
+rm -f /tmp/l2-vsock.sock /tmp/l2-vsock.sock_5678
+while [ $i -lt 400 ] && kill -0 $vmm 2>/dev/null; do
+  if [ -z "$peer" ] && grep -q L2-VSOCK-LISTENING /tmp/l2-virtio.log 2>/dev/null; then
+    timeout -s KILL 100 lab-vsock-peer /tmp/l2-vsock.sock 262144 >/tmp/peer.out 2>&1 &
+    peer=$!
+  fi
+  if [ -S $sock ] && lab-api-get $sock /vm >/tmp/api.json.new 2>/tmp/api.err; then
+    mv /tmp/api.json.new /tmp/api.json
+  fi
+  sleep 0.4
+  i=$((i + 1))
+done
+wait $vmm
+status=$?
+[ -n "$peer" ] && wait $peer
+end=$(cut -d' ' -f1 /proc/uptime)
+echo "--- bulwark-vmm output (exit status $status, $start s -> $end s L1 uptime) ---"
+cat /tmp/vmm-virtio.out
+echo "--- L2 console ---"
+tr -d '\r' </tmp/l2-virtio.log
+echo "--- end of L2 console ---"
+log=$(tr -d '\r' </tmp/l2-virtio.log)
+line() { echo "$log" | grep -m1 "^$1"; }
+
+if l=$(line 'L2-INIT '); then lab_pass l2-init "$l"; else lab_fail l2-init "no L2-INIT line"; fi
+l=$(line 'L2-MODULES ')
+case $l in
+  *failed=none*) lab_pass l2-modules "$l" ;;
+  *) lab_fail l2-modules "'$l'" ;;
+esac
+l=$(line 'L2-BLOCK ')
+case $l in
+  *':serial=rootfs:ro=1:'*':serial=scratch:ro=0:'*|*':serial=scratch:ro=0:'*':serial=rootfs:ro=1:'*) lab_pass l2-block-devices "$l" ;;
+  *) lab_fail l2-block-devices "expected a read-only vd* with serial rootfs and a writable one with serial scratch: '$l'" ;;
+esac
+l=$(line 'L2-ROOTFS-SHA256 ')
+case $l in
+  'L2-ROOTFS-SHA256 ok '*) lab_pass l2-rootfs-sha256 "$l" ;;
+  *) lab_fail l2-rootfs-sha256 "'$l'" ;;
+esac
+l=$(line 'L2-ROOTFS-RO ')
+case $l in
+  *'sysfs_ro=1 write=refused'*'first_block=unchanged'*) lab_pass l2-rootfs-read-only "$l" ;;
+  *) lab_fail l2-rootfs-read-only "'$l'" ;;
+esac
+l=$(line 'L2-ROOTFS-FILE ')
+if [ "$l" = "L2-ROOTFS-FILE bulwark lab rootfs over virtio-blk" ]; then
+  lab_pass l2-rootfs-mount "ext4 mounted read-only from the virtio-blk rootfs: $l"
+else
+  lab_fail l2-rootfs-mount "'$l'"
+fi
+# What L2 wrote must be in the scratch file in L1 once the VM has ended.
+l=$(line 'L2-SCRATCH ')
+in_file=$(head -c 65536 /tmp/scratch.img | sha256sum | cut -d' ' -f1)
+case $l in
+  "L2-SCRATCH ok "*"wrote=$in_file "*) lab_pass l2-scratch-write-read "$l; the L1 file holds the same bytes" ;;
+  *) lab_fail l2-scratch-write-read "'$l'; first 64 KiB of /tmp/scratch.img in L1: $in_file" ;;
+esac
+l=$(line 'L2-HWRNG ')
+bytes=${l##*bytes=}
+case $l in
+  'L2-HWRNG current=virtio_rng.'*) if [ ${#bytes} -eq 64 ] && [ "$bytes" != 0000000000000000000000000000000000000000000000000000000000000000 ]; then
+      lab_pass l2-hwrng "$l"; else lab_fail l2-hwrng "'$l'"; fi ;;
+  *) lab_fail l2-hwrng "'$l'" ;;
+esac
+if echo "$log" | grep -q '^L2-VIRTIO .* device=0x0013 driver=vmw_vsock_virtio_transport$' &&
+   echo "$log" | grep -q '^L2-VSOCK dev=/dev/vsock'; then
+  lab_pass l2-vsock-driver "$(line 'L2-VSOCK ')"
+else
+  lab_fail l2-vsock-driver "no virtio device 0x0013 bound to vmw_vsock_virtio_transport, or no /dev/vsock: $(echo "$log" | grep '^L2-V' | tr '\n' ';')"
+fi
+l=$(line 'L2-VSOCK-ECHO ')
+p=$(cat /tmp/peer.out 2>/dev/null)
+case "$l/$p" in
+  'L2-VSOCK-ECHO ok '*'/vsock ok'*) lab_pass l2-vsock-round-trip "L2: ${l#L2-VSOCK-ECHO }; L1 lab-vsock-peer: $p" ;;
+  *) lab_fail l2-vsock-round-trip "L2: '$l'; L1 lab-vsock-peer: '$p'" ;;
+esac
+# GET /vm: the block and rng devices handled requests (pairs of label and requests;
+# vsock is listed too, but without a connection it may have moved nothing).
+api=$(cat /tmp/api.json 2>/dev/null)
+counts=$(echo "$api" | grep -o '"label":"[^"]*"\|"requests":[0-9]*' | paste -d' ' - - | sed 's/"label"://; s/"requests"://; s/"//g')
+busy=0
+for want in 'virtio-blk,id:rootfs' 'virtio-blk,id:scratch' 'virtio-rng'; do
+  n=$(echo "$counts" | grep "^$want[,@]" | cut -d' ' -f2)
+  [ -n "$n" ] && [ "$n" -gt 0 ] && busy=$((busy + 1))
+done
+if [ $busy -eq 3 ]; then
+  lab_pass api-virtio-counters "$(echo "$counts" | tr '\n' ';')"
+else
+  lab_fail api-virtio-counters "expected requests > 0 for rootfs, scratch and rng: '$(echo "$counts" | tr '\n' ';')' $(head -c 600 /tmp/api.json 2>/dev/null) $(cat /tmp/api.err 2>/dev/null)"
+fi
+if [ "$status" -eq 0 ] && grep -q "guest entered S5" /tmp/vmm-virtio.out; then
+  lab_pass l2-exit "poweroff -f: ACPI S5, bulwark-vmm exited 0"
+else
+  lab_fail l2-exit "bulwark-vmm exited with status $status (137: killed after 170 s), expected 0 and 'guest entered S5'"
+fi
