@@ -29,6 +29,6 @@ pub mod signals;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod vcpu;
-pub mod virtio_mmio;
 pub mod vfio;
+pub mod virtio_mmio;
 pub mod vm;
