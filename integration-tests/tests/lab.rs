@@ -106,11 +106,6 @@ fn vmm_vfio_edu() {
 }
 
 #[test]
-fn vfio_start() {
-    run_scenario("vfio-start");
-}
-
-#[test]
 fn vmm_vfio_linux() {
     run_scenario("vmm-vfio-linux");
 }

@@ -193,21 +193,6 @@ pub const SCENARIOS: &[Scenario] = &[
         ..PLAIN
     },
     Scenario {
-        name: "vfio-start",
-        summary: "benchmark (bench/vfio-start): prefault and DMA-map time of 1 and 4 GiB guests with an assigned edu device, anonymous and hugetlbfs memory",
-        script: include_str!("../../lab/scenarios/vfio-start.sh"),
-        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
-        devices: &["edu"],
-        // 4 GiB guests plus L1 itself; the host has 24 GiB for four engineers, so
-        // 16 GiB guests are out of reach here.
-        memory_mib: 5632,
-        guest_programs: &[VMM],
-        tiny_guests: &["hello"],
-        expected_checks: &["kvm-device", "bind-vfio-pci", "start-anonymous", "start-hugetlbfs"],
-        timeout_secs: 900,
-        ..PLAIN
-    },
-    Scenario {
         name: "vmm-vfio-edu",
         summary: "bulwark-vmm passes QEMU's edu device through VFIO into a tiny guest (PCI scan, BAR0, DMA, MSI); refusals; a second VM takes the device after the first",
         script: include_str!("../../lab/scenarios/vmm-vfio-edu.sh"),
@@ -428,6 +413,21 @@ pub const SCENARIOS: &[Scenario] = &[
 /// without names nor as tests; their checks say only that every run ended as
 /// expected, never how fast.
 pub const BENCHMARKS: &[Scenario] = &[
+    Scenario {
+        name: "vfio-start",
+        summary: "benchmark (bench/vfio-start, not a test): prefault and DMA-map time of 1 and 4 GiB guests with an assigned edu device, anonymous and hugetlbfs memory",
+        script: include_str!("../../lab/scenarios/vfio-start.sh"),
+        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
+        devices: &["edu"],
+        // 4 GiB guests plus L1 itself; the host has 24 GiB for four engineers, so
+        // 16 GiB guests are out of reach here.
+        memory_mib: 5632,
+        guest_programs: &[VMM],
+        tiny_guests: &["hello"],
+        expected_checks: &["kvm-device", "bind-vfio-pci", "start-anonymous", "start-hugetlbfs"],
+        timeout_secs: 900,
+        ..PLAIN
+    },
     Scenario {
         name: "vmm-boot-bench",
         summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm vs QEMU microvm booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init and power-off",
