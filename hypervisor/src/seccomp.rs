@@ -188,14 +188,16 @@ fn action(mode: SeccompMode) -> Option<SeccompAction> {
 
 /// `VFIO_DEVICE_SET_IRQS` = `_IO(';', 100 + 10)`: the guest enabling MSI/MSI-X.
 const VFIO_DEVICE_SET_IRQS: u64 = 0x3b6e;
-/// `VFIO_DEVICE_RESET` = `_IO(';', 100 + 11)`: teardown.
+/// `VFIO_DEVICE_RESET` = `_IO(';', 100 + 11)`: teardown, and a guest's secondary bus
+/// reset.
 const VFIO_DEVICE_RESET: u64 = 0x3b6f;
 /// `KVM_SET_GSI_ROUTING` = `_IOW(0xAE, 0x6a, struct kvm_irq_routing)` (8-byte header).
 const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
 
 /// What a vCPU thread additionally needs when devices are passed through: config
 /// space and trapped BAR pages through the VFIO fd (pread64/pwrite64), MSI/MSI-X
-/// enable (VFIO_DEVICE_SET_IRQS) and routes (KVM_SET_GSI_ROUTING).
+/// enable (VFIO_DEVICE_SET_IRQS), routes (KVM_SET_GSI_ROUTING) and the device reset
+/// a guest's secondary bus reset on a root port asks for (VFIO_DEVICE_RESET).
 const VCPU_PASSTHROUGH_SYSCALLS: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64];
 
 /// The filter for vCPU threads (`None` when seccomp is off).
@@ -223,6 +225,7 @@ pub fn vcpu_filter_with(
                 KVM_RUN,
                 KVM_GET_REGS,
                 VFIO_DEVICE_SET_IRQS,
+                VFIO_DEVICE_RESET,
                 KVM_SET_GSI_ROUTING,
             ],
         )

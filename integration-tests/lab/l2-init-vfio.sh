@@ -23,6 +23,14 @@ for d in /sys/bus/pci/devices/*; do
   esac
 done
 echo "L2-PCI-FOUND ivshmem=${ivs##*/} virtio-rng=${rng##*/}"
+# Each passed-through function sits behind its own PCIe root port (class 0x060400),
+# and Linux kept the windows and BARs the VMM assigned (nothing reassigned or refused).
+for d in $ivs $rng; do
+  parent=$(dirname "$(readlink -f $d)")
+  echo "L2-PCI-TOPOLOGY ${d##*/} parent=${parent##*/} parent_class=$(cat $parent/class) port_driver=$(basename "$(readlink $parent/driver 2>/dev/null)") link=$(cat $parent/current_link_speed 2>/dev/null | tr -d ' ')x$(cat $parent/current_link_width 2>/dev/null)"
+done
+echo "L2-PCI-ASSIGN-ERRORS $(dmesg | grep -c -i -E 'no space for|failed to assign|can.t claim|not claimed|bridge window .* (disabled|released)')"
+dmesg | grep -i -E 'pci 0000:0[0-2]:.*(bridge window|BAR|PCIe)' | head -n 20 | while read -r line; do echo "L2-DMESG $line"; done
 if [ -n "$ivs" ]; then
   set -- $(sed -n 3p $ivs/resource)
   start=$(($1)); end=$(($2)); size=$((end - start + 1))

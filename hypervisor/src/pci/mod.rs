@@ -1,6 +1,7 @@
 //! The guest's PCI host bridge: configuration space through ports 0xCF8/0xCFC and
-//! ECAM, one root bus (bus 0) with a host bridge at 00.0 and one function per
-//! assigned device, and the BAR allocator for the 32-bit and 64-bit MMIO windows.
+//! ECAM, the root bus (bus 0) with a host bridge at 00.0 and one PCIe root port per
+//! assigned device (the device on the port's secondary bus), and the BAR allocator
+//! for the ports' windows in the 32-bit and 64-bit MMIO windows.
 //!
 //! Every configuration access comes from the guest and is hostile: sizes other than
 //! 1, 2 and 4 bytes, unaligned accesses and accesses that straddle a dword read
@@ -8,9 +9,11 @@
 
 pub mod bars;
 pub mod root;
+pub mod root_port;
 
-pub use bars::{allocate_bars, BarKind, BarPlacement, BarRequest};
+pub use bars::{allocate_ports, BarKind, BarPlacement, BarRequest, PortPlacement};
 pub use root::{ConfigPorts, Ecam, HostBridge, PciCounters, PciFunction, PciRoot};
+pub use root_port::{LinkInfo, RootPort};
 
 /// Config space offsets (PCI Local Bus 3.0, type-0 header).
 pub mod regs {

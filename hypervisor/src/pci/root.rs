@@ -40,10 +40,12 @@ fn note(counter: &AtomicU64, what: &str, offset: u64, len: usize) {
     }
 }
 
-/// Bus 0: functions by device/function number (`device << 3 | function`).
+/// The guest's PCI segment: functions by bus and device/function number
+/// (`bus << 8 | device << 3 | function`). Bus 0 is the root bus; each root port's
+/// secondary bus holds the device behind it.
 #[derive(Default)]
 pub struct PciRoot {
-    functions: RwLock<BTreeMap<u8, Arc<dyn PciFunction>>>,
+    functions: RwLock<BTreeMap<u16, Arc<dyn PciFunction>>>,
     /// Malformed and unrouted access counters.
     pub counters: PciCounters,
 }
@@ -52,7 +54,12 @@ impl std::fmt::Debug for PciRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let map = self.functions.read().unwrap_or_else(|p| p.into_inner());
         f.debug_struct("PciRoot")
-            .field("devfn", &map.keys().collect::<Vec<_>>())
+            .field(
+                "functions",
+                &map.keys()
+                    .map(|k| format!("{:02x}:{:02x}.{}", k >> 8, (k >> 3) & 31, k & 7))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -68,24 +75,27 @@ impl PciRoot {
     /// Puts `function` at `device.function` of bus 0 (replacing nothing: the caller
     /// picks free slots). Returns false when the slot is taken or out of range.
     pub fn add(&self, device: u8, function: u8, f: Arc<dyn PciFunction>) -> bool {
+        self.add_on_bus(0, device, function, f)
+    }
+
+    /// Puts `function` at `bus:device.function` (a root port's secondary bus, for
+    /// the device behind it). Returns false when the slot is taken or out of range.
+    pub fn add_on_bus(&self, bus: u8, device: u8, function: u8, f: Arc<dyn PciFunction>) -> bool {
         if device > 31 || function > 7 {
             return false;
         }
         let mut map = self.functions.write().unwrap_or_else(|p| p.into_inner());
-        let devfn = device << 3 | function;
-        if map.contains_key(&devfn) {
+        let key = u16::from(bus) << 8 | u16::from(device << 3 | function);
+        if map.contains_key(&key) {
             return false;
         }
-        map.insert(devfn, f);
+        map.insert(key, f);
         true
     }
 
     fn function(&self, bus: u8, devfn: u8) -> Option<Arc<dyn PciFunction>> {
-        if bus != 0 {
-            return None;
-        }
         let map = self.functions.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&devfn).cloned()
+        map.get(&(u16::from(bus) << 8 | u16::from(devfn))).cloned()
     }
 
     /// A configuration read of `data.len()` bytes at register `offset` of
@@ -385,6 +395,28 @@ mod tests {
         e.read(1 << 20, &mut d);
         assert_eq!(d, [0xff; 4]);
         e.read(base | 1 << 12, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn functions_on_secondary_buses_are_reached_by_both_mechanisms() {
+        let (root, p, e) = setup();
+        assert!(root.add_on_bus(2, 0, 0, Arc::new(Ram(Mutex::new(vec![0x11; 4096])))));
+        assert!(
+            !root.add_on_bus(2, 0, 0, Arc::new(HostBridge)),
+            "slot taken"
+        );
+        let mut d = [0u8; 4];
+        select(&p, 2, 0, 0, 0);
+        p.read(4, &mut d);
+        assert_eq!(d, [0x11; 4]);
+        e.read(2 << 20 | 0x100, &mut d);
+        assert_eq!(d, [0x11; 4]);
+        // Same device number on another bus: absent.
+        select(&p, 1, 0, 0, 0);
+        p.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        e.read(3 << 20, &mut d);
         assert_eq!(d, [0xff; 4]);
     }
 

@@ -44,6 +44,9 @@ pub trait DeviceIo: Send + Sync {
     fn set_msi(&self, enable: bool) -> Result<(), String>;
     /// Enables (with one eventfd per table entry) or disables MSI-X on the device.
     fn set_msix(&self, enable: bool) -> Result<(), String>;
+    /// Resets the device (function-level or bus reset, whatever VFIO offers); false
+    /// when the device has no reset.
+    fn reset(&self) -> Result<bool, String>;
 }
 
 /// Programs interrupt routes (the VM's [`crate::irq_routing::GsiRouter`], or a fake).
@@ -818,6 +821,73 @@ impl PassthroughFunction {
     }
 }
 
+impl PassthroughFunction {
+    /// The device was reset behind the guest's driver (a secondary bus reset on its
+    /// root port): interrupts off at VFIO, the emulated MSI and MSI-X state back to
+    /// power-on values (disabled, every MSI-X vector masked, no routes), BAR sizing
+    /// ended, then the device itself reset through VFIO. INTx stays wired. Failures
+    /// are counted in `errors`.
+    pub fn device_reset(&self) {
+        if let Some(x) = &self.msix {
+            let mut r = lock(&x.regs);
+            let was = r.enable;
+            r.enable = false;
+            r.function_mask = false;
+            r.entries.iter_mut().for_each(|e| *e = [0, 0, 0, 1]);
+            let updates: Vec<_> = (0..r.entries.len())
+                .map(|i| (x.info.first_gsi + i as u32, None))
+                .collect();
+            drop(r);
+            self.route_msix(&updates);
+            if was {
+                if let Err(e) = self.io.set_msix(false) {
+                    bump(
+                        &self.counters.errors,
+                        &self.name,
+                        format_args!("disabling MSI-X at reset: {e}"),
+                    );
+                }
+            }
+        }
+        {
+            let mut st = lock(&self.state);
+            st.sizing = [false; 6];
+            let was = std::mem::take(&mut st.msi).enable;
+            if let Some(m) = &self.msi {
+                if let Err(e) = self.routes.update(&[(m.gsi, None)]) {
+                    bump(
+                        &self.counters.errors,
+                        &self.name,
+                        format_args!("MSI route at reset: {e}"),
+                    );
+                }
+            }
+            if was {
+                if let Err(e) = self.io.set_msi(false) {
+                    bump(
+                        &self.counters.errors,
+                        &self.name,
+                        format_args!("disabling MSI at reset: {e}"),
+                    );
+                }
+            }
+        }
+        match self.io.reset() {
+            Ok(true) => {
+                tracing::info!(device = %self.name, "reset (secondary bus reset by the guest)")
+            }
+            Ok(false) => {
+                tracing::warn!(device = %self.name, "the guest reset the bus but the device has no reset; interrupts were turned off")
+            }
+            Err(e) => bump(
+                &self.counters.errors,
+                &self.name,
+                format_args!("reset: {e}"),
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,6 +925,10 @@ mod tests {
         fn set_msix(&self, enable: bool) -> Result<(), String> {
             lock(&self.irq_calls).push(("msix", enable));
             Ok(())
+        }
+        fn reset(&self) -> Result<bool, String> {
+            lock(&self.irq_calls).push(("reset", true));
+            Ok(true)
         }
     }
 
@@ -1090,6 +1164,37 @@ mod tests {
         // Disable.
         f.config_write(MSIX_CAP + 3, &[0]);
         assert_eq!(lock(&dev.irq_calls).last(), Some(&("msix", false)));
+    }
+
+    #[test]
+    fn device_reset_turns_interrupts_off_masks_the_table_and_resets_the_device() {
+        let (dev, routes, f) = setup();
+        let trap = BarTrap::new(&f, 2, 0x2000);
+        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        trap.write(0x18, &0x42u32.to_le_bytes());
+        trap.write(0x1c, &0u32.to_le_bytes());
+        f.config_write(MSIX_CAP + 3, &[0x80]);
+        assert_eq!(lock(&routes.0).len(), 1);
+        w32(&f, 0x10, u32::MAX); // BAR sizing in progress
+        f.device_reset();
+        assert!(lock(&routes.0).is_empty(), "no route survives the reset");
+        assert_eq!(
+            lock(&dev.irq_calls).as_slice(),
+            &[("msix", true), ("msix", false), ("reset", true)]
+        );
+        assert_eq!(f.interrupt_mode(), "none");
+        assert_eq!(r32(&f, MSIX_CAP) >> 16, 3, "enable and function mask clear");
+        let mut d = [0u8; 4];
+        trap.read(0x1c, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 1, "vectors masked again");
+        trap.read(0x10, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0, "address cleared");
+        assert_eq!(
+            r32(&f, 0x10),
+            0xc000_0000,
+            "sizing ended: the BAR reads its address"
+        );
+        assert_eq!(f.counters.errors.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! VFIO device assignment (legacy container/group interface of `vfio-ioctls`): the
 //! host checks, the container with all guest RAM DMA-mapped (IOVA = GPA), each
-//! device reset and placed on the guest's bus 0 with its BARs as KVM memory slots
+//! device reset and placed behind its own PCIe root port on the guest's bus 0
+//! (the device on the port's secondary bus) with its BARs as KVM memory slots
 //! (only the MSI-X table/PBA pages trap), MSI/MSI-X through irqfd and GSI routing, and
 //! the reset at teardown. Design and limits: `docs/vfio.md`.
 
@@ -26,22 +27,26 @@ use crate::config::{VfioDeviceConfig, VfioInterface};
 use crate::devices::Buses;
 use crate::irq_routing::GsiRouter;
 use crate::layout::{MemoryLayout, PCI_MMIO32_SIZE, PCI_MMIO32_START};
-use crate::pci::{allocate_bars, regs, BarKind, BarRequest, Bdf, PciRoot};
+use crate::pci::{allocate_ports, regs, BarKind, BarRequest, Bdf, LinkInfo, PciRoot, RootPort};
 use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction};
 pub use host::{HostDevice, HostError};
 
-/// The GSI (IOAPIC pin) of INTx pin `pin` (1..=4, INTA..INTD) of the device in guest
-/// slot `slot` on bus 0: `PCI_INTX_FIRST_GSI + (slot + pin - 1) % 8`, so neighbouring
-/// slots spread over the eight GSIs 16..=23. A guest without ACPI reads it from the
-/// interrupt line register; the ACPI `_PRT` must say the same, level-triggered and
-/// active-high (what KVM's IOAPIC expects from an irqfd).
+/// The GSI (IOAPIC pin) of INTx pin `pin` (1..=4, INTA..INTD) of the device behind
+/// the root port in guest slot `slot` of bus 0:
+/// `PCI_INTX_FIRST_GSI + (slot + pin - 1) % 8`, so neighbouring ports spread over
+/// the eight GSIs 16..=23. The device is
+/// device 0 of the port's secondary bus, so the bridge swizzle leaves its pin as is
+/// and the root port's `_PRT` entry for (slot, pin) applies. A guest without ACPI
+/// reads it from the interrupt line register; the ACPI `_PRT` must say the same,
+/// level-triggered and active-high (what KVM's IOAPIC expects from an irqfd).
 pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
     crate::layout::PCI_INTX_FIRST_GSI + (u32::from(slot) + u32::from(pin.clamp(1, 4)) - 1) % 8
 }
 
 /// Where sysfs lists PCI devices.
 pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
-/// Assigned device `i` sits at `00:(FIRST_SLOT + i).0` on the guest's bus 0.
+/// Assigned device `i` sits behind the root port at `00:(FIRST_SLOT + i).0`, as device
+/// `0.0` of that port's secondary bus, bus number `FIRST_SLOT + i`.
 pub const FIRST_SLOT: u8 = 1;
 /// Most devices one VM takes (slots 1..=31 of bus 0).
 pub const MAX_DEVICES: usize = 31;
@@ -164,12 +169,11 @@ pub fn measured_entries(hosts: &[HostDevice]) -> Vec<String> {
         ));
     }
     for (i, h) in hosts.iter().enumerate() {
+        let slot = usize::from(FIRST_SLOT) + i;
+        v.push(format!("pcie-root-port@00:{slot:02x}.0,bus={slot:02x}"));
         v.push(format!(
-            "vfio-pci@00:{:02x}.0,host={},id={:04x}:{:04x}",
-            usize::from(FIRST_SLOT) + i,
-            h.bdf,
-            h.vendor,
-            h.device
+            "vfio-pci@{slot:02x}:00.0,host={},id={:04x}:{:04x}",
+            h.bdf, h.vendor, h.device
         ));
     }
     v
@@ -216,13 +220,32 @@ pub struct BarReport {
     pub trapped: Vec<(u64, u64)>,
 }
 
+/// The root port above an assigned device in `GET /vm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootPortReport {
+    /// Where the port sits (`0000:00:SS.0`).
+    pub bdf: String,
+    /// Its secondary bus (where the device is).
+    pub secondary_bus: u8,
+    /// Non-prefetchable window `(base, size)` below 4 GiB.
+    pub mem_window: Option<(u64, u64)>,
+    /// 64-bit prefetchable window `(base, size)`.
+    pub prefetchable_window: Option<(u64, u64)>,
+    /// Bus number or window changes the guest tried (refused).
+    pub window_writes_refused: u64,
+    /// Secondary bus resets the guest did (each resets the device).
+    pub bus_resets: u64,
+}
+
 /// One assigned device in `GET /vm`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
     /// Host PCI address.
     pub bdf: String,
-    /// Where the guest sees it.
+    /// Where the guest sees it (device 0 of its root port's secondary bus).
     pub guest_bdf: String,
+    /// The root port above it, on bus 0.
+    pub root_port: RootPortReport,
     /// IOMMU group.
     pub group: u32,
     /// `vendor:device`.
@@ -259,6 +282,7 @@ pub struct VfioReport {
 struct Assigned {
     host: HostDevice,
     slot: u8,
+    port: Arc<RootPort>,
     dev: Arc<VfioDevice>,
     io: Arc<VfioIo>,
     function: Arc<PassthroughFunction>,
@@ -366,6 +390,9 @@ impl DeviceIo for VfioIo {
             self.dev.disable_msix().map_err(|e| e.to_string())?;
             self.set_intx(true)
         }
+    }
+    fn reset(&self) -> Result<bool, String> {
+        crate::sys::vfio_device_reset(&*self.dev).map_err(|e| e.to_string())
     }
 }
 
@@ -485,18 +512,22 @@ impl VfioSet {
             opened.push((h.clone(), dev, reset, p));
         }
 
-        // Place every BAR of every device together.
-        let mut requests = Vec::new();
-        for (h, _, _, p) in &opened {
-            for &(i, kind, size, _, _) in &p.bars {
-                requests.push(BarRequest {
-                    owner: format!("{} BAR{i}", h.bdf),
-                    size,
-                    kind,
-                });
-            }
-        }
-        let placed = allocate_bars(
+        // Place every device's BARs behind its root port (one window of each class
+        // per port).
+        let requests: Vec<Vec<BarRequest>> = opened
+            .iter()
+            .map(|(h, _, _, p)| {
+                p.bars
+                    .iter()
+                    .map(|&(i, kind, size, _, _)| BarRequest {
+                        owner: format!("{} BAR{i}", h.bdf),
+                        size,
+                        kind,
+                    })
+                    .collect()
+            })
+            .collect();
+        let ports = allocate_ports(
             &requests,
             (PCI_MMIO32_START, PCI_MMIO32_SIZE),
             layout.mmio64,
@@ -515,9 +546,10 @@ impl VfioSet {
         );
 
         let mut devices = Vec::new();
-        let mut next_placed = placed.into_iter();
         let mut memslot = FIRST_BAR_MEMSLOT;
-        for (n, (h, dev, reset_supported, p)) in opened.into_iter().enumerate() {
+        for (n, ((h, dev, reset_supported, p), placement)) in
+            opened.into_iter().zip(ports).enumerate()
+        {
             let name = h.bdf.to_string();
             let slot = FIRST_SLOT + n as u8;
             let kvm_err = |what: &str, e: kvm_ioctls::Error| {
@@ -590,10 +622,7 @@ impl VfioSet {
             let mut bar_sizes = [0u64; 6];
             let mut guest_bars = Vec::new();
             let mut bar_places = Vec::new();
-            for &(i, kind, size, flags, mappable) in &p.bars {
-                let place = next_placed
-                    .next()
-                    .ok_or_else(|| VfioSetupError::Device("BAR placement".into()))?;
+            for (&(i, kind, size, flags, mappable), place) in p.bars.iter().zip(&placement.bars) {
                 bar_sizes[usize::from(i)] = size;
                 guest_bars.push(GuestBar {
                     index: i,
@@ -672,7 +701,22 @@ impl VfioSet {
                     trapped,
                 });
             }
-            if !root.add(slot, 0, function.clone()) {
+            // The root port above it: its windows hold the device's BARs; a
+            // secondary bus reset resets the device.
+            let link = LinkInfo::from_endpoint(|off| read_u32(&dev, u64::from(off)));
+            let reset_target = function.clone();
+            let port = Arc::new(
+                RootPort::new(
+                    slot,
+                    slot,
+                    placement.mem,
+                    placement.pref,
+                    link,
+                    Some(Box::new(move || reset_target.device_reset())),
+                )
+                .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?,
+            );
+            if !root.add(slot, 0, port.clone()) || !root.add_on_bus(slot, 0, 0, function.clone()) {
                 return Err(VfioSetupError::Device(format!(
                     "{name}: guest slot {slot} is taken"
                 )));
@@ -691,6 +735,7 @@ impl VfioSet {
             devices.push(Assigned {
                 host: h,
                 slot,
+                port,
                 dev,
                 io,
                 function,
@@ -732,7 +777,19 @@ impl VfioSet {
                 .iter()
                 .map(|d| DeviceReport {
                     bdf: d.host.bdf.to_string(),
-                    guest_bdf: format!("0000:00:{:02x}.0", d.slot),
+                    guest_bdf: format!("0000:{:02x}:00.0", d.slot),
+                    root_port: RootPortReport {
+                        bdf: format!("0000:00:{:02x}.0", d.slot),
+                        secondary_bus: d.port.secondary_bus(),
+                        mem_window: d.port.windows().0,
+                        prefetchable_window: d.port.windows().1,
+                        window_writes_refused: d
+                            .port
+                            .counters
+                            .window_writes_refused
+                            .load(Ordering::Relaxed),
+                        bus_resets: d.port.counters.bus_resets.load(Ordering::Relaxed),
+                    },
                     group: d.host.group,
                     id: format!("{:04x}:{:04x}", d.host.vendor, d.host.device),
                     reset_supported: d.reset_supported,

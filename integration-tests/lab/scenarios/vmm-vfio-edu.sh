@@ -1,6 +1,7 @@
 # vmm-vfio-edu: bulwark-vmm passes QEMU's edu device (00:04.0) through VFIO into the
 # tiny guest /lab/tiny/vfio-edu.bin (integration-tests/tiny-guests/src/bin/vfio_edu.rs),
-# which scans the guest's bus 0 through ports 0xCF8/0xCFC, sizes BAR0, checks edu's
+# which scans the guest's bus 0 through ports 0xCF8/0xCFC and finds edu behind a PCIe
+# root port (01:00.0 behind 00:01.0, BAR0 inside the port's window), sizes BAR0, checks edu's
 # identification and liveness registers, DMAs 2 KiB into its own RAM and back and takes
 # two MSIs; with MSI off it takes them as INTx through the IOAPIC. Then: a second VM takes the device after the first ended, a third is
 # refused while the second holds it, and the refusals of a bad IOMMU group (00:05.0
@@ -48,7 +49,8 @@ guest_check() {
 vmconfig vm1 $edu 0
 bulwark-vmm measure --config /tmp/vm1.json >/tmp/vm1.measure 2>&1
 runvm vm1
-guest_check edu-found vm1 '^EDU-FOUND 00:01.0'
+guest_check edu-found vm1 '^EDU-FOUND 01:00.0'
+guest_check edu-root-port vm1 '^EDU-PORT 00:01.0 root-port=true window='
 guest_check edu-bar0 vm1 '^EDU-BAR0 .* ok$'
 guest_check edu-bar-move-refused vm1 '^EDU-BAR-MOVE refused=true'
 guest_check edu-ident vm1 '^EDU-IDENT .* ok$'
@@ -61,8 +63,8 @@ else
   lab_fail edu-vm-exit "bulwark-vmm exited $status (expected 16)"
 fi
 booted=$(sed -n 's/^bulwark-vmm: launch measurement //p' /tmp/vm1.out)
-if grep -q "vfio-pci@00:01.0,host=$edu,id=1234:11e8" /tmp/vm1.measure && grep -q "\"measurement\": \"$booted\"" /tmp/vm1.measure && [ -n "$booted" ]; then
-  lab_pass edu-measured "device list has vfio-pci@00:01.0,host=$edu,id=1234:11e8; measure = booted = $booted"
+if grep -q "pcie-root-port@00:01.0,bus=01" /tmp/vm1.measure && grep -q "vfio-pci@01:00.0,host=$edu,id=1234:11e8" /tmp/vm1.measure && grep -q "\"measurement\": \"$booted\"" /tmp/vm1.measure && [ -n "$booted" ]; then
+  lab_pass edu-measured "device list has pcie-root-port@00:01.0,bus=01 and vfio-pci@01:00.0,host=$edu,id=1234:11e8; measure = booted = $booted"
 else
   lab_fail edu-measured "booted '$booted'; measure: $(head -c 1500 /tmp/vm1.measure)"
 fi

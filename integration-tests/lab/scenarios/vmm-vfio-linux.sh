@@ -1,7 +1,8 @@
 # vmm-vfio-linux: bulwark-vmm boots Debian's kernel (/lab/l2/vmlinuz, unsigned, with
 # ACPI: Linux finds the PCI host bridge as PNP0A03 in the DSDT and ECAM through the
 # MCFG) with virtio-rng-pci (MSI-X, 00:06.0) and ivshmem-plain
-# (4 GiB 64-bit prefetchable BAR2, 00:07.0) passed through; the guest's init
+# (4 GiB 64-bit prefetchable BAR2, 00:07.0) passed through, each behind its own PCIe
+# root port; the guest's init
 # (lab/l2-init-vfio.sh) reports what it sees and uses over serial.
 lab_check kvm-device test -c /dev/kvm
 ulimit -l unlimited
@@ -28,7 +29,12 @@ check() { # NAME PATTERN
   if line=$(echo "$log" | grep -m1 -- "$2"); then lab_pass "$1" "$line"; else lab_fail "$1" "no L2 line matching '$2'"; fi
 }
 check l2-booted '^L2-INIT '
-check l2-pci-devices '^L2-PCI-FOUND ivshmem=0000:00:0[12].0 virtio-rng=0000:00:0[12].0'
+# devices.vfio lists virtio-rng first: it is 01:00.0 behind the root port 00:01.0, and
+# ivshmem 02:00.0 behind 00:02.0.
+check l2-pci-devices '^L2-PCI-FOUND ivshmem=0000:02:00.0 virtio-rng=0000:01:00.0'
+check l2-rng-root-port '^L2-PCI-TOPOLOGY 0000:01:00.0 parent=0000:00:01.0 parent_class=0x060400'
+check l2-ivshmem-root-port '^L2-PCI-TOPOLOGY 0000:02:00.0 parent=0000:00:02.0 parent_class=0x060400'
+check l2-pci-no-reassignment '^L2-PCI-ASSIGN-ERRORS 0$'
 check l2-ivshmem-bar '^L2-IVSHMEM .*size=4294967296 first=0x5A5A1234 last=0xA5A54321'
 check l2-acpi-pci-root '^L2-ACPI-PCI-ROOT PNP0A08:00 path=._SB_.PCI0$'
 # virtio-rng's own Linux driver through the passed-through function: bytes from

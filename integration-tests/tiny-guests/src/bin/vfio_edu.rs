@@ -1,6 +1,8 @@
 //! Drives QEMU's `edu` device (1234:11e8) passed through by bulwark-vmm (lab
-//! scenario `vmm-vfio-edu`): scans bus 0 through ports 0xCF8/0xCFC, sizes and reads
-//! BAR0, checks the identification and liveness registers, DMAs 2 KiB from its own RAM
+//! scenario `vmm-vfio-edu`): scans bus 0 through ports 0xCF8/0xCFC and the secondary
+//! bus of every PCI bridge (root port) on it, checks that the device sits behind a
+//! PCIe root port whose memory window holds its BAR0, sizes and reads BAR0, checks
+//! the identification and liveness registers, DMAs 2 KiB from its own RAM
 //! into the device and back (checking the data), and takes the MSI that the device
 //! raises, through its own IDT and the local APIC. Reports each step over COM1 as
 //! `EDU-...` lines; exits 0 when everything passed, else 1.
@@ -89,20 +91,38 @@ fn inl(port: u16) -> u32 {
     v
 }
 
-fn cfg_read(dev: u8, reg: u8) -> u32 {
-    outl(
-        0xcf8,
-        0x8000_0000 | u32::from(dev) << 11 | u32::from(reg & 0xfc),
-    );
+/// A function on the bus: (bus, device), function 0.
+#[derive(Clone, Copy)]
+struct Pci(u8, u8);
+
+fn cfg_address(d: Pci, reg: u8) -> u32 {
+    0x8000_0000 | u32::from(d.0) << 16 | u32::from(d.1) << 11 | u32::from(reg & 0xfc)
+}
+
+fn cfg_read(d: Pci, reg: u8) -> u32 {
+    outl(0xcf8, cfg_address(d, reg));
     inl(0xcfc)
 }
 
-fn cfg_write(dev: u8, reg: u8, v: u32) {
-    outl(
-        0xcf8,
-        0x8000_0000 | u32::from(dev) << 11 | u32::from(reg & 0xfc),
-    );
+fn cfg_write(d: Pci, reg: u8, v: u32) {
+    outl(0xcf8, cfg_address(d, reg));
     outl(0xcfc, v);
+}
+
+/// The capability with ID `id` of `d`, if it has one (at most 16 followed).
+fn find_cap(d: Pci, id: u32) -> Option<(u8, u32)> {
+    let mut cap = (cfg_read(d, 0x34) & 0xfc) as u8;
+    for _ in 0..16 {
+        if cap < 0x40 {
+            return None;
+        }
+        let hdr = cfg_read(d, cap);
+        if hdr & 0xff == id {
+            return Some((cap, hdr >> 16));
+        }
+        cap = ((hdr >> 8) & 0xfc) as u8;
+    }
+    None
 }
 
 fn rd32(addr: u64) -> u32 {
@@ -203,26 +223,70 @@ fn ioapic_route(gsi: u32) {
 #[no_mangle]
 extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
     let mut ok = true;
-    // 1. Bus 0.
+    // 1. Bus 0, and behind each bridge its secondary bus: (device, its bridge).
     let mut found = None;
-    for dev in 0..32u8 {
-        let id = cfg_read(dev, 0);
-        if id != u32::MAX {
-            print!(
-                "EDU-SCAN 00:{dev:02x}.0 {:04x}:{:04x}\n",
-                id & 0xffff,
-                id >> 16
-            );
+    for slot in 0..32u8 {
+        let d = Pci(0, slot);
+        let id = cfg_read(d, 0);
+        if id == u32::MAX {
+            continue;
         }
+        let header = cfg_read(d, 0x0c) >> 16 & 0x7f;
+        print!(
+            "EDU-SCAN 00:{slot:02x}.0 {:04x}:{:04x} header={header}\n",
+            id & 0xffff,
+            id >> 16
+        );
         if id == EDU_ID {
-            found = Some(dev);
+            found = Some((d, None));
+        }
+        if header == 1 {
+            let secondary = (cfg_read(d, 0x18) >> 8) as u8;
+            for sub in 0..32u8 {
+                let e = Pci(secondary, sub);
+                let id = cfg_read(e, 0);
+                if id == u32::MAX {
+                    continue;
+                }
+                print!(
+                    "EDU-SCAN {secondary:02x}:{sub:02x}.0 {:04x}:{:04x} behind 00:{slot:02x}.0\n",
+                    id & 0xffff,
+                    id >> 16
+                );
+                if id == EDU_ID {
+                    found = Some((e, Some(d)));
+                }
+            }
         }
     }
-    let Some(dev) = found else {
+    let Some((dev, bridge)) = found else {
         print!("EDU-FOUND none\n");
         exit(1)
     };
-    print!("EDU-FOUND 00:{dev:02x}.0\n");
+    print!("EDU-FOUND {:02x}:{:02x}.0\n", dev.0, dev.1);
+    // The bridge above it is a PCIe root port (capability 0x10, port type 4).
+    let port_window = match bridge {
+        Some(b) => {
+            let port_type = find_cap(b, 0x10).map(|(_, flags)| flags >> 4 & 0xf);
+            let w = cfg_read(b, 0x20);
+            let (base, limit) = (
+                u64::from(w & 0xfff0) << 16,
+                u64::from(w >> 16 & 0xfff0) << 16 | 0xf_ffff,
+            );
+            let is_root_port = port_type == Some(4);
+            print!(
+                "EDU-PORT {:02x}:{:02x}.0 root-port={is_root_port} window={base:#x}-{limit:#x}\n",
+                b.0, b.1
+            );
+            ok &= is_root_port;
+            Some((base, limit))
+        }
+        None => {
+            print!("EDU-PORT none\n");
+            ok = false;
+            None
+        }
+    };
 
     // 2. BAR0: size it, restore it, read it.
     let bar = cfg_read(dev, 0x10);
@@ -232,9 +296,10 @@ extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
     let size = !(mask & !0xf) as u64 + 1;
     let addr = u64::from(bar & !0xf);
     let back = cfg_read(dev, 0x10);
-    let bar_ok = size == 0x10_0000 && back == bar && addr != 0;
+    let in_window = port_window.is_some_and(|(b, l)| addr >= b && addr + size - 1 <= l);
+    let bar_ok = size == 0x10_0000 && back == bar && addr != 0 && in_window;
     print!(
-        "EDU-BAR0 addr={addr:#x} size={size:#x} restored={} {}\n",
+        "EDU-BAR0 addr={addr:#x} size={size:#x} restored={} in-port-window={in_window} {}\n",
         back == bar,
         if bar_ok { "ok" } else { "bad" }
     );
@@ -275,20 +340,7 @@ extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
         ok &= ok_pin;
         ioapic_route(line);
     } else {
-        let mut cap = (cfg_read(dev, 0x34) & 0xfc) as u8;
-        let mut msi = None;
-        for _ in 0..16 {
-            if cap < 0x40 {
-                break;
-            }
-            let hdr = cfg_read(dev, cap);
-            if hdr & 0xff == 5 {
-                msi = Some((cap, hdr >> 16));
-                break;
-            }
-            cap = ((hdr >> 8) & 0xfc) as u8;
-        }
-        let Some((cap, ctrl)) = msi else {
+        let Some((cap, ctrl)) = find_cap(dev, 5) else {
             print!("EDU-MSI no capability\n");
             exit(1)
         };
