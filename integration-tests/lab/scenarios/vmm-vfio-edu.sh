@@ -76,6 +76,19 @@ runvm intx
 guest_check edu-intx-route intx '^EDU-INTX-ROUTE pin=1 line=1[6-9] ok$'
 guest_check edu-intx intx '^EDU-INTX after-dma.* ok$'
 
+# A secondary bus reset on the root port (RSI=3) resets the device behind it: MSI reads
+# disabled afterwards, and DMA and MSI work again once the guest re-enables them (edu
+# has no VFIO reset, so the VMM's VFIO_DEVICE_RESET fails with EINVAL and is logged;
+# the seccomp filter lets the vCPU thread make the call).
+vmconfig busreset $edu 3
+runvm busreset
+guest_check edu-bus-reset busreset '^EDU-BUS-RESET msi-before=true msi-after=false ok$'
+if [ "$status" -eq 16 ] && grep -q '^EDU-DONE pass' /tmp/busreset.serial && grep -q 'guest reset the secondary bus' /tmp/busreset.out; then
+  lab_pass edu-bus-reset-then-works "after the bus reset DMA and MSI worked (status 16); $(grep -o 'guest reset the secondary bus.*' /tmp/busreset.out | head -n1)"
+else
+  lab_fail edu-bus-reset-then-works "bulwark-vmm exited $status (expected 16)"
+fi
+
 # Another VM takes the device after the first ones ended, and keeps it (RSI=1: halts).
 vmconfig hold $edu 1
 BULWARK_LOG=info timeout -s KILL 150 bulwark-vmm --config /tmp/hold.json >/tmp/hold.out 2>&1 &

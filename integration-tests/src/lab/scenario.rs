@@ -224,6 +224,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "edu-vm-exit",
             "edu-intx-route",
             "edu-intx",
+            "edu-bus-reset",
+            "edu-bus-reset-then-works",
             "edu-measured",
             "teardown-second-vm",
             "refuse-busy",

@@ -10,7 +10,9 @@
 //! With boot argument (RSI) 1 it then keeps the device: halts forever, so the lab can
 //! try to take the same device from a second VMM. With RSI 2 it leaves MSI off and
 //! takes the interrupts as INTx instead: the IOAPIC pin named by the interrupt line
-//! register, level-triggered, acknowledged at the device before the EOI.
+//! register, level-triggered, acknowledged at the device before the EOI. With RSI 3 it
+//! first enables MSI, resets the secondary bus of its root port (Bridge Control bit
+//! 6), checks that MSI reads disabled afterwards, and then runs as with RSI 0.
 #![no_std]
 #![no_main]
 
@@ -325,6 +327,30 @@ extern "C" fn guest_main(_cpu: u64, arg: u64) -> ! {
         if id_ok { "ok" } else { "bad" }
     );
     ok &= id_ok;
+
+    // 4b. With RSI 3: a secondary bus reset through the root port, with MSI enabled
+    // before it; afterwards MSI must read disabled (the device was reset).
+    if arg == 3 {
+        let (Some(b), Some((cap, ctrl))) = (bridge, find_cap(dev, 5)) else {
+            print!("EDU-BUS-RESET no bridge or no MSI\n");
+            exit(1)
+        };
+        cfg_write(dev, cap, (ctrl | 1) << 16 | (cfg_read(dev, cap) & 0xffff));
+        let before = cfg_read(dev, cap) >> 16 & 1 == 1;
+        let bc = cfg_read(b, 0x3c);
+        cfg_write(b, 0x3c, bc | 1 << 22);
+        cfg_write(b, 0x3c, bc & !(1 << 22));
+        let after = cfg_read(dev, cap) >> 16 & 1 == 1;
+        let reset_ok = before && !after;
+        print!(
+            "EDU-BUS-RESET msi-before={before} msi-after={after} {}\n",
+            if reset_ok { "ok" } else { "bad" }
+        );
+        ok &= reset_ok;
+        // A reset device decodes nothing until its driver enables it again.
+        let cmd = cfg_read(dev, 0x04);
+        cfg_write(dev, 0x04, (cmd & 0xffff & !0x400) | 0x6);
+    }
 
     // 5. MSI (or, with RSI 2, INTx through the IOAPIC).
     setup_interrupts();
