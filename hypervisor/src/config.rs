@@ -275,8 +275,9 @@ pub enum VfioInterface {
     /// Legacy container and group (`/dev/vfio/vfio`, `/dev/vfio/N`).
     #[default]
     Container,
-    /// iommufd and the device cdev (`/dev/iommu`, `/dev/vfio/devices/vfioN`): not
-    /// implemented yet; refused with a clear error.
+    /// iommufd and the device cdev (`/dev/iommu`, `/dev/vfio/devices/vfioN`; Linux
+    /// 6.6 or later): one IOAS holds the DMA mappings, each device cdev is bound to the
+    /// iommufd and attached to it. Every device of a VM uses the same interface.
     Iommufd,
 }
 

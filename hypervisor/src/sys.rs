@@ -114,15 +114,16 @@ pub fn duplicate_fd(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<std::fs::
     Ok(std::fs::File::from(borrowed.try_clone_to_owned()?))
 }
 
-/// Maps every RAM region of `mem` for device DMA in `container`'s IOMMU domain with
-/// IOVA = guest-physical address, one `VFIO_IOMMU_MAP_DMA` per region (the kernel pins
-/// the pages as it maps them).
+/// Maps every RAM region of `mem` for device DMA in the IOMMU domain of `container`
+/// (a VFIO container, or an iommufd IOAS) with IOVA = guest-physical address, one
+/// `VFIO_IOMMU_MAP_DMA` / `IOMMU_IOAS_MAP` per region (the kernel pins the pages as it
+/// maps them).
 ///
 /// Like [`register_guest_ram`], this keeps guest RAM mapped for the rest of the
 /// process's life (a leaked clone of `mem`), so the device can never DMA into memory
 /// that was unmapped and reused.
 pub fn vfio_map_guest_ram(
-    container: &vfio_ioctls::VfioContainer,
+    container: &dyn vfio_ioctls::VfioOps,
     mem: &GuestMemoryMmap,
 ) -> Result<(), String> {
     std::mem::forget(mem.clone());
@@ -138,7 +139,7 @@ pub fn vfio_map_guest_ram(
         // requires of memory a device may write at any time.
         unsafe { container.vfio_dma_map(region.start_addr().0, size, host) }.map_err(|e| {
             format!(
-                "VFIO_IOMMU_MAP_DMA of {} MiB at {:#x}: {e}",
+                "DMA map (VFIO_IOMMU_MAP_DMA or IOMMU_IOAS_MAP) of {} MiB at {:#x}: {e}",
                 region.len() >> 20,
                 region.start_addr().0
             )

@@ -18,6 +18,9 @@ pub struct HostDevice {
     pub vendor: u16,
     /// Device ID.
     pub device: u16,
+    /// Its VFIO device cdev (`vfioN`) when the VM uses the iommufd interface; `None`
+    /// for the legacy container/group interface.
+    pub cdev: Option<String>,
 }
 
 /// Why a device cannot be assigned.
@@ -47,6 +50,14 @@ pub enum HostError {
         /// The member in the way.
         other: String,
         /// What is wrong with it.
+        why: String,
+    },
+    /// The iommufd interface was asked for but the device has no VFIO cdev.
+    #[error("devices.vfio: {bdf} has no VFIO device cdev ({why}): the iommufd interface needs a kernel with CONFIG_VFIO_DEVICE_CDEV (6.6 or later); use \"interface\": \"container\"")]
+    NoCdev {
+        /// The device.
+        bdf: String,
+        /// What is missing.
         why: String,
     },
     /// Something in sysfs could not be read or parsed.
@@ -139,7 +150,45 @@ pub fn check_device(root: &Path, bdf: &Bdf, assigned: &[Bdf]) -> Result<HostDevi
         group,
         vendor: read_hex(&dir.join("vendor"))? as u16,
         device: read_hex(&dir.join("device"))? as u16,
+        cdev: None,
     })
+}
+
+/// The VFIO device cdev of `bdf` (`vfioN`, opened as `/dev/vfio/devices/vfioN`),
+/// for the iommufd interface: sysfs lists it as the one entry of
+/// `<device>/vfio-dev/`; `dev_dir` is where its node must be (normally
+/// `/dev/vfio/devices`).
+pub fn check_cdev(root: &Path, dev_dir: &Path, bdf: &Bdf) -> Result<String, HostError> {
+    let dir = device_dir(root, bdf).join("vfio-dev");
+    let no = |why: String| HostError::NoCdev {
+        bdf: bdf.to_string(),
+        why,
+    };
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| no(format!("{}: {e}", dir.display())))?
+        .take(16)
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let [name] = names.as_slice() else {
+        return Err(no(format!(
+            "{} lists {} entries, not one",
+            dir.display(),
+            names.len()
+        )));
+    };
+    let numbered = name
+        .strip_prefix("vfio")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+    if !numbered {
+        return Err(no(format!("{}: unexpected entry {name:?}", dir.display())));
+    }
+    if !dev_dir.join(name).exists() {
+        return Err(no(format!(
+            "{} does not exist",
+            dev_dir.join(name).display()
+        )));
+    }
+    Ok(name.clone())
 }
 
 /// Only the IDs of `bdf` (for `bulwark-vmm measure`, which opens nothing).
@@ -159,6 +208,7 @@ pub fn describe(root: &Path, bdf: &Bdf) -> Result<HostDevice, HostError> {
         group,
         vendor: read_hex(&dir.join("vendor"))? as u16,
         device: read_hex(&dir.join("device"))? as u16,
+        cdev: None,
     })
 }
 
@@ -266,6 +316,41 @@ mod tests {
             &[b("0000:00:06.0"), b("0000:00:06.1")],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_cdev_is_the_one_vfio_dev_entry_with_a_device_node() {
+        let s = FakeSys::new();
+        s.add("0000:00:03.0", Some(7), Some("vfio-pci"), 0x00ff00);
+        let root = s.devices();
+        let dev = s.0.path().join("dev/vfio/devices");
+        std::fs::create_dir_all(&dev).unwrap();
+        let bdf = b("0000:00:03.0");
+        // A kernel without cdevs has no vfio-dev directory.
+        let e = check_cdev(&root, &dev, &bdf).unwrap_err();
+        assert!(
+            matches!(e, HostError::NoCdev { .. }) && e.to_string().contains("6.6"),
+            "{e}"
+        );
+        let vd = root.join("0000:00:03.0/vfio-dev");
+        std::fs::create_dir_all(vd.join("vfio3")).unwrap();
+        let e = check_cdev(&root, &dev, &bdf).unwrap_err();
+        assert!(e.to_string().contains("vfio3 does not exist"), "{e}");
+        std::fs::write(dev.join("vfio3"), "").unwrap();
+        assert_eq!(check_cdev(&root, &dev, &bdf).unwrap(), "vfio3");
+        // Two entries, or a name that is not vfioN (it is joined to a path): refused.
+        std::fs::create_dir_all(vd.join("vfio4")).unwrap();
+        assert!(check_cdev(&root, &dev, &bdf)
+            .unwrap_err()
+            .to_string()
+            .contains("2 entries"));
+        std::fs::remove_dir(vd.join("vfio4")).unwrap();
+        std::fs::remove_dir(vd.join("vfio3")).unwrap();
+        std::fs::create_dir_all(vd.join("..vfio")).unwrap();
+        assert!(check_cdev(&root, &dev, &bdf)
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected entry"));
     }
 
     #[test]

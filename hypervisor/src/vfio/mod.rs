@@ -1,5 +1,6 @@
-//! VFIO device assignment (legacy container/group interface of `vfio-ioctls`): the
-//! host checks, the container with all guest RAM DMA-mapped (IOVA = GPA), each
+//! VFIO device assignment through `vfio-ioctls`, with the legacy container/group
+//! interface or iommufd and the device cdev (`interface`): the host checks, the
+//! container (or iommufd IOAS) with all guest RAM DMA-mapped (IOVA = GPA), each
 //! device reset and placed behind its own PCIe root port on the guest's bus 0
 //! (the device on the port's secondary bus) with its BARs as KVM memory slots
 //! (only the MSI-X table/PBA pages trap), MSI/MSI-X through irqfd and GSI routing, and
@@ -19,7 +20,7 @@ use serde::Serialize;
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioIommufd, VfioOps};
 use vm_memory::{FileOffset, GuestMemoryMmap, MmapRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -45,6 +46,67 @@ pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
 
 /// Where sysfs lists PCI devices.
 pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
+/// The iommufd character device.
+pub const IOMMUFD_DEV: &str = "/dev/iommu";
+/// Where the VFIO device cdevs are (`vfioN`).
+pub const VFIO_CDEV_DIR: &str = "/dev/vfio/devices";
+
+/// The VFIO user interface the devices of one VM are opened through: the legacy
+/// container (type-1 IOMMU) with one group per device, or iommufd with one IOAS that
+/// every device cdev is bound and attached to. Either one holds the DMA mappings of
+/// guest RAM.
+enum Backend {
+    Container(Arc<VfioContainer>),
+    Iommufd(Arc<VfioIommufd>),
+}
+
+impl Backend {
+    /// Opens the interface the hosts were checked for (`cdev` set: iommufd), with
+    /// KVM's VFIO pseudo-device, which every group or device cdev is added to: it
+    /// tells KVM that the VM has assigned devices, so KVM honours the guest's memory
+    /// types when a device can do non-coherent (no-snoop) DMA, as GPUs can.
+    fn open(hosts: &[HostDevice], vm: &VmFd) -> Result<Backend, VfioSetupError> {
+        let mut create = kvm_bindings::kvm_create_device {
+            type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
+            fd: 0,
+            flags: 0,
+        };
+        let kvm_vfio = vm.create_device(&mut create).map_err(|e| {
+            VfioSetupError::Device(format!(
+                "devices.vfio: KVM_CREATE_DEVICE (KVM's VFIO device): {e}"
+            ))
+        })?;
+        let handle = Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio)));
+        if hosts.iter().any(|h| h.cdev.is_some()) {
+            let iommufd = iommufd_ioctls::IommuFd::new().map_err(|e| {
+                VfioSetupError::Device(format!("devices.vfio: opening {IOMMUFD_DEV}: {e}"))
+            })?;
+            let ops = VfioIommufd::new(Arc::new(iommufd), None, handle).map_err(|e| {
+                VfioSetupError::Device(format!("devices.vfio: allocating an iommufd IOAS: {e}"))
+            })?;
+            Ok(Backend::Iommufd(Arc::new(ops)))
+        } else {
+            let c = VfioContainer::new(handle).map_err(|e| {
+                VfioSetupError::Device(format!("devices.vfio: opening the VFIO container: {e}"))
+            })?;
+            Ok(Backend::Container(Arc::new(c)))
+        }
+    }
+
+    fn ops(&self) -> Arc<dyn VfioOps> {
+        match self {
+            Backend::Container(c) => c.clone(),
+            Backend::Iommufd(i) => i.clone(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Container(_) => "container",
+            Backend::Iommufd(_) => "iommufd",
+        }
+    }
+}
 /// Assigned device `i` sits behind the root port at `00:(FIRST_SLOT + i).0`, as device
 /// `0.0` of that port's secondary bus, bus number `FIRST_SLOT + i`.
 pub const FIRST_SLOT: u8 = 1;
@@ -79,31 +141,48 @@ pub fn preflight(
     if cfg.is_empty() {
         return Ok(Vec::new());
     }
-    if let Some(d) = cfg.iter().find(|d| d.interface == VfioInterface::Iommufd) {
-        return Err(VfioSetupError::Unsupported(
-            if Path::new("/dev/iommu").exists() {
-                format!("devices.vfio: {}: the iommufd/cdev interface is not implemented in this version of bulwark-vmm; use \"interface\": \"container\"", d.bdf)
-            } else {
-                format!("devices.vfio: {}: the iommufd/cdev interface is not supported on this host (no /dev/iommu); use \"interface\": \"container\"", d.bdf)
-            },
-        ));
+    let interface = cfg[0].interface;
+    if let Some((i, _)) = cfg
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.interface != interface)
+    {
+        return Err(VfioSetupError::Config(format!(
+            "devices.vfio[{i}].interface: every device of a VM uses the same VFIO interface (devices.vfio[0] uses {interface:?})"
+        )));
     }
     let limit = crate::sys::memlock_limit()
         .map_err(|e| VfioSetupError::Unsupported(format!("getrlimit(RLIMIT_MEMLOCK): {e}")))?;
+    // Both interfaces account the pinned pages against RLIMIT_MEMLOCK.
     host::check_memlock(limit, guest_ram)?;
-    if !Path::new("/dev/vfio/vfio").exists() {
-        return Err(VfioSetupError::Unsupported(
-            "devices.vfio: VFIO is not available on this host (no /dev/vfio/vfio: load vfio-pci and vfio_iommu_type1)".into(),
-        ));
+    match interface {
+        VfioInterface::Container if !Path::new("/dev/vfio/vfio").exists() => {
+            return Err(VfioSetupError::Unsupported(
+                "devices.vfio: VFIO is not available on this host (no /dev/vfio/vfio: load vfio-pci and vfio_iommu_type1)".into(),
+            ));
+        }
+        VfioInterface::Iommufd if !Path::new(IOMMUFD_DEV).exists() => {
+            return Err(VfioSetupError::Unsupported(format!(
+                "devices.vfio: the iommufd interface is not supported on this host (no {IOMMUFD_DEV}: the kernel needs CONFIG_IOMMUFD, 6.2 or later, and the iommufd module); use \"interface\": \"container\""
+            )));
+        }
+        _ => {}
     }
     let assigned: Vec<Bdf> = cfg
         .iter()
         .map(|d| d.bdf.parse())
         .collect::<Result<_, _>>()
         .map_err(|e: String| VfioSetupError::Config(format!("devices.vfio: {e}")))?;
+    let root = Path::new(SYSFS_PCI_DEVICES);
     assigned
         .iter()
-        .map(|b| host::check_device(Path::new(SYSFS_PCI_DEVICES), b, &assigned).map_err(Into::into))
+        .map(|b| {
+            let mut h = host::check_device(root, b, &assigned)?;
+            if interface == VfioInterface::Iommufd {
+                h.cdev = Some(host::check_cdev(root, Path::new(VFIO_CDEV_DIR), b)?);
+            }
+            Ok(h)
+        })
         .collect()
 }
 
@@ -269,6 +348,8 @@ pub struct DeviceReport {
 /// Passthrough state in `GET /vm`.
 #[derive(Debug, Clone, Serialize)]
 pub struct VfioReport {
+    /// The VFIO interface: "container" (legacy container/group) or "iommufd".
+    pub interface: &'static str,
     /// Time to DMA-map all guest RAM into the IOMMU domain (pinning included).
     pub dma_map_ms: u64,
     /// Bytes DMA-mapped.
@@ -293,7 +374,7 @@ struct Assigned {
 
 /// The assigned devices of one VM.
 pub struct VfioSet {
-    _container: Arc<VfioContainer>,
+    backend: Backend,
     devices: Vec<Assigned>,
     dma_map: Duration,
     dma_bytes: u64,
@@ -397,10 +478,21 @@ impl DeviceIo for VfioIo {
 }
 
 fn open_error(e: VfioError, h: &HostDevice) -> VfioSetupError {
+    let busy = |s: &vmm_sys_util::errno::Error| s.errno() == libc::EBUSY;
     let msg = match &e {
         VfioError::OpenGroup(io, _) if io.raw_os_error() == Some(libc::EBUSY) => format!(
             "devices.vfio: {} (IOMMU group {}) is already in use by another VM or process (/dev/vfio/{} is busy)",
             h.bdf, h.group, h.group
+        ),
+        VfioError::OpenDeviceCdev(io) if io.raw_os_error() == Some(libc::EBUSY) => format!(
+            "devices.vfio: {} is already in use by another VM or process ({VFIO_CDEV_DIR}/{} is busy)",
+            h.bdf,
+            h.cdev.as_deref().unwrap_or("?")
+        ),
+        VfioError::VfioDeviceBindIommufd(s) if busy(s) => format!(
+            "devices.vfio: {} is already in use by another VM or process (binding {VFIO_CDEV_DIR}/{} to iommufd: busy)",
+            h.bdf,
+            h.cdev.as_deref().unwrap_or("?")
         ),
         VfioError::GroupViable => format!(
             "devices.vfio: IOMMU group {} of {} is not viable: a device in it is bound to a host driver",
@@ -496,14 +588,14 @@ impl VfioSet {
         buses: &Buses,
         root: &PciRoot,
     ) -> Result<VfioSet, VfioSetupError> {
-        let container = Arc::new(VfioContainer::new(None).map_err(|e| {
-            VfioSetupError::Device(format!("devices.vfio: opening the VFIO container: {e}"))
-        })?);
+        let backend = Backend::open(hosts, vm)?;
         let mut opened = Vec::new();
         for h in hosts {
             let path = host::device_dir(Path::new(SYSFS_PCI_DEVICES), &h.bdf);
+            // iommufd: bind the cdev to the iommufd and attach it to the IOAS.
+            let attach_ioas = matches!(backend, Backend::Iommufd(_));
             let dev = Arc::new(
-                VfioDevice::new(&path, container.clone(), false).map_err(|e| open_error(e, h))?,
+                VfioDevice::new(&path, backend.ops(), attach_ioas).map_err(|e| open_error(e, h))?,
             );
             let reset = crate::sys::vfio_device_reset(&*dev).map_err(|e| {
                 VfioSetupError::Device(format!("devices.vfio: resetting {}: {e}", h.bdf))
@@ -535,7 +627,7 @@ impl VfioSet {
         .map_err(VfioSetupError::Config)?;
 
         let t = Instant::now();
-        crate::sys::vfio_map_guest_ram(&container, mem).map_err(|e| {
+        crate::sys::vfio_map_guest_ram(&*backend.ops(), mem).map_err(|e| {
             VfioSetupError::Device(format!("devices.vfio: DMA-mapping guest RAM: {e}"))
         })?;
         let dma_map = t.elapsed();
@@ -754,7 +846,7 @@ impl VfioSet {
             std::mem::forget(Arc::clone(&d.dev));
         }
         Ok(VfioSet {
-            _container: container,
+            backend,
             devices,
             dma_map,
             dma_bytes: layout.mem_size,
@@ -766,6 +858,7 @@ impl VfioSet {
     /// What `GET /vm` shows.
     pub fn report(&self) -> VfioReport {
         VfioReport {
+            interface: self.backend.name(),
             dma_map_ms: self.dma_map.as_millis() as u64,
             dma_mapped_bytes: self.dma_bytes,
             pci_config_malformed: self
@@ -832,5 +925,68 @@ impl VfioSet {
             }
             let _ = d.dev.as_raw_fd();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(bdf: &str, interface: VfioInterface) -> VfioDeviceConfig {
+        VfioDeviceConfig {
+            bdf: bdf.into(),
+            interface,
+        }
+    }
+
+    #[test]
+    fn preflight_refuses_mixed_interfaces_naming_the_field() {
+        let cfg = [
+            dev("0000:00:03.0", VfioInterface::Container),
+            dev("0000:00:04.0", VfioInterface::Iommufd),
+        ];
+        let e = preflight(&cfg, 1 << 20).unwrap_err().to_string();
+        assert!(e.starts_with("devices.vfio[1].interface:"), "{e}");
+    }
+
+    #[test]
+    fn preflight_names_what_the_host_lacks_for_each_interface() {
+        if Path::new(IOMMUFD_DEV).exists() || Path::new("/dev/vfio/vfio").exists() {
+            return; // A host with VFIO: the lab tests cover it.
+        }
+        let e = preflight(&[dev("0000:00:03.0", VfioInterface::Iommufd)], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no /dev/iommu") && e.contains("CONFIG_IOMMUFD"),
+            "{e}"
+        );
+        let e = preflight(&[dev("0000:00:03.0", VfioInterface::Container)], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no /dev/vfio/vfio"), "{e}");
+    }
+
+    #[test]
+    fn measured_entries_put_each_device_behind_its_root_port() {
+        let h = |b: &str, d: u16| HostDevice {
+            bdf: b.parse().unwrap(),
+            group: 1,
+            vendor: 0x10de,
+            device: d,
+            cdev: None,
+        };
+        let v = measured_entries(&[h("0000:41:00.0", 0x2330), h("0000:c1:00.0", 0x2331)]);
+        assert_eq!(
+            v,
+            [
+                "pci-host@io:0xcf8-0xcff,ecam:0xe0000000",
+                "pcie-root-port@00:01.0,bus=01",
+                "vfio-pci@01:00.0,host=0000:41:00.0,id=10de:2330",
+                "pcie-root-port@00:02.0,bus=02",
+                "vfio-pci@02:00.0,host=0000:c1:00.0,id=10de:2331",
+            ]
+        );
+        assert!(measured_entries(&[]).is_empty());
     }
 }
