@@ -193,11 +193,15 @@ const VFIO_DEVICE_SET_IRQS: u64 = 0x3b6e;
 const VFIO_DEVICE_RESET: u64 = 0x3b6f;
 /// `KVM_SET_GSI_ROUTING` = `_IOW(0xAE, 0x6a, struct kvm_irq_routing)` (8-byte header).
 const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+/// `KVM_IRQFD` = `_IOW(0xAE, 0x76, struct kvm_irqfd)` (32 bytes): an assigned device's
+/// MSI/MSI-X vector is connected while unmasked and disconnected while masked.
+const KVM_IRQFD: u64 = 0x4020_ae76;
 
 /// What a vCPU thread additionally needs when devices are passed through: config
 /// space and trapped BAR pages through the VFIO fd (pread64/pwrite64), MSI/MSI-X
-/// enable (VFIO_DEVICE_SET_IRQS), routes (KVM_SET_GSI_ROUTING) and the device reset
-/// a guest's secondary bus reset on a root port asks for (VFIO_DEVICE_RESET).
+/// enable (VFIO_DEVICE_SET_IRQS), routes (KVM_SET_GSI_ROUTING), connecting and
+/// disconnecting vectors as the guest unmasks and masks them (KVM_IRQFD) and the device
+/// reset a guest's secondary bus reset on a root port asks for (VFIO_DEVICE_RESET).
 const VCPU_PASSTHROUGH_SYSCALLS: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64];
 
 /// The filter for vCPU threads (`None` when seccomp is off).
@@ -227,6 +231,7 @@ pub fn vcpu_filter_with(
                 VFIO_DEVICE_SET_IRQS,
                 VFIO_DEVICE_RESET,
                 KVM_SET_GSI_ROUTING,
+                KVM_IRQFD,
             ],
         )
     } else {

@@ -45,8 +45,23 @@ pub trait DeviceIo: Send + Sync {
     /// Enables (with one eventfd per table entry) or disables MSI-X on the device.
     fn set_msix(&self, enable: bool) -> Result<(), String>;
     /// Resets the device (function-level or bus reset, whatever VFIO offers); false
-    /// when the device has no reset.
+    /// when the device has no reset. Interrupts held behind closed gates are dropped.
     fn reset(&self) -> Result<bool, String>;
+    /// Opens (`true`) or closes delivery of `vector`'s interrupts to the guest. While
+    /// it is closed, interrupts the device raises for it are held (one at most), and
+    /// opening delivers a held one: how a masked MSI or MSI-X vector behaves.
+    fn gate(&self, vector: Vector, open: bool) -> Result<(), String>;
+    /// Whether an interrupt of the (closed) `vector` is held: its pending bit.
+    fn pending(&self, vector: Vector) -> bool;
+}
+
+/// One interrupt vector of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Vector {
+    /// The MSI vector (the VMM offers one).
+    Msi,
+    /// MSI-X table entry `n`.
+    Msix(u16),
 }
 
 /// Programs interrupt routes (the VM's [`crate::irq_routing::GsiRouter`], or a fake).
@@ -196,6 +211,45 @@ struct MsixRegs {
     function_mask: bool,
     /// Per entry: address low, address high, data, vector control.
     entries: Vec<[u32; 4]>,
+    /// Per entry: whether its delivery gate is open (enabled, not masked).
+    open: Vec<bool>,
+}
+
+impl MsixRegs {
+    /// Whether entry `i` delivers now: MSI-X enabled, neither the function nor the
+    /// entry masked.
+    fn delivers(&self, i: usize) -> bool {
+        self.enable && !self.function_mask && self.entries[i][3] & 1 == 0
+    }
+}
+
+/// Brings the MSI-X gates of `r` in line with [`MsixRegs::delivers`], only those that
+/// open (`opening`: unmasked, delivering a held interrupt) or only those that close
+/// (masked or disabled). Gates close before routes are removed and open after routes
+/// are written, so no interrupt meets a missing route.
+fn sync_msix_gates(
+    io: &dyn DeviceIo,
+    r: &mut MsixRegs,
+    counters: &FunctionCounters,
+    name: &str,
+    opening: bool,
+) {
+    for i in 0..r.entries.len() {
+        let want = r.delivers(i);
+        if r.open[i] != want && want == opening {
+            match io.gate(Vector::Msix(i as u16), want) {
+                Ok(()) => r.open[i] = want,
+                Err(e) => bump(
+                    &counters.errors,
+                    name,
+                    format_args!(
+                        "MSI-X vector {i}: {} delivery: {e}",
+                        if want { "opening" } else { "closing" }
+                    ),
+                ),
+            }
+        }
+    }
 }
 
 /// MSI-X state shared by the configuration space (enable, function mask) and the
@@ -218,6 +272,8 @@ struct State {
     sizing: [bool; 6],
     interrupt_line: u8,
     msi: MsiRegs,
+    /// Whether the MSI vector's delivery gate is open (enabled and not masked).
+    msi_open: bool,
 }
 
 /// One assigned function on the guest's bus.
@@ -310,6 +366,7 @@ impl PassthroughFunction {
                     enable: false,
                     function_mask: false,
                     entries: vec![[0, 0, 0, 1]; usize::from(info.table_size)],
+                    open: vec![false; usize::from(info.table_size)],
                 }),
             })
         });
@@ -328,6 +385,7 @@ impl PassthroughFunction {
                 sizing: [false; 6],
                 interrupt_line: intx.map_or(0xff, |(_, gsi)| gsi as u8),
                 msi: MsiRegs::default(),
+                msi_open: false,
             }),
             counters: Arc::default(),
         }
@@ -409,6 +467,9 @@ impl PassthroughFunction {
         v[d..d + 2].copy_from_slice(&st.msi.data.to_le_bytes());
         if m.per_vector_mask {
             v[d + 4..d + 8].copy_from_slice(&st.msi.mask.to_le_bytes());
+            // Pending bits: the vector holds an interrupt while masked.
+            let pending = st.msi.enable && st.msi.mask & 1 != 0 && self.io.pending(Vector::Msi);
+            v[d + 8..d + 12].copy_from_slice(&u32::from(pending).to_le_bytes());
         }
         v
     }
@@ -445,7 +506,14 @@ impl PassthroughFunction {
                 );
             }
         }
-        let route = (new.enable && new.mask == 0).then_some(MsiMessage {
+        // Routed while it delivers; masked, its gate is closed (closed before the route
+        // goes, opened after it is written), so what it raises meanwhile is held and
+        // delivered at the unmask.
+        let want = new.enable && new.mask == 0;
+        if st.msi_open && !want {
+            self.msi_gate(st, false);
+        }
+        let route = want.then_some(MsiMessage {
             addr: new.addr,
             data: u32::from(new.data),
         });
@@ -466,6 +534,9 @@ impl PassthroughFunction {
                 format_args!("MSI route: {e}"),
             );
         }
+        if !st.msi_open && want {
+            self.msi_gate(st, true);
+        }
         if !new.enable && old.enable {
             if let Err(e) = self.io.set_msi(false) {
                 bump(
@@ -474,6 +545,17 @@ impl PassthroughFunction {
                     format_args!("disabling MSI: {e}"),
                 );
             }
+        }
+    }
+
+    fn msi_gate(&self, st: &mut State, open: bool) {
+        match self.io.gate(Vector::Msi, open) {
+            Ok(()) => st.msi_open = open,
+            Err(e) => bump(
+                &self.counters.errors,
+                &self.name,
+                format_args!("MSI delivery: {e}"),
+            ),
         }
     }
 
@@ -515,8 +597,10 @@ impl PassthroughFunction {
         let updates: Vec<_> = (0..r.entries.len())
             .map(|i| (x.info.first_gsi + i as u32, msix_route(&r, i)))
             .collect();
-        drop(r);
+        sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
         self.route_msix(&updates);
+        sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, true);
+        drop(r);
         if !enable && was {
             if let Err(e) = self.io.set_msix(false) {
                 bump(
@@ -571,9 +655,12 @@ enum Class {
     Msix(usize),
 }
 
+/// The route of entry `i`: its message while it delivers. A masked entry has no route
+/// and a closed gate, so what it raises is held, not lost; at the unmask the route is
+/// written before the gate opens.
 fn msix_route(r: &MsixRegs, i: usize) -> Option<MsiMessage> {
     let e = r.entries[i];
-    (r.enable && !r.function_mask && e[3] & 1 == 0).then_some(MsiMessage {
+    r.delivers(i).then_some(MsiMessage {
         addr: u64::from(e[0]) | u64::from(e[1]) << 32,
         data: e[2],
     })
@@ -710,6 +797,39 @@ impl BarTrap {
         }
     }
 
+    /// Whether `[off, off + len)` touches the PBA.
+    fn in_pba(&self, off: u64, len: usize) -> bool {
+        self.msix.as_ref().is_some_and(|x| {
+            x.info.pba_bar == self.bar
+                && off < x.info.pba_offset + x.info.pba_len()
+                && off + len as u64 > x.info.pba_offset
+        })
+    }
+
+    /// The emulated PBA: bit `i` is set while entry `i` does not deliver (masked or
+    /// function-masked) and holds an interrupt; the device's own PBA means nothing
+    /// here (the host kernel owns the real table). Bytes outside the PBA read 0.
+    fn read_pba(&self, off: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Some(x) = &self.msix else { return };
+        let r = lock(&x.regs);
+        for (k, byte) in data.iter_mut().enumerate() {
+            let Some(rel) = (off + k as u64).checked_sub(x.info.pba_offset) else {
+                continue;
+            };
+            for bit in 0..8 {
+                let i = (rel * 8 + bit) as usize;
+                if i < r.entries.len()
+                    && r.enable
+                    && !r.delivers(i)
+                    && self.io.pending(Vector::Msix(i as u16))
+                {
+                    *byte |= 1 << bit;
+                }
+            }
+        }
+    }
+
     /// `(entry, dword)` when `[off, off + len)` is a well-formed table access.
     fn table_slot(&self, off: u64, len: usize) -> Option<Option<(usize, usize)>> {
         let x = self.msix.as_ref()?;
@@ -729,6 +849,7 @@ impl BusDevice for BarTrap {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let off = self.base + offset;
         match self.table_slot(off, data.len()) {
+            None if self.in_pba(off, data.len()) => self.read_pba(off, data),
             None => self.io.bar_read(self.bar, off, data),
             Some(None) => bump(
                 &self.counters.bad_table_accesses,
@@ -753,12 +874,8 @@ impl BusDevice for BarTrap {
         let off = self.base + offset;
         match self.table_slot(off, data.len()) {
             None => {
-                let in_pba = self.msix.as_ref().is_some_and(|x| {
-                    x.info.pba_bar == self.bar
-                        && off >= x.info.pba_offset
-                        && off < x.info.pba_offset + x.info.pba_len()
-                });
-                if !in_pba {
+                // The PBA is read-only.
+                if !self.in_pba(off, data.len()) {
                     self.io.bar_write(self.bar, off, data);
                 }
             }
@@ -780,9 +897,8 @@ impl BusDevice for BarTrap {
                         r.entries[entry][dword + k] = v;
                     }
                     let update = [(x.info.first_gsi + entry as u32, msix_route(&r, entry))];
-                    let enabled = r.enable;
-                    drop(r);
-                    if enabled {
+                    sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
+                    if r.enable {
                         PassthroughFunction::route_msix_with(
                             &self.routes,
                             &self.counters,
@@ -790,6 +906,7 @@ impl BusDevice for BarTrap {
                             &update,
                         );
                     }
+                    sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, true);
                 }
             }
         }
@@ -837,6 +954,7 @@ impl PassthroughFunction {
             let updates: Vec<_> = (0..r.entries.len())
                 .map(|i| (x.info.first_gsi + i as u32, None))
                 .collect();
+            sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
             drop(r);
             self.route_msix(&updates);
             if was {
@@ -853,6 +971,9 @@ impl PassthroughFunction {
             let mut st = lock(&self.state);
             st.sizing = [false; 6];
             let was = std::mem::take(&mut st.msi).enable;
+            if st.msi_open {
+                self.msi_gate(&mut st, false);
+            }
             if let Some(m) = &self.msi {
                 if let Err(e) = self.routes.update(&[(m.gsi, None)]) {
                     bump(
@@ -899,6 +1020,21 @@ mod tests {
         config: Mutex<Vec<u8>>,
         bar: Mutex<Vec<u8>>,
         irq_calls: Mutex<Vec<(&'static str, bool)>>,
+        /// Open delivery gates, held interrupts, and what reached the guest.
+        open: Mutex<std::collections::BTreeSet<Vector>>,
+        held: Mutex<std::collections::BTreeSet<Vector>>,
+        delivered: Mutex<Vec<Vector>>,
+    }
+
+    impl FakeDevice {
+        /// The device raises `v`: delivered through an open gate, else held.
+        fn fire(&self, v: Vector) {
+            if lock(&self.open).contains(&v) {
+                lock(&self.delivered).push(v);
+            } else {
+                lock(&self.held).insert(v);
+            }
+        }
     }
 
     impl DeviceIo for FakeDevice {
@@ -928,7 +1064,22 @@ mod tests {
         }
         fn reset(&self) -> Result<bool, String> {
             lock(&self.irq_calls).push(("reset", true));
+            lock(&self.held).clear();
             Ok(true)
+        }
+        fn gate(&self, v: Vector, open: bool) -> Result<(), String> {
+            if open {
+                lock(&self.open).insert(v);
+                if lock(&self.held).remove(&v) {
+                    lock(&self.delivered).push(v);
+                }
+            } else {
+                lock(&self.open).remove(&v);
+            }
+            Ok(())
+        }
+        fn pending(&self, v: Vector) -> bool {
+            lock(&self.held).contains(&v)
         }
     }
 
@@ -954,6 +1105,11 @@ mod tests {
     /// BAR0: 1 MiB 32-bit; BAR2/3: 16 KiB 64-bit prefetchable holding the MSI-X table
     /// (4 entries at 0x2000) and PBA (at 0x3000). MSI at 0x50 (64-bit), MSI-X at 0x70.
     fn setup() -> (Arc<FakeDevice>, Arc<FakeRoutes>, PassthroughFunction) {
+        setup_with(false)
+    }
+
+    /// [`setup`], with MSI per-vector masking when `msi_pvm`.
+    fn setup_with(msi_pvm: bool) -> (Arc<FakeDevice>, Arc<FakeRoutes>, PassthroughFunction) {
         let dev = Arc::new(FakeDevice::default());
         let mut c = vec![0u8; 256];
         c[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
@@ -965,6 +1121,7 @@ mod tests {
         c[MSI_CAP as usize] = 0x05;
         c[MSI_CAP as usize + 1] = MSIX_CAP as u8;
         c[MSI_CAP as usize + 2] = 0x80 | 0x0a; // 64-bit, MMC = 32 vectors
+        c[MSI_CAP as usize + 3] = u8::from(msi_pvm); // per-vector masking
         c[MSIX_CAP as usize] = 0x11;
         c[MSIX_CAP as usize + 2] = 3; // 4 entries
         c[0x90..0x94].copy_from_slice(&0xabcd_ef01u32.to_le_bytes()); // a device register
@@ -994,7 +1151,7 @@ mod tests {
             Some(MsiInfo {
                 cap: MSI_CAP,
                 is64: true,
-                per_vector_mask: false,
+                per_vector_mask: msi_pvm,
                 gsi: 24,
             }),
             Some(MsixInfo {
@@ -1153,17 +1310,108 @@ mod tests {
         trap.read(0x22, &mut b);
         assert_eq!(b, [0xff; 2]);
         assert_eq!(f.counters.bad_table_accesses.load(Ordering::Relaxed), 2);
-        // The PBA comes from the device and is read-only; bytes past the table in
-        // the trapped pages pass through.
+        // The PBA is emulated (nothing pending) and read-only; bytes past the table and
+        // the PBA in the trapped pages pass through.
         trap.read(0x1000, &mut d);
-        assert_eq!(d, [0x5a; 4]);
+        assert_eq!(d, [0; 4]);
         trap.write(0x1000, &[0; 4]);
         assert_eq!(lock(&dev.bar)[0x3000], 0x5a);
+        trap.read(0x1008, &mut d);
+        assert_eq!(d, [0x5a; 4]);
         trap.write(0x800, &[1]);
         assert_eq!(lock(&dev.bar)[0x2800], 1);
         // Disable.
         f.config_write(MSIX_CAP + 3, &[0]);
         assert_eq!(lock(&dev.irq_calls).last(), Some(&("msix", false)));
+    }
+
+    #[test]
+    fn a_masked_msix_vector_holds_its_interrupt_shows_it_pending_and_delivers_at_unmask() {
+        let (dev, _routes, f) = setup();
+        let trap = BarTrap::new(&f, 2, 0x2000);
+        let v1 = Vector::Msix(1);
+        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        trap.write(0x18, &0x42u32.to_le_bytes());
+        trap.write(0x1c, &0u32.to_le_bytes());
+        assert!(
+            lock(&dev.open).is_empty(),
+            "nothing delivers before MSI-X is enabled"
+        );
+        f.config_write(MSIX_CAP + 3, &[0x80]);
+        assert_eq!(
+            lock(&dev.open).iter().copied().collect::<Vec<_>>(),
+            [v1],
+            "only the unmasked entry"
+        );
+        dev.fire(v1);
+        assert_eq!(lock(&dev.delivered).len(), 1);
+        let pba = |trap: &BarTrap| {
+            let mut q = [0u8; 8];
+            trap.read(0x1000, &mut q);
+            u64::from_le_bytes(q)
+        };
+        // Masked: held, and the PBA shows it; the unmask delivers it once.
+        trap.write(0x1c, &1u32.to_le_bytes());
+        assert!(lock(&dev.open).is_empty());
+        dev.fire(v1);
+        dev.fire(v1);
+        assert_eq!(
+            lock(&dev.delivered).len(),
+            1,
+            "nothing reaches a masked vector's guest"
+        );
+        assert_eq!(pba(&trap), 1 << 1);
+        trap.write(0x1c, &0u32.to_le_bytes());
+        assert_eq!(lock(&dev.delivered).as_slice(), [v1, v1]);
+        assert_eq!(pba(&trap), 0);
+        // The function mask does the same for every entry.
+        f.config_write(MSIX_CAP + 3, &[0xc0]);
+        dev.fire(v1);
+        assert_eq!(pba(&trap), 1 << 1);
+        f.config_write(MSIX_CAP + 3, &[0x80]);
+        assert_eq!(lock(&dev.delivered).len(), 3);
+        // Disabled: every gate closed, and the PBA reads 0.
+        f.config_write(MSIX_CAP + 3, &[0]);
+        assert!(lock(&dev.open).is_empty());
+        dev.fire(v1);
+        assert_eq!(pba(&trap), 0);
+        assert_eq!(f.counters.errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn msi_delivers_only_while_enabled() {
+        let (dev, _routes, f) = setup();
+        w32(&f, MSI_CAP + 4, 0xfee0_0000);
+        w32(&f, MSI_CAP + 12, 0x41);
+        f.config_write(MSI_CAP + 2, &[0x01, 0]);
+        assert!(lock(&dev.open).contains(&Vector::Msi));
+        dev.fire(Vector::Msi);
+        f.config_write(MSI_CAP + 2, &[0, 0]);
+        assert!(!lock(&dev.open).contains(&Vector::Msi));
+        assert_eq!(lock(&dev.delivered).as_slice(), [Vector::Msi]);
+    }
+
+    #[test]
+    fn a_masked_msi_vector_holds_its_interrupt_in_the_pending_bits() {
+        let (dev, routes, f) = setup_with(true);
+        w32(&f, MSI_CAP + 4, 0xfee0_0000);
+        w32(&f, MSI_CAP + 12, 0x41);
+        w32(&f, MSI_CAP + 16, 1); // masked
+        f.config_write(MSI_CAP + 2, &[0x01, 0x01]);
+        assert!(
+            lock(&dev.open).is_empty() && lock(&routes.0).is_empty(),
+            "masked: no gate, no route"
+        );
+        dev.fire(Vector::Msi);
+        assert_eq!(r32(&f, MSI_CAP + 20), 1, "pending");
+        w32(&f, MSI_CAP + 16, 0);
+        assert_eq!(
+            lock(&dev.delivered).as_slice(),
+            [Vector::Msi],
+            "delivered at the unmask"
+        );
+        assert!(lock(&routes.0).contains_key(&24));
+        assert_eq!(r32(&f, MSI_CAP + 20), 0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::devices::Buses;
 use crate::irq_routing::GsiRouter;
 use crate::layout::{MemoryLayout, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use crate::pci::{allocate_ports, regs, BarKind, BarRequest, Bdf, LinkInfo, PciRoot, RootPort};
-use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction};
+use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction, Vector};
 pub use host::{HostDevice, HostError};
 
 /// The GSI (IOAPIC pin) of INTx pin `pin` (1..=4, INTA..INTD) of the device behind
@@ -394,13 +394,70 @@ impl std::fmt::Debug for VfioSet {
     }
 }
 
+/// One MSI or MSI-X vector's eventfd (VFIO signals it) and GSI. Its KVM irqfd is
+/// registered only while the gate is open (the vector enabled and unmasked); while it
+/// is closed the eventfd's count keeps what the device raised, which is the vector's
+/// pending bit, and KVM delivers it when the irqfd is registered again.
+struct GatedVector {
+    evt: EventFd,
+    gsi: u32,
+    /// An interrupt read off the eventfd (by a pending-bit read) and not yet delivered.
+    held: AtomicBool,
+}
+
+impl GatedVector {
+    fn new(gsi: u32) -> Result<GatedVector, VfioSetupError> {
+        Ok(GatedVector {
+            evt: EventFd::new(EFD_NONBLOCK).map_err(|e| VfioSetupError::Device(e.to_string()))?,
+            gsi,
+            held: AtomicBool::new(false),
+        })
+    }
+
+    fn gate(&self, vm: &VmFd, open: bool) -> Result<(), String> {
+        if open {
+            // KVM injects at once if the eventfd already counts an interrupt.
+            vm.register_irqfd(&self.evt, self.gsi)
+                .map_err(|e| format!("KVM_IRQFD (GSI {}): {e}", self.gsi))?;
+            if self.held.swap(false, Ordering::SeqCst) {
+                self.evt
+                    .write(1)
+                    .map_err(|e| format!("re-raising a held interrupt: {e}"))?;
+            }
+        } else {
+            vm.unregister_irqfd(&self.evt, self.gsi)
+                .map_err(|e| format!("KVM_IRQFD deassign (GSI {}): {e}", self.gsi))?;
+        }
+        Ok(())
+    }
+
+    /// Whether an interrupt waits (reads the eventfd, keeping what it finds as held).
+    fn pending(&self) -> bool {
+        if self.held.load(Ordering::SeqCst) {
+            return true;
+        }
+        let got = self.evt.read().is_ok();
+        if got {
+            self.held.store(true, Ordering::SeqCst);
+        }
+        got
+    }
+
+    /// Forgets what is held (after a device reset).
+    fn drop_held(&self) {
+        let _ = self.evt.read();
+        self.held.store(false, Ordering::SeqCst);
+    }
+}
+
 /// [`DeviceIo`] over a VFIO device fd.
 struct VfioIo {
     dev: Arc<VfioDevice>,
+    vm: Arc<VmFd>,
     config_size: u64,
     bar_sizes: [u64; 6],
-    msi: Vec<EventFd>,
-    msix: Vec<EventFd>,
+    msi: Vec<GatedVector>,
+    msix: Vec<GatedVector>,
     /// INTx trigger and resample (unmask) eventfds, when INTx is wired.
     intx: Option<(EventFd, EventFd)>,
 }
@@ -454,7 +511,7 @@ impl DeviceIo for VfioIo {
         if enable {
             self.set_intx(false)?;
             self.dev
-                .enable_msi(self.msi.iter().collect())
+                .enable_msi(self.msi.iter().map(|v| &v.evt).collect())
                 .map_err(|e| e.to_string())
         } else {
             self.dev.disable_msi().map_err(|e| e.to_string())?;
@@ -465,7 +522,7 @@ impl DeviceIo for VfioIo {
         if enable {
             self.set_intx(false)?;
             self.dev
-                .enable_msix(self.msix.iter().collect())
+                .enable_msix(self.msix.iter().map(|v| &v.evt).collect())
                 .map_err(|e| e.to_string())
         } else {
             self.dev.disable_msix().map_err(|e| e.to_string())?;
@@ -473,7 +530,28 @@ impl DeviceIo for VfioIo {
         }
     }
     fn reset(&self) -> Result<bool, String> {
-        crate::sys::vfio_device_reset(&*self.dev).map_err(|e| e.to_string())
+        let r = crate::sys::vfio_device_reset(&*self.dev).map_err(|e| e.to_string());
+        self.msi
+            .iter()
+            .chain(&self.msix)
+            .for_each(GatedVector::drop_held);
+        r
+    }
+    fn gate(&self, vector: Vector, open: bool) -> Result<(), String> {
+        self.vector(vector)?.gate(&self.vm, open)
+    }
+    fn pending(&self, vector: Vector) -> bool {
+        self.vector(vector).is_ok_and(GatedVector::pending)
+    }
+}
+
+impl VfioIo {
+    fn vector(&self, v: Vector) -> Result<&GatedVector, String> {
+        match v {
+            Vector::Msi => self.msi.first(),
+            Vector::Msix(n) => self.msix.get(usize::from(n)),
+        }
+        .ok_or_else(|| format!("no interrupt vector {v:?}"))
     }
 }
 
@@ -647,15 +725,13 @@ impl VfioSet {
             let kvm_err = |what: &str, e: kvm_ioctls::Error| {
                 VfioSetupError::Device(format!("{name}: {what}: {e}"))
             };
+            // MSI/MSI-X vectors: eventfds for VFIO, irqfds registered when the guest
+            // enables and unmasks them (their gates; see `GatedVector`).
             let mut msi_evts = Vec::new();
             let msi = match p.msi {
                 Some((cap, is64, pvm)) => {
                     let gsi = router.allocate(1).map_err(VfioSetupError::Device)?;
-                    let evt = EventFd::new(EFD_NONBLOCK)
-                        .map_err(|e| VfioSetupError::Device(e.to_string()))?;
-                    vm.register_irqfd(&evt, gsi)
-                        .map_err(|e| kvm_err("KVM_IRQFD", e))?;
-                    msi_evts.push(evt);
+                    msi_evts.push(GatedVector::new(gsi)?);
                     Some(MsiInfo {
                         cap,
                         is64,
@@ -672,11 +748,7 @@ impl VfioSet {
                         .allocate(u32::from(table_size))
                         .map_err(VfioSetupError::Device)?;
                     for v in 0..u32::from(table_size) {
-                        let evt = EventFd::new(EFD_NONBLOCK)
-                            .map_err(|e| VfioSetupError::Device(e.to_string()))?;
-                        vm.register_irqfd(&evt, first_gsi + v)
-                            .map_err(|e| kvm_err("KVM_IRQFD", e))?;
-                        msix_evts.push(evt);
+                        msix_evts.push(GatedVector::new(first_gsi + v)?);
                     }
                     Some(MsixInfo {
                         cap,
@@ -729,6 +801,7 @@ impl VfioSet {
             let intx_pin_gsi = intx.as_ref().map(|(pin, gsi, _, _)| (*pin, *gsi));
             let io = Arc::new(VfioIo {
                 dev: dev.clone(),
+                vm: vm.clone(),
                 config_size,
                 bar_sizes,
                 msi: msi_evts,
