@@ -1,6 +1,7 @@
 //! Virtio devices for `bulwark-vmm`: block, vsock and rng device models, the
-//! virtio-mmio (version 2) transport, and the I/O worker that runs device
-//! requests off the vCPU threads.
+//! virtio-mmio (version 2) and virtio-pci (modern, with MSI-X) transports over
+//! one shared transport core, and the I/O worker that runs device requests off
+//! the vCPU threads.
 //!
 //! The guest is the attacker: every byte of a ring, descriptor, buffer and
 //! config-space write is treated as hostile. Malformed input yields a virtio
@@ -12,6 +13,8 @@
 //!   interrupt trait devices signal through.
 //! - [`chain`]: validation of guest descriptor chains and cursors over them.
 //! - [`queue`]: draining a virtqueue with hostile-ring checks.
+//! - [`transport`]: the transport-independent core (status state machine,
+//!   features, queues, activation, reset) both transports are layouts over.
 //! - [`mmio`]: the virtio-mmio v2 register block.
 //! - [`worker`]: the epoll I/O worker thread.
 //! - [`block`], [`rng`], [`vsock`]: the device models.
@@ -26,6 +29,7 @@ pub mod device;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+pub mod transport;
 pub mod vsock;
 pub mod worker;
 
