@@ -16,6 +16,8 @@
 //! - [`transport`]: the transport-independent core (status state machine,
 //!   features, queues, activation, reset) both transports are layouts over.
 //! - [`mmio`]: the virtio-mmio v2 register block.
+//! - [`pci`]: the virtio-pci (modern) function: config space, capabilities, BAR0.
+//! - [`msix`]: an MSI-X table and pending bit array (also used for VFIO devices).
 //! - [`worker`]: the epoll I/O worker thread.
 //! - [`block`], [`rng`], [`vsock`]: the device models.
 //! - [`counters`]: per-device request/byte/error counters.
@@ -27,6 +29,8 @@ pub mod chain;
 pub mod counters;
 pub mod device;
 pub mod mmio;
+pub mod msix;
+pub mod pci;
 pub mod queue;
 pub mod rng;
 pub mod transport;
@@ -39,6 +43,7 @@ pub use device::{
     VirtioDevice,
 };
 pub use mmio::{MmioTransport, MMIO_REGION_SIZE};
+pub use pci::PciTransport;
 pub use worker::{IoWorker, ManualWorker};
 
 /// Guest memory as the devices see it.

@@ -26,7 +26,7 @@ use crate::device::SharedDevice;
 use crate::transport::{Cause, Core, InitialQueueSize, InterruptSink, QueueField};
 use crate::GuestMemory;
 
-pub use crate::transport::{status, INT_CONFIG, INT_USED_BUFFER};
+pub use crate::transport::{status, IrqLine, INT_CONFIG, INT_USED_BUFFER};
 
 /// Size of one device's MMIO window.
 pub const MMIO_REGION_SIZE: u64 = 0x1000;
@@ -38,18 +38,6 @@ pub const CONFIG_OFFSET: u64 = 0x100;
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4b57_4c42; // "BLWK"
-
-/// The line the transport raises its interrupt on.
-pub trait IrqLine: Send + Sync + fmt::Debug {
-    /// Asserts the (edge-triggered) interrupt once.
-    fn trigger(&self) -> io::Result<()>;
-}
-
-impl IrqLine for EventFd {
-    fn trigger(&self) -> io::Result<()> {
-        self.write(1)
-    }
-}
 
 /// virtio-mmio has one interrupt line for every cause.
 #[derive(Debug)]

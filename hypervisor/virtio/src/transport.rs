@@ -60,6 +60,18 @@ pub const INT_USED_BUFFER: u32 = 1;
 /// Interrupt status bit: a configuration change.
 pub const INT_CONFIG: u32 = 2;
 
+/// An edge-triggered interrupt line or message (an irqfd `EventFd` implements it).
+pub trait IrqLine: Send + Sync + fmt::Debug {
+    /// Asserts the interrupt once.
+    fn trigger(&self) -> io::Result<()>;
+}
+
+impl IrqLine for EventFd {
+    fn trigger(&self) -> io::Result<()> {
+        self.write(1)
+    }
+}
+
 /// Why the core raises an interrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
