@@ -108,7 +108,11 @@ fuzz_target!(|data: &[u8]| {
         let m = t.msix();
         let ok = |v: u16| v == NO_VECTOR || usize::from(v) < n;
         assert!(ok(m.config_vector), "config vector {}", m.config_vector);
-        assert!(m.queue_vectors.iter().all(|&v| ok(v)), "{:?}", m.queue_vectors);
+        assert!(
+            m.queue_vectors.iter().all(|&v| ok(v)),
+            "{:?}",
+            m.queue_vectors
+        );
         assert_eq!(t.bar(), BAR);
         let mut bar = [0u8; 4];
         t.config_read(0x10, &mut bar);
