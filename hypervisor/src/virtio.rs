@@ -883,7 +883,9 @@ mod tests {
         .unwrap();
         let s = slots(&c.devices);
         assert_eq!(
-            s.iter().map(|s| (s.base, s.gsi.unwrap())).collect::<Vec<_>>(),
+            s.iter()
+                .map(|s| (s.base, s.gsi.unwrap()))
+                .collect::<Vec<_>>(),
             vec![
                 (0xd000_0000, 5),
                 (0xd000_1000, 6),
