@@ -603,6 +603,33 @@ struct Running {
     worker_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Registers each queue's notification event (`events[i]`) as a KVM ioeventfd through
+/// `register` when `use_ioeventfd` (a failure leaves that device on MMIO exits, which
+/// the transport turns into the same event), and clones the events for the worker.
+pub(crate) fn doorbells(
+    events: &[EventFd],
+    base: u64,
+    use_ioeventfd: bool,
+    register: impl Fn(usize, &EventFd) -> Result<(), kvm_ioctls::Error>,
+) -> Result<(NotifyPath, Vec<EventFd>), VirtioError> {
+    let mut notify = NotifyPath::MmioExit;
+    if use_ioeventfd {
+        notify = NotifyPath::Ioeventfd;
+        for (i, evt) in events.iter().enumerate() {
+            if let Err(e) = register(i, evt) {
+                tracing::warn!(error = %e, base = format_args!("{base:#x}"), "KVM_IOEVENTFD failed; this device's notifications exit to the VMM");
+                notify = NotifyPath::MmioExit;
+            }
+        }
+    }
+    let clones = events
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| verr("eventfd", e))?;
+    Ok((notify, clones))
+}
+
 /// A virtio-mmio window: its interrupt as an irqfd on `gsi`, the transport on
 /// `buses.mmio`, its queue notifications as ioeventfds on `base + 0x50` (data match
 /// = queue index) when `use_ioeventfd`.
@@ -621,24 +648,15 @@ fn attach_mmio(
         .map_err(|e| verr("KVM_IRQFD (virtio)", e))?;
     let transport =
         MmioTransport::new(device, mem, irq).map_err(|e| verr("virtio transport", e))?;
-    let mut notify = NotifyPath::MmioExit;
-    if use_ioeventfd {
-        notify = NotifyPath::Ioeventfd;
-        for (i, evt) in transport.queue_events().iter().enumerate() {
+    let (notify, events) = doorbells(
+        transport.queue_events(),
+        slot.base,
+        use_ioeventfd,
+        |i, evt| {
             let addr = IoEventAddress::Mmio(slot.base + NOTIFY_OFFSET);
-            if let Err(e) = vm_fd.register_ioevent(evt, &addr, i as u32) {
-                // The transport still signals the same event on an MMIO exit.
-                tracing::warn!(error = %e, base = format_args!("{:#x}", slot.base), "KVM_IOEVENTFD failed; this device's notifications exit to the VMM");
-                notify = NotifyPath::MmioExit;
-            }
-        }
-    }
-    let events = transport
-        .queue_events()
-        .iter()
-        .map(EventFd::try_clone)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| verr("eventfd", e))?;
+            vm_fd.register_ioevent(evt, &addr, i as u32)
+        },
+    )?;
     let transport = Arc::new(TransportOnBus(Mutex::new(transport)));
     buses
         .mmio

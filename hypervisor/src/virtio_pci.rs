@@ -23,7 +23,7 @@ use crate::bus::{BusAction, BusDevice};
 use crate::devices::Buses;
 use crate::irq_routing::{GsiRouter, MsiMessage};
 use crate::pci::{PciBus, PciFunction};
-use crate::virtio::{verr, NotifyPath, Slot, VirtioError};
+use crate::virtio::{doorbells, verr, NotifyPath, Slot, VirtioError};
 
 /// One virtio-pci function: its configuration space (on bus 0) and its BAR0 (on
 /// the MMIO bus) reach the same transport, one vCPU at a time.
@@ -236,24 +236,16 @@ pub fn attach(
     });
     let transport = PciTransport::new(device, mem, slot.base, lines, routes.clone())
         .map_err(|e| verr("virtio-pci transport", e))?;
-    let mut notify = NotifyPath::MmioExit;
-    if use_ioeventfd {
-        notify = NotifyPath::Ioeventfd;
-        for (i, evt) in transport.queue_events().iter().enumerate() {
+    // One doorbell address per queue: no data match needed.
+    let (notify, events) = doorbells(
+        transport.queue_events(),
+        slot.base,
+        use_ioeventfd,
+        |i, evt| {
             let addr = IoEventAddress::Mmio(vpci::notify_address(slot.base, i));
-            if let Err(e) = vm_fd.register_ioevent(evt, &addr, NoDatamatch) {
-                // The transport still signals the same event on an MMIO exit.
-                tracing::warn!(error = %e, bar = format_args!("{:#x}", slot.base), "KVM_IOEVENTFD failed; this device's notifications exit to the VMM");
-                notify = NotifyPath::MmioExit;
-            }
-        }
-    }
-    let events = transport
-        .queue_events()
-        .iter()
-        .map(EventFd::try_clone)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| verr("eventfd", e))?;
+            vm_fd.register_ioevent(evt, &addr, NoDatamatch)
+        },
+    )?;
     let function = Arc::new(PciOnBus(Mutex::new(transport)));
     buses
         .mmio

@@ -9,6 +9,8 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 struct Disks {
@@ -125,24 +127,8 @@ fn a_guest_drives_virtio_pci_functions_with_msix_interrupts() {
 fn get_vm_and_metrics_show_slots_bars_and_msix_state() {
     let d = disks();
     let vmm = spawn_vmm(scratch(), config(&d, " hold=1"), true);
-    let serial = vmm.dir.path().join("serial.log");
     let api = vmm.dir.path().join("api.sock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(&serial).unwrap_or_default();
-        if text.contains("virtio-pci done") {
-            break;
-        }
-        if text.contains("FAIL") || vmm_exited(vmm.child.id()) {
-            let run = vmm.wait();
-            panic!("the guest failed:\n{}\n{}", run.serial, run.stderr);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "guest never finished: {text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let vmm = vmm.wait_for_serial("virtio-pci done", Duration::from_secs(120), || {});
     let (code, body) = http(&api, "GET", "/vm");
     assert_eq!(code, 200, "{body}");
     let vm: Value = serde_json::from_str(&body).unwrap();

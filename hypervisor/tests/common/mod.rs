@@ -271,6 +271,27 @@ pub fn spawn_vmm_with_env(
 }
 
 impl Running {
+    /// Polls the guest's serial log until it contains `needle`, calling `each` at
+    /// every poll; panics with the logs when the guest prints `FAIL`, the VMM exits,
+    /// or `limit` (a watchdog) passes first.
+    pub fn wait_for_serial(self, needle: &str, limit: Duration, mut each: impl FnMut()) -> Self {
+        let serial = self.dir.path().join("serial.log");
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read_to_string(&serial).unwrap_or_default();
+            each();
+            if text.contains(needle) {
+                return self;
+            }
+            if text.contains("FAIL") || vmm_exited(self.child.id()) {
+                let run = self.wait();
+                panic!("the guest failed:\n{}\n{}", run.serial, run.stderr);
+            }
+            assert!(Instant::now() < deadline, "guest never finished: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits (with a watchdog) for the VMM to exit.
     pub fn wait(mut self) -> Run {
         let deadline = Instant::now() + Duration::from_secs(300);

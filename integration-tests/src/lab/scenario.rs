@@ -94,16 +94,7 @@ const PLAIN: Scenario = Scenario {
 const VMM_LINUX: Scenario = Scenario {
     modules: KVM_MODULES,
     memory_mib: 1536,
-    guest_programs: &[
-        GuestProgram {
-            package: "bulwark-vmm",
-            bin: "bulwark-vmm",
-        },
-        GuestProgram {
-            package: THIS_PACKAGE,
-            bin: "lab-api-get",
-        },
-    ],
+    guest_programs: &[VMM, API_GET],
     l2: Some(L2Guest {
         init: include_str!("../../lab/l2-init-vmm.sh"),
         signed_bundles: true,
@@ -122,21 +113,18 @@ const VMM_LINUX: Scenario = Scenario {
 /// a rootfs, the L1 programs (the VMM, the API client, the vsock peer) and L2's
 /// vsock program; each adds its L2 modules.
 const VMM_LINUX_VIRTIO: Scenario = Scenario {
-    guest_programs: &[
-        GuestProgram {
-            package: "bulwark-vmm",
-            bin: "bulwark-vmm",
-        },
-        GuestProgram {
-            package: THIS_PACKAGE,
-            bin: "lab-api-get",
-        },
-        GuestProgram {
-            package: THIS_PACKAGE,
-            bin: "lab-vsock-peer",
-        },
-    ],
+    guest_programs: &[VMM, API_GET, VSOCK_PEER],
     ..VMM_LINUX
+};
+
+const API_GET: GuestProgram = GuestProgram {
+    package: THIS_PACKAGE,
+    bin: "lab-api-get",
+};
+
+const VSOCK_PEER: GuestProgram = GuestProgram {
+    package: THIS_PACKAGE,
+    bin: "lab-vsock-peer",
 };
 
 /// The L2 guest of the virtio scenarios (modules per scenario).
@@ -151,23 +139,28 @@ const VIRTIO_L2: L2Guest = L2Guest {
     virtio_bundle: true,
 };
 
-/// The checks of `vmm-linux-virtio`.
-const VIRTIO_CHECKS: &[&str] = &[
-    "kvm-device",
-    "vmm-starts",
-    "l2-init",
-    "l2-modules",
-    "l2-block-devices",
-    "l2-rootfs-sha256",
-    "l2-rootfs-read-only",
-    "l2-rootfs-mount",
-    "l2-scratch-write-read",
-    "l2-hwrng",
-    "l2-vsock-driver",
-    "l2-vsock-round-trip",
-    "api-virtio-counters",
-    "l2-exit",
-];
+/// The checks of `vmm-linux-virtio`, with a scenario's extra checks before `l2-exit`.
+macro_rules! virtio_checks {
+    ($($extra:literal),*) => {
+        &[
+            "kvm-device",
+            "vmm-starts",
+            "l2-init",
+            "l2-modules",
+            "l2-block-devices",
+            "l2-rootfs-sha256",
+            "l2-rootfs-read-only",
+            "l2-rootfs-mount",
+            "l2-scratch-write-read",
+            "l2-hwrng",
+            "l2-vsock-driver",
+            "l2-vsock-round-trip",
+            "api-virtio-counters",
+            $($extra,)*
+            "l2-exit",
+        ]
+    };
+}
 
 const VMM: GuestProgram = GuestProgram {
     package: "bulwark-vmm",
@@ -377,7 +370,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ],
             ..VIRTIO_L2
         }),
-        expected_checks: VIRTIO_CHECKS,
+        expected_checks: virtio_checks!(),
         ..VMM_LINUX_VIRTIO
     },
     Scenario {
@@ -396,26 +389,12 @@ pub const SCENARIOS: &[Scenario] = &[
             ],
             ..VIRTIO_L2
         }),
-        expected_checks: &[
-            "kvm-device",
-            "vmm-starts",
-            "l2-init",
-            "l2-modules",
-            "l2-block-devices",
-            "l2-rootfs-sha256",
-            "l2-rootfs-read-only",
-            "l2-rootfs-mount",
-            "l2-scratch-write-read",
-            "l2-hwrng",
-            "l2-vsock-driver",
-            "l2-vsock-round-trip",
-            "api-virtio-counters",
+        expected_checks: virtio_checks!(
             "l2-pci-functions",
             "l2-msix",
             "l2-msix-interrupts",
-            "api-virtio-pci",
-            "l2-exit",
-        ],
+            "api-virtio-pci"
+        ),
         ..VMM_LINUX_VIRTIO
     },
     Scenario {

@@ -5,8 +5,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::virtio::{self, Blk, Transport, BLK_FLUSH, BLK_IN, BLK_OUT};
-use crate::{exit, print};
+use crate::virtio::{self, Blk, Transport, BLK_FLUSH, BLK_GET_ID, BLK_IN, BLK_OUT};
+use crate::{exit, peek, print};
 
 /// Data buffers (64 KiB each).
 pub const BUF_A: u64 = 0x130_0000;
@@ -32,6 +32,18 @@ fn hex_eq(digest: &[u8], hex: &[u8]) -> bool {
         && digest.iter().enumerate().all(|(i, b)| {
             hex[2 * i] == H[usize::from(b >> 4)] && hex[2 * i + 1] == H[usize::from(b & 15)]
         })
+}
+
+/// The disk's id (`GET_ID`) and its length without the NUL padding.
+pub fn disk_id<T: Transport>(blk: &mut Blk<T>) -> ([u8; 20], usize) {
+    let (st, _) = blk.request(BLK_GET_ID, 0, BUF_A, 20);
+    if st != 0 {
+        fail("GET_ID");
+    }
+    // SAFETY: the device wrote 20 bytes at BUF_A.
+    let id: [u8; 20] = unsafe { peek(BUF_A) };
+    let len = id.iter().position(|&b| b == 0).unwrap_or(20);
+    (id, len)
 }
 
 /// Hashes the read-only rootfs disk and checks its refusals.

@@ -8,8 +8,7 @@
 #[path = "guest.rs"]
 mod guest;
 
-use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bulwark_virtio::block::{Block, DiskBackend};
 use bulwark_virtio::msix::MsixMessage;
@@ -17,9 +16,8 @@ use bulwark_virtio::pci::{self, MsixRoutes, NO_VECTOR};
 use bulwark_virtio::rng::Rng;
 use bulwark_virtio::transport::IrqLine;
 use bulwark_virtio::vsock::Vsock;
-use bulwark_virtio::{lock_device, GuestMemory, PciTransport};
+use bulwark_virtio::{lock_device, PciTransport};
 use libfuzzer_sys::fuzz_target;
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const BAR: u64 = 0xcff0_0000;
@@ -35,24 +33,8 @@ impl MsixRoutes for Routes {
 }
 
 fuzz_target!(|data: &[u8]| {
-    static DISK: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let disk = DISK.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("bulwark-pci-fuzz-{}", std::process::id()));
-        std::fs::File::create(&p)
-            .unwrap()
-            .write_all(&[0u8; 8192])
-            .unwrap();
-        p
-    });
-    let mem = Arc::new(
-        GuestMemory::from_ranges(
-            &guest::REGIONS
-                .iter()
-                .map(|&(a, l)| (GuestAddress(a), l))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap(),
-    );
+    let disk = guest::scratch_disk("pci");
+    let mem = guest::memory();
     let dir;
     let device = match data.first().map(|b| b % 3) {
         Some(1) => guest::shared(Block::new(DiskBackend::open_file(disk, true).unwrap(), "p")),

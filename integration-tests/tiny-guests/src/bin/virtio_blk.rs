@@ -12,9 +12,9 @@
 #![no_std]
 #![no_main]
 
-use tiny_guest::blkcheck::{check_rootfs, check_scratch, fail, BUF_A};
-use tiny_guest::virtio::{self, Blk, Mmio, Rng, BLK_GET_ID};
-use tiny_guest::{exit, peek, print};
+use tiny_guest::blkcheck::{check_rootfs, check_scratch, disk_id, fail, BUF_A};
+use tiny_guest::virtio::{self, Blk, Mmio, Rng};
+use tiny_guest::{exit, print};
 
 #[no_mangle]
 extern "C" fn guest_main(_cpu: u64, zero_page: u64) -> ! {
@@ -30,13 +30,8 @@ extern "C" fn guest_main(_cpu: u64, zero_page: u64) -> ! {
             virtio::ID_BLOCK => {
                 let mut blk = Blk::new(mmio, n * 4, virtio::DATA_AREA + n * 64)
                     .unwrap_or_else(|| fail("virtio-blk init"));
-                let (st, _) = blk.request(BLK_GET_ID, 0, BUF_A, 20);
-                if st != 0 {
-                    fail("GET_ID");
-                }
-                // SAFETY: the device wrote 20 bytes at BUF_A.
-                let id: [u8; 20] = unsafe { peek(BUF_A) };
-                let id = &id[..id.iter().position(|&b| b == 0).unwrap_or(20)];
+                let (raw, len) = disk_id(&mut blk);
+                let id = &raw[..len];
                 print!(
                     "disk {base:#x}: {} sectors, id {}\n",
                     blk.capacity,

@@ -22,10 +22,10 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use tiny_guest::blkcheck::{check_rootfs, check_scratch, fail, BUF_A};
+use tiny_guest::blkcheck::{check_rootfs, check_scratch, disk_id, fail, BUF_A};
 use tiny_guest::virtio::{self, Blk, Rng, F_WRITE};
 use tiny_guest::virtio_pci::VirtioPci;
-use tiny_guest::{exit, pci, peek, poke, print};
+use tiny_guest::{exit, pci, poke, print};
 
 const LAPIC: u64 = 0xfee0_0000;
 const CONFIG_VECTOR: u8 = 0x40;
@@ -162,13 +162,8 @@ fn blk(f: VirtioPci, k: usize, cmdline: &[u8]) {
     let mut blk = Blk::new(f, k as u64 * 4, virtio::DATA_AREA + k as u64 * 64)
         .unwrap_or_else(|| fail("virtio-blk init"));
     blk.halt_wait = true;
-    let (st, _) = blk.request(virtio::BLK_GET_ID, 0, BUF_A, 20);
-    if st != 0 {
-        fail("GET_ID");
-    }
-    // SAFETY: the device wrote 20 bytes at BUF_A.
-    let id: [u8; 20] = unsafe { peek(BUF_A) };
-    let id = &id[..id.iter().position(|&b| b == 0).unwrap_or(20)];
+    let (raw, len) = disk_id(&mut blk);
+    let id = &raw[..len];
     print!(
         "disk 00:{:02x}.0: {} sectors, id {}\n",
         f.dev,
