@@ -15,15 +15,18 @@
 //!   enable are kept here and become a KVM MSI route on the function's GSI; VFIO's
 //!   eventfd for the vector is an irqfd on that GSI.
 //! - MSI-X: enable and function mask are kept here, the table is emulated in the
-//!   trapped page(s); each unmasked vector with an x86 message address (0xFEEx_xxxx)
-//!   is a KVM MSI route; a masked vector has no route, so an interrupt that arrives
-//!   while masked is dropped rather than left pending (known limitation).
+//!   trapped page(s) (`bulwark_virtio::msix::MsixTable`, the model virtio-pci uses
+//!   too); each unmasked vector with an x86 message address (0xFEEx_xxxx) is a KVM
+//!   MSI route; a masked vector has no route, so an interrupt that arrives while
+//!   masked is dropped rather than left pending (known limitation: the device raises
+//!   it through VFIO's eventfd, which the VMM does not hold back).
 //! - Everything else (status, capabilities other than MSI/MSI-X, extended space) is
 //!   passed to vfio-pci, which applies its own virtualization and write filters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bulwark_virtio::msix::{MsixMessage, MsixTable};
 use serde::Serialize;
 
 use crate::bus::{BusAction, BusDevice};
@@ -187,19 +190,11 @@ struct MsiRegs {
     mask: u32,
 }
 
-#[derive(Debug)]
-struct MsixRegs {
-    enable: bool,
-    function_mask: bool,
-    /// Per entry: address low, address high, data, vector control.
-    entries: Vec<[u32; 4]>,
-}
-
 /// MSI-X state shared by the configuration space (enable, function mask) and the
 /// table trap.
 pub struct MsixState {
     info: MsixInfo,
-    regs: Mutex<MsixRegs>,
+    regs: Mutex<MsixTable>,
 }
 
 impl std::fmt::Debug for MsixState {
@@ -303,11 +298,7 @@ impl PassthroughFunction {
         let msix = msix.map(|info| {
             Arc::new(MsixState {
                 info,
-                regs: Mutex::new(MsixRegs {
-                    enable: false,
-                    function_mask: false,
-                    entries: vec![[0, 0, 0, 1]; usize::from(info.table_size)],
-                }),
+                regs: Mutex::new(MsixTable::new(info.table_size)),
             })
         });
         PassthroughFunction {
@@ -338,7 +329,7 @@ impl PassthroughFunction {
     /// The interrupt mode in effect: "msi-x", "msi", "intx" (wired, neither MSI nor
     /// MSI-X enabled) or "none".
     pub fn interrupt_mode(&self) -> &'static str {
-        if self.msix.as_ref().is_some_and(|m| lock(&m.regs).enable) {
+        if self.msix.as_ref().is_some_and(|m| lock(&m.regs).enabled()) {
             "msi-x"
         } else if lock(&self.state).msi.enable {
             "msi"
@@ -478,7 +469,8 @@ impl PassthroughFunction {
         let mut v = [0u8; 12];
         self.io.config_read(u64::from(x.info.cap), &mut v[0..2]);
         let r = lock(&x.regs);
-        let ctrl = self.msix_ctrl_ro | u16::from(r.function_mask) << 14 | u16::from(r.enable) << 15;
+        let ctrl =
+            self.msix_ctrl_ro | u16::from(r.function_masked()) << 14 | u16::from(r.enabled()) << 15;
         v[2..4].copy_from_slice(&ctrl.to_le_bytes());
         let table = x.info.table_offset as u32 | u32::from(x.info.table_bar);
         let pba = x.info.pba_offset as u32 | u32::from(x.info.pba_bar);
@@ -494,8 +486,8 @@ impl PassthroughFunction {
         };
         let (enable, mask) = (data[k] & 0x80 != 0, data[k] & 0x40 != 0);
         let mut r = lock(&x.regs);
-        let was = r.enable;
-        if enable == was && mask == r.function_mask {
+        let was = r.enabled();
+        if enable == was && mask == r.function_masked() {
             return;
         }
         if enable && !was {
@@ -507,11 +499,8 @@ impl PassthroughFunction {
                 );
             }
         }
-        r.enable = enable;
-        r.function_mask = mask;
-        let updates: Vec<_> = (0..r.entries.len())
-            .map(|i| (x.info.first_gsi + i as u32, msix_route(&r, i)))
-            .collect();
+        r.set_control(enable, mask);
+        let updates = gsi_routes(&x.info, r.route_changes());
         drop(r);
         self.route_msix(&updates);
         if !enable && was {
@@ -568,12 +557,21 @@ enum Class {
     Msix(usize),
 }
 
-fn msix_route(r: &MsixRegs, i: usize) -> Option<MsiMessage> {
-    let e = r.entries[i];
-    (r.enable && !r.function_mask && e[3] & 1 == 0).then_some(MsiMessage {
-        addr: u64::from(e[0]) | u64::from(e[1]) << 32,
-        data: e[2],
-    })
+/// The table's changed routes as MSI routes on the function's GSIs.
+fn gsi_routes(
+    info: &MsixInfo,
+    changes: Vec<(u16, Option<MsixMessage>)>,
+) -> Vec<(u32, Option<MsiMessage>)> {
+    changes
+        .into_iter()
+        .map(|(v, m)| {
+            let msg = m.map(|m| MsiMessage {
+                addr: m.addr,
+                data: m.data,
+            });
+            (info.first_gsi + u32::from(v), msg)
+        })
+        .collect()
 }
 
 impl PciFunction for PassthroughFunction {
@@ -707,40 +705,36 @@ impl BarTrap {
         }
     }
 
-    /// `(entry, dword)` when `[off, off + len)` is a well-formed table access.
-    fn table_slot(&self, off: u64, len: usize) -> Option<Option<(usize, usize)>> {
+    /// The MSI-X state and the offset in its table when BAR offset `off` is in the
+    /// table this trap covers.
+    fn in_table(&self, off: u64) -> Option<(&MsixState, u64)> {
         let x = self.msix.as_ref()?;
         let t = x.info.table_offset;
-        if off < t || off >= t + x.info.table_len() {
-            return None;
-        }
-        let rel = off - t;
-        let ok = matches!(len, 4 | 8)
-            && rel.is_multiple_of(len as u64)
-            && rel + len as u64 <= x.info.table_len();
-        Some(ok.then_some(((rel / 16) as usize, ((rel % 16) / 4) as usize)))
+        (off >= t && off < t + x.info.table_len()).then_some((x.as_ref(), off - t))
+    }
+
+    fn bad_table_access(&self, what: &str, off: u64, len: usize) {
+        bump(
+            &self.counters.bad_table_accesses,
+            &self.name,
+            format_args!("{len}-byte MSI-X table {what} at BAR offset {off:#x}"),
+        );
     }
 }
 
 impl BusDevice for BarTrap {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let off = self.base + offset;
-        match self.table_slot(off, data.len()) {
+        match self.in_table(off) {
             None => self.io.bar_read(self.bar, off, data),
-            Some(None) => bump(
-                &self.counters.bad_table_accesses,
-                &self.name,
-                format_args!(
-                    "{}-byte MSI-X table read at BAR offset {off:#x}",
-                    data.len()
-                ),
-            ),
-            Some(Some((entry, dword))) => {
-                if let Some(x) = &self.msix {
-                    let r = lock(&x.regs);
-                    for (k, chunk) in data.chunks_mut(4).enumerate() {
-                        chunk.copy_from_slice(&r.entries[entry][dword + k].to_le_bytes());
-                    }
+            Some((x, rel)) => {
+                // Malformed: the bus's all-ones stay.
+                let mut buf = [0u8; 8];
+                let n = data.len();
+                if n <= 8 && lock(&x.regs).read_table(rel, &mut buf[..n]) {
+                    data.copy_from_slice(&buf[..n]);
+                } else {
+                    self.bad_table_access("read", off, n);
                 }
             }
         }
@@ -748,7 +742,7 @@ impl BusDevice for BarTrap {
 
     fn write(&self, offset: u64, data: &[u8]) -> BusAction {
         let off = self.base + offset;
-        match self.table_slot(off, data.len()) {
+        match self.in_table(off) {
             None => {
                 let in_pba = self.msix.as_ref().is_some_and(|x| {
                     x.info.pba_bar == self.bar
@@ -759,34 +753,22 @@ impl BusDevice for BarTrap {
                     self.io.bar_write(self.bar, off, data);
                 }
             }
-            Some(None) => bump(
-                &self.counters.bad_table_accesses,
-                &self.name,
-                format_args!(
-                    "{}-byte MSI-X table write at BAR offset {off:#x}",
-                    data.len()
-                ),
-            ),
-            Some(Some((entry, dword))) => {
-                if let Some(x) = &self.msix {
-                    let mut r = lock(&x.regs);
-                    for (k, chunk) in data.chunks(4).enumerate() {
-                        let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                        // Vector control: only the mask bit is defined.
-                        let v = if dword + k == 3 { v & 1 } else { v };
-                        r.entries[entry][dword + k] = v;
-                    }
-                    let update = [(x.info.first_gsi + entry as u32, msix_route(&r, entry))];
-                    let enabled = r.enable;
+            Some((x, rel)) => {
+                let mut r = lock(&x.regs);
+                if r.write_table(rel, data) {
+                    let updates = gsi_routes(&x.info, r.route_changes());
                     drop(r);
-                    if enabled {
+                    if !updates.is_empty() {
                         PassthroughFunction::route_msix_with(
                             &self.routes,
                             &self.counters,
                             &self.name,
-                            &update,
+                            &updates,
                         );
                     }
+                } else {
+                    drop(r);
+                    self.bad_table_access("write", off, data.len());
                 }
             }
         }
