@@ -392,50 +392,84 @@ pub fn write_metrics(out: &mut String, devices: &[VirtioDeviceInfo]) {
         &'static str,
         &'static str,
         &'static str,
-        fn(&VirtioDeviceInfo) -> u64,
+        fn(&VirtioDeviceInfo) -> Option<u64>,
     );
-    let metrics: [Metric; 7] = [
+    let metrics: [Metric; 12] = [
         (
             "bulwark_virtio_requests_total",
             "counter",
             "Requests (descriptor chains, vsock packets) a virtio device handled.",
-            |d| d.counters.requests,
+            |d| Some(d.counters.requests),
         ),
         (
             "bulwark_virtio_read_bytes_total",
             "counter",
             "Bytes a virtio device moved from its backend into the guest.",
-            |d| d.counters.bytes_read,
+            |d| Some(d.counters.bytes_read),
         ),
         (
             "bulwark_virtio_written_bytes_total",
             "counter",
             "Bytes a virtio device moved from the guest into its backend.",
-            |d| d.counters.bytes_written,
+            |d| Some(d.counters.bytes_written),
         ),
         (
             "bulwark_virtio_errors_total",
             "counter",
             "Failed requests, refused chains and reset packets.",
-            |d| d.counters.errors,
+            |d| Some(d.counters.errors),
         ),
         (
             "bulwark_virtio_needs_reset_total",
             "counter",
             "Times a virtio device entered DEVICE_NEEDS_RESET.",
-            |d| d.counters.needs_reset,
+            |d| Some(d.counters.needs_reset),
         ),
         (
             "bulwark_virtio_guest_faults_total",
             "counter",
             "Guest-caused faults on a virtio device (all counted, logging rate-limited).",
-            |d| d.counters.guest_faults,
+            |d| Some(d.counters.guest_faults),
         ),
         (
             "bulwark_virtio_needs_reset",
             "gauge",
             "1 while a virtio device is in DEVICE_NEEDS_RESET.",
-            |d| u64::from(d.needs_reset),
+            |d| Some(u64::from(d.needs_reset)),
+        ),
+        (
+            "bulwark_virtio_pci_msix_enabled",
+            "gauge",
+            "1 while the guest has MSI-X enabled on a virtio-pci function.",
+            |d| d.pci.as_ref().map(|p| u64::from(p.msix_enabled)),
+        ),
+        (
+            "bulwark_virtio_pci_msix_messages_total",
+            "counter",
+            "MSI-X messages a virtio-pci function sent.",
+            |d| d.pci.as_ref().map(|p| p.msix_sent),
+        ),
+        (
+            "bulwark_virtio_pci_msix_pended_total",
+            "counter",
+            "Interrupts held because their MSI-X vector was masked (sent on unmask).",
+            |d| d.pci.as_ref().map(|p| p.msix_pended),
+        ),
+        (
+            "bulwark_virtio_pci_msix_undelivered_total",
+            "counter",
+            "Interrupts with MSI-X disabled or no vector (no INTx: only the ISR bit set).",
+            |d| d.pci.as_ref().map(|p| p.msix_undelivered),
+        ),
+        (
+            "bulwark_virtio_pci_msix_pending_vectors",
+            "gauge",
+            "MSI-X vectors of a virtio-pci function with their pending bit set.",
+            |d| {
+                d.pci
+                    .as_ref()
+                    .map(|p| p.vectors.iter().filter(|v| v.pending).count() as u64)
+            },
         ),
     ];
     let labels = |d: &VirtioDeviceInfo| {
@@ -452,57 +486,16 @@ pub fn write_metrics(out: &mut String, devices: &[VirtioDeviceInfo]) {
             ),
         }
     };
+    // A family is written when some device has it (the PCI ones only virtio-pci
+    // functions).
     for (name, kind, help, value) in metrics {
+        if devices.iter().all(|d| value(d).is_none()) {
+            continue;
+        }
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for d in devices {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(d), value(d));
-        }
-    }
-    type PciMetric = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&crate::virtio_pci::PciView) -> u64,
-    );
-    let pci_metrics: [PciMetric; 5] = [
-        (
-            "bulwark_virtio_pci_msix_enabled",
-            "gauge",
-            "1 while the guest has MSI-X enabled on a virtio-pci function.",
-            |p| u64::from(p.msix_enabled),
-        ),
-        (
-            "bulwark_virtio_pci_msix_messages_total",
-            "counter",
-            "MSI-X messages a virtio-pci function sent.",
-            |p| p.msix_sent,
-        ),
-        (
-            "bulwark_virtio_pci_msix_pended_total",
-            "counter",
-            "Interrupts held because their MSI-X vector was masked (sent on unmask).",
-            |p| p.msix_pended,
-        ),
-        (
-            "bulwark_virtio_pci_msix_undelivered_total",
-            "counter",
-            "Interrupts with MSI-X disabled or no vector (no INTx: only the ISR bit set).",
-            |p| p.msix_undelivered,
-        ),
-        (
-            "bulwark_virtio_pci_msix_pending_vectors",
-            "gauge",
-            "MSI-X vectors of a virtio-pci function with their pending bit set.",
-            |p| p.vectors.iter().filter(|v| v.pending).count() as u64,
-        ),
-    ];
-    if devices.iter().any(|d| d.pci.is_some()) {
-        for (name, kind, help, value) in pci_metrics {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for d in devices {
-                if let Some(p) = &d.pci {
-                    let _ = writeln!(out, "{name}{{{}}} {}", labels(d), value(p));
-                }
+            if let Some(v) = value(d) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels(d));
             }
         }
     }

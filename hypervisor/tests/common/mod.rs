@@ -157,42 +157,7 @@ pub fn boot(config: Value) -> Run {
 
 /// [`boot`] with extra environment variables for the VMM.
 pub fn boot_with_env(config: Value, env: &[(&str, &str)]) -> Run {
-    let dir = scratch();
-    let path = write_config(dir.path(), config);
-    let mut child = Command::new(vmm_bin())
-        .arg("--config")
-        .arg(&path)
-        .env("BULWARK_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning bulwark-vmm");
-    // Drained while the VMM runs, so a chatty log can never block it.
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
-    let err_reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("bulwark-vmm did not finish within the watchdog period");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = err_reader.join().unwrap_or_default();
-    Run {
-        status: status.code().unwrap_or(-1),
-        serial: std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default(),
-        stderr,
-    }
+    spawn_vmm_with_env(scratch(), config, false, env).wait_within(Duration::from_secs(120))
 }
 
 /// `bulwark-vmm measure --config` for `config`: the measurement value.
@@ -292,9 +257,15 @@ impl Running {
         }
     }
 
-    /// Waits (with a watchdog) for the VMM to exit.
-    pub fn wait(mut self) -> Run {
-        let deadline = Instant::now() + Duration::from_secs(300);
+    /// Waits (with a five-minute watchdog) for the VMM to exit.
+    pub fn wait(self) -> Run {
+        self.wait_within(Duration::from_secs(300))
+    }
+
+    /// Waits for the VMM to exit; a watchdog kills one still running after `limit`
+    /// (a hang is a failure).
+    pub fn wait_within(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;

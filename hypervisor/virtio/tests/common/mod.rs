@@ -234,6 +234,24 @@ pub trait Driver: Deref<Target = Rings> + DerefMut {
     }
 }
 
+/// `Deref` to the driver's [`Rings`] (its `rings` field).
+macro_rules! rings_deref {
+    ($t:ty) => {
+        impl Deref for $t {
+            type Target = Rings;
+            fn deref(&self) -> &Rings {
+                &self.rings
+            }
+        }
+
+        impl DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Rings {
+                &mut self.rings
+            }
+        }
+    };
+}
+
 /// A fake driver on the virtio-mmio transport.
 pub struct FakeDriver {
     pub rings: Rings,
@@ -241,18 +259,7 @@ pub struct FakeDriver {
     pub irq: Arc<EventFd>,
 }
 
-impl Deref for FakeDriver {
-    type Target = Rings;
-    fn deref(&self) -> &Rings {
-        &self.rings
-    }
-}
-
-impl DerefMut for FakeDriver {
-    fn deref_mut(&mut self) -> &mut Rings {
-        &mut self.rings
-    }
-}
+rings_deref!(FakeDriver);
 
 impl FakeDriver {
     /// A driver for `device` with rings at `ring_base` (so several devices
@@ -432,18 +439,7 @@ pub struct PciDriver {
     pub caps: PciCaps,
 }
 
-impl Deref for PciDriver {
-    type Target = Rings;
-    fn deref(&self) -> &Rings {
-        &self.rings
-    }
-}
-
-impl DerefMut for PciDriver {
-    fn deref_mut(&mut self) -> &mut Rings {
-        &mut self.rings
-    }
-}
+rings_deref!(PciDriver);
 
 impl PciDriver {
     pub fn new<D: VirtioDevice + 'static>(
