@@ -415,11 +415,11 @@ pub fn platform(cfg: &VmConfig) -> Option<AcpiPlatform> {
     cfg.machine.acpi.then(|| AcpiPlatform {
         vcpus: cfg.machine.vcpus,
         serial: cfg.devices.serial != SerialOutput::None,
-        virtio_mmio: crate::virtio_mmio::mmio_devices(&cfg.devices),
-        // The PCI root bus exists only with assigned devices (`pci::root`): bus 0 and
-        // one secondary bus per device (behind its root port), no I/O window (I/O
-        // BARs are not offered to the guest).
-        pci: (!cfg.devices.vfio.is_empty()).then_some(PciHostAcpi {
+        virtio_mmio: crate::virtio::mmio_devices(&cfg.devices),
+        // The PCI root bus exists with assigned devices or virtio-pci
+        // (`pci::bus_exists`): bus 0 and one secondary bus per assigned device (behind
+        // its root port), no I/O window (no I/O BARs are offered).
+        pci: crate::pci::bus_exists(&cfg.devices).then_some(PciHostAcpi {
             last_bus: cfg.devices.vfio.len() as u8,
             io_window: None,
         }),

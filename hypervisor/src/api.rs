@@ -245,7 +245,7 @@ async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCod
     d.validate()?;
     let mut st = s.lock();
     not_started(&st)?;
-    crate::virtio_mmio::validate(&d, st.pending.boot_source.as_ref())?;
+    crate::virtio::validate(&d, st.pending.boot_source.as_ref())?;
     st.pending.devices = d;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -408,7 +408,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 "# HELP bulwark_acpi_pm_ignored_total Ignored writes to the ACPI power-management registers.\n# TYPE bulwark_acpi_pm_ignored_total counter\nbulwark_acpi_pm_ignored_total {}",
                 d.acpi_pm_ignored
             );
-            crate::virtio_mmio::write_metrics(&mut out, &d.virtio);
+            crate::virtio::write_metrics(&mut out, &d.virtio);
+            if let Some(p) = &d.pci {
+                crate::pci::write_metrics(&mut out, p);
+            }
             if let Some(v) = &d.vfio {
                 crate::vfio::write_metrics(&mut out, v);
             }

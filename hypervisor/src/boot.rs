@@ -275,7 +275,7 @@ pub fn prepare_with(
             let cmdline = if cfg.machine.acpi {
                 cmdline.to_string()
             } else {
-                crate::virtio_mmio::append_cmdline(cmdline, &cfg.devices)
+                crate::virtio::append_cmdline(cmdline, &cfg.devices)
             };
             load_linux(&mut w, kernel, initrd.as_deref(), &cmdline, *entry, rsdp)?
         }

@@ -243,18 +243,42 @@ pub struct DevicesConfig {
     /// Debug-exit port at 0xf4: a byte written there ends the VM with that code.
     #[serde(default)]
     pub debug_exit: bool,
-    /// virtio-blk disks (virtio-mmio), in this order (see `virtio_mmio`).
+    /// The transport of every virtio device: virtio-mmio windows (default) or
+    /// virtio-pci functions on PCI bus 0 (see `virtio`, `virtio_pci`).
+    #[serde(default, skip_serializing_if = "VirtioTransport::is_mmio")]
+    pub virtio_transport: VirtioTransport,
+    /// virtio-blk disks, in this order (see `virtio`).
     #[serde(default)]
-    pub block: Vec<crate::virtio_mmio::BlockConfig>,
+    pub block: Vec<crate::virtio::BlockConfig>,
     /// virtio-vsock with its host side on Unix sockets.
     #[serde(default)]
-    pub vsock: Option<crate::virtio_mmio::VsockConfig>,
+    pub vsock: Option<crate::virtio::VsockConfig>,
     /// virtio-rng fed from the host's getrandom.
     #[serde(default)]
     pub rng: bool,
     /// Host PCI devices passed through with VFIO (`docs/vfio.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vfio: Vec<VfioDeviceConfig>,
+}
+
+/// How the guest reaches the virtio devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VirtioTransport {
+    /// virtio-mmio v2 windows from 0xd0000000, one GSI each (described by the DSDT,
+    /// or by `virtio_mmio.device=` without ACPI).
+    #[default]
+    Mmio,
+    /// Modern virtio-pci functions on PCI bus 0 with MSI-X; the bus exists and ACPI
+    /// describes it.
+    Pci,
+}
+
+impl VirtioTransport {
+    /// Whether this is the default, virtio-mmio.
+    pub fn is_mmio(&self) -> bool {
+        *self == VirtioTransport::Mmio
+    }
 }
 
 /// One host PCI device assigned to the VM.
@@ -318,6 +342,7 @@ impl Default for DevicesConfig {
             serial: SerialOutput::default(),
             i8042: true,
             debug_exit: false,
+            virtio_transport: VirtioTransport::Mmio,
             block: Vec::new(),
             vsock: None,
             rng: false,
@@ -441,7 +466,7 @@ impl VmConfig {
         self.machine.validate()?;
         self.devices.validate()?;
         self.boot_source.validate()?;
-        crate::virtio_mmio::validate(&self.devices, Some(&self.boot_source))
+        crate::virtio::validate(&self.devices, Some(&self.boot_source))
     }
 }
 

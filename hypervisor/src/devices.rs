@@ -42,7 +42,7 @@ pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
             COM1_BASE + 7
         ));
     }
-    v.extend(crate::virtio_mmio::device_list(cfg));
+    v.extend(crate::virtio::device_list(cfg));
     v
 }
 

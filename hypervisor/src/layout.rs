@@ -9,7 +9,8 @@
 //! 0x0009_fc00 ┼ EBDA/VGA/BIOS hole ............... e820 reserved up to 1 MiB
 //! 0x0010_0000 ┼ low RAM continues ................ kernel / raw image / initrd
 //! 0xc000_0000 ┼ 32-bit MMIO hole (1 GiB):
-//!             │   0xc000_0000 PCI 32-bit BAR window (256 MiB)
+//!             │   0xc000_0000 PCI 32-bit BAR window (256 MiB): VFIO BARs below
+//!             │               0xcff0_0000, virtio-pci BAR0s in its top 1 MiB
 //!             │   0xd000_0000 virtio-mmio windows, 4 KiB each (up to 256)
 //!             │   0xe000_0000 PCI ECAM / MMCONFIG (256 MiB: buses 0..=255)
 //!             │   0xfec0_0000 IOAPIC     0xfee0_0000 LAPIC
@@ -46,6 +47,15 @@ pub const MMIO64_ALIGN: u64 = GIB;
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 /// Size of [`PCI_MMIO32_START`]'s window.
 pub const PCI_MMIO32_SIZE: u64 = 256 * MIB;
+/// The top of the 32-bit window holds the virtio-pci functions' BAR0s, virtio-pci
+/// device `n` at `VIRTIO_PCI_START + n * bulwark_virtio::pci::BAR_SIZE` (a pure
+/// function of the config, like the virtio-mmio windows).
+pub const VIRTIO_PCI_START: u64 = PCI_MMIO32_START + PCI_MMIO32_SIZE - VIRTIO_PCI_SIZE;
+/// Room for virtio-pci BARs.
+pub const VIRTIO_PCI_SIZE: u64 = MIB;
+/// The part of the 32-bit window the VFIO BAR allocator places BARs in (below the
+/// virtio-pci BARs).
+pub const PCI_MMIO32_ALLOC_SIZE: u64 = PCI_MMIO32_SIZE - VIRTIO_PCI_SIZE;
 /// First virtio-mmio window; device `n` sits at `VIRTIO_MMIO_START + n * 4 KiB`.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// Room for virtio-mmio windows.

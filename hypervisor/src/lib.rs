@@ -30,5 +30,6 @@ pub mod signals;
 pub mod sys;
 pub mod vcpu;
 pub mod vfio;
-pub mod virtio_mmio;
+pub mod virtio;
+pub mod virtio_pci;
 pub mod vm;

@@ -206,15 +206,27 @@ const VCPU_PASSTHROUGH_SYSCALLS: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite6
 
 /// The filter for vCPU threads (`None` when seccomp is off).
 pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
-    vcpu_filter_with(mode, false)
+    vcpu_filter_with(mode, false, false)
 }
 
 /// The filter for vCPU threads of a VM with (`passthrough`) or without assigned
-/// PCI devices.
+/// PCI devices, and with (`msi_routes`) or without virtio-pci functions, whose MSI-X
+/// table and mask writes (on the vCPU thread) reprogram the KVM GSI routes: that
+/// adds exactly `KVM_SET_GSI_ROUTING` (the MSI-X messages themselves are eventfd
+/// writes, already allowed).
 pub fn vcpu_filter_with(
     mode: SeccompMode,
     passthrough: bool,
+    msi_routes: bool,
 ) -> Result<Option<BpfProgram>, String> {
+    if !passthrough && msi_routes {
+        return filter(
+            mode,
+            "vCPU",
+            VCPU_SYSCALLS,
+            &[KVM_RUN, KVM_GET_REGS, KVM_SET_GSI_ROUTING],
+        );
+    }
     if passthrough {
         let syscalls: Vec<i64> = VCPU_SYSCALLS
             .iter()

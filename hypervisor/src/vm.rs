@@ -117,8 +117,12 @@ pub struct VmDescription {
     /// Ignored writes to the ACPI power-management registers (unsupported sleep
     /// states, wrong reset values, wider accesses).
     pub acpi_pm_ignored: u64,
-    /// The virtio-mmio devices: where, state, counters.
-    pub virtio: Vec<crate::virtio_mmio::VirtioDeviceInfo>,
+    /// The virtio devices: transport, where, state, counters (and PCI/MSI-X state
+    /// for virtio-pci functions).
+    pub virtio: Vec<crate::virtio::VirtioDeviceInfo>,
+    /// PCI bus 0, when the VM has one (assigned devices or virtio-pci).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci: Option<crate::pci::PciReport>,
     /// Assigned PCI devices and the DMA-map time (absent without passthrough).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vfio: Option<crate::vfio::VfioReport>,
@@ -135,7 +139,7 @@ pub struct Vm {
     origin: crate::boot_source::Origin,
     cfg: VmConfig,
     bus: Arc<Buses>,
-    virtio: crate::virtio_mmio::VirtioDevices,
+    virtio: crate::virtio::VirtioDevices,
     control: Arc<Control>,
     stats: Vec<Arc<VcpuStats>>,
     pending: Vec<VcpuFd>,
@@ -143,6 +147,7 @@ pub struct Vm {
     prefault: Option<Duration>,
     acpi_pm: Option<Arc<crate::acpi::PowerManagement>>,
     vfio: Option<crate::vfio::VfioSet>,
+    pci: Option<crate::pci::PciBus>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -222,7 +227,7 @@ impl Vm {
             &layout,
             inputs,
             &mem,
-            &crate::vfio::measured_entries(&vfio_hosts),
+            &crate::pci::measured_entries(&cfg.devices, &vfio_hosts),
         )?;
         // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
         // so vCPU threads that `stop` gives up on can never touch unmapped memory.
@@ -241,11 +246,28 @@ impl Vm {
         let acpi_pm = crate::acpi::attach(cfg, &bus.pio)
             .map_err(|e| VmError::Config(format!("machine.acpi: power registers: {e}")))?;
         let control = Arc::new(Control::default());
-        let virtio = crate::virtio_mmio::VirtioDevices::build(
-            cfg, inputs, &mem, &kvm, &vm_fd, &bus, &control,
+        let pci = if crate::pci::bus_exists(&cfg.devices) {
+            Some(crate::pci::PciBus::attach(&vm_fd, &bus).map_err(|e| {
+                VmError::Vfio(crate::vfio::VfioSetupError::Device(format!(
+                    "PCI host bridge: {e}"
+                )))
+            })?)
+        } else {
+            None
+        };
+        let virtio = crate::virtio::VirtioDevices::build(
+            cfg,
+            inputs,
+            &mem,
+            &kvm,
+            &vm_fd,
+            &bus,
+            pci.as_ref(),
+            &control,
         )
         .map_err(|e| VmError::Config(e.to_string()))?;
-        let vfio = crate::vfio::attach_to_vm(&vfio_hosts, &vm_fd, &mem, &layout, &bus)?;
+        let vfio =
+            crate::vfio::attach_to_vm(&vfio_hosts, &vm_fd, pci.as_ref(), &mem, &layout, &bus)?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -279,6 +301,7 @@ impl Vm {
             prefault,
             acpi_pm,
             vfio,
+            pci,
         })
     }
 
@@ -299,8 +322,9 @@ impl Vm {
         }
         register_signal_handler(kick_signal(), kick_handler)
             .map_err(|e| VmError::Thread(format!("installing the vCPU kick handler: {e}")))?;
-        let filter = seccomp::vcpu_filter_with(self.cfg.seccomp, self.vfio.is_some())
-            .map_err(VmError::Thread)?;
+        let filter =
+            seccomp::vcpu_filter_with(self.cfg.seccomp, self.vfio.is_some(), self.virtio.has_pci())
+                .map_err(VmError::Thread)?;
         let n = self.pending.len();
         self.control.start(n);
         for (index, fd) in self.pending.drain(..).enumerate() {
@@ -449,6 +473,7 @@ impl Vm {
                 pm.ignored.load(std::sync::atomic::Ordering::Relaxed)
             }),
             virtio: self.virtio.describe(),
+            pci: self.pci.as_ref().map(crate::pci::PciBus::report),
             vfio: self.vfio.as_ref().map(crate::vfio::VfioSet::report),
         }
     }
@@ -475,7 +500,7 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
         .machine
         .layout(52)
         .map_err(|e| VmError::Config(e.to_string()))?;
-    crate::virtio_mmio::check_inputs(&cfg.devices, inputs)
+    crate::virtio::check_inputs(&cfg.devices, inputs)
         .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
     // The assigned devices' IDs come from this host's sysfs: measure on the host that
@@ -486,6 +511,6 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
         &layout,
         inputs,
         &mem,
-        &crate::vfio::measured_entries(&hosts),
+        &crate::pci::measured_entries(&cfg.devices, &hosts),
     )?)
 }

@@ -139,6 +139,13 @@ fn bad_requests_get_4xx_naming_the_field_and_never_kill_the_vmm() {
         ),
         (
             "PUT",
+            "/devices",
+            r#"{"virtio_transport":"virtio-ccw"}"#.into(),
+            400,
+            "devices.virtio_transport",
+        ),
+        (
+            "PUT",
             "/machine-config",
             r#"{"vcpus":0,"mem_mib":64}"#.into(),
             400,

@@ -11,33 +11,6 @@ use std::path::{Path, PathBuf};
 use bulwark_image::{build, generate_key_pair, sign, BuildSpec, SigningKey};
 use common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-/// 64 KiB of deterministic, non-repeating bytes.
-fn rootfs_bytes() -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..64 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// The pattern the guest writes to the scratch disk (64-bit words).
-fn pattern(i: u64) -> u64 {
-    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5ca1_ab1e
-}
-
-fn blk_cmdline(rootfs: &[u8]) -> String {
-    format!(
-        "console=ttyS0 rootfs_len={} rootfs_sha256={}",
-        rootfs.len(),
-        hex::encode(Sha256::digest(rootfs))
-    )
-}
 
 #[test]
 fn a_guest_reads_the_rootfs_writes_scratch_and_gets_random_bytes() {
@@ -240,71 +213,6 @@ fn bad_virtio_configs_are_refused_naming_the_field() {
     );
 }
 
-/// A running `bulwark-vmm --config` whose stderr is collected on a thread.
-struct Running {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-fn spawn_vmm(dir: tempfile::TempDir, config: Value, api: bool) -> Running {
-    use std::process::{Command, Stdio};
-    let path = write_config(dir.path(), config);
-    let mut cmd = Command::new(vmm_bin());
-    cmd.arg("--config").arg(&path);
-    if api {
-        cmd.arg("--api-sock").arg(dir.path().join("api.sock"));
-    }
-    let mut child = cmd
-        .env("BULWARK_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning bulwark-vmm");
-    let mut pipe = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    });
-    Running { child, dir, stderr }
-}
-
-impl Running {
-    /// Waits (with a watchdog) for the VMM to exit.
-    fn wait(mut self) -> Run {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("bulwark-vmm did not finish within the watchdog period");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        Run {
-            status: status.code().unwrap_or(-1),
-            serial: std::fs::read_to_string(self.dir.path().join("serial.log")).unwrap_or_default(),
-            stderr: self.stderr.join().unwrap_or_default(),
-        }
-    }
-}
-
-fn wait_for_path(p: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !p.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 /// Connects to the VMM's vsock socket and asks for guest port `port`.
 fn vsock_connect(uds: &Path, port: u32) -> std::os::unix::net::UnixStream {
     use std::io::{BufRead, Write};
@@ -398,34 +306,6 @@ fn vsock_moves_10_mib_each_way_byte_exact() {
     );
 }
 
-fn http(sock: &Path, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn vmm_exited(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.contains(") Z "))
-        .unwrap_or(true)
-}
-
 /// `(VmRSS, RssAnon)` of `pid` in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -473,27 +353,12 @@ fn a_hostile_guest_cannot_break_the_vmm_or_the_other_devices() {
     cfg["devices"]["vsock"] = json!({"guest_cid": 3, "uds_path": uds});
     let vmm = spawn_vmm(dir, cfg, true);
     let pid = vmm.child.id();
-    let serial = vmm.dir.path().join("serial.log");
     let api = vmm.dir.path().join("api.sock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let mut peak = (0, 0);
-    loop {
-        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+    let vmm = vmm.wait_for_serial("hostile done", std::time::Duration::from_secs(300), || {
         let (rss, anon) = rss_kib(pid);
         peak = (peak.0.max(rss), peak.1.max(anon));
-        if text.contains("hostile done") {
-            break;
-        }
-        if text.contains("FAIL") || vmm_exited(pid) {
-            let run = vmm.wait();
-            panic!("the guest failed:\n{}\n{}", run.serial, run.stderr);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "guest never finished: {text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    });
     let (code, body) = http(&api, "GET", "/vm");
     assert_eq!(code, 200, "{body}");
     let vm: Value = serde_json::from_str(&body).unwrap();

@@ -1,9 +1,11 @@
 #!/bin/busybox sh
-# PID 1 of the Linux guest of the vmm-linux-virtio scenario: bulwark-vmm boots it from
-# a signed bundle whose ext4 rootfs component is served as a read-only virtio-blk disk
-# (id `rootfs`), with a writable scratch disk (id `scratch`), virtio-rng and
-# virtio-vsock, all virtio-mmio devices that Debian's kernel finds only through the
-# ACPI DSDT (LNRO0005). It loads the virtio modules from /lab/modules, reports over
+# PID 1 of the Linux guest of the vmm-linux-virtio and vmm-linux-virtio-pci scenarios:
+# bulwark-vmm boots it from a signed bundle whose ext4 rootfs component is served as a
+# read-only virtio-blk disk (id `rootfs`), with a writable scratch disk (id `scratch`),
+# virtio-rng and virtio-vsock: virtio-mmio devices that Debian's kernel finds only
+# through the ACPI DSDT (LNRO0005), or virtio-pci functions on the PCI root bus the
+# DSDT describes (\_SB.PCI0; their PCI functions, drivers and MSI-X vectors are
+# reported as L2-PCI lines). It loads the virtio modules from /lab/modules, reports over
 # serial (L2-* lines the L1 script checks): the block devices, the SHA-256 of the
 # rootfs disk's first bulwark.rootfs_bytes bytes against bulwark.rootfs_sha256 (both
 # on the signed command line), that the rootfs disk refuses writes, a file read from
@@ -36,6 +38,12 @@ echo "L2-BLOCK${list:- none} root=$root scratch=$scratch"
 for d in /sys/bus/virtio/devices/*; do
   [ -e "$d" ] || continue
   drv=$(readlink $d/driver); echo "L2-VIRTIO ${d##*/} device=$(cat $d/device) driver=${drv##*/}"
+done
+for d in /sys/bus/pci/devices/*; do
+  [ -e "$d" ] || continue
+  drv=$(readlink $d/driver)
+  modes=$(cat $d/msi_irqs/* 2>/dev/null | sort -u | tr '\n' ' ' | sed 's/ $//')
+  echo "L2-PCI ${d##*/} $(cat $d/vendor):$(cat $d/device) class=$(cat $d/class) driver=${drv##*/} vectors=$(ls $d/msi_irqs 2>/dev/null | wc -l) mode=${modes:-none}"
 done
 dmesg | grep -i 'virtio' | while read -r line; do echo "L2-DMESG $line"; done
 # vsock: listen on port 1234 (L1 starts lab-vsock-peer once it sees
@@ -80,6 +88,7 @@ echo "L2-HWRNG current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null) 
 wait $vsock
 vsock_status=$?
 echo "L2-VSOCK dev=$(ls /dev/vsock 2>/dev/null) lab-l2-vsock=$vsock_status"
+grep -i 'virtio' /proc/interrupts | while read -r line; do echo "L2-IRQ $line"; done
 echo "L2-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 # Let L1 read GET /vm once more with the counters of all the above.
 sleep 2

@@ -91,6 +91,11 @@ fn vmm_linux_virtio() {
 }
 
 #[test]
+fn vmm_linux_virtio_pci() {
+    run_scenario("vmm-linux-virtio-pci");
+}
+
+#[test]
 fn vmm_virtio() {
     run_scenario("vmm-virtio");
 }

@@ -1,7 +1,10 @@
 //! The guest's PCI host bridge: configuration space through ports 0xCF8/0xCFC and
-//! ECAM, the root bus (bus 0) with a host bridge at 00.0 and one PCIe root port per
-//! assigned device (the device on the port's secondary bus), and the BAR allocator
-//! for the ports' windows in the 32-bit and 64-bit MMIO windows.
+//! ECAM, the root bus (bus 0) with a host bridge at 00.0, one PCIe root port per
+//! assigned device (the device on the port's secondary bus) at 00.1.., the virtio-pci
+//! functions after them, and the BAR allocator for the ports' windows in the 32-bit
+//! and 64-bit MMIO windows. The bus exists when `devices.vfio` is set or
+//! `devices.virtio_transport` is `pci` ([`bus_exists`]); [`PciBus`] holds it and
+//! the VM's one GSI router, which VFIO and virtio-pci share.
 //!
 //! Every configuration access comes from the guest and is hostile: sizes other than
 //! 1, 2 and 4 bytes, unaligned accesses and accesses that straddle a dword read
@@ -14,6 +17,96 @@ pub mod root_port;
 pub use bars::{allocate_ports, BarKind, BarPlacement, BarRequest, PortPlacement};
 pub use root::{ConfigPorts, Ecam, HostBridge, PciCounters, PciFunction, PciRoot};
 pub use root_port::{LinkInfo, RootPort};
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kvm_ioctls::VmFd;
+use serde::Serialize;
+
+use crate::config::{DevicesConfig, VirtioTransport};
+use crate::devices::Buses;
+use crate::irq_routing::GsiRouter;
+
+/// Whether the VM has PCI bus 0: with assigned devices, or with virtio on PCI.
+pub fn bus_exists(cfg: &DevicesConfig) -> bool {
+    !cfg.vfio.is_empty() || cfg.virtio_transport == VirtioTransport::Pci
+}
+
+/// The measured device-list entries of the PCI bus, in order: the host bridge,
+/// the assigned devices (`vfio::measured_entries` of `hosts`), then the virtio-pci
+/// functions in slot order. Empty without a bus.
+pub fn measured_entries(cfg: &DevicesConfig, hosts: &[crate::vfio::HostDevice]) -> Vec<String> {
+    if !bus_exists(cfg) {
+        return Vec::new();
+    }
+    let mut v = vec![format!(
+        "pci-host@io:0xcf8-0xcff,ecam:{:#x}",
+        crate::layout::PCI_ECAM_START
+    )];
+    v.extend(crate::vfio::measured_entries(hosts));
+    v.extend(crate::virtio::pci_device_list(cfg));
+    v
+}
+
+/// The VM's PCI bus 0 and its GSI router (one instance: VFIO and virtio-pci take
+/// their MSI GSIs from it, so they never get the same ones).
+#[derive(Debug)]
+pub struct PciBus {
+    /// Bus 0.
+    pub root: Arc<PciRoot>,
+    /// The KVM GSI routing table.
+    pub router: Arc<GsiRouter>,
+}
+
+/// The bus in `GET /vm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PciReport {
+    /// Malformed configuration accesses (bad size or alignment), dropped.
+    pub config_malformed: u64,
+    /// Accesses to absent buses, devices or functions.
+    pub config_absent: u64,
+}
+
+impl PciBus {
+    /// Creates bus 0 with its host bridge and puts the type-1 ports (0xCF8..=0xCFF
+    /// on `buses.pio`) and ECAM (on `buses.mmio`) in front of it.
+    pub fn attach(vm: &Arc<VmFd>, buses: &Buses) -> Result<PciBus, crate::bus::BusError> {
+        let root = Arc::new(PciRoot::new());
+        buses.pio.insert(
+            u64::from(root::CONFIG_ADDRESS_PORT),
+            8,
+            Arc::new(ConfigPorts::new(root.clone())),
+        )?;
+        buses.mmio.insert(
+            crate::layout::PCI_ECAM_START,
+            crate::layout::PCI_ECAM_SIZE,
+            Arc::new(Ecam::new(root.clone())),
+        )?;
+        Ok(PciBus {
+            root,
+            router: Arc::new(GsiRouter::new(vm.clone())),
+        })
+    }
+
+    /// The counters in `GET /vm`.
+    pub fn report(&self) -> PciReport {
+        PciReport {
+            config_malformed: self.root.counters.malformed.load(Ordering::Relaxed),
+            config_absent: self.root.counters.absent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Appends the bus's metrics (Prometheus text format).
+pub fn write_metrics(out: &mut String, r: &PciReport) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_pci_config_malformed_total Malformed guest PCI configuration accesses.\n# TYPE bulwark_pci_config_malformed_total counter\nbulwark_pci_config_malformed_total {}",
+        r.config_malformed
+    );
+}
 
 /// Config space offsets (PCI Local Bus 3.0, type-0 header).
 pub mod regs {

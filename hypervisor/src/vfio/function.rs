@@ -13,17 +13,23 @@
 //!   disable reach the device; I/O decode is never enabled (I/O BARs are hidden).
 //! - MSI: one vector (Multiple Message Capable reads 0); address, data, mask and
 //!   enable are kept here and become a KVM MSI route on the function's GSI; VFIO's
-//!   eventfd for the vector is an irqfd on that GSI.
+//!   eventfd for the vector is an irqfd on that GSI while the vector is unmasked.
 //! - MSI-X: enable and function mask are kept here, the table is emulated in the
-//!   trapped page(s); each unmasked vector with an x86 message address (0xFEEx_xxxx)
-//!   is a KVM MSI route; a masked vector has no route, so an interrupt that arrives
-//!   while masked is dropped rather than left pending (known limitation).
+//!   trapped page(s) (`bulwark_virtio::msix::MsixTable`, the model virtio-pci uses
+//!   too); each unmasked vector with an x86 message address (0xFEEx_xxxx) is a KVM
+//!   MSI route.
+//! - Masked vectors (MSI with per-vector masking, MSI-X) hold their interrupt: the
+//!   vector's delivery gate ([`DeviceIo::gate`]) is closed before its route goes and
+//!   opened after its route is written; what the device raised meanwhile is its
+//!   pending bit (the emulated PBA, MSI's pending-bits register) and is delivered once
+//!   at the unmask.
 //! - Everything else (status, capabilities other than MSI/MSI-X, extended space) is
 //!   passed to vfio-pci, which applies its own virtualization and write filters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bulwark_virtio::msix::{MsixMessage, MsixTable};
 use serde::Serialize;
 
 use crate::bus::{BusAction, BusDevice};
@@ -205,28 +211,32 @@ struct MsiRegs {
     mask: u32,
 }
 
+/// MSI-X state: the table model (shared with virtio-pci) and, per vector, whether its
+/// delivery gate is open (see [`DeviceIo::gate`]).
 #[derive(Debug)]
 struct MsixRegs {
-    enable: bool,
-    function_mask: bool,
-    /// Per entry: address low, address high, data, vector control.
-    entries: Vec<[u32; 4]>,
-    /// Per entry: whether its delivery gate is open (enabled, not masked).
+    table: MsixTable,
     open: Vec<bool>,
 }
 
-impl MsixRegs {
-    /// Whether entry `i` delivers now: MSI-X enabled, neither the function nor the
-    /// entry masked.
-    fn delivers(&self, i: usize) -> bool {
-        self.enable && !self.function_mask && self.entries[i][3] & 1 == 0
+impl std::ops::Deref for MsixRegs {
+    type Target = MsixTable;
+    fn deref(&self) -> &MsixTable {
+        &self.table
     }
 }
 
-/// Brings the MSI-X gates of `r` in line with [`MsixRegs::delivers`], only those that
-/// open (`opening`: unmasked, delivering a held interrupt) or only those that close
-/// (masked or disabled). Gates close before routes are removed and open after routes
-/// are written, so no interrupt meets a missing route.
+impl std::ops::DerefMut for MsixRegs {
+    fn deref_mut(&mut self) -> &mut MsixTable {
+        &mut self.table
+    }
+}
+
+/// Brings the MSI-X gates of `r` in line with [`MsixTable::deliverable`], only those
+/// that open (`opening`: unmasked, delivering a held interrupt) or only those that
+/// close (masked or disabled). Gates close before routes are removed and open after
+/// routes are written, so no interrupt meets a missing route. Opening a gate delivers
+/// what it held, so the table's pending bits of deliverable vectors are cleared.
 fn sync_msix_gates(
     io: &dyn DeviceIo,
     r: &mut MsixRegs,
@@ -234,21 +244,25 @@ fn sync_msix_gates(
     name: &str,
     opening: bool,
 ) {
-    for i in 0..r.entries.len() {
-        let want = r.delivers(i);
+    for v in 0..r.table.size() {
+        let i = usize::from(v);
+        let want = r.table.deliverable(v);
         if r.open[i] != want && want == opening {
-            match io.gate(Vector::Msix(i as u16), want) {
+            match io.gate(Vector::Msix(v), want) {
                 Ok(()) => r.open[i] = want,
                 Err(e) => bump(
                     &counters.errors,
                     name,
                     format_args!(
-                        "MSI-X vector {i}: {} delivery: {e}",
+                        "MSI-X vector {v}: {} delivery: {e}",
                         if want { "opening" } else { "closing" }
                     ),
                 ),
             }
         }
+    }
+    if opening {
+        r.table.take_deliverable_pending();
     }
 }
 
@@ -363,10 +377,8 @@ impl PassthroughFunction {
             Arc::new(MsixState {
                 info,
                 regs: Mutex::new(MsixRegs {
-                    enable: false,
-                    function_mask: false,
-                    entries: vec![[0, 0, 0, 1]; usize::from(info.table_size)],
-                    open: vec![false; usize::from(info.table_size)],
+                    table: MsixTable::new(info.table_size),
+                    open: vec![false; usize::from(info.table_size.clamp(1, 2048))],
                 }),
             })
         });
@@ -399,7 +411,7 @@ impl PassthroughFunction {
     /// The interrupt mode in effect: "msi-x", "msi", "intx" (wired, neither MSI nor
     /// MSI-X enabled) or "none".
     pub fn interrupt_mode(&self) -> &'static str {
-        if self.msix.as_ref().is_some_and(|m| lock(&m.regs).enable) {
+        if self.msix.as_ref().is_some_and(|m| lock(&m.regs).enabled()) {
             "msi-x"
         } else if lock(&self.state).msi.enable {
             "msi"
@@ -563,7 +575,8 @@ impl PassthroughFunction {
         let mut v = [0u8; 12];
         self.io.config_read(u64::from(x.info.cap), &mut v[0..2]);
         let r = lock(&x.regs);
-        let ctrl = self.msix_ctrl_ro | u16::from(r.function_mask) << 14 | u16::from(r.enable) << 15;
+        let ctrl =
+            self.msix_ctrl_ro | u16::from(r.function_masked()) << 14 | u16::from(r.enabled()) << 15;
         v[2..4].copy_from_slice(&ctrl.to_le_bytes());
         let table = x.info.table_offset as u32 | u32::from(x.info.table_bar);
         let pba = x.info.pba_offset as u32 | u32::from(x.info.pba_bar);
@@ -579,8 +592,8 @@ impl PassthroughFunction {
         };
         let (enable, mask) = (data[k] & 0x80 != 0, data[k] & 0x40 != 0);
         let mut r = lock(&x.regs);
-        let was = r.enable;
-        if enable == was && mask == r.function_mask {
+        let was = r.enabled();
+        if enable == was && mask == r.function_masked() {
             return;
         }
         if enable && !was {
@@ -592,11 +605,8 @@ impl PassthroughFunction {
                 );
             }
         }
-        r.enable = enable;
-        r.function_mask = mask;
-        let updates: Vec<_> = (0..r.entries.len())
-            .map(|i| (x.info.first_gsi + i as u32, msix_route(&r, i)))
-            .collect();
+        r.set_control(enable, mask);
+        let updates = gsi_routes(&x.info, r.route_changes());
         sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
         self.route_msix(&updates);
         sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, true);
@@ -655,15 +665,21 @@ enum Class {
     Msix(usize),
 }
 
-/// The route of entry `i`: its message while it delivers. A masked entry has no route
-/// and a closed gate, so what it raises is held, not lost; at the unmask the route is
-/// written before the gate opens.
-fn msix_route(r: &MsixRegs, i: usize) -> Option<MsiMessage> {
-    let e = r.entries[i];
-    r.delivers(i).then_some(MsiMessage {
-        addr: u64::from(e[0]) | u64::from(e[1]) << 32,
-        data: e[2],
-    })
+/// The table's changed routes as MSI routes on the function's GSIs.
+fn gsi_routes(
+    info: &MsixInfo,
+    changes: Vec<(u16, Option<MsixMessage>)>,
+) -> Vec<(u32, Option<MsiMessage>)> {
+    changes
+        .into_iter()
+        .map(|(v, m)| {
+            let msg = m.map(|m| MsiMessage {
+                addr: m.addr,
+                data: m.data,
+            });
+            (info.first_gsi + u32::from(v), msg)
+        })
+        .collect()
 }
 
 impl PciFunction for PassthroughFunction {
@@ -806,65 +822,63 @@ impl BarTrap {
         })
     }
 
-    /// The emulated PBA: bit `i` is set while entry `i` does not deliver (masked or
-    /// function-masked) and holds an interrupt; the device's own PBA means nothing
-    /// here (the host kernel owns the real table). Bytes outside the PBA read 0.
+    /// The emulated PBA: bit `v` is set while vector `v` is not deliverable (masked
+    /// or function-masked) and holds an interrupt (VFIO signalled its eventfd while the
+    /// gate was closed); the device's own PBA means nothing here (the host kernel owns
+    /// the real table). Malformed accesses are counted and read all-ones.
     fn read_pba(&self, off: u64, data: &mut [u8]) {
-        data.fill(0);
         let Some(x) = &self.msix else { return };
-        let r = lock(&x.regs);
-        for (k, byte) in data.iter_mut().enumerate() {
-            let Some(rel) = (off + k as u64).checked_sub(x.info.pba_offset) else {
-                continue;
-            };
-            for bit in 0..8 {
-                let i = (rel * 8 + bit) as usize;
-                if i < r.entries.len()
-                    && r.enable
-                    && !r.delivers(i)
-                    && self.io.pending(Vector::Msix(i as u16))
-                {
-                    *byte |= 1 << bit;
-                }
+        let mut r = lock(&x.regs);
+        for v in 0..r.size() {
+            if r.enabled() && !r.deliverable(v) && self.io.pending(Vector::Msix(v)) {
+                r.set_pending(v);
             }
+        }
+        let mut buf = [0u8; 8];
+        let n = data.len();
+        let ok = n <= 8
+            && off
+                .checked_sub(x.info.pba_offset)
+                .is_some_and(|rel| r.read_pba(rel, &mut buf[..n]));
+        drop(r);
+        if ok {
+            data.copy_from_slice(&buf[..n]);
+        } else {
+            self.bad_table_access("PBA read", off, n);
         }
     }
 
-    /// `(entry, dword)` when `[off, off + len)` is a well-formed table access.
-    fn table_slot(&self, off: u64, len: usize) -> Option<Option<(usize, usize)>> {
+    /// The MSI-X state and the offset in its table when BAR offset `off` is in the
+    /// table this trap covers.
+    fn in_table(&self, off: u64) -> Option<(&MsixState, u64)> {
         let x = self.msix.as_ref()?;
         let t = x.info.table_offset;
-        if off < t || off >= t + x.info.table_len() {
-            return None;
-        }
-        let rel = off - t;
-        let ok = matches!(len, 4 | 8)
-            && rel.is_multiple_of(len as u64)
-            && rel + len as u64 <= x.info.table_len();
-        Some(ok.then_some(((rel / 16) as usize, ((rel % 16) / 4) as usize)))
+        (off >= t && off < t + x.info.table_len()).then_some((x.as_ref(), off - t))
+    }
+
+    fn bad_table_access(&self, what: &str, off: u64, len: usize) {
+        bump(
+            &self.counters.bad_table_accesses,
+            &self.name,
+            format_args!("{len}-byte MSI-X table {what} at BAR offset {off:#x}"),
+        );
     }
 }
 
 impl BusDevice for BarTrap {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let off = self.base + offset;
-        match self.table_slot(off, data.len()) {
+        match self.in_table(off) {
             None if self.in_pba(off, data.len()) => self.read_pba(off, data),
             None => self.io.bar_read(self.bar, off, data),
-            Some(None) => bump(
-                &self.counters.bad_table_accesses,
-                &self.name,
-                format_args!(
-                    "{}-byte MSI-X table read at BAR offset {off:#x}",
-                    data.len()
-                ),
-            ),
-            Some(Some((entry, dword))) => {
-                if let Some(x) = &self.msix {
-                    let r = lock(&x.regs);
-                    for (k, chunk) in data.chunks_mut(4).enumerate() {
-                        chunk.copy_from_slice(&r.entries[entry][dword + k].to_le_bytes());
-                    }
+            Some((x, rel)) => {
+                // Malformed: the bus's all-ones stay.
+                let mut buf = [0u8; 8];
+                let n = data.len();
+                if n <= 8 && lock(&x.regs).read_table(rel, &mut buf[..n]) {
+                    data.copy_from_slice(&buf[..n]);
+                } else {
+                    self.bad_table_access("read", off, n);
                 }
             }
         }
@@ -872,41 +886,30 @@ impl BusDevice for BarTrap {
 
     fn write(&self, offset: u64, data: &[u8]) -> BusAction {
         let off = self.base + offset;
-        match self.table_slot(off, data.len()) {
+        match self.in_table(off) {
             None => {
                 // The PBA is read-only.
                 if !self.in_pba(off, data.len()) {
                     self.io.bar_write(self.bar, off, data);
                 }
             }
-            Some(None) => bump(
-                &self.counters.bad_table_accesses,
-                &self.name,
-                format_args!(
-                    "{}-byte MSI-X table write at BAR offset {off:#x}",
-                    data.len()
-                ),
-            ),
-            Some(Some((entry, dword))) => {
-                if let Some(x) = &self.msix {
-                    let mut r = lock(&x.regs);
-                    for (k, chunk) in data.chunks(4).enumerate() {
-                        let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                        // Vector control: only the mask bit is defined.
-                        let v = if dword + k == 3 { v & 1 } else { v };
-                        r.entries[entry][dword + k] = v;
-                    }
-                    let update = [(x.info.first_gsi + entry as u32, msix_route(&r, entry))];
+            Some((x, rel)) => {
+                let mut r = lock(&x.regs);
+                if r.write_table(rel, data) {
+                    let updates = gsi_routes(&x.info, r.route_changes());
                     sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
-                    if r.enable {
+                    if !updates.is_empty() {
                         PassthroughFunction::route_msix_with(
                             &self.routes,
                             &self.counters,
                             &self.name,
-                            &update,
+                            &updates,
                         );
                     }
                     sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, true);
+                } else {
+                    drop(r);
+                    self.bad_table_access("write", off, data.len());
                 }
             }
         }
@@ -947,14 +950,12 @@ impl PassthroughFunction {
     pub fn device_reset(&self) {
         if let Some(x) = &self.msix {
             let mut r = lock(&x.regs);
-            let was = r.enable;
-            r.enable = false;
-            r.function_mask = false;
-            r.entries.iter_mut().for_each(|e| *e = [0, 0, 0, 1]);
-            let updates: Vec<_> = (0..r.entries.len())
-                .map(|i| (x.info.first_gsi + i as u32, None))
-                .collect();
+            let was = r.enabled();
+            r.set_control(false, false);
             sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
+            let updates = gsi_routes(&x.info, r.route_changes());
+            // Power-on state: every entry masked and cleared, nothing pending.
+            r.table = MsixTable::new(x.info.table_size);
             drop(r);
             self.route_msix(&updates);
             if was {

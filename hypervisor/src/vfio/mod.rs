@@ -27,8 +27,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{VfioDeviceConfig, VfioInterface};
 use crate::devices::Buses;
 use crate::irq_routing::GsiRouter;
-use crate::layout::{MemoryLayout, PCI_MMIO32_SIZE, PCI_MMIO32_START};
-use crate::pci::{allocate_ports, regs, BarKind, BarRequest, Bdf, LinkInfo, PciRoot, RootPort};
+use crate::layout::{MemoryLayout, PCI_MMIO32_ALLOC_SIZE, PCI_MMIO32_START};
+use crate::pci::{
+    allocate_ports, regs, BarKind, BarRequest, Bdf, LinkInfo, PciBus, PciRoot, RootPort,
+};
 use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction, Vector};
 pub use host::{HostDevice, HostError};
 
@@ -200,12 +202,12 @@ pub fn describe_hosts(cfg: &[VfioDeviceConfig]) -> Result<Vec<HostDevice>, VfioS
         .collect()
 }
 
-/// With assigned devices: the PCI host bridge (ports 0xCF8..=0xCFF on `buses.pio`,
-/// ECAM on `buses.mmio`), the GSI router, and [`VfioSet::attach`]. Without: nothing
-/// (no PCI bus at all).
+/// With assigned devices: [`VfioSet::attach`] on the VM's PCI bus (`pci::PciBus`,
+/// which exists whenever devices are assigned). Without: nothing.
 pub fn attach_to_vm(
     hosts: &[HostDevice],
     vm: &Arc<VmFd>,
+    pci: Option<&PciBus>,
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     buses: &Buses,
@@ -213,40 +215,19 @@ pub fn attach_to_vm(
     if hosts.is_empty() {
         return Ok(None);
     }
-    let root = Arc::new(PciRoot::new());
-    let err = |e: crate::bus::BusError| VfioSetupError::Device(format!("PCI host bridge: {e}"));
-    buses
-        .pio
-        .insert(
-            u64::from(crate::pci::root::CONFIG_ADDRESS_PORT),
-            8,
-            Arc::new(crate::pci::ConfigPorts::new(root.clone())),
-        )
-        .map_err(err)?;
-    buses
-        .mmio
-        .insert(
-            crate::layout::PCI_ECAM_START,
-            crate::layout::PCI_ECAM_SIZE,
-            Arc::new(crate::pci::Ecam::new(root.clone())),
-        )
-        .map_err(err)?;
-    let router = Arc::new(GsiRouter::new(vm.clone()));
-    let mut set = VfioSet::attach(hosts, vm, &router, mem, layout, buses, &root)?;
-    set.root = Some(root);
+    let pci = pci.ok_or_else(|| {
+        VfioSetupError::Device("assigned devices but no PCI bus (a VMM bug)".into())
+    })?;
+    let mut set = VfioSet::attach(hosts, vm, &pci.router, mem, layout, buses, &pci.root)?;
+    set.root = Some(pci.root.clone());
     Ok(Some(set))
 }
 
 /// The launch measurement's entries for the assigned devices (with the vendor and
-/// device IDs the host reports).
+/// device IDs the host reports); the PCI host bridge's entry comes before them
+/// (`pci::measured_entries`).
 pub fn measured_entries(hosts: &[HostDevice]) -> Vec<String> {
     let mut v = Vec::new();
-    if !hosts.is_empty() {
-        v.push(format!(
-            "pci-host@io:0xcf8-0xcff,ecam:{:#x}",
-            crate::layout::PCI_ECAM_START
-        ));
-    }
     for (i, h) in hosts.iter().enumerate() {
         let slot = usize::from(FIRST_SLOT) + i;
         v.push(format!("pcie-root-port@00:{slot:02x}.0,bus={slot:02x}"));
@@ -275,11 +256,6 @@ pub fn write_metrics(out: &mut String, v: &VfioReport) {
         out,
         "# HELP bulwark_vfio_devices Assigned PCI devices.\n# TYPE bulwark_vfio_devices gauge\nbulwark_vfio_devices {}",
         v.devices.len()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP bulwark_pci_config_malformed_total Malformed guest PCI configuration accesses.\n# TYPE bulwark_pci_config_malformed_total counter\nbulwark_pci_config_malformed_total {}",
-        v.pci_config_malformed
     );
 }
 
@@ -699,7 +675,7 @@ impl VfioSet {
             .collect();
         let ports = allocate_ports(
             &requests,
-            (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+            (PCI_MMIO32_START, PCI_MMIO32_ALLOC_SIZE),
             layout.mmio64,
         )
         .map_err(VfioSetupError::Config)?;
@@ -1053,7 +1029,6 @@ mod tests {
         assert_eq!(
             v,
             [
-                "pci-host@io:0xcf8-0xcff,ecam:0xe0000000",
                 "pcie-root-port@00:01.0,bus=01",
                 "vfio-pci@01:00.0,host=0000:41:00.0,id=10de:2330",
                 "pcie-root-port@00:02.0,bus=02",

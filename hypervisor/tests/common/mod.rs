@@ -4,11 +4,12 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sha2::Digest;
 
 /// Path of the `bulwark-vmm` binary under test: the one cargo built for these tests,
 /// or `BULWARK_VMM_BIN` when set (to run the suite against the shipped static musl
@@ -52,7 +53,7 @@ pub fn guests() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = target.join("x86_64-unknown-none/release");
-        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh", "acpi", "echo", "virtio-blk", "virtio-vsock", "virtio-hostile", "virtio-irq"] {
+        for name in ["hello", "e820", "e820-bzimage", "smp", "cpuid", "triple-fault", "port-fuzz", "reset", "pvh", "acpi", "echo", "virtio-blk", "virtio-vsock", "virtio-hostile", "virtio-irq", "virtio-pci"] {
             let elf = dir.join(name);
             let status = Command::new("objcopy")
                 .args(["-O", "binary"])
@@ -156,42 +157,7 @@ pub fn boot(config: Value) -> Run {
 
 /// [`boot`] with extra environment variables for the VMM.
 pub fn boot_with_env(config: Value, env: &[(&str, &str)]) -> Run {
-    let dir = scratch();
-    let path = write_config(dir.path(), config);
-    let mut child = Command::new(vmm_bin())
-        .arg("--config")
-        .arg(&path)
-        .env("BULWARK_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning bulwark-vmm");
-    // Drained while the VMM runs, so a chatty log can never block it.
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
-    let err_reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("bulwark-vmm did not finish within the watchdog period");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = err_reader.join().unwrap_or_default();
-    Run {
-        status: status.code().unwrap_or(-1),
-        serial: std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default(),
-        stderr,
-    }
+    spawn_vmm_with_env(scratch(), config, false, env).wait_within(Duration::from_secs(120))
 }
 
 /// `bulwark-vmm measure --config` for `config`: the measurement value.
@@ -224,4 +190,161 @@ pub fn booted_measurement(run: &Run) -> String {
         .expect("bulwark-vmm prints the launch measurement")
         .trim()
         .to_string()
+}
+
+/// A running `bulwark-vmm --config` whose stderr is collected on a thread.
+pub struct Running {
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+    pub stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts `bulwark-vmm --config` (and `--api-sock DIR/api.sock` with `api`) on `config`.
+pub fn spawn_vmm(dir: tempfile::TempDir, config: Value, api: bool) -> Running {
+    spawn_vmm_with_env(dir, config, api, &[])
+}
+
+/// [`spawn_vmm`] with extra environment variables for the VMM.
+pub fn spawn_vmm_with_env(
+    dir: tempfile::TempDir,
+    config: Value,
+    api: bool,
+    env: &[(&str, &str)],
+) -> Running {
+    use std::process::{Command, Stdio};
+    let path = write_config(dir.path(), config);
+    let mut cmd = Command::new(vmm_bin());
+    cmd.arg("--config").arg(&path);
+    if api {
+        cmd.arg("--api-sock").arg(dir.path().join("api.sock"));
+    }
+    let mut child = cmd
+        .env("BULWARK_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning bulwark-vmm");
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    Running { child, dir, stderr }
+}
+
+impl Running {
+    /// Polls the guest's serial log until it contains `needle`, calling `each` at
+    /// every poll; panics with the logs when the guest prints `FAIL`, the VMM exits,
+    /// or `limit` (a watchdog) passes first.
+    pub fn wait_for_serial(self, needle: &str, limit: Duration, mut each: impl FnMut()) -> Self {
+        let serial = self.dir.path().join("serial.log");
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read_to_string(&serial).unwrap_or_default();
+            each();
+            if text.contains(needle) {
+                return self;
+            }
+            if text.contains("FAIL") || vmm_exited(self.child.id()) {
+                let run = self.wait();
+                panic!("the guest failed:\n{}\n{}", run.serial, run.stderr);
+            }
+            assert!(Instant::now() < deadline, "guest never finished: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (with a five-minute watchdog) for the VMM to exit.
+    pub fn wait(self) -> Run {
+        self.wait_within(Duration::from_secs(300))
+    }
+
+    /// Waits for the VMM to exit; a watchdog kills one still running after `limit`
+    /// (a hang is a failure).
+    pub fn wait_within(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("bulwark-vmm did not finish within the watchdog period");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Run {
+            status: status.code().unwrap_or(-1),
+            serial: std::fs::read_to_string(self.dir.path().join("serial.log")).unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
+    }
+}
+
+/// Waits (up to 60 s) until `p` exists.
+pub fn wait_for_path(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One HTTP/1.1 request over the API's Unix socket: (status, body).
+pub fn http(sock: &Path, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Whether process `pid` has exited (is a zombie or gone).
+pub fn vmm_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+/// 64 KiB of deterministic, non-repeating bytes.
+pub fn rootfs_bytes() -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The pattern the guest writes to the scratch disk (64-bit words).
+pub fn pattern(i: u64) -> u64 {
+    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5ca1_ab1e
+}
+
+pub fn blk_cmdline(rootfs: &[u8]) -> String {
+    format!(
+        "console=ttyS0 rootfs_len={} rootfs_sha256={}",
+        rootfs.len(),
+        hex::encode(sha2::Sha256::digest(rootfs))
+    )
 }

@@ -1,7 +1,8 @@
 //! The transport-agnostic device model interface.
 //!
-//! A transport (virtio-mmio here, PCI later) owns the feature negotiation,
-//! status state machine and queue configuration; once the driver sets
+//! A transport (virtio-mmio or virtio-pci, both over the shared core in
+//! `transport`) owns the feature negotiation, status state machine and queue
+//! configuration; once the driver sets
 //! `DRIVER_OK` it hands the configured queues, the guest memory and an
 //! [`Interrupt`] to [`VirtioDevice::activate`]. From then on the I/O worker
 //! calls [`VirtioDevice::process_queue`] whenever a queue is notified.
@@ -29,8 +30,9 @@ pub enum DeviceType {
 /// Why a device raises its interrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterruptKind {
-    /// The device put buffers in a used ring.
-    UsedBuffer,
+    /// The device put buffers in the used ring of this queue (the index lets a
+    /// transport with one interrupt vector per queue, virtio-pci's MSI-X, pick it).
+    UsedBuffer(usize),
     /// The device configuration changed (or the device needs a reset).
     ConfigChange,
 }
@@ -118,6 +120,10 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
 
     /// The feature bits the device offers (including `VIRTIO_F_VERSION_1`).
     fn offered_features(&self) -> u64;
+
+    /// Bytes of device-specific config space (0: none). A transport that
+    /// announces the size (virtio-pci's device capability) uses this.
+    fn config_len(&self) -> usize;
 
     /// Reads device config space at `offset` into `data`. Bytes beyond the
     /// config space read as zero.

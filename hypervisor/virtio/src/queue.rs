@@ -212,7 +212,7 @@ impl ActiveQueues {
             return;
         };
         match queue.needs_notification(&*self.mem) {
-            Ok(true) => self.interrupt.signal(InterruptKind::UsedBuffer),
+            Ok(true) => self.interrupt.signal(InterruptKind::UsedBuffer(index)),
             Ok(false) => {}
             Err(e) => {
                 let reason = format!("queue {index}: cannot read used event: {e}");

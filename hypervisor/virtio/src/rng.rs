@@ -75,6 +75,10 @@ impl VirtioDevice for Rng {
         VIRTIO_F_VERSION_1
     }
 
+    fn config_len(&self) -> usize {
+        0
+    }
+
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }

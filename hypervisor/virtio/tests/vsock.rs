@@ -27,7 +27,7 @@ const TX_AREA: u64 = DATA_START + (4 << 20);
 const GUEST_BUF_ALLOC: u32 = 256 * 1024;
 
 struct Guest {
-    d: FakeDriver,
+    d: Box<dyn Driver>,
     dev: Arc<Mutex<Vsock>>,
     rx_bufs: HashMap<u32, u64>,
     next_rx: u64,
@@ -39,12 +39,26 @@ struct Guest {
 }
 
 impl Guest {
+    /// A guest driving the device over virtio-mmio.
     fn new() -> Self {
+        Self::with(|shared| Box::new(FakeDriver::with_shared(shared, guest_memory(), 0)))
+    }
+
+    /// A guest driving the device over virtio-pci (MSI-X enabled).
+    fn new_pci() -> Self {
+        Self::with(|shared| {
+            let mut d = PciDriver::with_shared(shared, guest_memory(), 0);
+            d.enable_msix();
+            Box::new(d)
+        })
+    }
+
+    fn with(driver: impl FnOnce(SharedDevice) -> Box<dyn Driver>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
         let dev = Arc::new(Mutex::new(Vsock::new(CID, &uds).unwrap()));
         let shared: SharedDevice = dev.clone();
-        let mut d = FakeDriver::with_shared(shared, guest_memory(), 0);
+        let mut d = driver(shared);
         d.init(0, 128);
         Self {
             d,
@@ -65,7 +79,7 @@ impl Guest {
             self.rx_bufs.insert(u32::from(head), addr);
         }
         if self.worker_mode {
-            self.d.write_reg(0x50, RX as u32);
+            self.d.notify(RX);
         } else {
             self.d.kick(RX);
         }
@@ -124,7 +138,7 @@ impl Guest {
             assert_eq!(self.d.take_used(TX).len(), 1);
             return;
         }
-        self.d.write_reg(0x50, TX as u32);
+        self.d.notify(TX);
         // Bounded wait (up to 20 s) for the worker to consume the packet.
         for _ in 0..20_000 {
             if !self.d.take_used(TX).is_empty() {
@@ -169,10 +183,31 @@ const STREAM_BYTES: usize = 10 * 1024 * 1024;
 
 #[test]
 fn host_to_guest_10mb_byte_exact() {
-    let mut g = Guest::new();
+    host_to_guest(Guest::new(), STREAM_BYTES);
+}
+
+#[test]
+fn host_to_guest_1mb_over_pci() {
+    let g = Guest::new_pci();
+    host_to_guest(g, 1 << 20);
+}
+
+#[test]
+fn guest_to_host_10mb_byte_exact() {
+    guest_to_host(Guest::new(), STREAM_BYTES);
+}
+
+#[test]
+fn guest_to_host_1mb_over_pci() {
+    guest_to_host(Guest::new_pci(), 1 << 20);
+}
+
+/// The host connects and sends `bytes` (then closes); the guest reads them from
+/// its rx buffers, returning credit, and answers the shutdown.
+fn host_to_guest(mut g: Guest, bytes: usize) {
     g.post_rx(RX_COUNT);
     let uds = g.uds.clone();
-    let data = pattern(10, STREAM_BYTES);
+    let data = pattern(10, bytes);
     let expected = data.clone();
     let host = std::thread::spawn(move || {
         let mut s = UnixStream::connect(&uds).unwrap();
@@ -185,7 +220,7 @@ fn host_to_guest_10mb_byte_exact() {
         s.write_all(&data).unwrap();
         // Closing ends the stream: the guest sees SHUTDOWN.
     });
-    let mut got = Vec::with_capacity(STREAM_BYTES);
+    let mut got = Vec::with_capacity(bytes);
     let mut key = None;
     let mut reported = 0usize;
     let mut done = false;
@@ -202,7 +237,7 @@ fn host_to_guest_10mb_byte_exact() {
                 op::RW => {
                     assert!(payload.len() <= GUEST_BUF_ALLOC as usize);
                     got.extend_from_slice(&payload);
-                    assert!(got.len() <= STREAM_BYTES);
+                    assert!(got.len() <= bytes);
                 }
                 op::SHUTDOWN => {
                     assert_eq!(h.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
@@ -227,17 +262,17 @@ fn host_to_guest_10mb_byte_exact() {
     }
     host.join().unwrap();
     assert!(done, "stream did not finish");
-    assert_eq!(got.len(), STREAM_BYTES);
+    assert_eq!(got.len(), bytes);
     assert!(got == expected, "bytes differ");
     assert_eq!(g.dev.lock().unwrap().connection_count(), 0);
     let c = g.d.counters();
-    assert_eq!(c.bytes_read, STREAM_BYTES as u64);
+    assert_eq!(c.bytes_read, bytes as u64);
     assert_eq!(c.errors, 0);
 }
 
-#[test]
-fn guest_to_host_10mb_byte_exact() {
-    let mut g = Guest::new();
+/// The guest connects to a host listener and sends `bytes` within its credit,
+/// then shuts down; the host receives them byte-exact.
+fn guest_to_host(mut g: Guest, bytes: usize) {
     g.post_rx(RX_COUNT);
     let listener = listener_at(&g.uds, 5000);
     let host = std::thread::spawn(move || {
@@ -250,7 +285,7 @@ fn guest_to_host_10mb_byte_exact() {
     let mut peer_alloc = 0u32;
     let mut peer_fwd = 0u32;
     let mut established = false;
-    let data = pattern(11, STREAM_BYTES);
+    let data = pattern(11, bytes);
     let mut sent = 0usize;
     let mut rst = false;
     for _ in 0..5_000_000 {
@@ -272,16 +307,16 @@ fn guest_to_host_10mb_byte_exact() {
         if !established {
             continue;
         }
-        if sent == STREAM_BYTES {
+        if sent == bytes {
             continue;
         }
         let credit = peer_alloc - (sent as u32).wrapping_sub(peer_fwd);
-        let n = (credit as usize).min(32 * 1024).min(STREAM_BYTES - sent);
+        let n = (credit as usize).min(32 * 1024).min(bytes - sent);
         if n > 0 {
             g.send(hdr(7777, 5000, op::RW, n as u32, 0), &data[sent..sent + n]);
             sent += n;
             assert!(g.dev.lock().unwrap().buffered_bytes() <= CONN_BUF_ALLOC as usize);
-            if sent == STREAM_BYTES {
+            if sent == bytes {
                 let mut bye = hdr(7777, 5000, op::SHUTDOWN, 0, 0);
                 bye.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                 g.send(bye, &[]);
@@ -290,9 +325,9 @@ fn guest_to_host_10mb_byte_exact() {
     }
     assert!(rst, "device did not answer the full shutdown with RST");
     let all = host.join().unwrap();
-    assert_eq!(all.len(), STREAM_BYTES);
+    assert_eq!(all.len(), bytes);
     assert!(all == data, "bytes differ");
-    assert_eq!(g.d.counters().bytes_written, STREAM_BYTES as u64);
+    assert_eq!(g.d.counters().bytes_written, bytes as u64);
     assert_eq!(g.d.counters().errors, 0);
 }
 
@@ -458,7 +493,7 @@ fn reset_mid_stream_closes_connections() {
     assert_eq!(g.recv()[0].0.op, op::RESPONSE);
     s.write_all(&[7u8; 1000]).unwrap();
     // The driver resets the device before the data was delivered.
-    g.d.write_reg(0x70, 0);
+    g.d.reset_device();
     assert_eq!(g.dev.lock().unwrap().connection_count(), 0);
     assert_closed(&mut s);
     // Re-initialised, the device serves new connections.
@@ -499,8 +534,7 @@ fn host_stream_through_io_worker() {
     let mut g = Guest::new();
     g.worker_mode = true;
     let events =
-        g.d.transport
-            .queue_events()
+        g.d.queue_events()
             .iter()
             .map(|e| e.try_clone().unwrap())
             .collect();
@@ -588,8 +622,7 @@ fn host_half_close_while_holding_guest_bytes_does_not_spin_the_worker() {
     held.shutdown(std::net::Shutdown::Write).unwrap();
 
     let events =
-        g.d.transport
-            .queue_events()
+        g.d.queue_events()
             .iter()
             .map(|e| e.try_clone().unwrap())
             .collect();

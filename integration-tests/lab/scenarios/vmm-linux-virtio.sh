@@ -6,6 +6,15 @@
 # file's contents after the VM ends, a vsock round trip (L2's lab-l2-vsock with
 # lab-vsock-peer, 256 KiB echoed and 256 KiB sent by L2) and GET /vm's per-device
 # request counters.
+#
+# With `transport=pci` set before this script (scenario vmm-linux-virtio-pci) the same
+# VM runs with `devices.virtio_transport: "pci"`: L2 finds the devices as virtio-pci
+# functions on the ACPI-described PCI root bus with its own virtio_pci driver, and the
+# extra checks show the functions, that their vectors are MSI-X and that they fired,
+# and GET /vm's PCI and MSI-X state.
+transport=${transport:-mmio}
+config=/lab/l2/vm-virtio.json
+[ "$transport" = pci ] && config=/lab/l2/vm-virtio-pci.json
 lab_check kvm-device test -c /dev/kvm
 if version=$(bulwark-vmm --version 2>&1); then
   lab_pass vmm-starts "$version"
@@ -15,7 +24,7 @@ fi
 dd if=/dev/zero of=/tmp/scratch.img bs=1M count=1 2>/dev/null
 sock=/tmp/vmm-virtio.sock
 start=$(cut -d' ' -f1 /proc/uptime)
-BULWARK_LOG=info timeout -s KILL 170 bulwark-vmm --api-sock $sock --config /lab/l2/vm-virtio.json >/tmp/vmm-virtio.out 2>&1 &
+BULWARK_LOG=info timeout -s KILL 170 bulwark-vmm --api-sock $sock --config $config >/tmp/vmm-virtio.out 2>&1 &
 vmm=$!
 # Poll GET /vm while L2 runs; keep the last answer (L2 waits 2 s after its report).
 # Start the vsock host side once L2 listens on its port 1234.
@@ -111,6 +120,44 @@ if [ $busy -eq 3 ]; then
   lab_pass api-virtio-counters "$(echo "$counts" | tr '\n' ';')"
 else
   lab_fail api-virtio-counters "expected requests > 0 for rootfs, scratch and rng: '$(echo "$counts" | tr '\n' ';')' $(head -c 600 /tmp/api.json 2>/dev/null) $(cat /tmp/api.err 2>/dev/null)"
+fi
+if [ "$transport" = pci ]; then
+  # Bus 0: the host bridge and the four virtio functions (two disks, rng, vsock) at
+  # 00:01.0..00:04.0, each bound to virtio-pci with MSI-X vectors only.
+  pcis=$(echo "$log" | grep '^L2-PCI ')
+  fns=$(echo "$pcis" | grep -c ' 0x1af4:0x10[45][0-9a-f] .*driver=virtio-pci ')
+  if echo "$pcis" | grep -q '^L2-PCI 0000:00:00.0 0x1b36:0x0008 ' && [ "$fns" -eq 4 ] &&
+     echo "$pcis" | grep -q '^L2-PCI 0000:00:01.0 0x1af4:0x1042 ' &&
+     echo "$pcis" | grep -q '^L2-PCI 0000:00:03.0 0x1af4:0x1044 ' &&
+     echo "$pcis" | grep -q '^L2-PCI 0000:00:04.0 0x1af4:0x1053 '; then
+    lab_pass l2-pci-functions "$(echo "$pcis" | tr '\n' ';')"
+  else
+    lab_fail l2-pci-functions "expected the host bridge and 4 virtio functions bound to virtio-pci at 00:01.0..00:04.0: '$(echo "$pcis" | tr '\n' ';')'"
+  fi
+  msix=$(echo "$pcis" | grep ' 0x1af4:' | grep -c 'vectors=[2-9] mode=msix$')
+  if [ "$msix" -eq 4 ]; then
+    lab_pass l2-msix "every virtio function's vectors are MSI-X (msi_irqs): $(echo "$pcis" | grep ' 0x1af4:' | sed 's/.* \(0000:[^ ]*\) .*vectors=/\1:/' | tr '\n' ' ')"
+  else
+    lab_fail l2-msix "expected 4 functions with only msix vectors: '$(echo "$pcis" | tr '\n' ';')'"
+  fi
+  # The disks' and rng's queue vectors fired (Linux labels MSI-X "PCI-MSI"; 6.1
+  # names a virtio-blk queue vector virtioN-req.0, virtio-rng's virtioN-input).
+  irqs=$(echo "$log" | grep '^L2-IRQ ')
+  fired=$(echo "$irqs" | grep -c 'PCI-MSI.*virtio[0-9]*-\(req\.[0-9]*\|requests\|input\)')
+  zero=$(echo "$irqs" | grep 'PCI-MSI.*virtio[0-9]*-\(req\.[0-9]*\|requests\|input\)' | grep -c '^L2-IRQ [0-9]*: *0 *0 ')
+  if [ "$fired" -ge 3 ] && [ "$zero" -eq 0 ]; then
+    lab_pass l2-msix-interrupts "$(echo "$irqs" | grep 'PCI-MSI' | tr -s ' ' | tr '\n' ';')"
+  else
+    lab_fail l2-msix-interrupts "expected the request/input vectors of both disks and rng to have fired: '$(echo "$irqs" | tr -s ' ' | tr '\n' ';')'"
+  fi
+  # GET /vm: four virtio-pci functions with MSI-X on, and the PCI bus.
+  npci=$(grep -o '"transport":"pci"' /tmp/api.json 2>/dev/null | wc -l)
+  non=$(grep -o '"msix_enabled":true' /tmp/api.json 2>/dev/null | wc -l)
+  if [ "$npci" -eq 4 ] && [ "$non" -eq 4 ] && grep -q '"pci":{"config_malformed":0' /tmp/api.json; then
+    lab_pass api-virtio-pci "4 functions on virtio-pci with MSI-X enabled; $(grep -o '"address":"[^"]*"\|"msix_sent":[0-9]*' /tmp/api.json | paste -d' ' - - | tr '\n' ';')"
+  else
+    lab_fail api-virtio-pci "expected 4 virtio-pci functions with MSI-X enabled and a PCI bus with no malformed access: pci=$npci msix=$non $(head -c 800 /tmp/api.json 2>/dev/null)"
+  fi
 fi
 if [ "$status" -eq 0 ] && grep -q "guest entered S5" /tmp/vmm-virtio.out; then
   lab_pass l2-exit "poweroff -f: ACPI S5, bulwark-vmm exited 0"

@@ -196,12 +196,13 @@ pub const ROOTFS_BYTES: u64 = 4 << 20;
 
 /// The VM config of the `virtio` bundle: its rootfs component as a read-only
 /// virtio-blk disk, a writable scratch disk (`/tmp/scratch.img`, which the L1 script
-/// creates), virtio-rng and virtio-vsock (host side `/tmp/l2-vsock.sock`).
-pub fn vm_config_virtio(bundle: &str, serial_log: &str) -> String {
+/// creates), virtio-rng and virtio-vsock (host side `/tmp/l2-vsock.sock`), on
+/// `transport` (`mmio` or `pci`).
+pub fn vm_config_virtio(bundle: &str, serial_log: &str, transport: &str) -> String {
     format!(
         r#"{{"machine": {{"vcpus": {VCPUS}, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"}},
  "boot_source": {{"kind": "bundle", "path": "{L1_DIR}/{bundle}", "trusted_keys": ["{L1_DIR}/signing.pub"]}},
- "devices": {{"serial": {{"file": "{serial_log}"}}, "debug_exit": true, "rng": true,
+ "devices": {{"serial": {{"file": "{serial_log}"}}, "debug_exit": true, "rng": true, "virtio_transport": "{transport}",
    "block": [{{"id": "rootfs", "bundle_rootfs": true}}, {{"id": "scratch", "path": "/tmp/scratch.img"}}],
    "vsock": {{"guest_cid": 3, "uds_path": "/tmp/l2-vsock.sock"}}}}}}
 "#
@@ -213,7 +214,8 @@ pub fn vm_config_virtio(bundle: &str, serial_log: &str) -> String {
 /// [`ROOTFS_FILE`]. Its signed command line carries the image's size and SHA-256
 /// (`bulwark.rootfs_bytes=`, `bulwark.rootfs_sha256=`), which L2 compares with what it
 /// reads from the virtio-blk disk. Returns the files for L1 (the bundle, the public
-/// key and `vm-virtio.json`).
+/// key, `vm-virtio.json` and `vm-virtio-pci.json`: the same VM on virtio-mmio and on
+/// virtio-pci).
 pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File>> {
     use super::host_command::{find_program, run, stdout_of};
     fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
@@ -278,16 +280,19 @@ pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec
     };
     build(&spec, &bundle, &|_| {}).map_err(image_error("build"))?;
     sign(&bundle, &key, &|_| {}).map_err(image_error("sign"))?;
-    let config = dir.join("vm-virtio.json");
-    write(
-        &config,
-        vm_config_virtio("virtio.bwi", "/tmp/l2-virtio.log"),
-    )?;
-    Ok(vec![
+    let mut files = vec![
         (format!("{L1_DIR}/signing.pub"), key_pub),
         (format!("{L1_DIR}/virtio.bwi"), bundle),
-        (format!("{L1_DIR}/vm-virtio.json"), config),
-    ])
+    ];
+    for (name, transport) in [("vm-virtio.json", "mmio"), ("vm-virtio-pci.json", "pci")] {
+        let config = dir.join(name);
+        write(
+            &config,
+            vm_config_virtio("virtio.bwi", "/tmp/l2-virtio.log", transport),
+        )?;
+        files.push((format!("{L1_DIR}/{name}"), config));
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -339,9 +344,16 @@ mod tests {
         assert_eq!(cfg.machine.vcpus, VCPUS);
         assert!(cfg.machine.acpi);
         assert!(text.contains("\"/lab/l2/bzimage.bwi\""), "{text}");
-        let text = vm_config_virtio("virtio.bwi", "/tmp/x.log");
+        let text = vm_config_virtio("virtio.bwi", "/tmp/x.log", "mmio");
         let cfg = bulwark_vmm::config::VmConfig::from_json(&text).unwrap();
         assert!(cfg.machine.acpi && cfg.devices.rng && cfg.devices.vsock.is_some());
         assert!(cfg.devices.block[0].bundle_rootfs && !cfg.devices.block[1].is_read_only());
+        assert!(cfg.devices.virtio_transport.is_mmio());
+        let text = vm_config_virtio("virtio.bwi", "/tmp/x.log", "pci");
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&text).unwrap();
+        assert_eq!(
+            cfg.devices.virtio_transport,
+            bulwark_vmm::config::VirtioTransport::Pci
+        );
     }
 }

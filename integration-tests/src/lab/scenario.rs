@@ -94,16 +94,7 @@ const PLAIN: Scenario = Scenario {
 const VMM_LINUX: Scenario = Scenario {
     modules: KVM_MODULES,
     memory_mib: 1536,
-    guest_programs: &[
-        GuestProgram {
-            package: "bulwark-vmm",
-            bin: "bulwark-vmm",
-        },
-        GuestProgram {
-            package: THIS_PACKAGE,
-            bin: "lab-api-get",
-        },
-    ],
+    guest_programs: &[VMM, API_GET],
     l2: Some(L2Guest {
         init: include_str!("../../lab/l2-init-vmm.sh"),
         signed_bundles: true,
@@ -117,6 +108,59 @@ const VMM_LINUX: Scenario = Scenario {
     timeout_secs: 240,
     ..PLAIN
 };
+
+/// What `vmm-linux-virtio` and `vmm-linux-virtio-pci` share: the signed bundle with
+/// a rootfs, the L1 programs (the VMM, the API client, the vsock peer) and L2's
+/// vsock program; each adds its L2 modules.
+const VMM_LINUX_VIRTIO: Scenario = Scenario {
+    guest_programs: &[VMM, API_GET, VSOCK_PEER],
+    ..VMM_LINUX
+};
+
+const API_GET: GuestProgram = GuestProgram {
+    package: THIS_PACKAGE,
+    bin: "lab-api-get",
+};
+
+const VSOCK_PEER: GuestProgram = GuestProgram {
+    package: THIS_PACKAGE,
+    bin: "lab-vsock-peer",
+};
+
+/// The L2 guest of the virtio scenarios (modules per scenario).
+const VIRTIO_L2: L2Guest = L2Guest {
+    init: include_str!("../../lab/l2-init-virtio.sh"),
+    signed_bundles: true,
+    programs: &[GuestProgram {
+        package: THIS_PACKAGE,
+        bin: "lab-l2-vsock",
+    }],
+    modules: &[],
+    virtio_bundle: true,
+};
+
+/// The checks of `vmm-linux-virtio`, with a scenario's extra checks before `l2-exit`.
+macro_rules! virtio_checks {
+    ($($extra:literal),*) => {
+        &[
+            "kvm-device",
+            "vmm-starts",
+            "l2-init",
+            "l2-modules",
+            "l2-block-devices",
+            "l2-rootfs-sha256",
+            "l2-rootfs-read-only",
+            "l2-rootfs-mount",
+            "l2-scratch-write-read",
+            "l2-hwrng",
+            "l2-vsock-driver",
+            "l2-vsock-round-trip",
+            "api-virtio-counters",
+            $($extra,)*
+            "l2-exit",
+        ]
+    };
+}
 
 const VMM: GuestProgram = GuestProgram {
     package: "bulwark-vmm",
@@ -323,52 +367,41 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "vmm-linux-virtio",
         summary: "bulwark-vmm boots the Debian kernel from a host-signed bundle whose ext4 rootfs component L2 reads through its own virtio-mmio drivers (found through the ACPI DSDT): rootfs hash and read-only, a scratch disk written and read back, /dev/hwrng from virtio-rng, a vsock round trip with L1; GET /vm shows the devices' request counters",
         script: include_str!("../../lab/scenarios/vmm-linux-virtio.sh"),
-        guest_programs: &[
-            GuestProgram {
-                package: "bulwark-vmm",
-                bin: "bulwark-vmm",
-            },
-            GuestProgram {
-                package: THIS_PACKAGE,
-                bin: "lab-api-get",
-            },
-            GuestProgram {
-                package: THIS_PACKAGE,
-                bin: "lab-vsock-peer",
-            },
-        ],
         l2: Some(L2Guest {
-            init: include_str!("../../lab/l2-init-virtio.sh"),
-            signed_bundles: true,
-            programs: &[GuestProgram {
-                package: THIS_PACKAGE,
-                bin: "lab-l2-vsock",
-            }],
             modules: &[
                 "virtio_mmio",
                 "virtio_blk",
                 "virtio-rng",
                 "vmw_vsock_virtio_transport",
             ],
-            virtio_bundle: true,
+            ..VIRTIO_L2
         }),
-        expected_checks: &[
-            "kvm-device",
-            "vmm-starts",
-            "l2-init",
-            "l2-modules",
-            "l2-block-devices",
-            "l2-rootfs-sha256",
-            "l2-rootfs-read-only",
-            "l2-rootfs-mount",
-            "l2-scratch-write-read",
-            "l2-hwrng",
-            "l2-vsock-driver",
-            "l2-vsock-round-trip",
-            "api-virtio-counters",
-            "l2-exit",
-        ],
-        ..VMM_LINUX
+        expected_checks: virtio_checks!(),
+        ..VMM_LINUX_VIRTIO
+    },
+    Scenario {
+        name: "vmm-linux-virtio-pci",
+        summary: "the vmm-linux-virtio VM with devices.virtio_transport \"pci\": L2 finds the disks, rng and vsock as virtio-pci functions on the ACPI-described PCI root bus and drives them with its own virtio_pci driver over MSI-X (msi_irqs mode msix, the queue vectors fired); GET /vm shows the functions' PCI and MSI-X state",
+        script: concat!(
+            "transport=pci\n",
+            include_str!("../../lab/scenarios/vmm-linux-virtio.sh")
+        ),
+        l2: Some(L2Guest {
+            modules: &[
+                "virtio_pci",
+                "virtio_blk",
+                "virtio-rng",
+                "vmw_vsock_virtio_transport",
+            ],
+            ..VIRTIO_L2
+        }),
+        expected_checks: virtio_checks!(
+            "l2-pci-functions",
+            "l2-msix",
+            "l2-msix-interrupts",
+            "api-virtio-pci"
+        ),
+        ..VMM_LINUX_VIRTIO
     },
     Scenario {
         name: "vmm-linux",

@@ -8,8 +8,11 @@
 //! `guest_main(cpu, arg)`, which each binary defines.
 #![no_std]
 
+pub mod blkcheck;
 pub mod e820;
+pub mod pci;
 pub mod virtio;
+pub mod virtio_pci;
 pub mod vsock;
 
 use core::arch::{asm, global_asm};

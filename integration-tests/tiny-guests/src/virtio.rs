@@ -3,7 +3,8 @@
 //! `virtio_mmio.device=` command-line fragments), the status handshake, split
 //! virtqueues laid out in fixed guest-physical pages, and polling of the used ring
 //! (interrupts stay masked). Deliberately also able to do what a hostile driver does:
-//! raw descriptor writes, register writes in any state.
+//! raw descriptor writes, register writes in any state. The block and rng drivers
+//! work over any [`Transport`]: [`Mmio`] here, `virtio_pci::VirtioPci` too.
 //!
 //! Memory plan (identity-mapped RAM, free for the guests' use): queue pages from
 //! [`QUEUE_AREA`], 4 KiB each; data buffers from [`DATA_AREA`].
@@ -206,6 +207,44 @@ impl Mmio {
     }
 }
 
+/// What the block and rng drivers need from a transport.
+pub trait Transport: Copy {
+    /// 64-bit device features.
+    fn features(&self) -> u64;
+    /// Resets the device and negotiates `features_lo` (VERSION_1 is added); false
+    /// when the device refuses FEATURES_OK.
+    fn begin(&self, features_lo: u32) -> bool;
+    /// Programs queue `index` with `vq`'s rings and enables it.
+    fn set_queue(&self, index: u32, vq: &Vq);
+    /// Sets DRIVER_OK; returns the status read back.
+    fn driver_ok(&self) -> u32;
+    /// Notifies queue `index`.
+    fn notify(&self, index: u32);
+    /// A little-endian device config field of up to 8 bytes.
+    fn config_u64(&self, off: u64) -> u64;
+}
+
+impl Transport for Mmio {
+    fn features(&self) -> u64 {
+        Mmio::features(self)
+    }
+    fn begin(&self, features_lo: u32) -> bool {
+        Mmio::begin(self, features_lo)
+    }
+    fn set_queue(&self, index: u32, vq: &Vq) {
+        Mmio::set_queue(self, index, vq)
+    }
+    fn driver_ok(&self) -> u32 {
+        Mmio::driver_ok(self)
+    }
+    fn notify(&self, index: u32) {
+        Mmio::notify(self, index)
+    }
+    fn config_u64(&self, off: u64) -> u64 {
+        Mmio::config_u64(self, off)
+    }
+}
+
 /// A split virtqueue in one 4 KiB page: descriptors at +0, available ring at +0x400,
 /// used ring at +0x800 (room for up to 64 entries).
 #[derive(Debug)]
@@ -311,6 +350,25 @@ impl Vq {
         }
         None
     }
+
+    /// Waits for the next used element sleeping in `hlt` with interrupts on
+    /// (checked with them off, then `sti; hlt` with no window between), so only an
+    /// interrupt wakes the vCPU; `None` after `rounds` wake-ups. The guest must have
+    /// an IDT and an interrupt source set up.
+    pub fn wait_used_halting(&mut self, rounds: u64) -> Option<(u32, u32)> {
+        for _ in 0..rounds {
+            // SAFETY: cli only affects this vCPU.
+            unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+            if let Some(e) = self.pop_used() {
+                // SAFETY: re-enables interrupts the caller had on.
+                unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+                return Some(e);
+            }
+            // SAFETY: sleeps until an interrupt; the caller installed the handlers.
+            unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) };
+        }
+        None
+    }
 }
 
 /// How long drivers poll a used ring before giving up (tens of seconds here).
@@ -383,9 +441,9 @@ pub fn cmdline_devices(cmdline: &[u8]) -> impl Iterator<Item = (u64, u32)> + '_ 
 
 /// A virtio-blk driver doing one request at a time on queue 0.
 #[derive(Debug)]
-pub struct Blk {
-    /// The window.
-    pub mmio: Mmio,
+pub struct Blk<T: Transport = Mmio> {
+    /// The transport.
+    pub dev: T,
     /// Its request queue.
     pub vq: Vq,
     /// Capacity in 512-byte sectors.
@@ -394,6 +452,10 @@ pub struct Blk {
     pub features: u64,
     /// Header (16 bytes) and status byte area.
     pub hdr: u64,
+    /// Wait for completions in `hlt` (interrupts set up) instead of spinning.
+    pub halt_wait: bool,
+    /// Requests completed.
+    pub completions: u64,
 }
 
 /// virtio-blk request types.
@@ -405,26 +467,28 @@ pub const BLK_FLUSH: u32 = 4;
 /// Get id.
 pub const BLK_GET_ID: u32 = 8;
 
-impl Blk {
+impl<T: Transport> Blk<T> {
     /// Brings the device up with queue page `page` and header area `hdr`.
-    pub fn new(mmio: Mmio, page: u64, hdr: u64) -> Option<Blk> {
-        let features = mmio.features();
+    pub fn new(dev: T, page: u64, hdr: u64) -> Option<Blk<T>> {
+        let features = dev.features();
         // SEG_MAX, RO, FLUSH as offered (no DISCARD).
         let want = (features as u32) & ((1 << 2) | (1 << 5) | (1 << 9));
-        if !mmio.begin(want) {
+        if !dev.begin(want) {
             return None;
         }
         let vq = Vq::new(page, 16);
-        mmio.set_queue(0, &vq);
-        if mmio.driver_ok() & NEEDS_RESET != 0 {
+        dev.set_queue(0, &vq);
+        if dev.driver_ok() & NEEDS_RESET != 0 {
             return None;
         }
         Some(Blk {
-            mmio,
+            dev,
             vq,
-            capacity: mmio.config_u64(0),
+            capacity: dev.config_u64(0),
             features,
             hdr,
+            halt_wait: false,
+            completions: 0,
         })
     }
 
@@ -449,10 +513,18 @@ impl Blk {
         };
         self.vq.set_desc(status_desc, self.hdr + 16, 1, F_WRITE, 0);
         self.vq.push(0);
-        self.mmio.notify(0);
-        match self.vq.wait_used(SPINS) {
-            // SAFETY: as above.
-            Some((_, used)) => (unsafe { peek::<u8>(self.hdr + 16) }, used),
+        self.dev.notify(0);
+        let done = if self.halt_wait {
+            self.vq.wait_used_halting(SPINS)
+        } else {
+            self.vq.wait_used(SPINS)
+        };
+        match done {
+            Some((_, used)) => {
+                self.completions += 1;
+                // SAFETY: as above.
+                (unsafe { peek::<u8>(self.hdr + 16) }, used)
+            }
             None => (0xfe, 0),
         }
     }
@@ -460,32 +532,43 @@ impl Blk {
 
 /// A virtio-rng driver.
 #[derive(Debug)]
-pub struct Rng {
-    /// The window.
-    pub mmio: Mmio,
+pub struct Rng<T: Transport = Mmio> {
+    /// The transport.
+    pub dev: T,
     /// Its queue.
     pub vq: Vq,
+    /// Wait for completions in `hlt` (interrupts set up) instead of spinning.
+    pub halt_wait: bool,
 }
 
-impl Rng {
+impl<T: Transport> Rng<T> {
     /// Brings the device up with queue page `page`.
-    pub fn new(mmio: Mmio, page: u64) -> Option<Rng> {
-        if !mmio.begin(0) {
+    pub fn new(dev: T, page: u64) -> Option<Rng<T>> {
+        if !dev.begin(0) {
             return None;
         }
         let vq = Vq::new(page, 16);
-        mmio.set_queue(0, &vq);
-        if mmio.driver_ok() & NEEDS_RESET != 0 {
+        dev.set_queue(0, &vq);
+        if dev.driver_ok() & NEEDS_RESET != 0 {
             return None;
         }
-        Some(Rng { mmio, vq })
+        Some(Rng {
+            dev,
+            vq,
+            halt_wait: false,
+        })
     }
 
     /// Asks for `len` random bytes at `buf`; returns how many the device wrote.
     pub fn fill(&mut self, buf: u64, len: u32) -> Option<u32> {
         self.vq.set_desc(0, buf, len, F_WRITE, 0);
         self.vq.push(0);
-        self.mmio.notify(0);
-        self.vq.wait_used(SPINS).map(|(_, n)| n)
+        self.dev.notify(0);
+        let done = if self.halt_wait {
+            self.vq.wait_used_halting(SPINS)
+        } else {
+            self.vq.wait_used(SPINS)
+        };
+        done.map(|(_, n)| n)
     }
 }

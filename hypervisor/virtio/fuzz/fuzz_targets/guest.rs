@@ -17,6 +17,29 @@ pub const REGIONS: [(u64, usize); 3] = [(0, 0x8000), (0x8000, 0x8000), (0x10_000
 /// Bytes of the input per queue: size (2), desc/avail/used offsets (2 each).
 const QUEUE_BYTES: usize = 8;
 
+/// Guest memory laid out as [`REGIONS`].
+pub fn memory() -> Arc<GuestMemory> {
+    Arc::new(
+        GuestMemory::from_ranges(
+            &REGIONS
+                .iter()
+                .map(|&(a, l)| (GuestAddress(a), l))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    )
+}
+
+/// An 8 KiB file of zeros for a read-only disk, created once per process.
+pub fn scratch_disk(name: &str) -> &'static std::path::Path {
+    static DISK: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DISK.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("bulwark-{name}-fuzz-{}", std::process::id()));
+        std::fs::write(&p, [0u8; 8192]).unwrap();
+        p
+    })
+}
+
 pub struct Guest {
     pub transport: MmioTransport,
     pub device: SharedDevice,
@@ -33,15 +56,7 @@ fn u16_at(data: &[u8], at: usize) -> u16 {
 /// the rest of the input as guest memory. `None` if activation was refused
 /// (which is itself a valid outcome the target has exercised).
 pub fn bring_up(device: SharedDevice, data: &[u8]) -> Option<Guest> {
-    let mem = Arc::new(
-        GuestMemory::from_ranges(
-            &REGIONS
-                .iter()
-                .map(|&(a, l)| (GuestAddress(a), l))
-                .collect::<Vec<_>>(),
-        )
-        .ok()?,
-    );
+    let mem = memory();
     let queues = lock_device(&device).queue_max_sizes().len();
     let header = queues * QUEUE_BYTES;
     let contents = data.get(header..).unwrap_or(&[]);

@@ -6,35 +6,17 @@
 #[path = "guest.rs"]
 mod guest;
 
-use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bulwark_virtio::block::{Block, DiskBackend};
 use bulwark_virtio::rng::Rng;
-use bulwark_virtio::{lock_device, GuestMemory, MmioTransport};
+use bulwark_virtio::{lock_device, MmioTransport};
 use libfuzzer_sys::fuzz_target;
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 fuzz_target!(|data: &[u8]| {
-    static DISK: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let disk = DISK.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("bulwark-mmio-fuzz-{}", std::process::id()));
-        std::fs::File::create(&p)
-            .unwrap()
-            .write_all(&[0u8; 8192])
-            .unwrap();
-        p
-    });
-    let mem = Arc::new(
-        GuestMemory::from_ranges(
-            &guest::REGIONS
-                .iter()
-                .map(|&(a, l)| (GuestAddress(a), l))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap(),
-    );
+    let disk = guest::scratch_disk("mmio");
+    let mem = guest::memory();
     let device = if data.first().is_some_and(|b| b & 1 == 1) {
         guest::shared(Block::new(DiskBackend::open_file(disk, true).unwrap(), "m"))
     } else {

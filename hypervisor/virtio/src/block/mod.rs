@@ -306,6 +306,10 @@ impl VirtioDevice for Block {
         self.features
     }
 
+    fn config_len(&self) -> usize {
+        CONFIG_BYTES
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }

@@ -676,6 +676,10 @@ impl VirtioDevice for Vsock {
         VIRTIO_F_VERSION_1
     }
 
+    fn config_len(&self) -> usize {
+        8
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }

@@ -63,7 +63,7 @@ fn submit_raw(blk: &mut Blk, descs: &[(u64, u32, u16, u16)]) -> u32 {
         poke::<u8>(blk.hdr + 16, 0xff);
     }
     blk.vq.push(0);
-    blk.mmio.notify(0);
+    blk.dev.notify(0);
     match blk.vq.wait_used(virtio::SPINS) {
         Some((_, len)) => len,
         None => fail("a refused chain never came back"),
@@ -183,12 +183,12 @@ fn blk_attacks(d: &mut Devs) {
     // The available index jumps far ahead: the ring is corrupt.
     let idx = d.rw.vq.avail_idx.wrapping_add(1000);
     d.rw.vq.set_avail_idx(idx);
-    d.rw.mmio.notify(0);
-    if !wait_needs_reset(&d.rw.mmio) {
+    d.rw.dev.notify(0);
+    if !wait_needs_reset(&d.rw.dev) {
         fail("a corrupt available index did not set DEVICE_NEEDS_RESET");
     }
     healthy(d, "corrupt available index (needs reset)");
-    d.rw = Blk::new(d.rw.mmio, 4, d.rw.hdr).unwrap_or_else(|| fail("rw re-init"));
+    d.rw = Blk::new(d.rw.dev, 4, d.rw.hdr).unwrap_or_else(|| fail("rw re-init"));
     if d.rw.request(BLK_IN, 0, BUF, 512).0 != 0 {
         fail("rw disk after reset");
     }
@@ -204,9 +204,9 @@ fn blk_attacks(d: &mut Devs) {
         poke(h + 8, 0u64);
     }
     d.rw.vq.push(0);
-    d.rw.mmio.notify(0);
-    d.rw.mmio.write(reg::STATUS, 0);
-    d.rw = Blk::new(d.rw.mmio, 4, d.rw.hdr).unwrap_or_else(|| fail("rw re-init"));
+    d.rw.dev.notify(0);
+    d.rw.dev.write(reg::STATUS, 0);
+    d.rw = Blk::new(d.rw.dev, 4, d.rw.hdr).unwrap_or_else(|| fail("rw re-init"));
     if d.rw.request(BLK_IN, 0, BUF, 512).0 != 0 {
         fail("rw disk after a reset mid-request");
     }
@@ -215,7 +215,7 @@ fn blk_attacks(d: &mut Devs) {
 
 fn rng_attacks(d: &mut Devs) {
     // Queue addresses rewritten after DRIVER_OK.
-    let m = d.rng.mmio;
+    let m = d.rng.dev;
     m.write(reg::QUEUE_SEL, 0);
     m.write(reg::QUEUE_DESC_LOW, 0x1000);
     if m.status() & NEEDS_RESET == 0 {

@@ -86,7 +86,7 @@ extern "C" fn guest_main(_cpu: u64, gsi: u64) -> ! {
         let before = IRQ_COUNT.load(Ordering::SeqCst);
         rng.vq.set_desc(0, BUF, 32, F_WRITE, 0);
         rng.vq.push(0);
-        rng.mmio.notify(0);
+        rng.dev.notify(0);
         let mut used = None;
         for _ in 0..1_000_000 {
             // Interrupts off while checking, then `sti; hlt` (no window between them).
@@ -110,8 +110,8 @@ extern "C" fn guest_main(_cpu: u64, gsi: u64) -> ! {
             unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
         }
         let after = IRQ_COUNT.load(Ordering::SeqCst);
-        let status = rng.mmio.read(reg::INTERRUPT_STATUS);
-        rng.mmio.write(reg::INTERRUPT_ACK, status);
+        let status = rng.dev.read(reg::INTERRUPT_STATUS);
+        rng.dev.write(reg::INTERRUPT_ACK, status);
         match used {
             Some((0, 32)) if after > before && status & 1 != 0 => {}
             _ => {

@@ -1,14 +1,16 @@
-//! The virtio devices of a VM (crate `bulwark-virtio`) on the virtio-mmio transport:
-//! their configuration, where each sits (MMIO window and GSI, a pure function of the
-//! configuration, so `measure` predicts it), the command-line fragments and device-list
-//! entries that announce them (both measured), and the running set: each device's
-//! `MmioTransport` on [`Buses::mmio`], its interrupt as a KVM irqfd, its queue
+//! The virtio devices of a VM (crate `bulwark-virtio`), on either transport
+//! (`devices.virtio_transport`): their configuration, where each sits (a pure function
+//! of the configuration, so `measure` predicts it), the command-line fragments and
+//! device-list entries that announce them (both measured), and the running set: the
+//! devices, their transports (virtio-mmio here, virtio-pci in `virtio_pci`), queue
 //! notifications as KVM ioeventfds (or, without them, MMIO exits forwarded to the
 //! transport), and one `IoWorker` thread per device under its own seccomp filter.
 //!
 //! Order: the `devices.block` disks in configuration order, then rng, then vsock.
-//! Device `n` sits at `VIRTIO_MMIO_START + n * 4 KiB` with the `n`th GSI of
-//! 5..=15 skipping 9 (`layout.rs`), so at most 10 devices.
+//! virtio-mmio: device `n` sits at `VIRTIO_MMIO_START + n * 4 KiB` with the `n`th GSI
+//! of 5..=15 skipping 9 (`layout.rs`), so at most 10 devices. virtio-pci: device `n` is
+//! function `00:(1 + vfio devices + n).0` with BAR0 at `VIRTIO_PCI_START + n * 32 KiB`
+//! and MSI-X vectors on GSIs from the VM's router.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,11 +29,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot_source::BootInputs;
 use crate::bus::{BusAction, BusDevice};
-use crate::config::{BootSource, ConfigError, DevicesConfig, VmConfig};
+use crate::config::{BootSource, ConfigError, DevicesConfig, VirtioTransport, VmConfig};
 use crate::control::{Control, ExitReason};
 use crate::devices::Buses;
 use crate::layout::{
     ACPI_SCI_GSI, VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    VIRTIO_PCI_SIZE, VIRTIO_PCI_START,
 };
 use crate::seccomp;
 
@@ -92,18 +95,31 @@ pub enum SlotKind {
     Vsock,
 }
 
-/// Where one virtio-mmio device sits.
+/// Where one virtio device sits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Slot {
     /// The device.
     #[serde(flatten)]
     pub kind: SlotKind,
-    /// Guest-physical base of its 4 KiB window.
+    /// Its transport.
+    pub transport: VirtioTransport,
+    /// Guest-physical base of its 4 KiB virtio-mmio window, or of its virtio-pci BAR0.
     pub base: u64,
-    /// Its IOAPIC pin.
-    pub gsi: u32,
+    /// virtio-mmio: its IOAPIC pin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gsi: Option<u32>,
+    /// virtio-pci: its device number on bus 0 (function 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_slot: Option<u8>,
     /// Its measured description (`devices` event).
     pub label: String,
+}
+
+impl Slot {
+    /// `00:SS.0` for a virtio-pci function.
+    pub fn pci_address(&self) -> Option<String> {
+        self.pci_slot.map(|s| format!("00:{s:02x}.0"))
+    }
 }
 
 /// The GSIs virtio-mmio devices take, in order.
@@ -116,8 +132,44 @@ pub fn max_devices() -> usize {
     gsis().count()
 }
 
+/// Most virtio-pci devices beside `n_vfio` assigned ones: the free device numbers of
+/// bus 0 (1..=31 after the assigned devices), and BAR0s that fit the reserved window.
+pub fn max_pci_devices(n_vfio: usize) -> usize {
+    let bars = (VIRTIO_PCI_SIZE / bulwark_virtio::pci::BAR_SIZE) as usize;
+    31usize.saturating_sub(n_vfio).min(bars)
+}
+
+/// The bus 0 device number of virtio-pci device `n` (after the assigned devices).
+pub fn pci_slot(n_vfio: usize, n: usize) -> u8 {
+    (usize::from(crate::vfio::FIRST_SLOT) + n_vfio + n) as u8
+}
+
+fn describe_kind(cfg: &DevicesConfig, kind: &SlotKind) -> String {
+    match kind {
+        SlotKind::Block { index } => {
+            let b = &cfg.block[*index];
+            format!(
+                "virtio-blk,id:{},{},{}",
+                b.id,
+                if b.is_read_only() { "ro" } else { "rw" },
+                if b.bundle_rootfs {
+                    "bundle-rootfs"
+                } else {
+                    "file"
+                }
+            )
+        }
+        SlotKind::Rng => "virtio-rng".to_string(),
+        SlotKind::Vsock => format!(
+            "virtio-vsock,cid:{}",
+            cfg.vsock.as_ref().map_or(0, |v| v.guest_cid)
+        ),
+    }
+}
+
 /// The slots of the configured devices, in order (a pure function of the config).
-/// Devices beyond [`max_devices`] are left out (`validate` refuses such configs).
+/// Devices beyond what the transport has room for are left out (`validate` refuses
+/// such configs).
 pub fn slots(cfg: &DevicesConfig) -> Vec<Slot> {
     let mut kinds: Vec<SlotKind> = (0..cfg.block.len())
         .map(|index| SlotKind::Block { index })
@@ -128,60 +180,84 @@ pub fn slots(cfg: &DevicesConfig) -> Vec<Slot> {
     if cfg.vsock.is_some() {
         kinds.push(SlotKind::Vsock);
     }
-    kinds
-        .into_iter()
-        .zip(gsis())
-        .enumerate()
-        .map(|(n, (kind, gsi))| {
-            let base = VIRTIO_MMIO_START + n as u64 * MMIO_REGION_SIZE;
-            let what = match &kind {
-                SlotKind::Block { index } => {
-                    let b = &cfg.block[*index];
-                    format!(
-                        "virtio-blk,id:{},{},{}",
-                        b.id,
-                        if b.is_read_only() { "ro" } else { "rw" },
-                        if b.bundle_rootfs {
-                            "bundle-rootfs"
-                        } else {
-                            "file"
-                        }
-                    )
+    match cfg.virtio_transport {
+        VirtioTransport::Mmio => kinds
+            .into_iter()
+            .zip(gsis())
+            .enumerate()
+            .map(|(n, (kind, gsi))| {
+                let base = VIRTIO_MMIO_START + n as u64 * MMIO_REGION_SIZE;
+                let what = describe_kind(cfg, &kind);
+                Slot {
+                    kind,
+                    transport: VirtioTransport::Mmio,
+                    base,
+                    gsi: Some(gsi),
+                    pci_slot: None,
+                    label: format!("{what}@mmio:{base:#x},irq:{gsi}"),
                 }
-                SlotKind::Rng => "virtio-rng".to_string(),
-                SlotKind::Vsock => format!(
-                    "virtio-vsock,cid:{}",
-                    cfg.vsock.as_ref().map_or(0, |v| v.guest_cid)
-                ),
-            };
-            Slot {
-                kind,
-                base,
-                gsi,
-                label: format!("{what}@mmio:{base:#x},irq:{gsi}"),
-            }
-        })
+            })
+            .collect(),
+        VirtioTransport::Pci => {
+            let n_vfio = cfg.vfio.len();
+            kinds
+                .into_iter()
+                .take(max_pci_devices(n_vfio))
+                .enumerate()
+                .map(|(n, kind)| {
+                    let base = VIRTIO_PCI_START + n as u64 * bulwark_virtio::pci::BAR_SIZE;
+                    let slot = pci_slot(n_vfio, n);
+                    let what = describe_kind(cfg, &kind);
+                    Slot {
+                        kind,
+                        transport: VirtioTransport::Pci,
+                        base,
+                        gsi: None,
+                        pci_slot: Some(slot),
+                        label: format!("{what}@pci:00:{slot:02x}.0,bar0:{base:#x}"),
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// The virtio-mmio devices as `(window base, GSI)` pairs (for the ACPI DSDT; none
+/// with virtio-pci).
+pub fn mmio_devices(cfg: &DevicesConfig) -> Vec<(u64, u32)> {
+    slots(cfg)
+        .iter()
+        .filter_map(|s| s.gsi.map(|g| (s.base, g)))
         .collect()
 }
 
-/// The virtio-mmio devices as `(window base, GSI)` pairs (for the ACPI DSDT).
-pub fn mmio_devices(cfg: &DevicesConfig) -> Vec<(u64, u32)> {
-    slots(cfg).iter().map(|s| (s.base, s.gsi)).collect()
-}
-
-/// The measured device-list entries of the virtio devices.
+/// The measured device-list entries of the virtio-mmio devices (the virtio-pci ones
+/// are on the PCI bus's list, [`pci_device_list`]).
 pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
-    slots(cfg).into_iter().map(|s| s.label).collect()
+    slots(cfg)
+        .into_iter()
+        .filter(|s| s.transport == VirtioTransport::Mmio)
+        .map(|s| s.label)
+        .collect()
 }
 
-/// `cmdline` with one `virtio_mmio.device=4K@BASE:GSI` per device appended.
+/// The measured device-list entries of the virtio-pci functions, in slot order.
+pub fn pci_device_list(cfg: &DevicesConfig) -> Vec<String> {
+    slots(cfg)
+        .into_iter()
+        .filter(|s| s.transport == VirtioTransport::Pci)
+        .map(|s| s.label)
+        .collect()
+}
+
+/// `cmdline` with one `virtio_mmio.device=4K@BASE:GSI` per virtio-mmio device appended.
 pub fn append_cmdline(cmdline: &str, cfg: &DevicesConfig) -> String {
     let mut out = cmdline.to_string();
-    for s in slots(cfg) {
+    for (base, gsi) in mmio_devices(cfg) {
         if !out.is_empty() && !out.ends_with(' ') {
             out.push(' ');
         }
-        out.push_str(&MmioTransport::cmdline_fragment(s.base, s.gsi));
+        out.push_str(&MmioTransport::cmdline_fragment(base, gsi));
     }
     out
 }
@@ -190,14 +266,27 @@ pub fn append_cmdline(cmdline: &str, cfg: &DevicesConfig) -> String {
 /// known, for `bundle_rootfs`).
 pub fn validate(cfg: &DevicesConfig, boot: Option<&BootSource>) -> Result<(), ConfigError> {
     let n = cfg.block.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some());
-    if n > max_devices() {
-        return Err(ConfigError::new(
-            "devices",
-            format!(
-                "{n} virtio devices; at most {} fit (one GSI each)",
-                max_devices()
-            ),
-        ));
+    match cfg.virtio_transport {
+        VirtioTransport::Mmio if n > max_devices() => {
+            return Err(ConfigError::new(
+                "devices",
+                format!(
+                    "{n} virtio devices; at most {} fit on virtio-mmio (one GSI each); devices.virtio_transport \"pci\" takes more",
+                    max_devices()
+                ),
+            ));
+        }
+        VirtioTransport::Pci if n > max_pci_devices(cfg.vfio.len()) => {
+            return Err(ConfigError::new(
+                "devices",
+                format!(
+                    "{n} virtio-pci devices; beside {} assigned devices bus 0 has room for {}",
+                    cfg.vfio.len(),
+                    max_pci_devices(cfg.vfio.len())
+                ),
+            ));
+        }
+        _ => {}
     }
     // The windows must fit the space the layout reserves for them.
     debug_assert!(max_devices() as u64 * MMIO_REGION_SIZE <= VIRTIO_MMIO_SIZE);
@@ -303,66 +392,111 @@ pub fn write_metrics(out: &mut String, devices: &[VirtioDeviceInfo]) {
         &'static str,
         &'static str,
         &'static str,
-        fn(&VirtioDeviceInfo) -> u64,
+        fn(&VirtioDeviceInfo) -> Option<u64>,
     );
-    let metrics: [Metric; 7] = [
+    let metrics: [Metric; 12] = [
         (
             "bulwark_virtio_requests_total",
             "counter",
             "Requests (descriptor chains, vsock packets) a virtio device handled.",
-            |d| d.counters.requests,
+            |d| Some(d.counters.requests),
         ),
         (
             "bulwark_virtio_read_bytes_total",
             "counter",
             "Bytes a virtio device moved from its backend into the guest.",
-            |d| d.counters.bytes_read,
+            |d| Some(d.counters.bytes_read),
         ),
         (
             "bulwark_virtio_written_bytes_total",
             "counter",
             "Bytes a virtio device moved from the guest into its backend.",
-            |d| d.counters.bytes_written,
+            |d| Some(d.counters.bytes_written),
         ),
         (
             "bulwark_virtio_errors_total",
             "counter",
             "Failed requests, refused chains and reset packets.",
-            |d| d.counters.errors,
+            |d| Some(d.counters.errors),
         ),
         (
             "bulwark_virtio_needs_reset_total",
             "counter",
             "Times a virtio device entered DEVICE_NEEDS_RESET.",
-            |d| d.counters.needs_reset,
+            |d| Some(d.counters.needs_reset),
         ),
         (
             "bulwark_virtio_guest_faults_total",
             "counter",
             "Guest-caused faults on a virtio device (all counted, logging rate-limited).",
-            |d| d.counters.guest_faults,
+            |d| Some(d.counters.guest_faults),
         ),
         (
             "bulwark_virtio_needs_reset",
             "gauge",
             "1 while a virtio device is in DEVICE_NEEDS_RESET.",
-            |d| u64::from(d.needs_reset),
+            |d| Some(u64::from(d.needs_reset)),
+        ),
+        (
+            "bulwark_virtio_pci_msix_enabled",
+            "gauge",
+            "1 while the guest has MSI-X enabled on a virtio-pci function.",
+            |d| d.pci.as_ref().map(|p| u64::from(p.msix_enabled)),
+        ),
+        (
+            "bulwark_virtio_pci_msix_messages_total",
+            "counter",
+            "MSI-X messages a virtio-pci function sent.",
+            |d| d.pci.as_ref().map(|p| p.msix_sent),
+        ),
+        (
+            "bulwark_virtio_pci_msix_pended_total",
+            "counter",
+            "Interrupts held because their MSI-X vector was masked (sent on unmask).",
+            |d| d.pci.as_ref().map(|p| p.msix_pended),
+        ),
+        (
+            "bulwark_virtio_pci_msix_undelivered_total",
+            "counter",
+            "Interrupts with MSI-X disabled or no vector (no INTx: only the ISR bit set).",
+            |d| d.pci.as_ref().map(|p| p.msix_undelivered),
+        ),
+        (
+            "bulwark_virtio_pci_msix_pending_vectors",
+            "gauge",
+            "MSI-X vectors of a virtio-pci function with their pending bit set.",
+            |d| {
+                d.pci
+                    .as_ref()
+                    .map(|p| p.vectors.iter().filter(|v| v.pending).count() as u64)
+            },
         ),
     ];
+    let labels = |d: &VirtioDeviceInfo| {
+        let kind = match d.slot.kind {
+            SlotKind::Block { .. } => "block",
+            SlotKind::Rng => "rng",
+            SlotKind::Vsock => "vsock",
+        };
+        match d.slot.pci_address() {
+            None => format!("device=\"{kind}\",base=\"{:#x}\"", d.slot.base),
+            Some(a) => format!(
+                "device=\"{kind}\",base=\"{:#x}\",transport=\"pci\",slot=\"{a}\"",
+                d.slot.base
+            ),
+        }
+    };
+    // A family is written when some device has it (the PCI ones only virtio-pci
+    // functions).
     for (name, kind, help, value) in metrics {
+        if devices.iter().all(|d| value(d).is_none()) {
+            continue;
+        }
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for d in devices {
-            let kind = match d.slot.kind {
-                SlotKind::Block { .. } => "block",
-                SlotKind::Rng => "rng",
-                SlotKind::Vsock => "vsock",
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{device=\"{kind}\",base=\"{:#x}\"}} {}",
-                d.slot.base,
-                value(d)
-            );
+            if let Some(v) = value(d) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels(d));
+            }
         }
     }
 }
@@ -409,6 +543,9 @@ pub struct VirtioDeviceInfo {
     pub worker_alive: bool,
     /// Requests, bytes, errors, needs-reset entries, guest faults.
     pub counters: CounterView,
+    /// virtio-pci: the function's PCI and MSI-X state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci: Option<crate::virtio_pci::PciView>,
 }
 
 /// [`CounterSnapshot`] as serialised.
@@ -444,13 +581,81 @@ impl From<CounterSnapshot> for CounterView {
     }
 }
 
+/// How a running device is wired.
+enum Wiring {
+    Mmio(Arc<TransportOnBus>),
+    Pci(crate::virtio_pci::PciWiring),
+}
+
 struct Running {
     slot: Slot,
-    transport: Arc<TransportOnBus>,
+    wiring: Wiring,
     counters: Arc<DeviceCounters>,
     notify: NotifyPath,
     worker: Option<IoWorker>,
     worker_done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Registers each queue's notification event (`events[i]`) as a KVM ioeventfd through
+/// `register` when `use_ioeventfd` (a failure leaves that device on MMIO exits, which
+/// the transport turns into the same event), and clones the events for the worker.
+pub(crate) fn doorbells(
+    events: &[EventFd],
+    base: u64,
+    use_ioeventfd: bool,
+    register: impl Fn(usize, &EventFd) -> Result<(), kvm_ioctls::Error>,
+) -> Result<(NotifyPath, Vec<EventFd>), VirtioError> {
+    let mut notify = NotifyPath::MmioExit;
+    if use_ioeventfd {
+        notify = NotifyPath::Ioeventfd;
+        for (i, evt) in events.iter().enumerate() {
+            if let Err(e) = register(i, evt) {
+                tracing::warn!(error = %e, base = format_args!("{base:#x}"), "KVM_IOEVENTFD failed; this device's notifications exit to the VMM");
+                notify = NotifyPath::MmioExit;
+            }
+        }
+    }
+    let clones = events
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| verr("eventfd", e))?;
+    Ok((notify, clones))
+}
+
+/// A virtio-mmio window: its interrupt as an irqfd on `gsi`, the transport on
+/// `buses.mmio`, its queue notifications as ioeventfds on `base + 0x50` (data match
+/// = queue index) when `use_ioeventfd`.
+fn attach_mmio(
+    slot: &Slot,
+    gsi: u32,
+    device: SharedDevice,
+    mem: Arc<GuestMemoryMmap>,
+    vm_fd: &VmFd,
+    buses: &Buses,
+    use_ioeventfd: bool,
+) -> Result<(Arc<TransportOnBus>, NotifyPath, Vec<EventFd>), VirtioError> {
+    let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| verr("eventfd", e))?);
+    vm_fd
+        .register_irqfd(&irq, gsi)
+        .map_err(|e| verr("KVM_IRQFD (virtio)", e))?;
+    let transport =
+        MmioTransport::new(device, mem, irq).map_err(|e| verr("virtio transport", e))?;
+    let (notify, events) = doorbells(
+        transport.queue_events(),
+        slot.base,
+        use_ioeventfd,
+        |i, evt| {
+            let addr = IoEventAddress::Mmio(slot.base + NOTIFY_OFFSET);
+            vm_fd.register_ioevent(evt, &addr, i as u32)
+        },
+    )?;
+    let transport = Arc::new(TransportOnBus(Mutex::new(transport)));
+    buses
+        .mmio
+        .insert(slot.base, MMIO_REGION_SIZE, transport.clone())
+        .map_err(|e| verr("virtio-mmio window", e))?;
+    Ok((transport, notify, events))
 }
 
 /// The running virtio devices of a VM.
@@ -477,7 +682,7 @@ pub struct VirtioError {
     pub message: String,
 }
 
-fn verr(field: impl Into<String>, message: impl std::fmt::Display) -> VirtioError {
+pub(crate) fn verr(field: impl Into<String>, message: impl std::fmt::Display) -> VirtioError {
     VirtioError {
         field: field.into(),
         message: message.to_string(),
@@ -485,9 +690,11 @@ fn verr(field: impl Into<String>, message: impl std::fmt::Display) -> VirtioErro
 }
 
 impl VirtioDevices {
-    /// Creates every configured device, puts its transport on `buses.mmio`, wires its
-    /// interrupt (irqfd) and notifications (ioeventfd, or the MMIO-exit fallback) and
-    /// starts its worker thread, which installs the worker seccomp filter first.
+    /// Creates every configured device, puts its transport on `buses.mmio` (virtio-mmio)
+    /// or on `pci`'s bus 0 (virtio-pci), wires its interrupts (irqfds) and
+    /// notifications (ioeventfds, or the MMIO-exit fallback) and starts its worker
+    /// thread, which installs the worker seccomp filter first.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         vm_cfg: &VmConfig,
         inputs: &BootInputs,
@@ -495,6 +702,7 @@ impl VirtioDevices {
         kvm: &Kvm,
         vm_fd: &VmFd,
         buses: &Buses,
+        pci: Option<&crate::pci::PciBus>,
         control: &Arc<Control>,
     ) -> Result<Self, VirtioError> {
         let (cfg, mode) = (&vm_cfg.devices, vm_cfg.seccomp);
@@ -558,35 +766,39 @@ impl VirtioDevices {
             let filter =
                 seccomp::virtio_worker_filter(mode, worker_kind).map_err(|e| verr("seccomp", e))?;
             let counters = bulwark_virtio::lock_device(&device).counters();
-            let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| verr("eventfd", e))?);
-            vm_fd
-                .register_irqfd(&irq, slot.gsi)
-                .map_err(|e| verr("KVM_IRQFD (virtio)", e))?;
-            let transport = MmioTransport::new(device.clone(), mem.clone(), irq)
-                .map_err(|e| verr("virtio transport", e))?;
-            let mut notify = NotifyPath::MmioExit;
-            if use_ioeventfd {
-                notify = NotifyPath::Ioeventfd;
-                for (i, evt) in transport.queue_events().iter().enumerate() {
-                    let addr = IoEventAddress::Mmio(slot.base + NOTIFY_OFFSET);
-                    if let Err(e) = vm_fd.register_ioevent(evt, &addr, i as u32) {
-                        // The transport still signals the same event on an MMIO exit.
-                        tracing::warn!(error = %e, base = format_args!("{:#x}", slot.base), "KVM_IOEVENTFD failed; this device's notifications exit to the VMM");
-                        notify = NotifyPath::MmioExit;
-                    }
+            let (wiring, notify, events) = match (slot.gsi, pci) {
+                (Some(gsi), _) => {
+                    let (t, notify, events) = attach_mmio(
+                        &slot,
+                        gsi,
+                        device.clone(),
+                        mem.clone(),
+                        vm_fd,
+                        buses,
+                        use_ioeventfd,
+                    )?;
+                    (Wiring::Mmio(t), notify, events)
                 }
-            }
-            let events = transport
-                .queue_events()
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| verr("eventfd", e))?;
-            let transport = Arc::new(TransportOnBus(Mutex::new(transport)));
-            buses
-                .mmio
-                .insert(slot.base, MMIO_REGION_SIZE, transport.clone())
-                .map_err(|e| verr("virtio-mmio window", e))?;
+                (None, Some(pci)) => {
+                    let (w, notify, events) = crate::virtio_pci::attach(
+                        &slot,
+                        &name,
+                        device.clone(),
+                        mem.clone(),
+                        pci,
+                        vm_fd,
+                        buses,
+                        use_ioeventfd,
+                    )?;
+                    (Wiring::Pci(w), notify, events)
+                }
+                (None, None) => {
+                    return Err(verr(
+                        "devices.virtio_transport",
+                        "virtio-pci without a PCI bus (a VMM bug)",
+                    ))
+                }
+            };
             let worker_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let (done, control) = (worker_done.clone(), control.clone());
             let worker_name = name.clone();
@@ -602,7 +814,7 @@ impl VirtioDevices {
             .map_err(|e| verr("virtio worker thread", e))?;
             running.push(Running {
                 slot,
-                transport,
+                wiring,
                 counters,
                 notify,
                 worker: Some(worker),
@@ -617,12 +829,12 @@ impl VirtioDevices {
         self.running
             .iter()
             .map(|r| {
-                let status = r
-                    .transport
-                    .0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .status();
+                let (status, pci) = match &r.wiring {
+                    Wiring::Mmio(t) => {
+                        (t.0.lock().unwrap_or_else(|p| p.into_inner()).status(), None)
+                    }
+                    Wiring::Pci(w) => (w.status(), Some(w.view(&r.slot))),
+                };
                 VirtioDeviceInfo {
                     slot: r.slot.clone(),
                     status,
@@ -631,9 +843,17 @@ impl VirtioDevices {
                     worker_alive: r.worker.as_ref().is_some_and(IoWorker::is_running)
                         && !r.worker_done.load(std::sync::atomic::Ordering::SeqCst),
                     counters: r.counters.snapshot().into(),
+                    pci,
                 }
             })
             .collect()
+    }
+
+    /// Whether any device is on virtio-pci (the vCPUs then program MSI routes).
+    pub fn has_pci(&self) -> bool {
+        self.running
+            .iter()
+            .any(|r| matches!(r.wiring, Wiring::Pci(_)))
     }
 
     /// Stops and joins every worker thread (after the vCPUs are stopped).
@@ -674,7 +894,9 @@ mod tests {
         .unwrap();
         let s = slots(&c.devices);
         assert_eq!(
-            s.iter().map(|s| (s.base, s.gsi)).collect::<Vec<_>>(),
+            s.iter()
+                .map(|s| (s.base, s.gsi.unwrap()))
+                .collect::<Vec<_>>(),
             vec![
                 (0xd000_0000, 5),
                 (0xd000_1000, 6),
@@ -695,6 +917,107 @@ mod tests {
             Some("virtio_mmio.device=4K@0xd0000000:5")
         );
         assert_eq!(mmio_devices(&c.devices).len(), 7);
+    }
+
+    #[test]
+    fn pci_slots_follow_the_vfio_devices_and_bars_sit_in_the_reserved_window() {
+        let c = parse(
+            r#"{"virtio_transport":"pci",
+                "vfio":[{"bdf":"0000:41:00.0"},{"bdf":"0000:42:00.0"}],
+                "block":[{"id":"a","path":"a.img","read_only":true}],
+                "rng":true,"vsock":{"guest_cid":3,"uds_path":"/tmp/v.sock"}}"#,
+        )
+        .unwrap();
+        let s = slots(&c.devices);
+        assert_eq!(
+            s.iter()
+                .map(|s| (s.pci_slot, s.base, s.gsi))
+                .collect::<Vec<_>>(),
+            vec![
+                (Some(3), 0xcff0_0000, None),
+                (Some(4), 0xcff0_8000, None),
+                (Some(5), 0xcff1_0000, None)
+            ]
+        );
+        assert_eq!(
+            s[0].label,
+            "virtio-blk,id:a,ro,file@pci:00:03.0,bar0:0xcff00000"
+        );
+        assert_eq!(s[1].label, "virtio-rng@pci:00:04.0,bar0:0xcff08000");
+        assert_eq!(s[2].label, "virtio-vsock,cid:3@pci:00:05.0,bar0:0xcff10000");
+        assert_eq!(s[2].pci_address().as_deref(), Some("00:05.0"));
+        // Nothing on the virtio-mmio side: no windows, no DSDT entries, no fragments.
+        assert!(mmio_devices(&c.devices).is_empty());
+        assert!(device_list(&c.devices).is_empty());
+        assert_eq!(append_cmdline("console=ttyS0", &c.devices), "console=ttyS0");
+        assert_eq!(pci_device_list(&c.devices).len(), 3);
+        // The measured PCI list: host bridge, assigned devices, virtio functions.
+        let hosts: Vec<crate::vfio::HostDevice> = Vec::new();
+        let entries = crate::pci::measured_entries(&c.devices, &hosts);
+        assert_eq!(entries[0], "pci-host@io:0xcf8-0xcff,ecam:0xe0000000");
+        assert_eq!(&entries[1..], &pci_device_list(&c.devices)[..]);
+        // The window holds a BAR0 for every free device number of bus 0.
+        let last = VIRTIO_PCI_START + max_pci_devices(0) as u64 * bulwark_virtio::pci::BAR_SIZE;
+        assert!(last <= VIRTIO_PCI_START + VIRTIO_PCI_SIZE);
+        assert_eq!(
+            VIRTIO_PCI_START + VIRTIO_PCI_SIZE,
+            crate::layout::PCI_MMIO32_START + crate::layout::PCI_MMIO32_SIZE
+        );
+        // Without virtio-pci or assigned devices there is no PCI bus at all.
+        let m = parse(r#"{"rng":true}"#).unwrap();
+        assert!(crate::pci::measured_entries(&m.devices, &hosts).is_empty());
+        assert!(!crate::pci::bus_exists(&m.devices));
+        let bare = parse(r#"{"virtio_transport":"pci"}"#).unwrap();
+        assert_eq!(crate::pci::measured_entries(&bare.devices, &hosts).len(), 1);
+    }
+
+    #[test]
+    fn the_transport_is_validated_and_pci_takes_more_devices_than_mmio() {
+        let field = |dev: &str| parse(dev).unwrap_err();
+        let e = field(r#"{"virtio_transport":"isa"}"#);
+        assert_eq!(e.field, "devices.virtio_transport");
+        assert!(
+            e.message.contains("mmio") && e.message.contains("pci"),
+            "{e}"
+        );
+        let many: Vec<String> = (0..11)
+            .map(|i| format!(r#"{{"id":"d{i}","path":"x"}}"#))
+            .collect();
+        let blocks = many.join(",");
+        let e = field(&format!(r#"{{"block":[{blocks}]}}"#));
+        assert!(e.message.contains("virtio_transport"), "{e}");
+        let c = parse(&format!(
+            r#"{{"virtio_transport":"pci","block":[{blocks}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(slots(&c.devices).len(), 11);
+        // 29 assigned devices leave two device numbers of bus 0.
+        let vfio: Vec<String> = (0..29)
+            .map(|i| format!(r#"{{"bdf":"0000:{:02x}:00.0"}}"#, i + 1))
+            .collect();
+        let vfio = vfio.join(",");
+        let e = field(&format!(
+            r#"{{"virtio_transport":"pci","vfio":[{vfio}],"rng":true,"block":[{{"id":"a","path":"x"}},{{"id":"b","path":"y"}}]}}"#
+        ));
+        assert_eq!(e.field, "devices");
+        assert!(e.message.contains("room for 2"), "{e}");
+        let ok = parse(&format!(
+            r#"{{"virtio_transport":"pci","vfio":[{vfio}],"rng":true,"block":[{{"id":"a","path":"x"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            slots(&ok.devices)
+                .iter()
+                .map(|s| s.pci_slot)
+                .collect::<Vec<_>>(),
+            vec![Some(30), Some(31)]
+        );
+        // The default stays virtio-mmio and is not written back out.
+        let d = parse(r#"{"rng":true}"#).unwrap();
+        assert_eq!(d.devices.virtio_transport, VirtioTransport::Mmio);
+        assert!(!serde_json::to_string(&d.devices)
+            .unwrap()
+            .contains("virtio_transport"));
     }
 
     #[test]
