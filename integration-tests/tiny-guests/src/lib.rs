@@ -10,6 +10,7 @@
 
 pub mod blkcheck;
 pub mod e820;
+pub mod idt;
 pub mod pci;
 pub mod virtio;
 pub mod virtio_pci;

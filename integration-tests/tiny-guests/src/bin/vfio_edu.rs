@@ -16,14 +16,14 @@
 #![no_std]
 #![no_main]
 
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use tiny_guest::{exit, halt, outl, peek, poke, print};
+use tiny_guest::idt::{self, LAPIC};
+use tiny_guest::{exit, halt, pci, peek, poke, print};
 
 const EDU_ID: u32 = 0x11e8_1234;
 const MSI_VECTOR: u8 = 0x40;
-const LAPIC: u64 = 0xfee0_0000;
 /// DMA buffer in guest RAM (below edu's 28-bit DMA mask, above the guest image).
 const DMA_BUF: u64 = 0x20_0000;
 /// The device's internal buffer in its DMA address space.
@@ -79,52 +79,24 @@ extern "C" {
     fn other_entry();
 }
 
-#[repr(C, align(16))]
-struct Idt([u64; 512]);
-
-static mut IDT: Idt = Idt([0; 512]);
-
-fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: port I/O has no memory effects on the guest.
-    unsafe {
-        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-
 /// A function on the bus: (bus, device), function 0.
 #[derive(Clone, Copy)]
 struct Pci(u8, u8);
 
-fn cfg_address(d: Pci, reg: u8) -> u32 {
-    0x8000_0000 | u32::from(d.0) << 16 | u32::from(d.1) << 11 | u32::from(reg & 0xfc)
-}
-
 fn cfg_read(d: Pci, reg: u8) -> u32 {
-    outl(0xcf8, cfg_address(d, reg));
-    inl(0xcfc)
+    pci::read32_on(d.0, d.1, u16::from(reg))
 }
 
 fn cfg_write(d: Pci, reg: u8, v: u32) {
-    outl(0xcf8, cfg_address(d, reg));
-    outl(0xcfc, v);
+    pci::write32_on(d.0, d.1, u16::from(reg), v)
 }
 
-/// The capability with ID `id` of `d`, if it has one (at most 16 followed).
+/// The capability with ID `id` of `d`: its offset and the upper 16 bits of its header.
 fn find_cap(d: Pci, id: u32) -> Option<(u8, u32)> {
-    let mut cap = (cfg_read(d, 0x34) & 0xfc) as u8;
-    for _ in 0..16 {
-        if cap < 0x40 {
-            return None;
-        }
-        let hdr = cfg_read(d, cap);
-        if hdr & 0xff == id {
-            return Some((cap, hdr >> 16));
-        }
-        cap = ((hdr >> 8) & 0xfc) as u8;
-    }
-    None
+    pci::capabilities_on(d.0, d.1)
+        .map(|c| (c as u8, cfg_read(d, c as u8)))
+        .find(|&(_, hdr)| hdr & 0xff == id)
+        .map(|(c, hdr)| (c, hdr >> 16))
 }
 
 fn rd32(addr: u64) -> u32 {
@@ -147,42 +119,11 @@ fn rd64(addr: u64) -> u64 {
     unsafe { peek::<u64>(addr) }
 }
 
-fn set_gate(vector: usize, handler: u64, cs: u16) {
-    let low =
-        (handler & 0xffff) | u64::from(cs) << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
-    // SAFETY: single vCPU, before interrupts are enabled; IDT is a static.
-    unsafe {
-        let idt = &raw mut IDT;
-        (*idt).0[vector * 2] = low;
-        (*idt).0[vector * 2 + 1] = handler >> 32;
-    }
-}
-
 fn setup_interrupts() {
-    let cs: u16;
-    // SAFETY: reads CS only.
-    unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) }
-    for v in 0..256 {
-        set_gate(v, other_entry as *const () as u64, cs);
-    }
-    set_gate(usize::from(MSI_VECTOR), msi_entry as *const () as u64, cs);
-    set_gate(usize::from(INTX_VECTOR), intx_entry as *const () as u64, cs);
-    #[repr(C, packed)]
-    struct Ptr {
-        limit: u16,
-        base: u64,
-    }
-    let ptr = Ptr {
-        limit: 256 * 16 - 1,
-        base: &raw const IDT as u64,
-    };
-    // SAFETY: the IDT is a static with valid gates for every vector.
-    unsafe { asm!("lidt [{0}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) }
-    // Local APIC: software-enable with spurious vector 0xff, accept every priority.
-    wr32(LAPIC + 0xf0, 0x1ff);
-    wr32(LAPIC + 0x80, 0);
-    // SAFETY: the IDT is loaded.
-    unsafe { asm!("sti", options(nomem, nostack)) }
+    idt::install(
+        other_entry,
+        &[(MSI_VECTOR, msi_entry), (INTX_VECTOR, intx_entry)],
+    );
 }
 
 /// Starts one DMA transfer and waits for it; false on timeout.

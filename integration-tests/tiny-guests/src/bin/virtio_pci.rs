@@ -23,11 +23,11 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use tiny_guest::blkcheck::{check_rootfs, check_scratch, disk_id, fail, BUF_A};
+use tiny_guest::idt::{self, Handler};
 use tiny_guest::virtio::{self, Blk, Rng, F_WRITE};
 use tiny_guest::virtio_pci::VirtioPci;
-use tiny_guest::{exit, pci, poke, print};
+use tiny_guest::{exit, pci, print};
 
-const LAPIC: u64 = 0xfee0_0000;
 const CONFIG_VECTOR: u8 = 0x40;
 const QUEUE_VECTOR: u8 = 0x41;
 const MAX_FUNCTIONS: usize = 4;
@@ -70,55 +70,13 @@ extern "C" {
     fn irq_other();
 }
 
-#[repr(C, align(16))]
-struct Idt([u64; 512]);
-
-static mut IDT: Idt = Idt([0; 512]);
-
-fn set_gate(vector: usize, handler: unsafe extern "C" fn(), cs: u16) {
-    let h = handler as usize as u64;
-    let low = (h & 0xffff) | u64::from(cs) << 16 | 0x8e00u64 << 32 | (h >> 16 & 0xffff) << 48;
-    // SAFETY: one vCPU, before interrupts are enabled; the IDT is a static.
-    unsafe {
-        let idt = &raw mut IDT;
-        (*idt).0[vector * 2] = low;
-        (*idt).0[vector * 2 + 1] = h >> 32;
-    }
-}
-
 fn setup_interrupts() {
-    let cs: u16;
-    // SAFETY: reads CS only.
-    unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) }
-    for v in 0..256 {
-        set_gate(v, irq_other, cs);
-    }
-    set_gate(usize::from(CONFIG_VECTOR), irq_config, cs);
-    let queues: [unsafe extern "C" fn(); MAX_FUNCTIONS] =
-        [irq_queue0, irq_queue1, irq_queue2, irq_queue3];
+    let queues: [Handler; MAX_FUNCTIONS] = [irq_queue0, irq_queue1, irq_queue2, irq_queue3];
+    let mut gates = [(CONFIG_VECTOR, irq_config as Handler); MAX_FUNCTIONS + 1];
     for (k, h) in queues.into_iter().enumerate() {
-        set_gate(usize::from(QUEUE_VECTOR) + k, h, cs);
+        gates[k + 1] = (QUEUE_VECTOR + k as u8, h);
     }
-    #[repr(C, packed)]
-    struct Ptr {
-        limit: u16,
-        base: u64,
-    }
-    let ptr = Ptr {
-        limit: 256 * 16 - 1,
-        base: &raw const IDT as u64,
-    };
-    // SAFETY: the IDT is a static with a valid gate for every vector.
-    unsafe { asm!("lidt [{0}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) }
-    // Legacy PICs masked; local APIC on (spurious vector 0xff), every priority.
-    tiny_guest::outb(0x21, 0xff);
-    tiny_guest::outb(0xa1, 0xff);
-    // SAFETY: the local APIC's spurious-interrupt vector and task priority registers.
-    unsafe {
-        poke::<u32>(LAPIC + 0xf0, 0x1ff);
-        poke::<u32>(LAPIC + 0x80, 0);
-        asm!("sti", options(nomem, nostack));
-    }
+    idt::install(irq_other, &gates);
 }
 
 fn irqs(slot: usize) -> u64 {
