@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,7 +47,7 @@ impl Api {
 
     /// One request; returns (status, body).
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        raw_call(&self.sock, method, path, body)
+        http_body(&self.sock, method, path, body)
     }
 
     fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
@@ -76,28 +75,6 @@ impl Drop for Api {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn raw_call(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connect");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn error_field(v: &Value) -> &str {
@@ -375,7 +352,7 @@ fn a_slow_start_leaves_the_api_and_sigterm_responsive() {
     cfg["devices"]["serial"] = json!("sink");
     assert_eq!(api.call("PUT", "/vm/config", &cfg.to_string()).0, 204);
     let sock = api.sock.clone();
-    let first = std::thread::spawn(move || raw_call(&sock, "POST", "/vm/start", ""));
+    let first = std::thread::spawn(move || http_body(&sock, "POST", "/vm/start", ""));
     // GET /vm answers while the start is held; wait until it reports `starting`.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -415,7 +392,7 @@ fn a_slow_start_leaves_the_api_and_sigterm_responsive() {
     let api = Api::spawn_with_env(&[("BULWARK_VMM_TEST_HOLD_START", hold.as_path())]);
     assert_eq!(api.call("PUT", "/vm/config", &cfg.to_string()).0, 204);
     let sock = api.sock.clone();
-    let first = std::thread::spawn(move || raw_call(&sock, "POST", "/vm/start", ""));
+    let first = std::thread::spawn(move || http_body(&sock, "POST", "/vm/start", ""));
     while api.json("GET", "/vm", "").1["state"] != "starting" {
         assert!(
             Instant::now() < deadline,

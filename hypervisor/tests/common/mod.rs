@@ -295,11 +295,17 @@ pub fn wait_for_path(p: &Path) {
 
 /// One HTTP/1.1 request over the API's Unix socket: (status, body).
 pub fn http(sock: &Path, method: &str, path: &str) -> (u16, String) {
+    http_body(sock, method, path, "")
+}
+
+/// One HTTP/1.1 request with a JSON `body` over the API's Unix socket: (status, body).
+pub fn http_body(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut resp = String::new();
@@ -308,7 +314,7 @@ pub fn http(sock: &Path, method: &str, path: &str) -> (u16, String) {
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+        .expect("status line");
     let body = resp
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
