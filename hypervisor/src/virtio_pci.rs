@@ -73,7 +73,7 @@ fn bump(counter: &AtomicU64, name: &str, what: std::fmt::Arguments<'_>) {
 }
 
 impl MsixRoutes for VirtioRoutes {
-    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) {
+    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) -> bool {
         let mapped: Vec<(u32, Option<MsiMessage>)> = updates
             .iter()
             .map(|&(v, m)| {
@@ -93,8 +93,12 @@ impl MsixRoutes for VirtioRoutes {
                 (self.first_gsi + u32::from(v), msg)
             })
             .collect();
-        if let Err(e) = self.router.update(&mapped) {
-            bump(&self.errors, &self.name, format_args!("MSI-X routes: {e}"));
+        match self.router.update(&mapped) {
+            Ok(()) => true,
+            Err(e) => {
+                bump(&self.errors, &self.name, format_args!("MSI-X routes: {e}"));
+                false
+            }
         }
     }
 }

@@ -266,6 +266,32 @@ fn sync_msix_gates(
     }
 }
 
+/// After a change of the table or of the control bits: closes the gates of vectors
+/// that stopped delivering, programs the changed routes (a failed update is offered
+/// again with the next change), then opens the gates of vectors that deliver now.
+fn apply_msix_changes(
+    io: &dyn DeviceIo,
+    routes: &Arc<dyn Routes>,
+    counters: &FunctionCounters,
+    name: &str,
+    info: &MsixInfo,
+    r: &mut MsixRegs,
+) {
+    let changes = r.route_changes();
+    sync_msix_gates(io, r, counters, name, false);
+    if !changes.is_empty()
+        && !PassthroughFunction::route_msix_with(
+            routes,
+            counters,
+            name,
+            &gsi_routes(info, changes.clone()),
+        )
+    {
+        r.forget_routes(&changes);
+    }
+    sync_msix_gates(io, r, counters, name, true);
+}
+
 /// MSI-X state shared by the configuration space (enable, function mask) and the
 /// table trap.
 pub struct MsixState {
@@ -606,10 +632,14 @@ impl PassthroughFunction {
             }
         }
         r.set_control(enable, mask);
-        let updates = gsi_routes(&x.info, r.route_changes());
-        sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
-        self.route_msix(&updates);
-        sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, true);
+        apply_msix_changes(
+            &*self.io,
+            &self.routes,
+            &self.counters,
+            &self.name,
+            &x.info,
+            &mut r,
+        );
         drop(r);
         if !enable && was {
             if let Err(e) = self.io.set_msix(false) {
@@ -620,10 +650,6 @@ impl PassthroughFunction {
                 );
             }
         }
-    }
-
-    fn route_msix(&self, updates: &[(u32, Option<MsiMessage>)]) {
-        Self::route_msix_with(&self.routes, &self.counters, &self.name, updates);
     }
 
     /// Which virtualized register covers config byte `pos`, if any.
@@ -808,7 +834,10 @@ impl BarTrap {
             routes: Arc::clone(&function.routes),
             bar,
             base,
-            msix: function.msix.clone().filter(|x| x.info.table_bar == bar),
+            msix: function
+                .msix
+                .clone()
+                .filter(|x| x.info.table_bar == bar || x.info.pba_bar == bar),
             counters: Arc::clone(&function.counters),
         }
     }
@@ -851,7 +880,10 @@ impl BarTrap {
     /// The MSI-X state and the offset in its table when BAR offset `off` is in the
     /// table this trap covers.
     fn in_table(&self, off: u64) -> Option<(&MsixState, u64)> {
-        let x = self.msix.as_ref()?;
+        let x = self
+            .msix
+            .as_ref()
+            .filter(|x| x.info.table_bar == self.bar)?;
         let t = x.info.table_offset;
         (off >= t && off < t + x.info.table_len()).then_some((x.as_ref(), off - t))
     }
@@ -896,17 +928,14 @@ impl BusDevice for BarTrap {
             Some((x, rel)) => {
                 let mut r = lock(&x.regs);
                 if r.write_table(rel, data) {
-                    let updates = gsi_routes(&x.info, r.route_changes());
-                    sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
-                    if !updates.is_empty() {
-                        PassthroughFunction::route_msix_with(
-                            &self.routes,
-                            &self.counters,
-                            &self.name,
-                            &updates,
-                        );
-                    }
-                    sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, true);
+                    apply_msix_changes(
+                        &*self.io,
+                        &self.routes,
+                        &self.counters,
+                        &self.name,
+                        &x.info,
+                        &mut r,
+                    );
                 } else {
                     drop(r);
                     self.bad_table_access("write", off, data.len());
@@ -918,12 +947,13 @@ impl BusDevice for BarTrap {
 }
 
 impl PassthroughFunction {
+    /// Programs MSI-X `updates`; false when the router refused them (counted).
     fn route_msix_with(
         routes: &Arc<dyn Routes>,
         counters: &FunctionCounters,
         name: &str,
         updates: &[(u32, Option<MsiMessage>)],
-    ) {
+    ) -> bool {
         for (gsi, m) in updates {
             if m.is_some_and(|m| !m.is_valid()) {
                 bump(
@@ -935,8 +965,12 @@ impl PassthroughFunction {
                 );
             }
         }
-        if let Err(e) = routes.update(updates) {
-            bump(&counters.errors, name, format_args!("MSI-X routes: {e}"));
+        match routes.update(updates) {
+            Ok(()) => true,
+            Err(e) => {
+                bump(&counters.errors, name, format_args!("MSI-X routes: {e}"));
+                false
+            }
         }
     }
 }
@@ -948,16 +982,23 @@ impl PassthroughFunction {
     /// ended, then the device itself reset through VFIO. INTx stays wired. Failures
     /// are counted in `errors`.
     pub fn device_reset(&self) {
-        if let Some(x) = &self.msix {
-            let mut r = lock(&x.regs);
+        // Both locks for the whole reset (in the order `config_read` takes them), so
+        // no configuration or table write of another vCPU interleaves with it.
+        let mut st = lock(&self.state);
+        let mut msix = self.msix.as_ref().map(|x| (x, lock(&x.regs)));
+        if let Some((x, r)) = msix.as_mut() {
             let was = r.enabled();
             r.set_control(false, false);
-            sync_msix_gates(&*self.io, &mut r, &self.counters, &self.name, false);
-            let updates = gsi_routes(&x.info, r.route_changes());
+            apply_msix_changes(
+                &*self.io,
+                &self.routes,
+                &self.counters,
+                &self.name,
+                &x.info,
+                r,
+            );
             // Power-on state: every entry masked and cleared, nothing pending.
             r.table = MsixTable::new(x.info.table_size);
-            drop(r);
-            self.route_msix(&updates);
             if was {
                 if let Err(e) = self.io.set_msix(false) {
                     bump(
@@ -968,30 +1009,27 @@ impl PassthroughFunction {
                 }
             }
         }
-        {
-            let mut st = lock(&self.state);
-            st.sizing = [false; 6];
-            let was = std::mem::take(&mut st.msi).enable;
-            if st.msi_open {
-                self.msi_gate(&mut st, false);
+        st.sizing = [false; 6];
+        let was = std::mem::take(&mut st.msi).enable;
+        if st.msi_open {
+            self.msi_gate(&mut st, false);
+        }
+        if let Some(m) = &self.msi {
+            if let Err(e) = self.routes.update(&[(m.gsi, None)]) {
+                bump(
+                    &self.counters.errors,
+                    &self.name,
+                    format_args!("MSI route at reset: {e}"),
+                );
             }
-            if let Some(m) = &self.msi {
-                if let Err(e) = self.routes.update(&[(m.gsi, None)]) {
-                    bump(
-                        &self.counters.errors,
-                        &self.name,
-                        format_args!("MSI route at reset: {e}"),
-                    );
-                }
-            }
-            if was {
-                if let Err(e) = self.io.set_msi(false) {
-                    bump(
-                        &self.counters.errors,
-                        &self.name,
-                        format_args!("disabling MSI at reset: {e}"),
-                    );
-                }
+        }
+        if was {
+            if let Err(e) = self.io.set_msi(false) {
+                bump(
+                    &self.counters.errors,
+                    &self.name,
+                    format_args!("disabling MSI at reset: {e}"),
+                );
             }
         }
         match self.io.reset() {
@@ -1007,6 +1045,7 @@ impl PassthroughFunction {
                 format_args!("reset: {e}"),
             ),
         }
+        drop(msix);
     }
 }
 
@@ -1025,6 +1064,9 @@ mod tests {
         open: Mutex<std::collections::BTreeSet<Vector>>,
         held: Mutex<std::collections::BTreeSet<Vector>>,
         delivered: Mutex<Vec<Vector>>,
+        /// Gate changes and route updates in the order they happened (shared with
+        /// the [`FakeRoutes`] of the same set-up).
+        log: Arc<Mutex<Vec<String>>>,
     }
 
     impl FakeDevice {
@@ -1069,6 +1111,10 @@ mod tests {
             Ok(true)
         }
         fn gate(&self, v: Vector, open: bool) -> Result<(), String> {
+            lock(&self.log).push(format!(
+                "gate {v:?} {}",
+                if open { "open" } else { "close" }
+            ));
             if open {
                 lock(&self.open).insert(v);
                 if lock(&self.held).remove(&v) {
@@ -1085,10 +1131,16 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct FakeRoutes(Mutex<BTreeMap<u32, MsiMessage>>);
+    struct FakeRoutes(Mutex<BTreeMap<u32, MsiMessage>>, Arc<Mutex<Vec<String>>>);
 
     impl Routes for FakeRoutes {
         fn update(&self, updates: &[(u32, Option<MsiMessage>)]) -> Result<(), String> {
+            for (gsi, m) in updates {
+                lock(&self.1).push(format!(
+                    "route {gsi} {}",
+                    if m.is_some() { "set" } else { "remove" }
+                ));
+            }
             let mut m = lock(&self.0);
             for &(gsi, msg) in updates {
                 match msg.filter(MsiMessage::is_valid) {
@@ -1111,7 +1163,11 @@ mod tests {
 
     /// [`setup`], with MSI per-vector masking when `msi_pvm`.
     fn setup_with(msi_pvm: bool) -> (Arc<FakeDevice>, Arc<FakeRoutes>, PassthroughFunction) {
-        let dev = Arc::new(FakeDevice::default());
+        let routes = Arc::new(FakeRoutes::default());
+        let dev = Arc::new(FakeDevice {
+            log: routes.1.clone(),
+            ..FakeDevice::default()
+        });
         let mut c = vec![0u8; 256];
         c[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
         c[6] = 0x10; // capability list
@@ -1128,7 +1184,6 @@ mod tests {
         c[0x90..0x94].copy_from_slice(&0xabcd_ef01u32.to_le_bytes()); // a device register
         *lock(&dev.config) = c;
         *lock(&dev.bar) = vec![0x5a; 0x4000];
-        let routes = Arc::new(FakeRoutes::default());
         let f = PassthroughFunction::new(
             "test".into(),
             dev.clone(),
@@ -1377,6 +1432,70 @@ mod tests {
         dev.fire(v1);
         assert_eq!(pba(&trap), 0);
         assert_eq!(f.counters.errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn gates_close_before_routes_go_and_open_after_routes_are_written() {
+        let (dev, _routes, f) = setup();
+        let trap = BarTrap::new(&f, 2, 0x2000);
+        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        trap.write(0x18, &0x42u32.to_le_bytes());
+        trap.write(0x1c, &0u32.to_le_bytes());
+        f.config_write(MSIX_CAP + 3, &[0x80]);
+        trap.write(0x1c, &1u32.to_le_bytes());
+        trap.write(0x1c, &0u32.to_le_bytes());
+        f.config_write(MSIX_CAP + 3, &[0xc0]);
+        assert_eq!(
+            lock(&dev.log).as_slice(),
+            [
+                "route 26 set",
+                "gate Msix(1) open",
+                "gate Msix(1) close",
+                "route 26 remove",
+                "route 26 set",
+                "gate Msix(1) open",
+                "gate Msix(1) close",
+                "route 26 remove",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pba_in_its_own_bar_is_emulated_too() {
+        let (dev, _routes, f) = setup();
+        // The same function, its PBA moved to BAR0 at 0x800 (a trap of BAR0 only).
+        let x = f.msix().unwrap();
+        let moved = PassthroughFunction::new(
+            "pba-elsewhere".into(),
+            dev.clone(),
+            Arc::new(FakeRoutes::default()),
+            f.bars.clone(),
+            None,
+            Some(MsixInfo {
+                pba_bar: 0,
+                pba_offset: 0x800,
+                ..x.info
+            }),
+        );
+        let table = BarTrap::new(&moved, 2, 0x2000);
+        let pba = BarTrap::new(&moved, 0, 0);
+        table.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        table.write(0x1c, &1u32.to_le_bytes()); // masked
+        moved.config_write(MSIX_CAP + 3, &[0x80]);
+        dev.fire(Vector::Msix(1));
+        let mut d = [0xffu8; 4];
+        pba.read(0x800, &mut d);
+        assert_eq!(
+            u32::from_le_bytes(d),
+            1 << 1,
+            "pending bit from the emulated PBA"
+        );
+        // BAR0's trap serves no table: its offset 0x10 is the device's.
+        lock(&dev.bar)[0x10] = 0x77;
+        pba.read(0x10, &mut d);
+        assert_eq!(d[0], 0x77);
+        pba.write(0x800, &[0; 4]);
+        assert_eq!(lock(&dev.bar)[0x800], 0x5a, "the PBA is read-only");
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct MsixTable {
     pending: Vec<bool>,
     /// The route last reported per vector.
     routed: Vec<Option<MsixMessage>>,
+    /// Vectors whose reported route may not have been applied (a failed update):
+    /// reported again by the next [`MsixTable::route_changes`].
+    unsynced: Vec<bool>,
     enabled: bool,
     function_mask: bool,
 }
@@ -55,6 +58,7 @@ impl MsixTable {
             entries: vec![[0, 0, 0, 1]; n],
             pending: vec![false; n],
             routed: vec![None; n],
+            unsynced: vec![false; n],
             enabled: false,
             function_mask: false,
         }
@@ -97,9 +101,14 @@ impl MsixTable {
     }
 
     /// Sets the enable and function-mask bits (the writable bits of message control).
+    /// Disabling MSI-X clears the pending bits: nothing held is delivered after a
+    /// later enable.
     pub fn set_control(&mut self, enable: bool, function_mask: bool) {
         self.enabled = enable;
         self.function_mask = function_mask;
+        if !enable {
+            self.clear_pending();
+        }
     }
 
     /// Whether vector `v`'s own mask bit is set (true for a vector that does not exist).
@@ -219,17 +228,36 @@ impl MsixTable {
         out
     }
 
-    /// Every vector whose route changed since the last call, with its new route.
+    /// Every vector whose route changed since the last call (or whose last update
+    /// failed: [`MsixTable::forget_routes`]), with its new route.
     pub fn route_changes(&mut self) -> Vec<(u16, Option<MsixMessage>)> {
         let mut out = Vec::new();
         for v in 0..self.size() {
+            let i = usize::from(v);
             let route = self.route(v);
-            if self.routed[usize::from(v)] != route {
-                self.routed[usize::from(v)] = route;
+            if self.routed[i] != route || self.unsynced[i] {
+                self.routed[i] = route;
+                self.unsynced[i] = false;
                 out.push((v, route));
             }
         }
         out
+    }
+
+    /// The update of `changes` (from [`MsixTable::route_changes`]) was not applied:
+    /// report those vectors again next time.
+    pub fn forget_routes(&mut self, changes: &[(u16, Option<MsixMessage>)]) {
+        for &(v, _) in changes {
+            if let Some(u) = self.unsynced.get_mut(usize::from(v)) {
+                *u = true;
+            }
+        }
+    }
+
+    /// Clears every pending bit (MSI-X disabled, or the function reset: what was held
+    /// belongs to the previous driver).
+    pub fn clear_pending(&mut self) {
+        self.pending.fill(false);
     }
 }
 
@@ -309,5 +337,25 @@ mod tests {
         assert!(w32(&mut t, 0x1c, 0));
         assert_eq!(t.take_deliverable_pending(), vec![1]);
         assert_eq!(t.control(), 1 | CTRL_ENABLE);
+    }
+
+    #[test]
+    fn a_failed_route_update_is_reported_again_and_pending_bits_can_be_cleared() {
+        let mut t = MsixTable::new(2);
+        assert!(t.write_table(0x00, &0xfee0_0000u64.to_le_bytes()));
+        assert!(w32(&mut t, 0x0c, 0));
+        t.set_control(true, false);
+        let changes = t.route_changes();
+        assert_eq!(changes.len(), 1);
+        assert!(t.route_changes().is_empty());
+        t.forget_routes(&changes);
+        assert_eq!(t.route_changes(), changes, "reported again after a failure");
+        assert!(t.route_changes().is_empty());
+        t.set_pending(1);
+        t.clear_pending();
+        assert!(!t.pending(1));
+        let mut q = [0xffu8; 8];
+        assert!(t.read_pba(0, &mut q));
+        assert_eq!(q, [0; 8]);
     }
 }

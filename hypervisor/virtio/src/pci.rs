@@ -121,8 +121,9 @@ pub fn class_code(kind: DeviceType) -> [u8; 3] {
 /// route, in bulwark-vmm). `Some` while the vector is deliverable, `None` when it
 /// must not fire. Called on the vCPU thread.
 pub trait MsixRoutes: Send + Sync + fmt::Debug {
-    /// Applies changed routes `(vector, route)`.
-    fn update(&self, updates: &[(u16, Option<MsixMessage>)]);
+    /// Applies changed routes `(vector, route)`; false when they could not be applied
+    /// (the transport then offers them again with the next change).
+    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) -> bool;
 }
 
 /// MSI-X as `GET /vm` shows it.
@@ -201,8 +202,8 @@ impl Vectors {
     /// pending vectors that became deliverable.
     fn sync(&self, st: &mut VectorState) {
         let changes = st.table.route_changes();
-        if !changes.is_empty() {
-            self.routes.update(&changes);
+        if !changes.is_empty() && !self.routes.update(&changes) {
+            st.table.forget_routes(&changes);
         }
         for v in st.table.take_deliverable_pending() {
             self.fire(v);
@@ -860,6 +861,8 @@ impl PciTransport {
                     let mut st = self.vectors.lock();
                     st.config_vector = NO_VECTOR;
                     st.queue_vectors.fill(NO_VECTOR);
+                    // Nothing held for the previous driver reaches the next one.
+                    st.table.clear_pending();
                 }
             }
             Common::QueueSelect => self.core.select_queue(u32::from(word as u16)),

@@ -27,8 +27,9 @@ const BAR: u64 = 0xcff0_0000;
 struct Routes;
 
 impl MsixRoutes for Routes {
-    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) {
+    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) -> bool {
         assert!(!updates.is_empty(), "empty route update");
+        true
     }
 }
 

@@ -393,7 +393,7 @@ pub struct RecordingRoutes {
 }
 
 impl MsixRoutes for RecordingRoutes {
-    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) {
+    fn update(&self, updates: &[(u16, Option<MsixMessage>)]) -> bool {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut r = self.routes.lock().unwrap();
         for &(v, m) in updates {
@@ -402,6 +402,7 @@ impl MsixRoutes for RecordingRoutes {
                 None => r.remove(&v),
             };
         }
+        true
     }
 }
 
