@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use bulwark_virtio::block::{Block, DiskBackend, VIRTIO_BLK_F_FLUSH};
 use bulwark_virtio::device::VIRTIO_F_VERSION_1;
 use bulwark_virtio::mmio::status::*;
