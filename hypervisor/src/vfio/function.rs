@@ -1223,6 +1223,13 @@ mod tests {
         (dev, routes, f)
     }
 
+    /// MSI-X entry 1 through the table trap: a message to APIC 1, vector 0x42, unmasked.
+    fn program_entry1(trap: &BarTrap) {
+        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
+        trap.write(0x18, &0x42u32.to_le_bytes());
+        trap.write(0x1c, &0u32.to_le_bytes());
+    }
+
     fn r32(f: &PassthroughFunction, off: u16) -> u32 {
         let mut d = [0xffu8; 4];
         f.config_read(off, &mut d);
@@ -1386,9 +1393,7 @@ mod tests {
         let (dev, _routes, f) = setup();
         let trap = BarTrap::new(&f, 2, 0x2000);
         let v1 = Vector::Msix(1);
-        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
-        trap.write(0x18, &0x42u32.to_le_bytes());
-        trap.write(0x1c, &0u32.to_le_bytes());
+        program_entry1(&trap);
         assert!(
             lock(&dev.open).is_empty(),
             "nothing delivers before MSI-X is enabled"
@@ -1438,9 +1443,7 @@ mod tests {
     fn gates_close_before_routes_go_and_open_after_routes_are_written() {
         let (dev, _routes, f) = setup();
         let trap = BarTrap::new(&f, 2, 0x2000);
-        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
-        trap.write(0x18, &0x42u32.to_le_bytes());
-        trap.write(0x1c, &0u32.to_le_bytes());
+        program_entry1(&trap);
         f.config_write(MSIX_CAP + 3, &[0x80]);
         trap.write(0x1c, &1u32.to_le_bytes());
         trap.write(0x1c, &0u32.to_le_bytes());
@@ -1538,9 +1541,7 @@ mod tests {
     fn device_reset_turns_interrupts_off_masks_the_table_and_resets_the_device() {
         let (dev, routes, f) = setup();
         let trap = BarTrap::new(&f, 2, 0x2000);
-        trap.write(0x10, &0xfee0_1000u32.to_le_bytes());
-        trap.write(0x18, &0x42u32.to_le_bytes());
-        trap.write(0x1c, &0u32.to_le_bytes());
+        program_entry1(&trap);
         f.config_write(MSIX_CAP + 3, &[0x80]);
         assert_eq!(lock(&routes.0).len(), 1);
         w32(&f, 0x10, u32::MAX); // BAR sizing in progress
