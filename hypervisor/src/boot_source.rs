@@ -2,9 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use bulwark_image::{Bundle, ComponentKind, PublicKey, RollbackState, TrustPolicy};
+use bulwark_image::{
+    Bundle, Component, ComponentKind, Manifest, PublicKey, RollbackState, TrustPolicy,
+};
+use sha2::{Digest, Sha384};
 
 use crate::config::{BootSource, BundleBoot, LinuxBoot, LinuxEntry, RawBoot, RawEntry, RawLoad};
+use crate::initrd_config;
 use crate::measurement::{text, Event, Field};
 
 /// Largest kernel, initrd or raw image read (1 GiB).
@@ -230,9 +234,6 @@ pub fn read_boot_source(
     }
 }
 
-/// Verifies the bundle at `path` against the trust policy before reading a single
-/// component, then reads the kernel, initrd and command line (each re-hashed against
-/// the signed digest as it is read).
 /// The policy knobs of a bundle boot source besides the keys.
 struct TrustOptions<'a> {
     threshold: usize,
@@ -241,6 +242,10 @@ struct TrustOptions<'a> {
     state_use: StateUse,
 }
 
+/// Verifies the bundle at `path` against the trust policy before reading a single
+/// component, then reads the kernel, initrd, command line and config (each re-hashed
+/// against the signed digest as it is read); a Linux boot gets what
+/// [`signed_linux_handoff`] derives from the verified manifest.
 fn read_bundle(
     path: &Path,
     trusted_keys: &[PathBuf],
@@ -274,6 +279,12 @@ fn read_bundle(
         .verify(&policy)
         .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
     let manifest = verified.manifest();
+    // Refused before the rollback state records this version.
+    if raw.is_some() && manifest.component(ComponentKind::Config).is_some() {
+        return Err(SourceError::Bundle(
+            "a config component needs a Linux boot (a bundle booted as a raw binary has no initrd to carry it)".into(),
+        ));
+    }
     if let Some(state) = state.as_mut() {
         state
             .check(&manifest.name, manifest.version)
@@ -288,6 +299,7 @@ fn read_bundle(
         ComponentKind::Kernel,
         ComponentKind::Initrd,
         ComponentKind::Cmdline,
+        ComponentKind::Config,
     ] {
         if let Some(c) = manifest.component(kind) {
             if c.size > MAX_BLOB_SIZE {
@@ -329,12 +341,17 @@ fn read_bundle(
                 entry: r.entry.clone(),
             }
         }
-        None => BootPayload::Linux {
-            kernel,
-            initrd,
-            cmdline,
-            entry,
-        },
+        None => {
+            let config = read(ComponentKind::Config)?;
+            let (cmdline, initrd) =
+                signed_linux_handoff(manifest, config.as_deref(), cmdline, initrd)?;
+            BootPayload::Linux {
+                kernel,
+                initrd,
+                cmdline,
+                entry,
+            }
+        }
     };
     let rootfs = match manifest.component(ComponentKind::Rootfs) {
         Some(c) => {
@@ -359,4 +376,247 @@ fn read_bundle(
         origin,
         rootfs,
     })
+}
+
+/// What a signed bundle booted as Linux gives the guest beyond its signed command line
+/// and initrd, derived from the verified manifest and the verified config bytes: the one
+/// place this is computed (booting and `bulwark-vmm measure` both get it through
+/// [`read_boot_source`], so both load and measure the same bytes). Specified byte for
+/// byte in `docs/image-format.md` ("What the VMM gives the guest from a signed bundle"):
+///
+/// - with a `rootfs` component, the fragment
+///   `bulwark.verity=1:<algorithm>:<data_block_size>:<hash_block_size>:<data_blocks>:<hash_start_block>:<root_hash>:<salt or ->`;
+/// - with a `config` component, the fragment `bulwark.config_sha384=<hex>` and
+///   [`initrd_config::config_archive`] appended to the initrd (padded to 4 bytes first;
+///   without an initrd, the archive is the initrd).
+///
+/// Fragments follow `cmdline` in that order, each after one space (no space before the
+/// first one when `cmdline` is empty). A bundle with neither component gets `cmdline`
+/// and `initrd` back unchanged.
+pub fn signed_linux_handoff(
+    manifest: &Manifest,
+    config: Option<&[u8]>,
+    cmdline: String,
+    initrd: Option<Vec<u8>>,
+) -> Result<(String, Option<Vec<u8>>), SourceError> {
+    let mut fragments = Vec::new();
+    if let Some(rootfs) = manifest.component(ComponentKind::Rootfs) {
+        fragments.push(verity_fragment(rootfs)?);
+    }
+    let initrd = match config {
+        Some(config) => {
+            fragments.push(format!(
+                "bulwark.config_sha384={}",
+                hex::encode(Sha384::digest(config))
+            ));
+            let archive = initrd_config::config_archive(config)
+                .map_err(|e| SourceError::Bundle(e.to_string()))?;
+            Some(initrd_config::append_archive(initrd, &archive))
+        }
+        None => initrd,
+    };
+    let mut cmdline = cmdline;
+    for f in fragments {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&f);
+    }
+    Ok((cmdline, initrd))
+}
+
+/// The `bulwark.verity=` fragment for the rootfs component: its dm-verity parameters, the
+/// hash tree's start given in hash blocks from the start of the disk the VMM serves (the
+/// rootfs extent followed by its tree, [`RootfsExtent`]).
+fn verity_fragment(rootfs: &Component) -> Result<String, SourceError> {
+    let bad = |m: String| SourceError::Bundle(format!("the rootfs component's verity.{m}"));
+    let v = rootfs.verity().ok_or_else(|| {
+        SourceError::Bundle("the rootfs component has no dm-verity parameters".into())
+    })?;
+    if v.version != 1 {
+        return Err(bad(format!(
+            "version is {}: this VMM hands the guest only version 1",
+            v.version
+        )));
+    }
+    let tree_offset = v.hash_offset.checked_sub(rootfs.offset).ok_or_else(|| {
+        bad(format!(
+            "hash_offset {} lies before the rootfs offset {}",
+            v.hash_offset, rootfs.offset
+        ))
+    })?;
+    let block = u64::from(v.hash_block_size);
+    let hash_start_block = match tree_offset.checked_div(block) {
+        Some(q) if tree_offset.is_multiple_of(block) => q,
+        _ => {
+            return Err(bad(format!(
+                "hash_offset {} is not a whole number of {}-byte hash blocks after the rootfs offset {}",
+                v.hash_offset, v.hash_block_size, rootfs.offset
+            )))
+        }
+    };
+    let salt = if v.salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex::encode(&v.salt)
+    };
+    Ok(format!(
+        "bulwark.verity=1:{}:{}:{}:{}:{}:{}:{}",
+        v.algorithm.name(),
+        v.data_block_size,
+        v.hash_block_size,
+        v.data_blocks,
+        hash_start_block,
+        hex::encode(&v.root_hash),
+        salt
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use bulwark_image::{Integrity, VerityHash, VerityParams};
+
+    use super::*;
+    use crate::initrd_config::tests::parse_newc;
+
+    const DATA_START: u64 = 8192;
+
+    fn sha(kind: ComponentKind, offset: u64, size: u64) -> Component {
+        Component {
+            kind,
+            offset,
+            size,
+            integrity: Integrity::Sha384([7; 48]),
+        }
+    }
+
+    /// A manifest with a kernel, optionally a config and a 3-block rootfs whose tree
+    /// starts `tree_gap` bytes after the rootfs.
+    fn manifest(config: bool, rootfs: Option<(u64, Vec<u8>)>) -> Manifest {
+        let mut components = vec![sha(ComponentKind::Kernel, DATA_START, 100)];
+        if config {
+            components.push(sha(ComponentKind::Config, DATA_START + 4096, 10));
+        }
+        if let Some((tree_gap, salt)) = rootfs {
+            let offset = DATA_START + 8192;
+            components.push(Component {
+                kind: ComponentKind::Rootfs,
+                offset,
+                size: 3 * 4096,
+                integrity: Integrity::Verity(VerityParams {
+                    version: 1,
+                    algorithm: VerityHash::Sha256,
+                    data_block_size: 4096,
+                    hash_block_size: 4096,
+                    data_blocks: 3,
+                    hash_offset: offset + tree_gap,
+                    hash_size: 4096,
+                    salt,
+                    root_hash: (0..32).collect(),
+                }),
+            });
+        }
+        Manifest {
+            name: "t".into(),
+            version: 1,
+            created: 0,
+            components,
+        }
+    }
+
+    const ROOT: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn no_rootfs_and_no_config_change_nothing() {
+        let m = manifest(false, None);
+        for (cmdline, initrd) in [("", None), ("console=ttyS0", Some(b"abc".to_vec()))] {
+            let got = signed_linux_handoff(&m, None, cmdline.into(), initrd.clone()).unwrap();
+            assert_eq!(got, (cmdline.to_string(), initrd));
+        }
+    }
+
+    #[test]
+    fn the_rootfs_gives_the_verity_fragment() {
+        let m = manifest(false, Some((3 * 4096, vec![0xab, 0x01])));
+        let want = format!("bulwark.verity=1:sha256:4096:4096:3:3:{ROOT}:ab01");
+        let (cmdline, initrd) =
+            signed_linux_handoff(&m, None, "console=ttyS0".into(), Some(b"i".to_vec())).unwrap();
+        assert_eq!(cmdline, format!("console=ttyS0 {want}"));
+        assert_eq!(
+            initrd,
+            Some(b"i".to_vec()),
+            "no config: the initrd is untouched"
+        );
+        let (cmdline, initrd) = signed_linux_handoff(&m, None, String::new(), None).unwrap();
+        assert_eq!((cmdline, initrd), (want, None), "no leading space");
+        // An empty salt is written as "-"; the start block counts from the rootfs.
+        let m = manifest(false, Some((5 * 4096, vec![])));
+        let (cmdline, _) = signed_linux_handoff(&m, None, String::new(), None).unwrap();
+        assert_eq!(
+            cmdline,
+            format!("bulwark.verity=1:sha256:4096:4096:3:5:{ROOT}:-")
+        );
+    }
+
+    #[test]
+    fn a_tree_not_on_a_hash_block_boundary_is_refused() {
+        for gap in [3 * 4096 + 512, 1] {
+            let m = manifest(false, Some((gap, vec![1])));
+            let e = signed_linux_handoff(&m, None, String::new(), None).unwrap_err();
+            assert!(matches!(e, SourceError::Bundle(_)));
+            assert!(
+                e.to_string().contains("verity.hash_offset")
+                    && e.to_string().contains("4096-byte hash blocks"),
+                "{e}"
+            );
+        }
+        // A tree before the rootfs (and a zero block size) are refused, not a panic.
+        let mut m = manifest(false, Some((0, vec![1])));
+        if let Integrity::Verity(v) = &mut m.components[1].integrity {
+            v.hash_offset = 5;
+        }
+        let e = signed_linux_handoff(&m, None, String::new(), None).unwrap_err();
+        assert!(
+            e.to_string().contains("lies before the rootfs offset"),
+            "{e}"
+        );
+        let mut m = manifest(false, Some((4096, vec![1])));
+        if let Integrity::Verity(v) = &mut m.components[1].integrity {
+            v.hash_block_size = 0;
+        }
+        let e = signed_linux_handoff(&m, None, String::new(), None).unwrap_err();
+        assert!(e.to_string().contains("verity.hash_offset"), "{e}");
+    }
+
+    #[test]
+    fn the_config_gives_an_archive_and_its_digest_after_the_verity_fragment() {
+        let config = br#"{"workload":"x"}"#;
+        let digest = hex::encode(Sha384::digest(config));
+        let m = manifest(true, Some((3 * 4096, vec![0xab])));
+        let initrd = b"0123456".to_vec(); // 7 bytes: one byte of padding
+        let (cmdline, got) =
+            signed_linux_handoff(&m, Some(config), "quiet".into(), Some(initrd.clone())).unwrap();
+        assert_eq!(
+            cmdline,
+            format!("quiet bulwark.verity=1:sha256:4096:4096:3:3:{ROOT}:ab bulwark.config_sha384={digest}")
+        );
+        let got = got.unwrap();
+        assert_eq!(&got[..7], &initrd[..]);
+        assert_eq!(got[7], 0);
+        let entries = parse_newc(&got[8..]);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            (
+                entries[1].name.as_str(),
+                entries[1].mode,
+                &entries[1].data[..]
+            ),
+            ("bulwark/config.json", 0o100400, &config[..])
+        );
+        // Without an initrd (and without a rootfs), the archive is the initrd.
+        let m = manifest(true, None);
+        let (cmdline, got) = signed_linux_handoff(&m, Some(config), String::new(), None).unwrap();
+        assert_eq!(cmdline, format!("bulwark.config_sha384={digest}"));
+        assert_eq!(got, Some(initrd_config::config_archive(config).unwrap()));
+    }
 }

@@ -189,3 +189,192 @@ fn rollback_state_records_the_booted_version_and_refuses_older_ones() {
         .remove("rollback_state");
     boot(no_state).assert_status(16);
 }
+
+/// A signed bundle with every optional component the caller gives, signed by a new key.
+/// Returns the scratch dir (kept alive), the bundle, the public key and the manifest.
+fn make_full_bundle(
+    kernel: &Path,
+    initrd: Option<&[u8]>,
+    cmdline: Option<&str>,
+    config: Option<&[u8]>,
+    rootfs: Option<&[u8]>,
+) -> (tempfile::TempDir, PathBuf, PathBuf, bulwark_image::Manifest) {
+    let dir = scratch();
+    let (key, key_pub, _) = generate_key_pair(&dir.path().join("keys")).unwrap();
+    let file = |name: &str, bytes: Option<&[u8]>| {
+        bytes.map(|b| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b).unwrap();
+            p
+        })
+    };
+    let spec = BuildSpec {
+        name: "tiny-full".into(),
+        version: 1,
+        created: 0,
+        kernel: kernel.to_path_buf(),
+        initrd: file("initrd", initrd),
+        cmdline: cmdline.map(str::to_string),
+        config: file("config.json", config),
+        rootfs: file("rootfs.img", rootfs),
+    };
+    let bundle = dir.path().join("full.bwi");
+    let manifest = build(&spec, &bundle, &|_| {}).unwrap();
+    sign(&bundle, &SigningKey::from_pem_file(&key).unwrap(), &|_| {}).unwrap();
+    (dir, bundle, key_pub, manifest)
+}
+
+fn read_source(cfg: &Value) -> Result<bulwark_vmm::boot_source::BootInputs, String> {
+    let cfg = bulwark_vmm::config::VmConfig::from_json(&cfg.to_string()).unwrap();
+    bulwark_vmm::boot_source::read_boot_source(
+        &cfg.boot_source,
+        bulwark_vmm::boot_source::StateUse::CheckOnly,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A bundle with a rootfs and a config, booted as Linux: the command line ends in the
+/// dm-verity and config fragments (recomputed here from the signed manifest, per
+/// docs/image-format.md), the initrd is the signed one, zero padding to 4 bytes and the
+/// config archive; the guest sees exactly those bytes and `measure` predicts the boot.
+#[test]
+fn a_signed_linux_bundle_hands_init_the_rootfs_verity_and_the_config() {
+    use sha2::{Digest, Sha384};
+    let initrd = b"initrd from the bundle"; // 22 bytes: 2 bytes of padding
+    let config = br#"{"workload":{"argv":["/usr/bin/serve","--port","8080"]}}"#;
+    let rootfs = rootfs_bytes();
+    let (_dir, bundle, key_pub, manifest) = make_full_bundle(
+        &elf("e820"),
+        Some(initrd),
+        Some("console=ttyS0 signed=yes"),
+        Some(config),
+        Some(&rootfs),
+    );
+
+    // The expected fragments, from the manifest's own fields.
+    let c = manifest
+        .component(bulwark_image::ComponentKind::Rootfs)
+        .unwrap();
+    let v = c.verity().unwrap();
+    assert_eq!((v.hash_offset - c.offset) % u64::from(v.hash_block_size), 0);
+    let verity = format!(
+        "bulwark.verity=1:{}:{}:{}:{}:{}:{}:{}",
+        v.algorithm.name(),
+        v.data_block_size,
+        v.hash_block_size,
+        v.data_blocks,
+        (v.hash_offset - c.offset) / u64::from(v.hash_block_size),
+        hex::encode(&v.root_hash),
+        hex::encode(&v.salt),
+    );
+    // 64 KiB rootfs: 16 data blocks, the tree right after them (block 16).
+    assert!(
+        verity.starts_with("bulwark.verity=1:sha256:4096:4096:16:16:"),
+        "{verity}"
+    );
+    let cfg_frag = format!(
+        "bulwark.config_sha384={}",
+        hex::encode(Sha384::digest(config))
+    );
+    let want_cmdline = format!("console=ttyS0 signed=yes {verity} {cfg_frag}");
+    let archive = bulwark_vmm::initrd_config::config_archive(config).unwrap();
+    let mut want_initrd = initrd.to_vec();
+    want_initrd.extend_from_slice(&[0, 0]);
+    want_initrd.extend_from_slice(&archive);
+    // The archive, checked loosely here (initrd_config's tests check it field by field).
+    assert!(archive.starts_with(b"070701"));
+    assert!(archive
+        .windows(config.len())
+        .any(|w| w == config.as_slice()));
+    assert!(archive.ends_with(b"TRAILER!!!\0\0\0\0"));
+
+    let cfg = bundle_config(&bundle, &key_pub);
+    let inputs = read_source(&cfg).unwrap();
+    match &inputs.payload {
+        bulwark_vmm::boot_source::BootPayload::Linux {
+            cmdline, initrd, ..
+        } => {
+            assert_eq!(cmdline, &want_cmdline);
+            assert_eq!(initrd.as_deref(), Some(want_initrd.as_slice()));
+        }
+        other => panic!("not a Linux payload: {other:?}"),
+    }
+
+    let predicted = measure(cfg.clone());
+    let run = boot(cfg);
+    run.assert_status(16);
+    assert!(
+        run.serial.contains(&format!("cmdline={want_cmdline}\n")),
+        "{}",
+        run.serial
+    );
+    let fnv = want_initrd.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    assert!(
+        run.serial
+            .contains(&format!(" {} fnv1a={fnv:08x}\n", want_initrd.len())),
+        "{}",
+        run.serial
+    );
+    assert_eq!(booted_measurement(&run), predicted);
+
+    // A config without an initrd or a command line: the archive is the initrd and the
+    // fragment has no leading space.
+    let (_dir2, bundle, key_pub, _) =
+        make_full_bundle(&elf("e820"), None, None, Some(config), None);
+    let inputs = read_source(&bundle_config(&bundle, &key_pub)).unwrap();
+    match inputs.payload {
+        bulwark_vmm::boot_source::BootPayload::Linux {
+            cmdline, initrd, ..
+        } => {
+            assert_eq!(cmdline, cfg_frag);
+            assert_eq!(initrd, Some(archive));
+        }
+        other => panic!("not a Linux payload: {other:?}"),
+    }
+}
+
+/// A config component cannot be handed to a raw binary: refused before boot. A rootfs
+/// stays allowed with a raw boot (tiny guests use it) and adds nothing to load.
+#[test]
+fn a_raw_boot_refuses_a_config_component_and_takes_a_rootfs() {
+    let raw = json!({"load_addr": 0x10_0000, "entry": {"mode": "long64", "rip": 0x10_0000}});
+    let (_dir, bundle, key_pub, _) =
+        make_full_bundle(&flat("hello"), None, None, Some(b"{}"), None);
+    let mut cfg = bundle_config(&bundle, &key_pub);
+    cfg["boot_source"]["raw"] = raw.clone();
+    let e = read_source(&cfg).unwrap_err();
+    assert!(
+        e.starts_with("boot_source.path: a config component needs a Linux boot"),
+        "{e}"
+    );
+    let run = boot(cfg);
+    run.assert_status(1);
+    assert!(run.serial.is_empty(), "nothing may run: {}", run.serial);
+    assert!(
+        run.stderr.contains("a config component needs a Linux boot"),
+        "{}",
+        run.stderr
+    );
+
+    let (_dir, bundle, key_pub, _) =
+        make_full_bundle(&flat("hello"), None, None, None, Some(&rootfs_bytes()));
+    let mut cfg = bundle_config(&bundle, &key_pub);
+    cfg["boot_source"]["raw"] = raw;
+    let inputs = read_source(&cfg).unwrap();
+    assert!(inputs.rootfs.is_some());
+    assert!(matches!(
+        inputs.payload,
+        bulwark_vmm::boot_source::BootPayload::Raw { .. }
+    ));
+    let predicted = measure(cfg.clone());
+    let run = boot(cfg);
+    assert_eq!(
+        (run.status, run.serial.as_str()),
+        (16, "hello from tiny guest\n"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(booted_measurement(&run), predicted);
+}
