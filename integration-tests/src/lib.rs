@@ -5,9 +5,12 @@
 //!   and turns a scenario's result lines into a verdict.
 //! - [`probe`]: the programs that run inside the lab machine (L1), built statically
 //!   for `x86_64-unknown-linux-musl`.
+//! - [`guest_workload`]: what the `vmm-guest-init` workload writes and echoes, known
+//!   to both the workload (in L2) and the host side (in L1).
 //! - [`result_line`]: the machine-readable lines a scenario prints on the serial
 //!   console, shared by both sides.
 
+pub mod guest_workload;
 pub mod lab;
 pub mod probe;
 pub mod result_line;

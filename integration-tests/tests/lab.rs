@@ -86,6 +86,11 @@ fn vmm_linux() {
 }
 
 #[test]
+fn vmm_guest_init() {
+    run_scenario("vmm-guest-init");
+}
+
+#[test]
 fn vmm_linux_virtio() {
     run_scenario("vmm-linux-virtio");
 }

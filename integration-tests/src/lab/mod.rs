@@ -8,6 +8,7 @@
 
 pub mod debian;
 pub mod error;
+pub mod guest_init_bundles;
 mod host_command;
 pub mod initramfs;
 pub mod l2_bundle;
@@ -245,7 +246,28 @@ impl Lab {
                 0o644,
             );
         }
-        if let Some(l2) = &scenario.l2 {
+        if let Some(l2) = scenario.l2.as_ref().filter(|l2| l2.guest_init) {
+            // bulwark-init is /init of signed tenant images (its programs: bulwark-init,
+            // then the workload for the rootfs); no busybox in L2.
+            let (Some(init), Some(workload)) = (l2_built.first(), l2_built.get(1)) else {
+                return Err(LabError::UnexpectedOutput {
+                    command: "scenario definition".into(),
+                    reason: "a guest_init L2 needs the programs bulwark-init and the workload"
+                        .into(),
+                });
+            };
+            let modules = self.modules.load_order(l2.modules)?;
+            let files = guest_init_bundles::prepare(
+                &dir.join("gi"),
+                &self.kernel,
+                init,
+                workload,
+                &modules,
+            )?;
+            for (l1_path, host) in files {
+                image.host_file(&l1_path, &host, 0o644);
+            }
+        } else if let Some(l2) = &scenario.l2 {
             let mut l2_image = Vec::new();
             let mut l2_files = self.busybox_image(l2.init);
             for (program, path) in l2.programs.iter().zip(&l2_built) {

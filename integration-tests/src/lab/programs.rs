@@ -35,10 +35,21 @@ pub fn build_guest_programs(
         // L1's instruction emulation took minutes.
         .args(["--config", "profile.dev.package.sha2.opt-level=3"])
         .args(["--config", "profile.dev.package.ring.opt-level=3"])
+        // bulwark-init makes a P-384 key pair at boot and signs challenges.
+        .args(["--config", "profile.dev.package.p384.opt-level=3"])
+        .args(["--config", "profile.dev.package.primeorder.opt-level=3"])
+        // ... and moves the workload's bytes through its vsock bridges.
+        .args(["--config", "profile.dev.package.tokio.opt-level=3"])
+        .args(["--config", "profile.dev.package.bulwark-init.opt-level=3"])
         .arg("--target-dir")
         .arg(target_dir);
     for program in programs {
         cmd.args(["--package", program.package, "--bin", program.bin]);
+    }
+    // The lab's bulwark-init carries the test-only triggers (a panic injected at a
+    // named stage); shipped builds do not.
+    if programs.iter().any(|p| p.package == "bulwark-init") {
+        cmd.args(["--features", "bulwark-init/test-hooks"]);
     }
     run(&mut cmd).map_err(|e| match e {
         LabError::Command { output, .. }

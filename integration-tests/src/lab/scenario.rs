@@ -33,6 +33,10 @@ pub struct L2Guest {
     /// ext4 rootfs component, served to L2 through virtio-blk; see `l2_bundle`)
     /// instead of the bzImage, vmlinux and tampered ones.
     pub virtio_bundle: bool,
+    /// Instead of a busybox initramfs: `programs[0]` (`bulwark-init`) is `/init` of
+    /// signed tenant images whose rootfs holds `programs[1]` (the workload), built by
+    /// `guest_init_bundles` (`init` and the other fields above are unused).
+    pub guest_init: bool,
 }
 
 /// One lab scenario.
@@ -104,6 +108,7 @@ const VMM_LINUX: Scenario = Scenario {
         }],
         modules: &[],
         virtio_bundle: false,
+        guest_init: false,
     }),
     timeout_secs: 240,
     ..PLAIN
@@ -137,6 +142,7 @@ const VIRTIO_L2: L2Guest = L2Guest {
     }],
     modules: &[],
     virtio_bundle: true,
+    guest_init: false,
 };
 
 /// The checks of `vmm-linux-virtio`, with a scenario's extra checks before `l2-exit`.
@@ -220,6 +226,7 @@ pub const SCENARIOS: &[Scenario] = &[
             }],
             modules: &["virtio_pci", "virtio_rng"],
             virtio_bundle: false,
+        guest_init: false,
         }),
         expected_checks: &[
             "kvm-device",
@@ -358,6 +365,7 @@ pub const SCENARIOS: &[Scenario] = &[
             programs: &[],
             modules: &[],
             virtio_bundle: false,
+        guest_init: false,
         }),
         expected_checks: &["kvm-device", "l2-vmm-starts", "l2-init-reached", "l2-under-kvm", "l2-exit"],
         timeout_secs: 240,
@@ -402,6 +410,64 @@ pub const SCENARIOS: &[Scenario] = &[
             "api-virtio-pci"
         ),
         ..VMM_LINUX_VIRTIO
+    },
+    Scenario {
+        name: "vmm-guest-init",
+        summary: "bulwark-init as PID 1 of signed tenant images under bulwark-vmm: boot -> hello -> stages -> workload output byte-exact -> exit status -> ACPI power-off, the workload's jail, 64 MiB through the vsock->TCP bridge beside raw vsock, a hostile host's bad frames answered, and each refusal (flipped rootfs byte, unknown config field, missing module, workload not found, GPU required, injected panic) and a death by signal reported on the host channel, each ending in a clean power-off",
+        script: include_str!("../../lab/scenarios/vmm-guest-init.sh"),
+        modules: KVM_MODULES,
+        memory_mib: 2048,
+        guest_programs: &[
+            VMM,
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-guest-host",
+            },
+        ],
+        l2: Some(L2Guest {
+            init: "",
+            signed_bundles: false,
+            programs: &[
+                GuestProgram {
+                    package: "bulwark-init",
+                    bin: "bulwark-init",
+                },
+                GuestProgram {
+                    package: THIS_PACKAGE,
+                    bin: "lab-workload",
+                },
+            ],
+            modules: &[
+                "virtio_mmio",
+                "virtio_blk",
+                "vmw_vsock_virtio_transport",
+                "dm_verity",
+            ],
+            virtio_bundle: false,
+            guest_init: true,
+        }),
+        expected_checks: &[
+            "kvm-device",
+            "gi-stages",
+            "gi-hello",
+            "gi-output",
+            "gi-jail",
+            "gi-exit",
+            "gi-bridge",
+            "gi-raw-vsock",
+            "gi-hostile",
+            "gi-no-gpu-allowed",
+            "gi-refuse-rootfs",
+            "gi-refuse-config",
+            "gi-refuse-module",
+            "gi-refuse-not-found",
+            "gi-refuse-gpu",
+            "gi-panic",
+            "gi-signal",
+            "gi-shutdown",
+        ],
+        timeout_secs: 1200,
+        ..PLAIN
     },
     Scenario {
         name: "vmm-linux",
@@ -507,6 +573,7 @@ pub const BENCHMARKS: &[Scenario] = &[
             programs: &[],
             modules: &[],
             virtio_bundle: false,
+        guest_init: false,
         }),
         expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
         timeout_secs: 600,

@@ -1,0 +1,132 @@
+# vmm-guest-init: bulwark-init, PID 1 of a tenant VM, under bulwark-vmm in L1. The host
+# built and signed one image per case (src/lab/guest_init_bundles.rs): Debian's kernel,
+# an initramfs whose /init is bulwark-init with its modules, a signed config component,
+# and an ext4 rootfs holding lab-workload. For each case L1 starts lab-guest-host (the
+# host side of the host channel, on /tmp/gi.sock_1024) and then bulwark-vmm; the host
+# side prints HOST-* lines that this script checks.
+#
+# good:      boot -> hello -> stages -> workload output byte-exact -> exit status 7 ->
+#            ACPI power-off; the workload's jail; 64 MiB through the vsock->TCP bridge
+#            and through raw vsock; the hostile host (bad frames) meanwhile.
+# flipped:   the good image, one rootfs byte flipped in L1 after bulwark-vmm verified
+#            it: the guest refuses at dm-verity.
+# shutdown:  the good image; the host sends Shutdown once the workload runs: SIGTERM
+#            ends it, reported as such.
+# badconfig, nomodule, notfound, gpu, panic: refusals; signal: the workload dies by
+# SIGABRT. Every case must end with a clean power-off (bulwark-vmm exit 0, S5).
+lab_check kvm-device test -c /dev/kvm
+bytes=${gi_bytes:-67108864}
+
+run_case() {
+  name=$1; shift
+  rm -f /tmp/gi.sock /tmp/gi.sock_1024 /tmp/gi-$name.log
+  lab-guest-host /tmp/gi.sock "$@" >/tmp/host-$name.out 2>&1 &
+  host=$!
+  i=0
+  while [ $i -lt 100 ] && ! grep -q HOST-LISTENING /tmp/host-$name.out 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  config=/lab/gi/vm-$name.json
+  start=$(cut -d' ' -f1 /proc/uptime)
+  BULWARK_LOG=info timeout -s KILL 300 bulwark-vmm --config $config >/tmp/vmm-$name.out 2>&1 &
+  vmm=$!
+  if [ "$name" = flipped ]; then
+    # Wait until bulwark-vmm has verified the bundle and built the VM, then flip one
+    # byte in the middle of the rootfs (5 MiB in, far from what the kernel reads at
+    # boot) of the file it serves the disk from.
+    i=0
+    while [ $i -lt 300 ] && ! grep -q "VM built" /tmp/vmm-$name.out; do sleep 0.1; i=$((i + 1)); done
+    pos=$(( $(cat /lab/gi/rootfs-offset) + 5242880 + 123 ))
+    old=$(dd if=/tmp/flipped.bwi bs=1 skip=$pos count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+    new=$(( (old + 1) % 256 ))
+    printf "\\$(printf %o $new)" | dd of=/tmp/flipped.bwi bs=1 seek=$pos count=1 conv=notrunc 2>/dev/null
+    echo "flipped byte $pos of /tmp/flipped.bwi: $old -> $(dd if=/tmp/flipped.bwi bs=1 skip=$pos count=1 2>/dev/null | od -An -tu1 | tr -d ' ')"
+  fi
+  wait $vmm
+  status=$?
+  i=0
+  while [ $i -lt 100 ] && kill -0 $host 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  kill $host 2>/dev/null
+  wait $host 2>/dev/null
+  end=$(cut -d' ' -f1 /proc/uptime)
+  echo "--- case $name: bulwark-vmm exit status $status ($start s -> $end s L1 uptime) ---"
+  tail -n 15 /tmp/vmm-$name.out
+  echo "--- L2 console ($name) ---"
+  tr -d '\r' </tmp/gi-$name.log 2>/dev/null | grep -v '^$' | tail -n 60
+  echo "--- host side ($name) ---"
+  cat /tmp/host-$name.out
+  echo "--- end of case $name ---"
+  eval "status_$name=$status"
+}
+
+# The case's clean power-off: bulwark-vmm exit 0 after S5, and the guest's PowerOff.
+powered_off() {
+  eval "s=\$status_$1"
+  [ "$s" -eq 0 ] && grep -q "guest entered S5" /tmp/vmm-$1.out && grep -q '^HOST-POWEROFF ' /tmp/host-$1.out
+}
+
+hline() { grep -m1 "^$2" /tmp/host-$1.out; }
+
+# refusal CHECK CASE REASON TEXT: the case was refused for REASON with TEXT in the message.
+refusal() {
+  l=$(hline $2 'HOST-REFUSAL ')
+  case $l in
+    *"reason=$3 "*"$4"*)
+      if powered_off $2; then lab_pass $1 "$l; clean power-off"; else lab_fail $1 "$l; but no clean power-off (bulwark-vmm status $(eval echo \$status_$2))"; fi ;;
+    *) lab_fail $1 "expected reason=$3 with '$4': '$l' $(tail -n 3 /tmp/gi-$2.log | tr '\r\n' '  ')" ;;
+  esac
+}
+
+run_case good --hostile --bridge 7000 --raw 7001 --bytes $bytes
+cp /lab/gi/good.bwi /tmp/flipped.bwi
+run_case flipped
+rm -f /tmp/flipped.bwi
+run_case shutdown --shutdown
+for c in badconfig nomodule notfound signal gpu panic; do run_case $c; done
+
+# good
+stages=$(grep '^HOST-STAGE ' /tmp/host-good.out | cut -d' ' -f2 | tr '\n' ' ')
+want="InitStarted HostChannelUp ConfigLoaded ModulesLoaded RootVerified RootMounted GpuReady BridgeUp WorkloadStarted WorkloadEnded "
+times=$(grep '^HOST-STAGE ' /tmp/host-good.out | cut -d' ' -f2,3 | tr ' \n' '=,')
+if [ "$stages" = "$want" ]; then lab_pass gi-stages "$times"; else lab_fail gi-stages "got '$stages', want '$want'"; fi
+l=$(hline good 'HOST-MSG hello ')
+case $l in *'protocol=1 '*) lab_pass gi-hello "$l" ;; *) lab_fail gi-hello "'$l'" ;; esac
+l=$(hline good 'HOST-OUTPUT ')
+case $l in
+  *'stdout=exact '*'stderr_first_line=exact gaps=0'*) lab_pass gi-output "$l" ;;
+  *) lab_fail gi-output "'$l'" ;;
+esac
+l=$(hline good 'HOST-WORKLOAD-ID ')
+case $l in
+  *'uid=1000 gid=1000 caps=0000000000000000 bnd=0000000000000000 nnp=1 root=ro(30) tmp=ok dev=full,null,random,urandom,zero') lab_pass gi-jail "$l" ;;
+  *) lab_fail gi-jail "'$l'" ;;
+esac
+l=$(hline good 'HOST-EXIT ')
+case $l in
+  'HOST-EXIT code=7 signal=none '*) if powered_off good; then lab_pass gi-exit "$l; ACPI S5, bulwark-vmm exited 0"; else lab_fail gi-exit "$l; no clean power-off (status $status_good)"; fi ;;
+  *) lab_fail gi-exit "'$l'" ;;
+esac
+l=$(hline good 'HOST-BRIDGE ')
+case $l in "HOST-BRIDGE ok port=7000 bytes=$bytes "*) lab_pass gi-bridge "$l" ;; *) lab_fail gi-bridge "'$l'" ;; esac
+l=$(hline good 'HOST-RAW ')
+case $l in "HOST-RAW ok port=7001 bytes=$bytes "*) lab_pass gi-raw-vsock "$l" ;; *) lab_fail gi-raw-vsock "'$l'" ;; esac
+l=$(hline good 'HOST-HOSTILE ')
+case $l in 'HOST-HOSTILE ok '*) lab_pass gi-hostile "$l" ;; *) lab_fail gi-hostile "'$l'" ;; esac
+l=$(hline good 'HOST-MSG status Gpus')
+case $l in *'NoDriver'*) lab_pass gi-no-gpu-allowed "$l (config allows GPU-less runs)" ;; *) lab_fail gi-no-gpu-allowed "'$l'" ;; esac
+
+refusal gi-refuse-rootfs flipped rootfs_verification 'dm-verity'
+refusal gi-refuse-config badconfig config 'surprise'
+refusal gi-refuse-module nomodule module 'bulwark_no_such_module'
+refusal gi-refuse-not-found notfound workload_not_found '/bin/no-such-workload'
+refusal gi-refuse-gpu gpu gpu_required 'no GPU driver'
+refusal gi-panic panic panic 'test hook'
+l=$(hline shutdown 'HOST-EXIT ')
+stop=$(grep -m1 'ShuttingDown' /tmp/host-shutdown.out)
+case "$l" in
+  'HOST-EXIT code=none signal=SIGTERM '*) if [ -n "$stop" ] && powered_off shutdown; then lab_pass gi-shutdown "$stop; $l; clean power-off"; else lab_fail gi-shutdown "$l; stage '$stop'; no clean power-off?"; fi ;;
+  *) lab_fail gi-shutdown "'$l' '$stop'" ;;
+esac
+l=$(hline signal 'HOST-EXIT ')
+case $l in
+  'HOST-EXIT code=none signal=SIGABRT '*) if powered_off signal; then lab_pass gi-signal "$l; clean power-off"; else lab_fail gi-signal "$l; no clean power-off"; fi ;;
+  *) lab_fail gi-signal "'$l'" ;;
+esac
