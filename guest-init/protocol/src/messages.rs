@@ -245,22 +245,30 @@ pub enum GpuAttestationResult {
     },
 }
 
-/// One GPU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a GPU is, as its driver reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GpuStatus {
+pub struct GpuIdentity {
     /// Index in the driver's enumeration.
     pub index: u32,
     /// Product name.
     pub name: String,
     /// PCI bus id as the driver writes it.
     pub pci_bus_id: String,
-    /// Device memory.
+    /// Device memory, bytes.
     pub memory_bytes: u64,
     /// `major.minor`.
     pub compute_capability: String,
     /// Driver version.
     pub driver_version: String,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuStatus {
+    /// What it is.
+    pub identity: GpuIdentity,
     /// The kernel-on-device check passed (its result checked by the CPU).
     pub self_test_passed: bool,
     /// What the check did and found.
@@ -490,10 +498,12 @@ impl GuestMessage {
                     if gpu.copy_gbps.is_some_and(|r| !r.is_finite() || r < 0.0) {
                         return Err("gpu.copy_gbps: not a finite, non-negative rate".into());
                     }
-                    text("gpu.name", &gpu.name)?;
-                    text("gpu.pci_bus_id", &gpu.pci_bus_id)?;
-                    text("gpu.self_test_detail", &gpu.self_test_detail)?;
-                    text("gpu.driver_version", &gpu.driver_version)
+                    let id = &gpu.identity;
+                    text("gpu.identity.name", &id.name)?;
+                    text("gpu.identity.pci_bus_id", &id.pci_bus_id)?;
+                    text("gpu.identity.compute_capability", &id.compute_capability)?;
+                    text("gpu.identity.driver_version", &id.driver_version)?;
+                    text("gpu.self_test_detail", &gpu.self_test_detail)
                 })
             }
             GuestMessage::Status(Status::Bridge(b)) => list("status.bridge.ports", &b.ports),
@@ -578,12 +588,14 @@ mod tests {
     #[test]
     fn every_guest_message_round_trips() {
         let gpu = GpuStatus {
-            index: 0,
-            name: "NVIDIA H100 80GB HBM3".into(),
-            pci_bus_id: "00000000:01:00.0".into(),
-            memory_bytes: 85_520_809_984,
-            compute_capability: "9.0".into(),
-            driver_version: "550.90.07".into(),
+            identity: GpuIdentity {
+                index: 0,
+                name: "NVIDIA H100 80GB HBM3".into(),
+                pci_bus_id: "00000000:01:00.0".into(),
+                memory_bytes: 85_520_809_984,
+                compute_capability: "9.0".into(),
+                driver_version: "550.90.07".into(),
+            },
             self_test_passed: true,
             self_test_detail: "saxpy over 1048576 floats".into(),
             copy_gbps: Some(1234.5),

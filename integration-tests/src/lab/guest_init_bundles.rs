@@ -15,7 +15,7 @@ use bulwark_image::{build, generate_key_pair, sign, BuildSpec, SigningKey};
 use super::error::{LabError, Result};
 use super::host_command::{find_program, run};
 use super::initramfs::Initramfs;
-use super::l2_bundle::L1File;
+use super::l2_bundle::{make_ext4, L1File};
 
 /// Where the files go in L1.
 pub const L1_DIR: &str = "/lab/gi";
@@ -181,29 +181,8 @@ pub fn prepare(
         &tree.join("etc/bulwark-lab"),
         "rootfs of the vmm-guest-init scenario\n",
     )?;
-    let mke2fs = ["mke2fs", "/sbin/mke2fs", "/usr/sbin/mke2fs"]
-        .into_iter()
-        .find_map(find_program)
-        .ok_or_else(|| LabError::Prerequisite {
-            what: "mke2fs (to build the rootfs image)".into(),
-            hint: "install Debian's e2fsprogs: run scripts/setup".into(),
-        })?;
     let rootfs = dir.join("rootfs.ext4");
-    let _ = fs::remove_file(&rootfs);
-    run(Command::new(&mke2fs)
-        .args([
-            "-q",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(&tree)
-        .arg(&rootfs)
-        .arg(format!("{}k", ROOTFS_BYTES / 1024)))?;
+    make_ext4(&tree, &rootfs, ROOTFS_BYTES)?;
 
     let keys = dir.join("keys");
     let _ = fs::remove_dir_all(&keys);

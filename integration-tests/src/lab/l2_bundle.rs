@@ -187,6 +187,35 @@ pub fn prepare(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File
     Ok(files)
 }
 
+/// Makes `out`, an ext4 image of `bytes` (4 KiB blocks, files owned by root) holding
+/// the directory `tree`, with Debian's `mke2fs -d`.
+pub fn make_ext4(tree: &Path, out: &Path, bytes: u64) -> Result<()> {
+    use super::host_command::{find_program, run};
+    let mke2fs = ["mke2fs", "/sbin/mke2fs", "/usr/sbin/mke2fs"]
+        .into_iter()
+        .find_map(find_program)
+        .ok_or_else(|| LabError::Prerequisite {
+            what: "mke2fs (to build a rootfs image)".into(),
+            hint: "install Debian's e2fsprogs: run scripts/setup".into(),
+        })?;
+    let _ = fs::remove_file(out);
+    run(Command::new(&mke2fs)
+        .args([
+            "-q",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(tree)
+        .arg(out)
+        .arg(format!("{}k", bytes / 1024)))?;
+    Ok(())
+}
+
 /// The file in the `virtio` bundle's ext4 rootfs that the L2 init reads after mounting
 /// it, and its contents.
 pub const ROOTFS_FILE: &str = "bulwark-lab.txt";
@@ -217,7 +246,7 @@ pub fn vm_config_virtio(bundle: &str, serial_log: &str, transport: &str) -> Stri
 /// key, `vm-virtio.json` and `vm-virtio-pci.json`: the same VM on virtio-mmio and on
 /// virtio-pci).
 pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec<L1File>> {
-    use super::host_command::{find_program, run, stdout_of};
+    use super::host_command::stdout_of;
     fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
     let initrd = dir.join("initramfs.cpio");
     write(&initrd, initramfs)?;
@@ -225,37 +254,16 @@ pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec
     let _ = fs::remove_dir_all(&tree);
     fs::create_dir_all(&tree).map_err(LabError::io(format!("creating {}", tree.display())))?;
     write(&tree.join(ROOTFS_FILE), ROOTFS_FILE_TEXT)?;
-    let mke2fs = ["mke2fs", "/sbin/mke2fs", "/usr/sbin/mke2fs"]
-        .into_iter()
-        .find_map(find_program)
-        .ok_or_else(|| LabError::Prerequisite {
-            what: "mke2fs (to build the L2 rootfs image)".into(),
-            hint: "install Debian's e2fsprogs: run scripts/setup".into(),
-        })?;
     let rootfs = dir.join("rootfs.ext4");
-    let _ = fs::remove_file(&rootfs);
     // Fixed UUID, hash seed and timestamps would make the image reproducible; the lab
     // only needs its hash, computed below from the file itself.
-    run(Command::new(&mke2fs)
-        .args([
-            "-q",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(&tree)
-        .arg(&rootfs)
-        .arg(format!("{}k", ROOTFS_BYTES / 1024)))?;
+    make_ext4(&tree, &rootfs, ROOTFS_BYTES)?;
     let size = fs::metadata(&rootfs)
         .map_err(LabError::io(format!("reading {}", rootfs.display())))?
         .len();
     if size != ROOTFS_BYTES {
         return Err(LabError::UnexpectedOutput {
-            command: mke2fs.display().to_string(),
+            command: "mke2fs".into(),
             reason: format!("the image is {size} bytes, {ROOTFS_BYTES} expected"),
         });
     }

@@ -23,6 +23,7 @@ pub mod nvidia;
 use std::fmt;
 use std::time::Duration;
 
+pub use bulwark_guest_protocol::GpuIdentity;
 use bulwark_guest_protocol::{
     CcMode, GpuAttestationResult, GpuEvidence, GpuPresence, GpuStatus, GpuSummary,
 };
@@ -251,23 +252,6 @@ pub trait GpuBackend {
     fn probe(&self) -> Probe;
 }
 
-/// What a device is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuIdentity {
-    /// Index in the driver's enumeration.
-    pub index: u32,
-    /// Product name.
-    pub name: String,
-    /// PCI bus id as the driver writes it.
-    pub pci_bus_id: String,
-    /// Device memory, bytes.
-    pub memory_bytes: u64,
-    /// `major.minor`.
-    pub compute_capability: String,
-    /// Driver version.
-    pub driver_version: String,
-}
-
 /// Confidential-computing state as the driver reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CcState {
@@ -461,7 +445,11 @@ pub fn bring_up(
                 let (statuses, ev) = bring_up_backend(devices, policy, &mut nonce);
                 for (status, failed) in statuses {
                     if let Some(why) = failed {
-                        problems.push(format!("{} GPU {}: {why}", backend.name(), status.index));
+                        problems.push(format!(
+                            "{} GPU {}: {why}",
+                            backend.name(),
+                            status.identity.index
+                        ));
                     }
                     gpus.push(status);
                 }
@@ -545,12 +533,13 @@ fn bring_up_backend(
             });
             let cc = gpu.cc_state();
             let status = GpuStatus {
-                index: id.index,
-                name: clamp(id.name, 256),
-                pci_bus_id: clamp(id.pci_bus_id, 64),
-                memory_bytes: id.memory_bytes,
-                compute_capability: clamp(id.compute_capability, 32),
-                driver_version: clamp(id.driver_version, 128),
+                identity: GpuIdentity {
+                    name: clamp(id.name, 256),
+                    pci_bus_id: clamp(id.pci_bus_id, 64),
+                    compute_capability: clamp(id.compute_capability, 32),
+                    driver_version: clamp(id.driver_version, 128),
+                    ..id
+                },
                 self_test_passed: false,
                 self_test_detail: "not run".into(),
                 copy_gbps: None,
@@ -684,7 +673,7 @@ fn attest(
         Err(e) => return failed(format!("fetching the report: {e}")),
     };
     evidence.push(GpuEvidence {
-        index: slot.status.index,
+        index: slot.status.identity.index,
         nonce: n.to_vec(),
         report: report.report.clone(),
         certificate_chain: report.certificate_chain.clone(),
@@ -772,12 +761,12 @@ pub fn report_lines(outcome: &GpuOutcome) -> Vec<String> {
         };
         lines.push(format!(
             "gpu {}: {} [{}] {} MiB, sm {}, driver {}; self-test {} ({}); {copy}; {cc}; {att}: {}",
-            g.index,
-            g.name,
-            g.pci_bus_id,
-            g.memory_bytes >> 20,
-            g.compute_capability,
-            g.driver_version,
+            g.identity.index,
+            g.identity.name,
+            g.identity.pci_bus_id,
+            g.identity.memory_bytes >> 20,
+            g.identity.compute_capability,
+            g.identity.driver_version,
             if g.self_test_passed {
                 "passed"
             } else {

@@ -274,8 +274,8 @@ fn a_gpu_without_cc_passes() {
     assert_eq!(g.cc_mode, CcMode::Off);
     let gbps = g.copy_gbps.unwrap();
     assert!((gbps - 1000.0).abs() < 1e-3, "{gbps}");
-    assert_eq!(g.name, "Fake H100");
-    assert_eq!(g.driver_version, "550.90.07");
+    assert_eq!(g.identity.name, "Fake H100");
+    assert_eq!(g.identity.driver_version, "550.90.07");
     assert!(
         out.evidence.is_empty(),
         "no report claimed for a non-CC GPU"
@@ -539,7 +539,7 @@ fn min_count_counts_ready_gpus() {
     );
     let g = &out.summary.gpus[1];
     assert!(!g.ready);
-    assert_eq!(g.name, "(unknown)");
+    assert_eq!(g.identity.name, "(unknown)");
     assert!(out
         .refusal
         .unwrap()
