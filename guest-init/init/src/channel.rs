@@ -1,13 +1,17 @@
 //! The host channel: one vsock stream from the guest to the host (CID 2), speaking
-//! `bulwark-guest-protocol`. A writer thread sends queued messages in order; a reader
-//! thread answers the host (Ping, Challenge), hands Shutdown and Verdict to the main
-//! task, and answers every malformed, oversized or truncated frame with an `Error`
-//! message without stopping. Messages queued before the connection are sent once it is
-//! up. The panic hook can still send a last frame ([`emergency_send`]).
+//! `bulwark-guest-protocol`. `Hello` and the attestation key are written first on the
+//! connection; then a writer thread sends queued messages in order. A reader thread
+//! answers the host (Ping, Challenge), turns `Shutdown` into the VM's stop request,
+//! keeps the latest `Verdict`, and answers every malformed, oversized or truncated
+//! frame with an `Error` message without stopping. Nothing the host sends grows
+//! memory: the queue is bounded, and output and replies to the host may only fill
+//! part of it, so the guest's own reports (`Exit`, `Refusal`, `PowerOff`) keep room.
+//! Every write has a deadline, so a host that stops reading cannot hold the guest.
+//! The panic hook can still send a last frame ([`emergency_send`]).
 
 use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,44 +23,39 @@ use p384::ecdsa::{signature::Signer, DerSignature, SigningKey};
 use vsock::VsockStream;
 
 use crate::pid1::console;
+use crate::stop::StopRequest;
 
-/// Messages waiting for the writer; output chunks beyond this are dropped (counted).
+/// Messages waiting for the writer.
 const QUEUE: usize = 1024;
+/// Output chunks and replies to the host are queued only while fewer than this many
+/// messages wait; the rest of the queue is kept for the guest's own reports.
+const SHARED_QUEUE: usize = 768;
 /// A frame that stalls this long half-received is reported as truncated (a whole
 /// frame is at most 64 KiB: a live host sends it in far less).
 const FRAME_DEADLINE: Duration = Duration::from_secs(5);
-/// A host that takes no bytes for this long is given up on.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the reader wakes to check that deadline.
+const READ_TICK: Duration = Duration::from_secs(1);
+/// The longest one frame may take to write; then the link is given up.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Console lines about the host's bad frames: the first this many, then one in 1000.
+const LOGGED_HOST_ERRORS: u64 = 32;
 
 /// The connected stream, shared by the writer thread and the panic hook; `None`
 /// before the connection and after a failed write.
 static LINK: Mutex<Option<VsockStream>> = Mutex::new(None);
 
-/// What the host asked the main task to do.
+/// The host's latest verdict on this VM's evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostEvent {
-    /// Stop the workload and power off.
-    Shutdown(String),
-    /// The verdict on this VM's evidence.
-    Verdict {
-        /// Affirmed.
-        accepted: bool,
-        /// Why.
-        detail: String,
-    },
+pub struct Verdict {
+    /// Affirmed.
+    pub accepted: bool,
+    /// Why.
+    pub detail: String,
 }
 
 enum Outgoing {
     Message(GuestMessage),
     Flush(std::sync::mpsc::Sender<()>),
-}
-
-/// The guest's end of the host channel.
-#[derive(Debug, Clone)]
-pub struct Channel {
-    queue: SyncSender<OutgoingBox>,
-    dropped: Arc<AtomicU64>,
-    key: Arc<SigningKey>,
 }
 
 // A newtype so `Outgoing` stays private while `Channel` is Debug.
@@ -68,21 +67,37 @@ impl std::fmt::Debug for OutgoingBox {
     }
 }
 
+/// The guest's end of the host channel.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    queue: SyncSender<OutgoingBox>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    key: Arc<SigningKey>,
+    stop: Arc<StopRequest>,
+    verdict: Arc<Mutex<Option<Verdict>>>,
+    host_errors: Arc<AtomicU64>,
+}
+
 /// The receiving half handed to [`Channel::connect`].
 #[derive(Debug)]
 pub struct PendingQueue(Receiver<OutgoingBox>);
 
 impl Channel {
     /// A channel that queues messages until [`Channel::connect`]; makes the attestation
-    /// key pair from the kernel RNG.
-    pub fn new() -> (Self, PendingQueue) {
+    /// key pair from the kernel RNG. A host `Shutdown` goes to `stop`.
+    pub fn new(stop: Arc<StopRequest>) -> (Self, PendingQueue) {
         let (queue, rx) = sync_channel(QUEUE);
         let key = SigningKey::random(&mut rand_core::OsRng);
         (
             Channel {
                 queue,
+                queued: Arc::new(AtomicUsize::new(0)),
                 dropped: Arc::new(AtomicU64::new(0)),
                 key: Arc::new(key),
+                stop,
+                verdict: Arc::new(Mutex::new(None)),
+                host_errors: Arc::new(AtomicU64::new(0)),
             },
             PendingQueue(rx),
         )
@@ -97,55 +112,63 @@ impl Channel {
         })
     }
 
-    /// Queues a message that must not be lost (blocks while the queue is full, up to
-    /// a second, then drops it and counts it).
-    pub fn send(&self, msg: GuestMessage) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut item = OutgoingBox(Outgoing::Message(msg));
+    fn enqueue(&self, msg: GuestMessage, limit: usize) -> bool {
+        if self.queued.load(Ordering::Relaxed) >= limit {
+            return false;
+        }
+        match self.queue.try_send(OutgoingBox(Outgoing::Message(msg))) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queues one of the guest's own reports; never blocks. Returns whether it was
+    /// queued (it is dropped, and counted, only when the whole queue is full).
+    pub fn send(&self, msg: GuestMessage) -> bool {
+        let ok = self.enqueue(msg, QUEUE);
+        if !ok {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Queues workload output or a reply to the host, only while the shared part of
+    /// the queue has room; returns whether it was queued. Never blocks.
+    pub fn send_shared(&self, msg: GuestMessage) -> bool {
+        self.enqueue(msg, SHARED_QUEUE)
+    }
+
+    /// Waits up to `timeout` for everything queued so far to be written. Blocks: call
+    /// it outside the async runtime.
+    pub fn flush(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut item = OutgoingBox(Outgoing::Flush(tx));
         loop {
             match self.queue.try_send(item) {
-                Ok(()) => return,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(back)) if Instant::now() < deadline => {
                     item = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(_) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+                Err(_) => return,
             }
         }
+        let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
-    /// Queues a message that may be dropped when the host is slow (workload output);
-    /// returns whether it was queued.
-    pub fn try_send(&self, msg: GuestMessage) -> bool {
-        self.queue
-            .try_send(OutgoingBox(Outgoing::Message(msg)))
-            .is_ok()
-    }
-
-    /// Waits up to `timeout` for everything queued so far to be written.
-    pub fn flush(&self, timeout: Duration) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self
-            .queue
-            .try_send(OutgoingBox(Outgoing::Flush(tx)))
-            .is_ok()
-        {
-            let _ = rx.recv_timeout(timeout);
-        }
-    }
-
-    /// Connects to the host's `port` on CID 2, retrying until `wait` has passed; then
-    /// starts the writer (which first sends what was queued) and the reader, whose
-    /// host events go to `events`.
+    /// Connects to the host's `port` on CID 2, retrying until `wait` has passed; writes
+    /// `hello` and the attestation key first, then starts the writer (which sends what
+    /// was queued before the connection) and the reader. Blocks.
     pub fn connect(
         &self,
         pending: PendingQueue,
         port: u32,
         wait: Duration,
-        events: tokio::sync::mpsc::UnboundedSender<HostEvent>,
+        hello: GuestMessage,
     ) -> Result<(), String> {
         let deadline = Instant::now() + wait;
         let stream = loop {
@@ -164,33 +187,51 @@ impl Channel {
             .try_clone()
             .map_err(|e| format!("cloning the host channel socket: {e}"))?;
         reader
-            .set_read_timeout(Some(FRAME_DEADLINE))
-            .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+            .set_read_timeout(Some(READ_TICK))
+            .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(1))))
             .map_err(|e| format!("setting host channel timeouts: {e}"))?;
         *LINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
-        let dropped = self.dropped.clone();
+        for first in [hello, self.attestation_key()] {
+            let bytes = encode_guest(&first).map_err(|e| format!("encoding {first:?}: {e}"))?;
+            if !write_frame(&bytes) {
+                return Err("the host stopped taking bytes during the hello".into());
+            }
+        }
+        let (queued, dropped) = (self.queued.clone(), self.dropped.clone());
         std::thread::Builder::new()
             .name("channel-writer".into())
-            .spawn(move || writer(pending.0, dropped))
+            .spawn(move || writer(pending.0, queued, dropped))
             .map_err(|e| format!("starting the channel writer: {e}"))?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("channel-reader".into())
-            .spawn(move || me.reader(reader, events))
+            .spawn(move || me.reader(reader))
             .map_err(|e| format!("starting the channel reader: {e}"))?;
         Ok(())
     }
 
-    /// Messages that could not be sent (queue full or link down).
+    /// The guest's own reports that could not be queued or written.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn reader(
-        self,
-        mut stream: VsockStream,
-        events: tokio::sync::mpsc::UnboundedSender<HostEvent>,
-    ) {
+    /// The host's latest verdict, if any.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.verdict
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn host_error(&self, e: &bulwark_guest_protocol::FrameError) {
+        let n = self.host_errors.fetch_add(1, Ordering::Relaxed);
+        if n < LOGGED_HOST_ERRORS || n % 1000 == 0 {
+            console(&format!("host channel: {e} (host error #{})", n + 1));
+        }
+        self.send_shared(GuestMessage::Error(e.report()));
+    }
+
+    fn reader(self, mut stream: VsockStream) {
         let mut frames = FrameReader::new();
         let mut buf = vec![0u8; 16 * 1024];
         let mut frame_started: Option<Instant> = None;
@@ -198,7 +239,7 @@ impl Channel {
             match stream.read(&mut buf) {
                 Ok(0) => {
                     if let Some(e) = frames.finish() {
-                        console(&format!("host channel: {e}"));
+                        self.host_error(&e);
                     }
                     console("host channel: the host closed the connection");
                     return;
@@ -206,17 +247,20 @@ impl Channel {
                 Ok(n) => {
                     frames.push(&buf[..n]);
                     while let Some(next) = frames.next_frame() {
+                        // A whole frame (or a reported problem) ends the one that was
+                        // being timed.
+                        frame_started = None;
                         match next.and_then(|f| decode_host(&f)) {
-                            Ok(msg) => self.handle(msg, &events),
-                            Err(e) => {
-                                console(&format!("host channel: {e}"));
-                                self.send(GuestMessage::Error(e.report()));
-                            }
+                            Ok(msg) => self.handle(msg),
+                            Err(e) => self.host_error(&e),
                         }
+                    }
+                    if frames.in_frame() && frame_started.is_none() {
+                        frame_started = Some(Instant::now());
                     }
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     console(&format!("host channel: read failed: {e}"));
                     return;
@@ -224,76 +268,108 @@ impl Channel {
             }
             // A frame left half-received past the deadline is truncated: report it and
             // start afresh at the next byte.
-            frame_started = match (frames.in_frame(), frame_started) {
-                (false, _) => None,
-                (true, None) => Some(Instant::now()),
-                (true, Some(t)) if t.elapsed() >= FRAME_DEADLINE => {
-                    if let Some(e) = frames.finish() {
-                        console(&format!("host channel: {e}"));
-                        self.send(GuestMessage::Error(e.report()));
-                    }
-                    None
+            if frame_started.is_some_and(|t| t.elapsed() >= FRAME_DEADLINE) {
+                if let Some(e) = frames.finish() {
+                    self.host_error(&e);
                 }
-                (true, started) => started,
-            };
+                frame_started = None;
+            }
         }
     }
 
-    fn handle(&self, msg: HostMessage, events: &tokio::sync::mpsc::UnboundedSender<HostEvent>) {
+    fn handle(&self, msg: HostMessage) {
         match msg {
             HostMessage::Hello { protocol, host } => console(&format!(
                 "host channel: host {host:?} speaks protocol {protocol}"
             )),
-            HostMessage::Ping { nonce } => self.send(GuestMessage::Pong { nonce }),
+            HostMessage::Ping { nonce } => {
+                self.send_shared(GuestMessage::Pong { nonce });
+            }
             HostMessage::Challenge { nonce } => {
                 let signature: DerSignature = self.key.sign(&challenge_signed_bytes(&nonce));
-                self.send(GuestMessage::ChallengeResponse(ChallengeResponse {
+                self.send_shared(GuestMessage::ChallengeResponse(ChallengeResponse {
                     nonce,
                     signature: signature.as_bytes().to_vec(),
                 }));
             }
             HostMessage::Verdict { accepted, detail } => {
-                let _ = events.send(HostEvent::Verdict { accepted, detail });
+                let verdict = Verdict { accepted, detail };
+                let mut latest = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
+                if latest.as_ref() != Some(&verdict) {
+                    console(&format!(
+                        "host verdict: accepted={}: {}",
+                        verdict.accepted, verdict.detail
+                    ));
+                }
+                *latest = Some(verdict);
             }
             HostMessage::Shutdown { reason } => {
-                let _ = events.send(HostEvent::Shutdown(reason));
+                self.stop.request(format!("the host asked: {reason}"));
             }
-            HostMessage::Error(ProtocolError { code, message }) => console(&format!(
-                "host channel: the host reports {code:?}: {message}"
-            )),
+            HostMessage::Error(ProtocolError { code, message }) => {
+                let n = self.host_errors.fetch_add(1, Ordering::Relaxed);
+                if n < LOGGED_HOST_ERRORS {
+                    console(&format!(
+                        "host channel: the host reports {code:?}: {message}"
+                    ))
+                }
+            }
         }
     }
 }
 
-fn writer(queue: Receiver<OutgoingBox>, dropped: Arc<AtomicU64>) {
+fn writer(queue: Receiver<OutgoingBox>, queued: Arc<AtomicUsize>, dropped: Arc<AtomicU64>) {
     for OutgoingBox(item) in queue {
         match item {
             Outgoing::Flush(done) => {
                 let _ = done.send(());
             }
-            Outgoing::Message(msg) => match encode_guest(&msg) {
-                Ok(bytes) => {
-                    if !write_frame(&bytes) {
-                        dropped.fetch_add(1, Ordering::Relaxed);
+            Outgoing::Message(msg) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                let written = match encode_guest(&msg) {
+                    Ok(bytes) => write_frame(&bytes),
+                    Err(e) => {
+                        console(&format!("host channel: not sent: {e}"));
+                        false
                     }
-                }
-                Err(e) => {
-                    console(&format!("host channel: not sent: {e}"));
+                };
+                if !written {
                     dropped.fetch_add(1, Ordering::Relaxed);
                 }
-            },
+            }
         }
     }
 }
 
-/// Writes one whole frame under the link lock; a failed or timed-out write drops the
-/// link (the stream would be out of step).
+/// Writes all of `bytes` before `deadline`; `Err` means the stream is now out of step.
+fn write_all_by(stream: &mut VsockStream, bytes: &[u8], deadline: Instant) -> Result<(), String> {
+    let mut at = 0;
+    while at < bytes.len() {
+        match stream.write(&bytes[at..]) {
+            Ok(0) => return Err("the host closed the connection".into()),
+            Ok(n) => at += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if at < bytes.len() && Instant::now() >= deadline {
+            return Err(format!(
+                "the host took {at} of {} bytes in time",
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes one whole frame under the link lock within [`WRITE_DEADLINE`]; a failed or
+/// late write drops the link (the stream would be out of step).
 fn write_frame(bytes: &[u8]) -> bool {
     let mut link = LINK.lock().unwrap_or_else(|p| p.into_inner());
     let Some(stream) = link.as_mut() else {
         return false;
     };
-    match stream.write_all(bytes) {
+    match write_all_by(stream, bytes, Instant::now() + WRITE_DEADLINE) {
         Ok(()) => true,
         Err(e) => {
             console(&format!(
@@ -306,29 +382,25 @@ fn write_frame(bytes: &[u8]) -> bool {
 }
 
 /// Sends one message straight to the host from any thread, the panicking one
-/// included: waits at most a second for the link, and gives up silently.
+/// included: waits at most a second for the link and a second for the write, and
+/// gives up silently.
 pub fn emergency_send(msg: &GuestMessage) {
     let Ok(bytes) = encode_guest(msg) else { return };
     let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
+    let mut link = loop {
         match LINK.try_lock() {
-            Ok(mut link) => {
-                if let Some(s) = link.as_mut() {
-                    let _ = s.write_all(&bytes);
-                    let _ = s.flush();
-                }
-                return;
-            }
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                if let Some(s) = p.into_inner().as_mut() {
-                    let _ = s.write_all(&bytes);
-                }
-                return;
-            }
+            Ok(l) => break l,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10))
             }
             Err(_) => return,
+        }
+    };
+    if let Some(s) = link.as_mut() {
+        let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+        if write_all_by(s, &bytes, Instant::now() + Duration::from_secs(1)).is_err() {
+            *link = None;
         }
     }
 }
@@ -338,18 +410,26 @@ mod tests {
     use super::*;
     use p384::ecdsa::{signature::Verifier, VerifyingKey};
 
+    fn channel() -> (Channel, PendingQueue) {
+        Channel::new(Arc::new(StopRequest::default()))
+    }
+
+    fn next_message(q: &PendingQueue) -> GuestMessage {
+        match q.0.try_recv() {
+            Ok(OutgoingBox(Outgoing::Message(m))) => m,
+            other => panic!("no message queued: {other:?}"),
+        }
+    }
+
     #[test]
     fn the_challenge_answer_verifies_with_the_announced_key() {
-        let (ch, _q) = Channel::new();
+        let (ch, q) = channel();
         let GuestMessage::AttestationKey(k) = ch.attestation_key() else {
             panic!("not a key")
         };
         assert_eq!(k.public_key.len(), 97);
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        ch.handle(HostMessage::Challenge { nonce: vec![7; 32] }, &tx);
-        let OutgoingBox(Outgoing::Message(GuestMessage::ChallengeResponse(r))) =
-            _q.0.try_recv().unwrap()
-        else {
+        ch.handle(HostMessage::Challenge { nonce: vec![7; 32] });
+        let GuestMessage::ChallengeResponse(r) = next_message(&q) else {
             panic!("no challenge response queued")
         };
         let vk = VerifyingKey::from_sec1_bytes(&k.public_key).unwrap();
@@ -359,20 +439,35 @@ mod tests {
     }
 
     #[test]
-    fn ping_is_answered_and_host_requests_reach_the_main_task() {
-        let (ch, q) = Channel::new();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        ch.handle(HostMessage::Ping { nonce: 5 }, &tx);
-        ch.handle(
-            HostMessage::Shutdown {
-                reason: "op".into(),
-            },
-            &tx,
-        );
-        assert!(matches!(
-            q.0.try_recv().unwrap(),
-            OutgoingBox(Outgoing::Message(GuestMessage::Pong { nonce: 5 }))
-        ));
-        assert_eq!(rx.try_recv().unwrap(), HostEvent::Shutdown("op".into()));
+    fn ping_is_answered_shutdown_is_a_stop_and_the_latest_verdict_is_kept() {
+        let (ch, q) = channel();
+        ch.handle(HostMessage::Ping { nonce: 5 });
+        assert_eq!(next_message(&q), GuestMessage::Pong { nonce: 5 });
+        ch.handle(HostMessage::Shutdown {
+            reason: "op".into(),
+        });
+        assert_eq!(ch.stop.reason().as_deref(), Some("the host asked: op"));
+        for accepted in [true, false] {
+            ch.handle(HostMessage::Verdict {
+                accepted,
+                detail: "d".into(),
+            });
+        }
+        assert_eq!(ch.verdict().map(|v| v.accepted), Some(false));
+    }
+
+    #[test]
+    fn a_flooding_host_fills_only_the_shared_part_of_the_queue() {
+        let (ch, _q) = channel();
+        for i in 0..10_000 {
+            ch.handle(HostMessage::Ping { nonce: i });
+        }
+        assert_eq!(ch.queued.load(Ordering::Relaxed), SHARED_QUEUE);
+        // The guest's own reports still fit.
+        for _ in 0..(QUEUE - SHARED_QUEUE) {
+            assert!(ch.send(GuestMessage::PowerOff { reason: "x".into() }));
+        }
+        assert!(!ch.send(GuestMessage::PowerOff { reason: "x".into() }));
+        assert_eq!(ch.dropped(), 1);
     }
 }

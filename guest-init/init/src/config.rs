@@ -190,6 +190,9 @@ pub struct WorkloadConfig {
     /// After SIGTERM, how long before SIGKILL, ms.
     #[serde(default = "default_grace")]
     pub stop_grace_ms: u64,
+    /// Most processes and threads the workload's uid may have (RLIMIT_NPROC).
+    #[serde(default = "default_max_processes")]
+    pub max_processes: u64,
 }
 
 fn default_cwd() -> String {
@@ -201,6 +204,12 @@ fn default_tmp() -> u32 {
 fn default_grace() -> u64 {
     5000
 }
+fn default_max_processes() -> u64 {
+    4096
+}
+
+/// Most entries in `modules`, `mounts` and `ports` (the protocol's list limit).
+pub const MAX_ENTRIES: usize = 256;
 
 /// `ports[]`.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -274,6 +283,15 @@ fn absolute_clean(field: &str, p: &str) -> Result<(), ConfigError> {
 }
 
 fn check(f: &FileConfig, cmdline: &Cmdline, verity: &VerityParams) -> Result<(), ConfigError> {
+    for (field, n) in [
+        ("config:modules", f.modules.len()),
+        ("config:mounts", f.mounts.len()),
+        ("config:ports", f.ports.len()),
+    ] {
+        if n > MAX_ENTRIES {
+            return Err(err(field, format!("{n} entries, at most {MAX_ENTRIES}")));
+        }
+    }
     if f.format != CONFIG_FORMAT {
         return Err(err(
             "config:format",
@@ -351,14 +369,26 @@ fn check(f: &FileConfig, cmdline: &Cmdline, verity: &VerityParams) -> Result<(),
     if w.tmp_mib == 0 {
         return Err(err("config:workload.tmp_mib", "must be at least 1"));
     }
+    if !(1..=1 << 22).contains(&w.max_processes) {
+        return Err(err("config:workload.max_processes", "1 to 4194304"));
+    }
+    let mut targets = std::collections::BTreeSet::new();
     for (i, m) in f.mounts.iter().enumerate() {
         let field = format!("config:mounts[{i}].target");
         absolute_clean(&field, &m.target)?;
-        if ["/", "/proc", "/dev", "/tmp"].contains(&m.target.as_str()) {
+        // Compared by components, so `//dev/` is `/dev`.
+        let target: std::path::PathBuf = Path::new(&m.target).components().collect();
+        let reserved = ["/proc", "/dev", "/tmp"]
+            .iter()
+            .any(|r| target.starts_with(r));
+        if target == Path::new("/") || reserved {
             return Err(err(
                 field,
-                format!("{} is set up by bulwark-init", m.target),
+                format!("{} is (under) a mount bulwark-init sets up", m.target),
             ));
+        }
+        if !targets.insert(target) {
+            return Err(err(field, format!("{} is mounted twice", m.target)));
         }
         if m.tmpfs_mib == 0 {
             return Err(err(
@@ -484,6 +514,30 @@ mod tests {
             (
                 Box::new(|v| v["mounts"] = serde_json::json!([{"target": "/tmp", "tmpfs_mib": 1}])),
                 "config:mounts[0].target",
+            ),
+            (
+                Box::new(|v| {
+                    v["mounts"] = serde_json::json!([{"target": "//proc/sys/", "tmpfs_mib": 1}])
+                }),
+                "config:mounts[0].target",
+            ),
+            (
+                Box::new(
+                    |v| v["mounts"] = serde_json::json!([{"target": "/a", "tmpfs_mib": 1}, {"target": "/a/", "tmpfs_mib": 1}]),
+                ),
+                "mounted twice",
+            ),
+            (
+                Box::new(|v| {
+                    v["ports"] = serde_json::json!((1..=257)
+                        .map(|p| serde_json::json!({"vsock": 2000 + p, "tcp": 1}))
+                        .collect::<Vec<_>>())
+                }),
+                "config:ports",
+            ),
+            (
+                Box::new(|v| v["workload"]["max_processes"] = 0.into()),
+                "config:workload.max_processes",
             ),
             (
                 Box::new(|v| v["modules"] = serde_json::json!(["../x"])),

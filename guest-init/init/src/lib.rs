@@ -9,7 +9,7 @@
 //! power-off), [`config`] (command line and config component), [`modules`] (loading
 //! without kmod), [`verity`] (dm-verity through the device-mapper ioctls), [`view`]
 //! (the workload's filesystem view), [`gpu`] (GPU bring-up behind a trait),
-//! [`channel`] (the host channel), [`bridge`] (vsock → TCP), [`workload`] (start,
+//! [`channel`] (the host channel), [`stop`] (the stop request), [`bridge`] (vsock → TCP), [`workload`] (start,
 //! output, end). `unsafe` lives only in [`sys`].
 
 #![deny(unsafe_code)]
@@ -21,6 +21,7 @@ pub mod gpu;
 pub mod modules;
 pub mod pid1;
 pub mod run;
+pub mod stop;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod verity;

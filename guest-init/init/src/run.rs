@@ -4,18 +4,21 @@
 //! is a [`Failure`]: reported on the console and the host channel, then power-off.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_guest_protocol::{
     BridgeStatus, ExitReport, GpuPresence, GuestMessage, Hello, ModulesStatus, Progress, Refusal,
     RefusalReason, RootStatus, Stage, Status, PROTOCOL_VERSION,
 };
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::channel::{Channel, HostEvent, PendingQueue};
+use crate::channel::{Channel, PendingQueue};
 use crate::config::{self, Cmdline, Config, VerifyMode};
 use crate::pid1::{self, console, uptime_us};
+use crate::stop::StopRequest;
 use crate::{bridge, gpu, modules, verity, view, workload};
 
 /// Where the image's kernel modules are.
@@ -68,8 +71,11 @@ pub fn main() -> ! {
         Ok(r) => r,
         Err(e) => pid1::power_off(&format!("starting the runtime: {e}")),
     };
-    let (channel, pending) = Channel::new();
-    let result = runtime.block_on(boot(&channel, pending));
+    let stop = Arc::new(StopRequest::default());
+    let (channel, pending) = Channel::new(stop.clone());
+    let result = runtime.block_on(boot(&channel, pending, &stop));
+    // Whatever the boot left running (bridges, pumps) stops here.
+    drop(runtime);
     match result {
         Ok(exit) => {
             let reason = match (exit.code, &exit.signal_name) {
@@ -97,7 +103,7 @@ pub fn main() -> ! {
 
 fn finish(channel: &Channel, reason: &str) -> ! {
     channel.send(GuestMessage::PowerOff {
-        reason: reason.to_owned(),
+        reason: clamp_text(reason),
     });
     channel.flush(FINAL_FLUSH);
     pid1::power_off(reason)
@@ -124,6 +130,13 @@ fn install_panic_hook() {
     }));
 }
 
+/// `text` cut to the protocol's text limit.
+fn clamp_text(text: &str) -> String {
+    let mut t = text.to_owned();
+    bulwark_guest_protocol::truncate_utf8(&mut t, bulwark_guest_protocol::MAX_TEXT);
+    t
+}
+
 /// Enters `stage`: the console, the host channel, and the test hook.
 fn reach(channel: &Channel, cmdline: Option<&Cmdline>, stage: Stage, detail: String) {
     *STAGE.lock().unwrap_or_else(|p| p.into_inner()) = stage;
@@ -132,7 +145,7 @@ fn reach(channel: &Channel, cmdline: Option<&Cmdline>, stage: Stage, detail: Str
     channel.send(GuestMessage::Progress(Progress {
         stage,
         uptime_us,
-        detail,
+        detail: clamp_text(&detail),
     }));
     test_hook(cmdline, stage);
 }
@@ -153,7 +166,23 @@ fn test_hook(cmdline: Option<&Cmdline>, stage: Stage) {
 #[cfg(not(feature = "test-hooks"))]
 fn test_hook(_: Option<&Cmdline>, _: Stage) {}
 
-async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Failure> {
+/// A stop asked for before the workload started ends the boot here.
+fn check_stop(stop: &StopRequest) -> Result<(), Failure> {
+    match stop.reason() {
+        Some(why) => Err(Failure {
+            reason: RefusalReason::Stopped,
+            message: format!("stopped before the workload started: {why}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+async fn boot(
+    channel: &Channel,
+    pending: PendingQueue,
+    stop: &Arc<StopRequest>,
+) -> Result<ExitReport, Failure> {
+    crate::stop::watch_signals(stop.clone()).map_err(fail(RefusalReason::Internal))?;
     reach(
         channel,
         None,
@@ -181,24 +210,22 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
     let mut loaded = load_modules(&index, &transports)?;
     crate::sys::net::loopback_up().map_err(fail(RefusalReason::Internal))?;
 
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let hello = GuestMessage::Hello(Hello {
+        protocol: u16::from(PROTOCOL_VERSION),
+        init_version: env!("CARGO_PKG_VERSION").into(),
+        kernel_release: clamp_text(&pid1::read_trimmed("/proc/sys/kernel/osrelease")),
+        boot_id: clamp_text(&pid1::read_trimmed("/proc/sys/kernel/random/boot_id")),
+        uptime_us: uptime_us(),
+    });
     let connect = {
         let ch = channel.clone();
-        tokio::task::spawn_blocking(move || ch.connect(pending, port, CHANNEL_WAIT, events_tx))
+        tokio::task::spawn_blocking(move || ch.connect(pending, port, CHANNEL_WAIT, hello))
     };
     connect
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .map_err(fail(RefusalReason::Internal))?;
-    channel.send(GuestMessage::Hello(Hello {
-        protocol: u16::from(PROTOCOL_VERSION),
-        init_version: env!("CARGO_PKG_VERSION").into(),
-        kernel_release: pid1::read_trimmed("/proc/sys/kernel/osrelease"),
-        boot_id: pid1::read_trimmed("/proc/sys/kernel/random/boot_id"),
-        uptime_us: uptime_us(),
-    }));
-    channel.send(channel.attestation_key());
     let cmdline = cmdline
         .map_err(|e| e.to_string())
         .map_err(fail(RefusalReason::Config))?;
@@ -208,6 +235,7 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
         Stage::HostChannelUp,
         format!("vsock port {port}"),
     );
+    check_stop(stop)?;
 
     // Configuration.
     let cfg = read_config(cmdline)?;
@@ -224,6 +252,7 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
             cfg.file.gpu.required
         ),
     );
+    check_stop(stop)?;
 
     // Modules, then no more.
     let (more, present) = {
@@ -259,6 +288,7 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
             loaded.join(",")
         ),
     );
+    check_stop(stop)?;
 
     // The verified root.
     let root = &cfg.file.rootfs;
@@ -312,6 +342,7 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
             elapsed_us / 1000
         ),
     );
+    check_stop(stop)?;
     view::mount_root(dm.path(), &root.fs).map_err(fail(RefusalReason::Mount))?;
 
     // GPUs (before the view, so their device nodes exist to be copied in).
@@ -367,6 +398,7 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
             outcome.summary.gpus.iter().filter(|g| g.ready).count()
         ),
     );
+    check_stop(stop)?;
 
     // Bridges.
     let _bridges = bridge::start(&cfg.file.ports).map_err(fail(RefusalReason::Internal))?;
@@ -380,8 +412,9 @@ async fn boot(channel: &Channel, pending: PendingQueue) -> Result<ExitReport, Fa
         Stage::BridgeUp,
         format!("{ports:?} (vsock port, 127.0.0.1 TCP port)"),
     );
+    check_stop(stop)?;
 
-    run_workload(channel, &cfg, &cmdline, &mut events).await
+    run_workload(channel, &cfg, &cmdline, stop).await
 }
 
 fn load_modules(index: &modules::ModuleIndex, wanted: &[String]) -> Result<Vec<String>, Failure> {
@@ -432,22 +465,31 @@ fn read_config(cmdline: Cmdline) -> Result<Config, Failure> {
     })
 }
 
+/// After SIGKILL to every process of the workload, how long to wait for its exit
+/// before powering off without it (a process stuck in the kernel).
+const LOST_AFTER_KILL: Duration = Duration::from_secs(10);
+
+/// Where the supervisor is.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Running,
+    /// SIGTERM sent; SIGKILL at the instant.
+    Terminating(tokio::time::Instant),
+    /// SIGKILL sent; given up at the instant.
+    Killed(tokio::time::Instant),
+}
+
 async fn run_workload(
     channel: &Channel,
     cfg: &Config,
     cmdline: &Cmdline,
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<HostEvent>,
+    stop: &StopRequest,
 ) -> Result<ExitReport, Failure> {
-    let sig = |k: SignalKind| {
-        signal(k)
-            .map_err(|e| e.to_string())
-            .map_err(fail(RefusalReason::Internal))
-    };
-    // Installed before the fork, so no exit and no stop request is missed.
-    let mut sigchld = sig(SignalKind::child())?;
-    let mut sigterm = sig(SignalKind::terminate())?;
-    let mut sigint = sig(SignalKind::interrupt())?;
-    let mut sigpwr = sig(SignalKind::from_raw(libc::SIGPWR))?;
+    // Installed before the fork, so no exit is missed.
+    let mut sigchld = signal(SignalKind::child())
+        .map_err(|e| e.to_string())
+        .map_err(fail(RefusalReason::Internal))?;
+    check_stop(stop)?;
     let w = &cfg.file.workload;
     let started = Instant::now();
     let running = workload::start(w, view::ROOT, channel).map_err(|e| Failure {
@@ -466,36 +508,16 @@ async fn run_workload(
             running.pid, w.uid, w.gid, w.argv
         ),
     );
-    let mut stop_deadline: Option<tokio::time::Instant> = None;
-    let mut events_open = true;
+    let now = tokio::time::Instant::now;
+    let mut phase = Phase::Running;
     let status = loop {
-        let kill_at = stop_deadline;
-        let stop_reason = tokio::select! {
-            _ = sigchld.recv() => None,
-            _ = sigterm.recv() => Some("SIGTERM".to_owned()),
-            _ = sigint.recv() => Some("SIGINT".to_owned()),
-            _ = sigpwr.recv() => Some("SIGPWR".to_owned()),
-            ev = events.recv(), if events_open => match ev {
-                Some(HostEvent::Shutdown(r)) => Some(format!("the host asked: {r}")),
-                Some(HostEvent::Verdict { accepted, detail }) => {
-                    console(&format!("host verdict: accepted={accepted}: {detail}"));
-                    None
-                }
-                None => {
-                    // The reader ended (the host closed the channel); keep running.
-                    events_open = false;
-                    None
-                }
-            },
-            _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
-                console("grace period over: SIGKILL");
-                let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
-                stop_deadline = None;
-                None
-            }
+        let deadline = match phase {
+            Phase::Running => None,
+            Phase::Terminating(t) | Phase::Killed(t) => Some(t),
         };
-        if let Some(why) = stop_reason {
-            if stop_deadline.is_none() {
+        tokio::select! {
+            _ = sigchld.recv() => {}
+            why = stop.wait(), if matches!(phase, Phase::Running) => {
                 reach(
                     channel,
                     Some(cmdline),
@@ -505,9 +527,22 @@ async fn run_workload(
                         w.stop_grace_ms
                     ),
                 );
-                let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGTERM);
-                stop_deadline =
-                    Some(tokio::time::Instant::now() + Duration::from_millis(w.stop_grace_ms));
+                let _ = kill(running.pid, Signal::SIGTERM);
+                phase = Phase::Terminating(now() + Duration::from_millis(w.stop_grace_ms));
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(now)), if deadline.is_some() => {
+                match phase {
+                    Phase::Terminating(_) => {
+                        console("grace period over: SIGKILL to every process of the workload");
+                        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+                        phase = Phase::Killed(now() + LOST_AFTER_KILL);
+                    }
+                    Phase::Killed(_) => {
+                        console("the workload did not end after SIGKILL: powering off without it");
+                        break (None, None);
+                    }
+                    Phase::Running => {}
+                }
             }
         }
         let mut done = None;
@@ -521,11 +556,17 @@ async fn run_workload(
         }
     };
     let runtime_us = started.elapsed().as_micros() as u64;
-    // Let the output pumps drain what the workload wrote before it ended.
+    // What the workload left behind (its children hold its pipes open) goes now: for
+    // PID 1, kill(-1) reaches every process but itself.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    pid1::reap();
+    // Let the output pumps drain what was written; a pump still busy then is stopped,
+    // so nothing follows `Exit`.
     let mut output_dropped = 0;
-    for p in running.pumps {
-        if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(5), p).await {
-            output_dropped += d;
+    for mut p in running.pumps {
+        match tokio::time::timeout(Duration::from_secs(5), &mut p).await {
+            Ok(Ok(d)) => output_dropped += d,
+            _ => p.abort(),
         }
     }
     let (code, signal) = status;

@@ -24,7 +24,7 @@ pub fn mount_root(device: &Path, fs: &str) -> Result<(), String> {
         Some(device),
         ROOT,
         Some(fs),
-        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
         None::<&str>,
     )
     .map_err(|e| {
@@ -43,6 +43,18 @@ fn under_root(p: &str) -> PathBuf {
 
 fn mount_point(p: &str) -> Result<PathBuf, String> {
     let at = under_root(p);
+    // Every component must be a real directory: a symlink in the image (say `/dev ->
+    // /`) would otherwise carry the mount out of the root onto PID 1's own tree.
+    let mut walked = PathBuf::from(ROOT);
+    for c in Path::new(p.trim_start_matches('/')).components() {
+        walked.push(c);
+        if std::fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "{p}: {} is a symbolic link in the rootfs; mount points must be directories",
+                walked.display()
+            ));
+        }
+    }
     if !at.is_dir() {
         return Err(format!(
             "the rootfs has no directory {p} to mount on (create it in the image)"

@@ -4,6 +4,7 @@
 
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use bulwark_guest_protocol::{GuestMessage, Output, Stream, MAX_OUTPUT_CHUNK};
 use nix::sys::signal::Signal;
@@ -19,6 +20,8 @@ use crate::sys::process::{spawn_jailed, Jail};
 /// Bytes of workload output mirrored to the console per stream, at most (the serial
 /// line is slow: 8 KiB took 3 s in the lab; the host channel gets everything).
 const CONSOLE_MIRROR_BYTES: u64 = 1024;
+/// How long an output chunk waits for room in the host channel's queue.
+const OUTPUT_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Why the workload did not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +63,19 @@ pub fn start(w: &WorkloadConfig, root: &str, channel: &Channel) -> Result<Runnin
         cwd: w.cwd.clone(),
         uid: w.uid,
         gid: w.gid,
+        max_processes: w.max_processes,
     };
+    // A missing working directory is not a missing program.
+    let cwd_in_root = std::path::Path::new(root).join(w.cwd.trim_start_matches('/'));
+    if !cwd_in_root.is_dir() {
+        return Err(StartError::Other {
+            program,
+            error: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("working directory {} is not a directory on the root", w.cwd),
+            ),
+        });
+    }
     let mut child = spawn_jailed(&mut cmd, &jail).map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
             StartError::NotFound(program.clone())
@@ -117,23 +132,24 @@ fn pump(fd: OwnedFd, stream: Stream, channel: Channel) -> tokio::task::JoinHandl
                     console(&format!("workload {}: {line}", stream_name(stream)));
                 }
             }
-            let msg = GuestMessage::Output(Output {
+            // Output waits up to a second for room in the shared part of the queue
+            // (a slow host), then is dropped and counted for `Exit.output_dropped`.
+            let mut msg = Some(GuestMessage::Output(Output {
                 stream,
                 offset,
                 data: data.to_vec(),
-            });
-            // Output waits for a slow host rather than being lost, up to the queue's
-            // patience; what still does not fit is counted.
-            let ch = channel.clone();
-            let queued = tokio::task::spawn_blocking(move || {
-                let before = ch.dropped();
-                ch.send(msg);
-                ch.dropped() == before
-            })
-            .await
-            .unwrap_or(false);
-            if !queued {
-                dropped += n as u64;
+            }));
+            let give_up = tokio::time::Instant::now() + OUTPUT_PATIENCE;
+            while let Some(m) = msg.take() {
+                if channel.send_shared(m.clone()) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= give_up {
+                    dropped += n as u64;
+                    break;
+                }
+                msg = Some(m);
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             offset += n as u64;
         }

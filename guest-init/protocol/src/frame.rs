@@ -244,7 +244,8 @@ fn check_cbor_shape(payload: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &mut String, max: usize) {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

@@ -26,8 +26,8 @@ mod frame;
 mod messages;
 
 pub use frame::{
-    encode_guest, encode_host, Direction, EncodeError, Frame, FrameError, FrameReader,
-    FRAME_HEADER_LEN, MAGIC, MAX_PAYLOAD, PROTOCOL_VERSION,
+    encode_guest, encode_host, truncate_utf8, Direction, EncodeError, Frame, FrameError,
+    FrameReader, FRAME_HEADER_LEN, MAGIC, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 pub use messages::*;
 

@@ -14,6 +14,7 @@ pub const MAX_LIST: usize = 256;
 
 /// From `bulwark-init` to the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum GuestMessage {
     /// First message on every connection.
     Hello(Hello),
@@ -49,6 +50,7 @@ pub enum GuestMessage {
 
 /// From the host to `bulwark-init`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum HostMessage {
     /// The host's greeting (optional).
     Hello {
@@ -106,12 +108,12 @@ pub struct Hello {
 pub enum Stage {
     /// `bulwark-init` started (its first line on the console).
     InitStarted,
+    /// The host channel connected.
+    HostChannelUp,
     /// The configuration was read and accepted.
     ConfigLoaded,
     /// The modules were loaded and module loading disabled.
     ModulesLoaded,
-    /// The host channel connected.
-    HostChannelUp,
     /// Every rootfs block passed dm-verity.
     RootVerified,
     /// The root was mounted read-only and the workload's view prepared.
@@ -354,6 +356,9 @@ pub enum RefusalReason {
     WorkloadStart,
     /// `bulwark-init` panicked.
     Panic,
+    /// The host (`Shutdown`) or a signal to PID 1 asked for a stop before the workload
+    /// started.
+    Stopped,
     /// Any other failure of `bulwark-init`.
     Internal,
 }
@@ -766,6 +771,21 @@ mod tests {
             payload,
         };
         let err = decode_guest(&f).unwrap_err().to_string();
+        assert!(err.contains("extra"), "{err}");
+        let v = Value::Map(vec![(
+            Value::Text("Ping".into()),
+            Value::Map(vec![
+                (Value::Text("nonce".into()), Value::Integer(1.into())),
+                (Value::Text("extra".into()), Value::Bool(true)),
+            ]),
+        )]);
+        let mut payload = Vec::new();
+        ciborium::into_writer(&v, &mut payload).unwrap();
+        let f = crate::Frame {
+            direction: crate::Direction::HostToGuest,
+            payload,
+        };
+        let err = decode_host(&f).unwrap_err().to_string();
         assert!(err.contains("extra"), "{err}");
         let v = Value::Map(vec![(Value::Text("Launch".into()), Value::Null)]);
         let mut payload = Vec::new();

@@ -20,6 +20,8 @@ pub struct Jail {
     pub uid: u32,
     /// Unprivileged group.
     pub gid: u32,
+    /// RLIMIT_NPROC: most processes (and threads) the workload's uid may have.
+    pub max_processes: u64,
 }
 
 /// The highest capability number to drop from the bounding set (the kernel's
@@ -32,9 +34,14 @@ pub fn spawn_jailed(cmd: &mut Command, jail: &Jail) -> io::Result<Child> {
     let root = to_c(&jail.root)?;
     let cwd = to_c(&jail.cwd)?;
     let (uid, gid) = (jail.uid, jail.gid);
+    let nproc = libc::rlimit {
+        rlim_cur: jail.max_processes,
+        rlim_max: jail.max_processes,
+    };
     // SAFETY: the closure runs in the forked child before exec. It only makes system
-    // calls that are async-signal-safe (chroot, chdir, prctl, setgroups, setresgid,
-    // setresuid) on the CStrings built above, allocates nothing and touches no lock.
+    // calls that are async-signal-safe (chroot, chdir, prctl, setrlimit, setgroups,
+    // setresgid, setresuid) on the values built above, allocates nothing and touches
+    // no lock.
     unsafe {
         cmd.pre_exec(move || {
             let check = |r: libc::c_int| {
@@ -47,9 +54,16 @@ pub fn spawn_jailed(cmd: &mut Command, jail: &Jail) -> io::Result<Child> {
             check(libc::chroot(root.as_ptr()))?;
             check(libc::chdir(cwd.as_ptr()))?;
             for cap in 0..=CAP_LAST {
-                // EINVAL past the kernel's last capability: nothing to drop there.
-                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                // EINVAL past the kernel's last capability: nothing to drop there; any
+                // other failure leaves a capability in the set and stops the start.
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(e);
+                    }
+                }
             }
+            check(libc::setrlimit(libc::RLIMIT_NPROC, &nproc))?;
             check(libc::prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
