@@ -1,38 +1,320 @@
-//! JSON output shaped after the IETF RATS EAR (EAT Attestation Result,
-//! draft-ietf-rats-ear): a top-level `status`, `checks` and `claims` for
-//! direct use, and the EAR members (`eat_profile`, `iat`, `ear.verifier-id`,
-//! `submods` with `ear.status`) so the object can later be signed as an EAR.
+//! The one result shape of every verification: an IETF RATS EAR (EAT
+//! Attestation Result, draft-ietf-rats-ear) built with the `ear` crate.
+//!
+//! One submodule per attested subject (a vendor verifier's single subject,
+//! or Bulwark evidence's `node`, `vm` and each `gpuN`), each with its
+//! `ear_status`, its AR4SI trustworthiness vector, the claims extracted from
+//! the evidence (`ear_attester_claims`) and the checks that ran
+//! (`bulwark_checks`). For direct use, the top level also carries `kind`,
+//! `verified_at`, `status`, `checks` and `claims` (registered extensions).
 
-use crate::checks::Verification;
-use serde_json::{json, Value};
+use crate::checks::{Category, Check, Outcome, Verification};
+use crate::time::VerificationTime;
+use ear::{Appraisal, Ear, RawValue, RawValueKind, TrustTier, VerifierID};
+use serde_json::{Map, Value};
 
-pub const EAT_PROFILE: &str = "tag:github.com,2023:veraison/ear";
+/// The EAR profile this output follows (the `ear` crate's, draft 04).
+pub const EAT_PROFILE: &str = ear::EAR_PROFILE;
+/// Who made the result.
+pub const DEVELOPER: &str = "Bulwark";
+pub const BUILD: &str = concat!("bulwark-verify ", env!("CARGO_PKG_VERSION"));
 
-pub fn to_json(v: &Verification) -> Value {
-    let status = serde_json::to_value(v.status()).unwrap_or(Value::Null);
-    let checks = serde_json::to_value(&v.checks).unwrap_or(Value::Null);
-    let claims = Value::Object(v.claims.clone());
-    let mut submods = serde_json::Map::new();
-    submods.insert(
-        v.kind.as_str().to_string(),
-        json!({
-            "ear.status": status,
-            "ear.bulwark.checks": checks,
-            "ear.veraison.annotated-evidence": claims,
+/// An AR4SI trustworthiness claim of the vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustClaim {
+    InstanceIdentity,
+    Configuration,
+    Executables,
+    FileSystem,
+    Hardware,
+    RuntimeOpaque,
+    StorageOpaque,
+    SourcedData,
+}
+
+impl TrustClaim {
+    fn slot(self, v: &mut ear::TrustVector) -> &mut ear::TrustClaim {
+        match self {
+            TrustClaim::InstanceIdentity => &mut v.instance_identity,
+            TrustClaim::Configuration => &mut v.configuration,
+            TrustClaim::Executables => &mut v.executables,
+            TrustClaim::FileSystem => &mut v.file_system,
+            TrustClaim::Hardware => &mut v.hardware,
+            TrustClaim::RuntimeOpaque => &mut v.runtime_opaque,
+            TrustClaim::StorageOpaque => &mut v.storage_opaque,
+            TrustClaim::SourcedData => &mut v.sourced_data,
+        }
+    }
+}
+
+/// AR4SI values used (draft-ietf-rats-ar4si): 2 is the affirming value of
+/// every claim, 32 the warning tier, 96 contraindicated, 99 a cryptographic
+/// verification failure.
+pub mod value {
+    pub const AFFIRMING: i8 = 2;
+    pub const WARNING: i8 = 32;
+    pub const CONTRAINDICATED: i8 = 96;
+    pub const CRYPTO_FAILED: i8 = 99;
+}
+
+/// The value a check's outcome gives its trust claim (`None`: no claim).
+pub fn value_of(check: &Check) -> Option<i8> {
+    match check.result {
+        Outcome::Passed => Some(value::AFFIRMING),
+        Outcome::Warning => Some(value::WARNING),
+        Outcome::Failed => Some(match check.category {
+            Category::Signature | Category::Chain => value::CRYPTO_FAILED,
+            _ => value::CONTRAINDICATED,
         }),
-    );
-    json!({
-        "eat_profile": EAT_PROFILE,
-        "iat": v.verified_at.unix_seconds(),
-        "ear.verifier-id": {
-            "developer": "Bulwark",
-            "build": concat!("bulwark-verify ", env!("CARGO_PKG_VERSION")),
+        Outcome::Skipped => None,
+    }
+}
+
+fn tier_of(v: i8) -> TrustTier {
+    if (-1..=1).contains(&v) {
+        TrustTier::None
+    } else if (-32..32).contains(&v) {
+        TrustTier::Affirming
+    } else if (-96..96).contains(&v) {
+        TrustTier::Warning
+    } else {
+        TrustTier::Contraindicated
+    }
+}
+
+/// One attested subject: its checks (each optionally feeding a trust claim),
+/// trust claim values set directly, and its claims.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub name: String,
+    pub checks: Vec<(Check, Option<TrustClaim>)>,
+    pub direct: Vec<(TrustClaim, i8)>,
+    pub claims: Map<String, Value>,
+}
+
+impl Subject {
+    pub fn new(name: impl Into<String>) -> Self {
+        Subject {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn push(&mut self, check: Check, claim: Option<TrustClaim>) {
+        self.checks.push((check, claim));
+    }
+
+    pub fn claim(&mut self, key: &str, v: impl Into<Value>) {
+        self.claims.insert(key.to_string(), v.into());
+    }
+
+    /// Set a trust claim regardless of checks (worst value wins).
+    pub fn set(&mut self, claim: TrustClaim, v: i8) {
+        self.direct.push((claim, v));
+    }
+
+    /// The subject's status: the worst of its trust vector and its checks
+    /// (a failed check is contraindicated even if it feeds no claim).
+    pub fn status(&self) -> TrustTier {
+        let mut worst = TrustTier::None;
+        for (c, _) in &self.checks {
+            let t = match c.result {
+                Outcome::Failed => TrustTier::Contraindicated,
+                Outcome::Warning => TrustTier::Warning,
+                Outcome::Passed => TrustTier::Affirming,
+                Outcome::Skipped => TrustTier::None,
+            };
+            worst = worst.max(t);
+        }
+        for (_, v) in &self.direct {
+            worst = worst.max(tier_of(*v));
+        }
+        worst
+    }
+
+    fn vector(&self) -> ear::TrustVector {
+        let mut tv = ear::TrustVector::new();
+        let mut put = |claim: TrustClaim, v: i8| {
+            let slot = claim.slot(&mut tv);
+            let replace = match slot.value {
+                None => true,
+                Some(old) => (tier_of(v), v) > (tier_of(old), old),
+            };
+            if replace {
+                slot.set(v);
+            }
+        };
+        for (c, claim) in &self.checks {
+            if let (Some(claim), Some(v)) = (claim, value_of(c)) {
+                put(*claim, v);
+            }
+        }
+        for (claim, v) in &self.direct {
+            put(*claim, *v);
+        }
+        tv
+    }
+
+    fn appraisal(&self) -> Appraisal {
+        let mut a = Appraisal::new();
+        a.trust_vector = self.vector();
+        a.status = self.status();
+        if a.status == TrustTier::None {
+            // Nothing ran that says anything: not "no claim" but no evidence.
+            a.status = TrustTier::Warning;
+        }
+        for (k, v) in &self.claims {
+            a.attester_claims.insert(k.clone(), raw(v));
+        }
+        // Registration on a fresh Appraisal cannot collide.
+        let _ = a
+            .extensions
+            .register("bulwark_checks", -70_100, RawValueKind::Array);
+        let checks: Vec<Value> = self.checks.iter().map(|(c, _)| check_json(c)).collect();
+        let _ = a
+            .extensions
+            .set_by_name("bulwark_checks", raw(&Value::Array(checks)));
+        a
+    }
+}
+
+fn check_json(c: &Check) -> Value {
+    serde_json::to_value(c).unwrap_or(Value::Null)
+}
+
+/// serde_json → the `ear` crate's raw value (the shapes map one to one).
+fn raw(v: &Value) -> RawValue {
+    serde_json::from_value(v.clone()).unwrap_or_else(|_| RawValue::String(v.to_string()))
+}
+
+fn tier_name(t: TrustTier) -> &'static str {
+    match t {
+        TrustTier::None => "none",
+        TrustTier::Affirming => "affirming",
+        TrustTier::Warning => "warning",
+        TrustTier::Contraindicated => "contraindicated",
+    }
+}
+
+/// Build the EAR for these subjects.
+pub fn build(kind: &str, at: VerificationTime, subjects: &[Subject]) -> Ear {
+    let mut e = Ear::new();
+    e.profile = EAT_PROFILE.to_string();
+    // The EAR crate refuses iat 0; the epoch itself is not a real verification time.
+    e.iat = at.unix_seconds().max(1);
+    e.vid = VerifierID {
+        developer: DEVELOPER.to_string(),
+        build: BUILD.to_string(),
+    };
+    let mut worst = TrustTier::None;
+    let mut all_checks = Vec::new();
+    let mut all_claims = Map::new();
+    for s in subjects {
+        let a = s.appraisal();
+        worst = worst.max(a.status);
+        for (c, _) in &s.checks {
+            let mut j = check_json(c);
+            if subjects.len() > 1 {
+                if let Value::Object(o) = &mut j {
+                    o.insert("subject".into(), s.name.clone().into());
+                }
+            }
+            all_checks.push(j);
+        }
+        if subjects.len() > 1 {
+            all_claims.insert(s.name.clone(), Value::Object(s.claims.clone()));
+        } else {
+            all_claims.extend(s.claims.clone());
+        }
+        e.submods.insert(s.name.clone(), a);
+    }
+    if subjects.is_empty() {
+        e.submods.insert(kind.to_string(), Appraisal::new());
+    }
+    e.status = Some(worst);
+    let ext = [
+        ("kind", -70_001, RawValueKind::String, Value::from(kind)),
+        (
+            "verified_at",
+            -70_002,
+            RawValueKind::String,
+            Value::from(at.to_rfc3339()),
+        ),
+        (
+            "status",
+            -70_003,
+            RawValueKind::String,
+            tier_name(worst).into(),
+        ),
+        (
+            "checks",
+            -70_004,
+            RawValueKind::Array,
+            Value::Array(all_checks),
+        ),
+        (
+            "claims",
+            -70_005,
+            RawValueKind::Map,
+            Value::Object(all_claims),
+        ),
+    ];
+    for (name, key, k, v) in ext {
+        let _ = e.extensions.register(name, key, k);
+        let _ = e.extensions.set_by_name(name, raw(&v));
+    }
+    e
+}
+
+/// The EAR as JSON (JWT claims-set form).
+pub fn ear_json(e: &Ear) -> Value {
+    serde_json::to_value(e).unwrap_or_else(|err| serde_json::json!({ "error": err.to_string() }))
+}
+
+/// Which trust claim a vendor verifier's check feeds, by category and name.
+pub fn vendor_trust_claim(c: &Check) -> TrustClaim {
+    match c.category {
+        Category::Format | Category::Chain | Category::Validity | Category::Signature => {
+            TrustClaim::InstanceIdentity
+        }
+        Category::Binding | Category::Revocation => TrustClaim::InstanceIdentity,
+        Category::Tcb => TrustClaim::Hardware,
+        Category::Policy => match c.name {
+            "policy-debug" | "policy-min-tcb" | "expect-vmpl" | "expect-host-data"
+            | "expect-mrconfigid" => TrustClaim::Configuration,
+            "expect-report-data" | "expect-nonce" | "expect-user-data" | "expect-public-key" => {
+                TrustClaim::SourcedData
+            }
+            _ => TrustClaim::Executables,
         },
-        "kind": v.kind.as_str(),
-        "verified_at": v.verified_at.to_rfc3339(),
-        "status": status,
-        "checks": checks,
-        "claims": claims,
-        "submods": submods,
-    })
+    }
+}
+
+/// A vendor verification as one subject named after its kind.
+pub fn vendor_subject(v: &Verification) -> Subject {
+    let mut s = Subject::new(v.kind.as_str());
+    for c in &v.checks {
+        s.push(c.clone(), Some(vendor_trust_claim(c)));
+    }
+    // Authentic evidence from a vendor root is genuine hardware.
+    let chain_ok = v
+        .checks
+        .iter()
+        .any(|c| c.category == Category::Chain && c.result == Outcome::Passed)
+        && !v.failed_in(Category::Chain);
+    if chain_ok {
+        s.set(TrustClaim::Hardware, value::AFFIRMING);
+    }
+    s.claims = v.claims.clone();
+    s
+}
+
+/// A vendor verification's EAR.
+pub fn to_ear(v: &Verification) -> Ear {
+    build(v.kind.as_str(), v.verified_at, &[vendor_subject(v)])
+}
+
+/// A vendor verification's EAR as JSON (`bulwark-verify <kind> --json`).
+pub fn to_json(v: &Verification) -> Value {
+    ear_json(&to_ear(v))
 }

@@ -13,12 +13,14 @@ pub mod bytes;
 pub mod checks;
 pub mod ear;
 pub mod error;
+pub mod evidence;
 pub mod nitro;
 pub mod nvidia;
 pub mod roots;
 pub mod sevsnp;
 pub mod tdx;
 pub mod time;
+pub mod tpm;
 pub mod x509;
 
 pub use checks::{Check, Outcome, Status, Verification};

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
+use bulwark_attestation::evidence::{self, appraise::VerifyOptions, predict, EvidenceAppraisal};
 use bulwark_attestation::roots::{self, TrustStore};
 use bulwark_attestation::{ear, nitro, nvidia, sevsnp, tdx, Error, Verification, VerificationTime};
 use clap::{Args, Parser, Subcommand};
@@ -129,6 +130,49 @@ enum Kind {
         #[command(flatten)]
         common: Common,
     },
+    /// Bulwark evidence: a signed document of the node, the VM, its devices
+    /// and GPUs (docs/evidence.md), appraised against a policy.
+    Evidence {
+        /// The evidence document (COSE_Sign1).
+        file: PathBuf,
+        /// Appraisal policy (TOML, docs/evidence.md).
+        #[arg(long, value_name = "POLICY")]
+        policy: PathBuf,
+        /// The challenge sent to the node (hex).
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The launch measurement to expect from a signed image, computed
+    /// offline; prints a policy (TOML) accepting exactly that launch.
+    Predict {
+        /// The signed image bundle (.bwi).
+        image: PathBuf,
+        /// Trusted public key (PEM); repeatable.
+        #[arg(long, value_name = "PUB", required = true)]
+        trust: Vec<PathBuf>,
+        /// The VM configuration (bulwark-vmm config JSON; its boot source
+        /// is replaced by IMAGE). Default: 1 vCPU, 1024 MiB.
+        #[arg(long, value_name = "VM.json")]
+        vm: Option<PathBuf>,
+        /// Key id (hex) trusted to sign node OS images, for the policy; repeatable.
+        #[arg(long, value_name = "HEX")]
+        node_signer: Vec<String>,
+        /// Write `allow_software_key = true` into the policy (tests only).
+        #[arg(long)]
+        allow_software_key: bool,
+        /// Print JSON (measurement, image, events) instead of a policy.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a subcommand produced.
+enum Outcome {
+    Vendor(Verification, bool),
+    Evidence(EvidenceAppraisal, bool),
+    Printed,
 }
 
 /// Largest evidence, certificate, collateral or RIM file read (real ones are
@@ -172,8 +216,46 @@ fn time_of(common: &Common) -> Result<VerificationTime, Error> {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.kind {
+        Kind::Evidence {
+            file,
+            policy,
+            nonce,
+            common,
+        } => {
+            let at = time_of(&common)?;
+            let nonce = hex_opt(&nonce, "--nonce")?;
+            let policy = evidence::Policy::from_file(&policy)?;
+            let a =
+                evidence::verify_document(&read(&file)?, &policy, &VerifyOptions { nonce, at })?;
+            Ok(Outcome::Evidence(a, common.json))
+        }
+        Kind::Predict {
+            image,
+            trust,
+            vm,
+            node_signer,
+            allow_software_key,
+            json,
+        } => {
+            for k in &node_signer {
+                bulwark_attestation::bytes::parse_hex_arg(k, "--node-signer")?;
+            }
+            let p = predict::predict(&image, &trust, vm.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print!("{}", p.policy_toml(&node_signer, allow_software_key));
+            }
+            Ok(Outcome::Printed)
+        }
+        other => vendor(other).map(|(v, j)| Outcome::Vendor(v, j)),
+    }
+}
+
+fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
+    match kind {
         Kind::SevSnp {
             report,
             vcek,
@@ -275,6 +357,9 @@ fn run(cli: Cli) -> anyhow::Result<(Verification, bool)> {
                 nvidia::verify_bytes(&read(&report)?, &read(&chain)?, &rims, &trust, &policy, at)?;
             Ok((v, common.json))
         }
+        Kind::Evidence { .. } | Kind::Predict { .. } => {
+            Err(Error::Argument("not a vendor verifier".into()).into())
+        }
     }
 }
 
@@ -292,7 +377,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok((v, json)) => {
+        Ok(Outcome::Vendor(v, json)) => {
             if json {
                 println!("{:#}", ear::to_json(&v));
             } else {
@@ -300,6 +385,15 @@ fn main() -> ExitCode {
             }
             ExitCode::from(v.exit_code() as u8)
         }
+        Ok(Outcome::Evidence(a, json)) => {
+            if json {
+                println!("{:#}", a.to_json());
+            } else {
+                print!("{}", a.to_text());
+            }
+            ExitCode::from(a.exit_code() as u8)
+        }
+        Ok(Outcome::Printed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulwark-verify: error: {e:#}");
             ExitCode::from(2)

@@ -53,8 +53,14 @@ fn sev_snp_json_is_ear_shaped() {
     assert_eq!(code(&o), 0);
     let j = json(&o);
     assert_eq!(j["status"], "affirming");
-    assert_eq!(j["submods"]["sev-snp"]["ear.status"], "affirming");
-    assert_eq!(j["eat_profile"], "tag:github.com,2023:veraison/ear");
+    // Built with the `ear` crate (draft-ietf-rats-ear-04 names).
+    assert_eq!(j["submods"]["sev-snp"]["ear_status"], "affirming");
+    assert_eq!(j["ear_status"], "affirming");
+    assert_eq!(j["eat_profile"], bulwark_attestation::ear::EAT_PROFILE);
+    assert_eq!(j["ear_verifier_id"]["developer"], "Bulwark");
+    let tv = &j["submods"]["sev-snp"]["ear_trustworthiness_vector"];
+    assert_eq!(tv["instance-identity"], 2);
+    assert_eq!(tv["hardware"], 2);
     assert_eq!(j["iat"], 1717200000);
     let checks = j["checks"].as_array().unwrap();
     assert!(checks

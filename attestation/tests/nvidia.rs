@@ -292,3 +292,29 @@ fn truncated_rims_are_parse_errors() {
         );
     }
 }
+
+#[test]
+fn trailing_bytes_after_the_signature_are_ignored_with_a_warning() {
+    // Seen on a production GPU: one byte after the SPDM signature.
+    let mut report = String::from_utf8(read("nvidia/hopper-report.hex")).unwrap();
+    report = report.trim_end().to_string();
+    report.push_str("00");
+    let ev = Evidence::parse(
+        report.as_bytes(),
+        &read("nvidia/hopper-cert-chain.pem"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ev.exchange.response.trailing, 1);
+    let policy = Policy {
+        expect_nonce: Some(hex::decode(NONCE).unwrap()),
+    };
+    let v = nvidia::verify(&ev, &nvidia::default_trust(), &policy, at());
+    assert_eq!(v.status(), Status::Warning, "{}", v.to_text());
+    assert_eq!(v.check("trailing-bytes").unwrap().result, Outcome::Warning);
+    assert_eq!(
+        v.check("measurement-signature").unwrap().result,
+        Outcome::Passed
+    );
+    assert_eq!(v.claims["ignored_trailing_bytes"], 1);
+}

@@ -90,6 +90,16 @@ pub fn verify(ev: &Evidence, trust: &Trust, policy: &Policy, at: VerificationTim
     v.push(chain);
     v.push(validity);
     v.push(check_signature(&ev.exchange, leaf));
+    if ev.exchange.response.trailing > 0 {
+        v.push(Check::warning(
+            "trailing-bytes",
+            Category::Format,
+            format!(
+                "{} bytes after the SPDM signature ignored (not signed)",
+                ev.exchange.response.trailing
+            ),
+        ));
+    }
     v.push(expect_bytes(
         "expect-nonce",
         policy.expect_nonce.as_deref(),
@@ -115,6 +125,7 @@ fn add_claims(v: &mut Verification, x: &Exchange) {
         format!("{}.{}", x.request.version >> 4, x.request.version & 0xF),
     );
     v.claim("nonce", hex::encode(x.request.nonce));
+    v.claim("ignored_trailing_bytes", x.response.trailing);
     v.claim("responder_nonce", hex::encode(x.response.nonce));
     let blocks: serde_json::Map<String, serde_json::Value> = x
         .response

@@ -36,6 +36,9 @@ pub struct Response {
     pub nonce: [u8; NONCE_LEN],
     pub opaque: Vec<u8>,
     pub signature: [u8; SIGNATURE_LEN],
+    /// Bytes after the signature, ignored (real GPUs have been seen to
+    /// return one; they are outside the signed data).
+    pub trailing: usize,
 }
 
 /// Request and response as exchanged, with the signed bytes.
@@ -116,12 +119,7 @@ impl Exchange {
         let opaque = resp.take(opaque_len)?.to_vec();
         let signed_end = start + resp.position();
         let signature = resp.array()?;
-        if resp.remaining() != 0 {
-            return Err(Error::Parse(format!(
-                "{} bytes after the SPDM signature",
-                resp.remaining()
-            )));
-        }
+        let trailing = resp.remaining();
         Ok(Exchange {
             request,
             response: Response {
@@ -131,6 +129,7 @@ impl Exchange {
                 nonce: rnonce,
                 opaque,
                 signature,
+                trailing,
             },
             signed: b[..signed_end].to_vec(),
         })

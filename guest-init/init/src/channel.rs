@@ -225,7 +225,7 @@ impl Channel {
 
     fn host_error(&self, e: &bulwark_guest_protocol::FrameError) {
         let n = self.host_errors.fetch_add(1, Ordering::Relaxed);
-        if n < LOGGED_HOST_ERRORS || n % 1000 == 0 {
+        if n < LOGGED_HOST_ERRORS || n.is_multiple_of(1000) {
             console(&format!("host channel: {e} (host error #{})", n + 1));
         }
         self.send_shared(GuestMessage::Error(e.report()));

@@ -1,0 +1,495 @@
+//! Bulwark evidence end to end in software-key mode: a signed tenant image is
+//! built, `predict` computes its launch measurement with bulwark-vmm's own
+//! loader and writes the policy, the producer signs a document, and the
+//! verifier accepts it; then each way it must be refused.
+
+mod common;
+
+use bulwark_attestation::checks::Outcome;
+use bulwark_attestation::evidence::appraise::VerifyOptions;
+use bulwark_attestation::evidence::document::{
+    self, AkActivation, Gpu, ImageId, Pcr, Tpm, TpmQuote,
+};
+use bulwark_attestation::evidence::{
+    self, build_evidence, predict, EvidenceInputs, EvidenceSigningKey, LaunchClaims, Policy,
+};
+use bulwark_attestation::VerificationTime;
+use bulwark_image::{build, generate_key_pair, sign, BuildSpec, SigningKey};
+use common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+const T: u64 = 1_750_000_000;
+const NONCE: [u8; 32] = [0x5a; 32];
+const NODE_SIGNER: [u8; 32] = [0x11; 32];
+
+struct Fixture {
+    dir: PathBuf,
+    bundle: PathBuf,
+    other_bundle: PathBuf,
+    key_pub: PathBuf,
+    other_pub: PathBuf,
+    key_id: Vec<u8>,
+    vm_json: PathBuf,
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bulwark-evidence-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn make_bundle(dir: &Path, key: &Path, name: &str, kernel: &[u8]) -> PathBuf {
+    let k = dir.join(format!("{name}.kernel"));
+    std::fs::write(&k, kernel).unwrap();
+    let spec = BuildSpec {
+        name: "tenant-app".into(),
+        version: 3,
+        created: 0,
+        kernel: k,
+        initrd: None,
+        cmdline: None,
+        config: None,
+        rootfs: None,
+    };
+    let out = dir.join(format!("{name}.bwi"));
+    build(&spec, &out, &|_| {}).unwrap();
+    sign(&out, &SigningKey::from_pem_file(key).unwrap(), &|_| {}).unwrap();
+    out
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = scratch(name);
+    let (key, key_pub, pk) = generate_key_pair(&dir.join("keys")).unwrap();
+    let (_, other_pub, _) = generate_key_pair(&dir.join("other")).unwrap();
+    // A flat binary loaded by the raw loader: any bytes will do.
+    let kernel: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    let bundle = make_bundle(&dir, &key, "tenant", &kernel);
+    let mut k2 = kernel.clone();
+    k2[100] ^= 1;
+    let other_bundle = make_bundle(&dir, &key, "tenant2", &k2);
+    let vm_json = dir.join("vm.json");
+    std::fs::write(
+        &vm_json,
+        json!({
+            "machine": {"vcpus": 2, "mem_mib": 64},
+            "boot_source": {"kind": "bundle", "path": "ignored", "trusted_keys": ["ignored"],
+                "raw": {"load_addr": 1048576, "entry": {"mode": "long64", "rip": 1048576}}},
+            "devices": {"debug_exit": true}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    Fixture {
+        dir,
+        bundle,
+        other_bundle,
+        key_pub,
+        other_pub,
+        key_id: hex::decode(pk.id_hex()).unwrap(),
+        vm_json,
+    }
+}
+
+/// What `GET /vm` would say for a VM booted from this prediction.
+fn vm_info(p: &predict::Prediction) -> serde_json::Value {
+    json!({
+        "state": "running",
+        "measurement": {"value": p.measurement, "events": p.events},
+        "signed": true,
+        "boot_source": {"kind": "signed", "name": p.image_name, "version": p.image_version,
+                        "manifest_sha384": p.manifest_sha384},
+        "cpuid_policy": p.cpuid_policy,
+        "vcpus": (0..p.vcpus).map(|i| json!({"index": i, "exits": 0})).collect::<Vec<_>>(),
+        "memory": {"guest_ram_bytes": p.memory_bytes, "prefault_ms": null},
+        "unowned_pio": 0
+    })
+}
+
+fn inputs(f: &Fixture, bundle: &Path) -> EvidenceInputs {
+    let p = predict::predict(bundle, std::slice::from_ref(&f.key_pub), Some(&f.vm_json)).unwrap();
+    let claims = LaunchClaims::from_vm_info(&vm_info(&p), std::slice::from_ref(&f.key_id)).unwrap();
+    assert!(
+        claims.launch.unknown.is_empty(),
+        "{:?}",
+        claims.launch.unknown
+    );
+    EvidenceInputs {
+        node_image: ImageId {
+            name: "bulwark-node".into(),
+            version: 7,
+            manifest_sha384: vec![0x22; 48].into(),
+            signer_key_ids: vec![NODE_SIGNER.to_vec().into()],
+        },
+        tpm: None,
+        launch: claims.launch,
+        isolation: claims.isolation,
+        tee: None,
+        gpus: vec![],
+        nonce: NONCE.to_vec(),
+        timestamp: T,
+        tls_key_sha256: Some(vec![0x33; 32]),
+    }
+}
+
+/// The policy `bulwark-verify predict` writes for the fixture's image.
+fn predicted_policy(f: &Fixture, allow_software_key: bool) -> PathBuf {
+    let mut args = vec![
+        "predict".to_string(),
+        f.bundle.display().to_string(),
+        "--trust".into(),
+        f.key_pub.display().to_string(),
+        "--vm".into(),
+        f.vm_json.display().to_string(),
+        "--node-signer".into(),
+        hex::encode(NODE_SIGNER),
+    ];
+    if allow_software_key {
+        args.push("--allow-software-key".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cli(&args);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let p = f.dir.join(if allow_software_key {
+        "policy-test.toml"
+    } else {
+        "policy-default.toml"
+    });
+    std::fs::write(&p, &o.stdout).unwrap();
+    p
+}
+
+fn opts(at: u64) -> VerifyOptions {
+    VerifyOptions {
+        nonce: Some(NONCE.to_vec()),
+        at: VerificationTime::from_unix_seconds(at as i64),
+    }
+}
+
+fn appraise(doc: &[u8], policy: &Path, o: &VerifyOptions) -> evidence::EvidenceAppraisal {
+    let policy = Policy::from_file(policy).unwrap();
+    evidence::verify_document(doc, &policy, o).unwrap()
+}
+
+fn failed(a: &evidence::EvidenceAppraisal) -> Vec<String> {
+    a.failures().map(|(_, c)| c.name.to_string()).collect()
+}
+
+#[test]
+fn software_key_evidence_end_to_end() {
+    let f = fixture("e2e");
+    let key = EvidenceSigningKey::generate().unwrap();
+    let doc = build_evidence(&inputs(&f, &f.bundle), &key).unwrap();
+    let policy = predicted_policy(&f, true);
+
+    // Accepted, with the software key and the unknown tenancy as warnings.
+    let a = appraise(&doc, &policy, &opts(T + 10));
+    assert!(a.is_ok(), "{}", a.to_text());
+    assert_eq!(a.check("key-protection").unwrap().result, Outcome::Warning);
+    assert_eq!(
+        a.check("launch-measurement").unwrap().result,
+        Outcome::Passed
+    );
+    assert_eq!(a.check("launch-image").unwrap().result, Outcome::Passed);
+    assert_eq!(a.check("launch-config").unwrap().result, Outcome::Passed);
+    let j = a.to_json();
+    assert_eq!(j["status"], "warning");
+    assert_eq!(j["submods"]["node"]["ear_status"], "warning");
+    assert_eq!(
+        j["submods"]["vm"]["ear_trustworthiness_vector"]["executables"],
+        2
+    );
+    assert_eq!(
+        j["submods"]["node"]["ear_attester_claims"]["key_protection"],
+        "software"
+    );
+
+    // Another image (one kernel byte differs): its measurement is not allowed.
+    let other = build_evidence(&inputs(&f, &f.other_bundle), &key).unwrap();
+    assert_eq!(
+        failed(&appraise(&other, &policy, &opts(T + 10))),
+        ["launch-measurement"]
+    );
+
+    // Another signer in the policy.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let other_id = bulwark_image::PublicKey::from_pem_file(&f.other_pub)
+        .unwrap()
+        .id_hex();
+    let swapped = f.dir.join("policy-other-signer.toml");
+    std::fs::write(&swapped, text.replace(&hex::encode(&f.key_id), &other_id)).unwrap();
+    assert_eq!(
+        failed(&appraise(&doc, &swapped, &opts(T + 10))),
+        ["launch-image"]
+    );
+
+    // A wrong nonce.
+    let mut o = opts(T + 10);
+    o.nonce = Some(vec![0; 32]);
+    assert_eq!(failed(&appraise(&doc, &policy, &o)), ["freshness-nonce"]);
+
+    // Too old, and from the future.
+    assert_eq!(
+        failed(&appraise(&doc, &policy, &opts(T + 301))),
+        ["freshness-age"]
+    );
+    assert_eq!(
+        failed(&appraise(&doc, &policy, &opts(T - 3600))),
+        ["freshness-age"]
+    );
+
+    // A tampered body byte that keeps the CBOR valid (a letter of the node
+    // image name): the signature fails.
+    let pos = doc.windows(12).position(|w| w == b"bulwark-node").unwrap();
+    let mut t = doc.clone();
+    t[pos] ^= 0x01;
+    assert_eq!(
+        failed(&appraise(&t, &policy, &opts(T + 10))),
+        ["evidence-signature"]
+    );
+
+    // A tampered signature.
+    let mut t = doc.clone();
+    let last = t.len() - 1;
+    t[last] ^= 0x01;
+    assert_eq!(
+        failed(&appraise(&t, &policy, &opts(T + 10))),
+        ["evidence-signature"]
+    );
+
+    // The software key under the default policy.
+    let strict = predicted_policy(&f, false);
+    assert_eq!(
+        failed(&appraise(&doc, &strict, &opts(T + 10))),
+        ["key-protection"]
+    );
+
+    // The policy may also name the signed image and let the verifier predict.
+    let from = f.dir.join("policy-predict-from.toml");
+    std::fs::write(
+        &from,
+        format!(
+            "allow_software_key = true\n[node]\nimage_signers = [{:?}]\n[vm]\nimage_signers = [{:?}]\n\
+             [[vm.predict_from]]\nimage = {:?}\ntrust = [{:?}]\nvm = {:?}\n",
+            hex::encode(NODE_SIGNER),
+            hex::encode(&f.key_id),
+            f.bundle.display().to_string(),
+            f.key_pub.display().to_string(),
+            "vm.json",
+        ),
+    )
+    .unwrap();
+    assert!(appraise(&doc, &from, &opts(T + 10)).is_ok());
+    assert_eq!(
+        failed(&appraise(&other, &from, &opts(T + 10))),
+        ["launch-measurement"]
+    );
+}
+
+#[test]
+fn every_single_byte_flip_is_refused_without_panic() {
+    let f = fixture("flip");
+    let key = EvidenceSigningKey::generate().unwrap();
+    let doc = build_evidence(&inputs(&f, &f.bundle), &key).unwrap();
+    let policy = Policy::from_file(&predicted_policy(&f, true)).unwrap();
+    let o = opts(T + 10);
+    assert!(evidence::verify_document(&doc, &policy, &o)
+        .unwrap()
+        .is_ok());
+    let mut parse_errors = 0;
+    for i in 0..doc.len() {
+        for mask in [0x01u8, 0x80] {
+            let mut t = doc.clone();
+            t[i] ^= mask;
+            match evidence::verify_document(&t, &policy, &o) {
+                Err(_) => parse_errors += 1,
+                Ok(a) => assert!(!a.is_ok(), "byte {i} ^ {mask:#x} accepted"),
+            }
+        }
+    }
+    assert!(parse_errors > 0);
+    // Truncation at every length.
+    for len in 0..doc.len() {
+        assert!(evidence::verify_document(&doc[..len], &policy, &o).is_err());
+    }
+}
+
+#[test]
+fn tpm_evidence_is_never_accepted_until_the_quote_verifier_is_linked() {
+    let f = fixture("tpm");
+    let key = EvidenceSigningKey::generate().unwrap();
+    let mut i = inputs(&f, &f.bundle);
+    i.tpm = Some(Tpm {
+        ek_certificate: vec![0x30, 0x00].into(),
+        ek_chain: vec![],
+        ak_public: vec![0; 8].into(),
+        ak_activation: AkActivation {
+            enrolled_at: T - 86400,
+            ak_name: vec![0; 34].into(),
+        },
+        quote: Some(TpmQuote {
+            attest: vec![0; 8].into(),
+            signature: vec![0; 8].into(),
+            pcrs: vec![Pcr {
+                index: 0,
+                sha256: vec![0; 32].into(),
+            }],
+            event_log: vec![].into(),
+        }),
+    });
+    let doc = build_evidence(&i, &key).unwrap();
+    let policy = Policy::permissive();
+    let a = evidence::verify_document(&doc, &policy, &opts(T + 10)).unwrap();
+    assert!(!a.is_ok());
+    let names = failed(&a);
+    // A made-up AK public area: the TPM verifier refuses it, and the quote with it.
+    assert!(names.contains(&"tpm-ak-public".to_string()), "{names:?}");
+    assert!(names.contains(&"tpm-ak-enrolled".to_string()), "{names:?}");
+    // The binding hash does not depend on the quote, and the body names TPM mode.
+    let body = evidence::parse_document(&doc).unwrap().body;
+    assert_eq!(body.node.attestation, document::attestation_kind::TPM);
+    let mut no_quote = body.clone();
+    no_quote.node.tpm.as_mut().unwrap().quote = None;
+    assert_eq!(
+        body.binding_hash().unwrap(),
+        no_quote.binding_hash().unwrap()
+    );
+}
+
+#[test]
+fn gpu_evidence_goes_through_the_nvidia_verifier_with_the_derived_nonce() {
+    let f = fixture("gpu");
+    let key = EvidenceSigningKey::generate().unwrap();
+    let mut i = inputs(&f, &f.bundle);
+    i.isolation.devices.push(document::PciDevice {
+        host_bdf: "0000:41:00.0".into(),
+        id: "10de:2331".into(),
+        serial: None,
+        iommu_group: Some(7),
+        group_exclusive: Some(true),
+        sanitized: None,
+    });
+    i.gpus.push(Gpu {
+        host_bdf: "0000:41:00.0".into(),
+        spdm: read("nvidia/hopper-report.hex").into(),
+        cert_chain: read("nvidia/hopper-cert-chain.pem").into(),
+        rims: vec![],
+    });
+    let doc = build_evidence(&i, &key).unwrap();
+    let mut policy = Policy::permissive();
+    policy.gpu.require_cc = true;
+    // The real report's nonce is not derived from this challenge: only the
+    // nonce check fails, in the gpu0 submodule.
+    let at = VerificationTime::parse("2024-06-01T00:00:00Z").unwrap();
+    let a = evidence::verify_document(
+        &doc,
+        &policy,
+        &VerifyOptions {
+            nonce: Some(NONCE.to_vec()),
+            at,
+        },
+    )
+    .unwrap();
+    // (The permissive policy allows no image or measurement: those fail too.)
+    let fails = |subject: &str| -> Vec<&str> {
+        a.failures()
+            .filter(|(s, _)| *s == subject)
+            .map(|(_, c)| c.name)
+            .collect()
+    };
+    assert_eq!(fails("gpu0"), ["expect-nonce"]);
+    let vm = fails("vm");
+    assert!(
+        !vm.contains(&"gpu-cc-required") && !vm.contains(&"isolation-devices"),
+        "{vm:?}"
+    );
+    assert_eq!(
+        a.check("expect-nonce").unwrap().detail,
+        format!(
+            "expected {}, found 931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb",
+            hex::encode(document::gpu_nonce_for(&NONCE))
+        )
+    );
+    let j = a.to_json();
+    assert_eq!(
+        j["submods"]["gpu0"]["ear_attester_claims"]["driver_version"],
+        "550.90.07"
+    );
+    assert_eq!(
+        j["submods"]["gpu0"]["ear_trustworthiness_vector"]["hardware"],
+        2
+    );
+}
+
+#[test]
+fn cli_exit_codes() {
+    let f = fixture("cli");
+    let key = EvidenceSigningKey::generate().unwrap();
+    let doc = build_evidence(&inputs(&f, &f.bundle), &key).unwrap();
+    let policy = predicted_policy(&f, true);
+    let file = f.dir.join("evidence.cose");
+    std::fs::write(&file, &doc).unwrap();
+    let (file, policy) = (file.display().to_string(), policy.display().to_string());
+    let at = (T + 10).to_string() + "000";
+    let nonce = hex::encode(NONCE);
+    let base = ["evidence", &file, "--policy", &policy, "--at", &at];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        cli(&args)
+    };
+    let o = run(&["--nonce", &nonce]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(stdout(&o).contains("VERIFIED with warnings"));
+    let o = run(&["--nonce", &nonce, "--json"]);
+    assert_eq!(code(&o), 0);
+    let j = json(&o);
+    assert_eq!(j["eat_profile"], bulwark_attestation::ear::EAT_PROFILE);
+    assert!(j["submods"]["vm"]["bulwark_checks"].is_array());
+    assert_eq!(code(&run(&["--nonce", "00"])), 1);
+    assert_eq!(code(&run(&["--nonce", "zz"])), 2);
+    // Unparsable evidence, an unknown policy key, a missing policy: 2.
+    let junk = TempFile::new("junk.cose", b"\xd2\x84junk");
+    assert_eq!(
+        code(&cli(&["evidence", &junk.path(), "--policy", &policy])),
+        2
+    );
+    let bad = TempFile::new("bad-policy.toml", b"allow_software_keys = true\n");
+    let o = cli(&["evidence", &file, "--policy", &bad.path()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("allow_software_keys"));
+    assert_eq!(
+        code(&cli(&["evidence", &file, "--policy", "/nonexistent"])),
+        2
+    );
+    // predict: an untrusted key or a missing image is exit 2.
+    let (b, other) = (
+        f.bundle.display().to_string(),
+        f.other_pub.display().to_string(),
+    );
+    assert_eq!(code(&cli(&["predict", &b, "--trust", &other])), 2);
+    assert_eq!(
+        code(&cli(&["predict", "/nonexistent", "--trust", &other])),
+        2
+    );
+    let (k, vm) = (
+        f.key_pub.display().to_string(),
+        f.vm_json.display().to_string(),
+    );
+    let o = cli(&["predict", &b, "--trust", &k, "--vm", &vm, "--json"]);
+    assert_eq!(code(&o), 0);
+    assert_eq!(json(&o)["measurement"].as_str().unwrap().len(), 96);
+}
+
+#[test]
+fn the_testdata_document_verifies_under_the_testdata_policy() {
+    let a = appraise(
+        &read("evidence/software-key.cose"),
+        &testdata("evidence/policy.toml"),
+        &VerifyOptions {
+            nonce: Some(NONCE.to_vec()),
+            at: VerificationTime::parse("2025-06-15T15:06:40Z").unwrap(),
+        },
+    );
+    assert!(a.is_ok(), "{}", a.to_text());
+}
