@@ -1,0 +1,264 @@
+//! Bulwark evidence in TPM mode against a real (software) TPM: the node enrolls its
+//! AK by credential activation against the EK certificate, measures a synthetic boot
+//! into PCRs and an event log, quotes with the evidence body's binding hash as
+//! qualifying data, and signs the document; `bulwark_attestation`'s verifier affirms
+//! it under a policy that trusts the swtpm CA, and refuses it, naming the check, when
+//! the nonce, the PCRs (a late extend), the event log, the enrolled AK or the pinned
+//! node identity do not match. Needs swtpm (`scripts/setup`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bulwark_attestation::evidence::appraise::VerifyOptions;
+use bulwark_attestation::evidence::document::{AkActivation, ImageId, Pcr, Tpm, TpmQuote};
+use bulwark_attestation::evidence::{
+    self, build_evidence, EvidenceInputs, EvidenceSigningKey, LaunchClaims, Policy,
+};
+use bulwark_attestation::tpm;
+use bulwark_attestation::VerificationTime;
+use bulwark_tpm::eventlog::{EventLogWriter, EV_EFI_ACTION, EV_SEPARATOR};
+use bulwark_tpm::harness::Swtpm;
+
+const NODE_SIGNER: [u8; 32] = [0x11; 32];
+const TENANT_SIGNER: [u8; 32] = [0x44; 32];
+const NONCE: [u8; 32] = [0x5a; 32];
+const PCRS: [u32; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+const MEASUREMENT: &str = "7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What `GET /vm` says about the tenant VM.
+fn vm_info() -> serde_json::Value {
+    serde_json::json!({
+        "state": "running",
+        "measurement": {"value": MEASUREMENT, "events": []},
+        "signed": true,
+        "boot_source": {"kind": "signed", "name": "tenant-app", "version": 3,
+                        "manifest_sha384": "22".repeat(48)},
+        "cpuid_policy": "bulwark-default-v1",
+        "vcpus": [{"index": 0, "exits": 0}],
+        "memory": {"guest_ram_bytes": 268435456u64, "prefault_ms": null},
+        "unowned_pio": 0
+    })
+}
+
+/// The node side: enrollment, a measured boot, and the evidence inputs whose quote
+/// binds the body. `extend_after` extends PCR 8 after the quote (without logging it).
+struct Node {
+    sw: Swtpm,
+    inputs: EvidenceInputs,
+    key: EvidenceSigningKey,
+}
+
+fn node(extend_after: bool) -> Node {
+    let sw = Swtpm::start().unwrap_or_else(|e| panic!("cannot start swtpm: {e}"));
+    let mut t = bulwark_tpm::Tpm::open(&sw.tcti()).expect("open the TPM");
+    let ek_der = t.ek_certificate().expect("EK certificate");
+    let ek = bulwark_attestation::x509::Certificate::from_der(&ek_der).expect("EK parses");
+    let ak = t.create_ak().expect("create the AK");
+    // Enrollment: the verifier's credential for the AK's name is activated by the TPM.
+    let secret = b"enrollment secret for this node";
+    let cred = tpm::make_credential(&ek.key, &ak.name, secret).expect("make credential");
+    let got = t
+        .activate_credential(&cred.credential_blob, &cred.encrypted_secret)
+        .expect("activate credential");
+    assert_eq!(got, secret);
+    // A measured boot.
+    let mut log = EventLogWriter::new();
+    for (pcr, what) in [
+        (0u32, &b"bulwark test firmware"[..]),
+        (4, b"bulwark node UKI"),
+        (8, b"console=ttyS0 bulwark.version=7"),
+        (11, b"node image manifest"),
+    ] {
+        log.measure(&mut t, pcr, EV_EFI_ACTION, what)
+            .expect("measure");
+    }
+    for pcr in 0..=7 {
+        log.measure(&mut t, pcr, EV_SEPARATOR, &[0, 0, 0, 0])
+            .expect("separator");
+    }
+    let issuer = std::fs::read(sw.ca_issuer_pem()).expect("issuer PEM");
+    let issuer_der = bulwark_attestation::x509::parse_pem_certificates(&issuer)
+        .expect("issuer parses")
+        .remove(0)
+        .der
+        .clone();
+    let claims =
+        LaunchClaims::from_vm_info(&vm_info(), &[TENANT_SIGNER.to_vec()]).expect("launch claims");
+    let key = EvidenceSigningKey::generate().expect("evidence key");
+    let mut inputs = EvidenceInputs {
+        node_image: ImageId {
+            name: "bulwark-node".into(),
+            version: 7,
+            manifest_sha384: vec![0x22; 48].into(),
+            signer_key_ids: vec![NODE_SIGNER.to_vec().into()],
+        },
+        tpm: Some(Tpm {
+            ek_certificate: ek_der.into(),
+            ek_chain: vec![issuer_der.into()],
+            ak_public: ak.public.clone().into(),
+            ak_activation: AkActivation {
+                enrolled_at: now(),
+                ak_name: ak.name.clone().into(),
+            },
+            quote: None,
+        }),
+        launch: claims.launch,
+        isolation: claims.isolation,
+        tee: None,
+        gpus: vec![],
+        nonce: NONCE.to_vec(),
+        timestamp: now(),
+        tls_key_sha256: Some(vec![0x33; 32]),
+    };
+    let binding = inputs
+        .body(key.public_key())
+        .expect("body")
+        .binding_hash()
+        .expect("binding hash");
+    let q = t.quote(&PCRS, &binding).expect("quote");
+    if extend_after {
+        t.extend_pcr(8, &[0xee; 32]).expect("late extend");
+    }
+    let pcrs = if extend_after {
+        t.read_pcrs(&PCRS).expect("read PCRs")
+    } else {
+        q.pcrs.clone()
+    };
+    if let Some(tpm) = inputs.tpm.as_mut() {
+        tpm.quote = Some(TpmQuote {
+            attest: q.attest.into(),
+            signature: q.signature.into(),
+            pcrs: pcrs
+                .into_iter()
+                .map(|(index, v)| Pcr {
+                    index,
+                    sha256: v.into(),
+                })
+                .collect(),
+            event_log: log.into_bytes().into(),
+        });
+    }
+    Node { sw, inputs, key }
+}
+
+fn policy(sw: &Swtpm, extra_node: &str) -> Policy {
+    let text = format!(
+        r#"max_age_seconds = 300
+[node]
+image_signers = ["{}"]
+ek_roots = ["{}"]
+{extra_node}
+[vm]
+image_signers = ["{}"]
+measurements = ["{MEASUREMENT}"]
+"#,
+        hex::encode(NODE_SIGNER),
+        sw.ca_root_pem().display(),
+        hex::encode(TENANT_SIGNER),
+    );
+    Policy::parse(&text, std::path::Path::new("/"))
+        .unwrap_or_else(|e| panic!("policy: {e}\n{text}"))
+}
+
+fn opts(nonce: &[u8]) -> VerifyOptions {
+    VerifyOptions {
+        nonce: Some(nonce.to_vec()),
+        at: VerificationTime::now(),
+    }
+}
+
+fn failed(a: &evidence::EvidenceAppraisal) -> Vec<String> {
+    a.failures().map(|(_, c)| c.name.to_string()).collect()
+}
+
+#[test]
+fn tpm_evidence_is_affirmed_and_each_mismatch_is_named() {
+    let n = node(false);
+    let doc = build_evidence(&n.inputs, &n.key).expect("build evidence");
+    let p = policy(&n.sw, "");
+    let a = evidence::verify_document(&doc, &p, &opts(&NONCE)).expect("appraise");
+    assert!(a.is_ok(), "{}", a.to_text());
+    for name in [
+        "tpm-quote-signature",
+        "tpm-quote-extra-data",
+        "tpm-pcr-digest",
+        "tpm-event-log-replay",
+        "tpm-ak-enrolled",
+    ] {
+        assert!(
+            a.check(name)
+                .is_some_and(|c| c.result == bulwark_attestation::checks::Outcome::Passed),
+            "{name}: {}",
+            a.to_text()
+        );
+    }
+
+    // Another nonce than the one asked for.
+    let a = evidence::verify_document(&doc, &p, &opts(&[0x11; 32])).unwrap();
+    assert!(
+        failed(&a).contains(&"freshness-nonce".to_string()),
+        "{:?}",
+        failed(&a)
+    );
+
+    // A node identity the policy does not pin.
+    let pinned = policy(&n.sw, r#"pinned_identities = ["CN=some-other-node-ca"]"#);
+    let a = evidence::verify_document(&doc, &pinned, &opts(&NONCE)).unwrap();
+    assert!(!a.is_ok(), "{}", a.to_text());
+
+    // The event log with one event changed no longer reproduces the quoted PCRs.
+    let mut bad_log = n.inputs.clone();
+    if let Some(q) = bad_log.tpm.as_mut().and_then(|t| t.quote.as_mut()) {
+        let log = &mut q.event_log.0;
+        let at = log.len() - 40;
+        log[at] ^= 0x01;
+    }
+    let doc2 = build_evidence(&bad_log, &n.key).unwrap();
+    let a = evidence::verify_document(&doc2, &p, &opts(&NONCE)).unwrap();
+    assert!(
+        failed(&a).iter().any(|f| f.starts_with("tpm-event-log")),
+        "{:?}",
+        failed(&a)
+    );
+
+    // An AK other than the enrolled one.
+    let mut other_ak = n.inputs.clone();
+    if let Some(t) = other_ak.tpm.as_mut() {
+        t.ak_activation.ak_name.0[5] ^= 0x01;
+    }
+    let doc3 = build_evidence(&other_ak, &n.key).unwrap();
+    let a = evidence::verify_document(&doc3, &p, &opts(&NONCE)).unwrap();
+    assert!(
+        failed(&a).contains(&"tpm-ak-enrolled".to_string()),
+        "{:?}",
+        failed(&a)
+    );
+
+    // Another launch measurement than the policy's: the VM is not the approved one,
+    // and the quote (bound to the body) no longer matches either.
+    let mut other_vm = n.inputs.clone();
+    other_vm.launch.measurement.0[0] ^= 0x01;
+    let doc4 = build_evidence(&other_vm, &n.key).unwrap();
+    let a = evidence::verify_document(&doc4, &p, &opts(&NONCE)).unwrap();
+    let f = failed(&a);
+    assert!(f.contains(&"launch-measurement".to_string()), "{f:?}");
+    assert!(f.contains(&"tpm-quote-extra-data".to_string()), "{f:?}");
+}
+
+#[test]
+fn a_pcr_extended_after_the_quote_is_refused() {
+    let n = node(true);
+    let doc = build_evidence(&n.inputs, &n.key).expect("build evidence");
+    let a = evidence::verify_document(&doc, &policy(&n.sw, ""), &opts(&NONCE)).unwrap();
+    assert!(
+        failed(&a).contains(&"tpm-pcr-digest".to_string()),
+        "{:?}",
+        failed(&a)
+    );
+}
