@@ -9,6 +9,7 @@
 //! embedded ([`roots`]) and collateral comes in as bytes.
 #![forbid(unsafe_code)]
 
+pub mod atls;
 pub mod bytes;
 pub mod checks;
 pub mod ear;

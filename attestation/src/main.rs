@@ -144,6 +144,25 @@ enum Kind {
         #[command(flatten)]
         common: Common,
     },
+    /// Attested TLS: connect, appraise the server's evidence (in its
+    /// certificate, bound to its key and to this handshake's nonce) under the
+    /// policy, and only then exchange bytes (docs/evidence.md, "Attested TLS").
+    Connect {
+        /// The server, HOST:PORT.
+        addr: String,
+        /// Appraisal policy (TOML, docs/evidence.md).
+        #[arg(long, value_name = "POLICY")]
+        policy: PathBuf,
+        /// After an affirmed handshake, send TEXT, close the sending side and
+        /// print what comes back.
+        #[arg(long, value_name = "TEXT")]
+        send: Option<String>,
+        /// Connect and read timeout, seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// The launch measurement to expect from a signed image, computed
     /// offline; prints a policy (TOML) accepting exactly that launch.
     Predict {
@@ -173,6 +192,8 @@ enum Outcome {
     Vendor(Verification, bool),
     Evidence(EvidenceAppraisal, bool),
     Printed,
+    /// Exit status already decided (attested TLS).
+    Exit(u8),
 }
 
 /// Largest evidence, certificate, collateral or RIM file read (real ones are
@@ -250,8 +271,114 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Printed)
         }
+        Kind::Connect {
+            addr,
+            policy,
+            send,
+            timeout,
+            common,
+        } => connect(&addr, &policy, send.as_deref(), timeout, &common),
         other => vendor(other).map(|(v, j)| Outcome::Vendor(v, j)),
     }
+}
+
+/// `connect`: 0 affirmed (and TEXT exchanged), 1 refused (no application
+/// byte sent), 2 usage, I/O or TLS errors.
+fn connect(
+    addr: &str,
+    policy: &Path,
+    send: Option<&str>,
+    timeout: u64,
+    common: &Common,
+) -> anyhow::Result<Outcome> {
+    use bulwark_attestation::atls::{self, AtlsError, ConnectOptions};
+    use std::io::{Read, Write};
+    let at = common.at.as_ref().map(|_| time_of(common)).transpose()?;
+    let policy = evidence::Policy::from_file(policy)?;
+    let options = ConnectOptions {
+        nonce: None,
+        at,
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+    };
+    let print = |a: &EvidenceAppraisal, extra: Option<(&str, serde_json::Value)>| {
+        if common.json {
+            let mut j = a.to_json();
+            if let (Some((k, v)), Some(o)) = (extra, j.as_object_mut()) {
+                o.insert(k.to_string(), v);
+            }
+            println!("{j:#}");
+        } else {
+            print!("{}", a.to_text());
+        }
+    };
+    let (mut stream, appraisal) = match atls::connect(addr, &policy, &options) {
+        Ok(v) => v,
+        Err(AtlsError::Refused(r)) => {
+            match &r.appraisal {
+                Some(a) => print(a, None),
+                None if common.json => println!(
+                    "{:#}",
+                    serde_json::json!({"status": "contraindicated", "atls": {
+                        "refused": r.failed, "detail": r.detail}})
+                ),
+                None => println!(
+                    "REJECTED: failed checks: {} ({})",
+                    r.failed.join(", "),
+                    r.detail
+                ),
+            }
+            eprintln!("bulwark-verify: {addr}: refused, no application data sent: {r}");
+            return Ok(Outcome::Exit(1));
+        }
+        Err(e) => anyhow::bail!("{addr}: {e}"),
+    };
+    let Some(text) = send else {
+        print(&appraisal, None);
+        return Ok(Outcome::Exit(0));
+    };
+    stream.write_all(text.as_bytes())?;
+    stream.conn.send_close_notify();
+    stream.flush()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                if reply.len() as u64 > MAX_INPUT_LEN {
+                    anyhow::bail!("{addr}: reply larger than {MAX_INPUT_LEN} bytes");
+                }
+            }
+            // A peer that closes without close_notify, or stays silent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let reply_text = String::from_utf8_lossy(&reply).into_owned();
+    if common.json {
+        print(
+            &appraisal,
+            Some((
+                "atls",
+                serde_json::json!({"sent": text, "received": reply_text}),
+            )),
+        );
+    } else {
+        print(&appraisal, None);
+        println!("--- received {} bytes ---", reply.len());
+        println!("{reply_text}");
+    }
+    Ok(Outcome::Exit(0))
 }
 
 fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
@@ -357,7 +484,7 @@ fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
                 nvidia::verify_bytes(&read(&report)?, &read(&chain)?, &rims, &trust, &policy, at)?;
             Ok((v, common.json))
         }
-        Kind::Evidence { .. } | Kind::Predict { .. } => {
+        Kind::Evidence { .. } | Kind::Predict { .. } | Kind::Connect { .. } => {
             Err(Error::Argument("not a vendor verifier".into()).into())
         }
     }
@@ -394,6 +521,7 @@ fn main() -> ExitCode {
             ExitCode::from(a.exit_code() as u8)
         }
         Ok(Outcome::Printed) => ExitCode::SUCCESS,
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("bulwark-verify: error: {e:#}");
             ExitCode::from(2)
