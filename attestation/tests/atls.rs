@@ -33,12 +33,7 @@ fn now() -> u64 {
 
 fn inputs(nonce: &[u8], tls_key_sha256: [u8; 32]) -> EvidenceInputs {
     EvidenceInputs {
-        node_image: ImageId {
-            name: "bulwark-node".into(),
-            version: 7,
-            manifest_sha384: vec![0x22; 48].into(),
-            signer_key_ids: vec![NODE_SIGNER.to_vec().into()],
-        },
+        node_image: node_image(NODE_SIGNER),
         tpm: None,
         launch: Launch {
             measurement: MEASUREMENT.to_vec().into(),

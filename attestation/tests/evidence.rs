@@ -7,9 +7,7 @@ mod common;
 
 use bulwark_attestation::checks::Outcome;
 use bulwark_attestation::evidence::appraise::VerifyOptions;
-use bulwark_attestation::evidence::document::{
-    self, AkActivation, Gpu, ImageId, Pcr, Tpm, TpmQuote,
-};
+use bulwark_attestation::evidence::document::{self, AkActivation, Gpu, Pcr, Tpm, TpmQuote};
 use bulwark_attestation::evidence::{
     self, build_evidence, predict, EvidenceInputs, EvidenceSigningKey, LaunchClaims, Policy,
 };
@@ -116,12 +114,7 @@ fn inputs(f: &Fixture, bundle: &Path) -> EvidenceInputs {
         claims.launch.unknown
     );
     EvidenceInputs {
-        node_image: ImageId {
-            name: "bulwark-node".into(),
-            version: 7,
-            manifest_sha384: vec![0x22; 48].into(),
-            signer_key_ids: vec![NODE_SIGNER.to_vec().into()],
-        },
+        node_image: node_image(NODE_SIGNER),
         tpm: None,
         launch: claims.launch,
         isolation: claims.isolation,

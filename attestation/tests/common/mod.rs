@@ -85,3 +85,13 @@ where
         }
     });
 }
+
+/// The node OS image the evidence tests' nodes run, signed by `signer`.
+pub fn node_image(signer: [u8; 32]) -> bulwark_attestation::evidence::document::ImageId {
+    bulwark_attestation::evidence::document::ImageId {
+        name: "bulwark-node".into(),
+        version: 7,
+        manifest_sha384: vec![0x22; 48].into(),
+        signer_key_ids: vec![signer.to_vec().into()],
+    }
+}

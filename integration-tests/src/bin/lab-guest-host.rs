@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_guest_protocol::{
     challenge_signed_bytes, decode_guest, encode_host, ErrorCode, FrameReader, GuestMessage,
-    HostMessage, Stage, Stream, FRAME_HEADER_LEN, MAX_PAYLOAD, PROTOCOL_VERSION,
+    HostMessage, RefusalReason, Stage, Stream, FRAME_HEADER_LEN, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use bulwark_integration_tests::guest_workload::{expected_stdout, pattern, STDERR_FIRST_LINE};
 use p384::ecdsa::{signature::Verifier, DerSignature, VerifyingKey};
@@ -359,7 +359,7 @@ fn main() {
                 ),
                 GuestMessage::Refusal(r) => println!(
                     "HOST-REFUSAL reason={} stage={} message={}",
-                    serde_name(&r.reason),
+                    reason_name(r.reason),
                     stage_name(r.stage),
                     r.message.replace('\n', " ")
                 ),
@@ -410,21 +410,12 @@ fn main() {
     println!("HOST-DONE");
 }
 
-fn serde_name<T: std::fmt::Debug>(v: &T) -> String {
-    let s = format!("{v:?}");
-    // CamelCase → snake_case, as the protocol names them.
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
+/// A refusal reason's name on the wire, e.g. `rootfs_verification`.
+fn reason_name(r: RefusalReason) -> String {
+    match serde_json::to_value(r) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{r:?}"),
     }
-    out
 }
 
 fn one_line<T: std::fmt::Debug>(v: &T) -> String {

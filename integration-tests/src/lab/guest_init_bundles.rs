@@ -15,7 +15,7 @@ use bulwark_image::{build, generate_key_pair, sign, BuildSpec, SigningKey};
 use super::error::{LabError, Result};
 use super::host_command::{find_program, run};
 use super::initramfs::Initramfs;
-use super::l2_bundle::{make_ext4, L1File};
+use super::l2_bundle::{image_error, make_ext4, write, L1File};
 
 /// Where the files go in L1.
 pub const L1_DIR: &str = "/lab/gi";
@@ -100,17 +100,6 @@ const CASES: &[Case] = &[
         cmdline: "bulwark.test_panic=root_verified",
     },
 ];
-
-fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
-    fs::write(path, contents).map_err(LabError::io(format!("writing {}", path.display())))
-}
-
-fn image_error(what: &str) -> impl FnOnce(bulwark_image::ImageError) -> LabError + '_ {
-    move |e| LabError::UnexpectedOutput {
-        command: format!("bulwark-image: {what}"),
-        reason: e.to_string(),
-    }
-}
 
 /// A stripped copy of a program (the lab's builds carry debug info; the guest does not
 /// need it and every byte is hashed, measured and copied into L2).

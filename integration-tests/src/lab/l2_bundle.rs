@@ -104,14 +104,16 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn image_error(what: &str) -> impl FnOnce(bulwark_image::ImageError) -> LabError + '_ {
+/// A `bulwark-image` error as a lab error naming the step.
+pub(super) fn image_error(what: &str) -> impl FnOnce(bulwark_image::ImageError) -> LabError + '_ {
     move |e| LabError::UnexpectedOutput {
         command: format!("bulwark-image: {what}"),
         reason: e.to_string(),
     }
 }
 
-fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+/// Writes a file, naming it on failure.
+pub(super) fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     fs::write(path, contents).map_err(LabError::io(format!("writing {}", path.display())))
 }
 
