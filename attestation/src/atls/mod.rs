@@ -22,7 +22,8 @@ pub use client::{client_config, connect, AppraisalSlot, AttestedServerVerifier, 
 pub use extension::{evidence_from_certificate, CertificateEvidence, CMW_EXTENSION_OID};
 pub use nonce::{nonce_from_sni, nonce_to_sni, NONCE_LEN};
 pub use server::{
-    server_config_for, AtlsKey, AttestedCertResolver, EvidenceResult, EvidenceSource,
+    server_config_for, server_config_for_certificate, AtlsKey, AttestedCertResolver,
+    EvidenceResult, EvidenceSource,
 };
 
 use crate::evidence::EvidenceAppraisal;

@@ -268,6 +268,19 @@ pub fn server_config_with(
     Ok(Arc::new(config))
 }
 
+/// A TLS 1.3 server configuration that presents exactly `certified_key`:
+/// for servers that read the ClientHello first (tokio-rustls'
+/// `LazyConfigAcceptor`), fetch the evidence for its nonce without blocking,
+/// and then finish the handshake with the certificate made for it
+/// ([`AtlsKey::certified_key`]).
+pub fn server_config_for_certificate(
+    certified_key: Arc<CertifiedKey>,
+) -> Result<Arc<ServerConfig>, AtlsError> {
+    server_config_with(Arc::new(rustls::sign::SingleCertAndKey::from(
+        certified_key,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,13 @@
 //! part of it, so the guest's own reports (`Exit`, `Refusal`, `PowerOff`) keep room.
 //! Every write has a deadline, so a host that stops reading cannot hold the guest.
 //! The panic hook can still send a last frame ([`emergency_send`]).
+//!
+//! Attested TLS handshakes ask the host for evidence ([`Channel::request_evidence`]):
+//! at most [`MAX_EVIDENCE_REQUESTS`] wait at once, each answered by its own `request`
+//! number with `Evidence` chunks (in order, within their declared total) or
+//! `EvidenceUnavailable`; anything else fails that request alone.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -17,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use bulwark_guest_protocol::{
     challenge_signed_bytes, decode_host, encode_guest, AttestationKey, ChallengeResponse,
-    FrameReader, GuestMessage, HostMessage, ProtocolError,
+    EvidenceChunk, EvidenceRequest, FrameReader, GuestMessage, HostMessage, ProtocolError,
 };
 use p384::ecdsa::{signature::Signer, DerSignature, SigningKey};
+use tokio::sync::oneshot;
 use vsock::VsockStream;
 
 use crate::pid1::console;
@@ -39,6 +46,9 @@ const READ_TICK: Duration = Duration::from_secs(1);
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Console lines about the host's bad frames: the first this many, then one in 1000.
 const LOGGED_HOST_ERRORS: u64 = 32;
+
+/// Evidence requests that may wait for the host at once.
+pub const MAX_EVIDENCE_REQUESTS: usize = 16;
 
 /// The connected stream, shared by the writer thread and the panic hook; `None`
 /// before the connection and after a failed write.
@@ -67,6 +77,29 @@ impl std::fmt::Debug for OutgoingBox {
     }
 }
 
+/// The host's answer to an evidence request: the document, or why not.
+pub type EvidenceAnswer = Result<Vec<u8>, String>;
+
+/// One evidence request waiting for the host.
+struct PendingEvidence {
+    reply: oneshot::Sender<EvidenceAnswer>,
+    total: Option<usize>,
+    data: Vec<u8>,
+}
+
+/// The evidence requests waiting for the host, by request number.
+#[derive(Default)]
+struct EvidenceRequests {
+    next: u32,
+    pending: HashMap<u32, PendingEvidence>,
+}
+
+impl std::fmt::Debug for EvidenceRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EvidenceRequests({} waiting)", self.pending.len())
+    }
+}
+
 /// The guest's end of the host channel.
 #[derive(Debug, Clone)]
 pub struct Channel {
@@ -77,11 +110,26 @@ pub struct Channel {
     stop: Arc<StopRequest>,
     verdict: Arc<Mutex<Option<Verdict>>>,
     host_errors: Arc<AtomicU64>,
+    evidence: Arc<Mutex<EvidenceRequests>>,
 }
 
 /// The receiving half handed to [`Channel::connect`].
 #[derive(Debug)]
 pub struct PendingQueue(Receiver<OutgoingBox>);
+
+#[cfg(test)]
+impl PendingQueue {
+    /// The next queued message, waiting up to `timeout`: tests play the host with it.
+    pub(crate) fn next_message(&self, timeout: Duration) -> Option<GuestMessage> {
+        loop {
+            match self.0.recv_timeout(timeout) {
+                Ok(OutgoingBox(Outgoing::Message(m))) => return Some(m),
+                Ok(OutgoingBox(Outgoing::Flush(_))) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
 
 impl Channel {
     /// A channel that queues messages until [`Channel::connect`]; makes the attestation
@@ -98,6 +146,7 @@ impl Channel {
                 stop,
                 verdict: Arc::new(Mutex::new(None)),
                 host_errors: Arc::new(AtomicU64::new(0)),
+                evidence: Arc::new(Mutex::new(EvidenceRequests::default())),
             },
             PendingQueue(rx),
         )
@@ -223,6 +272,125 @@ impl Channel {
             .clone()
     }
 
+    /// Asks the host for an evidence document bound to `nonce` (the TLS client's)
+    /// and to `tls_key_sha256` (the certificate's key); returns the request number
+    /// and where the answer arrives. The caller bounds its wait and calls
+    /// [`Channel::forget_evidence`] when it gives up. Fails at once when
+    /// [`MAX_EVIDENCE_REQUESTS`] already wait or the queue has no room.
+    pub fn request_evidence(
+        &self,
+        nonce: &[u8],
+        tls_key_sha256: [u8; 32],
+    ) -> Result<(u32, oneshot::Receiver<EvidenceAnswer>), String> {
+        let (tx, rx) = oneshot::channel();
+        let request = {
+            let mut r = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+            if r.pending.len() >= MAX_EVIDENCE_REQUESTS {
+                return Err(format!(
+                    "{MAX_EVIDENCE_REQUESTS} attested TLS handshakes already wait for evidence"
+                ));
+            }
+            let request = r.next;
+            r.next = r.next.wrapping_add(1);
+            r.pending.insert(
+                request,
+                PendingEvidence {
+                    reply: tx,
+                    total: None,
+                    data: Vec::new(),
+                },
+            );
+            request
+        };
+        let msg = GuestMessage::EvidenceRequest(EvidenceRequest {
+            request,
+            nonce: nonce.to_vec(),
+            tls_key_sha256: tls_key_sha256.to_vec(),
+        });
+        if !self.send_shared(msg) {
+            self.forget_evidence(request);
+            return Err("the host channel's queue is full".into());
+        }
+        Ok((request, rx))
+    }
+
+    /// Drops a request nobody waits for any more (a late answer is then ignored).
+    pub fn forget_evidence(&self, request: u32) {
+        self.evidence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .remove(&request);
+    }
+
+    /// Evidence requests waiting for the host.
+    pub fn evidence_waiting(&self) -> usize {
+        self.evidence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .len()
+    }
+
+    /// Ends `request` with `answer` (if anyone still waits for it).
+    fn answer_evidence(&self, request: u32, answer: EvidenceAnswer) {
+        let waiting = self
+            .evidence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .remove(&request);
+        match waiting {
+            Some(p) => {
+                let _ = p.reply.send(answer);
+            }
+            None => console(&format!(
+                "host channel: an answer to evidence request {request}, which nobody waits for, ignored"
+            )),
+        }
+    }
+
+    /// One chunk of an evidence document (its limits were checked on decoding:
+    /// `offset + data ≤ total ≤ MAX_EVIDENCE`).
+    fn evidence_chunk(&self, c: EvidenceChunk) {
+        let total = c.total as usize;
+        let bad = {
+            let mut r = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(p) = r.pending.get_mut(&c.request) else {
+                drop(r);
+                return self.answer_evidence(c.request, Err(String::new()));
+            };
+            match p.total {
+                Some(t) if t != total => Some(format!(
+                    "the host's evidence chunks disagree on the length ({t}, then {total})"
+                )),
+                _ if c.offset as usize != p.data.len() => Some(format!(
+                    "the host's evidence chunk starts at {} where {} was next",
+                    c.offset,
+                    p.data.len()
+                )),
+                _ => {
+                    p.total = Some(total);
+                    p.data.extend_from_slice(&c.data);
+                    None
+                }
+            }
+        };
+        if let Some(e) = bad {
+            return self.answer_evidence(c.request, Err(e));
+        }
+        let done = {
+            let mut r = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+            match r.pending.get(&c.request) {
+                Some(p) if p.data.len() == total => r.pending.remove(&c.request),
+                _ => None,
+            }
+        };
+        if let Some(p) = done {
+            let _ = p.reply.send(Ok(p.data));
+        }
+    }
+
     fn host_error(&self, e: &bulwark_guest_protocol::FrameError) {
         let n = self.host_errors.fetch_add(1, Ordering::Relaxed);
         if n < LOGGED_HOST_ERRORS || n.is_multiple_of(1000) {
@@ -277,7 +445,7 @@ impl Channel {
         }
     }
 
-    fn handle(&self, msg: HostMessage) {
+    pub(crate) fn handle(&self, msg: HostMessage) {
         match msg {
             HostMessage::Hello { protocol, host } => console(&format!(
                 "host channel: host {host:?} speaks protocol {protocol}"
@@ -305,6 +473,10 @@ impl Channel {
             }
             HostMessage::Shutdown { reason } => {
                 self.stop.request(format!("the host asked: {reason}"));
+            }
+            HostMessage::Evidence(chunk) => self.evidence_chunk(chunk),
+            HostMessage::EvidenceUnavailable { request, reason } => {
+                self.answer_evidence(request, Err(format!("the host has no evidence: {reason}")))
             }
             HostMessage::Error(ProtocolError { code, message }) => {
                 let n = self.host_errors.fetch_add(1, Ordering::Relaxed);
@@ -454,6 +626,78 @@ mod tests {
             });
         }
         assert_eq!(ch.verdict().map(|v| v.accepted), Some(false));
+    }
+
+    #[test]
+    fn evidence_arrives_in_chunks_for_its_own_request() {
+        let (ch, q) = channel();
+        let (a, mut rx_a) = ch.request_evidence(&[1; 32], [2; 32]).unwrap();
+        let (b, mut rx_b) = ch.request_evidence(&[3; 32], [4; 32]).unwrap();
+        assert_ne!(a, b);
+        let GuestMessage::EvidenceRequest(r) = next_message(&q) else {
+            panic!("no evidence request queued")
+        };
+        assert_eq!(
+            (r.request, r.nonce, r.tls_key_sha256),
+            (a, vec![1; 32], vec![2; 32])
+        );
+        let doc: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let chunks = EvidenceChunk::split(a, &doc);
+        assert!(chunks.len() > 1);
+        for c in chunks {
+            assert!(rx_a.try_recv().is_err(), "answered before the last chunk");
+            ch.handle(HostMessage::Evidence(c));
+        }
+        assert_eq!(rx_a.try_recv().unwrap(), Ok(doc));
+        ch.handle(HostMessage::EvidenceUnavailable {
+            request: b,
+            reason: "no TPM".into(),
+        });
+        let err = rx_b.try_recv().unwrap().unwrap_err();
+        assert!(err.contains("no TPM"), "{err}");
+        assert_eq!(ch.evidence_waiting(), 0);
+        // A late or invented answer changes nothing.
+        ch.handle(HostMessage::Evidence(EvidenceChunk {
+            request: a,
+            total: 1,
+            offset: 0,
+            data: vec![1],
+        }));
+        assert_eq!(ch.evidence_waiting(), 0);
+    }
+
+    #[test]
+    fn a_chunk_out_of_order_or_of_another_length_fails_that_request() {
+        let (ch, _q) = channel();
+        let chunk = |request, total, offset, n| {
+            HostMessage::Evidence(EvidenceChunk {
+                request,
+                total,
+                offset,
+                data: vec![0; n],
+            })
+        };
+        let (a, mut rx) = ch.request_evidence(&[1; 32], [2; 32]).unwrap();
+        ch.handle(chunk(a, 10, 4, 2));
+        assert!(rx.try_recv().unwrap().unwrap_err().contains("starts at 4"));
+        let (b, mut rx) = ch.request_evidence(&[1; 32], [2; 32]).unwrap();
+        ch.handle(chunk(b, 10, 0, 4));
+        ch.handle(chunk(b, 12, 4, 4));
+        assert!(rx.try_recv().unwrap().unwrap_err().contains("disagree"));
+        assert_eq!(ch.evidence_waiting(), 0);
+    }
+
+    #[test]
+    fn waiting_evidence_requests_are_bounded() {
+        let (ch, _q) = channel();
+        let mut held = Vec::new();
+        for _ in 0..MAX_EVIDENCE_REQUESTS {
+            held.push(ch.request_evidence(&[1; 32], [2; 32]).unwrap());
+        }
+        let err = ch.request_evidence(&[1; 32], [2; 32]).unwrap_err();
+        assert!(err.contains("already wait"), "{err}");
+        ch.forget_evidence(held[0].0);
+        assert!(ch.request_evidence(&[1; 32], [2; 32]).is_ok());
     }
 
     #[test]

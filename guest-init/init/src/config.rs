@@ -219,6 +219,23 @@ pub struct PortConfig {
     pub vsock: u32,
     /// Guest-local TCP port (127.0.0.1) each connection is bridged to.
     pub tcp: u16,
+    /// What the vsock side speaks (default: attested TLS).
+    #[serde(default)]
+    pub tls: PortTls,
+}
+
+/// `ports[].tls`: what a bridge speaks on its vsock side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortTls {
+    /// Attested TLS 1.3 terminated in the guest (`docs/evidence.md`, "Attested
+    /// TLS"): the client appraises the evidence in the certificate before it sends
+    /// a byte; the workload gets plaintext on loopback only after the handshake.
+    #[default]
+    Attested,
+    /// Bytes pass unchanged: the workload does its own TLS, or the port carries
+    /// nothing that needs protecting from the host.
+    None,
 }
 
 /// The whole, checked configuration.
@@ -461,6 +478,19 @@ mod tests {
         assert_eq!(c.file.workload.cwd, "/");
         assert_eq!(c.cmdline.channel_port, 1024);
         assert_eq!(c.verity.data_blocks, 1024);
+        assert_eq!(c.file.ports[0].tls, PortTls::Attested);
+    }
+
+    #[test]
+    fn a_port_is_attested_tls_unless_it_says_none() {
+        let mut v = good();
+        v["ports"][0]["tls"] = "none".into();
+        assert_eq!(parse(&v).unwrap().file.ports[0].tls, PortTls::None);
+        v["ports"][0]["tls"] = "attested".into();
+        assert_eq!(parse(&v).unwrap().file.ports[0].tls, PortTls::Attested);
+        v["ports"][0]["tls"] = "plain".into();
+        let err = parse(&v).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `plain`"), "{err}");
     }
 
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;

@@ -401,16 +401,23 @@ async fn boot(
     check_stop(stop)?;
 
     // Bridges.
-    let _bridges = bridge::start(&cfg.file.ports).map_err(fail(RefusalReason::Internal))?;
+    let _bridges =
+        bridge::start(&cfg.file.ports, channel).map_err(fail(RefusalReason::Internal))?;
     let ports: Vec<(u32, u16)> = cfg.file.ports.iter().map(|p| (p.vsock, p.tcp)).collect();
     channel.send(GuestMessage::Status(Status::Bridge(BridgeStatus {
         ports: ports.clone(),
     })));
+    let described: Vec<String> = cfg
+        .file
+        .ports
+        .iter()
+        .map(|p| format!("vsock:{} -> 127.0.0.1:{} ({:?} TLS)", p.vsock, p.tcp, p.tls))
+        .collect();
     reach(
         channel,
         Some(&cmdline),
         Stage::BridgeUp,
-        format!("{ports:?} (vsock port, 127.0.0.1 TCP port)"),
+        described.join(", "),
     );
     check_stop(stop)?;
 

@@ -22,6 +22,16 @@ fn main() {
         HostMessage::Shutdown {
             reason: "seed".into(),
         },
+        HostMessage::Evidence(EvidenceChunk {
+            request: 1,
+            total: 8,
+            offset: 4,
+            data: vec![2; 4],
+        }),
+        HostMessage::EvidenceUnavailable {
+            request: 1,
+            reason: "seed".into(),
+        },
     ];
     let guest = [
         GuestMessage::Progress(Progress {
@@ -51,6 +61,11 @@ fn main() {
             gpus: vec![],
         })),
         GuestMessage::Pong { nonce: 3 },
+        GuestMessage::EvidenceRequest(EvidenceRequest {
+            request: 1,
+            nonce: vec![3; 32],
+            tls_key_sha256: vec![4; 32],
+        }),
     ];
     let mut n = 0;
     let mut put = |selector: u8, bytes: Vec<u8>| {

@@ -37,6 +37,11 @@ pub const HOST_CHANNEL_PORT: u32 = 1024;
 /// Largest chunk of workload output in one `Output` message.
 pub const MAX_OUTPUT_CHUNK: usize = 16 * 1024;
 
+/// Largest evidence document for attested TLS (it travels in an X.509 extension).
+pub const MAX_EVIDENCE: usize = 60 * 1024;
+/// Largest piece of an evidence document in one `Evidence` message.
+pub const MAX_EVIDENCE_CHUNK: usize = 32 * 1024;
+
 /// Challenge nonces are 16 to 64 bytes.
 pub const MIN_NONCE: usize = 16;
 /// See [`MIN_NONCE`].

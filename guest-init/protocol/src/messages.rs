@@ -41,6 +41,9 @@ pub enum GuestMessage {
     },
     /// The host sent something this side could not take.
     Error(ProtocolError),
+    /// Evidence wanted for an attested TLS handshake: the host answers with
+    /// `Evidence` chunks or `EvidenceUnavailable` carrying the same `request`.
+    EvidenceRequest(EvidenceRequest),
     /// The last message: the VM powers off now.
     PowerOff {
         /// Why.
@@ -82,8 +85,75 @@ pub enum HostMessage {
         /// Why.
         reason: String,
     },
+    /// One chunk of the evidence document answering an `EvidenceRequest`.
+    Evidence(EvidenceChunk),
+    /// The host cannot produce evidence for this request.
+    EvidenceUnavailable {
+        /// The request answered.
+        request: u32,
+        /// Why.
+        reason: String,
+    },
     /// The guest sent something this side could not take.
     Error(ProtocolError),
+}
+
+/// Evidence for attested TLS (`docs/evidence.md`, "Attested TLS"): a Bulwark
+/// evidence document whose `freshness.nonce` is `nonce` and whose
+/// `freshness.tls_key_sha256` is `tls_key_sha256`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceRequest {
+    /// Chosen by the guest; the answer carries it back.
+    pub request: u32,
+    /// The TLS client's nonce ([`crate::MIN_NONCE`] to [`crate::MAX_NONCE`] bytes).
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// SHA-256 of the guest's TLS certificate's SubjectPublicKeyInfo (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub tls_key_sha256: Vec<u8>,
+}
+
+/// One piece of an evidence document, in order: `offset` is where `data` starts,
+/// `total` the whole document's length (the same in every chunk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceChunk {
+    /// The request answered.
+    pub request: u32,
+    /// Length of the whole document, at most [`crate::MAX_EVIDENCE`].
+    pub total: u32,
+    /// Offset of `data` in the document.
+    pub offset: u32,
+    /// At most [`crate::MAX_EVIDENCE_CHUNK`] bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl EvidenceChunk {
+    /// `document` cut into chunks for `request`.
+    pub fn split(request: u32, document: &[u8]) -> Vec<EvidenceChunk> {
+        let total = u32::try_from(document.len()).unwrap_or(u32::MAX);
+        let mut chunks: Vec<EvidenceChunk> = document
+            .chunks(crate::MAX_EVIDENCE_CHUNK)
+            .enumerate()
+            .map(|(i, data)| EvidenceChunk {
+                request,
+                total,
+                offset: (i * crate::MAX_EVIDENCE_CHUNK) as u32,
+                data: data.to_vec(),
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(EvidenceChunk {
+                request,
+                total: 0,
+                offset: 0,
+                data: Vec::new(),
+            });
+        }
+        chunks
+    }
 }
 
 /// `Hello` from the guest.
@@ -544,6 +614,16 @@ impl GuestMessage {
             }
             GuestMessage::GpuEvidence(g) => nonce("gpu_evidence.nonce", &g.nonce),
             GuestMessage::Pong { .. } => Ok(()),
+            GuestMessage::EvidenceRequest(r) => {
+                nonce("evidence_request.nonce", &r.nonce)?;
+                if r.tls_key_sha256.len() != 32 {
+                    return Err(format!(
+                        "evidence_request.tls_key_sha256: {} bytes, must be 32",
+                        r.tls_key_sha256.len()
+                    ));
+                }
+                Ok(())
+            }
             GuestMessage::Error(e) => text("error.message", &e.message),
             GuestMessage::PowerOff { reason } => text("power_off.reason", reason),
         }
@@ -559,6 +639,33 @@ impl HostMessage {
             HostMessage::Challenge { nonce: n } => nonce("challenge.nonce", n),
             HostMessage::Verdict { detail, .. } => text("verdict.detail", detail),
             HostMessage::Shutdown { reason } => text("shutdown.reason", reason),
+            HostMessage::Evidence(c) => {
+                let total = c.total as usize;
+                if total > crate::MAX_EVIDENCE {
+                    return Err(format!(
+                        "evidence.total: {total} bytes, over {}",
+                        crate::MAX_EVIDENCE
+                    ));
+                }
+                if c.data.len() > crate::MAX_EVIDENCE_CHUNK {
+                    return Err(format!(
+                        "evidence.data: {} bytes, over {}",
+                        c.data.len(),
+                        crate::MAX_EVIDENCE_CHUNK
+                    ));
+                }
+                if c.offset as u64 + c.data.len() as u64 > total as u64 {
+                    return Err(format!(
+                        "evidence: offset {} + {} bytes runs past total {total}",
+                        c.offset,
+                        c.data.len()
+                    ));
+                }
+                Ok(())
+            }
+            HostMessage::EvidenceUnavailable { reason, .. } => {
+                text("evidence_unavailable.reason", reason)
+            }
             HostMessage::Error(e) => text("error.message", &e.message),
         }
     }
@@ -687,6 +794,11 @@ mod tests {
                 certificate_chain: vec![5; 10],
             }),
             GuestMessage::Pong { nonce: 42 },
+            GuestMessage::EvidenceRequest(EvidenceRequest {
+                request: 7,
+                nonce: vec![6; 32],
+                tls_key_sha256: vec![8; 32],
+            }),
             GuestMessage::Error(ProtocolError {
                 code: ErrorCode::Malformed,
                 message: "m".into(),
@@ -719,6 +831,16 @@ mod tests {
                 code: ErrorCode::Truncated,
                 message: "t".into(),
             }),
+            HostMessage::Evidence(EvidenceChunk {
+                request: 7,
+                total: 5,
+                offset: 2,
+                data: vec![1, 2, 3],
+            }),
+            HostMessage::EvidenceUnavailable {
+                request: 7,
+                reason: "no TPM".into(),
+            },
         ] {
             let bytes = encode_host(&m).unwrap();
             let mut r = FrameReader::new();
@@ -796,6 +918,60 @@ mod tests {
         };
         let err = decode_host(&f).unwrap_err().to_string();
         assert!(err.contains("Launch"), "{err}");
+    }
+
+    #[test]
+    fn evidence_is_split_into_chunks_that_fit_and_reassemble() {
+        let doc: Vec<u8> = (0..crate::MAX_EVIDENCE).map(|i| (i * 7) as u8).collect();
+        let chunks = EvidenceChunk::split(3, &doc);
+        assert_eq!(
+            chunks.len(),
+            crate::MAX_EVIDENCE.div_ceil(crate::MAX_EVIDENCE_CHUNK)
+        );
+        let mut again = Vec::new();
+        for c in chunks {
+            assert_eq!((c.request, c.total as usize), (3, doc.len()));
+            assert_eq!(c.offset as usize, again.len());
+            let bytes = encode_host(&HostMessage::Evidence(c.clone())).unwrap();
+            assert!(bytes.len() <= crate::MAX_PAYLOAD + crate::FRAME_HEADER_LEN);
+            again.extend_from_slice(&c.data);
+        }
+        assert_eq!(again, doc);
+        assert_eq!(EvidenceChunk::split(1, &[]).len(), 1);
+    }
+
+    #[test]
+    fn evidence_limits_are_enforced() {
+        let chunk = |total: u32, offset: u32, len: usize| {
+            HostMessage::Evidence(EvidenceChunk {
+                request: 1,
+                total,
+                offset,
+                data: vec![0; len],
+            })
+        };
+        let too_big = chunk(crate::MAX_EVIDENCE as u32 + 1, 0, 1);
+        assert!(encode_host(&too_big)
+            .unwrap_err()
+            .to_string()
+            .contains("evidence.total"));
+        let past = chunk(10, 8, 3);
+        assert!(encode_host(&past)
+            .unwrap_err()
+            .to_string()
+            .contains("runs past total"));
+        let wrapping = chunk(10, u32::MAX, 3);
+        assert!(encode_host(&wrapping).is_err());
+        let fat = chunk(crate::MAX_EVIDENCE as u32, 0, crate::MAX_EVIDENCE_CHUNK + 1);
+        assert!(encode_host(&fat).is_err());
+        for (n, k) in [(8, 32), (32, 31)] {
+            let r = GuestMessage::EvidenceRequest(EvidenceRequest {
+                request: 1,
+                nonce: vec![0; n],
+                tls_key_sha256: vec![0; k],
+            });
+            assert!(encode_guest(&r).is_err(), "nonce {n} key {k}");
+        }
     }
 
     #[test]

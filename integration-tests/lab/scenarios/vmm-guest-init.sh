@@ -7,7 +7,11 @@
 #
 # good:      boot -> hello -> stages -> workload output byte-exact -> exit status 7 ->
 #            ACPI power-off; the workload's jail; 64 MiB through the vsock->TCP bridge
-#            and through raw vsock; the hostile host (bad frames) meanwhile.
+#            and through raw vsock; the hostile host (bad frames) meanwhile; attested
+#            TLS on vsock 7002: bulwark-verify connect, with a policy written by
+#            bulwark-verify predict, refuses evidence for another key, for a stale
+#            nonce and under a policy naming another node signer before any byte
+#            reaches the workload, then completes the honest handshake and echoes.
 # flipped:   the good image, one rootfs byte flipped in L1 after bulwark-vmm verified
 #            it: the guest refuses at dm-verity.
 # shutdown:  the good image; the host sends Shutdown once the workload runs: SIGTERM
@@ -15,18 +19,20 @@
 # badconfig, nomodule, notfound, gpu, panic: refusals; signal: the workload dies by
 # SIGABRT. Every case must end with a clean power-off (bulwark-vmm exit 0, S5).
 lab_check kvm-device test -c /dev/kvm
+# The attested TLS client reaches the guest through a relay on 127.0.0.1.
+ip link set lo up
 bytes=${gi_bytes:-67108864}
 
 run_case() {
   name=$1; shift
-  rm -f /tmp/gi.sock /tmp/gi.sock_1024 /tmp/gi-$name.log
+  rm -f /tmp/gi.sock /tmp/gi.sock_1024 /tmp/gi-$name.log /tmp/gi-api.sock
   lab-guest-host /tmp/gi.sock "$@" >/tmp/host-$name.out 2>&1 &
   host=$!
   i=0
   while [ $i -lt 100 ] && ! grep -q HOST-LISTENING /tmp/host-$name.out 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
   config=/lab/gi/vm-$name.json
   start=$(cut -d' ' -f1 /proc/uptime)
-  BULWARK_LOG=info timeout -s KILL 300 bulwark-vmm --config $config >/tmp/vmm-$name.out 2>&1 &
+  BULWARK_LOG=info timeout -s KILL 300 bulwark-vmm --api-sock /tmp/gi-api.sock --config $config >/tmp/vmm-$name.out 2>&1 &
   vmm=$!
   if [ "$name" = flipped ]; then
     # Wait until bulwark-vmm has verified the bundle and built the VM, then flip one
@@ -75,7 +81,22 @@ refusal() {
   esac
 }
 
-run_case good --hostile --bridge 7000 --raw 7001 --bytes $bytes
+# The tenant's policy, written before the VM exists from the signed image alone
+# (the lab node's evidence is software-signed: the policy must allow that, and it
+# trusts the lab's node signer 4c..4c); and one naming another node signer.
+node_signer=$(printf '4c%.0s' $(seq 32))
+other_signer=$(printf '4d%.0s' $(seq 32))
+t0=$(cut -d' ' -f1 /proc/uptime)
+bulwark-verify predict /lab/gi/good.bwi --trust /lab/gi/signing.pub --vm /lab/gi/vm-good.json \
+  --node-signer $node_signer --allow-software-key >/tmp/gi-policy.toml 2>/tmp/gi-predict.err
+predict_status=$?
+t1=$(cut -d' ' -f1 /proc/uptime)
+sed "s/$node_signer/$other_signer/" /tmp/gi-policy.toml >/tmp/gi-policy-other.toml
+echo "--- predicted policy (exit $predict_status, $t0 s -> $t1 s) ---"
+cat /tmp/gi-policy.toml /tmp/gi-predict.err
+run_case good --hostile --bridge 7000 --raw 7001 --bytes $bytes \
+  --atls 7002 --api-sock /tmp/gi-api.sock --trust /lab/gi/signing.pub \
+  --policy /tmp/gi-policy.toml --policy-other /tmp/gi-policy-other.toml
 cp /lab/gi/good.bwi /tmp/flipped.bwi
 run_case flipped
 rm -f /tmp/flipped.bwi
@@ -108,6 +129,36 @@ l=$(hline good 'HOST-BRIDGE ')
 case $l in "HOST-BRIDGE ok port=7000 bytes=$bytes "*) lab_pass gi-bridge "$l" ;; *) lab_fail gi-bridge "'$l'" ;; esac
 l=$(hline good 'HOST-RAW ')
 case $l in "HOST-RAW ok port=7001 bytes=$bytes "*) lab_pass gi-raw-vsock "$l" ;; *) lab_fail gi-raw-vsock "'$l'" ;; esac
+# Attested TLS: three refusals, each naming its check, then the honest echo; the
+# workload saw exactly two TCP connections (the plain echo and the honest aTLS one).
+# has_all LINE WORD...: LINE contains every WORD.
+has_all() {
+  l=$1; shift
+  for w in "$@"; do case $l in *"$w"*) ;; *) return 1 ;; esac; done
+}
+if [ "$predict_status" -eq 0 ] && grep -q '^measurements = \["[0-9a-f]\{96\}"\]' /tmp/gi-policy.toml; then
+  lab_pass gi-predict "policy from the signed image in $(awk -v a=$t0 -v b=$t1 'BEGIN { printf "%.1f", b - a }') s: $(grep '^measurements' /tmp/gi-policy.toml)"
+else
+  lab_fail gi-predict "bulwark-verify predict exit $predict_status: $(head -c 400 /tmp/gi-predict.err)"
+fi
+for c in "other-key:key-binding" "stale-nonce:freshness-nonce" "policy-mismatch:node-image"; do
+  name=${c%%:*}; want=${c#*:}
+  l=$(hline good "HOST-ATLS $name ")
+  if has_all "$l" 'exit=1 ' 'received=none' "$want"; then
+    lab_pass gi-atls-$name "$l"
+  else
+    lab_fail gi-atls-$name "expected exit=1 naming $want: '$l' $(grep -m1 "HOST-ATLS-STDERR $name" /tmp/host-good.out)"
+  fi
+done
+l=$(hline good 'HOST-ATLS good ')
+tcp=$(grep -c '^HOST-STDERR-LINE lab-workload: tcp connection ' /tmp/host-good.out)
+text_len=$(printf '%s' "bytes for the workload, after an affirmed handshake only" | wc -c)
+if has_all "$l" 'exit=0 ' 'received=exact' && [ "$tcp" -eq 2 ] \
+  && grep -q "^HOST-STDERR-LINE lab-workload: tcp connection [12]: $text_len bytes echoed" /tmp/host-good.out; then
+  lab_pass gi-atls "$l; the workload saw $tcp TCP connections: $(grep '^HOST-STDERR-LINE lab-workload: tcp' /tmp/host-good.out | cut -d' ' -f3- | tr '\n' ';')"
+else
+  lab_fail gi-atls "'$l'; workload TCP connections: $tcp ($(grep '^HOST-STDERR-LINE' /tmp/host-good.out | tr '\n' ';')) $(grep -m1 'HOST-ATLS-STDERR good' /tmp/host-good.out)"
+fi
 l=$(hline good 'HOST-HOSTILE ')
 case $l in 'HOST-HOSTILE ok '*) lab_pass gi-hostile "$l" ;; *) lab_fail gi-hostile "'$l'" ;; esac
 l=$(hline good 'HOST-MSG status Gpus')

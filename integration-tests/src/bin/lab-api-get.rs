@@ -3,31 +3,7 @@
 //! stdout (busybox has no Unix-socket HTTP client). Exit 0 on HTTP 200, 1 on any other
 //! status or an I/O error (printed on stderr), 2 on bad arguments.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::time::Duration;
-
-fn get(sock: &str, path: &str) -> Result<(String, String), String> {
-    let mut s = UnixStream::connect(sock).map_err(|e| format!("connecting to {sock}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .and_then(|()| s.set_write_timeout(Some(Duration::from_secs(20))))
-        .map_err(|e| format!("socket timeouts: {e}"))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: bulwark-vmm\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("sending the request: {e}"))?;
-    let mut reply = Vec::new();
-    s.take(16 << 20)
-        .read_to_end(&mut reply)
-        .map_err(|e| format!("reading the reply: {e}"))?;
-    let reply = String::from_utf8_lossy(&reply);
-    let (head, body) = reply
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header in the reply: {reply:?}"))?;
-    let status = head.lines().next().unwrap_or_default().to_string();
-    Ok((status, body.to_string()))
-}
+use bulwark_integration_tests::vmm_api::get;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -20,17 +20,27 @@
 //!   for byte: `HOST-BRIDGE ok bytes= secs= mb_per_s=` and `HOST-RAW ...`.
 //!
 //! - with `--shutdown`, once the workload started: a `Shutdown` request.
+//! - with `--atls P --api-sock S --trust PUB --policy F --policy-other G`: answers the
+//!   guest's evidence requests (`guest_atls`: software-key evidence from `GET /vm` on
+//!   S), relays a local TCP port to the guest's attested vsock port P, and, once the
+//!   bridges are up and before the echoes, runs `bulwark-verify connect` four times:
+//!   evidence for another key, evidence for a stale nonce, policy G (another node
+//!   signer), then the honest case under F: `HOST-ATLS NAME exit=N ...`.
 //!
 //! It exits when the guest closes the channel (after its `PowerOff`), or after 170 s.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bulwark_guest_protocol::{
-    challenge_signed_bytes, decode_guest, encode_host, ErrorCode, FrameReader, GuestMessage,
-    HostMessage, RefusalReason, Stage, Stream, FRAME_HEADER_LEN, MAX_PAYLOAD, PROTOCOL_VERSION,
+    challenge_signed_bytes, decode_guest, encode_host, ErrorCode, EvidenceChunk, FrameReader,
+    GuestMessage, HostMessage, RefusalReason, Stage, Stream, FRAME_HEADER_LEN, MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+};
+use bulwark_integration_tests::guest_atls::{
+    connect_vsock, refusal_line, start_relay, verify_connect, EvidenceMaker, EvidenceMode,
 };
 use bulwark_integration_tests::guest_workload::{expected_stdout, pattern, STDERR_FIRST_LINE};
 use p384::ecdsa::{signature::Verifier, DerSignature, VerifyingKey};
@@ -43,6 +53,11 @@ struct Args {
     raw: Option<u32>,
     bytes: usize,
     shutdown: bool,
+    atls: Option<u32>,
+    api_sock: String,
+    trust: String,
+    policy: String,
+    policy_other: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +71,11 @@ fn parse_args() -> Result<Args, String> {
         raw: None,
         bytes: 64 << 20,
         shutdown: false,
+        atls: None,
+        api_sock: String::new(),
+        trust: String::new(),
+        policy: String::new(),
+        policy_other: String::new(),
     };
     while let Some(flag) = it.next() {
         let mut num = || -> Result<u64, String> {
@@ -70,6 +90,16 @@ fn parse_args() -> Result<Args, String> {
             "--bridge" => a.bridge = Some(num()? as u32),
             "--raw" => a.raw = Some(num()? as u32),
             "--bytes" => a.bytes = num()? as usize,
+            "--atls" => a.atls = Some(num()? as u32),
+            "--api-sock" | "--trust" | "--policy" | "--policy-other" => {
+                let v = it.next().ok_or(format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--api-sock" => a.api_sock = v,
+                    "--trust" => a.trust = v,
+                    "--policy" => a.policy = v,
+                    _ => a.policy_other = v,
+                }
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -165,15 +195,8 @@ fn hostile(mut s: UnixStream, rx: mpsc::Receiver<Seen>) -> Result<String, String
 
 /// Echoes `bytes` through the guest's vsock `port` (through the VMM's socket `uds`).
 fn echo(uds: &str, port: u32, bytes: usize, seed: u64) -> Result<String, String> {
-    let s = UnixStream::connect(uds).map_err(|e| format!("connect {uds}: {e}"))?;
-    (&s).write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
-    if !line.starts_with("OK ") {
-        return Err(format!("CONNECT {port}: {line:?}"));
-    }
+    let s = connect_vsock(uds, port)?;
+    let mut reader = s.try_clone().map_err(|e| e.to_string())?;
     let data = pattern(bytes, seed);
     let t = Instant::now();
     let to_send = data.clone();
@@ -204,6 +227,50 @@ fn echo(uds: &str, port: u32, bytes: usize, seed: u64) -> Result<String, String>
     ))
 }
 
+/// The attested TLS cases, each one `bulwark-verify connect` through a relay to the
+/// guest's attested port `port`: three that must be refused before any application
+/// byte, then the honest one, whose echo must come back.
+fn atls_cases(uds: &str, port: u32, maker: &EvidenceMaker, policy: &str, other: &str) {
+    let relay = match start_relay(uds, port) {
+        Ok(p) => format!("127.0.0.1:{p}"),
+        Err(e) => return println!("HOST-ATLS relay fail {e}"),
+    };
+    let text = "bytes for the workload, after an affirmed handshake only";
+    for (name, mode, policy) in [
+        ("other-key", EvidenceMode::OtherKey, policy),
+        ("stale-nonce", EvidenceMode::StaleNonce, policy),
+        ("policy-mismatch", EvidenceMode::Honest, other),
+        ("good", EvidenceMode::Honest, policy),
+    ] {
+        maker.set_mode(mode);
+        let t = Instant::now();
+        match verify_connect(&relay, policy, text) {
+            Ok((code, stdout, stderr)) => {
+                let secs = t.elapsed().as_secs_f64();
+                let received = serde_json::from_str::<serde_json::Value>(&stdout)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/atls/received")
+                            .and_then(|r| r.as_str().map(str::to_owned))
+                    });
+                let echoed = match received {
+                    Some(r) if r == text => "exact".to_owned(),
+                    Some(r) => format!("differs({} bytes)", r.len()),
+                    None => "none".to_owned(),
+                };
+                println!(
+                    "HOST-ATLS {name} exit={code} secs={secs:.2} received={echoed} {}",
+                    refusal_line(&stderr).replace('\n', " ")
+                );
+                if code != 0 && code != 1 {
+                    println!("HOST-ATLS-STDERR {name} {}", stderr.replace('\n', " | "));
+                }
+            }
+            Err(e) => println!("HOST-ATLS {name} fail {e}"),
+        }
+    }
+}
+
 fn stage_name(stage: Stage) -> String {
     format!("{stage:?}")
 }
@@ -215,6 +282,16 @@ fn main() {
             eprintln!("lab-guest-host: {e}");
             std::process::exit(2)
         }
+    };
+    let maker = match args.atls {
+        Some(_) => match EvidenceMaker::new(&args.api_sock, &args.trust) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                println!("HOST-ERROR evidence maker: {e}");
+                std::process::exit(1)
+            }
+        },
+        None => None,
     };
     let path = format!("{}_{}", args.uds, args.port);
     let _ = std::fs::remove_file(&path);
@@ -244,6 +321,10 @@ fn main() {
     let (bridge_tx, bridge_rx) = mpsc::channel::<()>();
     let bridges = (args.bridge.is_some() || args.raw.is_some()).then(|| {
         let (uds, bridge, raw, bytes) = (args.uds.clone(), args.bridge, args.raw, args.bytes);
+        let atls = args
+            .atls
+            .zip(maker.clone())
+            .map(|(port, m)| (port, m, args.policy.clone(), args.policy_other.clone()));
         std::thread::spawn(move || {
             if bridge_rx.recv_timeout(Duration::from_secs(150)).is_err() {
                 println!("HOST-BRIDGE fail the guest never reported its bridges up");
@@ -251,6 +332,9 @@ fn main() {
             }
             if let Some(rx) = hostile_done_rx {
                 let _ = rx.recv_timeout(Duration::from_secs(150));
+            }
+            if let Some((port, maker, policy, other)) = &atls {
+                atls_cases(&uds, *port, maker, policy, other);
             }
             for (name, port, seed) in [("BRIDGE", bridge, 11), ("RAW", raw, 13)] {
                 if let Some(p) = port {
@@ -342,6 +426,35 @@ fn main() {
                     println!("HOST-MSG challenge_response verified={ok}");
                     let _ = seen_tx.send(Seen::Challenge(ok));
                 }
+                GuestMessage::EvidenceRequest(r) => {
+                    let answer = match &maker {
+                        Some(m) => m.evidence(&r.nonce, &r.tls_key_sha256),
+                        None => Err("this host makes no evidence (no --atls)".into()),
+                    };
+                    println!(
+                        "HOST-MSG evidence_request {} -> {}",
+                        r.request,
+                        match &answer {
+                            Ok(doc) => format!("{} bytes", doc.len()),
+                            Err(e) => format!("unavailable: {e}"),
+                        }
+                    );
+                    let replies = match answer {
+                        Ok(doc) => EvidenceChunk::split(r.request, &doc)
+                            .into_iter()
+                            .map(HostMessage::Evidence)
+                            .collect(),
+                        Err(reason) => vec![HostMessage::EvidenceUnavailable {
+                            request: r.request,
+                            reason,
+                        }],
+                    };
+                    for reply in replies {
+                        if let Err(e) = send(&mut stream, &reply) {
+                            println!("HOST-ERROR evidence reply: {e}");
+                        }
+                    }
+                }
                 GuestMessage::Pong { nonce } => {
                     println!("HOST-MSG pong {nonce}");
                     let _ = seen_tx.send(Seen::Pong(nonce));
@@ -390,6 +503,9 @@ fn main() {
     );
     for line in stderr.lines().filter(|l| l.starts_with("WORKLOAD-ID ")) {
         println!("HOST-{line}");
+    }
+    for line in stderr.lines().filter(|l| l.starts_with("lab-workload:")) {
+        println!("HOST-STDERR-LINE {line}");
     }
     for line in String::from_utf8_lossy(&out[0])
         .lines()

@@ -6,7 +6,8 @@
 //!   stdout (`guest_workload::expected_stdout`) and on stderr a first line and an
 //!   identity line (`WORKLOAD-ID uid= gid= caps= nnp= root= tmp= dev=`), then echoes
 //!   every connection on 127.0.0.1:TCP_PORT (reached from the host through
-//!   bulwark-init's vsock bridge) and on vsock VSOCK_PORT (the raw rate), and exits
+//!   bulwark-init's vsock bridges, plain and attested TLS) and on vsock VSOCK_PORT
+//!   (the raw rate), reports each TCP connection's byte count on stderr, and exits
 //!   with EXIT_CODE once CONNECTIONS connections have ended.
 //! - `lab-workload die`: dies by SIGABRT (`abort`).
 
@@ -16,15 +17,18 @@ use std::sync::mpsc;
 
 use bulwark_integration_tests::guest_workload::{expected_stdout, STDERR_FIRST_LINE};
 
-fn echo(mut r: impl Read, mut w: impl Write) {
+/// Echoes until the peer closes; returns the bytes echoed.
+fn echo(mut r: impl Read, mut w: impl Write) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
     loop {
         match r.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return total,
             Ok(n) => {
                 if w.write_all(&buf[..n]).is_err() {
-                    return;
+                    return total;
                 }
+                total += n as u64;
             }
         }
     }
@@ -92,12 +96,19 @@ fn serve(tcp_port: u16, vsock_port: u32, connections: usize, exit_code: i32) -> 
         });
     let tx = done_tx.clone();
     std::thread::spawn(move || {
-        for s in tcp.incoming().flatten() {
+        // Every TCP connection (they all come through bulwark-init's bridges) is
+        // reported, so the host can tell which reached the workload at all.
+        for (n, s) in tcp.incoming().flatten().enumerate() {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                if let Ok(r) = s.try_clone() {
-                    echo(r, s);
-                }
+                let bytes = match s.try_clone() {
+                    Ok(r) => echo(r, s),
+                    Err(_) => 0,
+                };
+                eprintln!(
+                    "lab-workload: tcp connection {}: {bytes} bytes echoed",
+                    n + 1
+                );
                 let _ = tx.send(());
             });
         }

@@ -30,6 +30,8 @@ pub const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 pub const BRIDGE_PORT: u32 = 7000;
 /// See [`BRIDGE_PORT`].
 pub const RAW_PORT: u32 = 7001;
+/// The vsock port bulwark-init serves attested TLS on, bridged to the same TCP port.
+pub const ATLS_PORT: u32 = 7002;
 /// The good workload's exit status.
 pub const EXIT_CODE: i32 = 7;
 /// Size of the rootfs image.
@@ -49,14 +51,17 @@ fn good_config() -> serde_json::Value {
         "modules": ["virtio_blk", "dm_verity"],
         "rootfs": {"disk": "rootfs", "fs": "ext4", "verify": "full"},
         "workload": {
-            "argv": ["/bin/lab-workload", "serve", "7000", "7001", "2", EXIT_CODE.to_string()],
+            "argv": ["/bin/lab-workload", "serve", "7000", "7001", "3", EXIT_CODE.to_string()],
             "env": {"BULWARK_LAB": "guest-init"},
             "uid": 1000,
             "gid": 1000,
             "cwd": "/",
             "tmp_mib": 8
         },
-        "ports": [{"vsock": BRIDGE_PORT, "tcp": 7000}],
+        "ports": [
+            {"vsock": BRIDGE_PORT, "tcp": 7000, "tls": "none"},
+            {"vsock": ATLS_PORT, "tcp": 7000, "tls": "attested"}
+        ],
         "gpu": {"required": false}
     })
 }

@@ -413,7 +413,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-guest-init",
-        summary: "bulwark-init as PID 1 of signed tenant images under bulwark-vmm: boot -> hello -> stages -> workload output byte-exact -> exit status -> ACPI power-off, the workload's jail, 64 MiB through the vsock->TCP bridge beside raw vsock, a hostile host's bad frames answered, and each refusal (flipped rootfs byte, unknown config field, missing module, workload not found, GPU required, injected panic) and a death by signal reported on the host channel, each ending in a clean power-off",
+        summary: "bulwark-init as PID 1 of signed tenant images under bulwark-vmm: boot -> hello -> stages -> workload output byte-exact -> exit status -> ACPI power-off, the workload's jail, 64 MiB through the vsock->TCP bridge beside raw vsock, a hostile host's bad frames answered, attested TLS through the bridge (bulwark-verify connect with a policy from bulwark-verify predict: evidence for another key, a stale nonce and a policy mismatch refused before any byte reaches the workload, the honest handshake echoed), and each refusal (flipped rootfs byte, unknown config field, missing module, workload not found, GPU required, injected panic) and a death by signal reported on the host channel, each ending in a clean power-off",
         script: include_str!("../../lab/scenarios/vmm-guest-init.sh"),
         modules: KVM_MODULES,
         memory_mib: 2048,
@@ -422,6 +422,10 @@ pub const SCENARIOS: &[Scenario] = &[
             GuestProgram {
                 package: THIS_PACKAGE,
                 bin: "lab-guest-host",
+            },
+            GuestProgram {
+                package: "bulwark-attestation",
+                bin: "bulwark-verify",
             },
         ],
         l2: Some(L2Guest {
@@ -456,6 +460,11 @@ pub const SCENARIOS: &[Scenario] = &[
             "gi-bridge",
             "gi-raw-vsock",
             "gi-hostile",
+            "gi-predict",
+            "gi-atls-other-key",
+            "gi-atls-stale-nonce",
+            "gi-atls-policy-mismatch",
+            "gi-atls",
             "gi-no-gpu-allowed",
             "gi-refuse-rootfs",
             "gi-refuse-config",
