@@ -7,10 +7,12 @@
 //! object this crate loads is flushed again, when [`Tpm::flush`] is called or
 //! the [`Tpm`] is dropped, so the TPM's few object slots are never leaked.
 //!
-//! [`harness`] starts a private swtpm for tests; [`eventlog`] writes a TCG
-//! crypto-agile event log alongside PCR extends.
+//! [`attester`] makes the node's evidence documents (TPM-quoted, or a software key
+//! that says so); [`harness`] starts a private swtpm for tests; [`eventlog`] writes
+//! a TCG crypto-agile event log alongside PCR extends.
 #![forbid(unsafe_code)]
 
+pub mod attester;
 pub mod eventlog;
 pub mod harness;
 

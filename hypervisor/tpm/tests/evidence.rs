@@ -9,19 +9,19 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_attestation::evidence::appraise::VerifyOptions;
-use bulwark_attestation::evidence::document::{AkActivation, ImageId, Pcr, Tpm, TpmQuote};
+use bulwark_attestation::evidence::document::{ImageId, Pcr};
 use bulwark_attestation::evidence::{
     self, build_evidence, EvidenceInputs, EvidenceSigningKey, LaunchClaims, Policy,
 };
-use bulwark_attestation::tpm;
 use bulwark_attestation::VerificationTime;
+use bulwark_tpm::attester::{Attester, TpmAttester, QUOTED_PCRS};
 use bulwark_tpm::eventlog::{EventLogWriter, EV_EFI_ACTION, EV_SEPARATOR};
 use bulwark_tpm::harness::Swtpm;
+use bulwark_tpm::Tpm;
 
 const NODE_SIGNER: [u8; 32] = [0x11; 32];
 const TENANT_SIGNER: [u8; 32] = [0x44; 32];
 const NONCE: [u8; 32] = [0x5a; 32];
-const PCRS: [u32; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 const MEASUREMENT: &str = "7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b7b";
 
 fn now() -> u64 {
@@ -56,17 +56,7 @@ struct Node {
 
 fn node(extend_after: bool) -> Node {
     let sw = Swtpm::start().unwrap_or_else(|e| panic!("cannot start swtpm: {e}"));
-    let mut t = bulwark_tpm::Tpm::open(&sw.tcti()).expect("open the TPM");
-    let ek_der = t.ek_certificate().expect("EK certificate");
-    let ek = bulwark_attestation::x509::Certificate::from_der(&ek_der).expect("EK parses");
-    let ak = t.create_ak().expect("create the AK");
-    // Enrollment: the verifier's credential for the AK's name is activated by the TPM.
-    let secret = b"enrollment secret for this node";
-    let cred = tpm::make_credential(&ek.key, &ak.name, secret).expect("make credential");
-    let got = t
-        .activate_credential(&cred.credential_blob, &cred.encrypted_secret)
-        .expect("activate credential");
-    assert_eq!(got, secret);
+    let mut t = Tpm::open(&sw.tcti()).expect("open the TPM");
     // A measured boot.
     let mut log = EventLogWriter::new();
     for (pcr, what) in [
@@ -88,26 +78,21 @@ fn node(extend_after: bool) -> Node {
         .remove(0)
         .der
         .clone();
+    // Enrollment: the AK's credential, made for its name and the EK certificate's key,
+    // is activated by the TPM.
+    let mut attester =
+        TpmAttester::enroll(t, vec![issuer_der], log.into_bytes()).expect("enroll the AK");
     let claims =
         LaunchClaims::from_vm_info(&vm_info(), &[TENANT_SIGNER.to_vec()]).expect("launch claims");
     let key = EvidenceSigningKey::generate().expect("evidence key");
-    let mut inputs = EvidenceInputs {
+    let inputs = EvidenceInputs {
         node_image: ImageId {
             name: "bulwark-node".into(),
             version: 7,
             manifest_sha384: vec![0x22; 48].into(),
             signer_key_ids: vec![NODE_SIGNER.to_vec().into()],
         },
-        tpm: Some(Tpm {
-            ek_certificate: ek_der.into(),
-            ek_chain: vec![issuer_der.into()],
-            ak_public: ak.public.clone().into(),
-            ak_activation: AkActivation {
-                enrolled_at: now(),
-                ak_name: ak.name.clone().into(),
-            },
-            quote: None,
-        }),
+        tpm: None,
         launch: claims.launch,
         isolation: claims.isolation,
         tee: None,
@@ -116,33 +101,25 @@ fn node(extend_after: bool) -> Node {
         timestamp: now(),
         tls_key_sha256: Some(vec![0x33; 32]),
     };
-    let binding = inputs
-        .body(key.public_key())
-        .expect("body")
-        .binding_hash()
-        .expect("binding hash");
-    let q = t.quote(&PCRS, &binding).expect("quote");
+    let mut inputs = attester.quoted_inputs(inputs, &key).expect("quote");
     if extend_after {
-        t.extend_pcr(8, &[0xee; 32]).expect("late extend");
-    }
-    let pcrs = if extend_after {
-        t.read_pcrs(&PCRS).expect("read PCRs")
-    } else {
-        q.pcrs.clone()
-    };
-    if let Some(tpm) = inputs.tpm.as_mut() {
-        tpm.quote = Some(TpmQuote {
-            attest: q.attest.into(),
-            signature: q.signature.into(),
-            pcrs: pcrs
+        attester
+            .tpm_mut()
+            .extend_pcr(8, &[0xee; 32])
+            .expect("late extend");
+        let now_pcrs = attester
+            .tpm_mut()
+            .read_pcrs(&QUOTED_PCRS)
+            .expect("read PCRs");
+        if let Some(q) = inputs.tpm.as_mut().and_then(|t| t.quote.as_mut()) {
+            q.pcrs = now_pcrs
                 .into_iter()
                 .map(|(index, v)| Pcr {
                     index,
                     sha256: v.into(),
                 })
-                .collect(),
-            event_log: log.into_bytes().into(),
-        });
+                .collect();
+        }
     }
     Node { sw, inputs, key }
 }
@@ -258,6 +235,43 @@ fn a_pcr_extended_after_the_quote_is_refused() {
     let a = evidence::verify_document(&doc, &policy(&n.sw, ""), &opts(&NONCE)).unwrap();
     assert!(
         failed(&a).contains(&"tpm-pcr-digest".to_string()),
+        "{:?}",
+        failed(&a)
+    );
+}
+
+#[test]
+fn the_node_attester_signs_tpm_evidence_and_says_software_when_it_has_no_tpm() {
+    let n = node(false);
+    let p = policy(&n.sw, "");
+    // The Attester re-quotes for each document: fresh inputs, same enrollment.
+    let mut tpm_inputs = n.inputs.clone();
+    tpm_inputs.tpm = None;
+    let sw = Swtpm::start().expect("a second swtpm");
+    let t = Tpm::open(&sw.tcti()).expect("open");
+    let issuer = std::fs::read(sw.ca_issuer_pem()).expect("issuer PEM");
+    let issuer_der = bulwark_attestation::x509::parse_pem_certificates(&issuer)
+        .expect("issuer parses")
+        .remove(0)
+        .der
+        .clone();
+    let enrolled = TpmAttester::enroll(t, vec![issuer_der], EventLogWriter::new().into_bytes())
+        .expect("enroll");
+    let mut attester = Attester::Tpm(Box::new(enrolled), n.key);
+    assert_eq!(attester.kind(), "tpm");
+    let doc = attester.evidence(tpm_inputs.clone()).expect("TPM evidence");
+    let a = evidence::verify_document(&doc, &policy(&sw, ""), &opts(&NONCE)).unwrap();
+    assert!(a.is_ok(), "{}", a.to_text());
+    // Under the first swtpm's CA, this node's EK does not chain.
+    let a = evidence::verify_document(&doc, &p, &opts(&NONCE)).unwrap();
+    assert!(!a.is_ok(), "{}", a.to_text());
+
+    let mut software = Attester::Software(EvidenceSigningKey::generate().unwrap());
+    assert_eq!(software.kind(), "software-key");
+    let doc = software.evidence(tpm_inputs).expect("software evidence");
+    let a = evidence::verify_document(&doc, &p, &opts(&NONCE)).unwrap();
+    assert!(
+        failed(&a).contains(&"key-protection".to_string()),
         "{:?}",
         failed(&a)
     );
