@@ -1,9 +1,27 @@
 //! Throughput of each verifier on the real fixtures, single-threaded, against
 //! a baseline measured in the same run: one bare ECDSA P-384 signature
-//! verification (ring), the dominant cost of every kind. Run by `bench/verify`.
+//! verification by the library the verifiers use for it (`crypto`: aws-lc-rs
+//! in this build), the dominant cost of most kinds. Also `ring` against
+//! `aws-lc-rs` for ECDSA P-256 and P-384 verification (same keys, same
+//! message, same run), and Bulwark evidence (software-key and TPM-mode
+//! documents) cold (no cache) and warm (a `ChainCache` holding the node's
+//! verified EK chain). Run by `bench/verify`.
+//!
+//! `verify_bench [SECONDS] [DIR]`: with DIR, the TPM-mode document, its
+//! policy and EK root are written there for the cold CLI runs.
 
+#[path = "../tests/common/synthetic_tpm.rs"]
+mod synthetic_tpm;
+
+use bulwark_attestation::cache::ChainCache;
+use bulwark_attestation::crypto;
+use bulwark_attestation::evidence::appraise::VerifyOptions;
+use bulwark_attestation::evidence::{
+    self, parse_document, EvidenceInputs, EvidenceSigningKey, Policy,
+};
 use bulwark_attestation::{nitro, nvidia, sevsnp, tdx, VerificationTime};
 use ring::signature::{self, KeyPair};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/");
@@ -29,6 +47,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
+    let out_dir = std::env::args().nth(2);
 
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 =
@@ -42,12 +61,21 @@ fn main() {
     .unwrap();
     let msg = [0x5a_u8; 1024];
     let sig = kp.sign(&rng, &msg).unwrap();
-    let pk = signature::UnparsedPublicKey::new(
-        &signature::ECDSA_P384_SHA384_FIXED,
-        kp.public_key().as_ref().to_vec(),
+    let pk = kp.public_key().as_ref().to_vec();
+    let baseline = rate(secs, || {
+        crypto::verify_ecdsa(
+            crypto::Ecdsa::P384Sha384,
+            crypto::SigEncoding::Fixed,
+            &pk,
+            &msg,
+            sig.as_ref(),
+        )
+        .is_ok()
+    });
+    println!(
+        "baseline: bare ECDSA P-384 verify as the verifiers do it ({}): {baseline:.0}/s/core",
+        crypto::ECDSA_BACKEND
     );
-    let baseline = rate(secs, || pk.verify(&msg, sig.as_ref()).is_ok());
-    println!("baseline: bare ECDSA P-384 verify: {baseline:.0}/s/core");
 
     let sev_report = read("sev-snp/milan-report.hex");
     let sev_vcek = read("sev-snp/milan-vcek.der");
@@ -99,6 +127,146 @@ fn main() {
             .is_ok()
     });
     report("nvidia (parse + 5 P-384)", r, baseline);
+
+    ecdsa_libraries(secs);
+    bulwark_evidence(secs, baseline, out_dir.as_deref().map(Path::new));
+}
+
+/// ring against aws-lc-rs: one key pair per curve (made by ring), one
+/// signature over one message, verified by each library in turn.
+fn ecdsa_libraries(secs: f64) {
+    println!("ECDSA verification, ring vs aws-lc-rs (same key, message and signature); this build verifies with {}:", crypto::ECDSA_BACKEND);
+    let rng = ring::rand::SystemRandom::new();
+    let msg = [0xa5_u8; 1024];
+    for (name, signing, ring_alg, aws_alg) in [
+        (
+            "P-256 SHA-256",
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &signature::ECDSA_P256_SHA256_FIXED,
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        ),
+        (
+            "P-384 SHA-384",
+            &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            &signature::ECDSA_P384_SHA384_FIXED,
+            &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED,
+        ),
+    ] {
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(signing, &rng).unwrap();
+        let kp = signature::EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref(), &rng).unwrap();
+        let sig = kp.sign(&rng, &msg).unwrap();
+        let pk = kp.public_key().as_ref().to_vec();
+        let ring_pk = signature::UnparsedPublicKey::new(ring_alg, &pk);
+        let aws_pk = aws_lc_rs::signature::UnparsedPublicKey::new(aws_alg, &pk);
+        // Interleaved slices, so both see the same machine load.
+        let (mut r, mut a) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            r.push(rate(secs / 10.0, || {
+                ring_pk.verify(&msg, sig.as_ref()).is_ok()
+            }));
+            a.push(rate(secs / 10.0, || {
+                aws_pk.verify(&msg, sig.as_ref()).is_ok()
+            }));
+        }
+        let (r, a) = (median(r), median(a));
+        println!(
+            "  ECDSA {name} verify: ring {r:.0}/s/core, aws-lc-rs {a:.0}/s/core: aws-lc-rs {:.2}x ring",
+            a / r
+        );
+    }
+}
+
+fn bulwark_evidence(secs: f64, baseline: f64, out_dir: Option<&Path>) {
+    // The software-key fixture, verified as its policy says.
+    let doc = std::fs::read(format!("{DATA}evidence/software-key.cose")).unwrap();
+    let policy = Policy::from_file(Path::new(&format!("{DATA}evidence/policy.toml"))).unwrap();
+    let opts = VerifyOptions {
+        nonce: Some(vec![0x5a; 32]),
+        at: VerificationTime::parse("2025-06-15T15:06:40Z").unwrap(),
+    };
+    let ok = |a: Result<evidence::EvidenceAppraisal, _>| a.map(|a| a.is_ok()).unwrap_or(false);
+    let r = rate(secs, || ok(evidence::verify_document(&doc, &policy, &opts)));
+    report(
+        "bulwark evidence, software key (parse + 1 P-384)",
+        r,
+        baseline,
+    );
+
+    // A TPM-mode document of the same VM, made in software: EK root CA ->
+    // intermediate -> EK certificate (P-384 CAs), AK (P-256) quote.
+    let body = parse_document(&doc).unwrap().body;
+    let inputs = EvidenceInputs {
+        node_image: body.node.image.clone(),
+        tpm: None,
+        launch: body.launch.clone(),
+        isolation: body.isolation.clone(),
+        tee: None,
+        gpus: vec![],
+        nonce: body.freshness.nonce.0.clone(),
+        timestamp: body.freshness.timestamp,
+        tls_key_sha256: body.freshness.tls_key_sha256.as_ref().map(|t| t.0.clone()),
+    };
+    let t = body.freshness.timestamp as i64;
+    let pki = synthetic_tpm::EkPki::generate(t - 365 * 86400, t + 365 * 86400);
+    let ak = synthetic_tpm::SoftwareAk::generate();
+    let key = EvidenceSigningKey::generate().unwrap();
+    let tpm_doc = synthetic_tpm::tpm_document(&inputs, &key, &pki, &ak, t as u64 - 86400);
+    let dir = match out_dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir().join(format!("bulwark-verify-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ek-root.pem"), &pki.root_pem).unwrap();
+    std::fs::write(dir.join("tpm.cose"), &tpm_doc).unwrap();
+    let text = std::fs::read_to_string(format!("{DATA}evidence/policy.toml"))
+        .unwrap()
+        .replace("allow_software_key = true", "allow_software_key = false")
+        .replace("[node]\n", "[node]\nek_roots = [\"ek-root.pem\"]\n");
+    std::fs::write(dir.join("tpm-policy.toml"), &text).unwrap();
+    let tpm_policy = Policy::from_file(&dir.join("tpm-policy.toml")).unwrap();
+    let a = evidence::verify_document(&tpm_doc, &tpm_policy, &opts).unwrap();
+    assert!(a.is_ok(), "{}", a.to_text());
+    assert_eq!(
+        a.check("key-protection").map(|c| c.result),
+        Some(bulwark_attestation::checks::Outcome::Passed)
+    );
+
+    let cold = rate(secs, || {
+        ok(evidence::verify_document(&tpm_doc, &tpm_policy, &opts))
+    });
+    report(
+        "bulwark evidence, TPM, cold (EK root self-signature + EK chain: 3 P-384; document: 1 P-384; quote: 1 P-256)",
+        cold,
+        baseline,
+    );
+    let cache = ChainCache::default();
+    let warm = rate(secs, || {
+        ok(evidence::verify_document_with(
+            &tpm_doc,
+            &tpm_policy,
+            &opts,
+            Some(&cache),
+        ))
+    });
+    let stats = cache.stats();
+    assert_eq!(
+        stats.misses, 2,
+        "EK root and EK chain verified once: {stats:?}"
+    );
+    report(
+        "bulwark evidence, TPM, warm chain cache (document: 1 P-384; quote: 1 P-256)",
+        warm,
+        baseline,
+    );
+    println!("  warm/cold: {:.2}x", warm / cold);
+    if out_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn report(what: &str, per_sec: f64, baseline: f64) {

@@ -318,3 +318,111 @@ pub fn to_ear(v: &Verification) -> Ear {
 pub fn to_json(v: &Verification) -> Value {
     ear_json(&to_ear(v))
 }
+
+/// Signed EARs: the EAR as a JWT (JWS compact serialization, the claims set
+/// above as its payload), signed with ES256 or ES384 by the verifier's key
+/// through the `ear` crate's own signing API.
+#[cfg(feature = "ear-jwt")]
+pub mod signed {
+    use crate::x509::{spki_public_key, PublicKey};
+    use ear::{Algorithm, Ear};
+    use serde_json::Value;
+
+    /// Why a signed EAR could not be made or was refused.
+    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+    pub enum Error {
+        /// A key that cannot be used (CLI exit status 2).
+        #[error("invalid argument: {0}")]
+        Argument(String),
+        /// The token does not verify with the key, or is not a valid EAR
+        /// (CLI exit status 1).
+        #[error("signed EAR refused: {0}")]
+        Refused(String),
+    }
+
+    /// Media type of a signed EAR in JWT form (draft-ietf-rats-ear).
+    pub const MEDIA_TYPE: &str =
+        "application/eat-jwt; eat_profile=\"tag:ietf.org,2026:rats/ear#04\"";
+
+    fn pem_block(pem: &[u8], label: &str, what: &str) -> Result<Vec<u8>, Error> {
+        for p in x509_parser::pem::Pem::iter_from_buffer(pem) {
+            let p = p.map_err(|e| Error::Argument(format!("{what}: PEM: {e}")))?;
+            if p.label == label {
+                return Ok(p.contents);
+            }
+        }
+        Err(Error::Argument(format!(
+            "{what}: no \"{label}\" PEM block (PKCS#8 / SubjectPublicKeyInfo expected)"
+        )))
+    }
+
+    /// The signing algorithm for a PKCS#8 ECDSA private key: ES256 for
+    /// P-256, ES384 for P-384; anything else is refused.
+    fn private_key_alg(pkcs8: &[u8]) -> Result<Algorithm, Error> {
+        use ring::signature::{
+            EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+        let rng = ring::rand::SystemRandom::new();
+        if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng).is_ok() {
+            Ok(Algorithm::ES256)
+        } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8, &rng).is_ok() {
+            Ok(Algorithm::ES384)
+        } else {
+            Err(Error::Argument(
+                "EAR key: not an ECDSA P-256 or P-384 PKCS#8 private key".into(),
+            ))
+        }
+    }
+
+    /// Sign `ear` with a PKCS#8 P-256 or P-384 private key (PEM): the JWT.
+    pub fn sign_jwt(ear: &Ear, private_key_pem: &[u8]) -> Result<String, Error> {
+        let der = pem_block(private_key_pem, "PRIVATE KEY", "EAR key")?;
+        let alg = private_key_alg(&der)?;
+        ear.sign_jwt_pem(alg, private_key_pem)
+            .map_err(|e| Error::Argument(format!("EAR signing: {e}")))
+    }
+
+    /// A verified signed EAR: the typed EAR and its whole claims set.
+    #[derive(Debug)]
+    pub struct VerifiedEar {
+        pub ear: Ear,
+        /// The JWT's claims set as signed (every extension included).
+        pub claims: Value,
+        /// "ES256" or "ES384".
+        pub algorithm: &'static str,
+    }
+
+    /// Check a signed EAR (JWT) with the verifier's public key
+    /// (SubjectPublicKeyInfo PEM, P-256 or P-384). The algorithm follows the
+    /// key, never the token's header: a token whose header names another
+    /// algorithm is refused, as is any token whose signature does not verify
+    /// or whose claims are not a valid EAR.
+    pub fn verify_jwt(token: &str, public_key_pem: &[u8]) -> Result<VerifiedEar, Error> {
+        use jsonwebtoken as jwt;
+        let der = pem_block(public_key_pem, "PUBLIC KEY", "EAR public key")?;
+        let (alg, name) = match spki_public_key(&der).map_err(|e| Error::Argument(e.to_string()))? {
+            PublicKey::EcP256(_) => (jwt::Algorithm::ES256, "ES256"),
+            PublicKey::EcP384(_) => (jwt::Algorithm::ES384, "ES384"),
+            _ => {
+                return Err(Error::Argument(
+                    "EAR public key: not an ECDSA P-256 or P-384 key".into(),
+                ))
+            }
+        };
+        let key = jwt::DecodingKey::from_ec_pem(public_key_pem)
+            .map_err(|e| Error::Argument(format!("EAR public key: {e}")))?;
+        let token = token.trim();
+        let ear = Ear::from_jwt(token, alg, &key).map_err(|e| Error::Refused(e.to_string()))?;
+        ear.validate().map_err(|e| Error::Refused(e.to_string()))?;
+        let mut validation = jwt::Validation::new(alg);
+        validation.set_required_spec_claims::<&str>(&[]);
+        let claims = jwt::decode::<Value>(token, &key, &validation)
+            .map_err(|e| Error::Refused(e.to_string()))?
+            .claims;
+        Ok(VerifiedEar {
+            ear,
+            claims,
+            algorithm: name,
+        })
+    }
+}

@@ -11,7 +11,9 @@
 
 pub mod atls;
 pub mod bytes;
+pub mod cache;
 pub mod checks;
+pub mod crypto;
 pub mod ear;
 pub mod error;
 pub mod evidence;

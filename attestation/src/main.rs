@@ -31,6 +31,13 @@ struct Common {
     /// Print an EAR-shaped JSON result instead of text.
     #[arg(long)]
     json: bool,
+    /// Sign the EAR with this verifier key (PKCS#8 ECDSA P-256 or P-384
+    /// private key, PEM; ES256 / ES384) and write it to --ear-out as a JWT.
+    #[arg(long, value_name = "KEY.pem", requires = "ear_out")]
+    ear_key: Option<PathBuf>,
+    /// Where the signed EAR (JWT) is written; with --ear-key.
+    #[arg(long, value_name = "FILE", requires = "ear_key")]
+    ear_out: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +170,17 @@ enum Kind {
         #[command(flatten)]
         common: Common,
     },
+    /// Check a signed EAR (a JWT written by --ear-key/--ear-out) with the
+    /// verifier's public key and print its claims set (JSON). Exit 0: the
+    /// signature verifies and the EAR is not contraindicated; 1: refused or
+    /// contraindicated; 2: unreadable input or key.
+    EarVerify {
+        /// The signed EAR (JWT).
+        file: PathBuf,
+        /// The verifier's public key (SubjectPublicKeyInfo PEM, P-256 or P-384).
+        #[arg(long, value_name = "PUB.pem")]
+        key: PathBuf,
+    },
     /// The launch measurement to expect from a signed image, computed
     /// offline; prints a policy (TOML) accepting exactly that launch.
     Predict {
@@ -189,8 +207,8 @@ enum Kind {
 
 /// What a subcommand produced.
 enum Outcome {
-    Vendor(Verification, bool),
-    Evidence(EvidenceAppraisal, bool),
+    Vendor(Verification, Common),
+    Evidence(EvidenceAppraisal, Common),
     Printed,
     /// Exit status already decided (attested TLS).
     Exit(u8),
@@ -250,7 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let policy = evidence::Policy::from_file(&policy)?;
             let a =
                 evidence::verify_document(&read(&file)?, &policy, &VerifyOptions { nonce, at })?;
-            Ok(Outcome::Evidence(a, common.json))
+            Ok(Outcome::Evidence(a, common))
         }
         Kind::Predict {
             image,
@@ -278,7 +296,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             timeout,
             common,
         } => connect(&addr, &policy, send.as_deref(), timeout, &common),
-        other => vendor(other).map(|(v, j)| Outcome::Vendor(v, j)),
+        Kind::EarVerify { file, key } => ear_verify(&file, &key),
+        other => vendor(other).map(|(v, c)| Outcome::Vendor(v, c)),
     }
 }
 
@@ -314,6 +333,9 @@ fn connect(
     let (mut stream, appraisal) = match atls::connect(addr, &policy, &options) {
         Ok(v) => v,
         Err(AtlsError::Refused(r)) => {
+            if let Some(a) = &r.appraisal {
+                write_signed_ear(&a.to_ear(), common)?;
+            }
             match &r.appraisal {
                 Some(a) => print(a, None),
                 None if common.json => println!(
@@ -332,6 +354,7 @@ fn connect(
         }
         Err(e) => anyhow::bail!("{addr}: {e}"),
     };
+    write_signed_ear(&appraisal.to_ear(), common)?;
     let Some(text) = send else {
         print(&appraisal, None);
         return Ok(Outcome::Exit(0));
@@ -381,7 +404,63 @@ fn connect(
     Ok(Outcome::Exit(0))
 }
 
-fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
+/// With --ear-key: sign the EAR and write the JWT to --ear-out.
+fn write_signed_ear(e: &::ear::Ear, common: &Common) -> anyhow::Result<()> {
+    let (Some(key), Some(out)) = (&common.ear_key, &common.ear_out) else {
+        return Ok(());
+    };
+    #[cfg(feature = "ear-jwt")]
+    {
+        let token = ear::signed::sign_jwt(e, &read(key)?)?;
+        std::fs::write(out, format!("{token}\n"))
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        Ok(())
+    }
+    #[cfg(not(feature = "ear-jwt"))]
+    {
+        let _ = (e, key, out);
+        Err(Error::NotImplemented("signed EARs (built without the ear-jwt feature)".into()).into())
+    }
+}
+
+/// `ear-verify`: 0 verified and not contraindicated, 1 refused or
+/// contraindicated, 2 unreadable input or key.
+fn ear_verify(file: &Path, key: &Path) -> anyhow::Result<Outcome> {
+    #[cfg(feature = "ear-jwt")]
+    {
+        let token = String::from_utf8(read(file)?)
+            .map_err(|_| Error::Parse(format!("{}: not a JWT (not UTF-8)", file.display())))?;
+        match ear::signed::verify_jwt(&token, &read(key)?) {
+            Ok(v) => {
+                println!("{:#}", v.claims);
+                let status = v.ear.status.unwrap_or(::ear::TrustTier::None);
+                eprintln!(
+                    "bulwark-verify: signed EAR verified ({} by the given key); ear_status {status:?}",
+                    v.algorithm
+                );
+                Ok(Outcome::Exit(
+                    if status == ::ear::TrustTier::Contraindicated {
+                        1
+                    } else {
+                        0
+                    },
+                ))
+            }
+            Err(e @ ear::signed::Error::Refused(_)) => {
+                eprintln!("bulwark-verify: {}: {e}", file.display());
+                Ok(Outcome::Exit(1))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(feature = "ear-jwt"))]
+    {
+        let _ = (file, key);
+        Err(Error::NotImplemented("signed EARs (built without the ear-jwt feature)".into()).into())
+    }
+}
+
+fn vendor(kind: Kind) -> anyhow::Result<(Verification, Common)> {
     match kind {
         Kind::SevSnp {
             report,
@@ -405,7 +484,7 @@ fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
             };
             let trust = trust_override(&chain, sevsnp::default_trust)?;
             let ev = sevsnp::Evidence::parse(&read(&report)?, &read(&vcek)?)?;
-            Ok((sevsnp::verify(&ev, &trust, &policy, at), common.json))
+            Ok((sevsnp::verify(&ev, &trust, &policy, at), common))
         }
         Kind::Tdx {
             quote,
@@ -434,7 +513,7 @@ fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
             let trust = trust_override(&root, tdx::default_trust)?;
             let collateral = collateral.map(|p| read(&p)).transpose()?;
             let v = tdx::verify_bytes(&read(&quote)?, collateral.as_deref(), &trust, &policy, at)?;
-            Ok((v, common.json))
+            Ok((v, common))
         }
         Kind::Nitro {
             doc,
@@ -459,7 +538,7 @@ fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
             }
             let trust = trust_override(&root, nitro::default_trust)?;
             let v = nitro::verify_bytes(&read(&doc)?, &trust, &policy, at)?;
-            Ok((v, common.json))
+            Ok((v, common))
         }
         Kind::Nvidia {
             report,
@@ -482,11 +561,12 @@ fn vendor(kind: Kind) -> anyhow::Result<(Verification, bool)> {
             let rims: Vec<&[u8]> = rims.iter().map(Vec::as_slice).collect();
             let v =
                 nvidia::verify_bytes(&read(&report)?, &read(&chain)?, &rims, &trust, &policy, at)?;
-            Ok((v, common.json))
+            Ok((v, common))
         }
-        Kind::Evidence { .. } | Kind::Predict { .. } | Kind::Connect { .. } => {
-            Err(Error::Argument("not a vendor verifier".into()).into())
-        }
+        Kind::Evidence { .. }
+        | Kind::Predict { .. }
+        | Kind::Connect { .. }
+        | Kind::EarVerify { .. } => Err(Error::Argument("not a vendor verifier".into()).into()),
     }
 }
 
@@ -503,18 +583,33 @@ fn main() -> ExitCode {
             };
         }
     };
+    let signed = |e: &::ear::Ear, common: &Common| match write_signed_ear(e, common) {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("bulwark-verify: error: {err:#}");
+            false
+        }
+    };
     match run(cli) {
-        Ok(Outcome::Vendor(v, json)) => {
-            if json {
-                println!("{:#}", ear::to_json(&v));
+        Ok(Outcome::Vendor(v, common)) => {
+            let e = ear::to_ear(&v);
+            if !signed(&e, &common) {
+                return ExitCode::from(2);
+            }
+            if common.json {
+                println!("{:#}", ear::ear_json(&e));
             } else {
                 print!("{}", v.to_text());
             }
             ExitCode::from(v.exit_code() as u8)
         }
-        Ok(Outcome::Evidence(a, json)) => {
-            if json {
-                println!("{:#}", a.to_json());
+        Ok(Outcome::Evidence(a, common)) => {
+            let e = a.to_ear();
+            if !signed(&e, &common) {
+                return ExitCode::from(2);
+            }
+            if common.json {
+                println!("{:#}", ear::ear_json(&e));
             } else {
                 print!("{}", a.to_text());
             }

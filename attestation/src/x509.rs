@@ -1,5 +1,5 @@
-//! X.509 certificates and CRLs as owned values, with signature verification by
-//! `ring`, path building to a set of trust anchors and validity "as of" a
+//! X.509 certificates and CRLs as owned values, with signature verification
+//! (ECDSA through [`crate::crypto`], RSA by `ring`), path building to a set of trust anchors and validity "as of" a
 //! [`VerificationTime`]. Parsing is done by `x509-parser`; the checks are here.
 
 use crate::checks::{Category, Check};
@@ -59,22 +59,21 @@ pub fn verify_signature(
     msg: &[u8],
     sig: &[u8],
 ) -> Result<(), String> {
+    use crate::crypto::{self, Ecdsa, SigEncoding};
+    let ec = |alg: Ecdsa, k: &[u8]| {
+        let enc = match enc {
+            EcdsaEncoding::Der => SigEncoding::Der,
+            EcdsaEncoding::Fixed => SigEncoding::Fixed,
+        };
+        crypto::verify_ecdsa(alg, enc, k, msg, sig)
+            .map_err(|_| "signature does not verify".to_string())
+    };
     let der = enc == EcdsaEncoding::Der;
     let (ring_alg, key_bytes): (&dyn VerificationAlgorithm, &[u8]) = match (key, alg) {
-        (PublicKey::EcP256(k), SigAlg::EcdsaSha256) if der => {
-            (&signature::ECDSA_P256_SHA256_ASN1, k)
-        }
-        (PublicKey::EcP256(k), SigAlg::EcdsaSha256) => (&signature::ECDSA_P256_SHA256_FIXED, k),
-        (PublicKey::EcP256(k), SigAlg::EcdsaSha384) if der => {
-            (&signature::ECDSA_P256_SHA384_ASN1, k)
-        }
-        (PublicKey::EcP384(k), SigAlg::EcdsaSha384) if der => {
-            (&signature::ECDSA_P384_SHA384_ASN1, k)
-        }
-        (PublicKey::EcP384(k), SigAlg::EcdsaSha384) => (&signature::ECDSA_P384_SHA384_FIXED, k),
-        (PublicKey::EcP384(k), SigAlg::EcdsaSha256) if der => {
-            (&signature::ECDSA_P384_SHA256_ASN1, k)
-        }
+        (PublicKey::EcP256(k), SigAlg::EcdsaSha256) => return ec(Ecdsa::P256Sha256, k),
+        (PublicKey::EcP256(k), SigAlg::EcdsaSha384) if der => return ec(Ecdsa::P256Sha384, k),
+        (PublicKey::EcP384(k), SigAlg::EcdsaSha384) => return ec(Ecdsa::P384Sha384, k),
+        (PublicKey::EcP384(k), SigAlg::EcdsaSha256) if der => return ec(Ecdsa::P384Sha256, k),
         (PublicKey::Rsa(k), SigAlg::RsaPkcs1Sha256) => (&signature::RSA_PKCS1_2048_8192_SHA256, k),
         (PublicKey::Rsa(k), SigAlg::RsaPkcs1Sha384) => (&signature::RSA_PKCS1_2048_8192_SHA384, k),
         (PublicKey::Rsa(k), SigAlg::RsaPssSha256) => (&signature::RSA_PSS_2048_8192_SHA256, k),
@@ -120,6 +119,18 @@ fn public_key(spki: &SubjectPublicKeyInfo) -> PublicKey {
         }
         other => PublicKey::Unsupported(other.to_string()),
     }
+}
+
+/// The key of a DER SubjectPublicKeyInfo; trailing bytes are an error.
+pub fn spki_public_key(der: &[u8]) -> Result<PublicKey, Error> {
+    let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
+        .map_err(|e| Error::Parse(format!("SubjectPublicKeyInfo: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::parse(
+            "SubjectPublicKeyInfo: trailing bytes after DER",
+        ));
+    }
+    Ok(public_key(&spki))
 }
 
 fn sig_alg(alg: &AlgorithmIdentifier) -> SigAlg {

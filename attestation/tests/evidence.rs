@@ -4,7 +4,10 @@
 //! verifier accepts it; then each way it must be refused.
 
 mod common;
+#[path = "common/synthetic_tpm.rs"]
+mod synthetic_tpm;
 
+use bulwark_attestation::cache::ChainCache;
 use bulwark_attestation::checks::Outcome;
 use bulwark_attestation::evidence::appraise::VerifyOptions;
 use bulwark_attestation::evidence::document::{self, AkActivation, Gpu, Pcr, Tpm, TpmQuote};
@@ -485,4 +488,191 @@ fn the_testdata_document_verifies_under_the_testdata_policy() {
         },
     );
     assert!(a.is_ok(), "{}", a.to_text());
+}
+
+/// TPM mode without a TPM: the VM of the testdata document, on a node whose
+/// EK chain, AK and quote are made in software (`common/synthetic_tpm.rs`).
+struct TpmNode {
+    dir: PathBuf,
+    inputs: EvidenceInputs,
+    key: EvidenceSigningKey,
+    pki: synthetic_tpm::EkPki,
+    ak: synthetic_tpm::SoftwareAk,
+    policy: Policy,
+    opts: VerifyOptions,
+    /// freshness.timestamp of the document.
+    t: i64,
+}
+
+/// The EK certificate is valid for a year either side of the document's time.
+fn tpm_node(name: &str) -> TpmNode {
+    let dir = scratch(name);
+    let body = evidence::parse_document(&read("evidence/software-key.cose"))
+        .unwrap()
+        .body;
+    let inputs = EvidenceInputs {
+        node_image: body.node.image.clone(),
+        tpm: None,
+        launch: body.launch.clone(),
+        isolation: body.isolation.clone(),
+        tee: None,
+        gpus: vec![],
+        nonce: body.freshness.nonce.0.clone(),
+        timestamp: body.freshness.timestamp,
+        tls_key_sha256: body.freshness.tls_key_sha256.as_ref().map(|t| t.0.clone()),
+    };
+    let t = body.freshness.timestamp as i64;
+    let pki = synthetic_tpm::EkPki::generate(t - 365 * 86400, t + 365 * 86400);
+    std::fs::write(dir.join("ek-root.pem"), &pki.root_pem).unwrap();
+    let text = String::from_utf8(read("evidence/policy.toml"))
+        .unwrap()
+        .replace("allow_software_key = true", "allow_software_key = false")
+        .replace("[node]\n", "[node]\nek_roots = [\"ek-root.pem\"]\n");
+    std::fs::write(dir.join("policy.toml"), &text).unwrap();
+    TpmNode {
+        policy: Policy::from_file(&dir.join("policy.toml")).unwrap(),
+        dir,
+        inputs,
+        key: EvidenceSigningKey::generate().unwrap(),
+        pki,
+        ak: synthetic_tpm::SoftwareAk::generate(),
+        opts: VerifyOptions {
+            nonce: Some(NONCE.to_vec()),
+            at: VerificationTime::from_unix_seconds(t + 10),
+        },
+        t,
+    }
+}
+
+impl TpmNode {
+    fn document(&self, pki: &synthetic_tpm::EkPki, enrolled_at: i64) -> Vec<u8> {
+        synthetic_tpm::tpm_document(&self.inputs, &self.key, pki, &self.ak, enrolled_at as u64)
+    }
+}
+
+fn result(a: &evidence::EvidenceAppraisal, name: &str) -> Outcome {
+    a.check(name)
+        .unwrap_or_else(|| panic!("no check {name}: {}", a.to_text()))
+        .result
+}
+
+#[test]
+fn tpm_evidence_made_in_software_verifies_end_to_end() {
+    let n = tpm_node("tpm-sw");
+    let doc = n.document(&n.pki, n.t - 86400);
+    let a = evidence::verify_document(&doc, &n.policy, &n.opts).unwrap();
+    assert!(a.is_ok(), "{}", a.to_text());
+    for name in [
+        "evidence-signature",
+        "key-protection",
+        "ek-chain",
+        "ek-validity",
+        "tpm-ak-public",
+        "tpm-quote-signature",
+        "tpm-quote-extra-data",
+        "tpm-pcr-digest",
+        "tpm-event-log-replay",
+        "tpm-ak-enrolled",
+    ] {
+        assert_eq!(result(&a, name), Outcome::Passed, "{name}: {}", a.to_text());
+    }
+    assert!(a
+        .check("ek-chain")
+        .unwrap()
+        .detail
+        .contains("Bulwark Test EK Root CA"));
+    let j = a.to_json();
+    assert_eq!(
+        j["submods"]["node"]["ear_attester_claims"]["key_protection"],
+        "tpm"
+    );
+    assert_eq!(
+        j["submods"]["node"]["ear_trustworthiness_vector"]["hardware"],
+        2
+    );
+
+    // Another EK CA in the policy: the chain fails.
+    let other = synthetic_tpm::EkPki::generate(n.t - 86400, n.t + 86400);
+    std::fs::write(n.dir.join("ek-root.pem"), &other.root_pem).unwrap();
+    let policy = Policy::from_file(&n.dir.join("policy.toml")).unwrap();
+    let a = evidence::verify_document(&doc, &policy, &n.opts).unwrap();
+    assert_eq!(result(&a, "ek-chain"), Outcome::Failed);
+    assert!(!a.is_ok());
+}
+
+#[test]
+fn chain_cache_gives_the_same_result_and_keeps_only_verified_paths() {
+    let n = tpm_node("tpm-cache");
+    let doc = n.document(&n.pki, n.t - 86400);
+    let cache = ChainCache::new(16);
+    let uncached = evidence::verify_document(&doc, &n.policy, &n.opts).unwrap();
+    let miss = evidence::verify_document_with(&doc, &n.policy, &n.opts, Some(&cache)).unwrap();
+    let s = cache.stats();
+    assert_eq!(
+        (s.hits, s.misses),
+        (0, 2),
+        "EK root and EK path both missed"
+    );
+    assert_eq!(cache.len(), 2);
+    let hit = evidence::verify_document_with(&doc, &n.policy, &n.opts, Some(&cache)).unwrap();
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (2, 2), "both taken from the cache");
+    assert!(hit.is_ok(), "{}", hit.to_text());
+    // The same appraisal, to the byte, whether cached or not.
+    assert_eq!(hit.to_json(), miss.to_json());
+    assert_eq!(hit.to_json(), uncached.to_json());
+
+    // One byte changed in the EK certificate's signature: another key, a
+    // miss, a chain that fails, and nothing cached for it.
+    let mut bad = n.pki.clone();
+    let last = bad.ek_der.len() - 1;
+    bad.ek_der[last] ^= 0x01;
+    let a = evidence::verify_document_with(
+        &n.document(&bad, n.t - 86400),
+        &n.policy,
+        &n.opts,
+        Some(&cache),
+    )
+    .unwrap();
+    assert_eq!(result(&a, "ek-chain"), Outcome::Failed, "{}", a.to_text());
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (3, 3), "EK root hit, EK path missed");
+    assert_eq!(cache.len(), 2, "the failed path is not kept");
+    // ... and asking again verifies again (still a miss, still a failure).
+    let a = evidence::verify_document_with(
+        &n.document(&bad, n.t - 86400),
+        &n.policy,
+        &n.opts,
+        Some(&cache),
+    )
+    .unwrap();
+    assert_eq!(result(&a, "ek-chain"), Outcome::Failed);
+    assert_eq!(cache.stats().misses, 4);
+
+    // The cached EK chain, enrolled after the EK certificate expired: a hit,
+    // and the validity check still fails.
+    let late = n.t + 400 * 86400;
+    let mut opts = n.opts.clone();
+    opts.at = VerificationTime::from_unix_seconds(late + 10);
+    let mut inputs = n.inputs.clone();
+    inputs.timestamp = late as u64;
+    let doc = synthetic_tpm::tpm_document(&inputs, &n.key, &n.pki, &n.ak, late as u64);
+    let hits = cache.stats().hits;
+    let a = evidence::verify_document_with(&doc, &n.policy, &opts, Some(&cache)).unwrap();
+    assert_eq!(
+        cache.stats().hits,
+        hits + 2,
+        "the EK path came from the cache"
+    );
+    assert_eq!(result(&a, "ek-chain"), Outcome::Passed);
+    assert_eq!(
+        result(&a, "ek-validity"),
+        Outcome::Failed,
+        "{}",
+        a.to_text()
+    );
+    assert!(a.check("ek-validity").unwrap().detail.contains("expired"));
+    // The same verdict without the cache.
+    let b = evidence::verify_document(&doc, &n.policy, &opts).unwrap();
+    assert_eq!(a.to_json(), b.to_json());
 }

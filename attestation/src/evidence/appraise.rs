@@ -8,12 +8,14 @@ use super::document::{attestation_kind, EvidenceBody, Tee};
 use super::policy::Policy;
 use super::sign::{parse_document, verify_envelope};
 use super::tpm_link;
+use crate::cache::ChainCache;
 use crate::checks::{Category, Check, Outcome};
 use crate::ear::{self, Subject, TrustClaim};
 use crate::roots::TrustStore;
 use crate::time::VerificationTime;
 use crate::{nvidia, sevsnp, tdx, Error};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Clock skew tolerated for timestamps in the future, seconds.
 pub const MAX_FUTURE_SKEW: u64 = 60;
@@ -102,11 +104,26 @@ impl EvidenceAppraisal {
 }
 
 /// Parse and appraise a document. Unparsable input is an error (exit 2);
-/// everything else is a check.
+/// everything else is a check. Every certificate chain is verified in full;
+/// a verifier that sees the same nodes again keeps a [`ChainCache`] and calls
+/// [`verify_document_with`].
 pub fn verify_document(
     bytes: &[u8],
     policy: &Policy,
     opts: &VerifyOptions,
+) -> Result<EvidenceAppraisal, Error> {
+    verify_document_with(bytes, policy, opts, None)
+}
+
+/// [`verify_document`] with a cache of verified certificate paths (the EK
+/// chain, and the EK CAs of the policy): a path verified before from the same
+/// bytes is not verified again; its validity still is, as of this
+/// verification. The result is the same with or without the cache.
+pub fn verify_document_with(
+    bytes: &[u8],
+    policy: &Policy,
+    opts: &VerifyOptions,
+    cache: Option<&ChainCache>,
 ) -> Result<EvidenceAppraisal, Error> {
     let env = parse_document(bytes)?;
     let body = &env.body;
@@ -123,7 +140,7 @@ pub fn verify_document(
         ),
         Some(TrustClaim::InstanceIdentity),
     );
-    node_checks(&mut node, body, policy, opts, &binding);
+    node_checks(&mut node, body, policy, cache, &binding);
 
     // Freshness.
     freshness(&mut node, body, policy, opts);
@@ -148,7 +165,7 @@ fn node_checks(
     s: &mut Subject,
     body: &EvidenceBody,
     policy: &Policy,
-    _opts: &VerifyOptions,
+    cache: Option<&ChainCache>,
     binding: &[u8; 32],
 ) {
     let n = &body.node;
@@ -200,7 +217,7 @@ fn node_checks(
             );
             s.claim("ak_name", hex::encode(&tpm.ak_activation.ak_name.0));
             s.claim("ak_enrolled_at", tpm.ak_activation.enrolled_at);
-            ek_checks(s, tpm, policy);
+            ek_checks(s, tpm, policy, cache);
             for c in tpm_link::verify_tpm_quote(tpm, binding) {
                 let claim = if c.category == Category::Signature {
                     TrustClaim::InstanceIdentity
@@ -229,52 +246,91 @@ fn node_checks(
     s.push(node_image(body, policy), Some(TrustClaim::Executables));
 }
 
-fn ek_checks(s: &mut Subject, tpm: &super::document::Tpm, policy: &Policy) {
-    let leaf = match crate::x509::Certificate::from_der(&tpm.ek_certificate.0) {
-        Ok(c) => c,
-        Err(e) => {
-            s.push(
-                Check::failed("ek-chain", Category::Format, format!("EK certificate: {e}")),
-                Some(TrustClaim::InstanceIdentity),
-            );
-            return;
+fn ek_checks(
+    s: &mut Subject,
+    tpm: &super::document::Tpm,
+    policy: &Policy,
+    cache: Option<&ChainCache>,
+) {
+    // The EK CAs (reported after the EK certificate's own format checks).
+    let mut anchors = Vec::new();
+    let mut anchor_errors = Vec::new();
+    for p in &policy.node.ek_roots {
+        let store = std::fs::read(policy.resolve(p))
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                match cache {
+                    Some(c) => c.trust_store(&b),
+                    None => TrustStore::from_pem(&b).map(Arc::new),
+                }
+                .map_err(|e| e.to_string())
+            });
+        match store {
+            Ok(t) => anchors.extend(t.anchors.iter().cloned()),
+            Err(e) => anchor_errors.push(Check::failed(
+                "ek-chain",
+                Category::Chain,
+                format!("policy node.ek_roots {}: {e}", p.display()),
+            )),
+        }
+    }
+    // A path verified before from these exact bytes (EK certificate, chain,
+    // anchors) comes from the cache; its validity is checked below all the
+    // same, as of this verification's enrollment time.
+    let key = match cache {
+        Some(_) if !anchors.is_empty() => {
+            let pool: Vec<&[u8]> = tpm.ek_chain.iter().map(|c| &c.0[..]).collect();
+            Some(crate::cache::path_key(
+                &tpm.ek_certificate.0,
+                &pool,
+                &anchors,
+            ))
+        }
+        _ => None,
+    };
+    let cached = match (cache, &key) {
+        (Some(c), Some(k)) => c.get_path(k),
+        _ => None,
+    };
+    let (leaf, issuers) = match &cached {
+        Some(path) => (path.certs[0].clone(), Vec::new()),
+        None => {
+            let leaf = match crate::x509::Certificate::from_der(&tpm.ek_certificate.0) {
+                Ok(c) => c,
+                Err(e) => {
+                    s.push(
+                        Check::failed("ek-chain", Category::Format, format!("EK certificate: {e}")),
+                        Some(TrustClaim::InstanceIdentity),
+                    );
+                    return;
+                }
+            };
+            s.claim("ek_subject", leaf.subject.clone());
+            s.claim("ek_issuer", leaf.issuer.clone());
+            let mut issuers = Vec::new();
+            for (i, der) in tpm.ek_chain.iter().enumerate() {
+                match crate::x509::Certificate::from_der(&der.0) {
+                    Ok(c) => issuers.push(c),
+                    Err(e) => {
+                        s.push(
+                            Check::failed(
+                                "ek-chain",
+                                Category::Format,
+                                format!("EK chain certificate {i}: {e}"),
+                            ),
+                            Some(TrustClaim::InstanceIdentity),
+                        );
+                        return;
+                    }
+                }
+            }
+            (leaf, issuers)
         }
     };
     s.claim("ek_subject", leaf.subject.clone());
     s.claim("ek_issuer", leaf.issuer.clone());
-    let mut issuers = Vec::new();
-    for (i, der) in tpm.ek_chain.iter().enumerate() {
-        match crate::x509::Certificate::from_der(&der.0) {
-            Ok(c) => issuers.push(c),
-            Err(e) => {
-                s.push(
-                    Check::failed(
-                        "ek-chain",
-                        Category::Format,
-                        format!("EK chain certificate {i}: {e}"),
-                    ),
-                    Some(TrustClaim::InstanceIdentity),
-                );
-                return;
-            }
-        }
-    }
-    let mut anchors = Vec::new();
-    for p in &policy.node.ek_roots {
-        match std::fs::read(policy.resolve(p))
-            .map_err(|e| e.to_string())
-            .and_then(|b| TrustStore::from_pem(&b).map_err(|e| e.to_string()))
-        {
-            Ok(t) => anchors.extend(t.anchors),
-            Err(e) => s.push(
-                Check::failed(
-                    "ek-chain",
-                    Category::Chain,
-                    format!("policy node.ek_roots {}: {e}", p.display()),
-                ),
-                Some(TrustClaim::InstanceIdentity),
-            ),
-        }
+    for c in anchor_errors {
+        s.push(c, Some(TrustClaim::InstanceIdentity));
     }
     if anchors.is_empty() {
         s.push(
@@ -286,15 +342,37 @@ fn ek_checks(s: &mut Subject, tpm: &super::document::Tpm, policy: &Policy) {
             Some(TrustClaim::InstanceIdentity),
         );
     } else {
+        let path = match cached {
+            Some(p) => Ok(p),
+            None => {
+                let built = crate::x509::build_path(&leaf, &issuers, &anchors).map(Arc::new);
+                // Only a verified path is kept.
+                if let (Some(c), Some(k), Ok(p)) = (cache, key, &built) {
+                    c.insert_path(k, p.clone());
+                }
+                built
+            }
+        };
+        // EK certificates are checked as of enrollment (many never expire,
+        // some carry no meaningful validity at all).
         let at = VerificationTime::from_unix_seconds(
             i64::try_from(tpm.ak_activation.enrolled_at).unwrap_or(i64::MAX),
         );
-        // EK certificates are checked as of enrollment (many never expire,
-        // some carry no meaningful validity at all).
-        let [chain, validity] =
-            crate::x509::path_checks("ek-chain", "ek-validity", &leaf, &issuers, &anchors, at);
+        let (chain, certs) = match &path {
+            Ok(p) => (
+                Check::passed("ek-chain", Category::Chain, p.describe()),
+                &p.certs[..],
+            ),
+            Err(e) => (
+                Check::failed("ek-chain", Category::Chain, e.clone()),
+                std::slice::from_ref(&leaf),
+            ),
+        };
         s.push(chain, Some(TrustClaim::InstanceIdentity));
-        s.push(validity, Some(TrustClaim::InstanceIdentity));
+        s.push(
+            crate::x509::validity_check("ek-validity", certs, at),
+            Some(TrustClaim::InstanceIdentity),
+        );
     }
     let pins = &policy.node.pinned_identities;
     let c = if pins.is_empty() {

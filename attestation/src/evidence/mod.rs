@@ -18,7 +18,7 @@ pub mod predict;
 pub mod sign;
 pub mod tpm_link;
 
-pub use appraise::{verify_document, EvidenceAppraisal};
+pub use appraise::{verify_document, verify_document_with, EvidenceAppraisal};
 pub use document::EvidenceBody;
 pub use launch::LaunchClaims;
 pub use policy::Policy;

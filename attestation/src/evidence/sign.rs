@@ -143,9 +143,11 @@ pub fn verify_envelope(env: &Envelope) -> Result<String, String> {
             env.sign1.signature.len()
         ));
     }
-    let pk = signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, &key[..]);
+    use crate::crypto::{verify_ecdsa, Ecdsa, SigEncoding};
     env.sign1
-        .verify_signature(b"", |sig, tbs| pk.verify(tbs, sig))
+        .verify_signature(b"", |sig, tbs| {
+            verify_ecdsa(Ecdsa::P384Sha384, SigEncoding::Fixed, key, tbs, sig)
+        })
         .map_err(|_| "ES384 signature does not verify with node.evidence_key".to_string())?;
     Ok("COSE_Sign1 ES384 by node.evidence_key".into())
 }

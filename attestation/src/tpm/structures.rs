@@ -1,12 +1,13 @@
 //! TPM 2.0 wire structures (TPM 2.0 Library, Part 2), big-endian, parsed
 //! through the crate's bounds-checked [`Reader`]: TPM2B_PUBLIC/TPMT_PUBLIC,
 //! TPMS_ATTEST (quotes) and TPMT_SIGNATURE, plus the TPM name of a public area
-//! and signature verification with `ring`.
+//! and signature verification (ECDSA through [`crate::crypto`], RSA by `ring`).
 
 use crate::bytes::Reader;
+use crate::crypto::{verify_ecdsa, Ecdsa, SigEncoding};
 use crate::Error;
 use ring::digest;
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use ring::signature::{self, RsaPublicKeyComponents};
 
 // TPM_ALG_ID values (Part 2, table 9).
 pub const TPM_ALG_RSA: u16 = 0x0001;
@@ -418,11 +419,11 @@ impl SigningKey {
                         alg_name(*hash)
                     ));
                 }
-                let alg: &dyn signature::VerificationAlgorithm = match (*curve, *hash) {
-                    (TPM_ECC_NIST_P256, TPM_ALG_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
-                    (TPM_ECC_NIST_P256, TPM_ALG_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
-                    (TPM_ECC_NIST_P384, TPM_ALG_SHA256) => &signature::ECDSA_P384_SHA256_ASN1,
-                    (TPM_ECC_NIST_P384, TPM_ALG_SHA384) => &signature::ECDSA_P384_SHA384_ASN1,
+                let alg = match (*curve, *hash) {
+                    (TPM_ECC_NIST_P256, TPM_ALG_SHA256) => Ecdsa::P256Sha256,
+                    (TPM_ECC_NIST_P256, TPM_ALG_SHA384) => Ecdsa::P256Sha384,
+                    (TPM_ECC_NIST_P384, TPM_ALG_SHA256) => Ecdsa::P384Sha256,
+                    (TPM_ECC_NIST_P384, TPM_ALG_SHA384) => Ecdsa::P384Sha384,
                     _ => {
                         return Err(format!(
                             "ECDSA with {} on curve {curve:#06x} is not supported",
@@ -431,8 +432,7 @@ impl SigningKey {
                     }
                 };
                 let der = ecdsa_der(r, s).ok_or("ECDSA r or s is empty or too long")?;
-                UnparsedPublicKey::new(alg, point)
-                    .verify(message, &der)
+                verify_ecdsa(alg, SigEncoding::Der, point, message, &der)
                     .map_err(|_| "ECDSA signature does not verify with the AK".to_string())
             }
             (
