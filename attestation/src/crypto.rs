@@ -1,5 +1,5 @@
 //! The one place that chooses the library verifying ECDSA signatures on the
-//! hot paths: evidence documents (ES384), certificates and CRLs, TPM quotes
+//! hot paths: evidence documents (ES256/ES384), certificates and CRLs, TPM quotes
 //! and vendor reports.
 //!
 //! The rule: use `aws-lc-rs` where `bench/verify` measured it at least 1.5×

@@ -114,7 +114,8 @@ pub struct Node {
     pub image: ImageId,
     /// [`attestation_kind::TPM`] or [`attestation_kind::SOFTWARE_KEY`].
     pub attestation: String,
-    /// The evidence signing key: P-384 public key, SEC1 uncompressed (97 bytes).
+    /// The evidence signing key: SEC1 uncompressed P-256 (65 bytes, ES256
+    /// documents) or P-384 (97 bytes, ES384) public key.
     pub evidence_key: Bytes,
     /// TPM evidence (present exactly when `attestation` is `tpm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 //! ([`appraise::verify_document`]).
 //!
 //! - [`document`]: the body's types and deterministic CBOR.
-//! - [`sign`]: the COSE_Sign1 envelope (ES384 by the evidence key).
+//! - [`sign`]: the COSE_Sign1 envelope (ES256, or ES384, by the evidence key).
 //! - [`policy`]: the TOML appraisal policy.
 //! - [`appraise`]: checks → EAR submodules (node, vm, gpuN).
 //! - [`predict`]: the expected launch measurement, offline.

@@ -1,6 +1,13 @@
 //! The evidence envelope: a tagged COSE_Sign1 (RFC 9052) whose payload is the
-//! canonical CBOR body, signed with ES384 by the evidence signing key
-//! (`node.evidence_key` in the body).
+//! canonical CBOR body, signed by the evidence signing key (`node.evidence_key`
+//! in the body) with ES256 (P-256, what [`EvidenceSigningKey::generate`] makes)
+//! or ES384 (P-384). The verifier takes the algorithm from the protected header
+//! and requires the key to be of that curve.
+//!
+//! Why ES256 by default: in TPM mode the evidence key is vouched for by a quote
+//! of the TPM's P-256 attestation key, so a P-384 document signature adds no
+//! strength to the chain, and it costs a verifier about 4× the time of a P-256
+//! one (`docs/attestation.md`, "Performance").
 
 use super::document::EvidenceBody;
 use crate::Error;
@@ -8,38 +15,115 @@ use coset::{iana, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializ
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 
-/// ECDSA P-384 r ‖ s.
-pub const SIGNATURE_LEN: usize = 96;
-/// SEC1 uncompressed P-384 point.
-pub const PUBLIC_KEY_LEN: usize = 97;
+/// The document signature algorithms: COSE algorithm, the ring signing
+/// algorithm, the verifier's curve, public key and r ‖ s lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentAlgorithm {
+    /// ECDSA P-256 with SHA-256 (the default).
+    Es256,
+    /// ECDSA P-384 with SHA-384.
+    Es384,
+}
 
-/// The evidence signing key (P-384). In TPM mode its public part is bound
-/// by the quote (through the binding hash); in software mode nothing vouches
-/// for it.
+impl DocumentAlgorithm {
+    fn cose(self) -> iana::Algorithm {
+        match self {
+            DocumentAlgorithm::Es256 => iana::Algorithm::ES256,
+            DocumentAlgorithm::Es384 => iana::Algorithm::ES384,
+        }
+    }
+
+    fn signing(self) -> &'static signature::EcdsaSigningAlgorithm {
+        match self {
+            DocumentAlgorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            DocumentAlgorithm::Es384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        }
+    }
+
+    fn verifying(self) -> crate::crypto::Ecdsa {
+        match self {
+            DocumentAlgorithm::Es256 => crate::crypto::Ecdsa::P256Sha256,
+            DocumentAlgorithm::Es384 => crate::crypto::Ecdsa::P384Sha384,
+        }
+    }
+
+    /// SEC1 uncompressed point length.
+    pub fn public_key_len(self) -> usize {
+        match self {
+            DocumentAlgorithm::Es256 => 65,
+            DocumentAlgorithm::Es384 => 97,
+        }
+    }
+
+    /// r ‖ s length.
+    pub fn signature_len(self) -> usize {
+        self.public_key_len() - 1
+    }
+
+    /// `ES256` or `ES384`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DocumentAlgorithm::Es256 => "ES256",
+            DocumentAlgorithm::Es384 => "ES384",
+        }
+    }
+
+    fn from_header(alg: &Option<coset::Algorithm>) -> Option<Self> {
+        use coset::RegisteredLabelWithPrivate::Assigned;
+        match alg {
+            Some(Assigned(iana::Algorithm::ES256)) => Some(DocumentAlgorithm::Es256),
+            Some(Assigned(iana::Algorithm::ES384)) => Some(DocumentAlgorithm::Es384),
+            _ => None,
+        }
+    }
+}
+
+/// The evidence signing key (P-256 or P-384). In TPM mode its public part is
+/// bound by the quote (through the binding hash); in software mode nothing
+/// vouches for it.
 #[derive(Debug)]
 pub struct EvidenceSigningKey {
     pair: EcdsaKeyPair,
+    alg: DocumentAlgorithm,
     pkcs8: Vec<u8>,
 }
 
 impl EvidenceSigningKey {
-    /// A fresh key (the node makes one per boot).
+    /// A fresh P-256 key (the node makes one per boot): ES256 documents.
     pub fn generate() -> Result<Self, Error> {
+        Self::generate_for(DocumentAlgorithm::Es256)
+    }
+
+    /// A fresh key for `alg`.
+    pub fn generate_for(alg: DocumentAlgorithm) -> Result<Self, Error> {
         let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, &rng)
-            .map_err(|_| Error::Argument("cannot generate a P-384 key".into()))?;
+        let doc = EcdsaKeyPair::generate_pkcs8(alg.signing(), &rng)
+            .map_err(|_| Error::Argument(format!("cannot generate an {} key", alg.name())))?;
         Self::from_pkcs8(doc.as_ref())
     }
 
-    /// From PKCS#8 DER.
+    /// From PKCS#8 DER: a P-256 (ES256) or P-384 (ES384) key.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, Error> {
         let rng = SystemRandom::new();
-        let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng)
-            .map_err(|e| Error::Argument(format!("evidence key: not a P-384 PKCS#8 key: {e}")))?;
-        Ok(EvidenceSigningKey {
-            pair,
-            pkcs8: der.to_vec(),
-        })
+        [DocumentAlgorithm::Es256, DocumentAlgorithm::Es384]
+            .into_iter()
+            .find_map(|alg| {
+                EcdsaKeyPair::from_pkcs8(alg.signing(), der, &rng)
+                    .ok()
+                    .map(|pair| EvidenceSigningKey {
+                        pair,
+                        alg,
+                        pkcs8: der.to_vec(),
+                    })
+            })
+            .ok_or_else(|| {
+                Error::Argument("evidence key: not a P-256 or P-384 PKCS#8 key".into())
+            })
+    }
+
+    /// The algorithm its documents are signed with.
+    pub fn algorithm(&self) -> DocumentAlgorithm {
+        self.alg
     }
 
     /// PKCS#8 DER of the private key.
@@ -72,7 +156,7 @@ pub fn sign_body(body: &EvidenceBody, key: &EvidenceSigningKey) -> Result<Vec<u8
     let mut sign1 = CoseSign1Builder::new()
         .protected(
             HeaderBuilder::new()
-                .algorithm(iana::Algorithm::ES384)
+                .algorithm(key.alg.cose())
                 .build(),
         )
         .payload(payload)
@@ -117,37 +201,64 @@ pub fn parse_document(bytes: &[u8]) -> Result<Envelope, Error> {
 }
 
 /// Verify the envelope's signature with the body's evidence key: protected
-/// `alg` ES384 only, nothing else protected, no critical headers.
+/// `alg` ES256 or ES384 and a key of that curve, nothing else protected, no
+/// critical headers.
 pub fn verify_envelope(env: &Envelope) -> Result<String, String> {
     let p = &env.sign1.protected.header;
-    if p.alg
-        != Some(coset::RegisteredLabelWithPrivate::Assigned(
-            iana::Algorithm::ES384,
-        ))
-    {
-        return Err(format!("protected alg is {:?}, not ES384 (-35)", p.alg));
-    }
+    let alg = DocumentAlgorithm::from_header(&p.alg)
+        .ok_or_else(|| format!("protected alg is {:?}, not ES256 (-7) or ES384 (-35)", p.alg))?;
     if !p.crit.is_empty() {
         return Err("critical header parameters present".into());
     }
     let key = &env.body.node.evidence_key;
-    if key.len() != PUBLIC_KEY_LEN || key.first() != Some(&4) {
+    if key.len() != alg.public_key_len() || key.first() != Some(&4) {
         return Err(format!(
-            "node.evidence_key is not an uncompressed P-384 point ({} bytes)",
+            "node.evidence_key is not an uncompressed point of the {} curve ({} bytes)",
+            alg.name(),
             key.len()
         ));
     }
-    if env.sign1.signature.len() != SIGNATURE_LEN {
+    if env.sign1.signature.len() != alg.signature_len() {
         return Err(format!(
-            "signature is {} bytes, not {SIGNATURE_LEN}",
-            env.sign1.signature.len()
+            "signature is {} bytes, not {} for {}",
+            env.sign1.signature.len(),
+            alg.signature_len(),
+            alg.name()
         ));
     }
-    use crate::crypto::{verify_ecdsa, Ecdsa, SigEncoding};
+    use crate::crypto::{verify_ecdsa, SigEncoding};
     env.sign1
         .verify_signature(b"", |sig, tbs| {
-            verify_ecdsa(Ecdsa::P384Sha384, SigEncoding::Fixed, key, tbs, sig)
+            verify_ecdsa(alg.verifying(), SigEncoding::Fixed, key, tbs, sig)
         })
-        .map_err(|_| "ES384 signature does not verify with node.evidence_key".to_string())?;
-    Ok("COSE_Sign1 ES384 by node.evidence_key".into())
+        .map_err(|_| format!("{} signature does not verify with node.evidence_key", alg.name()))?;
+    Ok(format!("COSE_Sign1 {} by node.evidence_key", alg.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_curves_sign_and_a_mismatched_header_or_key_is_refused() {
+        for alg in [DocumentAlgorithm::Es256, DocumentAlgorithm::Es384] {
+            let key = EvidenceSigningKey::generate_for(alg).unwrap();
+            assert_eq!(key.algorithm(), alg);
+            let again = EvidenceSigningKey::from_pkcs8(key.pkcs8()).unwrap();
+            assert_eq!((again.algorithm(), again.public_key()), (alg, key.public_key()));
+            let tbs = b"to be signed";
+            let sig = key.sign(tbs).unwrap();
+            assert_eq!(sig.len(), alg.signature_len());
+            assert_eq!(key.public_key().len(), alg.public_key_len());
+            crate::crypto::verify_ecdsa(
+                alg.verifying(),
+                crate::crypto::SigEncoding::Fixed,
+                &key.public_key(),
+                tbs,
+                &sig,
+            )
+            .unwrap();
+        }
+        assert!(EvidenceSigningKey::from_pkcs8(b"not a key").is_err());
+    }
 }
