@@ -1,0 +1,158 @@
+//! bulwarkd's configuration file (`--config FILE`, JSON; every field optional).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::lifecycle::valid_pci_address;
+
+/// How devices are sanitized.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SanitizerConfig {
+    /// VFIO device reset, then the vendor check (the node default).
+    #[default]
+    Vfio,
+    /// Touches no hardware; for tests and demos only. Its records say so
+    /// (`method: software-test`), so evidence cannot pass them off as a real scrub.
+    SoftwareTest {
+        /// Devices whose scrub fails (→ quarantined).
+        #[serde(default)]
+        fail: Vec<String>,
+        /// Devices whose scrub never finishes (→ the timeout quarantines them).
+        #[serde(default)]
+        hang: Vec<String>,
+        /// Time each step takes, in milliseconds.
+        #[serde(default)]
+        step_ms: u64,
+    },
+}
+
+/// The jail each bulwark-vmm runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// Each VMM gets its own uid from `uid_base .. uid_base + uid_count`.
+    pub uid_base: u32,
+    #[serde(default = "default_uid_count")]
+    pub uid_count: u32,
+    /// gid of every VMM: a group with access to /dev/kvm.
+    pub gid: u32,
+    /// cgroup v2 directory under which each VM gets one (`<cgroup_parent>/<vm>`)
+    /// with cpu, memory and pids limits. Absent: no cgroup, and each VM records that.
+    #[serde(default)]
+    pub cgroup_parent: Option<PathBuf>,
+    /// pids.max of each VMM's cgroup.
+    #[serde(default = "default_pids")]
+    pub pids_max: u32,
+}
+
+fn default_uid_count() -> u32 {
+    1000
+}
+fn default_pids() -> u32 {
+    256
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The sysfs root (tests: a fake tree).
+    #[serde(default = "default_sysfs")]
+    pub sysfs_root: PathBuf,
+    /// Extra PCI functions to track as accelerators.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Host drivers a group member may not be taken from at enrolment.
+    #[serde(default = "default_disallowed")]
+    pub disallowed_host_drivers: Vec<String>,
+    /// Besides root, members of this group may use the Unix socket API.
+    #[serde(default)]
+    pub operator_gid: Option<u32>,
+    #[serde(default)]
+    pub sanitizer: SanitizerConfig,
+    /// Upper bound of each scrub step.
+    #[serde(default = "default_scrub_timeout")]
+    pub scrub_step_timeout_ms: u64,
+    /// The bulwark-vmm binary.
+    #[serde(default)]
+    pub vmm_bin: Option<PathBuf>,
+    /// The VMM jail; VMs cannot start without one.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+}
+
+fn default_sysfs() -> PathBuf {
+    PathBuf::from("/sys")
+}
+fn default_scrub_timeout() -> u64 {
+    120_000
+}
+fn default_disallowed() -> Vec<String> {
+    ["nvme", "ahci", "xhci_hcd", "ehci-pci", "e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en", "megaraid_sas", "mpt3sas"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        serde_json::from_str("{}").expect("the empty config is valid")
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::bad("config", format!("reading {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| Error::bad(e.field.clone(), format!("{}: {}", path.display(), e.message)))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let c: Config = serde_path_to_error::deserialize(de).map_err(|e| Error::bad(e.path().to_string(), e.inner().to_string()))?;
+        for (i, d) in c.devices.iter().enumerate() {
+            if !valid_pci_address(d) {
+                return Err(Error::bad(format!("devices[{i}]"), format!("{d:?} is not a PCI address DDDD:BB:DD.F")));
+            }
+        }
+        if c.scrub_step_timeout_ms == 0 {
+            return Err(Error::bad("scrub_step_timeout_ms", "must be positive"));
+        }
+        if let Some(j) = &c.jail {
+            if j.uid_base == 0 || j.gid == 0 {
+                return Err(Error::bad("jail.uid_base", "a VMM never runs as root (uid or gid 0)"));
+            }
+            if j.uid_count == 0 || j.uid_base.checked_add(j.uid_count).is_none() {
+                return Err(Error::bad("jail.uid_count", "must be positive and keep uids below 2^32"));
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_field() {
+        let c = Config::parse("{}").unwrap();
+        assert_eq!(c.sysfs_root, PathBuf::from("/sys"));
+        assert_eq!(c.sanitizer, SanitizerConfig::Vfio);
+        assert!(c.disallowed_host_drivers.contains(&"nvme".to_string()));
+        let c = Config::parse(r#"{"sanitizer":{"kind":"software_test","fail":["0000:01:00.0"]}}"#).unwrap();
+        assert!(matches!(c.sanitizer, SanitizerConfig::SoftwareTest { ref fail, .. } if fail.len() == 1));
+        for (text, field) in [
+            (r#"{"bogus":1}"#, "bogus"),
+            (r#"{"devices":["x"]}"#, "devices[0]"),
+            (r#"{"sanitizer":{"kind":"magic"}}"#, "sanitizer"),
+            (r#"{"scrub_step_timeout_ms":0}"#, "scrub_step_timeout_ms"),
+            (r#"{"jail":{"uid_base":0,"gid":5}}"#, "jail.uid_base"),
+            (r#"{"operator_gid":"x"}"#, "operator_gid"),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+}
