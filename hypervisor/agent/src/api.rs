@@ -56,7 +56,16 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        Error::bad(if path == "." { "body".into() } else { path }, e.inner().to_string())
+        let msg = e.inner().to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        let missing = msg.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", Some(m)) => m.to_string(),
+            (p, Some(m)) => format!("{p}.{m}"),
+            (".", None) => "body".into(),
+            (p, None) => p.to_string(),
+        };
+        Error::bad(field, msg)
     })
 }
 

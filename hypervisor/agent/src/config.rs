@@ -120,7 +120,7 @@ impl Config {
             return Err(Error::bad("scrub_step_timeout_ms", "must be positive"));
         }
         if let Some(j) = &c.jail {
-            if j.uid_base == 0 || j.gid == 0 {
+            if j.uid_base == 0 || j.gid == 0 || j.gid == u32::MAX {
                 return Err(Error::bad("jail.uid_base", "a VMM never runs as root (uid or gid 0)"));
             }
             if j.uid_count == 0 || j.uid_base.checked_add(j.uid_count).is_none() {

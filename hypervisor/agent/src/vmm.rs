@@ -9,7 +9,6 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -143,10 +142,9 @@ pub fn spawn(bin: &Path, paths: &VmPaths, jail: &JailConfig, uid: u32, cgroup: O
         .env("BULWARK_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(log)
-        .stderr(log2)
-        .uid(uid)
-        .gid(jail.gid);
-    crate::jail_sys::arm(&mut cmd, cgroup.map(|c| c.procs));
+        .stderr(log2);
+    // Privileged steps first (cgroup, mount namespace), then uid/gid: in `arm`.
+    crate::jail_sys::arm(&mut cmd, cgroup.map(|c| c.procs), uid, jail.gid);
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
