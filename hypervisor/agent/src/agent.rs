@@ -17,7 +17,10 @@ use crate::error::{Error, Kind, Result};
 use crate::inventory::Sysfs;
 use crate::lifecycle::{self, CreateVm};
 use crate::metrics::Metrics;
-use crate::model::{now_ms, DeviceKind, DeviceState, JailRecord, NodeState, ScrubOutcome, ScrubRecord, ScrubStep, Tenant, Vm, VmState};
+use crate::model::{
+    now_ms, DeviceKind, DeviceState, JailRecord, NodeState, ScrubOutcome, ScrubRecord, ScrubStep,
+    Tenant, Vm, VmState,
+};
 use crate::sanitize::{Sanitizer, Step};
 use crate::vmm::{self, VmPaths};
 
@@ -68,7 +71,12 @@ pub struct Agent {
 impl Agent {
     /// Opens the state in `state_dir` (created if needed).
     pub fn open(state_dir: &Path, cfg: Config) -> Result<Arc<Agent>> {
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::internal("state_dir", format!("creating {}: {e}", state_dir.display())))?;
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            Error::internal(
+                "state_dir",
+                format!("creating {}: {e}", state_dir.display()),
+            )
+        })?;
         let store = Store::open(&state_dir.join("bulwarkd.db"))?;
         let sanitizer = crate::sanitize::from_config(&cfg.sanitizer, &cfg.sysfs_root);
         Ok(Arc::new(Agent {
@@ -86,7 +94,10 @@ impl Agent {
     }
 
     /// Runs `f` in one write transaction on a blocking thread.
-    pub async fn txn<T: Send + 'static>(&self, f: impl FnOnce(&mut Txn) -> Result<T> + Send + 'static) -> Result<T> {
+    pub async fn txn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Txn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.update(f))
             .await
@@ -106,7 +117,13 @@ impl Agent {
         tracing::info!(object, id, what = %what, "lifecycle");
         let mut log = lock(&self.events);
         log.next += 1;
-        let e = Event { seq: log.next, at_ms: now_ms(), object: object.into(), id: id.into(), what };
+        let e = Event {
+            seq: log.next,
+            at_ms: now_ms(),
+            object: object.into(),
+            id: id.into(),
+            what,
+        };
         log.items.push_back(e);
         while log.items.len() > EVENTS_KEPT {
             log.items.pop_front();
@@ -115,7 +132,12 @@ impl Agent {
 
     /// Events after `since` (the event stream is polled with the last seq seen).
     pub fn events(&self, since: u64) -> Vec<Event> {
-        lock(&self.events).items.iter().filter(|e| e.seq > since).cloned().collect()
+        lock(&self.events)
+            .items
+            .iter()
+            .filter(|e| e.seq > since)
+            .cloned()
+            .collect()
     }
 
     // ----- inventory -----
@@ -166,13 +188,24 @@ impl Agent {
     /// Binds `addr`'s whole IOMMU group to vfio-pci and sends it to sanitizing.
     pub async fn enroll(self: &Arc<Self>, addr: &str) -> Result<()> {
         if !lifecycle::valid_pci_address(addr) {
-            return Err(Error::bad("address", format!("{addr:?} is not a PCI address DDDD:BB:DD.F")));
+            return Err(Error::bad(
+                "address",
+                format!("{addr:?} is not a PCI address DDDD:BB:DD.F"),
+            ));
         }
         let _one_at_a_time = self.enroll_lock.lock().await;
         let st = self.state().await?;
-        let d = st.devices.get(addr).ok_or_else(|| Error::not_found("address", format!("no device {addr} in the inventory (rescan?)")))?;
+        let d = st.devices.get(addr).ok_or_else(|| {
+            Error::not_found(
+                "address",
+                format!("no device {addr} in the inventory (rescan?)"),
+            )
+        })?;
         if d.state != DeviceState::Unenrolled {
-            return Err(Error::conflict("state", format!("device {addr} is already enrolled ({})", d.state.name())));
+            return Err(Error::conflict(
+                "state",
+                format!("device {addr} is already enrolled ({})", d.state.name()),
+            ));
         }
         crash::point("enroll:start");
         let sysfs = self.sysfs.clone();
@@ -184,7 +217,10 @@ impl Agent {
         let bound = match bound {
             Ok(b) => b,
             Err(e) => {
-                let (a, why) = (addr.to_string(), format!("enrolment refused: {}", e.message));
+                let (a, why) = (
+                    addr.to_string(),
+                    format!("enrolment refused: {}", e.message),
+                );
                 let _ = self
                     .txn(move |t| {
                         if let Some(d) = t.state.devices.get_mut(&a) {
@@ -200,14 +236,22 @@ impl Agent {
         let members: Vec<_> = bound
             .iter()
             .map(|f| {
-                let kind = st.devices.get(&f.address).map_or(DeviceKind::GroupMember, |d| d.kind);
+                let kind = st
+                    .devices
+                    .get(&f.address)
+                    .map_or(DeviceKind::GroupMember, |d| d.kind);
                 self.sysfs.describe(f, kind)
             })
             .collect();
         let a = addr.to_string();
-        self.txn(move |t| lifecycle::enroll(&mut t.state, &a, &members)).await?;
+        self.txn(move |t| lifecycle::enroll(&mut t.state, &a, &members))
+            .await?;
         crash::point("enroll:committed");
-        self.event("device", addr, "enrolled: group bound to vfio-pci, sanitizing");
+        self.event(
+            "device",
+            addr,
+            "enrolled: group bound to vfio-pci, sanitizing",
+        );
         self.kick_scrubs().await;
         Ok(())
     }
@@ -215,7 +259,8 @@ impl Agent {
     /// Operator release of a quarantined device: scrubbed again.
     pub async fn release(self: &Arc<Self>, addr: &str) -> Result<()> {
         let a = addr.to_string();
-        self.txn(move |t| lifecycle::operator_release(&mut t.state, &a)).await?;
+        self.txn(move |t| lifecycle::operator_release(&mut t.state, &a))
+            .await?;
         crash::point("release:committed");
         self.event("device", addr, "released by the operator: sanitizing");
         self.kick_scrubs().await;
@@ -233,7 +278,11 @@ impl Agent {
                 return;
             }
         };
-        for d in st.devices.values().filter(|d| d.state == DeviceState::Sanitizing) {
+        for d in st
+            .devices
+            .values()
+            .filter(|d| d.state == DeviceState::Sanitizing)
+        {
             if lock(&self.scrubbing).insert(d.address.clone()) {
                 let me = Arc::clone(self);
                 let addr = d.address.clone();
@@ -259,19 +308,42 @@ impl Agent {
         let (id, dev) = self
             .txn(move |t| {
                 let id = t.new_scrub_id();
-                let d = t.state.devices.get_mut(&a).ok_or_else(|| Error::not_found("address", "device vanished"))?;
+                let d = t
+                    .state
+                    .devices
+                    .get_mut(&a)
+                    .ok_or_else(|| Error::not_found("address", "device vanished"))?;
                 if d.state != DeviceState::Sanitizing {
-                    return Err(Error::conflict("state", format!("{a} is {}, not sanitizing", d.state.name())));
+                    return Err(Error::conflict(
+                        "state",
+                        format!("{a} is {}, not sanitizing", d.state.name()),
+                    ));
                 }
                 d.scrub_in_progress = Some(id);
                 let dev = d.clone();
-                t.put_scrub(ScrubRecord { id, device: a, started_at_ms: started, finished_at_ms: None, steps: vec![], outcome: ScrubOutcome::InProgress, reason: None });
+                t.put_scrub(ScrubRecord {
+                    id,
+                    device: a,
+                    started_at_ms: started,
+                    finished_at_ms: None,
+                    steps: vec![],
+                    outcome: ScrubOutcome::InProgress,
+                    reason: None,
+                });
                 Ok((id, dev))
             })
             .await?;
         crash::point("scrub:record-created");
         self.event("device", addr, format!("scrub {id} started"));
-        let mut record = ScrubRecord { id, device: addr.into(), started_at_ms: started, finished_at_ms: None, steps: vec![], outcome: ScrubOutcome::InProgress, reason: None };
+        let mut record = ScrubRecord {
+            id,
+            device: addr.into(),
+            started_at_ms: started,
+            finished_at_ms: None,
+            steps: vec![],
+            outcome: ScrubOutcome::InProgress,
+            reason: None,
+        };
         let timeout = Duration::from_millis(self.cfg.scrub_step_timeout_ms);
         for step in Step::ALL {
             let s0 = now_ms();
@@ -281,13 +353,27 @@ impl Agent {
             let result = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(r)) => r.map_err(|f| (f.method, f.detail)),
                 Ok(Err(e)) => Err(("?".into(), format!("the step's thread failed: {e}"))),
-                Err(_) => Err(("timeout".into(), format!("{} did not finish within {} ms; the device is left hung", step.name(), timeout.as_millis()))),
+                Err(_) => Err((
+                    "timeout".into(),
+                    format!(
+                        "{} did not finish within {} ms; the device is left hung",
+                        step.name(),
+                        timeout.as_millis()
+                    ),
+                )),
             };
             let (ok, method, detail) = match result {
                 Ok(r) => (true, r.method, r.detail),
                 Err((m, d)) => (false, m, d),
             };
-            record.steps.push(ScrubStep { step: step.name().into(), method, started_at_ms: s0, finished_at_ms: now_ms(), ok, detail: detail.clone() });
+            record.steps.push(ScrubStep {
+                step: step.name().into(),
+                method,
+                started_at_ms: s0,
+                finished_at_ms: now_ms(),
+                ok,
+                detail: detail.clone(),
+            });
             if !ok {
                 record.outcome = ScrubOutcome::Failed;
                 record.finished_at_ms = Some(now_ms());
@@ -332,17 +418,24 @@ impl Agent {
 
     pub async fn create_tenant(&self, t: Tenant) -> Result<()> {
         for (i, k) in t.signer_keys.iter().enumerate() {
-            bulwark_image::PublicKey::from_pem(k).map_err(|e| Error::bad(format!("signer_keys[{i}]"), format!("not a usable public key: {e}")))?;
+            bulwark_image::PublicKey::from_pem(k).map_err(|e| {
+                Error::bad(
+                    format!("signer_keys[{i}]"),
+                    format!("not a usable public key: {e}"),
+                )
+            })?;
         }
         let id = t.id.clone();
-        self.txn(move |x| lifecycle::create_tenant(&mut x.state, t)).await?;
+        self.txn(move |x| lifecycle::create_tenant(&mut x.state, t))
+            .await?;
         self.event("tenant", &id, "created");
         Ok(())
     }
 
     pub async fn delete_tenant(&self, id: &str) -> Result<()> {
         let i = id.to_string();
-        self.txn(move |x| lifecycle::delete_tenant(&mut x.state, &i)).await?;
+        self.txn(move |x| lifecycle::delete_tenant(&mut x.state, &i))
+            .await?;
         self.event("tenant", id, "deleted");
         Ok(())
     }
@@ -354,9 +447,16 @@ impl Agent {
     pub async fn create_vm(&self, req: CreateVm) -> Result<Vm> {
         req.validate()?;
         let st = self.state().await?;
-        let tenant = st.tenants.get(&req.tenant).cloned().ok_or_else(|| Error::not_found("tenant", format!("no tenant {}", req.tenant)))?;
+        let tenant = st
+            .tenants
+            .get(&req.tenant)
+            .cloned()
+            .ok_or_else(|| Error::not_found("tenant", format!("no tenant {}", req.tenant)))?;
         if st.vms.contains_key(&req.id) {
-            return Err(Error::conflict("id", format!("VM {} already exists", req.id)));
+            return Err(Error::conflict(
+                "id",
+                format!("VM {} already exists", req.id),
+            ));
         }
         lifecycle::check_tenancy(&st, &req.tenant)?;
         let image = PathBuf::from(&req.image);
@@ -365,9 +465,15 @@ impl Agent {
             .map_err(|e| Error::internal("image", e.to_string()))??;
         crash::point("create:verified");
         let r = req.clone();
-        let vm = self.txn(move |t| lifecycle::create_vm(&mut t.state, &r, now_ms())).await?;
+        let vm = self
+            .txn(move |t| lifecycle::create_vm(&mut t.state, &r, now_ms()))
+            .await?;
         crash::point("create:committed");
-        self.event("vm", &vm.id, format!("created with {} device(s)", vm.devices.len()));
+        self.event(
+            "vm",
+            &vm.id,
+            format!("created with {} device(s)", vm.devices.len()),
+        );
         Ok(vm)
     }
 
@@ -375,7 +481,9 @@ impl Agent {
     pub async fn delete_vm(self: &Arc<Self>, id: &str) -> Result<()> {
         crash::point("delete:start");
         let i = id.to_string();
-        let vm = self.txn(move |t| lifecycle::delete_vm(&mut t.state, &i)).await?;
+        let vm = self
+            .txn(move |t| lifecycle::delete_vm(&mut t.state, &i))
+            .await?;
         crash::point("delete:committed");
         let _ = std::fs::remove_dir_all(VmPaths::new(&self.state_dir, id).dir);
         self.event("vm", id, format!("deleted (was {})", vm.state.name()));
@@ -388,9 +496,19 @@ impl Agent {
         let jail = self.cfg.jail.clone().ok_or_else(|| {
             Error::new(Kind::Unprocessable, "jail", "no jail is configured (config `jail`: uid_base, gid): bulwarkd never runs a VMM unjailed")
         })?;
-        let bin = self.cfg.vmm_bin.clone().ok_or_else(|| Error::new(Kind::Unprocessable, "vmm_bin", "no bulwark-vmm binary configured (--vmm-bin or config vmm_bin)"))?;
+        let bin = self.cfg.vmm_bin.clone().ok_or_else(|| {
+            Error::new(
+                Kind::Unprocessable,
+                "vmm_bin",
+                "no bulwark-vmm binary configured (--vmm-bin or config vmm_bin)",
+            )
+        })?;
         if !bin.is_file() {
-            return Err(Error::new(Kind::Unprocessable, "vmm_bin", format!("{} is not a file", bin.display())));
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm_bin",
+                format!("{} is not a file", bin.display()),
+            ));
         }
         let i = id.to_string();
         let j = jail.clone();
@@ -421,7 +539,8 @@ impl Agent {
             Err(e) => {
                 let reason = format!("VMM did not start: {}", e.message);
                 let (i, r) = (id.to_string(), reason.clone());
-                self.txn(move |t| lifecycle::vm_ended(&mut t.state, &i, Some(&r))).await?;
+                self.txn(move |t| lifecycle::vm_ended(&mut t.state, &i, Some(&r)))
+                    .await?;
                 if let Some(p) = &jail.cgroup_parent {
                     vmm::Cgroup::remove(p, id);
                 }
@@ -432,32 +551,74 @@ impl Agent {
         }
     }
 
-    async fn launch(self: &Arc<Self>, vm: &Vm, tenant: &Tenant, jail: &JailConfig, bin: &Path) -> Result<()> {
+    async fn launch(
+        self: &Arc<Self>,
+        vm: &Vm,
+        tenant: &Tenant,
+        jail: &JailConfig,
+        bin: &Path,
+    ) -> Result<()> {
         let uid = vm.jail.as_ref().map_or(jail.uid_base, |j| j.uid);
         let mut paths = VmPaths::new(&self.state_dir, &vm.id);
         vmm::prepare(&mut paths, tenant, uid, jail.gid)?;
         // The VMM's uid must be able to open its VFIO groups.
         let st = self.state().await?;
-        let groups: std::collections::BTreeSet<u32> = vm.devices.iter().filter_map(|a| st.devices.get(a)?.iommu_group).collect();
+        let groups: std::collections::BTreeSet<u32> = vm
+            .devices
+            .iter()
+            .filter_map(|a| st.devices.get(a)?.iommu_group)
+            .collect();
         for g in &groups {
             let node = Path::new("/dev/vfio").join(g.to_string());
-            std::os::unix::fs::chown(&node, Some(uid), Some(jail.gid))
-                .map_err(|e| Error::new(Kind::Unprocessable, "devices", format!("VFIO is not available on this machine for group {g} ({}: {e})", node.display())))?;
+            std::os::unix::fs::chown(&node, Some(uid), Some(jail.gid)).map_err(|e| {
+                Error::new(
+                    Kind::Unprocessable,
+                    "devices",
+                    format!(
+                        "VFIO is not available on this machine for group {g} ({}: {e})",
+                        node.display()
+                    ),
+                )
+            })?;
         }
         let cgroup = match &jail.cgroup_parent {
             Some(p) => Some(vmm::Cgroup::create(p, vm, jail.pids_max)?),
             None => None,
         };
-        let config = vmm::vmm_config(vm, tenant, &paths, &vm.devices.iter().filter(|a| st.devices.get(*a).is_some_and(|d| d.class != "0x060400")).cloned().collect::<Vec<_>>());
+        let config = vmm::vmm_config(
+            vm,
+            tenant,
+            &paths,
+            &vm.devices
+                .iter()
+                .filter(|a| st.devices.get(*a).is_some_and(|d| d.class != "0x060400"))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let mut spawned = vmm::spawn(bin, &paths, jail, uid, cgroup)?;
         if let Err(e) = vmm::configure_and_start(&paths, &config, &mut spawned.child).await {
             vmm::kill(&spawned.pidfd);
             let _ = spawned.child.wait().await;
             let tail = vmm::log_tail(&paths);
-            return Err(Error::new(e.kind, e.field, if tail.is_empty() { e.message } else { format!("{} (VMM log: {tail})", e.message) }));
+            return Err(Error::new(
+                e.kind,
+                e.field,
+                if tail.is_empty() {
+                    e.message
+                } else {
+                    format!("{} (VMM log: {tail})", e.message)
+                },
+            ));
         }
-        let (i, pid, sock) = (vm.id.clone(), spawned.pid, paths.api_sock.display().to_string());
-        if let Err(e) = self.txn(move |t| lifecycle::started(&mut t.state, &i, pid, &sock)).await {
+        let (i, pid, sock) = (
+            vm.id.clone(),
+            spawned.pid,
+            paths.api_sock.display().to_string(),
+        );
+        if let Err(e) = self
+            .txn(move |t| lifecycle::started(&mut t.state, &i, pid, &sock))
+            .await
+        {
             vmm::kill(&spawned.pidfd);
             let _ = spawned.child.wait().await;
             return Err(e);
@@ -468,9 +629,22 @@ impl Agent {
     }
 
     /// Notices the end of VM `id`'s VMM (pidfd) and records it.
-    fn watch(self: &Arc<Self>, id: &str, pidfd: OwnedFd, child: Option<tokio::process::Child>) -> Result<()> {
-        let dup = pidfd.try_clone().map_err(|e| Error::internal("vmm", format!("dup pidfd: {e}")))?;
-        lock(&self.vmms).insert(id.to_string(), VmmEntry { pidfd: dup, stop_requested: false });
+    fn watch(
+        self: &Arc<Self>,
+        id: &str,
+        pidfd: OwnedFd,
+        child: Option<tokio::process::Child>,
+    ) -> Result<()> {
+        let dup = pidfd
+            .try_clone()
+            .map_err(|e| Error::internal("vmm", format!("dup pidfd: {e}")))?;
+        lock(&self.vmms).insert(
+            id.to_string(),
+            VmmEntry {
+                pidfd: dup,
+                stop_requested: false,
+            },
+        );
         let me = Arc::clone(self);
         let id = id.to_string();
         tokio::spawn(async move {
@@ -483,14 +657,28 @@ impl Agent {
             let paths = VmPaths::new(&me.state_dir, &id);
             let failure = match (stop_requested, status) {
                 (true, _) | (false, Some(Some(0))) => None,
-                (false, Some(Some(n))) => Some(format!("VMM exited with status {n}: {}", vmm::log_tail(&paths))),
+                (false, Some(Some(n))) => Some(format!(
+                    "VMM exited with status {n}: {}",
+                    vmm::log_tail(&paths)
+                )),
                 (false, Some(None)) => Some("VMM was killed by a signal".to_string()),
-                (false, None) => Some("VMM (re-adopted after a bulwarkd restart) exited; status unknown".to_string()),
+                (false, None) => Some(
+                    "VMM (re-adopted after a bulwarkd restart) exited; status unknown".to_string(),
+                ),
             };
             let (i, f) = (id.clone(), failure.clone());
-            match me.txn(move |t| lifecycle::vm_ended(&mut t.state, &i, f.as_deref())).await {
-                Ok(()) => me.event("vm", &id, failure.map_or("stopped".to_string(), |f| format!("failed: {f}"))),
-                Err(e) => tracing::error!(vm = %id, error = %e, "could not record the end of a VMM"),
+            match me
+                .txn(move |t| lifecycle::vm_ended(&mut t.state, &i, f.as_deref()))
+                .await
+            {
+                Ok(()) => me.event(
+                    "vm",
+                    &id,
+                    failure.map_or("stopped".to_string(), |f| format!("failed: {f}")),
+                ),
+                Err(e) => {
+                    tracing::error!(vm = %id, error = %e, "could not record the end of a VMM")
+                }
             }
             if let Some(p) = me.cfg.jail.as_ref().and_then(|j| j.cgroup_parent.as_ref()) {
                 vmm::Cgroup::remove(p, &id);
@@ -503,15 +691,24 @@ impl Agent {
     /// Stops a running VM through its VMM's API (SIGKILL if it does not end).
     pub async fn stop_vm(self: &Arc<Self>, id: &str) -> Result<Vm> {
         let st = self.state().await?;
-        let vm = st.vms.get(id).ok_or_else(|| Error::not_found("id", format!("no VM {id}")))?;
+        let vm = st
+            .vms
+            .get(id)
+            .ok_or_else(|| Error::not_found("id", format!("no VM {id}")))?;
         if vm.state != VmState::Running {
-            return Err(Error::conflict("state", format!("VM {id} is {}, not running", vm.state.name())));
+            return Err(Error::conflict(
+                "state",
+                format!("VM {id} is {}, not running", vm.state.name()),
+            ));
         }
         let sock = vm.api_sock.clone().map(PathBuf::from);
         {
             let mut m = lock(&self.vmms);
             let Some(e) = m.get_mut(id) else {
-                return Err(Error::internal("state", format!("VM {id} is running but bulwarkd holds no handle on its VMM")));
+                return Err(Error::internal(
+                    "state",
+                    format!("VM {id} is running but bulwarkd holds no handle on its VMM"),
+                ));
             };
             e.stop_requested = true;
         }
@@ -526,7 +723,9 @@ impl Agent {
             while Instant::now() < deadline {
                 let st = self.state().await?;
                 match st.vms.get(id) {
-                    Some(v) if v.state.has_vmm() => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Some(v) if v.state.has_vmm() => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     Some(v) => return Ok(v.clone()),
                     None => return Err(Error::not_found("id", format!("VM {id} vanished"))),
                 }
@@ -536,7 +735,10 @@ impl Agent {
                 self.kill_vmm(id);
             }
         }
-        Err(Error::internal("state", format!("VM {id}'s VMM did not end even after SIGKILL")))
+        Err(Error::internal(
+            "state",
+            format!("VM {id}'s VMM did not end even after SIGKILL"),
+        ))
     }
 
     fn kill_vmm(&self, id: &str) {
@@ -558,7 +760,9 @@ impl Agent {
         for d in st.devices.values() {
             if let Some(id) = d.scrub_in_progress {
                 let store = Arc::clone(&self.store);
-                let rec = tokio::task::spawn_blocking(move || store.scrub(id)).await.map_err(|e| Error::internal("storage", e.to_string()))??;
+                let rec = tokio::task::spawn_blocking(move || store.scrub(id))
+                    .await
+                    .map_err(|e| Error::internal("storage", e.to_string()))??;
                 interrupted.push((d.address.clone(), rec));
             }
         }
@@ -570,7 +774,10 @@ impl Agent {
                         if r.outcome == ScrubOutcome::InProgress {
                             r.outcome = ScrubOutcome::Interrupted;
                             r.finished_at_ms = Some(now_ms());
-                            r.reason = Some("bulwarkd stopped during the scrub; scrubbed again from the start".into());
+                            r.reason = Some(
+                                "bulwarkd stopped during the scrub; scrubbed again from the start"
+                                    .into(),
+                            );
                             t.put_scrub(r);
                         }
                     }
@@ -581,12 +788,17 @@ impl Agent {
                 Ok(())
             })
             .await?;
-            tracing::warn!(count = n, "interrupted scrubs will run again from the start");
+            tracing::warn!(
+                count = n,
+                "interrupted scrubs will run again from the start"
+            );
         }
         // VMMs.
         for vm in st.vms.values().filter(|v| v.state.has_vmm()) {
             let alive = match (vm.pid, &vm.api_sock) {
-                (Some(pid), Some(sock)) if vm.state == VmState::Running => vmm::still_ours(pid, Path::new(sock)).await,
+                (Some(pid), Some(sock)) if vm.state == VmState::Running => {
+                    vmm::still_ours(pid, Path::new(sock)).await
+                }
                 _ => false,
             };
             if alive {
@@ -597,7 +809,9 @@ impl Agent {
                         self.event("vm", &vm.id, format!("re-adopted running VMM (pid {pid})"));
                         continue;
                     }
-                    Err(e) => tracing::warn!(vm = %vm.id, error = %e, "cannot open a pidfd for a VMM that looked alive"),
+                    Err(e) => {
+                        tracing::warn!(vm = %vm.id, error = %e, "cannot open a pidfd for a VMM that looked alive")
+                    }
                 }
             }
             let reason = match vm.state {
@@ -612,7 +826,8 @@ impl Agent {
                 }
             }
             let (i, r) = (vm.id.clone(), reason.to_string());
-            self.txn(move |t| lifecycle::vm_ended(&mut t.state, &i, Some(&r))).await?;
+            self.txn(move |t| lifecycle::vm_ended(&mut t.state, &i, Some(&r)))
+                .await?;
             self.event("vm", &vm.id, format!("failed: {reason}"));
         }
         let st = self.state().await?;
@@ -626,14 +841,26 @@ impl Agent {
 
     /// `POST /vms/{id}/attest`: checked, then refused as not built yet.
     pub async fn attest(&self, id: &str, nonce_hex: &str) -> Result<serde_json::Value> {
-        let ok = nonce_hex.len() >= 32 && nonce_hex.len() <= 128 && nonce_hex.len() % 2 == 0 && nonce_hex.bytes().all(|c| c.is_ascii_hexdigit());
+        let ok = nonce_hex.len() >= 32
+            && nonce_hex.len() <= 128
+            && nonce_hex.len().is_multiple_of(2)
+            && nonce_hex.bytes().all(|c| c.is_ascii_hexdigit());
         if !ok {
             return Err(Error::bad("nonce", "must be 16 to 64 bytes in hex"));
         }
         let st = self.state().await?;
-        let vm = st.vms.get(id).ok_or_else(|| Error::not_found("id", format!("no VM {id}")))?;
+        let vm = st
+            .vms
+            .get(id)
+            .ok_or_else(|| Error::not_found("id", format!("no VM {id}")))?;
         if vm.state != VmState::Running {
-            return Err(Error::conflict("state", format!("VM {id} is {}: only a running VM can be attested", vm.state.name())));
+            return Err(Error::conflict(
+                "state",
+                format!(
+                    "VM {id} is {}: only a running VM can be attested",
+                    vm.state.name()
+                ),
+            ));
         }
         Err(Error::not_implemented(
             "attest",
@@ -655,10 +882,28 @@ pub fn verify_image(path: &Path, tenant: &Tenant) -> Result<()> {
         .map(|k| bulwark_image::PublicKey::from_pem(k))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::internal("tenant", format!("stored signer key unusable: {e}")))?;
-    let policy = bulwark_image::TrustPolicy { keys, threshold: 1, min_version: tenant.min_version };
-    let bundle = bulwark_image::Bundle::open(path).map_err(|e| Error::new(Kind::Unprocessable, "image", format!("{}: {e}", path.display())))?;
-    bundle
-        .verify(&policy)
-        .map_err(|e| Error::new(Kind::Unprocessable, "image", format!("{} failed verification for tenant {}: {e}", path.display(), tenant.id)))?;
+    let policy = bulwark_image::TrustPolicy {
+        keys,
+        threshold: 1,
+        min_version: tenant.min_version,
+    };
+    let bundle = bulwark_image::Bundle::open(path).map_err(|e| {
+        Error::new(
+            Kind::Unprocessable,
+            "image",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    bundle.verify(&policy).map_err(|e| {
+        Error::new(
+            Kind::Unprocessable,
+            "image",
+            format!(
+                "{} failed verification for tenant {}: {e}",
+                path.display(),
+                tenant.id
+            ),
+        )
+    })?;
     Ok(())
 }

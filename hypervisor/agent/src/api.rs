@@ -33,16 +33,27 @@ pub struct Peer {
 impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         match stream.io().peer_cred() {
-            Ok(c) => Peer { uid: Some(c.uid()), gid: Some(c.gid()) },
-            Err(_) => Peer { uid: None, gid: None },
+            Ok(c) => Peer {
+                uid: Some(c.uid()),
+                gid: Some(c.gid()),
+            },
+            Err(_) => Peer {
+                uid: None,
+                gid: None,
+            },
         }
     }
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({ "error": { "field": self.field, "message": self.message } }))).into_response()
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(json!({ "error": { "field": self.field, "message": self.message } })),
+        )
+            .into_response()
     }
 }
 
@@ -53,20 +64,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     if body.is_empty() {
         return Err(Error::bad("body", "a JSON body is required"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.inner().to_string();
-        // serde reports a missing field at its parent: name the field itself.
-        let missing = msg.strip_prefix("missing field `").and_then(|m| m.split('`').next());
-        let field = match (path.as_str(), missing) {
-            (".", Some(m)) => m.to_string(),
-            (p, Some(m)) => format!("{p}.{m}"),
-            (".", None) => "body".into(),
-            (p, None) => p.to_string(),
-        };
-        Error::bad(field, msg)
-    })
+    crate::error::parse_json(body)
 }
 
 fn ok(v: impl serde::Serialize) -> ApiResult {
@@ -78,16 +76,35 @@ struct App {
     agent: Arc<Agent>,
 }
 
-async fn authorize(State(app): State<App>, ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
-    let allowed = peer.uid == Some(0) || (app.agent.cfg.operator_gid.is_some() && peer.gid == app.agent.cfg.operator_gid);
+async fn authorize(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let allowed = peer.uid == Some(0)
+        || (app.agent.cfg.operator_gid.is_some() && peer.gid == app.agent.cfg.operator_gid);
     if !allowed {
-        return Error::new(Kind::Forbidden, "peer", format!("uid {:?} gid {:?} may not use bulwarkd: root or the operator group only", peer.uid, peer.gid)).into_response();
+        return Error::new(
+            Kind::Forbidden,
+            "peer",
+            format!(
+                "uid {:?} gid {:?} may not use bulwarkd: root or the operator group only",
+                peer.uid, peer.gid
+            ),
+        )
+        .into_response();
     }
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |m| m.as_str().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |m| m.as_str().to_string());
     let t0 = Instant::now();
     let resp = next.run(req).await;
-    app.agent.metrics.api_request(&method, &route, resp.status().as_u16(), t0.elapsed());
+    app.agent
+        .metrics
+        .api_request(&method, &route, resp.status().as_u16(), t0.elapsed());
     resp
 }
 
@@ -97,7 +114,11 @@ async fn health() -> ApiResult {
 
 async fn metrics(State(app): State<App>) -> ApiResult {
     let st = app.agent.state().await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.agent.metrics.render(&st)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.agent.metrics.render(&st),
+    )
+        .into_response())
 }
 
 async fn node(State(app): State<App>) -> ApiResult {
@@ -105,9 +126,20 @@ async fn node(State(app): State<App>) -> ApiResult {
     let (schema, _) = app.agent.store.schema()?;
     let mut by_state = serde_json::Map::new();
     for s in DeviceState::ALL {
-        by_state.insert(s.name().into(), st.devices.values().filter(|d| d.state == s).count().into());
+        by_state.insert(
+            s.name().into(),
+            st.devices.values().filter(|d| d.state == s).count().into(),
+        );
     }
-    let clean = !st.devices.values().any(|d| matches!(d.state, DeviceState::Sanitizing | DeviceState::Quarantined | DeviceState::Assigned | DeviceState::InUse));
+    let clean = !st.devices.values().any(|d| {
+        matches!(
+            d.state,
+            DeviceState::Sanitizing
+                | DeviceState::Quarantined
+                | DeviceState::Assigned
+                | DeviceState::InUse
+        )
+    });
     ok(json!({
         "owner": st.tenancy.owner,
         "clean": clean,
@@ -130,7 +162,13 @@ async fn events(State(app): State<App>, Query(q): Query<Since>) -> ApiResult {
 }
 
 async fn devices(State(app): State<App>) -> ApiResult {
-    ok(app.agent.state().await?.devices.into_values().collect::<Vec<_>>())
+    ok(app
+        .agent
+        .state()
+        .await?
+        .devices
+        .into_values()
+        .collect::<Vec<_>>())
 }
 
 async fn rescan(State(app): State<App>) -> ApiResult {
@@ -162,12 +200,20 @@ async fn device_scrubs(State(app): State<App>, UrlPath(addr): UrlPath<String>) -
         return Err(Error::not_found("address", format!("no device {addr}")));
     }
     let store = Arc::clone(&app.agent.store);
-    let recs = tokio::task::spawn_blocking(move || store.scrubs(Some(&addr))).await.map_err(|e| Error::internal("storage", e.to_string()))??;
+    let recs = tokio::task::spawn_blocking(move || store.scrubs(Some(&addr)))
+        .await
+        .map_err(|e| Error::internal("storage", e.to_string()))??;
     ok(recs)
 }
 
 async fn tenants(State(app): State<App>) -> ApiResult {
-    ok(app.agent.state().await?.tenants.into_values().collect::<Vec<_>>())
+    ok(app
+        .agent
+        .state()
+        .await?
+        .tenants
+        .into_values()
+        .collect::<Vec<_>>())
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +227,11 @@ struct NewTenant {
 
 async fn create_tenant(State(app): State<App>, body: Bytes) -> ApiResult {
     let t: NewTenant = parse(&body)?;
-    let t = Tenant { id: t.id, signer_keys: t.signer_keys, min_version: t.min_version };
+    let t = Tenant {
+        id: t.id,
+        signer_keys: t.signer_keys,
+        min_version: t.min_version,
+    };
     let out = t.clone();
     app.agent.create_tenant(t).await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
@@ -200,7 +250,13 @@ async fn delete_tenant(State(app): State<App>, UrlPath(id): UrlPath<String>) -> 
 }
 
 async fn vms(State(app): State<App>) -> ApiResult {
-    ok(app.agent.state().await?.vms.into_values().collect::<Vec<_>>())
+    ok(app
+        .agent
+        .state()
+        .await?
+        .vms
+        .into_values()
+        .collect::<Vec<_>>())
 }
 
 async fn create_vm(State(app): State<App>, body: Bytes) -> ApiResult {
@@ -266,7 +322,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{id}/stop", post(stop_vm))
         .route("/vms/{id}/attest", post(attest))
         .fallback(fallback)
-        .method_not_allowed_fallback(|| async { Error::new(Kind::BadRequest, "method", "method not allowed here").into_response() })
+        .method_not_allowed_fallback(|| async {
+            Error::new(Kind::BadRequest, "method", "method not allowed here").into_response()
+        })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app)
 }
@@ -276,26 +334,44 @@ pub fn router(agent: Arc<Agent>) -> Router {
 pub fn bind(sock: &Path, operator_gid: Option<u32>) -> Result<tokio::net::UnixListener, Error> {
     if sock.exists() {
         if std::os::unix::net::UnixStream::connect(sock).is_ok() {
-            return Err(Error::conflict("api_sock", format!("{} is in use: another bulwarkd is running", sock.display())));
+            return Err(Error::conflict(
+                "api_sock",
+                format!("{} is in use: another bulwarkd is running", sock.display()),
+            ));
         }
-        std::fs::remove_file(sock).map_err(|e| Error::internal("api_sock", format!("removing stale {}: {e}", sock.display())))?;
+        std::fs::remove_file(sock).map_err(|e| {
+            Error::internal(
+                "api_sock",
+                format!("removing stale {}: {e}", sock.display()),
+            )
+        })?;
     }
     if let Some(dir) = sock.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::internal("api_sock", format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::internal("api_sock", format!("creating {}: {e}", dir.display())))?;
     }
-    let l = tokio::net::UnixListener::bind(sock).map_err(|e| Error::internal("api_sock", format!("binding {}: {e}", sock.display())))?;
+    let l = tokio::net::UnixListener::bind(sock)
+        .map_err(|e| Error::internal("api_sock", format!("binding {}: {e}", sock.display())))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o660)).map_err(|e| Error::internal("api_sock", e.to_string()))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::internal("api_sock", e.to_string()))?;
     if let Some(g) = operator_gid {
-        std::os::unix::fs::chown(sock, None, Some(g)).map_err(|e| Error::internal("api_sock", format!("chown to gid {g}: {e}")))?;
+        std::os::unix::fs::chown(sock, None, Some(g))
+            .map_err(|e| Error::internal("api_sock", format!("chown to gid {g}: {e}")))?;
     }
     Ok(l)
 }
 
 /// Serves until `shutdown` completes.
-pub async fn serve(listener: tokio::net::UnixListener, agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    agent: Arc<Agent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(agent).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -304,7 +380,10 @@ mod tests {
     #[test]
     fn openapi_file_lists_exactly_the_served_paths() {
         let spec = include_str!("../openapi.yaml");
-        let mut documented: Vec<&str> = spec.lines().filter_map(|l| l.strip_prefix("  /").and_then(|p| p.strip_suffix(':'))).collect();
+        let mut documented: Vec<&str> = spec
+            .lines()
+            .filter_map(|l| l.strip_prefix("  /").and_then(|p| p.strip_suffix(':')))
+            .collect();
         let source = include_str!("api.rs");
         let mut served: Vec<&str> = source
             .lines()
@@ -336,7 +415,10 @@ mod tests {
         }
         let source = include_str!("api.rs");
         let mut served = Vec::new();
-        for l in source.lines().filter_map(|l| l.trim().strip_prefix(".route(\"/")) {
+        for l in source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\"/"))
+        {
             let (p, rest) = l.split_once('"').unwrap();
             for m in ["get", "post", "put", "delete"] {
                 if rest.contains(&format!(" {m}(")) || rest.contains(&format!(".{m}(")) {

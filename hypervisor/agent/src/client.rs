@@ -22,22 +22,35 @@ impl Response {
 
 /// One request on a fresh connection. `Err` is a transport failure (no socket, no
 /// answer), with the socket named.
-pub async fn request(sock: &Path, method: &str, path: &str, body: Option<String>) -> Result<Response, String> {
-    let stream = tokio::net::UnixStream::connect(sock).await.map_err(|e| format!("connecting to {}: {e}", sock.display()))?;
+pub async fn request(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<Response, String> {
+    let stream = tokio::net::UnixStream::connect(sock)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", sock.display()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake on {}: {e}", sock.display()))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| format!("building the request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("{method} {path} on {}: {e}", sock.display()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{method} {path} on {}: {e}", sock.display()))?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
@@ -50,7 +63,12 @@ pub async fn request(sock: &Path, method: &str, path: &str, body: Option<String>
 }
 
 /// `request` from synchronous code (bulwarkctl, tests): its own small runtime.
-pub fn blocking(sock: &Path, method: &str, path: &str, body: Option<String>) -> Result<Response, String> {
+pub fn blocking(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<Response, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -90,9 +90,23 @@ fn default_scrub_timeout() -> u64 {
     120_000
 }
 fn default_disallowed() -> Vec<String> {
-    ["nvme", "ahci", "xhci_hcd", "ehci-pci", "e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en", "megaraid_sas", "mpt3sas"]
-        .map(String::from)
-        .to_vec()
+    [
+        "nvme",
+        "ahci",
+        "xhci_hcd",
+        "ehci-pci",
+        "e1000e",
+        "igb",
+        "ixgbe",
+        "i40e",
+        "ice",
+        "mlx5_core",
+        "bnxt_en",
+        "megaraid_sas",
+        "mpt3sas",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Default for Config {
@@ -104,16 +118,24 @@ impl Default for Config {
 impl Config {
     /// Reads and checks `path`; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::bad("config", format!("reading {}: {e}", path.display())))?;
-        Config::parse(&text).map_err(|e| Error::bad(e.field.clone(), format!("{}: {}", path.display(), e.message)))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::bad("config", format!("reading {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| {
+            Error::bad(
+                e.field.clone(),
+                format!("{}: {}", path.display(), e.message),
+            )
+        })
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let c: Config = serde_path_to_error::deserialize(de).map_err(|e| Error::bad(e.path().to_string(), e.inner().to_string()))?;
+        let c: Config = crate::error::parse_json(text.as_bytes())?;
         for (i, d) in c.devices.iter().enumerate() {
             if !valid_pci_address(d) {
-                return Err(Error::bad(format!("devices[{i}]"), format!("{d:?} is not a PCI address DDDD:BB:DD.F")));
+                return Err(Error::bad(
+                    format!("devices[{i}]"),
+                    format!("{d:?} is not a PCI address DDDD:BB:DD.F"),
+                ));
             }
         }
         if c.scrub_step_timeout_ms == 0 {
@@ -121,10 +143,16 @@ impl Config {
         }
         if let Some(j) = &c.jail {
             if j.uid_base == 0 || j.gid == 0 || j.gid == u32::MAX {
-                return Err(Error::bad("jail.uid_base", "a VMM never runs as root (uid or gid 0)"));
+                return Err(Error::bad(
+                    "jail.uid_base",
+                    "a VMM never runs as root (uid or gid 0)",
+                ));
             }
             if j.uid_count == 0 || j.uid_base.checked_add(j.uid_count).is_none() {
-                return Err(Error::bad("jail.uid_count", "must be positive and keep uids below 2^32"));
+                return Err(Error::bad(
+                    "jail.uid_count",
+                    "must be positive and keep uids below 2^32",
+                ));
             }
         }
         Ok(c)
@@ -141,12 +169,16 @@ mod tests {
         assert_eq!(c.sysfs_root, PathBuf::from("/sys"));
         assert_eq!(c.sanitizer, SanitizerConfig::Vfio);
         assert!(c.disallowed_host_drivers.contains(&"nvme".to_string()));
-        let c = Config::parse(r#"{"sanitizer":{"kind":"software_test","fail":["0000:01:00.0"]}}"#).unwrap();
-        assert!(matches!(c.sanitizer, SanitizerConfig::SoftwareTest { ref fail, .. } if fail.len() == 1));
+        let c = Config::parse(r#"{"sanitizer":{"kind":"software_test","fail":["0000:01:00.0"]}}"#)
+            .unwrap();
+        assert!(
+            matches!(c.sanitizer, SanitizerConfig::SoftwareTest { ref fail, .. } if fail.len() == 1)
+        );
         for (text, field) in [
             (r#"{"bogus":1}"#, "bogus"),
             (r#"{"devices":["x"]}"#, "devices[0]"),
-            (r#"{"sanitizer":{"kind":"magic"}}"#, "sanitizer"),
+            (r#"{"sanitizer":{"kind":"magic"}}"#, "sanitizer.kind"),
+            (r#"{"jail":{"gid":5}}"#, "jail.uid_base"),
             (r#"{"scrub_step_timeout_ms":0}"#, "scrub_step_timeout_ms"),
             (r#"{"jail":{"uid_base":0,"gid":5}}"#, "jail.uid_base"),
             (r#"{"operator_gid":"x"}"#, "operator_gid"),

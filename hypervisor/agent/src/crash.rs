@@ -27,7 +27,8 @@ pub fn point(name: &str) {
     #[cfg(feature = "test-hooks")]
     if std::env::var("BULWARKD_TEST_CRASH_AT").is_ok_and(|v| v == name) {
         eprintln!("bulwarkd: test hook: SIGKILL at {name}");
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
 }

@@ -24,17 +24,22 @@ const SCRUBS: TableDefinition<u64, &str> = TableDefinition::new("scrubs");
 /// The schema this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-type Migration = fn(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>;
+type Migration = fn(&redb::WriteTransaction) -> std::result::Result<(), Box<redb::Error>>;
 
 /// Migration n takes the schema from version n-1 to n.
-const MIGRATIONS_LIST: [(u32, &str, Migration); 1] = [(1, "initial tables: devices, tenants, vms, node, scrubs", migrate_1)];
+const MIGRATIONS_LIST: [(u32, &str, Migration); 1] = [(
+    1,
+    "initial tables: devices, tenants, vms, node, scrubs",
+    migrate_1,
+)];
 
-fn migrate_1(tx: &redb::WriteTransaction) -> std::result::Result<(), redb::Error> {
-    tx.open_table(DEVICES)?;
-    tx.open_table(TENANTS)?;
-    tx.open_table(VMS)?;
-    tx.open_table(NODE)?;
-    tx.open_table(SCRUBS)?;
+fn migrate_1(tx: &redb::WriteTransaction) -> std::result::Result<(), Box<redb::Error>> {
+    let e = |e: redb::TableError| Box::new(redb::Error::from(e));
+    tx.open_table(DEVICES).map_err(e)?;
+    tx.open_table(TENANTS).map_err(e)?;
+    tx.open_table(VMS).map_err(e)?;
+    tx.open_table(NODE).map_err(e)?;
+    tx.open_table(SCRUBS).map_err(e)?;
     Ok(())
 }
 
@@ -84,7 +89,10 @@ fn load_map<T: DeserializeOwned>(
     let mut out = std::collections::BTreeMap::new();
     for row in table.iter().map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
-        out.insert(k.value().to_string(), from_json(name, k.value(), v.value())?);
+        out.insert(
+            k.value().to_string(),
+            from_json(name, k.value(), v.value())?,
+        );
     }
     Ok(out)
 }
@@ -117,7 +125,9 @@ fn sync_map<T: Serialize + PartialEq>(
     }
     for (k, v) in new {
         if old.get(k) != Some(v) {
-            table.insert(k.as_str(), to_json(v)?.as_str()).map_err(storage)?;
+            table
+                .insert(k.as_str(), to_json(v)?.as_str())
+                .map_err(storage)?;
         }
     }
     Ok(())
@@ -126,7 +136,8 @@ fn sync_map<T: Serialize + PartialEq>(
 impl Store {
     /// Opens or creates the database and brings its schema to `SCHEMA_VERSION`.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path).map_err(|e| storage(format!("opening {}: {e}", path.display())))?;
+        let db = Database::create(path)
+            .map_err(|e| storage(format!("opening {}: {e}", path.display())))?;
         let store = Store { db };
         store.migrate()?;
         Ok(store)
@@ -174,7 +185,8 @@ impl Store {
                 let rec = serde_json::json!({ "description": what, "applied_at_ms": crate::model::now_ms() }).to_string();
                 m.insert(to, rec.as_str()).map_err(storage)?;
                 let mut meta = tx.open_table(META).map_err(storage)?;
-                meta.insert("schema_version", to.to_string().as_str()).map_err(storage)?;
+                meta.insert("schema_version", to.to_string().as_str())
+                    .map_err(storage)?;
             }
             tx.commit().map_err(storage)?;
             tracing::info!(version = to, what, "applied database migration");
@@ -205,14 +217,22 @@ impl Store {
             let mut node = tx.open_table(NODE).map_err(storage)?;
             let mut scrubs = tx.open_table(SCRUBS).map_err(storage)?;
             let old = load_state(&devices, &tenants, &vms, &node)?;
-            let next_scrub = scrubs.last().map_err(storage)?.map_or(0, |(k, _)| k.value());
-            let mut txn = Txn { state: old.clone(), scrubs: Vec::new(), next_scrub };
+            let next_scrub = scrubs
+                .last()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value());
+            let mut txn = Txn {
+                state: old.clone(),
+                scrubs: Vec::new(),
+                next_scrub,
+            };
             out = f(&mut txn)?;
             sync_map::<Device>(&mut devices, &old.devices, &txn.state.devices)?;
             sync_map::<Tenant>(&mut tenants, &old.tenants, &txn.state.tenants)?;
             sync_map::<Vm>(&mut vms, &old.vms, &txn.state.vms)?;
             if old.tenancy != txn.state.tenancy {
-                node.insert("tenancy", to_json(&txn.state.tenancy)?.as_str()).map_err(storage)?;
+                node.insert("tenancy", to_json(&txn.state.tenancy)?.as_str())
+                    .map_err(storage)?;
             }
             for r in &txn.scrubs {
                 scrubs.insert(r.id, to_json(r)?.as_str()).map_err(storage)?;
@@ -242,13 +262,17 @@ impl Store {
         let tx = self.db.begin_read().map_err(storage)?;
         let t = tx.open_table(SCRUBS).map_err(storage)?;
         let r = t.get(id).map_err(storage)?;
-        r.map(|v| from_json("scrubs", &id.to_string(), v.value())).transpose()
+        r.map(|v| from_json("scrubs", &id.to_string(), v.value()))
+            .transpose()
     }
 
     /// Number of scrub records.
     pub fn scrub_count(&self) -> Result<u64> {
         let tx = self.db.begin_read().map_err(storage)?;
-        tx.open_table(SCRUBS).map_err(storage)?.len().map_err(storage)
+        tx.open_table(SCRUBS)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)
     }
 }
 
@@ -258,7 +282,11 @@ mod tests {
     use crate::model::{ScrubOutcome, Tenant};
 
     fn tenant(id: &str) -> Tenant {
-        Tenant { id: id.into(), signer_keys: vec!["k".into()], min_version: 3 }
+        Tenant {
+            id: id.into(),
+            signer_keys: vec!["k".into()],
+            min_version: 3,
+        }
     }
 
     #[test]
@@ -282,7 +310,15 @@ mod tests {
                 t.state.tenants.insert("a".into(), tenant("a"));
                 t.state.tenancy.owner = Some("a".into());
                 let id = t.new_scrub_id();
-                t.put_scrub(ScrubRecord { id, device: "0000:01:00.0".into(), started_at_ms: 1, finished_at_ms: None, steps: vec![], outcome: ScrubOutcome::InProgress, reason: None });
+                t.put_scrub(ScrubRecord {
+                    id,
+                    device: "0000:01:00.0".into(),
+                    started_at_ms: 1,
+                    finished_at_ms: None,
+                    steps: vec![],
+                    outcome: ScrubOutcome::InProgress,
+                    reason: None,
+                });
                 Ok(())
             })
             .unwrap();
@@ -290,7 +326,15 @@ mod tests {
                 .update(|t| {
                     t.state.tenants.insert("b".into(), tenant("b"));
                     let id = t.new_scrub_id();
-                    t.put_scrub(ScrubRecord { id, device: "x".into(), started_at_ms: 1, finished_at_ms: None, steps: vec![], outcome: ScrubOutcome::InProgress, reason: None });
+                    t.put_scrub(ScrubRecord {
+                        id,
+                        device: "x".into(),
+                        started_at_ms: 1,
+                        finished_at_ms: None,
+                        steps: vec![],
+                        outcome: ScrubOutcome::InProgress,
+                        reason: None,
+                    });
                     Err::<(), _>(Error::conflict("x", "no"))
                 })
                 .unwrap_err();
@@ -322,7 +366,10 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(META).unwrap().insert("schema_version", "99").unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", "99")
+                .unwrap();
             tx.commit().unwrap();
         }
         let e = Store::open(&path).unwrap_err();
@@ -337,7 +384,10 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(VMS).unwrap().insert("v", "{not json").unwrap();
+            tx.open_table(VMS)
+                .unwrap()
+                .insert("v", "{not json")
+                .unwrap();
             tx.commit().unwrap();
         }
         let s = Store::open(&path).unwrap();

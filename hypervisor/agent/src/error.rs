@@ -76,3 +76,25 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Parses JSON into `T`; the error names the offending field by its path
+/// (`gpus.count`, `signer_keys[0]`, a missing field by its own name, `body` for the
+/// whole document).
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        let missing = msg
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", Some(m)) => m.to_string(),
+            (p, Some(m)) => format!("{p}.{m}"),
+            (".", None) => "body".into(),
+            (p, None) => p.to_string(),
+        };
+        Error::bad(field, msg)
+    })
+}

@@ -28,7 +28,11 @@ pub struct PciFunction {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::new(Kind::Internal, "sysfs", format!("{what} {}: {e}", path.display()))
+    Error::new(
+        Kind::Internal,
+        "sysfs",
+        format!("{what} {}: {e}", path.display()),
+    )
 }
 
 fn parse_hex(s: &str) -> Option<u32> {
@@ -45,25 +49,43 @@ impl Sysfs {
     }
 
     fn read(&self, addr: &str, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.dev_dir(addr).join(file)).ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string(self.dev_dir(addr).join(file))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     fn link_name(path: &Path) -> Option<String> {
-        std::fs::read_link(path).ok()?.file_name()?.to_str().map(str::to_string)
+        std::fs::read_link(path)
+            .ok()?
+            .file_name()?
+            .to_str()
+            .map(str::to_string)
     }
 
     /// The function at `addr`, or an error saying why it cannot be read.
     pub fn function(&self, addr: &str) -> Result<PciFunction> {
         if !valid_pci_address(addr) {
-            return Err(Error::bad("address", format!("{addr:?} is not a PCI address DDDD:BB:DD.F")));
+            return Err(Error::bad(
+                "address",
+                format!("{addr:?} is not a PCI address DDDD:BB:DD.F"),
+            ));
         }
         let dir = self.dev_dir(addr);
         if !dir.exists() {
-            return Err(Error::not_found("address", format!("no PCI device {addr} in {}", self.root.join("bus/pci/devices").display())));
+            return Err(Error::not_found(
+                "address",
+                format!(
+                    "no PCI device {addr} in {}",
+                    self.root.join("bus/pci/devices").display()
+                ),
+            ));
         }
         let field = |f: &str| -> Result<u32> {
-            let s = self.read(addr, f).ok_or_else(|| Error::internal("sysfs", format!("{addr}: cannot read {f}")))?;
-            parse_hex(&s).ok_or_else(|| Error::internal("sysfs", format!("{addr}: {f} is {s:?}, not hex")))
+            let s = self
+                .read(addr, f)
+                .ok_or_else(|| Error::internal("sysfs", format!("{addr}: cannot read {f}")))?;
+            parse_hex(&s)
+                .ok_or_else(|| Error::internal("sysfs", format!("{addr}: {f} is {s:?}, not hex")))
         };
         Ok(PciFunction {
             address: addr.to_string(),
@@ -76,8 +98,14 @@ impl Sysfs {
 
     /// The IOMMU group of `addr` and all its members (itself included), sorted.
     pub fn iommu_group(&self, addr: &str) -> Option<(u32, Vec<String>)> {
-        let group: u32 = Self::link_name(&self.dev_dir(addr).join("iommu_group"))?.parse().ok()?;
-        let dir = self.root.join("kernel/iommu_groups").join(group.to_string()).join("devices");
+        let group: u32 = Self::link_name(&self.dev_dir(addr).join("iommu_group"))?
+            .parse()
+            .ok()?;
+        let dir = self
+            .root
+            .join("kernel/iommu_groups")
+            .join(group.to_string())
+            .join("devices");
         let mut members: Vec<String> = std::fs::read_dir(dir)
             .ok()?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -91,7 +119,10 @@ impl Sysfs {
     /// space, where sysfs lets us read past the first 256 bytes.
     fn serial(&self, addr: &str) -> Option<String> {
         let cfg = std::fs::read(self.dev_dir(addr).join("config")).ok()?;
-        let dword = |off: usize| cfg.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let dword = |off: usize| {
+            cfg.get(off..off + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
         let mut off = 0x100;
         for _ in 0..64 {
             let h = dword(off)?;
@@ -103,7 +134,12 @@ impl Sysfs {
                 let hi = dword(off + 8)?;
                 let v = (u64::from(hi) << 32) | u64::from(lo);
                 let b = v.to_be_bytes();
-                return Some(b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join("-"));
+                return Some(
+                    b.iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<Vec<_>>()
+                        .join("-"),
+                );
             }
             let next = ((h >> 20) & 0xffc) as usize;
             if next < 0x100 {
@@ -121,7 +157,10 @@ impl Sysfs {
             Some((g, m)) => (Some(g), m.into_iter().filter(|m| m != addr).collect()),
             None => (None, Vec::new()),
         };
-        let link = match (self.read(addr, "current_link_speed"), self.read(addr, "current_link_width")) {
+        let link = match (
+            self.read(addr, "current_link_speed"),
+            self.read(addr, "current_link_width"),
+        ) {
             (Some(s), Some(w)) => Some(format!("{s} x{w}")),
             (Some(s), None) => Some(s),
             _ => None,
@@ -165,7 +204,9 @@ impl Sysfs {
             let base = f.class >> 8;
             let kind = if configured.contains(&a) {
                 Some(DeviceKind::Configured)
-            } else if (f.vendor == 0x10de || f.vendor == 0x1002) && (base == 0x0300 || base == 0x0302) {
+            } else if (f.vendor == 0x10de || f.vendor == 0x1002)
+                && (base == 0x0300 || base == 0x0302)
+            {
                 Some(DeviceKind::Gpu)
             } else if f.vendor == 0x10de && base == 0x0680 {
                 Some(DeviceKind::Nvswitch)
@@ -178,7 +219,11 @@ impl Sysfs {
         }
         for c in configured {
             if !out.iter().any(|d| &d.address == c) {
-                return Err(Error::new(Kind::Unprocessable, "config.devices", format!("configured device {c} is not on this node")));
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "config.devices",
+                    format!("configured device {c} is not on this node"),
+                ));
             }
         }
         Ok(out)
@@ -190,7 +235,13 @@ impl Sysfs {
     /// member bound to a driver in `disallowed`. Returns the members bound.
     pub fn enroll_group(&self, addr: &str, disallowed: &[String]) -> Result<Vec<PciFunction>> {
         let (group, members) = self.iommu_group(addr).ok_or_else(|| {
-            Error::new(Kind::Unprocessable, "address", format!("{addr} has no IOMMU group (is the IOMMU on? intel_iommu=on / amd_iommu=on)"))
+            Error::new(
+                Kind::Unprocessable,
+                "address",
+                format!(
+                    "{addr} has no IOMMU group (is the IOMMU on? intel_iommu=on / amd_iommu=on)"
+                ),
+            )
         })?;
         let mut bind = Vec::new();
         for m in &members {
@@ -213,7 +264,8 @@ impl Sysfs {
                 continue;
             }
             let dir = self.dev_dir(&f.address);
-            let write = |p: PathBuf, v: &str| std::fs::write(&p, v).map_err(|e| io_err("writing", &p, e));
+            let write =
+                |p: PathBuf, v: &str| std::fs::write(&p, v).map_err(|e| io_err("writing", &p, e));
             write(dir.join("driver_override"), "vfio-pci")?;
             if f.driver.is_some() {
                 write(dir.join("driver/unbind"), &f.address)?;
@@ -245,7 +297,15 @@ pub mod fake {
     use std::path::Path;
 
     /// Adds function `addr` to the fake tree at `root`.
-    pub fn add(root: &Path, addr: &str, vendor: u16, device: u16, class: u32, group: u32, driver: Option<&str>) {
+    pub fn add(
+        root: &Path,
+        addr: &str,
+        vendor: u16,
+        device: u16,
+        class: u32,
+        group: u32,
+        driver: Option<&str>,
+    ) {
         let dev = root.join("bus/pci/devices").join(addr);
         std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("vendor"), format!("0x{vendor:04x}\n")).unwrap();
@@ -295,14 +355,62 @@ mod tests {
     fn tree() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        add(r, "0000:01:00.0", 0x10de, 0x2330, 0x030200, 10, Some("vfio-pci"));
-        add(r, "0000:02:00.0", 0x1002, 0x74a1, 0x030000, 11, Some("amdgpu"));
-        add(r, "0000:02:00.1", 0x1002, 0xab38, 0x040300, 11, Some("snd_hda_intel"));
-        add(r, "0000:02:01.0", 0x1002, 0x1478, 0x060400, 11, Some("pcieport"));
+        add(
+            r,
+            "0000:01:00.0",
+            0x10de,
+            0x2330,
+            0x030200,
+            10,
+            Some("vfio-pci"),
+        );
+        add(
+            r,
+            "0000:02:00.0",
+            0x1002,
+            0x74a1,
+            0x030000,
+            11,
+            Some("amdgpu"),
+        );
+        add(
+            r,
+            "0000:02:00.1",
+            0x1002,
+            0xab38,
+            0x040300,
+            11,
+            Some("snd_hda_intel"),
+        );
+        add(
+            r,
+            "0000:02:01.0",
+            0x1002,
+            0x1478,
+            0x060400,
+            11,
+            Some("pcieport"),
+        );
         add(r, "0000:03:00.0", 0x10de, 0x22a3, 0x068000, 12, None);
-        add(r, "0000:04:00.0", 0x8086, 0x0b60, 0x010802, 13, Some("nvme"));
+        add(
+            r,
+            "0000:04:00.0",
+            0x8086,
+            0x0b60,
+            0x010802,
+            13,
+            Some("nvme"),
+        );
         add(r, "0000:05:00.0", 0x10de, 0x2330, 0x030200, 14, None);
-        add(r, "0000:05:00.1", 0x144d, 0xa808, 0x010802, 14, Some("nvme"));
+        add(
+            r,
+            "0000:05:00.1",
+            0x144d,
+            0xa808,
+            0x010802,
+            14,
+            Some("nvme"),
+        );
         add(r, "0000:06:00.0", 0x1af4, 0x1110, 0x050000, 15, None);
         set_serial(r, "0000:01:00.0", 0x0123_4567_89ab_cdef);
         t
@@ -313,7 +421,8 @@ mod tests {
         let t = tree();
         let s = Sysfs::new(t.path());
         let devs = s.scan(&["0000:06:00.0".into()]).unwrap();
-        let got: Vec<(&str, DeviceKind)> = devs.iter().map(|d| (d.address.as_str(), d.kind)).collect();
+        let got: Vec<(&str, DeviceKind)> =
+            devs.iter().map(|d| (d.address.as_str(), d.kind)).collect();
         assert_eq!(
             got,
             [
@@ -334,7 +443,9 @@ mod tests {
         assert_eq!(amd.driver.as_deref(), Some("amdgpu"));
         assert_eq!(amd.serial, None);
         assert_eq!(devs[0].serial.as_deref(), Some("01-23-45-67-89-ab-cd-ef"));
-        assert!(devs.iter().all(|d| d.state == DeviceState::Unenrolled && d.present));
+        assert!(devs
+            .iter()
+            .all(|d| d.state == DeviceState::Unenrolled && d.present));
         let e = s.scan(&["0000:09:00.0".into()]).unwrap_err();
         assert_eq!(e.field, "config.devices");
     }
@@ -344,17 +455,34 @@ mod tests {
         let t = tree();
         let s = Sysfs::new(t.path());
         // The fake kernel never rebinds, so the check after the writes fails, naming the device...
-        let e = s.enroll_group("0000:02:00.0", &["nvme".into()]).unwrap_err();
-        assert!(e.message.contains("0000:02:00.0 did not bind to vfio-pci (driver now: amdgpu)"), "{e}");
+        let e = s
+            .enroll_group("0000:02:00.0", &["nvme".into()])
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("0000:02:00.0 did not bind to vfio-pci (driver now: amdgpu)"),
+            "{e}"
+        );
         // ...but the writes the kernel acts on were made, for both functions and not the bridge.
-        let dev = |a: &str, f: &str| std::fs::read_to_string(t.path().join("bus/pci/devices").join(a).join(f)).unwrap();
+        let dev = |a: &str, f: &str| {
+            std::fs::read_to_string(t.path().join("bus/pci/devices").join(a).join(f)).unwrap()
+        };
         assert_eq!(dev("0000:02:00.0", "driver_override"), "vfio-pci");
         assert_eq!(dev("0000:02:00.1", "driver_override"), "vfio-pci");
         assert_eq!(dev("0000:02:01.0", "driver_override"), "(null)\n");
         // `driver/unbind` resolves through the link: the last address written to each driver.
-        assert_eq!(std::fs::read_to_string(t.path().join("bus/pci/drivers/amdgpu/unbind")).unwrap(), "0000:02:00.0");
-        assert_eq!(std::fs::read_to_string(t.path().join("bus/pci/drivers/snd_hda_intel/unbind")).unwrap(), "0000:02:00.1");
-        assert_eq!(std::fs::read_to_string(t.path().join("bus/pci/drivers_probe")).unwrap(), "0000:02:00.1");
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("bus/pci/drivers/amdgpu/unbind")).unwrap(),
+            "0000:02:00.0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("bus/pci/drivers/snd_hda_intel/unbind")).unwrap(),
+            "0000:02:00.1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("bus/pci/drivers_probe")).unwrap(),
+            "0000:02:00.1"
+        );
         // Once "the kernel" bound them, enrolment succeeds and returns the members.
         set_driver(t.path(), "0000:02:00.0", "vfio-pci");
         set_driver(t.path(), "0000:02:00.1", "vfio-pci");
@@ -367,10 +495,20 @@ mod tests {
     fn a_group_with_a_disallowed_host_driver_is_refused_and_nothing_is_written() {
         let t = tree();
         let s = Sysfs::new(t.path());
-        let e = s.enroll_group("0000:05:00.0", &["nvme".into()]).unwrap_err();
+        let e = s
+            .enroll_group("0000:05:00.0", &["nvme".into()])
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conflict);
-        assert!(e.message.contains("member 0000:05:00.1 is bound to host driver nvme"), "{e}");
-        let o = std::fs::read_to_string(t.path().join("bus/pci/devices/0000:05:00.0/driver_override")).unwrap();
+        assert!(
+            e.message
+                .contains("member 0000:05:00.1 is bound to host driver nvme"),
+            "{e}"
+        );
+        let o = std::fs::read_to_string(
+            t.path()
+                .join("bus/pci/devices/0000:05:00.0/driver_override"),
+        )
+        .unwrap();
         assert_eq!(o, "(null)\n");
     }
 
@@ -385,6 +523,9 @@ mod tests {
         assert_eq!(s.function("0000:0f:00.0").unwrap_err().kind, Kind::NotFound);
         // An unreadable tree is an error naming the path, not a panic.
         let e = Sysfs::new("/nonexistent-sysfs").scan(&[]).unwrap_err();
-        assert!(e.message.contains("/nonexistent-sysfs/bus/pci/devices"), "{e}");
+        assert!(
+            e.message.contains("/nonexistent-sysfs/bus/pci/devices"),
+            "{e}"
+        );
     }
 }

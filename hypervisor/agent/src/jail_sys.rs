@@ -8,11 +8,14 @@ use std::os::unix::process::CommandExt;
 /// Makes `cmd`'s child call `enter` before exec, with `procs` (opened here, before
 /// the fork) as its cgroup.
 pub fn arm(cmd: &mut std::process::Command, procs: Option<std::fs::File>, uid: u32, gid: u32) {
+    let (u, g) = (
+        rustix::process::Uid::from_raw_unchecked(uid),
+        rustix::process::Gid::from_raw_unchecked(gid),
+    );
     // SAFETY: the closure runs in the child between fork and exec; `enter` only makes
     // async-signal-safe system calls (write, unshare, mount, setgroups, setresgid,
     // setresuid, prctl) and allocates nothing; `procs` was opened before the fork and
     // is only borrowed.
-    let (u, g) = (rustix::process::Uid::from_raw_unchecked(uid), rustix::process::Gid::from_raw_unchecked(gid));
     unsafe {
         cmd.pre_exec(move || enter(procs.as_ref().map(|f| f.as_fd()), u, g));
     }
@@ -22,7 +25,11 @@ pub fn arm(cmd: &mut std::process::Command, procs: Option<std::fs::File>, uid: u
 /// (writing "0" moves the writer), enters a new mount namespace with private
 /// propagation; then drops to `gid` with no supplementary groups and to `uid`, and
 /// sets `no_new_privs`.
-fn enter(procs: Option<BorrowedFd<'_>>, u: rustix::process::Uid, g: rustix::process::Gid) -> std::io::Result<()> {
+fn enter(
+    procs: Option<BorrowedFd<'_>>,
+    u: rustix::process::Uid,
+    g: rustix::process::Gid,
+) -> std::io::Result<()> {
     if let Some(fd) = procs {
         rustix::io::write(fd, b"0")?;
     }

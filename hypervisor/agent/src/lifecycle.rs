@@ -97,7 +97,8 @@ pub fn valid_pci_address(s: &str) -> bool {
 pub fn check_id(field: &str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
         && s.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
@@ -254,23 +255,28 @@ impl CreateVm {
         if self.vcpus == 0 || self.vcpus > 254 {
             return Err(Error::bad("vcpus", "must be 1..=254"));
         }
-        if self.mem_mib < 4 || self.mem_mib % 2 != 0 || self.mem_mib > 1 << 20 {
+        if self.mem_mib < 4 || !self.mem_mib.is_multiple_of(2) || self.mem_mib > 1 << 20 {
             return Err(Error::bad("mem_mib", "must be even and in 4..=1048576"));
         }
         let g = &self.gpus;
         if let Some(m) = &g.model {
             let ok = m.len() == 9
                 && m.as_bytes()[4] == b':'
-                && m
-                    .bytes()
+                && m.bytes()
                     .enumerate()
                     .all(|(i, c)| i == 4 || c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
             if !ok {
-                return Err(Error::bad("gpus.model", "must be vendor:device in lower-case hex, e.g. 10de:2330"));
+                return Err(Error::bad(
+                    "gpus.model",
+                    "must be vendor:device in lower-case hex, e.g. 10de:2330",
+                ));
             }
         }
         match (&g.addresses, g.count) {
-            (Some(_), Some(_)) => Err(Error::bad("gpus", "give either count (with an optional model) or addresses, not both")),
+            (Some(_), Some(_)) => Err(Error::bad(
+                "gpus",
+                "give either count (with an optional model) or addresses, not both",
+            )),
             (Some(a), None) => {
                 if g.model.is_some() {
                     return Err(Error::bad("gpus.model", "only with count"));
@@ -281,10 +287,16 @@ impl CreateVm {
                 let mut seen = BTreeSet::new();
                 for (i, x) in a.iter().enumerate() {
                     if !valid_pci_address(x) {
-                        return Err(Error::bad(format!("gpus.addresses[{i}]"), format!("{x:?} is not a PCI address DDDD:BB:DD.F")));
+                        return Err(Error::bad(
+                            format!("gpus.addresses[{i}]"),
+                            format!("{x:?} is not a PCI address DDDD:BB:DD.F"),
+                        ));
                     }
                     if !seen.insert(x) {
-                        return Err(Error::bad(format!("gpus.addresses[{i}]"), format!("{x} is listed twice")));
+                        return Err(Error::bad(
+                            format!("gpus.addresses[{i}]"),
+                            format!("{x} is listed twice"),
+                        ));
                     }
                 }
                 Ok(())
@@ -314,7 +326,10 @@ pub fn check_tenancy(st: &NodeState, tenant: &str) -> Result<()> {
     if let Some(d) = st.devices.values().find(|d| {
         matches!(
             d.state,
-            DeviceState::Sanitizing | DeviceState::Quarantined | DeviceState::Assigned | DeviceState::InUse
+            DeviceState::Sanitizing
+                | DeviceState::Quarantined
+                | DeviceState::Assigned
+                | DeviceState::InUse
         )
     }) {
         return Err(Error::conflict(
@@ -330,24 +345,36 @@ pub fn check_tenancy(st: &NodeState, tenant: &str) -> Result<()> {
 }
 
 fn is_accelerator(d: &Device) -> bool {
-    matches!(d.kind, DeviceKind::Gpu | DeviceKind::Nvswitch | DeviceKind::Configured)
+    matches!(
+        d.kind,
+        DeviceKind::Gpu | DeviceKind::Nvswitch | DeviceKind::Configured
+    )
 }
 
 /// Creates VM `req` (already validated) in `created`, with its devices assigned as
 /// whole IOMMU groups, and makes its tenant the node's owner.
 pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> {
     if st.vms.contains_key(&req.id) {
-        return Err(Error::conflict("id", format!("VM {} already exists", req.id)));
+        return Err(Error::conflict(
+            "id",
+            format!("VM {} already exists", req.id),
+        ));
     }
     if !st.tenants.contains_key(&req.tenant) {
-        return Err(Error::not_found("tenant", format!("no tenant {}", req.tenant)));
+        return Err(Error::not_found(
+            "tenant",
+            format!("no tenant {}", req.tenant),
+        ));
     }
     check_tenancy(st, &req.tenant)?;
     let primaries: Vec<String> = match (&req.gpus.addresses, req.gpus.count) {
         (Some(addrs), _) => {
             for (i, a) in addrs.iter().enumerate() {
                 if !st.devices.contains_key(a) {
-                    return Err(Error::not_found(format!("gpus.addresses[{i}]"), format!("no device {a}")));
+                    return Err(Error::not_found(
+                        format!("gpus.addresses[{i}]"),
+                        format!("no device {a}"),
+                    ));
                 }
             }
             addrs.clone()
@@ -360,12 +387,19 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
                     break;
                 }
                 let model_ok = req.gpus.model.as_ref().is_none_or(|m| *m == d.id);
-                let kind_ok = if req.gpus.model.is_some() { is_accelerator(d) } else { d.kind == DeviceKind::Gpu };
+                let kind_ok = if req.gpus.model.is_some() {
+                    is_accelerator(d)
+                } else {
+                    d.kind == DeviceKind::Gpu
+                };
                 if !(model_ok && kind_ok) || taken.contains(&d.address) {
                     continue;
                 }
                 let group = group_of(st, &d.address);
-                if group.iter().all(|m| st.devices[m].state == DeviceState::Available && st.devices[m].present) {
+                if group
+                    .iter()
+                    .all(|m| st.devices[m].state == DeviceState::Available && st.devices[m].present)
+                {
                     taken.extend(group);
                     picked.push(d.address.clone());
                 }
@@ -398,7 +432,10 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
             };
             return Err(Error::conflict(
                 "gpus",
-                format!("device {a} (IOMMU group {}) is {why}: the whole group must be available", d.iommu_group.map_or("?".into(), |g| g.to_string())),
+                format!(
+                    "device {a} (IOMMU group {}) is {why}: the whole group must be available",
+                    d.iommu_group.map_or("?".into(), |g| g.to_string())
+                ),
             ));
         }
     }
@@ -438,7 +475,10 @@ fn vm<'a>(st: &'a mut NodeState, id: &str) -> Result<&'a mut Vm> {
 pub fn delete_vm(st: &mut NodeState, id: &str) -> Result<Vm> {
     let v = vm(st, id)?.clone();
     if v.state.has_vmm() {
-        return Err(Error::conflict("state", format!("VM {id} is {}: stop it first", v.state.name())));
+        return Err(Error::conflict(
+            "state",
+            format!("VM {id} is {}: stop it first", v.state.name()),
+        ));
     }
     if v.state == VmState::Created {
         for a in &v.devices {
@@ -464,7 +504,13 @@ pub fn begin_start(st: &mut NodeState, id: &str) -> Result<Vm> {
             for a in &v.devices {
                 let d = &st.devices[a];
                 if d.state != DeviceState::Available || !d.present {
-                    return Err(Error::conflict("state", format!("device {a} of VM {id} is {}, not yet available again", d.state.name())));
+                    return Err(Error::conflict(
+                        "state",
+                        format!(
+                            "device {a} of VM {id} is {}, not yet available again",
+                            d.state.name()
+                        ),
+                    ));
                 }
             }
             for a in &v.devices {
@@ -491,7 +537,10 @@ pub fn begin_start(st: &mut NodeState, id: &str) -> Result<Vm> {
 pub fn started(st: &mut NodeState, id: &str, pid: i32, api_sock: &str) -> Result<()> {
     let m = vm(st, id)?;
     if m.state != VmState::Starting {
-        return Err(Error::conflict("state", format!("VM {id} is {}, not starting", m.state.name())));
+        return Err(Error::conflict(
+            "state",
+            format!("VM {id} is {}, not starting", m.state.name()),
+        ));
     }
     m.state = VmState::Running;
     m.pid = Some(pid);
@@ -504,7 +553,10 @@ pub fn started(st: &mut NodeState, id: &str, pid: i32, api_sock: &str) -> Result
 pub fn vm_ended(st: &mut NodeState, id: &str, failure: Option<&str>) -> Result<()> {
     let v = vm(st, id)?.clone();
     if !v.state.has_vmm() {
-        return Err(Error::conflict("state", format!("VM {id} is {}, it has no VMM", v.state.name())));
+        return Err(Error::conflict(
+            "state",
+            format!("VM {id} is {}, it has no VMM", v.state.name()),
+        ));
     }
     for a in &v.devices {
         let d = device(st, a, "devices")?;
@@ -515,7 +567,11 @@ pub fn vm_ended(st: &mut NodeState, id: &str, failure: Option<&str>) -> Result<(
         }
     }
     let m = vm(st, id)?;
-    m.state = if failure.is_some() { VmState::Failed } else { VmState::Stopped };
+    m.state = if failure.is_some() {
+        VmState::Failed
+    } else {
+        VmState::Stopped
+    };
     m.reason = failure.map(str::to_string);
     m.pid = None;
     Ok(())
@@ -525,15 +581,27 @@ pub fn vm_ended(st: &mut NodeState, id: &str, failure: Option<&str>) -> Result<(
 pub fn create_tenant(st: &mut NodeState, t: Tenant) -> Result<()> {
     check_id("id", &t.id)?;
     if t.signer_keys.is_empty() {
-        return Err(Error::bad("signer_keys", "at least one trusted image signer key"));
+        return Err(Error::bad(
+            "signer_keys",
+            "at least one trusted image signer key",
+        ));
     }
     for (i, k) in t.signer_keys.iter().enumerate() {
-        if !k.contains("-----BEGIN PUBLIC KEY-----") || !k.contains("-----END PUBLIC KEY-----") || k.len() > 8192 {
-            return Err(Error::bad(format!("signer_keys[{i}]"), "must be one PEM public key (SPKI, as bulwark-image keygen writes it)"));
+        if !k.contains("-----BEGIN PUBLIC KEY-----")
+            || !k.contains("-----END PUBLIC KEY-----")
+            || k.len() > 8192
+        {
+            return Err(Error::bad(
+                format!("signer_keys[{i}]"),
+                "must be one PEM public key (SPKI, as bulwark-image keygen writes it)",
+            ));
         }
     }
     if st.tenants.contains_key(&t.id) {
-        return Err(Error::conflict("id", format!("tenant {} already exists", t.id)));
+        return Err(Error::conflict(
+            "id",
+            format!("tenant {} already exists", t.id),
+        ));
     }
     st.tenants.insert(t.id.clone(), t);
     Ok(())
@@ -545,7 +613,10 @@ pub fn delete_tenant(st: &mut NodeState, id: &str) -> Result<()> {
         return Err(Error::not_found("id", format!("no tenant {id}")));
     }
     if let Some(v) = st.vms.values().find(|v| v.tenant == id) {
-        return Err(Error::conflict("id", format!("tenant {id} still has VM {}", v.id)));
+        return Err(Error::conflict(
+            "id",
+            format!("tenant {id} still has VM {}", v.id),
+        ));
     }
     st.tenants.remove(id);
     Ok(())
@@ -557,18 +628,38 @@ pub fn invariant_violations(st: &NodeState) -> Vec<String> {
     let mut out = Vec::new();
     for d in st.devices.values() {
         match (d.state, &d.owner_vm) {
-            (DeviceState::Assigned | DeviceState::InUse, None) => out.push(format!("{} is {} without an owner VM", d.address, d.state.name())),
+            (DeviceState::Assigned | DeviceState::InUse, None) => out.push(format!(
+                "{} is {} without an owner VM",
+                d.address,
+                d.state.name()
+            )),
             (DeviceState::Assigned | DeviceState::InUse, Some(vm)) => match st.vms.get(vm) {
                 None => out.push(format!("{} is held by missing VM {vm}", d.address)),
-                Some(v) if !v.devices.contains(&d.address) => out.push(format!("{} is held by VM {vm}, which does not list it", d.address)),
+                Some(v) if !v.devices.contains(&d.address) => out.push(format!(
+                    "{} is held by VM {vm}, which does not list it",
+                    d.address
+                )),
                 Some(v) => {
-                    let want = if v.state.has_vmm() { DeviceState::InUse } else { DeviceState::Assigned };
+                    let want = if v.state.has_vmm() {
+                        DeviceState::InUse
+                    } else {
+                        DeviceState::Assigned
+                    };
                     if d.state != want || !(v.state.has_vmm() || v.state == VmState::Created) {
-                        out.push(format!("{} is {} but VM {vm} is {}", d.address, d.state.name(), v.state.name()));
+                        out.push(format!(
+                            "{} is {} but VM {vm} is {}",
+                            d.address,
+                            d.state.name(),
+                            v.state.name()
+                        ));
                     }
                 }
             },
-            (_, Some(vm)) => out.push(format!("{} is {} yet owned by VM {vm}", d.address, d.state.name())),
+            (_, Some(vm)) => out.push(format!(
+                "{} is {} yet owned by VM {vm}",
+                d.address,
+                d.state.name()
+            )),
             (_, None) => {}
         }
         if d.state == DeviceState::Available && d.last_scrub.is_none() {
@@ -577,16 +668,26 @@ pub fn invariant_violations(st: &NodeState) -> Vec<String> {
     }
     for v in st.vms.values() {
         if !st.tenants.contains_key(&v.tenant) {
-            out.push(format!("VM {} belongs to missing tenant {}", v.id, v.tenant));
+            out.push(format!(
+                "VM {} belongs to missing tenant {}",
+                v.id, v.tenant
+            ));
         }
         if st.tenancy.owner.as_deref() != Some(v.tenant.as_str()) {
-            out.push(format!("VM {} of tenant {} exists but the node's owner is {:?}", v.id, v.tenant, st.tenancy.owner));
+            out.push(format!(
+                "VM {} of tenant {} exists but the node's owner is {:?}",
+                v.id, v.tenant, st.tenancy.owner
+            ));
         }
         if v.state == VmState::Created || v.state.has_vmm() {
             for a in &v.devices {
                 match st.devices.get(a) {
                     Some(d) if d.owner_vm.as_deref() == Some(v.id.as_str()) => {}
-                    _ => out.push(format!("VM {} ({}) lists {a}, which it does not hold", v.id, v.state.name())),
+                    _ => out.push(format!(
+                        "VM {} ({}) lists {a}, which it does not hold",
+                        v.id,
+                        v.state.name()
+                    )),
                 }
             }
         }

@@ -34,8 +34,16 @@ impl Histogram {
         for (b, le) in self.buckets.iter().zip(BUCKETS) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {b}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -58,12 +66,18 @@ pub struct Metrics {
 impl Metrics {
     pub fn api_request(&self, method: &str, route: &str, status: u16, took: Duration) {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        i.api.entry((method.into(), route.into(), status)).or_default().observe(took.as_secs_f64());
+        i.api
+            .entry((method.into(), route.into(), status))
+            .or_default()
+            .observe(took.as_secs_f64());
     }
 
     pub fn scrub_done(&self, outcome: &str, took: Duration) {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        i.scrubs.entry(outcome.into()).or_default().observe(took.as_secs_f64());
+        i.scrubs
+            .entry(outcome.into())
+            .or_default()
+            .observe(took.as_secs_f64());
     }
 
     /// The whole exposition.
@@ -74,7 +88,9 @@ impl Metrics {
             let n = st.vms.values().filter(|v| v.state == s).count();
             let _ = writeln!(out, "bulwarkd_vms{{state=\"{}\"}} {n}", s.name());
         }
-        out.push_str("# HELP bulwarkd_devices Tracked devices by state.\n# TYPE bulwarkd_devices gauge\n");
+        out.push_str(
+            "# HELP bulwarkd_devices Tracked devices by state.\n# TYPE bulwarkd_devices gauge\n",
+        );
         for s in DeviceState::ALL {
             let n = st.devices.values().filter(|d| d.state == s).count();
             let _ = writeln!(out, "bulwarkd_devices{{state=\"{}\"}} {n}", s.name());
@@ -83,11 +99,19 @@ impl Metrics {
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         out.push_str("# HELP bulwarkd_scrub_duration_seconds Scrub durations by outcome.\n# TYPE bulwarkd_scrub_duration_seconds histogram\n");
         for (outcome, h) in &i.scrubs {
-            h.write(&mut out, "bulwarkd_scrub_duration_seconds", &format!("outcome=\"{outcome}\""));
+            h.write(
+                &mut out,
+                "bulwarkd_scrub_duration_seconds",
+                &format!("outcome=\"{outcome}\""),
+            );
         }
         out.push_str("# HELP bulwarkd_api_request_duration_seconds API latency by method, route and status.\n# TYPE bulwarkd_api_request_duration_seconds histogram\n");
         for ((m, r, s), h) in &i.api {
-            h.write(&mut out, "bulwarkd_api_request_duration_seconds", &format!("method=\"{m}\",route=\"{r}\",status=\"{s}\""));
+            h.write(
+                &mut out,
+                "bulwarkd_api_request_duration_seconds",
+                &format!("method=\"{m}\",route=\"{r}\",status=\"{s}\""),
+            );
         }
         out
     }
@@ -103,10 +127,24 @@ mod tests {
         m.scrub_done("passed", Duration::from_millis(3));
         m.scrub_done("passed", Duration::from_secs(2));
         let text = m.render(&NodeState::default());
-        assert!(text.contains("bulwarkd_scrub_duration_seconds_bucket{outcome=\"passed\",le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("bulwarkd_scrub_duration_seconds_bucket{outcome=\"passed\",le=\"5\"} 2"), "{text}");
-        assert!(text.contains("bulwarkd_scrub_duration_seconds_count{outcome=\"passed\"} 2"), "{text}");
-        assert!(text.contains("bulwarkd_devices{state=\"available\"} 0"), "{text}");
+        assert!(
+            text.contains(
+                "bulwarkd_scrub_duration_seconds_bucket{outcome=\"passed\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulwarkd_scrub_duration_seconds_bucket{outcome=\"passed\",le=\"5\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulwarkd_scrub_duration_seconds_count{outcome=\"passed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulwarkd_devices{state=\"available\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("bulwarkd_vms{state=\"running\"} 0"), "{text}");
     }
 }

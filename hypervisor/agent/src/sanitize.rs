@@ -53,7 +53,11 @@ pub trait Sanitizer: Send + Sync + std::fmt::Debug {
 pub fn from_config(cfg: &SanitizerConfig, sysfs_root: &Path) -> Arc<dyn Sanitizer> {
     match cfg {
         SanitizerConfig::Vfio => Arc::new(VfioSanitizer::new(sysfs_root, Path::new("/dev/vfio"))),
-        SanitizerConfig::SoftwareTest { fail, hang, step_ms } => Arc::new(SoftwareSanitizer {
+        SanitizerConfig::SoftwareTest {
+            fail,
+            hang,
+            step_ms,
+        } => Arc::new(SoftwareSanitizer {
             fail: fail.clone(),
             hang: hang.clone(),
             step: Duration::from_millis(*step_ms),
@@ -79,9 +83,15 @@ impl Sanitizer for SoftwareSanitizer {
         }
         std::thread::sleep(self.step);
         if step == Step::VendorScrub && self.fail.contains(&dev.address) {
-            return Err(StepFailure { method, detail: "software-test: injected scrub failure".into() });
+            return Err(StepFailure {
+                method,
+                detail: "software-test: injected scrub failure".into(),
+            });
         }
-        Ok(StepReport { method, detail: format!("software-test {} done", step.name()) })
+        Ok(StepReport {
+            method,
+            detail: format!("software-test {} done", step.name()),
+        })
     }
 }
 
@@ -95,25 +105,41 @@ pub struct VfioSanitizer {
 
 impl VfioSanitizer {
     pub fn new(sysfs_root: &Path, dev_vfio: &Path) -> VfioSanitizer {
-        VfioSanitizer { sysfs_root: sysfs_root.to_path_buf(), dev_vfio: dev_vfio.to_path_buf() }
+        VfioSanitizer {
+            sysfs_root: sysfs_root.to_path_buf(),
+            dev_vfio: dev_vfio.to_path_buf(),
+        }
     }
 
     fn open(&self, dev: &Device, method: &str) -> Result<vfio_ioctls::VfioDevice, StepFailure> {
-        let fail = |detail: String| StepFailure { method: method.to_string(), detail };
+        let fail = |detail: String| StepFailure {
+            method: method.to_string(),
+            detail,
+        };
         if !self.dev_vfio.join("vfio").exists() {
             return Err(fail(format!(
                 "VFIO is not available on this machine ({} is absent: load vfio-pci, enable the IOMMU)",
                 self.dev_vfio.join("vfio").display()
             )));
         }
-        let group = dev.iommu_group.ok_or_else(|| fail("device has no IOMMU group".into()))?;
+        let group = dev
+            .iommu_group
+            .ok_or_else(|| fail("device has no IOMMU group".into()))?;
         if !self.dev_vfio.join(group.to_string()).exists() {
-            return Err(fail(format!("{} is absent: is the group bound to vfio-pci?", self.dev_vfio.join(group.to_string()).display())));
+            return Err(fail(format!(
+                "{} is absent: is the group bound to vfio-pci?",
+                self.dev_vfio.join(group.to_string()).display()
+            )));
         }
-        let container = vfio_ioctls::VfioContainer::new(None).map_err(|e| fail(format!("opening the VFIO container: {e}")))?;
+        let container = vfio_ioctls::VfioContainer::new(None)
+            .map_err(|e| fail(format!("opening the VFIO container: {e}")))?;
         let path = self.sysfs_root.join("bus/pci/devices").join(&dev.address);
-        vfio_ioctls::VfioDevice::new(&path, Arc::new(container), false)
-            .map_err(|e| fail(format!("opening {} through VFIO (busy in another VM?): {e}", dev.address)))
+        vfio_ioctls::VfioDevice::new(&path, Arc::new(container), false).map_err(|e| {
+            fail(format!(
+                "opening {} through VFIO (busy in another VM?): {e}",
+                dev.address
+            ))
+        })
     }
 }
 
@@ -146,7 +172,12 @@ impl Sanitizer for VfioSanitizer {
                 let vendor = u16::from_le_bytes([id[0], id[1]]);
                 let command = u16::from_le_bytes(cmd);
                 if vendor == 0xffff {
-                    return Err(StepFailure { method: method.into(), detail: "the device did not come back after the reset (vendor id reads 0xffff)".into() });
+                    return Err(StepFailure {
+                        method: method.into(),
+                        detail:
+                            "the device did not come back after the reset (vendor id reads 0xffff)"
+                                .into(),
+                    });
                 }
                 // After a reset: memory space, I/O space and bus mastering off.
                 if command & 0x7 != 0 {
@@ -195,7 +226,10 @@ mod tests {
         let s = VfioSanitizer::new(Path::new("/sys"), &dir.path().join("vfio"));
         for step in Step::ALL {
             let e = s.step(&dev("0000:01:00.0"), step).unwrap_err();
-            assert!(e.detail.contains("VFIO is not available on this machine"), "{e:?}");
+            assert!(
+                e.detail.contains("VFIO is not available on this machine"),
+                "{e:?}"
+            );
         }
         // With a container node but no group node: names the group.
         std::fs::create_dir_all(dir.path().join("vfio")).unwrap();
@@ -206,7 +240,10 @@ mod tests {
 
     #[test]
     fn software_sanitizer_passes_and_fails_as_told() {
-        let s = SoftwareSanitizer { fail: vec!["0000:02:00.0".into()], ..Default::default() };
+        let s = SoftwareSanitizer {
+            fail: vec!["0000:02:00.0".into()],
+            ..Default::default()
+        };
         let ok = s.step(&dev("0000:01:00.0"), Step::VendorScrub).unwrap();
         assert!(ok.method.starts_with("software-test"));
         assert!(s.step(&dev("0000:02:00.0"), Step::Reset).is_ok());

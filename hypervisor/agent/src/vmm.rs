@@ -32,7 +32,13 @@ pub struct VmPaths {
 impl VmPaths {
     pub fn new(state_dir: &Path, id: &str) -> VmPaths {
         let dir = state_dir.join("vms").join(id);
-        VmPaths { api_sock: dir.join("api.sock"), log: dir.join("vmm.log"), serial: dir.join("serial.log"), keys: Vec::new(), dir }
+        VmPaths {
+            api_sock: dir.join("api.sock"),
+            log: dir.join("vmm.log"),
+            serial: dir.join("serial.log"),
+            keys: Vec::new(),
+            dir,
+        }
     }
 }
 
@@ -43,7 +49,8 @@ fn host(what: &str, e: impl std::fmt::Display) -> Error {
 /// Creates the VM's directory for the VMM's uid and writes the tenant's keys.
 pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Result<()> {
     let _ = std::fs::remove_dir_all(&paths.dir);
-    std::fs::create_dir_all(&paths.dir).map_err(|e| host(&format!("creating {}", paths.dir.display()), e))?;
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| host(&format!("creating {}", paths.dir.display()), e))?;
     paths.keys.clear();
     for (i, k) in tenant.signer_keys.iter().enumerate() {
         let p = paths.dir.join(format!("signer-{i}.pem"));
@@ -51,9 +58,11 @@ pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Resu
         paths.keys.push(p);
     }
     for p in std::iter::once(&paths.dir).chain(&paths.keys) {
-        std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| host(&format!("chown {}", p.display()), e))?;
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+            .map_err(|e| host(&format!("chown {}", p.display()), e))?;
     }
-    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| host("chmod", e))?;
+    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| host("chmod", e))?;
     Ok(())
 }
 
@@ -84,8 +93,16 @@ pub struct Cgroup {
 impl Cgroup {
     pub fn create(parent: &Path, vm: &Vm, pids_max: u32) -> Result<Cgroup> {
         let err = |what: String, e: std::io::Error| host(&what, e);
-        let controllers = std::fs::read_to_string(parent.join("cgroup.controllers"))
-            .map_err(|e| err(format!("{} is not a cgroup v2 directory (cgroup.controllers)", parent.display()), e))?;
+        let controllers =
+            std::fs::read_to_string(parent.join("cgroup.controllers")).map_err(|e| {
+                err(
+                    format!(
+                        "{} is not a cgroup v2 directory (cgroup.controllers)",
+                        parent.display()
+                    ),
+                    e,
+                )
+            })?;
         for c in ["cpu", "memory", "pids"] {
             if !controllers.split_whitespace().any(|x| x == c) {
                 return Err(Error::new(
@@ -97,20 +114,36 @@ impl Cgroup {
         }
         let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory +pids");
         let dir = parent.join(&vm.id);
+        // A leftover from an earlier run is removed; a busy one (processes in it) refuses.
         if dir.exists() {
-            let _ = std::fs::remove_dir(&dir);
+            std::fs::remove_dir(&dir).map_err(|e| {
+                err(
+                    format!(
+                        "cgroup {} exists and cannot be removed (a VMM of this VM still in it?)",
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
         }
-        std::fs::create_dir(&dir).map_err(|e| err(format!("creating cgroup {}", dir.display()), e))?;
+        std::fs::create_dir(&dir)
+            .map_err(|e| err(format!("creating cgroup {}", dir.display()), e))?;
         let mem = (u64::from(vm.mem_mib) + 256) << 20;
         for (f, v) in [
-            ("cpu.max", format!("{} 100000", u64::from(vm.vcpus) * 100_000)),
+            (
+                "cpu.max",
+                format!("{} 100000", u64::from(vm.vcpus) * 100_000),
+            ),
             ("memory.max", mem.to_string()),
             ("pids.max", pids_max.to_string()),
         ] {
-            std::fs::write(dir.join(f), v).map_err(|e| err(format!("writing {}/{f}", dir.display()), e))?;
+            std::fs::write(dir.join(f), v)
+                .map_err(|e| err(format!("writing {}/{f}", dir.display()), e))?;
         }
         let procs = std::fs::OpenOptions::new()
             .write(true)
+            .create(true)
+            .truncate(false)
             .open(dir.join("cgroup.procs"))
             .map_err(|e| err(format!("opening {}/cgroup.procs", dir.display()), e))?;
         Ok(Cgroup { dir, procs })
@@ -131,8 +164,15 @@ pub struct Spawned {
 }
 
 /// Spawns `bulwark-vmm --api-sock` under the jail.
-pub fn spawn(bin: &Path, paths: &VmPaths, jail: &JailConfig, uid: u32, cgroup: Option<Cgroup>) -> Result<Spawned> {
-    let log = std::fs::File::create(&paths.log).map_err(|e| host(&format!("creating {}", paths.log.display()), e))?;
+pub fn spawn(
+    bin: &Path,
+    paths: &VmPaths,
+    jail: &JailConfig,
+    uid: u32,
+    cgroup: Option<Cgroup>,
+) -> Result<Spawned> {
+    let log = std::fs::File::create(&paths.log)
+        .map_err(|e| host(&format!("creating {}", paths.log.display()), e))?;
     let log2 = log.try_clone().map_err(|e| host("log", e))?;
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--api-sock")
@@ -148,38 +188,79 @@ pub fn spawn(bin: &Path, paths: &VmPaths, jail: &JailConfig, uid: u32, cgroup: O
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|e| Error::new(Kind::Unprocessable, "vmm_bin", format!("spawning {}: {e}", bin.display())))?;
-    let pid = child.id().ok_or_else(|| Error::internal("vmm", "spawned VMM has no pid"))? as i32;
-    let pidfd = pidfd(pid).map_err(|e| Error::internal("vmm", format!("pidfd_open({pid}): {e}")))?;
+        .map_err(|e| {
+            Error::new(
+                Kind::Unprocessable,
+                "vmm_bin",
+                format!("spawning {}: {e}", bin.display()),
+            )
+        })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| Error::internal("vmm", "spawned VMM has no pid"))? as i32;
+    let pidfd =
+        pidfd(pid).map_err(|e| Error::internal("vmm", format!("pidfd_open({pid}): {e}")))?;
     Ok(Spawned { child, pid, pidfd })
 }
 
 /// A pidfd for `pid`.
 pub fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
     let p = rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("pid 0"))?;
-    Ok(rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())?)
+    Ok(rustix::process::pidfd_open(
+        p,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Waits (bounded) for the VMM's socket, then configures and starts the VM through
 /// it. Errors carry the VMM's own message.
-pub async fn configure_and_start(paths: &VmPaths, config: &serde_json::Value, child: &mut tokio::process::Child) -> Result<()> {
+pub async fn configure_and_start(
+    paths: &VmPaths,
+    config: &serde_json::Value,
+    child: &mut tokio::process::Child,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !paths.api_sock.exists() {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::new(Kind::Unprocessable, "vmm", format!("the VMM exited before its API socket appeared ({status})")));
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                format!("the VMM exited before its API socket appeared ({status})"),
+            ));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::new(Kind::Unprocessable, "vmm", "the VMM's API socket did not appear within 20 s"));
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                "the VMM's API socket did not appear within 20 s",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let call = |method: &'static str, path: &'static str, body: Option<String>| async move {
-        let r = tokio::time::timeout(Duration::from_secs(120), client::request(&paths.api_sock, method, path, body))
-            .await
-            .map_err(|_| Error::new(Kind::Unprocessable, "vmm", format!("{method} {path}: the VMM did not answer within 120 s")))?
-            .map_err(|e| Error::new(Kind::Unprocessable, "vmm", format!("{method} {path}: {e}")))?;
+        let r = tokio::time::timeout(
+            Duration::from_secs(120),
+            client::request(&paths.api_sock, method, path, body),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                format!("{method} {path}: the VMM did not answer within 120 s"),
+            )
+        })?
+        .map_err(|e| Error::new(Kind::Unprocessable, "vmm", format!("{method} {path}: {e}")))?;
         if r.status >= 300 {
-            return Err(Error::new(Kind::Unprocessable, "vmm", format!("{method} {path}: VMM answered {}: {}", r.status, String::from_utf8_lossy(&r.body))));
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                format!(
+                    "{method} {path}: VMM answered {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ),
+            ));
         }
         Ok(())
     };
@@ -189,12 +270,22 @@ pub async fn configure_and_start(paths: &VmPaths, config: &serde_json::Value, ch
 
 /// Asks the VMM to stop.
 pub async fn request_stop(api_sock: &Path) -> Result<()> {
-    let r = tokio::time::timeout(Duration::from_secs(10), client::request(api_sock, "POST", "/vm/stop", None))
-        .await
-        .map_err(|_| Error::internal("vmm", "POST /vm/stop: no answer within 10 s"))?
-        .map_err(|e| Error::internal("vmm", format!("POST /vm/stop: {e}")))?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client::request(api_sock, "POST", "/vm/stop", None),
+    )
+    .await
+    .map_err(|_| Error::internal("vmm", "POST /vm/stop: no answer within 10 s"))?
+    .map_err(|e| Error::internal("vmm", format!("POST /vm/stop: {e}")))?;
     if r.status >= 300 {
-        return Err(Error::internal("vmm", format!("POST /vm/stop: {}: {}", r.status, String::from_utf8_lossy(&r.body))));
+        return Err(Error::internal(
+            "vmm",
+            format!(
+                "POST /vm/stop: {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ),
+        ));
     }
     Ok(())
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use common::*;
 use serde_json::{json, Value};
+use std::process::Command;
 
 fn enroll_and_settle(n: &Node, addr: &str) -> Value {
     let (s, v) = n.call("POST", &format!("/devices/{addr}/enroll"), None);
@@ -16,7 +16,11 @@ fn enroll_and_settle(n: &Node, addr: &str) -> Value {
 }
 
 fn tenant(n: &Node, id: &str, key: &str) {
-    let (s, v) = n.call("POST", "/tenants", Some(json!({ "id": id, "signer_keys": [key], "min_version": 1 })));
+    let (s, v) = n.call(
+        "POST",
+        "/tenants",
+        Some(json!({ "id": id, "signer_keys": [key], "min_version": 1 })),
+    );
     assert_eq!(s, 201, "{v}");
 }
 
@@ -25,7 +29,12 @@ fn inventory_lists_accelerators_with_groups_numa_link_and_serial() {
     let mut n = Node::new(json!({}));
     n.start();
     let devs = n.get("/devices");
-    let addrs: Vec<&str> = devs.as_array().unwrap().iter().map(|d| d["address"].as_str().unwrap()).collect();
+    let addrs: Vec<&str> = devs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["address"].as_str().unwrap())
+        .collect();
     // GPUs only: not the audio function, the NVMe drive or the NIC.
     assert_eq!(addrs, [GPU_A, GPU_B, GPU_BAD, GPU_NVME, GPU_HOST]);
     let a = n.device(GPU_A);
@@ -39,7 +48,15 @@ fn inventory_lists_accelerators_with_groups_numa_link_and_serial() {
     assert_eq!(a["serial"], "11-22-33-44-55-66-77-88");
     assert_eq!(n.get("/node")["schema_version"], 1);
     // A device that appears later is found by a rescan.
-    bulwark_agent::inventory::fake::add(&n.path("sys"), "0000:07:00.0", 0x10de, 0x22a3, 0x068000, 7, None);
+    bulwark_agent::inventory::fake::add(
+        &n.path("sys"),
+        "0000:07:00.0",
+        0x10de,
+        0x22a3,
+        0x068000,
+        7,
+        None,
+    );
     let (s, v) = n.call("POST", "/devices/rescan", None);
     assert_eq!((s, &v["devices"]), (200, &json!(6)), "{v}");
     assert_eq!(n.device("0000:07:00.0")["kind"], "nvswitch");
@@ -59,21 +76,50 @@ fn enrolment_scrubs_the_whole_group_before_it_is_available() {
         let recs = n.get(&format!("/devices/{addr}/scrubs"));
         let r = &recs[0];
         assert_eq!(r["outcome"], "passed", "{r}");
-        let steps: Vec<&str> = r["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+        let steps: Vec<&str> = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap())
+            .collect();
         assert_eq!(steps, ["reset", "vendor_scrub"]);
-        assert!(r["steps"][0]["method"].as_str().unwrap().starts_with("software-test"), "{r}");
+        assert!(
+            r["steps"][0]["method"]
+                .as_str()
+                .unwrap()
+                .starts_with("software-test"),
+            "{r}"
+        );
         assert!(r["finished_at_ms"].as_u64().unwrap() >= r["started_at_ms"].as_u64().unwrap());
     }
     assert_eq!(n.device(GPU_A_AUDIO)["kind"], "group_member");
     // Enrolling again is a conflict.
     let (s, v) = n.call("POST", &format!("/devices/{GPU_A_AUDIO}/enroll"), None);
-    assert_eq!((s, v["error"]["field"].as_str()), (409, Some("state")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (409, Some("state")),
+        "{v}"
+    );
     // Events tell the story.
     let ev = n.get("/events");
-    let whats: Vec<String> = ev.as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    let whats: Vec<String> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect();
     assert!(whats.iter().any(|w| w.starts_with("enrolled")), "{whats:?}");
-    assert_eq!(whats.iter().filter(|w| w.contains("passed: available")).count(), 2, "{whats:?}");
-    let last = ev.as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(
+        whats
+            .iter()
+            .filter(|w| w.contains("passed: available"))
+            .count(),
+        2,
+        "{whats:?}"
+    );
+    let last = ev.as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
     assert_eq!(n.get(&format!("/events?since={last}")), json!([]));
     let m = n.call("GET", "/metrics", None);
     assert_eq!(m.0, 200);
@@ -86,17 +132,39 @@ fn groups_that_cannot_be_made_whole_are_refused_with_the_reason() {
     n.start();
     let (s, v) = n.call("POST", &format!("/devices/{GPU_NVME}/enroll"), None);
     assert_eq!(s, 409, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("0000:04:00.1 is bound to host driver nvme"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("0000:04:00.1 is bound to host driver nvme"),
+        "{v}"
+    );
     let d = n.device(GPU_NVME);
     assert_eq!(d["state"], "unenrolled");
-    assert!(d["reason"].as_str().unwrap().contains("enrolment refused"), "{d}");
+    assert!(
+        d["reason"].as_str().unwrap().contains("enrolment refused"),
+        "{d}"
+    );
     // The driver_override was never written.
-    assert_eq!(std::fs::read_to_string(n.path("sys/bus/pci/devices/0000:04:00.1/driver_override")).unwrap(), "(null)\n");
+    assert_eq!(
+        std::fs::read_to_string(n.path("sys/bus/pci/devices/0000:04:00.1/driver_override"))
+            .unwrap(),
+        "(null)\n"
+    );
     // A device that does not end up on vfio-pci: 422, stays unenrolled.
     let (s, v) = n.call("POST", &format!("/devices/{GPU_HOST}/enroll"), None);
     assert_eq!(s, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("did not bind to vfio-pci (driver now: nvidia)"), "{v}");
-    assert_eq!(std::fs::read_to_string(n.path("sys/bus/pci/drivers/nvidia/unbind")).unwrap(), GPU_HOST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not bind to vfio-pci (driver now: nvidia)"),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(n.path("sys/bus/pci/drivers/nvidia/unbind")).unwrap(),
+        GPU_HOST
+    );
     assert_eq!(n.device(GPU_HOST)["state"], "unenrolled");
     // Bad and unknown addresses.
     assert_eq!(n.call("POST", "/devices/0000:01:00.9/enroll", None).0, 400);
@@ -110,7 +178,13 @@ fn a_failed_scrub_quarantines_until_an_operator_release_and_a_passing_scrub() {
     n.start();
     let d = enroll_and_settle(&n, GPU_BAD);
     assert_eq!(d["state"], "quarantined", "{d}");
-    assert!(d["reason"].as_str().unwrap().contains("injected scrub failure"), "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("injected scrub failure"),
+        "{d}"
+    );
     let recs = n.get(&format!("/devices/{GPU_BAD}/scrubs"));
     assert_eq!(recs[0]["outcome"], "failed");
     assert_eq!(recs[0]["steps"][1]["ok"], false);
@@ -125,27 +199,49 @@ fn a_failed_scrub_quarantines_until_an_operator_release_and_a_passing_scrub() {
     assert_eq!((s, &v["state"]), (200, &json!("sanitizing")), "{v}");
     n.settle();
     assert_eq!(n.device(GPU_BAD)["state"], "quarantined");
-    assert_eq!(n.get(&format!("/devices/{GPU_BAD}/scrubs")).as_array().unwrap().len(), 2);
+    assert_eq!(
+        n.get(&format!("/devices/{GPU_BAD}/scrubs"))
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     n.kill();
     n.config["sanitizer"] = json!({ "kind": "software_test" });
     n.write_config();
     n.start();
-    assert_eq!(n.device(GPU_BAD)["state"], "quarantined", "a restart alone releases nothing");
+    assert_eq!(
+        n.device(GPU_BAD)["state"],
+        "quarantined",
+        "a restart alone releases nothing"
+    );
     n.call("POST", &format!("/devices/{GPU_BAD}/release"), None);
     n.settle();
     assert_eq!(n.device(GPU_BAD)["state"], "available");
     // Only quarantined devices can be released.
-    assert_eq!(n.call("POST", &format!("/devices/{GPU_BAD}/release"), None).0, 409);
+    assert_eq!(
+        n.call("POST", &format!("/devices/{GPU_BAD}/release"), None)
+            .0,
+        409
+    );
     n.check_invariants();
 }
 
 #[test]
 fn a_hung_scrub_is_cut_off_by_the_timeout_and_quarantined() {
-    let mut n = Node::new(json!({ "sanitizer": { "kind": "software_test", "hang": [GPU_B] }, "scrub_step_timeout_ms": 300 }));
+    let mut n = Node::new(
+        json!({ "sanitizer": { "kind": "software_test", "hang": [GPU_B] }, "scrub_step_timeout_ms": 300 }),
+    );
     n.start();
     let d = enroll_and_settle(&n, GPU_B);
     assert_eq!(d["state"], "quarantined", "{d}");
-    assert!(d["reason"].as_str().unwrap().contains("reset did not finish within 300 ms"), "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reset did not finish within 300 ms"),
+        "{d}"
+    );
     let recs = n.get(&format!("/devices/{GPU_B}/scrubs"));
     assert_eq!(recs[0]["steps"][0]["method"], "timeout");
     // The API still answers while the hung thread sleeps.
@@ -162,7 +258,11 @@ fn tenancy_and_exclusivity_conflicts_change_nothing() {
     tenant(&n, "a", &img.key_pem);
     tenant(&n, "b", &img.key_pem);
     let vm = |id: &str, t: &str, gpus: Value| json!({ "id": id, "tenant": t, "image": img.path, "vcpus": 1, "mem_mib": 64, "gpus": gpus });
-    let (s, v) = n.call("POST", "/vms", Some(vm("a1", "a", json!({ "addresses": [GPU_A_AUDIO] }))));
+    let (s, v) = n.call(
+        "POST",
+        "/vms",
+        Some(vm("a1", "a", json!({ "addresses": [GPU_A_AUDIO] }))),
+    );
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["devices"], json!([GPU_A, GPU_A_AUDIO]), "the whole group");
     assert_eq!(v["state"], "created");
@@ -175,12 +275,28 @@ fn tenancy_and_exclusivity_conflicts_change_nothing() {
         (vm("a1", "a", json!({ "addresses": [GPU_B] })), "id"),
     ] {
         let (s, v) = n.call("POST", "/vms", Some(body.clone()));
-        assert_eq!((s, v["error"]["field"].as_str()), (409, Some(field)), "{body}: {v}");
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (409, Some(field)),
+            "{body}: {v}"
+        );
     }
-    assert_eq!((n.get("/devices"), n.get("/vms"), n.get("/node")), before, "a refused request changed nothing");
+    assert_eq!(
+        (n.get("/devices"), n.get("/vms"), n.get("/node")),
+        before,
+        "a refused request changed nothing"
+    );
     assert_eq!(n.get("/node")["owner"], "a");
     // Tenant a can have more VMs; tenant a cannot be deleted while it has VMs.
-    assert_eq!(n.call("POST", "/vms", Some(vm("a2", "a", json!({ "count": 1, "model": "10de:2330" })))).0, 201);
+    assert_eq!(
+        n.call(
+            "POST",
+            "/vms",
+            Some(vm("a2", "a", json!({ "count": 1, "model": "10de:2330" })))
+        )
+        .0,
+        201
+    );
     assert_eq!(n.get("/vms/a2")["devices"], json!([GPU_B]));
     assert_eq!(n.call("DELETE", "/tenants/a", None).0, 409);
     // Never-started VMs give their devices back on delete; then b may have the node.
@@ -203,15 +319,30 @@ fn bad_input_is_refused_naming_the_field() {
     let old = signed_image(n.dir.path(), 0);
     for (body, field) in [
         (json!({ "id": "a" }), "signer_keys"),
-        (json!({ "id": "a", "signer_keys": ["nope"] }), "signer_keys[0]"),
+        (
+            json!({ "id": "a", "signer_keys": ["nope"] }),
+            "signer_keys[0]",
+        ),
         (json!({ "id": "A!", "signer_keys": [img.key_pem] }), "id"),
-        (json!({ "id": "a", "signer_keys": [img.key_pem], "extra": 1 }), "extra"),
-        (json!({ "id": "a", "signer_keys": [img.key_pem], "min_version": -1 }), "min_version"),
+        (
+            json!({ "id": "a", "signer_keys": [img.key_pem], "extra": 1 }),
+            "extra",
+        ),
+        (
+            json!({ "id": "a", "signer_keys": [img.key_pem], "min_version": -1 }),
+            "min_version",
+        ),
     ] {
         let (s, v) = n.call("POST", "/tenants", Some(body.clone()));
-        assert_eq!((s, v["error"]["field"].as_str()), (400, Some(field)), "{body}: {v}");
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
     }
-    let r = bulwark_agent::client::blocking(&n.sock(), "POST", "/tenants", Some("{not json".into())).unwrap();
+    let r =
+        bulwark_agent::client::blocking(&n.sock(), "POST", "/tenants", Some("{not json".into()))
+            .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(n.call("POST", "/tenants", None).1["error"]["field"], "body");
     tenant(&n, "a", &img.key_pem);
@@ -222,8 +353,16 @@ fn bad_input_is_refused_naming_the_field() {
         b
     };
     for (body, status, field) in [
-        (with("gpus", json!({ "count": 1, "addresses": [GPU_A] })), 400, "gpus"),
-        (with("gpus", json!({ "addresses": ["zz"] })), 400, "gpus.addresses[0]"),
+        (
+            with("gpus", json!({ "count": 1, "addresses": [GPU_A] })),
+            400,
+            "gpus",
+        ),
+        (
+            with("gpus", json!({ "addresses": ["zz"] })),
+            400,
+            "gpus.addresses[0]",
+        ),
         (with("gpus", json!({ "count": "one" })), 400, "gpus.count"),
         (with("vcpus", json!(0)), 400, "vcpus"),
         (with("mem_mib", json!(7)), 400, "mem_mib"),
@@ -235,20 +374,46 @@ fn bad_input_is_refused_naming_the_field() {
         (with("image", json!("/nonexistent.bwi")), 422, "image"),
     ] {
         let (s, v) = n.call("POST", "/vms", Some(body.clone()));
-        assert_eq!((s, v["error"]["field"].as_str()), (status, Some(field)), "{body}: {v}");
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (status, Some(field)),
+            "{body}: {v}"
+        );
     }
     // An image signed by a key the tenant does not trust never gets a VM record.
     tenant(&n, "b", &img.other_pem);
-    let (s, v) = n.call("POST", "/vms", Some(json!({ "id": "w", "tenant": "b", "image": img.path })));
+    let (s, v) = n.call(
+        "POST",
+        "/vms",
+        Some(json!({ "id": "w", "tenant": "b", "image": img.path })),
+    );
     assert_eq!(s, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("failed verification for tenant b"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification for tenant b"),
+        "{v}"
+    );
     assert_eq!(n.get("/vms"), json!([]));
     assert_eq!(n.device(GPU_A)["state"], "available");
     // Unknown endpoints, methods, nonces.
     assert_eq!(n.call("GET", "/nope", None).1["error"]["field"], "path");
     assert_eq!(n.call("PUT", "/vms", None).1["error"]["field"], "method");
-    assert_eq!(n.call("POST", "/vms/v/attest", Some(json!({ "nonce": "xyz" }))).1["error"]["field"], "nonce");
-    assert_eq!(n.call("POST", "/vms/v/attest", Some(json!({ "nonce": "00".repeat(32) }))).0, 404);
+    assert_eq!(
+        n.call("POST", "/vms/v/attest", Some(json!({ "nonce": "xyz" })))
+            .1["error"]["field"],
+        "nonce"
+    );
+    assert_eq!(
+        n.call(
+            "POST",
+            "/vms/v/attest",
+            Some(json!({ "nonce": "00".repeat(32) }))
+        )
+        .0,
+        404
+    );
 }
 
 #[test]
@@ -258,10 +423,22 @@ fn a_vmm_that_will_not_start_fails_the_vm_and_its_devices_are_scrubbed() {
     enroll_and_settle(&n, GPU_A);
     let img = signed_image(n.dir.path(), 1);
     tenant(&n, "a", &img.key_pem);
-    assert_eq!(n.call("POST", "/vms", Some(json!({ "id": "v", "tenant": "a", "image": img.path, "gpus": { "count": 1 } }))).0, 201);
+    assert_eq!(
+        n.call(
+            "POST",
+            "/vms",
+            Some(json!({ "id": "v", "tenant": "a", "image": img.path, "gpus": { "count": 1 } }))
+        )
+        .0,
+        201
+    );
     // No jail configured: refused before anything changes.
     let (s, v) = n.call("POST", "/vms/v/start", None);
-    assert_eq!((s, v["error"]["field"].as_str()), (422, Some("jail")), "{v}");
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (422, Some("jail")),
+        "{v}"
+    );
     assert_eq!(n.get("/vms/v")["state"], "created");
     assert_eq!(n.device(GPU_A)["state"], "assigned");
     // With a jail: the VMM's uid needs the VFIO group, and this machine has no VFIO.
@@ -274,21 +451,58 @@ fn a_vmm_that_will_not_start_fails_the_vm_and_its_devices_are_scrubbed() {
     n.start();
     let (s, v) = n.call("POST", "/vms/v/start", None);
     assert_eq!(s, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("VFIO is not available on this machine for group 1"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("VFIO is not available on this machine for group 1"),
+        "{v}"
+    );
     let vm = n.get("/vms/v");
     assert_eq!(vm["state"], "failed", "{vm}");
-    assert!(vm["reason"].as_str().unwrap().starts_with("VMM did not start"), "{vm}");
+    assert!(
+        vm["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("VMM did not start"),
+        "{vm}"
+    );
     assert_eq!(vm["jail"]["uid"], 70000);
-    assert!(vm["jail"]["notes"].as_array().unwrap().iter().any(|x| x.as_str().unwrap().starts_with("cgroup: none")), "{vm}");
+    assert!(
+        vm["jail"]["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().starts_with("cgroup: none")),
+        "{vm}"
+    );
     n.settle();
     let recs = n.get(&format!("/devices/{GPU_A}/scrubs"));
-    assert_eq!(recs.as_array().unwrap().len(), 2, "scrubbed at enrolment and after the failed start");
+    assert_eq!(
+        recs.as_array().unwrap().len(),
+        2,
+        "scrubbed at enrolment and after the failed start"
+    );
     assert_eq!(n.device(GPU_A)["state"], "available");
     // A GPU-less VM whose "VMM" (/bin/false) exits at once, jailed: the VM fails with that reason.
-    assert_eq!(n.call("POST", "/vms", Some(json!({ "id": "g", "tenant": "a", "image": img.path }))).0, 201);
+    assert_eq!(
+        n.call(
+            "POST",
+            "/vms",
+            Some(json!({ "id": "g", "tenant": "a", "image": img.path }))
+        )
+        .0,
+        201
+    );
     let (s, v) = n.call("POST", "/vms/g/start", None);
     assert_eq!(s, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("the VMM exited before its API socket appeared (exit status: 1)"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the VMM exited before its API socket appeared (exit status: 1)"),
+        "{v}"
+    );
     assert_eq!(n.get("/vms/g")["state"], "failed");
     assert_eq!(n.call("DELETE", "/vms/g", None).0, 204);
     // A failed VM can be started again (and fails again), or deleted.
@@ -302,10 +516,20 @@ fn a_vmm_that_will_not_start_fails_the_vm_and_its_devices_are_scrubbed() {
     n.config["jail"]["cgroup_parent"] = json!(n.path("not-a-cgroup"));
     n.write_config();
     n.start();
-    n.call("POST", "/vms", Some(json!({ "id": "v2", "tenant": "a", "image": img.path })));
+    n.call(
+        "POST",
+        "/vms",
+        Some(json!({ "id": "v2", "tenant": "a", "image": img.path })),
+    );
     let (s, v) = n.call("POST", "/vms/v2/start", None);
     assert_eq!(s, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("is not a cgroup v2 directory"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a cgroup v2 directory"),
+        "{v}"
+    );
     assert_eq!(n.get("/vms/v2")["state"], "failed");
 }
 
@@ -332,9 +556,17 @@ fn only_root_and_the_operator_group_may_use_the_socket() {
     let out = ctl(65534, 65534);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refused (403)") && err.contains("root or the operator group only"), "{err}");
+    assert!(
+        err.contains("refused (403)") && err.contains("root or the operator group only"),
+        "{err}"
+    );
     let out = ctl(65534, 4242);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("schema_version: 1"));
 }
 
@@ -347,8 +579,17 @@ fn bulwarkctl_drives_the_agent_with_text_and_json() {
     std::fs::write(&key, &img.key_pem).unwrap();
     let sock = n.sock();
     let ctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl")).arg("--api-sock").arg(&sock).args(args).output().unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (c, out, _) = ctl(&["devices", "list"]);
     assert_eq!(c, 0);
@@ -358,16 +599,53 @@ fn bulwarkctl_drives_the_agent_with_text_and_json() {
     assert_eq!(c, 0, "{err}");
     assert!(out.contains("state: available"), "{out}");
     assert!(err.contains("available after"), "progress on stderr: {err}");
-    let (c, _, err) = ctl(&["tenants", "create", "a", "--key", key.to_str().unwrap(), "--min-version", "1"]);
+    let (c, _, err) = ctl(&[
+        "tenants",
+        "create",
+        "a",
+        "--key",
+        key.to_str().unwrap(),
+        "--min-version",
+        "1",
+    ]);
     assert_eq!(c, 0, "{err}");
-    let (c, out, err) = ctl(&["--json", "vms", "create", "v", "--tenant", "a", "--image", img.path.to_str().unwrap(), "--gpus", "1"]);
+    let (c, out, err) = ctl(&[
+        "--json",
+        "vms",
+        "create",
+        "v",
+        "--tenant",
+        "a",
+        "--image",
+        img.path.to_str().unwrap(),
+        "--gpus",
+        "1",
+    ]);
     assert_eq!(c, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["devices"], json!([GPU_A, GPU_A_AUDIO]));
-    let (c, _, err) = ctl(&["vms", "create", "w", "--tenant", "a", "--image", img.path.to_str().unwrap(), "--gpu", GPU_A]);
+    let (c, _, err) = ctl(&[
+        "vms",
+        "create",
+        "w",
+        "--tenant",
+        "a",
+        "--image",
+        img.path.to_str().unwrap(),
+        "--gpu",
+        GPU_A,
+    ]);
     assert_eq!(c, 1);
     assert!(err.contains("refused (409)"), "{err}");
-    let (c, _, err) = ctl(&["vms", "attest", "v", "--nonce", "zz", "--out", n.path("ev.json").to_str().unwrap()]);
+    let (c, _, err) = ctl(&[
+        "vms",
+        "attest",
+        "v",
+        "--nonce",
+        "zz",
+        "--out",
+        n.path("ev.json").to_str().unwrap(),
+    ]);
     assert_eq!(c, 1);
     assert!(err.contains("nonce"), "{err}");
     assert!(!n.path("ev.json").exists());
@@ -378,7 +656,10 @@ fn bulwarkctl_drives_the_agent_with_text_and_json() {
     assert_eq!(c, 0);
     let (c, out, _) = ctl(&["--json", "devices", "scrubs", GPU_A]);
     assert_eq!(c, 0);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["outcome"], "passed");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[0]["outcome"],
+        "passed"
+    );
     let (c, out, _) = ctl(&["node", "events"]);
     assert_eq!(c, 0);
     assert!(out.contains("vm v: deleted"), "{out}");
@@ -403,7 +684,11 @@ fn a_second_bulwarkd_on_the_same_socket_or_state_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another bulwarkd is running"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another bulwarkd is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
         .arg("--state-dir")
         .arg(n.path("state"))
@@ -414,7 +699,11 @@ fn a_second_bulwarkd_on_the_same_socket_or_state_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("state database"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("state database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A bad config is named.
     std::fs::write(n.path("bad.json"), r#"{"sanitizer":{"kind":"nope"}}"#).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
@@ -427,5 +716,9 @@ fn a_second_bulwarkd_on_the_same_socket_or_state_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sanitizer"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sanitizer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -27,7 +27,12 @@ struct Scenario<'a> {
 }
 
 impl Scenario<'_> {
-    fn call(&mut self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), Crashed> {
+    fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Crashed> {
         match self.n.try_call(method, path, body) {
             Ok(r) => Ok(r),
             Err(_) if self.wait_dead() => Err(Crashed),
@@ -77,7 +82,11 @@ impl Scenario<'_> {
     fn run(&mut self) -> Result<(), Crashed> {
         self.enroll(GPU_A)?;
         if self.get("/tenants")?.as_array().unwrap().is_empty() {
-            let (s, v) = self.call("POST", "/tenants", Some(json!({ "id": "a", "signer_keys": [self.image.key_pem] })))?;
+            let (s, v) = self.call(
+                "POST",
+                "/tenants",
+                Some(json!({ "id": "a", "signer_keys": [self.image.key_pem] })),
+            )?;
             assert_eq!(s, 201, "{v}");
         }
         let vms = self.get("/vms")?;
@@ -87,13 +96,25 @@ impl Scenario<'_> {
             assert_eq!(s, 201, "{v}");
             self.created.push("v1".into());
         }
-        if self.get("/vms")?.as_array().unwrap().iter().any(|v| v["id"] == "v1" && v["state"] == "created") {
+        if self
+            .get("/vms")?
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == "v1" && v["state"] == "created")
+        {
             // The jailed "VMM" cannot get VFIO here: the start fails, the devices are scrubbed.
             let (s, v) = self.call("POST", "/vms/v1/start", None)?;
             assert_eq!(s, 422, "{v}");
         }
         self.settle()?;
-        if self.get("/vms")?.as_array().unwrap().iter().any(|v| v["id"] == "v1") {
+        if self
+            .get("/vms")?
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == "v1")
+        {
             // Once the delete is asked for, either outcome of a crash is correct.
             self.created.retain(|v| v != "v1");
             let (s, v) = self.call("DELETE", "/vms/v1", None)?;
@@ -114,11 +135,17 @@ fn check_after_restart(n: &Node, created: &[String]) {
     n.check_invariants();
     let vms = n.get("/vms");
     for id in created {
-        assert!(vms.as_array().unwrap().iter().any(|v| &v["id"] == id), "VM {id} lost: {vms}");
+        assert!(
+            vms.as_array().unwrap().iter().any(|v| &v["id"] == id),
+            "VM {id} lost: {vms}"
+        );
     }
     // Nothing is stuck: no VM is left starting or running without a VMM.
     for v in vms.as_array().unwrap() {
-        assert!(!["starting", "running"].contains(&v["state"].as_str().unwrap()), "{v}");
+        assert!(
+            !["starting", "running"].contains(&v["state"].as_str().unwrap()),
+            "{v}"
+        );
     }
 }
 
@@ -131,36 +158,67 @@ fn final_state(n: &Node) {
     assert_eq!(n.device(GPU_BAD)["state"], "quarantined");
     // Enrolment scrub, the scrub after the failed start: at least these two passed.
     let recs = n.get(&format!("/devices/{GPU_A}/scrubs"));
-    assert!(recs.as_array().unwrap().iter().filter(|r| r["outcome"] == "passed").count() >= 2, "{recs}");
+    assert!(
+        recs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == "passed")
+            .count()
+            >= 2,
+        "{recs}"
+    );
 }
 
 fn crash_at(point: &str) {
-    let mut n = Node::new(json!({ "jail": { "uid_base": 70000, "gid": 70000 }, "vmm_bin": "/bin/false" }));
+    let mut n =
+        Node::new(json!({ "jail": { "uid_base": 70000, "gid": 70000 }, "vmm_bin": "/bin/false" }));
     let image = signed_image(n.dir.path(), 1);
     n.try_start(&[("BULWARKD_TEST_CRASH_AT", point)]).unwrap();
-    let mut s = Scenario { n: &mut n, image: &image, created: Vec::new(), released: false };
+    let mut s = Scenario {
+        n: &mut n,
+        image: &image,
+        created: Vec::new(),
+        released: false,
+    };
     let first = s.run();
     let (created, released) = (s.created.clone(), s.released);
     assert!(first.is_err(), "crash point {point} was never reached");
     assert!(n.dead());
-    assert!(n.log().contains(&format!("test hook: SIGKILL at {point}")), "{}", n.log());
+    assert!(
+        n.log().contains(&format!("test hook: SIGKILL at {point}")),
+        "{}",
+        n.log()
+    );
     // Restart without the hook: reconcile, let interrupted scrubs finish, check.
     n.start();
     n.settle();
     check_after_restart(&n, &created);
     // An interrupted scrub is closed as such and the device scrubbed from the start.
     if point.starts_with("scrub:") && point != "scrub:committed" {
-        let any_interrupted = n
-            .get("/devices")
+        let any_interrupted = n.get("/devices").as_array().unwrap().iter().any(|d| {
+            n.get(&format!(
+                "/devices/{}/scrubs",
+                d["address"].as_str().unwrap()
+            ))
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| n.get(&format!("/devices/{}/scrubs", d["address"].as_str().unwrap())).as_array().unwrap().iter().any(|r| r["outcome"] == "interrupted"));
-        assert!(any_interrupted, "{point}: no scrub record marked interrupted");
+            .any(|r| r["outcome"] == "interrupted")
+        });
+        assert!(
+            any_interrupted,
+            "{point}: no scrub record marked interrupted"
+        );
     }
     // And the scenario goes on to its normal end.
-    let mut s = Scenario { n: &mut n, image: &image, created, released };
-    s.run().unwrap_or_else(|_| panic!("bulwarkd died after the restart"));
+    let mut s = Scenario {
+        n: &mut n,
+        image: &image,
+        created,
+        released,
+    };
+    s.run()
+        .unwrap_or_else(|_| panic!("bulwarkd died after the restart"));
     final_state(&n);
 }
 
@@ -170,25 +228,52 @@ fn every_crash_point_is_recovered() {
     for p in POINTS {
         let r = std::panic::catch_unwind(|| crash_at(p));
         if let Err(e) = r {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             failures.push(format!("{p}: {msg}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} crash points failed:\n{}", failures.len(), POINTS.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} crash points failed:\n{}",
+        failures.len(),
+        POINTS.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
 fn the_scenario_runs_to_its_end_without_a_crash() {
-    let mut n = Node::new(json!({ "jail": { "uid_base": 70000, "gid": 70000 }, "vmm_bin": "/bin/false" }));
+    let mut n =
+        Node::new(json!({ "jail": { "uid_base": 70000, "gid": 70000 }, "vmm_bin": "/bin/false" }));
     let image = signed_image(n.dir.path(), 1);
     n.start();
-    let mut s = Scenario { n: &mut n, image: &image, created: Vec::new(), released: false };
+    let mut s = Scenario {
+        n: &mut n,
+        image: &image,
+        created: Vec::new(),
+        released: false,
+    };
     s.run().unwrap();
     final_state(&n);
     // The same state after a plain SIGKILL and restart.
-    let before = (n.get("/devices"), n.get("/tenants"), n.get("/node")["owner"].clone());
+    let before = (
+        n.get("/devices"),
+        n.get("/tenants"),
+        n.get("/node")["owner"].clone(),
+    );
     n.kill();
     n.start();
     n.settle();
-    assert_eq!((n.get("/devices"), n.get("/tenants"), n.get("/node")["owner"].clone()), before);
+    assert_eq!(
+        (
+            n.get("/devices"),
+            n.get("/tenants"),
+            n.get("/node")["owner"].clone()
+        ),
+        before
+    );
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
-#[command(name = "bulwarkctl", version, about = "Control a Bulwark node agent (bulwarkd)")]
+#[command(
+    name = "bulwarkctl",
+    version,
+    about = "Control a Bulwark node agent (bulwarkd)"
+)]
 struct Cli {
     /// bulwarkd's API socket.
     #[arg(long, global = true, default_value = "/run/bulwark/bulwarkd.sock")]
@@ -55,7 +59,9 @@ enum NodeCmd {
 #[derive(Debug, Subcommand)]
 enum DeviceCmd {
     List,
-    Show { address: String },
+    Show {
+        address: String,
+    },
     /// Scan sysfs again.
     Rescan,
     /// Bind the device's IOMMU group to vfio-pci; it is then scrubbed.
@@ -72,13 +78,17 @@ enum DeviceCmd {
         wait: bool,
     },
     /// The device's scrub records.
-    Scrubs { address: String },
+    Scrubs {
+        address: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum TenantCmd {
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
     Create {
         id: String,
         /// Trusted image signer public key (PEM file); repeat for several.
@@ -87,13 +97,17 @@ enum TenantCmd {
         #[arg(long, default_value_t = 0)]
         min_version: u64,
     },
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum VmCmd {
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
     Create {
         id: String,
         #[arg(long)]
@@ -115,9 +129,15 @@ enum VmCmd {
         #[arg(long = "gpu")]
         addresses: Vec<String>,
     },
-    Start { id: String },
-    Stop { id: String },
-    Delete { id: String },
+    Start {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
     /// Write the VM's attestation evidence for NONCE to FILE.
     Attest {
         id: String,
@@ -132,7 +152,8 @@ enum VmCmd {
 struct Fail(u8, String);
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
-    let r = client::blocking(sock, method, path, body.map(|b| b.to_string())).map_err(|e| Fail(2, e))?;
+    let r = client::blocking(sock, method, path, body.map(|b| b.to_string()))
+        .map_err(|e| Fail(2, e))?;
     if r.status >= 300 {
         let v = r.json();
         let msg = match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
@@ -144,7 +165,8 @@ fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Va
     if r.body.is_empty() {
         return Ok(Value::Null);
     }
-    Ok(serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).into_owned())))
+    Ok(serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).into_owned())))
 }
 
 fn s(v: &Value) -> String {
@@ -157,26 +179,57 @@ fn s(v: &Value) -> String {
 
 fn table(rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(x, w)| format!("{x:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(x, w)| format!("{x:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
 
 fn print_devices(v: &Value) {
-    let mut rows = vec![["ADDRESS", "ID", "KIND", "GROUP", "NUMA", "STATE", "VM", "REASON"].map(String::from).to_vec()];
+    let mut rows = vec![[
+        "ADDRESS", "ID", "KIND", "GROUP", "NUMA", "STATE", "VM", "REASON",
+    ]
+    .map(String::from)
+    .to_vec()];
     for d in v.as_array().into_iter().flatten() {
-        rows.push(vec![s(&d["address"]), s(&d["id"]), s(&d["kind"]), s(&d["iommu_group"]), s(&d["numa_node"]), s(&d["state"]), s(&d["owner_vm"]), s(&d["reason"])]);
+        rows.push(vec![
+            s(&d["address"]),
+            s(&d["id"]),
+            s(&d["kind"]),
+            s(&d["iommu_group"]),
+            s(&d["numa_node"]),
+            s(&d["state"]),
+            s(&d["owner_vm"]),
+            s(&d["reason"]),
+        ]);
     }
     table(&rows);
 }
 
 fn print_vms(v: &Value) {
-    let mut rows = vec![["ID", "TENANT", "STATE", "DEVICES", "PID", "REASON"].map(String::from).to_vec()];
+    let mut rows = vec![["ID", "TENANT", "STATE", "DEVICES", "PID", "REASON"]
+        .map(String::from)
+        .to_vec()];
     for d in v.as_array().into_iter().flatten() {
-        let devs = d["devices"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default();
-        rows.push(vec![s(&d["id"]), s(&d["tenant"]), s(&d["state"]), if devs.is_empty() { "-".into() } else { devs }, s(&d["pid"]), s(&d["reason"])]);
+        let devs = d["devices"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        rows.push(vec![
+            s(&d["id"]),
+            s(&d["tenant"]),
+            s(&d["state"]),
+            if devs.is_empty() { "-".into() } else { devs },
+            s(&d["pid"]),
+            s(&d["reason"]),
+        ]);
     }
     table(&rows);
 }
@@ -196,7 +249,11 @@ fn wait_scrub(sock: &Path, addr: &str, json_out: bool) -> Result<Value, Fail> {
         let d = call(sock, "GET", &format!("/devices/{addr}"), None)?;
         if d["state"] != "sanitizing" {
             if !json_out {
-                eprintln!("\r{addr}: {} after {:.1} s", s(&d["state"]), t0.elapsed().as_secs_f64());
+                eprintln!(
+                    "\r{addr}: {} after {:.1} s",
+                    s(&d["state"]),
+                    t0.elapsed().as_secs_f64()
+                );
             }
             return Ok(d);
         }
@@ -221,14 +278,27 @@ fn run(cli: Cli) -> Result<(), Fail> {
     match cli.noun {
         Noun::Node(NodeCmd::Show) => out(&call(sock, "GET", "/node", None)?, &print_kv),
         Noun::Node(NodeCmd::Health) => out(&call(sock, "GET", "/health", None)?, &print_kv),
-        Noun::Node(NodeCmd::Events { since }) => out(&call(sock, "GET", &format!("/events?since={since}"), None)?, &|v| {
-            for e in v.as_array().into_iter().flatten() {
-                println!("{} {} {} {}: {}", s(&e["seq"]), s(&e["at_ms"]), s(&e["object"]), s(&e["id"]), s(&e["what"]));
-            }
-        }),
+        Noun::Node(NodeCmd::Events { since }) => out(
+            &call(sock, "GET", &format!("/events?since={since}"), None)?,
+            &|v| {
+                for e in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} {}: {}",
+                        s(&e["seq"]),
+                        s(&e["at_ms"]),
+                        s(&e["object"]),
+                        s(&e["id"]),
+                        s(&e["what"])
+                    );
+                }
+            },
+        ),
         Noun::Devices(c) => match c {
             DeviceCmd::List => out(&call(sock, "GET", "/devices", None)?, &print_devices),
-            DeviceCmd::Show { address } => out(&call(sock, "GET", &format!("/devices/{address}"), None)?, &print_kv),
+            DeviceCmd::Show { address } => out(
+                &call(sock, "GET", &format!("/devices/{address}"), None)?,
+                &print_kv,
+            ),
             DeviceCmd::Rescan => out(&call(sock, "POST", "/devices/rescan", None)?, &print_kv),
             DeviceCmd::Enroll { address, wait } => {
                 let mut d = call(sock, "POST", &format!("/devices/{address}/enroll"), None)?;
@@ -244,41 +314,89 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
                 out(&d, &print_kv)
             }
-            DeviceCmd::Scrubs { address } => out(&call(sock, "GET", &format!("/devices/{address}/scrubs"), None)?, &|v| {
-                for r in v.as_array().into_iter().flatten() {
-                    println!("scrub {} {}: {}", s(&r["id"]), s(&r["outcome"]), s(&r["reason"]));
-                    for st in r["steps"].as_array().into_iter().flatten() {
-                        println!("  {} via {} ok={} ({} ms): {}", s(&st["step"]), s(&st["method"]), s(&st["ok"]), st["finished_at_ms"].as_u64().unwrap_or(0).saturating_sub(st["started_at_ms"].as_u64().unwrap_or(0)), s(&st["detail"]));
+            DeviceCmd::Scrubs { address } => out(
+                &call(sock, "GET", &format!("/devices/{address}/scrubs"), None)?,
+                &|v| {
+                    for r in v.as_array().into_iter().flatten() {
+                        println!(
+                            "scrub {} {}: {}",
+                            s(&r["id"]),
+                            s(&r["outcome"]),
+                            s(&r["reason"])
+                        );
+                        for st in r["steps"].as_array().into_iter().flatten() {
+                            println!(
+                                "  {} via {} ok={} ({} ms): {}",
+                                s(&st["step"]),
+                                s(&st["method"]),
+                                s(&st["ok"]),
+                                st["finished_at_ms"]
+                                    .as_u64()
+                                    .unwrap_or(0)
+                                    .saturating_sub(st["started_at_ms"].as_u64().unwrap_or(0)),
+                                s(&st["detail"])
+                            );
+                        }
                     }
-                }
-            }),
+                },
+            ),
         },
         Noun::Tenants(c) => match c {
             TenantCmd::List => out(&call(sock, "GET", "/tenants", None)?, &|v| {
                 let mut rows = vec![["ID", "KEYS", "MIN_VERSION"].map(String::from).to_vec()];
                 for t in v.as_array().into_iter().flatten() {
-                    rows.push(vec![s(&t["id"]), t["signer_keys"].as_array().map_or(0, Vec::len).to_string(), s(&t["min_version"])]);
+                    rows.push(vec![
+                        s(&t["id"]),
+                        t["signer_keys"].as_array().map_or(0, Vec::len).to_string(),
+                        s(&t["min_version"]),
+                    ]);
                 }
                 table(&rows);
             }),
-            TenantCmd::Show { id } => out(&call(sock, "GET", &format!("/tenants/{id}"), None)?, &print_kv),
-            TenantCmd::Create { id, keys, min_version } => {
+            TenantCmd::Show { id } => out(
+                &call(sock, "GET", &format!("/tenants/{id}"), None)?,
+                &print_kv,
+            ),
+            TenantCmd::Create {
+                id,
+                keys,
+                min_version,
+            } => {
                 let mut pems = Vec::new();
                 for k in &keys {
-                    pems.push(std::fs::read_to_string(k).map_err(|e| Fail(2, format!("reading {}: {e}", k.display())))?);
+                    pems.push(
+                        std::fs::read_to_string(k)
+                            .map_err(|e| Fail(2, format!("reading {}: {e}", k.display())))?,
+                    );
                 }
-                let v = call(sock, "POST", "/tenants", Some(json!({ "id": id, "signer_keys": pems, "min_version": min_version })))?;
+                let v = call(
+                    sock,
+                    "POST",
+                    "/tenants",
+                    Some(json!({ "id": id, "signer_keys": pems, "min_version": min_version })),
+                )?;
                 out(&v, &|_| println!("tenant {id} created"))
             }
             TenantCmd::Delete { id } => {
                 call(sock, "DELETE", &format!("/tenants/{id}"), None)?;
-                out(&json!({ "deleted": id }), &|_| println!("tenant {id} deleted"))
+                out(&json!({ "deleted": id }), &|_| {
+                    println!("tenant {id} deleted")
+                })
             }
         },
         Noun::Vms(c) => match c {
             VmCmd::List => out(&call(sock, "GET", "/vms", None)?, &print_vms),
             VmCmd::Show { id } => out(&call(sock, "GET", &format!("/vms/{id}"), None)?, &print_kv),
-            VmCmd::Create { id, tenant, image, vcpus, mem_mib, gpus, model, addresses } => {
+            VmCmd::Create {
+                id,
+                tenant,
+                image,
+                vcpus,
+                mem_mib,
+                gpus,
+                model,
+                addresses,
+            } => {
                 let mut g = serde_json::Map::new();
                 if let Some(n) = gpus {
                     g.insert("count".into(), n.into());
@@ -292,17 +410,35 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 let body = json!({ "id": id, "tenant": tenant, "image": image, "vcpus": vcpus, "mem_mib": mem_mib, "gpus": g });
                 out(&call(sock, "POST", "/vms", Some(body))?, &print_kv)
             }
-            VmCmd::Start { id } => out(&call(sock, "POST", &format!("/vms/{id}/start"), None)?, &print_kv),
-            VmCmd::Stop { id } => out(&call(sock, "POST", &format!("/vms/{id}/stop"), None)?, &print_kv),
+            VmCmd::Start { id } => out(
+                &call(sock, "POST", &format!("/vms/{id}/start"), None)?,
+                &print_kv,
+            ),
+            VmCmd::Stop { id } => out(
+                &call(sock, "POST", &format!("/vms/{id}/stop"), None)?,
+                &print_kv,
+            ),
             VmCmd::Delete { id } => {
                 call(sock, "DELETE", &format!("/vms/{id}"), None)?;
                 out(&json!({ "deleted": id }), &|_| println!("VM {id} deleted"))
             }
-            VmCmd::Attest { id, nonce, out: file } => {
-                let v = call(sock, "POST", &format!("/vms/{id}/attest"), Some(json!({ "nonce": nonce })))?;
+            VmCmd::Attest {
+                id,
+                nonce,
+                out: file,
+            } => {
+                let v = call(
+                    sock,
+                    "POST",
+                    &format!("/vms/{id}/attest"),
+                    Some(json!({ "nonce": nonce })),
+                )?;
                 let text = serde_json::to_vec_pretty(&v).map_err(|e| Fail(2, e.to_string()))?;
-                std::fs::write(&file, text).map_err(|e| Fail(2, format!("writing {}: {e}", file.display())))?;
-                out(&json!({ "written": file }), &|_| println!("evidence written to {}", file.display()))
+                std::fs::write(&file, text)
+                    .map_err(|e| Fail(2, format!("writing {}: {e}", file.display())))?;
+                out(&json!({ "written": file }), &|_| {
+                    println!("evidence written to {}", file.display())
+                })
             }
         },
     }

@@ -33,13 +33,45 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("sys");
         fake::add(&sys, GPU_A, 0x10de, 0x2330, 0x030200, 1, Some("vfio-pci"));
-        fake::add(&sys, GPU_A_AUDIO, 0x10de, 0x22e8, 0x040300, 1, Some("vfio-pci"));
+        fake::add(
+            &sys,
+            GPU_A_AUDIO,
+            0x10de,
+            0x22e8,
+            0x040300,
+            1,
+            Some("vfio-pci"),
+        );
         fake::add(&sys, GPU_B, 0x10de, 0x2330, 0x030200, 2, Some("vfio-pci"));
         fake::add(&sys, GPU_BAD, 0x1002, 0x74a1, 0x030200, 3, Some("vfio-pci"));
-        fake::add(&sys, GPU_NVME, 0x10de, 0x2330, 0x030200, 4, Some("vfio-pci"));
-        fake::add(&sys, "0000:04:00.1", 0x144d, 0xa808, 0x010802, 4, Some("nvme"));
+        fake::add(
+            &sys,
+            GPU_NVME,
+            0x10de,
+            0x2330,
+            0x030200,
+            4,
+            Some("vfio-pci"),
+        );
+        fake::add(
+            &sys,
+            "0000:04:00.1",
+            0x144d,
+            0xa808,
+            0x010802,
+            4,
+            Some("nvme"),
+        );
         fake::add(&sys, GPU_HOST, 0x10de, 0x2330, 0x030200, 5, Some("nvidia"));
-        fake::add(&sys, "0000:06:00.0", 0x8086, 0x1572, 0x020000, 6, Some("i40e"));
+        fake::add(
+            &sys,
+            "0000:06:00.0",
+            0x8086,
+            0x1572,
+            0x020000,
+            6,
+            Some("i40e"),
+        );
         fake::set_serial(&sys, GPU_A, 0x1122_3344_5566_7788);
         let mut cfg = json!({
             "sanitizer": { "kind": "software_test", "fail": [GPU_BAD] },
@@ -50,7 +82,11 @@ impl Node {
                 base.insert(k.clone(), v.clone());
             }
         }
-        let node = Node { dir, child: None, config: cfg };
+        let node = Node {
+            dir,
+            child: None,
+            config: cfg,
+        };
         node.write_config();
         node
     }
@@ -71,7 +107,11 @@ impl Node {
     /// with its stderr if it exited first.
     pub fn try_start(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
         assert!(self.child.is_none(), "bulwarkd already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("bulwarkd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("bulwarkd.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
             .arg("--state-dir")
             .arg(self.path("state"))
@@ -92,14 +132,21 @@ impl Node {
         loop {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
-                return Err(format!("bulwarkd exited ({st}) before it was ready:\n{}", self.log()));
+                return Err(format!(
+                    "bulwarkd exited ({st}) before it was ready:\n{}",
+                    self.log()
+                ));
             }
             if let Ok(r) = client::blocking(&self.sock(), "GET", "/health", None) {
                 if r.status == 200 {
                     return Ok(());
                 }
             }
-            assert!(Instant::now() < deadline, "bulwarkd not ready within 60 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "bulwarkd not ready within 60 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -135,13 +182,19 @@ impl Node {
     }
 
     /// One request: (status, JSON body), or `Err` on a transport failure.
-    pub fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         let r = client::blocking(&self.sock(), method, path, body.map(|b| b.to_string()))?;
         Ok((r.status, r.json()))
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.try_call(method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
     }
 
     pub fn get(&self, path: &str) -> Value {
@@ -162,7 +215,11 @@ impl Node {
             if n["devices_by_state"]["sanitizing"] == 0 && n["scrubs_running"] == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "scrubs did not settle: {n}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "scrubs did not settle: {n}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -178,7 +235,9 @@ impl Node {
         for v in vms.as_array().unwrap() {
             if ["created", "starting", "running"].contains(&v["state"].as_str().unwrap()) {
                 for d in v["devices"].as_array().unwrap() {
-                    if let Some(other) = held.insert(d.as_str().unwrap().to_string(), v["id"].clone()) {
+                    if let Some(other) =
+                        held.insert(d.as_str().unwrap().to_string(), v["id"].clone())
+                    {
                         panic!("device {d} in VMs {other} and {}", v["id"]);
                     }
                 }
@@ -188,19 +247,44 @@ impl Node {
             let addr = d["address"].as_str().unwrap();
             let recs = self.get(&format!("/devices/{addr}/scrubs"));
             for r in recs.as_array().unwrap() {
-                assert_ne!(r["outcome"], "in_progress", "{addr}: scrub left in progress while settled: {r}");
+                assert_ne!(
+                    r["outcome"], "in_progress",
+                    "{addr}: scrub left in progress while settled: {r}"
+                );
             }
             if d["state"] == "available" {
-                let last = d["last_scrub"].as_u64().unwrap_or_else(|| panic!("{addr} available without scrub: {d}"));
-                let rec = recs.as_array().unwrap().iter().find(|r| r["id"] == last).unwrap_or_else(|| panic!("{addr}: scrub {last} missing"));
+                let last = d["last_scrub"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{addr} available without scrub: {d}"));
+                let rec = recs
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["id"] == last)
+                    .unwrap_or_else(|| panic!("{addr}: scrub {last} missing"));
                 assert_eq!(rec["outcome"], "passed", "{addr}: {rec}");
                 assert_eq!(rec["steps"].as_array().unwrap().len(), 2, "{rec}");
-                assert!(rec["steps"].as_array().unwrap().iter().all(|s| s["ok"] == true), "{rec}");
+                assert!(
+                    rec["steps"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|s| s["ok"] == true),
+                    "{rec}"
+                );
                 // It is the newest record: nothing happened to the device after it.
-                assert_eq!(recs.as_array().unwrap().last().unwrap()["id"], last, "{addr}: {recs}");
+                assert_eq!(
+                    recs.as_array().unwrap().last().unwrap()["id"],
+                    last,
+                    "{addr}: {recs}"
+                );
             }
             if let Some(vm) = d["owner_vm"].as_str() {
-                assert_eq!(held.get(addr).and_then(Value::as_str), Some(vm), "{addr}: {d}");
+                assert_eq!(
+                    held.get(addr).and_then(Value::as_str),
+                    Some(vm),
+                    "{addr}: {d}"
+                );
             }
         }
     }
@@ -229,11 +313,25 @@ pub fn signed_image(dir: &Path, version: u64) -> Image {
     let (_, other_pub, _) = generate_key_pair(&d.join("other")).unwrap();
     let kernel = d.join("kernel");
     std::fs::write(&kernel, vec![0x90u8; 8192]).unwrap();
-    let spec = BuildSpec { name: "agent-test".into(), version, created: 0, kernel, initrd: None, cmdline: None, config: None, rootfs: None };
+    let spec = BuildSpec {
+        name: "agent-test".into(),
+        version,
+        created: 0,
+        kernel,
+        initrd: None,
+        cmdline: None,
+        config: None,
+        rootfs: None,
+    };
     let unsigned = d.join("unsigned.bwi");
     build(&spec, &unsigned, &|_| {}).unwrap();
     let path = d.join("tenant.bwi");
     std::fs::copy(&unsigned, &path).unwrap();
     sign(&path, &SigningKey::from_pem_file(&key).unwrap(), &|_| {}).unwrap();
-    Image { path, key_pem: std::fs::read_to_string(key_pub).unwrap(), other_pem: std::fs::read_to_string(other_pub).unwrap(), unsigned }
+    Image {
+        path,
+        key_pem: std::fs::read_to_string(key_pub).unwrap(),
+        other_pem: std::fs::read_to_string(other_pub).unwrap(),
+        unsigned,
+    }
 }
