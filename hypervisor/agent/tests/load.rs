@@ -10,6 +10,9 @@ use std::time::Instant;
 use common::*;
 use serde_json::{json, Value};
 
+/// (method and path, status and body or transport error, seconds).
+type Outcome = (String, Result<(u16, Value), String>, f64);
+
 fn enroll(n: &Node, addr: &str) {
     assert_eq!(
         n.call("POST", &format!("/devices/{addr}/enroll"), None).0,
@@ -54,7 +57,7 @@ fn a_thousand_concurrent_requests_keep_exclusivity() {
         .build()
         .unwrap();
     let t0 = Instant::now();
-    let results: Vec<(String, Result<(u16, Value), String>, f64)> = rt.block_on(async {
+    let results: Vec<Outcome> = rt.block_on(async {
         let tasks: Vec<_> = reqs
             .into_iter()
             .map(|(m, p, b)| {
