@@ -596,6 +596,20 @@ impl Agent {
                 .collect::<Vec<_>>(),
         );
         let mut spawned = vmm::spawn(bin, &paths, jail, uid, cgroup)?;
+        let (i, pid, sock) = (
+            vm.id.clone(),
+            spawned.pid,
+            paths.api_sock.display().to_string(),
+        );
+        if let Err(e) = self
+            .txn(move |t| lifecycle::spawned(&mut t.state, &i, pid, &sock))
+            .await
+        {
+            vmm::kill(&spawned.pidfd);
+            let _ = spawned.child.wait().await;
+            return Err(e);
+        }
+        crash::point("start:spawned");
         if let Err(e) = vmm::configure_and_start(&paths, &config, &mut spawned.child).await {
             vmm::kill(&spawned.pidfd);
             let _ = spawned.child.wait().await;
@@ -818,11 +832,15 @@ impl Agent {
                 VmState::Starting => "bulwarkd stopped while the VMM was starting; its VMM is gone or was not trusted",
                 _ => "VMM lost: not running (or not answering on its API socket) when bulwarkd restarted",
             };
-            // A Starting VMM that may still exist is killed before its devices move on.
-            if let Some(pid) = vm.pid.filter(|_| vm.state == VmState::Starting) {
-                if let Ok(fd) = vmm::pidfd(pid) {
-                    vmm::kill(&fd);
-                    vmm::exited(fd).await;
+            // A VMM spawned for a VM that never reached running may still exist (and
+            // hold the devices): it is killed before the devices move on. Only a
+            // process whose command line names this VM's API socket (no recycled pid).
+            if let (Some(pid), Some(sock)) = (vm.pid, vm.api_sock.as_deref()) {
+                if vmm::names_socket(pid, Path::new(sock)) {
+                    if let Ok(fd) = vmm::pidfd(pid) {
+                        vmm::kill(&fd);
+                        vmm::exited(fd).await;
+                    }
                 }
             }
             let (i, r) = (vm.id.clone(), reason.to_string());

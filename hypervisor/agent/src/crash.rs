@@ -10,6 +10,7 @@ pub const POINTS: &[&str] = &[
     "create:verified",
     "create:committed",
     "start:devices-in-use",
+    "start:spawned",
     "delete:start",
     "delete:committed",
     "scrub:record-created",

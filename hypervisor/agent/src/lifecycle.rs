@@ -533,6 +533,21 @@ pub fn begin_start(st: &mut NodeState, id: &str) -> Result<Vm> {
     Ok(m.clone())
 }
 
+/// The VMM of starting VM `id` was spawned as `pid` with its API on `api_sock`
+/// (recorded before it is configured, so a restart can find and kill it).
+pub fn spawned(st: &mut NodeState, id: &str, pid: i32, api_sock: &str) -> Result<()> {
+    let m = vm(st, id)?;
+    if m.state != VmState::Starting {
+        return Err(Error::conflict(
+            "state",
+            format!("VM {id} is {}, not starting", m.state.name()),
+        ));
+    }
+    m.pid = Some(pid);
+    m.api_sock = Some(api_sock.to_string());
+    Ok(())
+}
+
 /// The VMM of `id` runs with `pid`, API on `api_sock`.
 pub fn started(st: &mut NodeState, id: &str, pid: i32, api_sock: &str) -> Result<()> {
     let m = vm(st, id)?;

@@ -310,14 +310,19 @@ pub async fn exited(pidfd: OwnedFd) {
     }
 }
 
-/// Whether `pid` is still a bulwark-vmm serving `api_sock` (re-adoption after a
-/// restart): its command line names the socket and the socket answers.
-pub async fn still_ours(pid: i32, api_sock: &Path) -> bool {
+/// Whether process `pid`'s command line names `api_sock` (our VMM, not a recycled pid).
+pub fn names_socket(pid: i32, api_sock: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let want = api_sock.as_os_str().as_encoded_bytes();
-    if !cmdline.split(|&b| b == 0).any(|a| a == want) {
+    cmdline.split(|&b| b == 0).any(|a| a == want)
+}
+
+/// Whether `pid` is still a bulwark-vmm serving `api_sock` (re-adoption after a
+/// restart): its command line names the socket and the socket answers.
+pub async fn still_ours(pid: i32, api_sock: &Path) -> bool {
+    if !names_socket(pid, api_sock) {
         return false;
     }
     matches!(

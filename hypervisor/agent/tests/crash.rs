@@ -24,6 +24,7 @@ struct Scenario<'a> {
     /// VMs whose create was answered 201: their records must survive any crash.
     created: Vec<String>,
     released: bool,
+    gpuless_done: bool,
 }
 
 impl Scenario<'_> {
@@ -121,6 +122,32 @@ impl Scenario<'_> {
             assert_eq!(s, 204, "{v}");
         }
         self.settle()?;
+        // A GPU-less VM whose jailed "VMM" (/bin/false) is spawned and exits.
+        if !self.gpuless_done {
+            if !self
+                .get("/vms")?
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["id"] == "v2")
+            {
+                let (s, v) = self.call(
+                    "POST",
+                    "/vms",
+                    Some(json!({ "id": "v2", "tenant": "a", "image": self.image.path })),
+                )?;
+                assert_eq!(s, 201, "{v}");
+                self.created.push("v2".into());
+            }
+            if self.get("/vms/v2")?["state"] == "created" {
+                let (s, v) = self.call("POST", "/vms/v2/start", None)?;
+                assert_eq!(s, 422, "{v}");
+            }
+            self.created.retain(|v| v != "v2");
+            let (s, v) = self.call("DELETE", "/vms/v2", None)?;
+            assert_eq!(s, 204, "{v}");
+            self.gpuless_done = true;
+        }
         self.enroll(GPU_BAD)?;
         if !self.released {
             let (s, v) = self.call("POST", &format!("/devices/{GPU_BAD}/release"), None)?;
@@ -179,9 +206,10 @@ fn crash_at(point: &str) {
         image: &image,
         created: Vec::new(),
         released: false,
+        gpuless_done: false,
     };
     let first = s.run();
-    let (created, released) = (s.created.clone(), s.released);
+    let (created, released, gpuless_done) = (s.created.clone(), s.released, s.gpuless_done);
     assert!(first.is_err(), "crash point {point} was never reached");
     assert!(n.dead());
     assert!(
@@ -216,6 +244,7 @@ fn crash_at(point: &str) {
         image: &image,
         created,
         released,
+        gpuless_done,
     };
     s.run()
         .unwrap_or_else(|_| panic!("bulwarkd died after the restart"));
@@ -256,6 +285,7 @@ fn the_scenario_runs_to_its_end_without_a_crash() {
         image: &image,
         created: Vec::new(),
         released: false,
+        gpuless_done: false,
     };
     s.run().unwrap();
     final_state(&n);
