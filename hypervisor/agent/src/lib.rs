@@ -4,6 +4,11 @@
 //! sanitizes them between uses, and provisions VMs by running one jailed
 //! `bulwark-vmm` per VM, driven through that VMM's API socket. State lives in one
 //! redb database and survives SIGKILL at any instant. See docs/agent.md.
+//!
+//! `unsafe` lives only in `jail_sys` (the VMM child's pre-exec jail), `pidfd_sys`
+//! (registering a pidfd with the reactor) and `vfio_sys` (`VFIO_DEVICE_RESET`).
+
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod api;
@@ -13,11 +18,14 @@ pub mod crash;
 pub mod db;
 pub mod error;
 pub mod inventory;
+#[allow(unsafe_code)]
 mod jail_sys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+#[allow(unsafe_code)]
 mod pidfd_sys;
 pub mod sanitize;
+#[allow(unsafe_code)]
 mod vfio_sys;
 pub mod vmm;
