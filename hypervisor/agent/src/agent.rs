@@ -66,6 +66,7 @@ pub struct Agent {
     enroll_lock: tokio::sync::Mutex<()>,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
+    evidence_key: std::sync::OnceLock<bulwark_attestation::evidence::EvidenceSigningKey>,
 }
 
 impl Agent {
@@ -90,6 +91,7 @@ impl Agent {
             enroll_lock: tokio::sync::Mutex::new(()),
             vmms: Mutex::default(),
             events: Mutex::default(),
+            evidence_key: std::sync::OnceLock::new(),
         }))
     }
 
@@ -460,13 +462,18 @@ impl Agent {
         }
         lifecycle::check_tenancy(&st, &req.tenant)?;
         let image = PathBuf::from(&req.image);
-        tokio::task::spawn_blocking(move || verify_image(&image, &tenant))
+        let signers = tokio::task::spawn_blocking(move || verify_image(&image, &tenant))
             .await
             .map_err(|e| Error::internal("image", e.to_string()))??;
         crash::point("create:verified");
         let r = req.clone();
         let vm = self
-            .txn(move |t| lifecycle::create_vm(&mut t.state, &r, now_ms()))
+            .txn(move |t| {
+                let mut vm = lifecycle::create_vm(&mut t.state, &r, now_ms())?;
+                vm.image_signers = signers;
+                t.state.vms.insert(vm.id.clone(), vm.clone());
+                Ok(vm)
+            })
             .await?;
         crash::point("create:committed");
         self.event(
@@ -857,20 +864,24 @@ impl Agent {
         Ok(())
     }
 
-    /// `POST /vms/{id}/attest`: checked, then refused as not built yet.
-    pub async fn attest(&self, id: &str, nonce_hex: &str) -> Result<serde_json::Value> {
-        let ok = nonce_hex.len() >= 32
-            && nonce_hex.len() <= 128
-            && nonce_hex.len().is_multiple_of(2)
-            && nonce_hex.bytes().all(|c| c.is_ascii_hexdigit());
-        if !ok {
-            return Err(Error::bad("nonce", "must be 16 to 64 bytes in hex"));
-        }
+    /// `POST /vms/{id}/attest`: the evidence document (COSE_Sign1, docs/evidence.md)
+    /// of running VM `id` for `nonce_hex`: the launch claims from its VMM's `GET /vm`,
+    /// the isolation claims from bulwarkd's own records (single tenancy, whole
+    /// groups, serials, the scrub before assignment), signed by the per-boot key.
+    /// Software-key mode only (config `attestation.software_key`); TPM-backed evidence
+    /// is not built yet.
+    pub async fn attest(&self, id: &str, nonce_hex: &str) -> Result<Vec<u8>> {
+        use bulwark_attestation::evidence::document::{self as doc, ImageId};
+        let nonce = hex::decode(nonce_hex)
+            .ok()
+            .filter(|n| (16..=64).contains(&n.len()))
+            .ok_or_else(|| Error::bad("nonce", "must be 16 to 64 bytes in hex"))?;
         let st = self.state().await?;
         let vm = st
             .vms
             .get(id)
-            .ok_or_else(|| Error::not_found("id", format!("no VM {id}")))?;
+            .ok_or_else(|| Error::not_found("id", format!("no VM {id}")))?
+            .clone();
         if vm.state != VmState::Running {
             return Err(Error::conflict(
                 "state",
@@ -880,10 +891,136 @@ impl Agent {
                 ),
             ));
         }
-        Err(Error::not_implemented(
-            "attest",
-            "evidence from bulwarkd is not built yet (build_evidence over the VMM's launch measurement, the scrub records and a TPM quote); see docs/agent.md",
-        ))
+        let cfg = self.cfg.attestation.as_ref().ok_or_else(|| {
+            Error::new(
+                Kind::Unprocessable,
+                "attestation",
+                "attestation is not configured (config attestation.node_image)",
+            )
+        })?;
+        if !cfg.software_key {
+            return Err(Error::not_implemented(
+                "attestation",
+                "TPM-backed evidence is not built yet; only software-key evidence (config attestation.software_key, tests and demos) is",
+            ));
+        }
+        let sock = vm.api_sock.clone().ok_or_else(|| {
+            Error::internal("state", format!("running VM {id} has no API socket"))
+        })?;
+        let info = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::client::request(Path::new(&sock), "GET", "/vm", None),
+        )
+        .await
+        .map_err(|_| Error::internal("vmm", "GET /vm: no answer within 10 s"))?
+        .map_err(|e| Error::internal("vmm", format!("GET /vm: {e}")))?;
+        if info.status != 200 {
+            return Err(Error::internal(
+                "vmm",
+                format!("GET /vm answered {}", info.status),
+            ));
+        }
+        let signers: Vec<Vec<u8>> = vm
+            .image_signers
+            .iter()
+            .filter_map(|k| hex::decode(k).ok())
+            .collect();
+        let mut claims =
+            bulwark_attestation::evidence::LaunchClaims::from_vm_info(&info.json(), &signers)
+                .map_err(|e| Error::internal("vmm", format!("GET /vm: {e}")))?;
+        // Isolation: bulwarkd's own statements replace what the VMM could not say.
+        let mut unknown = Vec::new();
+        let mut devices = Vec::new();
+        for a in &vm.devices {
+            let Some(d) = st.devices.get(a) else { continue };
+            if d.class == "0x060400" {
+                continue;
+            }
+            let group = lifecycle::group_of(&st, a);
+            let exclusive = group
+                .iter()
+                .all(|m| st.devices[m].owner_vm.as_deref() == Some(id));
+            let sanitized = match d.last_scrub {
+                Some(rid) => {
+                    let store = Arc::clone(&self.store);
+                    let rec = tokio::task::spawn_blocking(move || store.scrub(rid))
+                        .await
+                        .map_err(|e| Error::internal("storage", e.to_string()))??;
+                    rec.filter(|r| r.outcome == ScrubOutcome::Passed)
+                        .map(|r| doc::Sanitization {
+                            method: r
+                                .steps
+                                .first()
+                                .map_or_else(String::new, |s| s.method.clone()),
+                            // The vendor memory clear is not built: the reset is, the clear is not.
+                            result: "not-scrubbed".into(),
+                            at: r.finished_at_ms.unwrap_or(r.started_at_ms) / 1000,
+                        })
+                }
+                None => None,
+            };
+            if d.serial.is_none() {
+                unknown.push("isolation.devices[].serial".to_string());
+            }
+            if sanitized.is_none() {
+                unknown.push("isolation.devices[].sanitized".to_string());
+            }
+            devices.push(doc::PciDevice {
+                host_bdf: a.clone(),
+                id: d.id.clone(),
+                serial: d.serial.clone(),
+                iommu_group: d.iommu_group,
+                group_exclusive: Some(exclusive),
+                sanitized,
+            });
+        }
+        unknown.sort();
+        unknown.dedup();
+        let single = st.tenancy.owner.as_deref() == Some(vm.tenant.as_str())
+            && st.vms.values().all(|v| v.tenant == vm.tenant);
+        claims.isolation = doc::Isolation {
+            source: "node-agent".into(),
+            single_tenant: Some(single),
+            devices,
+            unknown,
+        };
+        let node = &cfg.node_image;
+        let inputs = bulwark_attestation::evidence::EvidenceInputs {
+            node_image: ImageId {
+                name: node.name.clone(),
+                version: node.version,
+                manifest_sha384: hex::decode(&node.manifest_sha384)
+                    .unwrap_or_default()
+                    .into(),
+                signer_key_ids: node
+                    .signer_key_ids
+                    .iter()
+                    .filter_map(|k| hex::decode(k).ok())
+                    .map(Into::into)
+                    .collect(),
+            },
+            tpm: None,
+            launch: claims.launch,
+            isolation: claims.isolation,
+            tee: None,
+            gpus: Vec::new(),
+            nonce,
+            timestamp: now_ms() / 1000,
+            tls_key_sha256: None,
+        };
+        let key = self.evidence_key()?;
+        bulwark_attestation::evidence::build_evidence(&inputs, key)
+            .map_err(|e| Error::internal("attest", format!("building the evidence: {e}")))
+    }
+
+    /// The per-boot evidence signing key (software-key mode).
+    fn evidence_key(&self) -> Result<&bulwark_attestation::evidence::EvidenceSigningKey> {
+        if let Some(k) = self.evidence_key.get() {
+            return Ok(k);
+        }
+        let k = bulwark_attestation::evidence::EvidenceSigningKey::generate()
+            .map_err(|e| Error::internal("attest", format!("evidence key: {e}")))?;
+        Ok(self.evidence_key.get_or_init(|| k))
     }
 
     /// Number of VMMs being watched.
@@ -893,7 +1030,8 @@ impl Agent {
 }
 
 /// Opens and verifies the signed image against the tenant's keys and minimum version.
-pub fn verify_image(path: &Path, tenant: &Tenant) -> Result<()> {
+/// Returns the ids (hex) of the keys whose signatures met the policy.
+pub fn verify_image(path: &Path, tenant: &Tenant) -> Result<Vec<String>> {
     let keys = tenant
         .signer_keys
         .iter()
@@ -912,7 +1050,7 @@ pub fn verify_image(path: &Path, tenant: &Tenant) -> Result<()> {
             format!("{}: {e}", path.display()),
         )
     })?;
-    bundle.verify(&policy).map_err(|e| {
+    let verified = bundle.verify(&policy).map_err(|e| {
         Error::new(
             Kind::Unprocessable,
             "image",
@@ -923,5 +1061,5 @@ pub fn verify_image(path: &Path, tenant: &Tenant) -> Result<()> {
             ),
         )
     })?;
-    Ok(())
+    Ok(verified.signed_by().iter().map(hex::encode).collect())
 }

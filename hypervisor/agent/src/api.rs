@@ -293,7 +293,8 @@ struct AttestReq {
 
 async fn attest(State(app): State<App>, UrlPath(id): UrlPath<String>, body: Bytes) -> ApiResult {
     let r: AttestReq = parse(&body)?;
-    ok(app.agent.attest(&id, &r.nonce).await?)
+    let doc = app.agent.attest(&id, &r.nonce).await?;
+    Ok(([(header::CONTENT_TYPE, "application/cose")], doc).into_response())
 }
 
 async fn fallback() -> Error {

@@ -81,6 +81,33 @@ pub struct Config {
     /// The VMM jail; VMs cannot start without one.
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// Evidence for `POST /vms/{id}/attest`; absent: attestation refused.
+    #[serde(default)]
+    pub attestation: Option<AttestationConfig>,
+}
+
+/// What bulwarkd puts in evidence about the node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// The node OS image that booted.
+    pub node_image: NodeImage,
+    /// Sign evidence with a per-boot software key instead of a TPM-backed one (the
+    /// evidence then says `software-key` and proves nothing about the node: tests
+    /// and demos only). TPM-backed evidence is not built yet.
+    #[serde(default)]
+    pub software_key: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeImage {
+    pub name: String,
+    pub version: u64,
+    /// SHA-384 of its signed manifest, hex (48 bytes).
+    pub manifest_sha384: String,
+    /// Key ids (hex, 32 bytes each) that signed it.
+    pub signer_key_ids: Vec<String>,
 }
 
 fn default_sysfs() -> PathBuf {
@@ -141,6 +168,23 @@ impl Config {
         if c.scrub_step_timeout_ms == 0 {
             return Err(Error::bad("scrub_step_timeout_ms", "must be positive"));
         }
+        if let Some(a) = &c.attestation {
+            let n = &a.node_image;
+            if hex::decode(&n.manifest_sha384).map_or(true, |b| b.len() != 48) {
+                return Err(Error::bad(
+                    "attestation.node_image.manifest_sha384",
+                    "must be 48 bytes in hex",
+                ));
+            }
+            for (i, k) in n.signer_key_ids.iter().enumerate() {
+                if hex::decode(k).map_or(true, |b| b.len() != 32) {
+                    return Err(Error::bad(
+                        format!("attestation.node_image.signer_key_ids[{i}]"),
+                        "must be 32 bytes in hex",
+                    ));
+                }
+            }
+        }
         if let Some(j) = &c.jail {
             if j.uid_base == 0 || j.gid == 0 || j.gid == u32::MAX {
                 return Err(Error::bad(
@@ -182,6 +226,10 @@ mod tests {
             (r#"{"scrub_step_timeout_ms":0}"#, "scrub_step_timeout_ms"),
             (r#"{"jail":{"uid_base":0,"gid":5}}"#, "jail.uid_base"),
             (r#"{"operator_gid":"x"}"#, "operator_gid"),
+            (
+                r#"{"attestation":{"node_image":{"name":"n","version":1,"manifest_sha384":"00","signer_key_ids":[]}}}"#,
+                "attestation.node_image.manifest_sha384",
+            ),
         ] {
             let e = Config::parse(text).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");

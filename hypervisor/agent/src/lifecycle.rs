@@ -458,6 +458,7 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
         reason: None,
         created_at_ms: now_ms,
         jail: None,
+        image_signers: Vec::new(),
     };
     st.vms.insert(vm.id.clone(), vm.clone());
     st.tenancy.owner = Some(req.tenant.clone());

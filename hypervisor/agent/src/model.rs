@@ -160,6 +160,10 @@ pub struct Vm {
     /// The jail of its current or last VMM.
     #[serde(default)]
     pub jail: Option<JailRecord>,
+    /// Key ids (hex SHA-256 of the SPKI) whose signatures on the image met the
+    /// tenant's policy at create (for the evidence's `launch.image`).
+    #[serde(default)]
+    pub image_signers: Vec<String>,
 }
 
 /// How a VM's VMM was jailed, and what of the jail is missing (with the reason).

@@ -219,8 +219,9 @@ pub async fn configure_and_start(
     config: &serde_json::Value,
     child: &mut tokio::process::Child,
 ) -> Result<()> {
+    // The socket file appears at bind(), before listen(): wait until it accepts.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !paths.api_sock.exists() {
+    loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Error::new(
                 Kind::Unprocessable,
@@ -228,14 +229,29 @@ pub async fn configure_and_start(
                 format!("the VMM exited before its API socket appeared ({status})"),
             ));
         }
+        match tokio::net::UnixStream::connect(&paths.api_sock).await {
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "vmm",
+                    format!("connecting to {}: {e}", paths.api_sock.display()),
+                ))
+            }
+        }
         if tokio::time::Instant::now() > deadline {
             return Err(Error::new(
                 Kind::Unprocessable,
                 "vmm",
-                "the VMM's API socket did not appear within 20 s",
+                "the VMM's API socket did not accept connections within 20 s",
             ));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let call = |method: &'static str, path: &'static str, body: Option<String>| async move {
         let r = tokio::time::timeout(

@@ -95,7 +95,12 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
     let bin = vmm_bin();
     let kernel = smp_guest();
     let kvm_gid = std::fs::metadata("/dev/kvm").unwrap().gid();
-    let mut n = Node::new(json!({ "jail": { "uid_base": 70300, "gid": kvm_gid }, "vmm_bin": bin }));
+    let node_image = json!({ "name": "bulwark-node", "version": 3, "manifest_sha384": "ab".repeat(48), "signer_key_ids": ["cd".repeat(32)] });
+    let mut n = Node::new(json!({
+        "jail": { "uid_base": 70300, "gid": kvm_gid },
+        "vmm_bin": bin,
+        "attestation": { "node_image": node_image, "software_key": true },
+    }));
     // The VMM's uid walks to its own directory under the state dir.
     std::fs::set_permissions(n.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // A signed image of the guest, readable by the VMM's uid.
@@ -173,8 +178,61 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         String::from_utf8_lossy(&r.body)
     );
 
-    // bulwarkd dies; the VMM runs on and is re-adopted by the next bulwarkd.
+    // Evidence for a nonce, through bulwarkctl, as the customer gets it.
+    let nonce = "5a".repeat(32);
+    let ev = n.path("evidence.cose");
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
+        .arg("--api-sock")
+        .arg(n.sock())
+        .args(["vms", "attest", "v", "--nonce", &nonce, "--out"])
+        .arg(&ev)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = bulwark_attestation::evidence::parse_document(&std::fs::read(&ev).unwrap())
+        .expect("a canonical evidence document");
+    bulwark_attestation::evidence::sign::verify_envelope(&env).expect("signed by the key it names");
+    let body = &env.body;
+    assert_eq!(body.freshness.nonce.0, hex::decode(&nonce).unwrap());
+    assert_eq!(body.node.attestation, "software-key");
+    assert_eq!(
+        (body.node.image.name.as_str(), body.node.image.version),
+        ("bulwark-node", 3)
+    );
+    let vmm_view = r.json();
+    assert_eq!(
+        hex::encode(&body.launch.measurement.0),
+        vmm_view["measurement"]["value"].as_str().unwrap()
+    );
+    let img = body.launch.image.as_ref().expect("signed image claimed");
+    assert_eq!(img.name, "smp");
+    let key_id = bulwark_image::PublicKey::from_pem(&pem).unwrap().id_hex();
+    assert_eq!(
+        img.signer_key_ids
+            .iter()
+            .map(|k| hex::encode(&k.0))
+            .collect::<Vec<_>>(),
+        [key_id]
+    );
+    assert_eq!(body.isolation.source, "node-agent");
+    assert_eq!(body.isolation.single_tenant, Some(true));
+    assert!(body.isolation.devices.is_empty());
+    // Bad nonces and VMs that are not running are refused before anything is signed.
+    assert_eq!(
+        n.call("POST", "/vms/v/attest", Some(json!({ "nonce": "00" })))
+            .1["error"]["field"],
+        "nonce"
+    );
+
+    // bulwarkd dies; the VMM runs on and is re-adopted by the next bulwarkd, whose
+    // config now lacks the software key: evidence is refused as not built (TPM).
     n.kill();
+    n.config["attestation"]["software_key"] = json!(false);
+    n.write_config();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     n.start();
     let v = n.get("/vms/v");
@@ -189,6 +247,13 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         .unwrap()
         .iter()
         .any(|e| e["what"].as_str().unwrap().starts_with("re-adopted")));
+
+    let (s, v) = n.call("POST", "/vms/v/attest", Some(json!({ "nonce": nonce })));
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (501, Some("attestation")),
+        "{v}"
+    );
 
     // Stop through the adopted handle.
     let (s, v) = n.call("POST", "/vms/v/stop", None);

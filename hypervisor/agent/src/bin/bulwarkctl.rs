@@ -151,7 +151,8 @@ enum VmCmd {
 /// A failure: exit status and message.
 struct Fail(u8, String);
 
-fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
+/// One request; the raw body of a success, or the refusal as a `Fail`.
+fn call_raw(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Vec<u8>, Fail> {
     let r = client::blocking(sock, method, path, body.map(|b| b.to_string()))
         .map_err(|e| Fail(2, e))?;
     if r.status >= 300 {
@@ -162,11 +163,16 @@ fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Va
         };
         return Err(Fail(1, format!("refused ({}): {msg}", r.status)));
     }
-    if r.body.is_empty() {
+    Ok(r.body)
+}
+
+fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
+    let body = call_raw(sock, method, path, body)?;
+    if body.is_empty() {
         return Ok(Value::Null);
     }
-    Ok(serde_json::from_slice(&r.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).into_owned())))
+    Ok(serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())))
 }
 
 fn s(v: &Value) -> String {
@@ -427,17 +433,20 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 nonce,
                 out: file,
             } => {
-                let v = call(
+                let doc = call_raw(
                     sock,
                     "POST",
                     &format!("/vms/{id}/attest"),
                     Some(json!({ "nonce": nonce })),
                 )?;
-                let text = serde_json::to_vec_pretty(&v).map_err(|e| Fail(2, e.to_string()))?;
-                std::fs::write(&file, text)
+                std::fs::write(&file, &doc)
                     .map_err(|e| Fail(2, format!("writing {}: {e}", file.display())))?;
-                out(&json!({ "written": file }), &|_| {
-                    println!("evidence written to {}", file.display())
+                out(&json!({ "written": file, "bytes": doc.len() }), &|_| {
+                    println!(
+                        "evidence ({} bytes, COSE_Sign1) written to {}",
+                        doc.len(),
+                        file.display()
+                    )
                 })
             }
         },
