@@ -23,11 +23,13 @@ use crate::error::{Error, Kind};
 use crate::lifecycle::CreateVm;
 use crate::model::{DeviceState, Tenant};
 
-/// The peer of a Unix socket connection.
-#[derive(Debug, Clone, Copy)]
+/// The peer of a connection: a Unix socket peer's credentials, or the SHA-256 of the
+/// client certificate a TLS connection verified.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub tls_client: Option<String>,
 }
 
 impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
@@ -36,10 +38,12 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Pe
             Ok(c) => Peer {
                 uid: Some(c.uid()),
                 gid: Some(c.gid()),
+                tls_client: None,
             },
             Err(_) => Peer {
                 uid: None,
                 gid: None,
+                tls_client: None,
             },
         }
     }
@@ -82,7 +86,9 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    let allowed = peer.uid == Some(0)
+    // A TLS peer's client certificate was verified against the operators' CA.
+    let allowed = peer.tls_client.is_some()
+        || peer.uid == Some(0)
         || (app.agent.cfg.operator_gid.is_some() && peer.gid == app.agent.cfg.operator_gid);
     if !allowed {
         return Error::new(

@@ -31,9 +31,30 @@ pub async fn request(
     let stream = tokio::net::UnixStream::connect(sock)
         .await
         .map_err(|e| format!("connecting to {}: {e}", sock.display()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    request_on(
+        TokioIo::new(stream),
+        &sock.display().to_string(),
+        method,
+        path,
+        body,
+    )
+    .await
+}
+
+/// One request on an open connection (`what` names it in errors).
+pub async fn request_on<T>(
+    io: T,
+    what: &str,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<Response, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| format!("HTTP handshake on {}: {e}", sock.display()))?;
+        .map_err(|e| format!("HTTP handshake on {what}: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -50,7 +71,7 @@ pub async fn request(
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("{method} {path} on {}: {e}", sock.display()))?;
+        .map_err(|e| format!("{method} {path} on {what}: {e}"))?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()

@@ -81,6 +81,9 @@ pub struct Config {
     /// The VMM jail; VMs cannot start without one.
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// The API over TCP with mutual TLS; absent: Unix socket only.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Evidence for `POST /vms/{id}/attest`; absent: attestation refused.
     #[serde(default)]
     pub attestation: Option<AttestationConfig>,

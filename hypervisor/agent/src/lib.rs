@@ -26,6 +26,7 @@ pub mod model;
 #[allow(unsafe_code)]
 mod pidfd_sys;
 pub mod sanitize;
+pub mod tls;
 #[allow(unsafe_code)]
 mod vfio_sys;
 pub mod vmm;

@@ -3,7 +3,7 @@
 //! transport error.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,80 @@ struct Cli {
     /// Print bulwarkd's JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Talk to bulwarkd over TCP with mutual TLS at ADDR:PORT instead of the socket.
+    #[arg(long, global = true, requires_all = ["ca", "cert", "key"])]
+    tls: Option<String>,
+    /// With --tls: the CA that issued bulwarkd's certificate (PEM).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// With --tls: this operator's client certificate (PEM).
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// With --tls: this operator's private key (PEM).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// With --tls: the name bulwarkd's certificate must carry (default: the host of --tls).
+    #[arg(long, global = true)]
+    server_name: Option<String>,
     #[command(subcommand)]
     noun: Noun,
+}
+
+/// Where bulwarkd is.
+enum Target {
+    Unix(PathBuf),
+    Tls {
+        addr: String,
+        name: String,
+        cfg: std::sync::Arc<rustls::ClientConfig>,
+    },
+}
+
+impl Target {
+    fn from_cli(cli: &Cli) -> Result<Target, Fail> {
+        let Some(addr) = &cli.tls else {
+            return Ok(Target::Unix(cli.api_sock.clone()));
+        };
+        let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
+            return Err(Fail(2, "--tls needs --ca, --cert and --key".into()));
+        };
+        let cfg =
+            bulwark_agent::tls::client_config(ca, cert, key).map_err(|e| Fail(2, e.to_string()))?;
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']']);
+        Ok(Target::Tls {
+            addr: addr.clone(),
+            name: cli.server_name.clone().unwrap_or_else(|| host.to_string()),
+            cfg,
+        })
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<client::Response, String> {
+        match self {
+            Target::Unix(sock) => client::blocking(sock, method, path, body),
+            Target::Tls { addr, name, cfg } => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("starting a runtime: {e}"))?;
+                rt.block_on(bulwark_agent::tls::request(
+                    addr,
+                    name,
+                    cfg.clone(),
+                    method,
+                    path,
+                    body,
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,8 +224,9 @@ enum VmCmd {
 struct Fail(u8, String);
 
 /// One request; the raw body of a success, or the refusal as a `Fail`.
-fn call_raw(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Vec<u8>, Fail> {
-    let r = client::blocking(sock, method, path, body.map(|b| b.to_string()))
+fn call_raw(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Vec<u8>, Fail> {
+    let r = sock
+        .request(method, path, body.map(|b| b.to_string()))
         .map_err(|e| Fail(2, e))?;
     if r.status >= 300 {
         let v = r.json();
@@ -166,7 +239,7 @@ fn call_raw(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Resul
     Ok(r.body)
 }
 
-fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
+fn call(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
     let body = call_raw(sock, method, path, body)?;
     if body.is_empty() {
         return Ok(Value::Null);
@@ -249,7 +322,7 @@ fn print_kv(v: &Value) {
 }
 
 /// Polls the device until it leaves sanitizing, with progress on stderr.
-fn wait_scrub(sock: &Path, addr: &str, json_out: bool) -> Result<Value, Fail> {
+fn wait_scrub(sock: &Target, addr: &str, json_out: bool) -> Result<Value, Fail> {
     let t0 = Instant::now();
     loop {
         let d = call(sock, "GET", &format!("/devices/{addr}"), None)?;
@@ -272,7 +345,8 @@ fn wait_scrub(sock: &Path, addr: &str, json_out: bool) -> Result<Value, Fail> {
 }
 
 fn run(cli: Cli) -> Result<(), Fail> {
-    let sock = cli.api_sock.as_path();
+    let target = Target::from_cli(&cli)?;
+    let sock = &target;
     let j = cli.json;
     let out = |v: &Value, human: &dyn Fn(&Value)| {
         if j {

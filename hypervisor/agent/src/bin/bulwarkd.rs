@@ -60,11 +60,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.vmm_bin = Some(b);
     }
     let operator_gid = cfg.operator_gid;
+    // TLS files are checked before anything else starts.
+    let tls = match &cfg.tls {
+        Some(t) => Some((t.clone(), bulwark_agent::tls::server_config(t)?)),
+        None => None,
+    };
     let agent = Agent::open(&cli.state_dir, cfg)?;
     agent.reconcile().await?;
     let listener = bulwark_agent::api::bind(&cli.api_sock, operator_gid)?;
-    tracing::info!(sock = %cli.api_sock.display(), "bulwarkd ready");
-    let shutdown = async {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tls_task = match tls {
+        Some((t, server_cfg)) => {
+            let tcp = bulwark_agent::tls::bind(&t).await?;
+            tracing::info!(listen = %t.listen, "API over mutual TLS");
+            let router = bulwark_agent::api::router(agent.clone());
+            Some(tokio::spawn(bulwark_agent::tls::serve(
+                tcp,
+                server_cfg,
+                router,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         match (
             signal(SignalKind::terminate()),
@@ -79,8 +101,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ => std::future::pending::<()>().await,
         }
         tracing::info!("stopping; running VMMs are left running");
-    };
-    bulwark_agent::api::serve(listener, agent, shutdown).await?;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(sock = %cli.api_sock.display(), "bulwarkd ready");
+    bulwark_agent::api::serve(listener, agent, stopped(stop_rx)).await?;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     let _ = std::fs::remove_file(&cli.api_sock);
     Ok(())
 }
