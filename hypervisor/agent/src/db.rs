@@ -58,7 +58,9 @@ fn from_json<T: DeserializeOwned>(table: &str, key: &str, s: &str) -> Result<T> 
 /// The open database.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    path: std::path::PathBuf,
+    /// `None` only after a failed reopen (the next operation tries again).
+    db: std::sync::RwLock<Option<Database>>,
 }
 
 /// One write transaction: the whole `NodeState` to change, plus scrub records.
@@ -138,14 +140,64 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let db = Database::create(path)
             .map_err(|e| storage(format!("opening {}: {e}", path.display())))?;
-        let store = Store { db };
+        let store = Store {
+            path: path.to_path_buf(),
+            db: std::sync::RwLock::new(Some(db)),
+        };
         store.migrate()?;
         Ok(store)
     }
 
+    /// Runs `f` on the open database.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(db) => f(db),
+            None => Err(storage(
+                "the database is closed after an I/O error and could not be reopened yet",
+            )),
+        }
+    }
+
+    /// After a failed write: redb refuses every later write once an I/O error (a full
+    /// disk, say) hit a commit, until the database is reopened. Reopen it, so writes
+    /// work again once the cause is gone (the failed transaction left nothing).
+    fn recover_after_error(&self) {
+        let poisoned = {
+            let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+            match g.as_ref() {
+                None => true,
+                Some(db) => matches!(
+                    db.begin_write(),
+                    Err(redb::TransactionError::Storage(
+                        redb::StorageError::PreviousIo
+                    ))
+                ),
+            }
+        };
+        if !poisoned {
+            return;
+        }
+        let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(g.take());
+        match Database::create(&self.path) {
+            Ok(db) => {
+                tracing::warn!(path = %self.path.display(), "state database reopened after an I/O error");
+                *g = Some(db);
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "state database could not be reopened")
+            }
+        }
+    }
+
     /// The schema version in the file and the applied migrations.
     pub fn schema(&self) -> Result<(u32, Vec<(u32, String)>)> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        self.with(Self::schema_of)
+    }
+
+    fn schema_of(db: &Database) -> Result<(u32, Vec<(u32, String)>)> {
+        let tx = db.begin_read().map_err(storage)?;
         let version = match tx.open_table(META) {
             Ok(t) => t
                 .get("schema_version")
@@ -178,7 +230,7 @@ impl Store {
                 continue;
             }
             // Each migration, its record and the version bump commit together.
-            let tx = self.db.begin_write().map_err(storage)?;
+            let tx = self.with(|db| db.begin_write().map_err(storage))?;
             run(&tx).map_err(|e| storage(format!("migration {to} ({what}): {e}")))?;
             {
                 let mut m = tx.open_table(MIGRATIONS).map_err(storage)?;
@@ -196,7 +248,7 @@ impl Store {
 
     /// A consistent snapshot of the state.
     pub fn load(&self) -> Result<NodeState> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let tx = self.with(|db| db.begin_read().map_err(storage))?;
         load_state(
             &tx.open_table(DEVICES).map_err(storage)?,
             &tx.open_table(TENANTS).map_err(storage)?,
@@ -208,7 +260,15 @@ impl Store {
     /// Runs `f` on the current state in one write transaction; commits what it
     /// changed if it returns `Ok`, changes nothing if it returns `Err`.
     pub fn update<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T>) -> Result<T> {
-        let tx = self.db.begin_write().map_err(storage)?;
+        let r = self.update_once(f);
+        if matches!(&r, Err(e) if e.field == "storage") {
+            self.recover_after_error();
+        }
+        r
+    }
+
+    fn update_once<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T>) -> Result<T> {
+        let tx = self.with(|db| db.begin_write().map_err(storage))?;
         let out;
         {
             let mut devices = tx.open_table(DEVICES).map_err(storage)?;
@@ -244,7 +304,7 @@ impl Store {
 
     /// Scrub records, oldest first; only `device`'s when given.
     pub fn scrubs(&self, device: Option<&str>) -> Result<Vec<ScrubRecord>> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let tx = self.with(|db| db.begin_read().map_err(storage))?;
         let t = tx.open_table(SCRUBS).map_err(storage)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(storage)? {
@@ -259,7 +319,7 @@ impl Store {
 
     /// One scrub record.
     pub fn scrub(&self, id: u64) -> Result<Option<ScrubRecord>> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let tx = self.with(|db| db.begin_read().map_err(storage))?;
         let t = tx.open_table(SCRUBS).map_err(storage)?;
         let r = t.get(id).map_err(storage)?;
         r.map(|v| from_json("scrubs", &id.to_string(), v.value()))
@@ -268,7 +328,7 @@ impl Store {
 
     /// Number of scrub records.
     pub fn scrub_count(&self) -> Result<u64> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let tx = self.with(|db| db.begin_read().map_err(storage))?;
         tx.open_table(SCRUBS)
             .map_err(storage)?
             .len()

@@ -190,11 +190,11 @@ fn operators_with_a_certificate_from_the_ca_use_the_api_over_tcp() {
     );
     // bulwarkctl speaks it too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
-        .args(["--tls", &addr, "--ca"])
+        .args(["--tls", &addr, "--tls-ca"])
         .arg(&good.ca)
-        .arg("--cert")
+        .arg("--tls-cert")
         .arg(&good.client_cert)
-        .arg("--key")
+        .arg("--tls-key")
         .arg(&good.client_key)
         .args(["--json", "devices", "show", GPU_A])
         .output()

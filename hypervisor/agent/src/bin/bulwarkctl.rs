@@ -25,17 +25,17 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Talk to bulwarkd over TCP with mutual TLS at ADDR:PORT instead of the socket.
-    #[arg(long, global = true, requires_all = ["ca", "cert", "key"])]
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_cert", "tls_key"])]
     tls: Option<String>,
     /// With --tls: the CA that issued bulwarkd's certificate (PEM).
     #[arg(long, global = true)]
-    ca: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     /// With --tls: this operator's client certificate (PEM).
     #[arg(long, global = true)]
-    cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
     /// With --tls: this operator's private key (PEM).
     #[arg(long, global = true)]
-    key: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     /// With --tls: the name bulwarkd's certificate must carry (default: the host of --tls).
     #[arg(long, global = true)]
     server_name: Option<String>,
@@ -58,8 +58,11 @@ impl Target {
         let Some(addr) = &cli.tls else {
             return Ok(Target::Unix(cli.api_sock.clone()));
         };
-        let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
-            return Err(Fail(2, "--tls needs --ca, --cert and --key".into()));
+        let (Some(ca), Some(cert), Some(key)) = (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) else {
+            return Err(Fail(
+                2,
+                "--tls needs --tls-ca, --tls-cert and --tls-key".into(),
+            ));
         };
         let cfg =
             bulwark_agent::tls::client_config(ca, cert, key).map_err(|e| Fail(2, e.to_string()))?;
@@ -536,5 +539,16 @@ fn main() -> ExitCode {
             eprintln!("bulwarkctl: {msg}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique option names across global and
+    /// subcommand options, ...), which otherwise only fire at run time.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
