@@ -493,6 +493,7 @@ impl Agent {
             .await?;
         crash::point("delete:committed");
         let _ = std::fs::remove_dir_all(VmPaths::new(&self.state_dir, id).dir);
+        let _ = std::fs::remove_dir_all(vmm::jail_dir(&self.state_dir, id));
         self.event("vm", id, format!("deleted (was {})", vm.state.name()));
         self.kick_scrubs().await;
         Ok(())
@@ -527,7 +528,10 @@ impl Agent {
                     .ok_or_else(|| Error::conflict("jail", format!("all {} VMM uids are in use", j.uid_count)))?;
                 let mut vm = lifecycle::begin_start(&mut t.state, &i)?;
                 let tenant = t.state.tenants.get(&vm.tenant).cloned().ok_or_else(|| Error::internal("tenant", "VM of a missing tenant"))?;
-                let mut notes = vec!["mount namespace: private, not yet pivoted into a root holding only the VM's files".to_string()];
+                let mut notes = Vec::new();
+                if !j.pivot_root {
+                    notes.push("mount namespace: private but not pivoted (config jail.pivot_root false): the VMM sees the host files its uid may read".to_string());
+                }
                 if j.cgroup_parent.is_none() {
                     notes.push("cgroup: none (config jail.cgroup_parent not set)".into());
                 }
@@ -551,6 +555,7 @@ impl Agent {
                 if let Some(p) = &jail.cgroup_parent {
                     vmm::Cgroup::remove(p, id);
                 }
+                let _ = std::fs::remove_dir_all(vmm::jail_dir(&self.state_dir, id));
                 self.event("vm", id, format!("failed: {reason}"));
                 self.kick_scrubs().await;
                 Err(e)
@@ -602,7 +607,21 @@ impl Agent {
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        let mut spawned = vmm::spawn(bin, &paths, jail, uid, cgroup)?;
+        let root = if jail.pivot_root {
+            let groups: Vec<u32> = groups.iter().copied().collect();
+            Some(vmm::jail_root(
+                &self.state_dir,
+                &vm.id,
+                &paths.dir,
+                Path::new(&vm.image),
+                bin,
+                &groups,
+                &jail.extra_ro_paths,
+            )?)
+        } else {
+            None
+        };
+        let mut spawned = vmm::spawn(bin, &paths, jail, uid, cgroup, root)?;
         let (i, pid, sock) = (
             vm.id.clone(),
             spawned.pid,
@@ -704,6 +723,7 @@ impl Agent {
             if let Some(p) = me.cfg.jail.as_ref().and_then(|j| j.cgroup_parent.as_ref()) {
                 vmm::Cgroup::remove(p, &id);
             }
+            let _ = std::fs::remove_dir_all(vmm::jail_dir(&me.state_dir, &id));
             me.kick_scrubs().await;
         });
         Ok(())

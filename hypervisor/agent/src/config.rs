@@ -46,6 +46,18 @@ pub struct JailConfig {
     /// pids.max of each VMM's cgroup.
     #[serde(default = "default_pids")]
     pub pids_max: u32,
+    /// Pivot each VMM's mount namespace into a root holding only its files (on by
+    /// default; off is recorded in each VM's jail notes).
+    #[serde(default = "default_true")]
+    pub pivot_root: bool,
+    /// More host paths the VMM may read (bind-mounted read-only at the same path),
+    /// e.g. for a dynamically linked VMM's unusual library directories.
+    #[serde(default)]
+    pub extra_ro_paths: Vec<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_uid_count() -> u32 {

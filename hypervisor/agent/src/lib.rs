@@ -19,7 +19,7 @@ pub mod db;
 pub mod error;
 pub mod inventory;
 #[allow(unsafe_code)]
-mod jail_sys;
+pub mod jail_sys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

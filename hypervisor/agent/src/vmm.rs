@@ -2,10 +2,9 @@
 //!
 //! Jail (what is built): its own uid (allocated per VM from `jail.uid_base`), the
 //! configured gid (one with access to /dev/kvm), no supplementary groups,
-//! `no_new_privs`, its own mount namespace (private propagation), a cgroup v2 with
-//! `cpu.max`, `memory.max` and `pids.max` joined before exec, and bulwark-vmm's own
-//! seccomp filters. Not built yet: pivoting the mount namespace into a root that
-//! holds only the VM's files (the VMM still sees the host's files its uid may read).
+//! `no_new_privs`, its own mount namespace pivoted into a root holding only its files
+//! (`jail_root`), a cgroup v2 with `cpu.max`, `memory.max` and `pids.max` joined
+//! before exec, and bulwark-vmm's own seccomp filters.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
@@ -155,6 +154,91 @@ impl Cgroup {
     }
 }
 
+/// Where VM `id`'s mount-namespace root lives (`<state-dir>/jail/<id>/root`).
+pub fn jail_dir(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("jail").join(id)
+}
+
+/// Prepares the root of the VMM's mount namespace: every host path it needs appears
+/// at its own absolute path (so configs and sockets keep their paths): its VM
+/// directory (read-write), the image, the VMM binary, the dynamic loader's library
+/// directories and `/etc/ld.so.cache`, `/sys`, `extra_ro` (read-only), `/dev/kvm` and
+/// the VM's VFIO nodes. Nothing else: not the state database, not other VMs' files.
+pub fn jail_root(
+    state_dir: &Path,
+    id: &str,
+    vm_dir: &Path,
+    image: &Path,
+    bin: &Path,
+    vfio_groups: &[u32],
+    extra_ro: &[PathBuf],
+) -> Result<crate::jail_sys::RootPlan> {
+    use std::os::unix::ffi::OsStrExt;
+    let base = jail_dir(state_dir, id);
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).map_err(|e| host(&format!("creating {}", root.display()), e))?;
+    // (source, read-only, recursive)
+    let mut binds: Vec<(PathBuf, bool, bool)> = vec![
+        (vm_dir.to_path_buf(), false, false),
+        (image.to_path_buf(), true, false),
+        (bin.to_path_buf(), true, false),
+        (PathBuf::from("/dev/kvm"), false, false),
+    ];
+    for lib in [
+        "/lib",
+        "/lib64",
+        "/usr/lib",
+        "/usr/lib64",
+        "/etc/ld.so.cache",
+    ] {
+        if Path::new(lib).exists() {
+            binds.push((PathBuf::from(lib), true, true));
+        }
+    }
+    binds.push((PathBuf::from("/sys"), true, true));
+    if !vfio_groups.is_empty() {
+        binds.push((PathBuf::from("/dev/vfio/vfio"), false, false));
+        for g in vfio_groups {
+            binds.push((Path::new("/dev/vfio").join(g.to_string()), false, false));
+        }
+    }
+    for p in extra_ro {
+        binds.push((p.clone(), true, true));
+    }
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| host("jail path", format!("{} contains a NUL byte", p.display())))
+    };
+    let mut plan = crate::jail_sys::RootPlan {
+        root: cstr(&root)?,
+        binds: Vec::new(),
+        cwd: cstr(vm_dir)?,
+    };
+    for (src, ro, rec) in binds {
+        if !src.is_absolute() {
+            return Err(host(
+                "jail path",
+                format!("{} is not absolute", src.display()),
+            ));
+        }
+        let meta =
+            std::fs::metadata(&src).map_err(|e| host(&format!("jail: {}", src.display()), e))?;
+        let target = root.join(src.strip_prefix("/").unwrap_or(&src));
+        let made = if meta.is_dir() {
+            std::fs::create_dir_all(&target)
+        } else {
+            target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(&target).map(drop))
+        };
+        made.map_err(|e| host(&format!("jail: creating {}", target.display()), e))?;
+        plan.binds.push((cstr(&src)?, cstr(&target)?, ro, rec));
+    }
+    Ok(plan)
+}
+
 /// A spawned VMM.
 #[derive(Debug)]
 pub struct Spawned {
@@ -170,6 +254,7 @@ pub fn spawn(
     jail: &JailConfig,
     uid: u32,
     cgroup: Option<Cgroup>,
+    root: Option<crate::jail_sys::RootPlan>,
 ) -> Result<Spawned> {
     let log = std::fs::File::create(&paths.log)
         .map_err(|e| host(&format!("creating {}", paths.log.display()), e))?;
@@ -184,7 +269,7 @@ pub fn spawn(
         .stdout(log)
         .stderr(log2);
     // Privileged steps first (cgroup, mount namespace), then uid/gid: in `arm`.
-    crate::jail_sys::arm(&mut cmd, cgroup.map(|c| c.procs), uid, jail.gid);
+    crate::jail_sys::arm(&mut cmd, cgroup.map(|c| c.procs), root, uid, jail.gid);
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()

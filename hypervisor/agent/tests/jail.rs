@@ -1,16 +1,20 @@
-//! The jail of a VMM, read from /proc by the "VMM" itself: a script in place of
-//! bulwark-vmm records its /proc/self/status, mount namespace and the cgroup it was
-//! put in, then exits (so the start fails, recorded, and its devices are scrubbed).
+//! The jail of a VMM, read from /proc: a script stands in for bulwark-vmm and waits
+//! (for a file the test creates) while the test reads its /proc entries from outside:
+//! uid and gid, groups, capabilities, no_new_privs, its own mount namespace whose root
+//! holds only its files, the cgroup it joined before exec. Then it exits, so the start
+//! fails and that is recorded.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 
 #[test]
-fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_mount_namespace_and_cgroup() {
+fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_root_and_cgroup() {
     // The script and the tree to it must be readable by the VMM's uid.
     let pub_dir = tempfile::Builder::new()
         .prefix("bulwark-jail-test")
@@ -18,9 +22,10 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_mount_namespace_
         .unwrap();
     std::fs::set_permissions(pub_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = pub_dir.path().join("fake-vmm.sh");
+    // Runs in its VM directory; waits for `go`, then exits 3.
     std::fs::write(
         &script,
-        "#!/bin/sh\n{ cat /proc/self/status; echo \"MNTNS $(readlink /proc/self/ns/mnt)\"; } > jail.txt\nexit 3\n",
+        "#!/bin/sh\nwhile [ ! -e go ]; do sleep 0.02; done\nexit 3\n",
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -33,7 +38,11 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_mount_namespace_
     )
     .unwrap();
     let mut n = Node::new(json!({
-        "jail": { "uid_base": 70100, "uid_count": 5, "gid": 70200, "cgroup_parent": cg.path(), "pids_max": 64 },
+        "jail": {
+            "uid_base": 70100, "uid_count": 5, "gid": 70200, "cgroup_parent": cg.path(), "pids_max": 64,
+            // The stand-in is a shell script: it needs /bin (sh, sleep) in its root.
+            "extra_ro_paths": ["/bin"],
+        },
         "vmm_bin": script,
     }));
     n.start();
@@ -49,17 +58,30 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_mount_namespace_
         Some(json!({ "id": "v", "tenant": "a", "image": img.path, "vcpus": 2, "mem_mib": 128 })),
     );
     assert_eq!(s, 201, "{v}");
-    let (s, v) = n.call("POST", "/vms/v/start", None);
-    assert_eq!(s, 422, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("exited before its API socket appeared (exit status: 3)"),
-        "{v}"
-    );
-    let status = std::fs::read_to_string(n.path("state/vms/v/jail.txt"))
-        .expect("the fake VMM ran and wrote its /proc view");
+    let sock = n.sock();
+    let start = std::thread::spawn(move || {
+        bulwark_agent::client::blocking(&sock, "POST", "/vms/v/start", None)
+    });
+    // The pid is recorded as soon as the VMM is spawned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        if let Some(p) = n.get("/vms/v")["pid"].as_i64() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no pid recorded\n{}", n.log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    // The script is running (not the fork before exec): its command line names it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(proc_dir.join("cmdline"))
+        .unwrap_or_default()
+        .contains("fake-vmm.sh")
+    {
+        assert!(Instant::now() < deadline, "the stand-in VMM never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
     let field = |name: &str| {
         status
             .lines()
@@ -81,11 +103,49 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_mount_namespace_
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("CapPrm:"), "0000000000000000");
-    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     assert_ne!(
-        field("MNTNS"),
-        ours.to_str().unwrap(),
+        std::fs::read_link(proc_dir.join("ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
         "its own mount namespace"
+    );
+    // Its root: only what it needs (here /bin too, from extra_ro_paths).
+    let root = proc_dir.join("root");
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        ["bin", "dev", "etc", "lib", "lib64", "sys", "tmp", "usr"],
+        "the VMM's /"
+    );
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    assert!(inside(&img.path).exists(), "the image");
+    assert!(
+        inside(&n.path("state/vms/v/signer-0.pem")).exists(),
+        "its VM directory"
+    );
+    assert!(
+        !inside(&n.path("state/bulwarkd.db")).exists(),
+        "the state database is visible"
+    );
+    assert!(!inside(&n.path("config.json")).exists());
+    // Read-only where it should be.
+    let mounts = std::fs::read_to_string(proc_dir.join("mountinfo")).unwrap();
+    let mount_opts = |target: &Path| {
+        let t = target.to_str().unwrap();
+        mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(t))
+            .map(|l| l.split_whitespace().nth(5).unwrap().to_string())
+            .unwrap_or_else(|| panic!("no mount at {t}:\n{mounts}"))
+    };
+    assert!(mount_opts(&img.path).starts_with("ro"), "{mounts}");
+    assert!(mount_opts(Path::new("/sys")).starts_with("ro"), "{mounts}");
+    assert!(
+        mount_opts(&n.path("state/vms/v")).starts_with("rw"),
+        "{mounts}"
     );
     // The cgroup: limits from the VM's size, and the child joined it before exec.
     let cgf = |f: &str| std::fs::read_to_string(cg.path().join("v").join(f)).unwrap();
@@ -93,8 +153,29 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_mount_namespace_
     assert_eq!(cgf("memory.max"), ((128u64 + 256) << 20).to_string());
     assert_eq!(cgf("pids.max"), "64");
     assert_eq!(cgf("cgroup.procs"), "0");
+    // Let it exit: the start fails with its status, recorded.
+    std::fs::write(n.path("state/vms/v/go"), "").unwrap();
+    let r = start.join().unwrap().unwrap();
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited before its API socket appeared (exit status: 3)"),
+        "{}",
+        r.json()
+    );
     let vm = n.get("/vms/v");
     assert_eq!(vm["jail"]["uid"], 70100);
+    assert_eq!(
+        vm["jail"]["notes"],
+        json!([]),
+        "nothing of the jail missing"
+    );
     assert_eq!(vm["jail"]["cgroup"], cg.path().join("v").to_str().unwrap());
     assert_eq!(vm["state"], "failed");
+    assert!(
+        !n.path("state/jail/v").exists(),
+        "the root is removed after the VMM"
+    );
 }

@@ -168,6 +168,35 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
         std::fs::read_link("/proc/self/ns/mnt").unwrap()
     );
+    // Its root holds only its files: its directory, the image, the binary, libraries,
+    // /sys, /dev/kvm; not the state database, the config or the host's other files.
+    let vmm_root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut top: Vec<String> = std::fs::read_dir(&vmm_root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    for t in &top {
+        assert!(
+            ["dev", "etc", "lib", "lib64", "sys", "tmp", "usr", "work"].contains(&t.as_str()),
+            "unexpected /{t} in the VMM's root: {top:?}"
+        );
+    }
+    let inside = |p: &Path| vmm_root.join(p.strip_prefix("/").unwrap());
+    assert!(inside(&n.path("state/vms/v/api.sock")).exists());
+    assert!(inside(&image).exists());
+    assert!(inside(Path::new("/dev/kvm")).exists());
+    assert!(
+        !inside(&n.path("state/bulwarkd.db")).exists(),
+        "the state database is visible to the VMM"
+    );
+    assert!(!inside(&n.path("config.json")).exists());
+    assert!(!inside(Path::new("/proc/1")).exists() && !inside(Path::new("/root")).exists());
+    let dev: Vec<_> = std::fs::read_dir(inside(Path::new("/dev")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(dev, ["kvm"], "no VFIO nodes for a VM without devices");
     // Its own API answers on its socket: the VM is running there too.
     let sock = v["api_sock"].as_str().unwrap();
     let r = bulwark_agent::client::blocking(Path::new(sock), "GET", "/vm", None).unwrap();
