@@ -446,8 +446,19 @@ impl Agent {
 
     /// Verifies the image against the tenant's keys and minimum version, then
     /// records the VM with its devices assigned.
-    pub async fn create_vm(&self, req: CreateVm) -> Result<Vm> {
+    pub async fn create_vm(&self, mut req: CreateVm) -> Result<Vm> {
         req.validate()?;
+        if !req.image.starts_with('/') {
+            let p = crate::images::path(&self.state_dir, &req.image)
+                .map_err(|e| Error::bad("image", e.message))?;
+            if !p.exists() {
+                return Err(Error::not_found(
+                    "image",
+                    format!("no uploaded image {} (GET /images)", req.image),
+                ));
+            }
+            req.image = p.display().to_string();
+        }
         let st = self.state().await?;
         let tenant = st
             .tenants
@@ -482,6 +493,44 @@ impl Agent {
             format!("created with {} device(s)", vm.devices.len()),
         );
         Ok(vm)
+    }
+
+    /// Deletes uploaded image `name` unless a VM uses it.
+    pub async fn delete_image(&self, name: &str) -> Result<()> {
+        let p = crate::images::path(&self.state_dir, name)?;
+        let st = self.state().await?;
+        let ps = p.display().to_string();
+        if let Some(v) = st.vms.values().find(|v| v.image == ps) {
+            return Err(Error::conflict(
+                "name",
+                format!("VM {} uses image {name}", v.id),
+            ));
+        }
+        match std::fs::remove_file(&p) {
+            Ok(()) => {
+                self.event("image", name, "deleted");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::not_found("name", format!("no image {name}")))
+            }
+            Err(e) => Err(Error::internal(
+                "storage",
+                format!("removing {}: {e}", p.display()),
+            )),
+        }
+    }
+
+    /// Stores an uploaded image.
+    pub async fn upload_image(
+        &self,
+        name: &str,
+        body: axum::body::Body,
+    ) -> Result<crate::images::ImageInfo> {
+        let info =
+            crate::images::upload(&self.state_dir, name, body, self.cfg.max_image_bytes).await?;
+        self.event("image", name, format!("uploaded ({} bytes)", info.bytes));
+        Ok(info)
     }
 
     /// Deletes a VM without a VMM.
@@ -794,6 +843,7 @@ impl Agent {
     /// lost ones failed (their devices go to sanitizing), restart interrupted scrubs
     /// from the beginning.
     pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        crate::images::clean_interrupted(&self.state_dir);
         self.rescan().await?;
         let st = self.state().await?;
         // Interrupted scrubs: their records are closed as interrupted.

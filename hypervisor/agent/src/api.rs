@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -255,6 +255,28 @@ async fn delete_tenant(State(app): State<App>, UrlPath(id): UrlPath<String>) -> 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn images(State(app): State<App>) -> ApiResult {
+    let dir = app.agent.state_dir.clone();
+    let list = tokio::task::spawn_blocking(move || crate::images::list(&dir))
+        .await
+        .map_err(|e| Error::internal("storage", e.to_string()))??;
+    ok(list)
+}
+
+async fn upload_image(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Body,
+) -> ApiResult {
+    let info = app.agent.upload_image(&name, body).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn delete_image(State(app): State<App>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    app.agent.delete_image(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn vms(State(app): State<App>) -> ApiResult {
     ok(app
         .agent
@@ -323,6 +345,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/devices/{addr}/scrubs", get(device_scrubs))
         .route("/tenants", get(tenants).post(create_tenant))
         .route("/tenants/{id}", get(tenant).delete(delete_tenant))
+        .route("/images", get(images))
+        .route("/images/{name}", put(upload_image).delete(delete_image))
         .route("/vms", get(vms).post(create_vm))
         .route("/vms/{id}", get(vm).delete(delete_vm))
         .route("/vms/{id}/start", post(start_vm))

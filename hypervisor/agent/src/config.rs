@@ -93,6 +93,9 @@ pub struct Config {
     /// The VMM jail; VMs cannot start without one.
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// Largest image accepted by `PUT /images/{name}`.
+    #[serde(default = "default_max_image")]
+    pub max_image_bytes: u64,
     /// The API over TCP with mutual TLS; absent: Unix socket only.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -125,6 +128,9 @@ pub struct NodeImage {
     pub signer_key_ids: Vec<String>,
 }
 
+fn default_max_image() -> u64 {
+    64 << 30
+}
 fn default_sysfs() -> PathBuf {
     PathBuf::from("/sys")
 }

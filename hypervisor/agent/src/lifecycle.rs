@@ -227,7 +227,7 @@ pub struct GpuRequest {
 pub struct CreateVm {
     pub id: String,
     pub tenant: String,
-    /// Path of a signed image (`.bwi`) on the node.
+    /// An uploaded image's name, or the absolute path of a signed image on the node.
     pub image: String,
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
@@ -249,8 +249,11 @@ impl CreateVm {
     pub fn validate(&self) -> Result<()> {
         check_id("id", &self.id)?;
         check_id("tenant", &self.tenant)?;
-        if self.image.is_empty() || !self.image.starts_with('/') {
-            return Err(Error::bad("image", "must be an absolute path on the node"));
+        if !self.image.starts_with('/') && check_id("image", &self.image).is_err() {
+            return Err(Error::bad(
+                "image",
+                "must be the name of an uploaded image (PUT /images/{name}) or an absolute path on the node",
+            ));
         }
         if self.vcpus == 0 || self.vcpus > 254 {
             return Err(Error::bad("vcpus", "must be 1..=254"));

@@ -171,15 +171,12 @@ pub async fn serve(
     }
 }
 
-/// One request over mutual TLS to `addr` (server name `server_name`).
-pub async fn request(
+/// A mutual-TLS connection to `addr` (server name `server_name`).
+pub async fn connect(
     addr: &str,
     server_name: &str,
     cfg: Arc<rustls::ClientConfig>,
-    method: &str,
-    path: &str,
-    body: Option<String>,
-) -> std::result::Result<crate::client::Response, String> {
+) -> std::result::Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
@@ -189,12 +186,18 @@ pub async fn request(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS with {addr}: {e}"))?;
-    crate::client::request_on(
-        TokioIo::new(tls),
-        &format!("{addr} (TLS)"),
-        method,
-        path,
-        body,
-    )
-    .await
+    Ok(TokioIo::new(tls))
+}
+
+/// One request over mutual TLS to `addr` (server name `server_name`).
+pub async fn request(
+    addr: &str,
+    server_name: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> std::result::Result<crate::client::Response, String> {
+    let io = connect(addr, server_name, cfg).await?;
+    crate::client::request_on(io, &format!("{addr} (TLS)"), method, path, body).await
 }

@@ -722,3 +722,130 @@ fn a_second_bulwarkd_on_the_same_socket_or_state_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn images_are_uploaded_streamed_listed_used_by_name_and_deleted() {
+    let mut n = Node::new(json!({ "max_image_bytes": 1 << 20 }));
+    n.start();
+    let img = signed_image(n.dir.path(), 1);
+    let sock = n.sock();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let upload = |name: &str, file: &std::path::Path| {
+        rt.block_on(bulwark_agent::client::upload(
+            &sock,
+            &format!("/images/{name}"),
+            file,
+            |_, _| {},
+        ))
+        .unwrap()
+    };
+    let r = upload("tiny", &img.path);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["manifest_name"], "agent-test");
+    assert_eq!(
+        r.json()["bytes"],
+        std::fs::metadata(&img.path).unwrap().len()
+    );
+    // Never replaced; not a Bulwark image; too large; bad name: refused, nothing left.
+    assert_eq!(upload("tiny", &img.path).status, 409);
+    let junk = n.path("junk.bwi");
+    std::fs::write(&junk, vec![7u8; 10000]).unwrap();
+    let r = upload("junk", &junk);
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (422, Some("body")),
+        "{}",
+        r.json()
+    );
+    let big = n.path("big.bwi");
+    std::fs::write(&big, vec![0u8; (1 << 20) + 1]).unwrap();
+    let r = upload("big", &big);
+    assert_eq!(r.status, 400, "{}", r.json());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_image_bytes"));
+    assert_eq!(upload("Bad.Name", &img.path).status, 400);
+    let files: Vec<String> = std::fs::read_dir(n.path("state/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        ["tiny.bwi"],
+        "no temporary file or refused image left"
+    );
+    let list = n.get("/images");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "tiny");
+    assert_eq!(list[0]["manifest_version"], 1);
+    // A VM from the uploaded image by name: verified against the tenant's keys.
+    tenant(&n, "a", &img.key_pem);
+    let (s, v) = n.call(
+        "POST",
+        "/vms",
+        Some(json!({ "id": "v", "tenant": "a", "image": "tiny" })),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["image"],
+        n.path("state/images/tiny.bwi").to_str().unwrap()
+    );
+    let (s, v) = n.call(
+        "POST",
+        "/vms",
+        Some(json!({ "id": "w", "tenant": "a", "image": "nope" })),
+    );
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (404, Some("image")),
+        "{v}"
+    );
+    // In use: not deleted.
+    assert_eq!(n.call("DELETE", "/images/tiny", None).0, 409);
+    assert_eq!(n.call("DELETE", "/vms/v", None).0, 204);
+    // bulwarkctl: upload with progress, list, delete.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
+            .arg("--api-sock")
+            .arg(n.sock())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (c, out, err) = ctl(&[
+        "images",
+        "upload",
+        img.path.to_str().unwrap(),
+        "--name",
+        "second",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        err.contains("uploading:") && err.contains("MiB"),
+        "progress on stderr: {err}"
+    );
+    assert!(out.contains("manifest_name: agent-test"), "{out}");
+    let (c, out, _) = ctl(&["images", "list"]);
+    assert_eq!(c, 0);
+    assert!(out.contains("second") && out.contains("tiny"), "{out}");
+    assert_eq!(ctl(&["images", "delete", "tiny"]).0, 0);
+    assert_eq!(ctl(&["images", "delete", "tiny"]).0, 1);
+    // A crash mid-upload leaves a temporary file; the next start removes it.
+    std::fs::write(n.path("state/images/.upload-x-1-0"), b"partial").unwrap();
+    n.kill();
+    n.start();
+    let files: Vec<String> = std::fs::read_dir(n.path("state/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["second.bwi"]);
+}

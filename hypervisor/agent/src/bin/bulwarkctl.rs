@@ -77,6 +77,41 @@ impl Target {
         })
     }
 
+    fn upload(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        show: bool,
+    ) -> Result<client::Response, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting a runtime: {e}"))?;
+        let t0 = Instant::now();
+        let progress = move |sent: u64, total: u64| {
+            if show {
+                eprint!(
+                    "\ruploading: {:.1} / {:.1} MiB ({:.0} s)",
+                    sent as f64 / 1048576.0,
+                    total as f64 / 1048576.0,
+                    t0.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+            }
+        };
+        let r = match self {
+            Target::Unix(sock) => rt.block_on(client::upload(sock, path, file, progress)),
+            Target::Tls { addr, name, cfg } => rt.block_on(async {
+                let io = bulwark_agent::tls::connect(addr, name, cfg.clone()).await?;
+                client::upload_on(io, addr, path, file, progress).await
+            }),
+        };
+        if show {
+            eprintln!();
+        }
+        r
+    }
+
     fn request(
         &self,
         method: &str,
@@ -114,6 +149,9 @@ enum Noun {
     /// Tenants: trusted image signers and minimum versions.
     #[command(subcommand)]
     Tenants(TenantCmd),
+    /// Signed images uploaded to the node.
+    #[command(subcommand)]
+    Images(ImageCmd),
     /// VMs.
     #[command(subcommand)]
     Vms(VmCmd),
@@ -178,6 +216,21 @@ enum TenantCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum ImageCmd {
+    List,
+    /// Upload a signed image (.bwi), showing progress; verified when a VM uses it.
+    Upload {
+        file: PathBuf,
+        /// Its name on the node (default: the file name without .bwi).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum VmCmd {
     List,
     Show {
@@ -226,11 +279,8 @@ enum VmCmd {
 /// A failure: exit status and message.
 struct Fail(u8, String);
 
-/// One request; the raw body of a success, or the refusal as a `Fail`.
-fn call_raw(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Vec<u8>, Fail> {
-    let r = sock
-        .request(method, path, body.map(|b| b.to_string()))
-        .map_err(|e| Fail(2, e))?;
+/// A success's body, or the refusal as a `Fail`.
+fn check(r: client::Response) -> Result<Vec<u8>, Fail> {
     if r.status >= 300 {
         let v = r.json();
         let msg = match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
@@ -242,13 +292,29 @@ fn call_raw(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Res
     Ok(r.body)
 }
 
-fn call(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
-    let body = call_raw(sock, method, path, body)?;
+/// A success's body as JSON.
+fn answer(r: client::Response) -> Result<Value, Fail> {
+    let body = check(r)?;
     if body.is_empty() {
         return Ok(Value::Null);
     }
     Ok(serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())))
+}
+
+/// One request; the raw body of a success, or the refusal as a `Fail`.
+fn call_raw(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Vec<u8>, Fail> {
+    check(
+        sock.request(method, path, body.map(|b| b.to_string()))
+            .map_err(|e| Fail(2, e))?,
+    )
+}
+
+fn call(sock: &Target, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
+    answer(
+        sock.request(method, path, body.map(|b| b.to_string()))
+            .map_err(|e| Fail(2, e))?,
+    )
 }
 
 fn s(v: &Value) -> String {
@@ -464,6 +530,43 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 call(sock, "DELETE", &format!("/tenants/{id}"), None)?;
                 out(&json!({ "deleted": id }), &|_| {
                     println!("tenant {id} deleted")
+                })
+            }
+        },
+        Noun::Images(c) => match c {
+            ImageCmd::List => out(&call(sock, "GET", "/images", None)?, &|v| {
+                let mut rows = vec![["NAME", "BYTES", "MANIFEST", "VERSION"]
+                    .map(String::from)
+                    .to_vec()];
+                for i in v.as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        s(&i["name"]),
+                        s(&i["bytes"]),
+                        s(&i["manifest_name"]),
+                        s(&i["manifest_version"]),
+                    ]);
+                }
+                table(&rows);
+            }),
+            ImageCmd::Upload { file, name } => {
+                let name = match name {
+                    Some(n) => n,
+                    None => file
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .map(|f| f.trim_end_matches(".bwi").to_string())
+                        .ok_or_else(|| Fail(2, format!("{}: give --name", file.display())))?,
+                };
+                let r = sock
+                    .upload(&format!("/images/{name}"), &file, !j)
+                    .map_err(|e| Fail(2, e))?;
+                let v = answer(r)?;
+                out(&v, &print_kv)
+            }
+            ImageCmd::Delete { name } => {
+                call(sock, "DELETE", &format!("/images/{name}"), None)?;
+                out(&json!({ "deleted": name }), &|_| {
+                    println!("image {name} deleted")
                 })
             }
         },
