@@ -121,8 +121,31 @@ fn enrolment_scrubs_the_whole_group_before_it_is_available() {
         .as_u64()
         .unwrap();
     assert_eq!(n.get(&format!("/events?since={last}")), json!([]));
-    let m = n.call("GET", "/metrics", None);
-    assert_eq!(m.0, 200);
+    let r = bulwark_agent::client::blocking(&n.sock(), "GET", "/metrics", None).unwrap();
+    assert_eq!(r.status, 200);
+    let m = String::from_utf8(r.body).unwrap();
+    for line in [
+        "bulwarkd_devices{state=\"available\"} 2",
+        "bulwarkd_devices{state=\"unenrolled\"} 4",
+        "bulwarkd_devices{state=\"sanitizing\"} 0",
+        "bulwarkd_vms{state=\"running\"} 0",
+        "bulwarkd_node_owned 0",
+        "bulwarkd_scrub_duration_seconds_count{outcome=\"passed\"} 2",
+        "bulwarkd_api_request_duration_seconds_count{method=\"POST\",route=\"/devices/{addr}/enroll\",status=\"200\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} missing from:\n{m}");
+    }
+    // Scrubs of 2 x 50 ms steps: the histogram has them above 0.05 s.
+    assert!(
+        m.contains("bulwarkd_scrub_duration_seconds_bucket{outcome=\"passed\",le=\"0.05\"} 0"),
+        "{m}"
+    );
+    let node = n.get("/node");
+    assert_eq!(
+        (node["clean"].as_bool(), node["owner"].is_null()),
+        (Some(true), true),
+        "{node}"
+    );
     n.check_invariants();
 }
 
