@@ -67,6 +67,8 @@ pub struct Agent {
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
     evidence_key: std::sync::OnceLock<bulwark_attestation::evidence::EvidenceSigningKey>,
+    /// Per VM: what its guest reported on the host channel, and the channel's task.
+    guests: Mutex<HashMap<String, (crate::guest::Shared, Option<tokio::task::AbortHandle>)>>,
 }
 
 impl Agent {
@@ -92,6 +94,7 @@ impl Agent {
             vmms: Mutex::default(),
             events: Mutex::default(),
             evidence_key: std::sync::OnceLock::new(),
+            guests: Mutex::default(),
         }))
     }
 
@@ -543,6 +546,8 @@ impl Agent {
         crash::point("delete:committed");
         let _ = std::fs::remove_dir_all(VmPaths::new(&self.state_dir, id).dir);
         let _ = std::fs::remove_dir_all(vmm::jail_dir(&self.state_dir, id));
+        self.close_guest_channel(id);
+        lock(&self.guests).remove(id);
         self.event("vm", id, format!("deleted (was {})", vm.state.name()));
         self.kick_scrubs().await;
         Ok(())
@@ -605,6 +610,7 @@ impl Agent {
                     vmm::Cgroup::remove(p, id);
                 }
                 let _ = std::fs::remove_dir_all(vmm::jail_dir(&self.state_dir, id));
+                self.close_guest_channel(id);
                 self.event("vm", id, format!("failed: {reason}"));
                 self.kick_scrubs().await;
                 Err(e)
@@ -622,6 +628,7 @@ impl Agent {
         let uid = vm.jail.as_ref().map_or(jail.uid_base, |j| j.uid);
         let mut paths = VmPaths::new(&self.state_dir, &vm.id);
         vmm::prepare(&mut paths, tenant, uid, jail.gid)?;
+        self.open_guest_channel(&vm.id, &paths, uid, jail.gid)?;
         // The VMM's uid must be able to open its VFIO groups.
         let st = self.state().await?;
         let groups: std::collections::BTreeSet<u32> = vm
@@ -717,6 +724,55 @@ impl Agent {
         Ok(())
     }
 
+    /// Listens for the guest's channel (`<vsock uds>_1024`) before the VMM starts,
+    /// owned by the VMM's uid so that it can connect.
+    fn open_guest_channel(&self, id: &str, paths: &VmPaths, uid: u32, gid: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = crate::guest::channel_path(&paths.vsock);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
+            Error::new(
+                Kind::Unprocessable,
+                "vsock",
+                format!("listening on {}: {e}", path.display()),
+            )
+        })?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| {
+                Error::new(
+                    Kind::Unprocessable,
+                    "vsock",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        let view = crate::guest::Shared::default();
+        let task = tokio::spawn(crate::guest::serve(listener, view.clone()));
+        if let Some((_, Some(old))) =
+            lock(&self.guests).insert(id.to_string(), (view, Some(task.abort_handle())))
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops listening for VM `id`'s guest (its view stays for `GET /vms/{id}/guest`).
+    fn close_guest_channel(&self, id: &str) {
+        if let Some((_, task)) = lock(&self.guests).get_mut(id) {
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+        }
+    }
+
+    /// What VM `id`'s guest reported (empty when it never connected).
+    pub fn guest_view(&self, id: &str) -> crate::guest::GuestView {
+        lock(&self.guests)
+            .get(id)
+            .map(|(v, _)| v.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
     /// Notices the end of VM `id`'s VMM (pidfd) and records it.
     fn watch(
         self: &Arc<Self>,
@@ -773,6 +829,7 @@ impl Agent {
                 vmm::Cgroup::remove(p, &id);
             }
             let _ = std::fs::remove_dir_all(vmm::jail_dir(&me.state_dir, &id));
+            me.close_guest_channel(&id);
             me.kick_scrubs().await;
         });
         Ok(())

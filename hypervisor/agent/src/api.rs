@@ -300,6 +300,13 @@ async fn vm(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
     }
 }
 
+async fn guest(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    if !app.agent.state().await?.vms.contains_key(&id) {
+        return Err(Error::not_found("id", format!("no VM {id}")));
+    }
+    ok(app.agent.guest_view(&id))
+}
+
 async fn delete_vm(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
     app.agent.delete_vm(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -352,6 +359,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{id}/start", post(start_vm))
         .route("/vms/{id}/stop", post(stop_vm))
         .route("/vms/{id}/attest", post(attest))
+        .route("/vms/{id}/guest", get(guest))
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             Error::new(Kind::BadRequest, "method", "method not allowed here").into_response()

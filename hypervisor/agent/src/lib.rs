@@ -17,6 +17,7 @@ pub mod config;
 pub mod crash;
 pub mod db;
 pub mod error;
+pub mod guest;
 pub mod images;
 pub mod inventory;
 #[allow(unsafe_code)]

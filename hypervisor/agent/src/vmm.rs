@@ -23,6 +23,8 @@ use crate::model::{Tenant, Vm};
 pub struct VmPaths {
     pub dir: PathBuf,
     pub api_sock: PathBuf,
+    /// The VMM's vsock Unix socket (`devices.vsock.uds_path`).
+    pub vsock: PathBuf,
     pub log: PathBuf,
     pub serial: PathBuf,
     pub keys: Vec<PathBuf>,
@@ -33,6 +35,7 @@ impl VmPaths {
         let dir = state_dir.join("vms").join(id);
         VmPaths {
             api_sock: dir.join("api.sock"),
+            vsock: dir.join("vsock.sock"),
             log: dir.join("vmm.log"),
             serial: dir.join("serial.log"),
             keys: Vec::new(),
@@ -77,6 +80,8 @@ pub fn vmm_config(vm: &Vm, tenant: &Tenant, paths: &VmPaths, vfio: &[String]) ->
         },
         "devices": {
             "serial": { "file": paths.serial },
+            // The guest's channel to bulwarkd (host port 1024, docs/guest-protocol.md).
+            "vsock": { "guest_cid": 3, "uds_path": paths.vsock },
             "vfio": vfio.iter().map(|a| json!({ "bdf": a })).collect::<Vec<_>>(),
         },
     })

@@ -207,6 +207,96 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         String::from_utf8_lossy(&r.body)
     );
 
+    // The host channel: bulwarkd listens where the VMM sends the guest's connections
+    // to port 1024; here the test plays bulwark-init (the tiny guest has no vsock).
+    {
+        use bulwark_guest_protocol::*;
+        use std::io::{Read, Write};
+        let mut ch =
+            std::os::unix::net::UnixStream::connect(n.path("state/vms/v/vsock.sock_1024")).unwrap();
+        ch.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reader = FrameReader::new();
+        let mut buf = [0u8; 4096];
+        let host_hello = loop {
+            if let Some(f) = reader.next_frame() {
+                break decode_host(&f.unwrap()).unwrap();
+            }
+            let k = ch.read(&mut buf).unwrap();
+            assert!(k > 0, "channel closed before the host's hello");
+            reader.push(&buf[..k]);
+        };
+        assert!(
+            matches!(host_hello, HostMessage::Hello { protocol: 1, .. }),
+            "{host_hello:?}"
+        );
+        let send = |ch: &mut std::os::unix::net::UnixStream, m: GuestMessage| {
+            ch.write_all(&encode_guest(&m).unwrap()).unwrap()
+        };
+        send(
+            &mut ch,
+            GuestMessage::Hello(Hello {
+                protocol: 1,
+                init_version: "0.1.0".into(),
+                kernel_release: "6.1".into(),
+                boot_id: "b".into(),
+                uptime_us: 5,
+            }),
+        );
+        send(
+            &mut ch,
+            GuestMessage::Progress(Progress {
+                stage: Stage::WorkloadStarted,
+                uptime_us: 9,
+                detail: String::new(),
+            }),
+        );
+        send(
+            &mut ch,
+            GuestMessage::Output(Output {
+                stream: Stream::Stdout,
+                offset: 0,
+                data: b"hello from the workload\n".to_vec(),
+            }),
+        );
+        ch.write_all(b"garbage that is not a frame").unwrap();
+        send(
+            &mut ch,
+            GuestMessage::Exit(ExitReport {
+                code: Some(7),
+                signal: None,
+                signal_name: None,
+                runtime_us: 100,
+                output_dropped: 0,
+            }),
+        );
+        // The garbage is answered with an Error frame.
+        let err = loop {
+            if let Some(f) = reader.next_frame() {
+                break decode_host(&f.unwrap()).unwrap();
+            }
+            let k = ch.read(&mut buf).unwrap();
+            assert!(k > 0, "channel closed");
+            reader.push(&buf[..k]);
+        };
+        assert!(matches!(err, HostMessage::Error(_)), "{err:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let g = loop {
+            let g = n.get("/vms/v/guest");
+            if !g["exit"].is_null() {
+                break g;
+            }
+            assert!(Instant::now() < deadline, "the exit never arrived: {g}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(g["connected"], true, "{g}");
+        assert_eq!(g["hello"]["init_version"], "0.1.0");
+        assert_eq!(g["progress"][0]["stage"], "workload_started");
+        assert_eq!(g["stdout"]["tail"], "hello from the workload\n");
+        assert_eq!(g["stdout"]["bytes"], 24);
+        assert_eq!(g["exit"]["code"], 7);
+        assert_eq!(g["protocol_errors"], 1, "{g}");
+    }
+
     // Evidence for a nonce, through bulwarkctl, as the customer gets it.
     let nonce = "5a".repeat(32);
     let ev = n.path("evidence.cose");
