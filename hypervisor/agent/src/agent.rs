@@ -69,6 +69,8 @@ pub struct Agent {
     evidence_key: std::sync::OnceLock<bulwark_attestation::evidence::EvidenceSigningKey>,
     /// Per VM: what its guest reported on the host channel, and the channel's task.
     guests: Mutex<HashMap<String, (crate::guest::Shared, Option<tokio::task::AbortHandle>)>>,
+    /// Per VM: the tasks serving its exposed ports.
+    port_tasks: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Agent {
@@ -95,6 +97,7 @@ impl Agent {
             events: Mutex::default(),
             evidence_key: std::sync::OnceLock::new(),
             guests: Mutex::default(),
+            port_tasks: Mutex::default(),
         }))
     }
 
@@ -629,6 +632,16 @@ impl Agent {
         let mut paths = VmPaths::new(&self.state_dir, &vm.id);
         vmm::prepare(&mut paths, tenant, uid, jail.gid)?;
         self.open_guest_channel(&vm.id, &paths, uid, jail.gid)?;
+        let listeners = crate::ports::bind(&self.cfg.port_bind_addr, &vm.ports).await?;
+        let tasks = listeners
+            .into_iter()
+            .map(|(p, l)| {
+                tokio::spawn(crate::ports::serve(l, paths.vsock.clone(), p.vsock)).abort_handle()
+            })
+            .collect();
+        if let Some(old) = lock(&self.port_tasks).insert(vm.id.clone(), tasks) {
+            old.iter().for_each(tokio::task::AbortHandle::abort);
+        }
         // The VMM's uid must be able to open its VFIO groups.
         let st = self.state().await?;
         let groups: std::collections::BTreeSet<u32> = vm
@@ -756,8 +769,12 @@ impl Agent {
         Ok(())
     }
 
-    /// Stops listening for VM `id`'s guest (its view stays for `GET /vms/{id}/guest`).
+    /// Stops listening for VM `id`'s guest (its view stays for `GET /vms/{id}/guest`)
+    /// and closes its exposed ports.
     fn close_guest_channel(&self, id: &str) {
+        if let Some(tasks) = lock(&self.port_tasks).remove(id) {
+            tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        }
         if let Some((_, task)) = lock(&self.guests).get_mut(id) {
             if let Some(t) = task.take() {
                 t.abort();

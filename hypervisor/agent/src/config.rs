@@ -93,6 +93,9 @@ pub struct Config {
     /// The VMM jail; VMs cannot start without one.
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// Address the VMs' exposed vsock ports listen on.
+    #[serde(default = "default_port_bind")]
+    pub port_bind_addr: String,
     /// Largest image accepted by `PUT /images/{name}`.
     #[serde(default = "default_max_image")]
     pub max_image_bytes: u64,
@@ -128,6 +131,9 @@ pub struct NodeImage {
     pub signer_key_ids: Vec<String>,
 }
 
+fn default_port_bind() -> String {
+    "0.0.0.0".into()
+}
 fn default_max_image() -> u64 {
     64 << 30
 }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 #[allow(unsafe_code)]
 mod pidfd_sys;
+pub mod ports;
 pub mod sanitize;
 pub mod tls;
 #[allow(unsafe_code)]

@@ -235,6 +235,9 @@ pub struct CreateVm {
     pub mem_mib: u32,
     #[serde(default)]
     pub gpus: GpuRequest,
+    /// Guest vsock ports to expose as TCP ports on the node.
+    #[serde(default)]
+    pub ports: Vec<crate::model::PortMap>,
 }
 
 fn default_vcpus() -> u8 {
@@ -260,6 +263,29 @@ impl CreateVm {
         }
         if self.mem_mib < 4 || !self.mem_mib.is_multiple_of(2) || self.mem_mib > 1 << 20 {
             return Err(Error::bad("mem_mib", "must be even and in 4..=1048576"));
+        }
+        if self.ports.len() > 64 {
+            return Err(Error::bad("ports", "at most 64"));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.vsock == 0
+                || p.vsock == bulwark_guest_protocol::HOST_CHANNEL_PORT
+                || p.vsock == u32::MAX
+            {
+                return Err(Error::bad(
+                    format!("ports[{i}].vsock"),
+                    "must be 1..2^32-2 and not the host channel's 1024",
+                ));
+            }
+            if p.tcp == 0 {
+                return Err(Error::bad(format!("ports[{i}].tcp"), "must be 1..=65535"));
+            }
+            if self.ports[..i].iter().any(|q| q.tcp == p.tcp) {
+                return Err(Error::bad(
+                    format!("ports[{i}].tcp"),
+                    format!("{} is listed twice", p.tcp),
+                ));
+            }
         }
         let g = &self.gpus;
         if let Some(m) = &g.model {
@@ -370,6 +396,18 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
         ));
     }
     check_tenancy(st, &req.tenant)?;
+    for (i, p) in req.ports.iter().enumerate() {
+        if let Some(v) = st
+            .vms
+            .values()
+            .find(|v| v.ports.iter().any(|q| q.tcp == p.tcp))
+        {
+            return Err(Error::conflict(
+                format!("ports[{i}].tcp"),
+                format!("TCP port {} is VM {}'s", p.tcp, v.id),
+            ));
+        }
+    }
     let primaries: Vec<String> = match (&req.gpus.addresses, req.gpus.count) {
         (Some(addrs), _) => {
             for (i, a) in addrs.iter().enumerate() {
@@ -462,6 +500,7 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
         created_at_ms: now_ms,
         jail: None,
         image_signers: Vec::new(),
+        ports: req.ports.clone(),
     };
     st.vms.insert(vm.id.clone(), vm.clone());
     st.tenancy.owner = Some(req.tenant.clone());

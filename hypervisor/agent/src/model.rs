@@ -164,6 +164,17 @@ pub struct Vm {
     /// tenant's policy at create (for the evidence's `launch.image`).
     #[serde(default)]
     pub image_signers: Vec<String>,
+    /// The guest's vsock ports exposed as TCP ports on the node.
+    #[serde(default)]
+    pub ports: Vec<PortMap>,
+}
+
+/// A guest vsock port served on a node TCP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMap {
+    pub vsock: u32,
+    pub tcp: u16,
 }
 
 /// How a VM's VMM was jailed, and what of the jail is missing (with the reason).

@@ -643,10 +643,18 @@ fn bulwarkctl_drives_the_agent_with_text_and_json() {
         img.path.to_str().unwrap(),
         "--gpus",
         "1",
+        "--port",
+        "7000:18123",
     ]);
     assert_eq!(c, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["devices"], json!([GPU_A, GPU_A_AUDIO]));
+    assert_eq!(v["ports"], json!([{ "vsock": 7000, "tcp": 18123 }]));
+    let (c, _, err) = ctl(&[
+        "vms", "create", "x", "--tenant", "a", "--image", "/x", "--port", "7000",
+    ]);
+    assert_eq!(c, 2);
+    assert!(err.contains("expected VSOCK:TCP"), "{err}");
     let (c, _, err) = ctl(&[
         "vms",
         "create",

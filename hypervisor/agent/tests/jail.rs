@@ -44,7 +44,13 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_root_and_cgroup(
             "extra_ro_paths": ["/bin"],
         },
         "vmm_bin": script,
+        "port_bind_addr": "127.0.0.1",
     }));
+    let tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     n.start();
     let img = signed_image(n.dir.path(), 1);
     n.call(
@@ -55,7 +61,7 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_root_and_cgroup(
     let (s, v) = n.call(
         "POST",
         "/vms",
-        Some(json!({ "id": "v", "tenant": "a", "image": img.path, "vcpus": 2, "mem_mib": 128 })),
+        Some(json!({ "id": "v", "tenant": "a", "image": img.path, "vcpus": 2, "mem_mib": 128, "ports": [{ "vsock": 7000, "tcp": tcp_port }] })),
     );
     assert_eq!(s, 201, "{v}");
     let sock = n.sock();
@@ -153,6 +159,32 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_root_and_cgroup(
     assert_eq!(cgf("memory.max"), ((128u64 + 256) << 20).to_string());
     assert_eq!(cgf("pids.max"), "64");
     assert_eq!(cgf("cgroup.procs"), "0");
+    // Its exposed port: a TCP connection becomes `CONNECT 7000` on the VMM's vsock
+    // socket (played here by the test, as the stand-in VMM has none), then a stream.
+    let muxer = std::os::unix::net::UnixListener::bind(n.path("state/vms/v/vsock.sock")).unwrap();
+    let fake_vmm = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let (s, _) = muxer.accept().unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let mut w = s;
+        w.write_all(b"OK 1073741824\n").unwrap();
+        let mut data = vec![0u8; 14];
+        std::io::Read::read_exact(&mut r, &mut data).unwrap();
+        w.write_all(&data).unwrap();
+        line
+    });
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"ping via vsock").unwrap();
+        let mut back = [0u8; 14];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping via vsock");
+    }
+    assert_eq!(fake_vmm.join().unwrap(), "CONNECT 7000\n");
     // Let it exit: the start fails with its status, recorded.
     std::fs::write(n.path("state/vms/v/go"), "").unwrap();
     let r = start.join().unwrap().unwrap();
@@ -178,4 +210,13 @@ fn the_vmm_runs_with_its_own_uid_no_groups_no_new_privs_its_own_root_and_cgroup(
         !n.path("state/jail/v").exists(),
         "the root is removed after the VMM"
     );
+    // The port closed with the VMM.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "port {tcp_port} still open after the VM ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

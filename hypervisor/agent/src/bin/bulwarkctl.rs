@@ -256,6 +256,9 @@ enum VmCmd {
         /// Exactly this device; repeat for several.
         #[arg(long = "gpu")]
         addresses: Vec<String>,
+        /// Serve guest vsock port VSOCK on node TCP port TCP (`VSOCK:TCP`); repeatable.
+        #[arg(long = "port")]
+        ports: Vec<String>,
     },
     Start {
         id: String,
@@ -582,6 +585,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 gpus,
                 model,
                 addresses,
+                ports,
             } => {
                 let mut g = serde_json::Map::new();
                 if let Some(n) = gpus {
@@ -593,7 +597,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 if !addresses.is_empty() {
                     g.insert("addresses".into(), addresses.into());
                 }
-                let body = json!({ "id": id, "tenant": tenant, "image": image, "vcpus": vcpus, "mem_mib": mem_mib, "gpus": g });
+                let mut port_maps = Vec::new();
+                for p in &ports {
+                    let parsed = p
+                        .split_once(':')
+                        .and_then(|(v, t)| Some((v.parse::<u32>().ok()?, t.parse::<u16>().ok()?)));
+                    let Some((v, t)) = parsed else {
+                        return Err(Fail(2, format!("--port {p}: expected VSOCK:TCP")));
+                    };
+                    port_maps.push(json!({ "vsock": v, "tcp": t }));
+                }
+                let body = json!({ "id": id, "tenant": tenant, "image": image, "vcpus": vcpus, "mem_mib": mem_mib, "gpus": g, "ports": port_maps });
                 out(&call(sock, "POST", "/vms", Some(body))?, &print_kv)
             }
             VmCmd::Start { id } => out(

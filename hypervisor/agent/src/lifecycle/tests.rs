@@ -75,6 +75,7 @@ fn req(id: &str, tenant: &str, gpus: GpuRequest) -> CreateVm {
         vcpus: 1,
         mem_mib: 64,
         gpus,
+        ports: Vec::new(),
     }
 }
 
@@ -557,4 +558,35 @@ fn invariant_checker_finds_broken_states() {
     let mut bad = st;
     bad.tenancy.owner = Some("b".into());
     assert!(!invariant_violations(&bad).is_empty());
+}
+
+#[test]
+fn ports_are_validated_and_exclusive_across_vms() {
+    use crate::model::PortMap;
+    let p = |vsock, tcp| PortMap { vsock, tcp };
+    for (ports, field) in [
+        (vec![p(1024, 8080)], "ports[0].vsock"),
+        (vec![p(0, 8080)], "ports[0].vsock"),
+        (vec![p(7000, 0)], "ports[0].tcp"),
+        (vec![p(7000, 8080), p(7001, 8080)], "ports[1].tcp"),
+    ] {
+        let r = CreateVm {
+            ports,
+            ..req("v", "a", GpuRequest::default())
+        };
+        assert_eq!(r.validate().unwrap_err().field, field);
+    }
+    let mut st = node();
+    let r = CreateVm {
+        ports: vec![p(7000, 8080)],
+        ..req("v", "a", GpuRequest::default())
+    };
+    r.validate().unwrap();
+    assert_eq!(create_vm(&mut st, &r, 1).unwrap().ports, [p(7000, 8080)]);
+    let r2 = CreateVm {
+        ports: vec![p(7001, 8080)],
+        ..req("w", "a", GpuRequest::default())
+    };
+    let e = refused(&st, Kind::Conflict, |s| create_vm(s, &r2, 1).map(drop));
+    assert_eq!(e.field, "ports[0].tcp");
 }
