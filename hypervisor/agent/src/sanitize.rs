@@ -1,0 +1,253 @@
+//! Sanitization of a device between tenants: a device reset, then a vendor scrub
+//! step, each behind the `Sanitizer` trait and each recorded (method, time, result)
+//! by the agent. Implementations: `VfioSanitizer` (the node's) and
+//! `SoftwareSanitizer` (tests; touches no hardware and says so in its records).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SanitizerConfig;
+use crate::model::Device;
+
+/// The steps of a scrub, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Function-level or bus reset through VFIO.
+    Reset,
+    /// The vendor's clear-and-check after the reset.
+    VendorScrub,
+}
+
+impl Step {
+    pub const ALL: [Step; 2] = [Step::Reset, Step::VendorScrub];
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Reset => "reset",
+            Step::VendorScrub => "vendor_scrub",
+        }
+    }
+}
+
+/// What a step did (`method`) and what it found (`detail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    pub method: String,
+    pub detail: String,
+}
+
+/// A step that failed: the device is quarantined with `detail` as the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    pub method: String,
+    pub detail: String,
+}
+
+/// One way to sanitize devices. Steps block (they run on a blocking thread under the
+/// agent's timeout).
+pub trait Sanitizer: Send + Sync + std::fmt::Debug {
+    fn step(&self, dev: &Device, step: Step) -> Result<StepReport, StepFailure>;
+}
+
+/// Builds the sanitizer the config names.
+pub fn from_config(cfg: &SanitizerConfig, sysfs_root: &Path) -> Arc<dyn Sanitizer> {
+    match cfg {
+        SanitizerConfig::Vfio => Arc::new(VfioSanitizer::new(sysfs_root, Path::new("/dev/vfio"))),
+        SanitizerConfig::SoftwareTest {
+            fail,
+            hang,
+            step_ms,
+        } => Arc::new(SoftwareSanitizer {
+            fail: fail.clone(),
+            hang: hang.clone(),
+            step: Duration::from_millis(*step_ms),
+        }),
+    }
+}
+
+/// Touches no hardware. Fails the devices in `fail` (at the vendor step), never
+/// finishes for those in `hang`, and takes `step` per step.
+#[derive(Debug, Clone, Default)]
+pub struct SoftwareSanitizer {
+    pub fail: Vec<String>,
+    pub hang: Vec<String>,
+    pub step: Duration,
+}
+
+impl Sanitizer for SoftwareSanitizer {
+    fn step(&self, dev: &Device, step: Step) -> Result<StepReport, StepFailure> {
+        let method = "software-test (no hardware touched)".to_string();
+        if self.hang.contains(&dev.address) {
+            // A hung device: sleeps past any timeout (the agent gives up on it).
+            std::thread::sleep(Duration::from_secs(24 * 3600));
+        }
+        std::thread::sleep(self.step);
+        if step == Step::VendorScrub && self.fail.contains(&dev.address) {
+            return Err(StepFailure {
+                method,
+                detail: "software-test: injected scrub failure".into(),
+            });
+        }
+        Ok(StepReport {
+            method,
+            detail: format!("software-test {} done", step.name()),
+        })
+    }
+}
+
+/// Resets through VFIO (`VFIO_DEVICE_RESET`: vfio-pci's FLR, PM or bus reset, as the
+/// device supports) and checks that the device came back to its power-on state.
+#[derive(Debug, Clone)]
+pub struct VfioSanitizer {
+    sysfs_root: PathBuf,
+    dev_vfio: PathBuf,
+}
+
+impl VfioSanitizer {
+    pub fn new(sysfs_root: &Path, dev_vfio: &Path) -> VfioSanitizer {
+        VfioSanitizer {
+            sysfs_root: sysfs_root.to_path_buf(),
+            dev_vfio: dev_vfio.to_path_buf(),
+        }
+    }
+
+    fn open(&self, dev: &Device, method: &str) -> Result<vfio_ioctls::VfioDevice, StepFailure> {
+        let fail = |detail: String| StepFailure {
+            method: method.to_string(),
+            detail,
+        };
+        if !self.dev_vfio.join("vfio").exists() {
+            return Err(fail(format!(
+                "VFIO is not available on this machine ({} is absent: load vfio-pci, enable the IOMMU)",
+                self.dev_vfio.join("vfio").display()
+            )));
+        }
+        let group = dev
+            .iommu_group
+            .ok_or_else(|| fail("device has no IOMMU group".into()))?;
+        if !self.dev_vfio.join(group.to_string()).exists() {
+            return Err(fail(format!(
+                "{} is absent: is the group bound to vfio-pci?",
+                self.dev_vfio.join(group.to_string()).display()
+            )));
+        }
+        let container = vfio_ioctls::VfioContainer::new(None)
+            .map_err(|e| fail(format!("opening the VFIO container: {e}")))?;
+        let path = self.sysfs_root.join("bus/pci/devices").join(&dev.address);
+        vfio_ioctls::VfioDevice::new(&path, Arc::new(container), false).map_err(|e| {
+            fail(format!(
+                "opening {} through VFIO (busy in another VM?): {e}",
+                dev.address
+            ))
+        })
+    }
+}
+
+/// VFIO_PCI_CONFIG_REGION_INDEX.
+const CONFIG_REGION: u32 = 7;
+
+impl Sanitizer for VfioSanitizer {
+    fn step(&self, dev: &Device, step: Step) -> Result<StepReport, StepFailure> {
+        match step {
+            Step::Reset => {
+                let method = "vfio-device-reset";
+                let d = self.open(dev, method)?;
+                match crate::vfio_sys::device_reset(&d) {
+                    Ok(true) => Ok(StepReport { method: method.into(), detail: "VFIO_DEVICE_RESET done".into() }),
+                    Ok(false) => Err(StepFailure {
+                        method: method.into(),
+                        detail: "the device offers no reset through VFIO (no FLR, PM or bus reset); hot reset of the slot is not built yet".into(),
+                    }),
+                    Err(e) => Err(StepFailure { method: method.into(), detail: format!("VFIO_DEVICE_RESET failed: {e}") }),
+                }
+            }
+            Step::VendorScrub => {
+                let method = "power-on-state-check";
+                let d = self.open(dev, method)?;
+                // Pre-filled with all-ones: a read that fails leaves "device gone".
+                let mut id = [0xffu8; 4];
+                d.region_read(CONFIG_REGION, &mut id, 0);
+                let mut cmd = [0xffu8; 2];
+                d.region_read(CONFIG_REGION, &mut cmd, 4);
+                let vendor = u16::from_le_bytes([id[0], id[1]]);
+                let command = u16::from_le_bytes(cmd);
+                if vendor == 0xffff {
+                    return Err(StepFailure {
+                        method: method.into(),
+                        detail:
+                            "the device did not come back after the reset (vendor id reads 0xffff)"
+                                .into(),
+                    });
+                }
+                // After a reset: memory space, I/O space and bus mastering off.
+                if command & 0x7 != 0 {
+                    return Err(StepFailure { method: method.into(), detail: format!("command register is {command:#06x} after the reset, not the power-on value (I/O, memory, bus master off)") });
+                }
+                Ok(StepReport {
+                    method: method.into(),
+                    detail: format!(
+                        "vendor {vendor:#06x}, command {command:#06x}: power-on state; the vendor memory clear and BAR read-back are not built yet"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceKind, DeviceState};
+
+    fn dev(addr: &str) -> Device {
+        Device {
+            address: addr.into(),
+            id: "10de:2330".into(),
+            class: "0x030200".into(),
+            kind: DeviceKind::Gpu,
+            iommu_group: Some(4),
+            group_members: vec![],
+            numa_node: None,
+            link: None,
+            serial: None,
+            driver: None,
+            present: true,
+            state: DeviceState::Sanitizing,
+            owner_vm: None,
+            reason: None,
+            last_scrub: None,
+            scrub_in_progress: None,
+        }
+    }
+
+    #[test]
+    fn vfio_sanitizer_says_vfio_is_not_available_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = VfioSanitizer::new(Path::new("/sys"), &dir.path().join("vfio"));
+        for step in Step::ALL {
+            let e = s.step(&dev("0000:01:00.0"), step).unwrap_err();
+            assert!(
+                e.detail.contains("VFIO is not available on this machine"),
+                "{e:?}"
+            );
+        }
+        // With a container node but no group node: names the group.
+        std::fs::create_dir_all(dir.path().join("vfio")).unwrap();
+        std::fs::write(dir.path().join("vfio/vfio"), "").unwrap();
+        let e = s.step(&dev("0000:01:00.0"), Step::Reset).unwrap_err();
+        assert!(e.detail.contains("/vfio/4 is absent"), "{e:?}");
+    }
+
+    #[test]
+    fn software_sanitizer_passes_and_fails_as_told() {
+        let s = SoftwareSanitizer {
+            fail: vec!["0000:02:00.0".into()],
+            ..Default::default()
+        };
+        let ok = s.step(&dev("0000:01:00.0"), Step::VendorScrub).unwrap();
+        assert!(ok.method.starts_with("software-test"));
+        assert!(s.step(&dev("0000:02:00.0"), Step::Reset).is_ok());
+        let e = s.step(&dev("0000:02:00.0"), Step::VendorScrub).unwrap_err();
+        assert!(e.detail.contains("injected"));
+    }
+}

@@ -1,0 +1,445 @@
+//! One `bulwark-vmm` process per VM, jailed, driven only through its API socket.
+//!
+//! Jail (what is built): its own uid (allocated per VM from `jail.uid_base`), the
+//! configured gid (one with access to /dev/kvm), no supplementary groups,
+//! `no_new_privs`, its own mount namespace pivoted into a root holding only its files
+//! (`jail_root`), a cgroup v2 with `cpu.max`, `memory.max` and `pids.max` joined
+//! before exec, and bulwark-vmm's own seccomp filters.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::client;
+use crate::config::JailConfig;
+use crate::error::{Error, Kind, Result};
+use crate::model::{Tenant, Vm};
+
+/// Where a VM's files live: `<state-dir>/vms/<id>/`.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+    pub api_sock: PathBuf,
+    /// The VMM's vsock Unix socket (`devices.vsock.uds_path`).
+    pub vsock: PathBuf,
+    pub log: PathBuf,
+    pub serial: PathBuf,
+    pub keys: Vec<PathBuf>,
+}
+
+impl VmPaths {
+    pub fn new(state_dir: &Path, id: &str) -> VmPaths {
+        let dir = state_dir.join("vms").join(id);
+        VmPaths {
+            api_sock: dir.join("api.sock"),
+            vsock: dir.join("vsock.sock"),
+            log: dir.join("vmm.log"),
+            serial: dir.join("serial.log"),
+            keys: Vec::new(),
+            dir,
+        }
+    }
+}
+
+fn host(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(Kind::Unprocessable, "jail", format!("{what}: {e}"))
+}
+
+/// Creates the VM's directory for the VMM's uid and writes the tenant's keys.
+pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Result<()> {
+    let _ = std::fs::remove_dir_all(&paths.dir);
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| host(&format!("creating {}", paths.dir.display()), e))?;
+    paths.keys.clear();
+    for (i, k) in tenant.signer_keys.iter().enumerate() {
+        let p = paths.dir.join(format!("signer-{i}.pem"));
+        std::fs::write(&p, k).map_err(|e| host(&format!("writing {}", p.display()), e))?;
+        paths.keys.push(p);
+    }
+    for p in std::iter::once(&paths.dir).chain(&paths.keys) {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+            .map_err(|e| host(&format!("chown {}", p.display()), e))?;
+    }
+    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| host("chmod", e))?;
+    Ok(())
+}
+
+/// The bulwark-vmm configuration for `vm` (schema: hypervisor/openapi.yaml).
+pub fn vmm_config(vm: &Vm, tenant: &Tenant, paths: &VmPaths, vfio: &[String]) -> serde_json::Value {
+    json!({
+        "machine": { "vcpus": vm.vcpus, "mem_mib": vm.mem_mib },
+        "boot_source": {
+            "kind": "bundle",
+            "path": vm.image,
+            "trusted_keys": paths.keys,
+            "min_version": tenant.min_version,
+        },
+        "devices": {
+            "serial": { "file": paths.serial },
+            // The guest's channel to bulwarkd (host port 1024, docs/guest-protocol.md).
+            "vsock": { "guest_cid": 3, "uds_path": paths.vsock },
+            "vfio": vfio.iter().map(|a| json!({ "bdf": a })).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// A cgroup v2 for one VM: created with its limits; the VMM joins it before exec.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub dir: PathBuf,
+    procs: std::fs::File,
+}
+
+impl Cgroup {
+    pub fn create(parent: &Path, vm: &Vm, pids_max: u32) -> Result<Cgroup> {
+        let err = |what: String, e: std::io::Error| host(&what, e);
+        let controllers =
+            std::fs::read_to_string(parent.join("cgroup.controllers")).map_err(|e| {
+                err(
+                    format!(
+                        "{} is not a cgroup v2 directory (cgroup.controllers)",
+                        parent.display()
+                    ),
+                    e,
+                )
+            })?;
+        for c in ["cpu", "memory", "pids"] {
+            if !controllers.split_whitespace().any(|x| x == c) {
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "jail",
+                    format!("cgroup v2 controller {c} is not enabled in {} (controllers: {:?}); enable it in the parent's cgroup.subtree_control", parent.display(), controllers.trim()),
+                ));
+            }
+        }
+        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory +pids");
+        let dir = parent.join(&vm.id);
+        // A leftover from an earlier run is removed; a busy one (processes in it) refuses.
+        if dir.exists() {
+            std::fs::remove_dir(&dir).map_err(|e| {
+                err(
+                    format!(
+                        "cgroup {} exists and cannot be removed (a VMM of this VM still in it?)",
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        std::fs::create_dir(&dir)
+            .map_err(|e| err(format!("creating cgroup {}", dir.display()), e))?;
+        let mem = (u64::from(vm.mem_mib) + 256) << 20;
+        for (f, v) in [
+            (
+                "cpu.max",
+                format!("{} 100000", u64::from(vm.vcpus) * 100_000),
+            ),
+            ("memory.max", mem.to_string()),
+            ("pids.max", pids_max.to_string()),
+        ] {
+            std::fs::write(dir.join(f), v)
+                .map_err(|e| err(format!("writing {}/{f}", dir.display()), e))?;
+        }
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("cgroup.procs"))
+            .map_err(|e| err(format!("opening {}/cgroup.procs", dir.display()), e))?;
+        Ok(Cgroup { dir, procs })
+    }
+
+    /// Removes the (empty) cgroup of an ended VM.
+    pub fn remove(parent: &Path, id: &str) {
+        let _ = std::fs::remove_dir(parent.join(id));
+    }
+}
+
+/// Where VM `id`'s mount-namespace root lives (`<state-dir>/jail/<id>/root`).
+pub fn jail_dir(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("jail").join(id)
+}
+
+/// Prepares the root of the VMM's mount namespace: every host path it needs appears
+/// at its own absolute path (so configs and sockets keep their paths): its VM
+/// directory (read-write), the image, the VMM binary, the dynamic loader's library
+/// directories and `/etc/ld.so.cache`, `/sys`, `extra_ro` (read-only), `/dev/kvm` and
+/// the VM's VFIO nodes. Nothing else: not the state database, not other VMs' files.
+pub fn jail_root(
+    state_dir: &Path,
+    id: &str,
+    vm_dir: &Path,
+    image: &Path,
+    bin: &Path,
+    vfio_groups: &[u32],
+    extra_ro: &[PathBuf],
+) -> Result<crate::jail_sys::RootPlan> {
+    use std::os::unix::ffi::OsStrExt;
+    let base = jail_dir(state_dir, id);
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).map_err(|e| host(&format!("creating {}", root.display()), e))?;
+    // (source, read-only, recursive)
+    let mut binds: Vec<(PathBuf, bool, bool)> = vec![
+        (vm_dir.to_path_buf(), false, false),
+        (image.to_path_buf(), true, false),
+        (bin.to_path_buf(), true, false),
+        (PathBuf::from("/dev/kvm"), false, false),
+    ];
+    for lib in [
+        "/lib",
+        "/lib64",
+        "/usr/lib",
+        "/usr/lib64",
+        "/etc/ld.so.cache",
+    ] {
+        if Path::new(lib).exists() {
+            binds.push((PathBuf::from(lib), true, true));
+        }
+    }
+    binds.push((PathBuf::from("/sys"), true, true));
+    if !vfio_groups.is_empty() {
+        binds.push((PathBuf::from("/dev/vfio/vfio"), false, false));
+        for g in vfio_groups {
+            binds.push((Path::new("/dev/vfio").join(g.to_string()), false, false));
+        }
+    }
+    for p in extra_ro {
+        binds.push((p.clone(), true, true));
+    }
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| host("jail path", format!("{} contains a NUL byte", p.display())))
+    };
+    let mut plan = crate::jail_sys::RootPlan {
+        root: cstr(&root)?,
+        binds: Vec::new(),
+        cwd: cstr(vm_dir)?,
+    };
+    for (src, ro, rec) in binds {
+        if !src.is_absolute() {
+            return Err(host(
+                "jail path",
+                format!("{} is not absolute", src.display()),
+            ));
+        }
+        let meta =
+            std::fs::metadata(&src).map_err(|e| host(&format!("jail: {}", src.display()), e))?;
+        let target = root.join(src.strip_prefix("/").unwrap_or(&src));
+        let made = if meta.is_dir() {
+            std::fs::create_dir_all(&target)
+        } else {
+            target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(&target).map(drop))
+        };
+        made.map_err(|e| host(&format!("jail: creating {}", target.display()), e))?;
+        plan.binds.push((cstr(&src)?, cstr(&target)?, ro, rec));
+    }
+    Ok(plan)
+}
+
+/// A spawned VMM.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+/// Spawns `bulwark-vmm --api-sock` under the jail.
+pub fn spawn(
+    bin: &Path,
+    paths: &VmPaths,
+    jail: &JailConfig,
+    uid: u32,
+    cgroup: Option<Cgroup>,
+    root: Option<crate::jail_sys::RootPlan>,
+) -> Result<Spawned> {
+    let log = std::fs::File::create(&paths.log)
+        .map_err(|e| host(&format!("creating {}", paths.log.display()), e))?;
+    let log2 = log.try_clone().map_err(|e| host("log", e))?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--api-sock")
+        .arg(&paths.api_sock)
+        .current_dir(&paths.dir)
+        .env_clear()
+        .env("BULWARK_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // Privileged steps first (cgroup, mount namespace), then uid/gid: in `arm`.
+    crate::jail_sys::arm(&mut cmd, cgroup.map(|c| c.procs), root, uid, jail.gid);
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| {
+            Error::new(
+                Kind::Unprocessable,
+                "vmm_bin",
+                format!("spawning {}: {e}", bin.display()),
+            )
+        })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| Error::internal("vmm", "spawned VMM has no pid"))? as i32;
+    let pidfd =
+        pidfd(pid).map_err(|e| Error::internal("vmm", format!("pidfd_open({pid}): {e}")))?;
+    Ok(Spawned { child, pid, pidfd })
+}
+
+/// A pidfd for `pid`.
+pub fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
+    let p = rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("pid 0"))?;
+    Ok(rustix::process::pidfd_open(
+        p,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// Waits (bounded) for the VMM's socket, then configures and starts the VM through
+/// it. Errors carry the VMM's own message.
+pub async fn configure_and_start(
+    paths: &VmPaths,
+    config: &serde_json::Value,
+    child: &mut tokio::process::Child,
+) -> Result<()> {
+    // The socket file appears at bind(), before listen(): wait until it accepts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                format!("the VMM exited before its API socket appeared ({status})"),
+            ));
+        }
+        match tokio::net::UnixStream::connect(&paths.api_sock).await {
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "vmm",
+                    format!("connecting to {}: {e}", paths.api_sock.display()),
+                ))
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                "the VMM's API socket did not accept connections within 20 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let call = |method: &'static str, path: &'static str, body: Option<String>| async move {
+        let r = tokio::time::timeout(
+            Duration::from_secs(120),
+            client::request(&paths.api_sock, method, path, body),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                format!("{method} {path}: the VMM did not answer within 120 s"),
+            )
+        })?
+        .map_err(|e| Error::new(Kind::Unprocessable, "vmm", format!("{method} {path}: {e}")))?;
+        if r.status >= 300 {
+            return Err(Error::new(
+                Kind::Unprocessable,
+                "vmm",
+                format!(
+                    "{method} {path}: VMM answered {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ),
+            ));
+        }
+        Ok(())
+    };
+    call("PUT", "/vm/config", Some(config.to_string())).await?;
+    call("POST", "/vm/start", None).await
+}
+
+/// Asks the VMM to stop.
+pub async fn request_stop(api_sock: &Path) -> Result<()> {
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client::request(api_sock, "POST", "/vm/stop", None),
+    )
+    .await
+    .map_err(|_| Error::internal("vmm", "POST /vm/stop: no answer within 10 s"))?
+    .map_err(|e| Error::internal("vmm", format!("POST /vm/stop: {e}")))?;
+    if r.status >= 300 {
+        return Err(Error::internal(
+            "vmm",
+            format!(
+                "POST /vm/stop: {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// SIGKILL through the pidfd (never a recycled pid).
+pub fn kill(pidfd: &OwnedFd) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+}
+
+/// Waits until the process behind `pidfd` has exited.
+pub async fn exited(pidfd: OwnedFd) {
+    let waited = match pidfd.try_clone() {
+        Ok(dup) => crate::pidfd_sys::exited(dup).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = waited {
+        // The pidfd cannot be waited on: the VMM is killed (its devices then go to
+        // sanitizing), never left running unwatched.
+        tracing::error!(error = %e, "cannot wait on a VMM's pidfd; killing it");
+        kill(&pidfd);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether process `pid`'s command line names `api_sock` (our VMM, not a recycled pid).
+pub fn names_socket(pid: i32, api_sock: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let want = api_sock.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).any(|a| a == want)
+}
+
+/// Whether `pid` is still a bulwark-vmm serving `api_sock` (re-adoption after a
+/// restart): its command line names the socket and the socket answers.
+pub async fn still_ours(pid: i32, api_sock: &Path) -> bool {
+    if !names_socket(pid, api_sock) {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), client::request(api_sock, "GET", "/vm", None)).await,
+        Ok(Ok(r)) if r.status == 200
+    )
+}
+
+/// The last lines of the VMM's log, for a failure reason.
+pub fn log_tail(paths: &VmPaths) -> String {
+    let text = std::fs::read_to_string(&paths.log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
