@@ -116,9 +116,7 @@ impl EvidenceSigningKey {
                         pkcs8: der.to_vec(),
                     })
             })
-            .ok_or_else(|| {
-                Error::Argument("evidence key: not a P-256 or P-384 PKCS#8 key".into())
-            })
+            .ok_or_else(|| Error::Argument("evidence key: not a P-256 or P-384 PKCS#8 key".into()))
     }
 
     /// The algorithm its documents are signed with.
@@ -154,11 +152,7 @@ pub fn sign_body(body: &EvidenceBody, key: &EvidenceSigningKey) -> Result<Vec<u8
     }
     let payload = body.to_cbor()?;
     let mut sign1 = CoseSign1Builder::new()
-        .protected(
-            HeaderBuilder::new()
-                .algorithm(key.alg.cose())
-                .build(),
-        )
+        .protected(HeaderBuilder::new().algorithm(key.alg.cose()).build())
         .payload(payload)
         .build();
     let tbs = sign1.tbs_data(b"");
@@ -205,8 +199,12 @@ pub fn parse_document(bytes: &[u8]) -> Result<Envelope, Error> {
 /// critical headers.
 pub fn verify_envelope(env: &Envelope) -> Result<String, String> {
     let p = &env.sign1.protected.header;
-    let alg = DocumentAlgorithm::from_header(&p.alg)
-        .ok_or_else(|| format!("protected alg is {:?}, not ES256 (-7) or ES384 (-35)", p.alg))?;
+    let alg = DocumentAlgorithm::from_header(&p.alg).ok_or_else(|| {
+        format!(
+            "protected alg is {:?}, not ES256 (-7) or ES384 (-35)",
+            p.alg
+        )
+    })?;
     if !p.crit.is_empty() {
         return Err("critical header parameters present".into());
     }
@@ -231,7 +229,12 @@ pub fn verify_envelope(env: &Envelope) -> Result<String, String> {
         .verify_signature(b"", |sig, tbs| {
             verify_ecdsa(alg.verifying(), SigEncoding::Fixed, key, tbs, sig)
         })
-        .map_err(|_| format!("{} signature does not verify with node.evidence_key", alg.name()))?;
+        .map_err(|_| {
+            format!(
+                "{} signature does not verify with node.evidence_key",
+                alg.name()
+            )
+        })?;
     Ok(format!("COSE_Sign1 {} by node.evidence_key", alg.name()))
 }
 
@@ -245,7 +248,10 @@ mod tests {
             let key = EvidenceSigningKey::generate_for(alg).unwrap();
             assert_eq!(key.algorithm(), alg);
             let again = EvidenceSigningKey::from_pkcs8(key.pkcs8()).unwrap();
-            assert_eq!((again.algorithm(), again.public_key()), (alg, key.public_key()));
+            assert_eq!(
+                (again.algorithm(), again.public_key()),
+                (alg, key.public_key())
+            );
             let tbs = b"to be signed";
             let sig = key.sign(tbs).unwrap();
             assert_eq!(sig.len(), alg.signature_len());

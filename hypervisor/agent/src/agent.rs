@@ -66,7 +66,9 @@ pub struct Agent {
     enroll_lock: tokio::sync::Mutex<()>,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
-    evidence_key: std::sync::OnceLock<bulwark_attestation::evidence::EvidenceSigningKey>,
+    /// The node's evidence producer, made at the first evidence request (a TPM's AK
+    /// is enrolled then); `None` until then.
+    attester: tokio::sync::Mutex<Option<bulwark_tpm::attester::Attester>>,
     /// Per VM: what its guest reported on the host channel, and the channel's task.
     guests: Mutex<HashMap<String, (crate::guest::Shared, Option<tokio::task::AbortHandle>)>>,
     /// Per VM: the tasks serving its exposed ports.
@@ -95,7 +97,7 @@ impl Agent {
             enroll_lock: tokio::sync::Mutex::new(()),
             vmms: Mutex::default(),
             events: Mutex::default(),
-            evidence_key: std::sync::OnceLock::new(),
+            attester: tokio::sync::Mutex::new(None),
             guests: Mutex::default(),
             port_tasks: Mutex::default(),
         }))
@@ -739,7 +741,13 @@ impl Agent {
 
     /// Listens for the guest's channel (`<vsock uds>_1024`) before the VMM starts,
     /// owned by the VMM's uid so that it can connect.
-    fn open_guest_channel(&self, id: &str, paths: &VmPaths, uid: u32, gid: u32) -> Result<()> {
+    fn open_guest_channel(
+        self: &Arc<Self>,
+        id: &str,
+        paths: &VmPaths,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let path = crate::guest::channel_path(&paths.vsock);
         let _ = std::fs::remove_file(&path);
@@ -760,7 +768,21 @@ impl Agent {
                 )
             })?;
         let view = crate::guest::Shared::default();
-        let task = tokio::spawn(crate::guest::serve(listener, view.clone()));
+        // The guest's attested TLS handshakes get this VM's evidence for their nonce
+        // and key; a bulwarkd that is going away has none to give.
+        let agent = Arc::downgrade(self);
+        let vm_id = id.to_string();
+        let evidence: crate::guest::EvidenceSource = Arc::new(move |nonce, tls_key| {
+            let (agent, vm_id) = (agent.clone(), vm_id.clone());
+            Box::pin(async move {
+                let agent = agent.upgrade().ok_or("bulwarkd is stopping")?;
+                agent
+                    .evidence_for(&vm_id, nonce, Some(tls_key))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let task = tokio::spawn(crate::guest::serve(listener, view.clone(), evidence));
         if let Some((_, Some(old))) =
             lock(&self.guests).insert(id.to_string(), (view, Some(task.abort_handle())))
         {
@@ -1015,11 +1037,22 @@ impl Agent {
     /// Software-key mode only (config `attestation.software_key`); TPM-backed evidence
     /// is not built yet.
     pub async fn attest(&self, id: &str, nonce_hex: &str) -> Result<Vec<u8>> {
-        use bulwark_attestation::evidence::document::{self as doc, ImageId};
         let nonce = hex::decode(nonce_hex)
             .ok()
             .filter(|n| (16..=64).contains(&n.len()))
             .ok_or_else(|| Error::bad("nonce", "must be 16 to 64 bytes in hex"))?;
+        self.evidence_for(id, nonce, None).await
+    }
+
+    /// The evidence document for running VM `id`, challenge `nonce`, and (for a
+    /// guest's attested TLS handshake) its TLS key's SPKI hash.
+    pub async fn evidence_for(
+        &self,
+        id: &str,
+        nonce: Vec<u8>,
+        tls_key_sha256: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        use bulwark_attestation::evidence::document::{self as doc, ImageId};
         let st = self.state().await?;
         let vm = st
             .vms
@@ -1042,10 +1075,11 @@ impl Agent {
                 "attestation is not configured (config attestation.node_image)",
             )
         })?;
-        if !cfg.software_key {
-            return Err(Error::not_implemented(
+        if !cfg.software_key && cfg.tpm.is_none() {
+            return Err(Error::new(
+                Kind::Unprocessable,
                 "attestation",
-                "TPM-backed evidence is not built yet; only software-key evidence (config attestation.software_key, tests and demos) is",
+                "no evidence key configured: attestation.tpm (a node's TPM) or attestation.software_key (tests and demos)",
             ));
         }
         let sock = vm.api_sock.clone().ok_or_else(|| {
@@ -1150,21 +1184,45 @@ impl Agent {
             gpus: Vec::new(),
             nonce,
             timestamp: now_ms() / 1000,
-            tls_key_sha256: None,
+            tls_key_sha256,
         };
-        let key = self.evidence_key()?;
-        bulwark_attestation::evidence::build_evidence(&inputs, key)
-            .map_err(|e| Error::internal("attest", format!("building the evidence: {e}")))
+        self.sign_evidence(cfg, inputs).await
     }
 
-    /// The per-boot evidence signing key (software-key mode).
-    fn evidence_key(&self) -> Result<&bulwark_attestation::evidence::EvidenceSigningKey> {
-        if let Some(k) = self.evidence_key.get() {
-            return Ok(k);
-        }
-        let k = bulwark_attestation::evidence::EvidenceSigningKey::generate()
-            .map_err(|e| Error::internal("attest", format!("evidence key: {e}")))?;
-        Ok(self.evidence_key.get_or_init(|| k))
+    /// Signs `inputs` with the node's attester, made (and a TPM's AK enrolled) on
+    /// first use. TPM work blocks, so it runs off the async threads; one document
+    /// at a time.
+    async fn sign_evidence(
+        &self,
+        cfg: &crate::config::AttestationConfig,
+        inputs: bulwark_attestation::evidence::EvidenceInputs,
+    ) -> Result<Vec<u8>> {
+        use bulwark_tpm::attester::Attester;
+        let mut slot = self.attester.lock().await;
+        let attester = match slot.take() {
+            Some(a) => a,
+            None => {
+                let key = bulwark_attestation::evidence::EvidenceSigningKey::generate()
+                    .map_err(|e| Error::internal("attest", format!("evidence key: {e}")))?;
+                match cfg.tpm.clone() {
+                    None => Attester::Software(key),
+                    Some(t) => tokio::task::spawn_blocking(move || {
+                        enroll(&t).map(|e| Attester::Tpm(Box::new(e), key))
+                    })
+                    .await
+                    .map_err(|e| Error::internal("attest", e.to_string()))??,
+                }
+            }
+        };
+        let (attester, made) = tokio::task::spawn_blocking(move || {
+            let mut attester = attester;
+            let made = attester.evidence(inputs);
+            (attester, made)
+        })
+        .await
+        .map_err(|e| Error::internal("attest", e.to_string()))?;
+        *slot = Some(attester);
+        made.map_err(|e| Error::internal("attest", format!("building the evidence: {e}")))
     }
 
     /// Number of VMMs being watched.
@@ -1206,4 +1264,45 @@ pub fn verify_image(path: &Path, tenant: &Tenant) -> Result<Vec<String>> {
         )
     })?;
     Ok(verified.signed_by().iter().map(hex::encode).collect())
+}
+
+/// Enrolls the node's TPM (`attestation.tpm`): its EK certificate's issuers from
+/// the configured PEM files, this boot's event log, the AK by credential activation.
+fn enroll(t: &crate::config::TpmConfig) -> Result<bulwark_tpm::attester::TpmAttester> {
+    let mut chain = Vec::new();
+    for (i, p) in t.ek_chain.iter().enumerate() {
+        let pem = std::fs::read(p).map_err(|e| {
+            Error::new(
+                Kind::Unprocessable,
+                format!("attestation.tpm.ek_chain[{i}]"),
+                format!("{}: {e}", p.display()),
+            )
+        })?;
+        let certs = bulwark_attestation::x509::parse_pem_certificates(&pem).map_err(|e| {
+            Error::new(
+                Kind::Unprocessable,
+                format!("attestation.tpm.ek_chain[{i}]"),
+                format!("{}: {e}", p.display()),
+            )
+        })?;
+        chain.extend(certs.into_iter().map(|c| c.der));
+    }
+    let event_log = match std::fs::read(&t.event_log) {
+        Ok(log) => log,
+        // No firmware log (a TPM the firmware did not measure into, swtpm): a log of
+        // the header alone, which replays only to PCRs nothing was extended into.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bulwark_tpm::eventlog::EventLogWriter::new().into_bytes()
+        }
+        Err(e) => {
+            return Err(Error::internal(
+                "attestation.tpm.event_log",
+                format!("{}: {e}", t.event_log.display()),
+            ))
+        }
+    };
+    let tpm = bulwark_tpm::Tpm::open(&t.tcti)
+        .map_err(|e| Error::internal("attestation.tpm.tcti", format!("{}: {e}", t.tcti)))?;
+    bulwark_tpm::attester::TpmAttester::enroll(tpm, chain, event_log)
+        .map_err(|e| Error::internal("attestation.tpm", format!("enrolling the AK: {e}")))
 }

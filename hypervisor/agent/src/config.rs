@@ -115,9 +115,34 @@ pub struct AttestationConfig {
     pub node_image: NodeImage,
     /// Sign evidence with a per-boot software key instead of a TPM-backed one (the
     /// evidence then says `software-key` and proves nothing about the node: tests
-    /// and demos only). TPM-backed evidence is not built yet.
+    /// and demos only). Exclusive with `tpm`.
     #[serde(default)]
     pub software_key: bool,
+    /// The node's TPM: its AK is enrolled at the first evidence request, and every
+    /// document carries a quote over its binding hash.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
+}
+
+/// `attestation.tpm`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// TCTI of the TPM: `device:/dev/tpmrm0` on a node, `swtpm:host=…,port=…` in tests.
+    pub tcti: String,
+    /// The EK certificate's issuers (PEM files) put in the evidence for the
+    /// verifier to chain to its `ek_roots`.
+    #[serde(default)]
+    pub ek_chain: Vec<PathBuf>,
+    /// The TCG event log of this boot (default: the kernel's copy of the
+    /// firmware's log; absent file: a log of the header alone, which replays only
+    /// to PCRs nothing was measured into).
+    #[serde(default = "default_event_log")]
+    pub event_log: PathBuf,
+}
+
+fn default_event_log() -> PathBuf {
+    PathBuf::from("/sys/kernel/security/tpm0/binary_bios_measurements")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -210,6 +235,12 @@ impl Config {
                         "must be 32 bytes in hex",
                     ));
                 }
+            }
+            if a.software_key && a.tpm.is_some() {
+                return Err(Error::bad(
+                    "attestation.software_key",
+                    "a software key and a TPM are exclusive: choose one",
+                ));
             }
         }
         if let Some(j) = &c.jail {

@@ -4,13 +4,19 @@
 //! reports (stages, step statuses, the workload's output tail, its exit or refusal)
 //! for `GET /vms/{id}/guest`. Every byte from the guest is treated as hostile: the
 //! protocol crate's `FrameReader` bounds and checks it; problems are answered with an
-//! `Error` message and counted.
+//! `Error` message and counted. The guest's `EvidenceRequest`s (an attested TLS
+//! handshake on one of its bridges) are answered with the node's evidence for that
+//! nonce and TLS key, in `Evidence` pieces, or `EvidenceUnavailable` with the reason.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bulwark_guest_protocol::{
-    decode_guest, encode_host, FrameReader, GuestMessage, HostMessage, Stream, HOST_CHANNEL_PORT,
+    decode_guest, encode_host, EvidenceChunk, EvidenceRequest, FrameReader, GuestMessage,
+    HostMessage, Stream, HOST_CHANNEL_PORT,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -20,6 +26,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TAIL: usize = 64 * 1024;
 /// How many stage and status messages are kept.
 const MAX_EVENTS: usize = 256;
+/// The longest one evidence document may take (a TPM quote takes well under a
+/// second); then the guest is told it is unavailable.
+const EVIDENCE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Makes the evidence document a guest asked for: (nonce, SHA-256 of its TLS
+/// key's SubjectPublicKeyInfo) → the signed document, or why not.
+pub type EvidenceSource = Arc<
+    dyn Fn(Vec<u8>, Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The end of a stream of workload output.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -64,6 +81,10 @@ pub struct GuestView {
     pub exit: Option<Value>,
     pub refusal: Option<Value>,
     pub power_off: Option<String>,
+    /// Evidence requests answered with a document, and refused.
+    pub evidence_served: u64,
+    pub evidence_refused: u64,
+    pub last_evidence_error: Option<String>,
     /// Problems in what the guest sent (each answered with an `Error`).
     pub protocol_errors: u64,
     pub last_protocol_error: Option<String>,
@@ -96,9 +117,10 @@ impl GuestView {
             GuestMessage::Error(e) => {
                 self.last_protocol_error = Some(format!("guest reports: {}", e.message));
             }
-            // Answers to host requests bulwarkd does not send yet, and GPU evidence
-            // (attestation's job): kept as nothing.
+            // Answers to host requests bulwarkd does not send yet, GPU evidence
+            // (attestation's job), and evidence requests (answered by `connection`).
             GuestMessage::ChallengeResponse(_)
+            | GuestMessage::EvidenceRequest(_)
             | GuestMessage::GpuEvidence(_)
             | GuestMessage::Pong { .. } => {}
         }
@@ -121,7 +143,7 @@ fn lock(v: &Shared) -> std::sync::MutexGuard<'_, GuestView> {
 }
 
 /// Serves the channel on `listener` (one guest connection at a time) until aborted.
-pub async fn serve(listener: tokio::net::UnixListener, view: Shared) {
+pub async fn serve(listener: tokio::net::UnixListener, view: Shared, evidence: EvidenceSource) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -131,12 +153,55 @@ pub async fn serve(listener: tokio::net::UnixListener, view: Shared) {
             v.connected = true;
             v.connections += 1;
         }
-        connection(stream, &view).await;
+        connection(stream, &view, &evidence).await;
         lock(&view).connected = false;
     }
 }
 
-async fn connection(mut stream: tokio::net::UnixStream, view: &Shared) {
+/// The answer to one evidence request: the document in pieces, or why not.
+async fn answer_evidence(
+    r: EvidenceRequest,
+    evidence: &EvidenceSource,
+    view: &Shared,
+) -> Vec<HostMessage> {
+    let made = tokio::time::timeout(EVIDENCE_DEADLINE, evidence(r.nonce, r.tls_key_sha256))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no evidence within {} s",
+                EVIDENCE_DEADLINE.as_secs()
+            ))
+        });
+    let mut v = lock(view);
+    match made {
+        Ok(doc) if doc.len() <= bulwark_guest_protocol::MAX_EVIDENCE => {
+            v.evidence_served += 1;
+            EvidenceChunk::split(r.request, &doc)
+                .into_iter()
+                .map(HostMessage::Evidence)
+                .collect()
+        }
+        other => {
+            let mut reason = match other {
+                Ok(doc) => format!(
+                    "the evidence is {} bytes, over the {} a certificate carries",
+                    doc.len(),
+                    bulwark_guest_protocol::MAX_EVIDENCE
+                ),
+                Err(e) => e,
+            };
+            bulwark_guest_protocol::truncate_utf8(&mut reason, bulwark_guest_protocol::MAX_TEXT);
+            v.evidence_refused += 1;
+            v.last_evidence_error = Some(reason.clone());
+            vec![HostMessage::EvidenceUnavailable {
+                request: r.request,
+                reason,
+            }]
+        }
+    }
+}
+
+async fn connection(mut stream: tokio::net::UnixStream, view: &Shared, evidence: &EvidenceSource) {
     let hello = HostMessage::Hello {
         protocol: 1,
         host: format!("bulwarkd {}", env!("CARGO_PKG_VERSION")),
@@ -162,10 +227,12 @@ async fn connection(mut stream: tokio::net::UnixStream, view: &Shared) {
         };
         reader.push(&buf[..n]);
         let mut replies = Vec::new();
+        let mut requests = Vec::new();
         while let Some(frame) = reader.next_frame() {
             let msg = frame.and_then(|f| decode_guest(&f));
             let mut v = lock(view);
             match msg {
+                Ok(GuestMessage::EvidenceRequest(r)) => requests.push(r),
                 Ok(m) => replies.extend(v.take(m)),
                 Err(e) => {
                     v.protocol_errors += 1;
@@ -173,6 +240,9 @@ async fn connection(mut stream: tokio::net::UnixStream, view: &Shared) {
                     replies.push(HostMessage::Error(e.report()));
                 }
             }
+        }
+        for r in requests {
+            replies.extend(answer_evidence(r, evidence, view).await);
         }
         for r in replies {
             if let Ok(bytes) = encode_host(&r) {

@@ -279,6 +279,47 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
             reader.push(&buf[..k]);
         };
         assert!(matches!(err, HostMessage::Error(_)), "{err:?}");
+        // An attested TLS handshake in the guest asks for evidence bound to its
+        // nonce and TLS key: it comes back in pieces, signed, bound to both.
+        let (tls_nonce, tls_key) = (vec![0x6e; 32], vec![0x6b; 32]);
+        send(
+            &mut ch,
+            GuestMessage::EvidenceRequest(EvidenceRequest {
+                request: 9,
+                nonce: tls_nonce.clone(),
+                tls_key_sha256: tls_key.clone(),
+            }),
+        );
+        let mut doc = Vec::new();
+        loop {
+            let m = loop {
+                if let Some(f) = reader.next_frame() {
+                    break decode_host(&f.unwrap()).unwrap();
+                }
+                let k = ch.read(&mut buf).unwrap();
+                assert!(k > 0, "channel closed before the evidence");
+                reader.push(&buf[..k]);
+            };
+            let HostMessage::Evidence(c) = m else {
+                panic!("not evidence: {m:?}")
+            };
+            assert_eq!((c.request, c.offset as usize), (9, doc.len()));
+            doc.extend_from_slice(&c.data);
+            if doc.len() == c.total as usize {
+                break;
+            }
+        }
+        let env = bulwark_attestation::evidence::parse_document(&doc).expect("evidence");
+        bulwark_attestation::evidence::sign::verify_envelope(&env).expect("signed");
+        assert_eq!(env.body.freshness.nonce.0, tls_nonce);
+        assert_eq!(
+            env.body
+                .freshness
+                .tls_key_sha256
+                .as_ref()
+                .map(|k| k.0.clone()),
+            Some(tls_key)
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         let g = loop {
             let g = n.get("/vms/v/guest");
@@ -348,9 +389,15 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
     );
 
     // bulwarkd dies; the VMM runs on and is re-adopted by the next bulwarkd, whose
-    // config now lacks the software key: evidence is refused as not built (TPM).
+    // config names a TPM (swtpm, with its own EK CA): evidence is TPM-quoted now.
     n.kill();
+    let swtpm = bulwark_tpm::harness::Swtpm::start().expect("swtpm (scripts/setup)");
     n.config["attestation"]["software_key"] = json!(false);
+    n.config["attestation"]["tpm"] = json!({
+        "tcti": swtpm.tcti(),
+        "ek_chain": [swtpm.ca_issuer_pem()],
+        "event_log": n.path("no-event-log"),
+    });
     n.write_config();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     n.start();
@@ -367,12 +414,55 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         .iter()
         .any(|e| e["what"].as_str().unwrap().starts_with("re-adopted")));
 
-    let (s, v) = n.call("POST", "/vms/v/attest", Some(json!({ "nonce": nonce })));
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (501, Some("attestation")),
-        "{v}"
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
+        .arg("--api-sock")
+        .arg(n.sock())
+        .args(["vms", "attest", "v", "--nonce", &nonce, "--out"])
+        .arg(&ev)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    // The customer's verifier affirms it under a policy that trusts the swtpm's EK
+    // CA, the node and tenant signers and this launch.
+    let policy = bulwark_attestation::evidence::Policy::parse(
+        &format!(
+            "[node]\nimage_signers = [\"{}\"]\nek_roots = [\"{}\"]\n\
+             [vm]\nimage_signers = [\"{}\"]\nmeasurements = [\"{}\"]\n",
+            "cd".repeat(32),
+            swtpm.ca_root_pem().display(),
+            bulwark_image::PublicKey::from_pem(&pem).unwrap().id_hex(),
+            vmm_view["measurement"]["value"].as_str().unwrap(),
+        ),
+        Path::new("/"),
+    )
+    .unwrap();
+    let a = bulwark_attestation::evidence::verify_document(
+        &std::fs::read(&ev).unwrap(),
+        &policy,
+        &bulwark_attestation::evidence::appraise::VerifyOptions {
+            nonce: Some(hex::decode(&nonce).unwrap()),
+            at: bulwark_attestation::VerificationTime::now(),
+        },
+    )
+    .unwrap();
+    assert!(a.is_ok(), "{}", a.to_text());
+    for check in [
+        "tpm-quote-signature",
+        "tpm-ak-enrolled",
+        "tpm-event-log-replay",
+        "key-protection",
+    ] {
+        assert!(
+            a.check(check)
+                .is_some_and(|c| c.result == bulwark_attestation::checks::Outcome::Passed),
+            "{check}: {}",
+            a.to_text()
+        );
+    }
 
     // Stop through the adopted handle.
     let (s, v) = n.call("POST", "/vms/v/stop", None);
