@@ -68,67 +68,55 @@ pub fn verify_ecdsa(
     }
 }
 
-/// `ring`'s ECDSA verification (the fallback backend, and the benchmark's
-/// comparison).
-pub mod ring_backend {
-    use super::{BadSignature, Ecdsa, SigEncoding};
-    use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+/// One backend module per library: the same table of (curve, hash, encoding)
+/// over that library's `signature` module, so both builds accept exactly the
+/// same combinations.
+macro_rules! ecdsa_backend {
+    ($(#[$attr:meta])* $name:ident, $lib:ident) => {
+        $(#[$attr])*
+        pub mod $name {
+            use super::{BadSignature, Ecdsa, SigEncoding};
+            use $lib::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
-    pub fn verify(
-        alg: Ecdsa,
-        enc: SigEncoding,
-        public_key: &[u8],
-        msg: &[u8],
-        sig: &[u8],
-    ) -> Result<(), BadSignature> {
-        let a: &dyn VerificationAlgorithm = match (alg, enc) {
-            (Ecdsa::P256Sha256, SigEncoding::Der) => &signature::ECDSA_P256_SHA256_ASN1,
-            (Ecdsa::P256Sha256, SigEncoding::Fixed) => &signature::ECDSA_P256_SHA256_FIXED,
-            (Ecdsa::P256Sha384, SigEncoding::Der) => &signature::ECDSA_P256_SHA384_ASN1,
-            (Ecdsa::P384Sha256, SigEncoding::Der) => &signature::ECDSA_P384_SHA256_ASN1,
-            (Ecdsa::P384Sha384, SigEncoding::Der) => &signature::ECDSA_P384_SHA384_ASN1,
-            (Ecdsa::P384Sha384, SigEncoding::Fixed) => &signature::ECDSA_P384_SHA384_FIXED,
-            // ring has no fixed-width form of the mixed curve/hash pairs.
-            (Ecdsa::P256Sha384 | Ecdsa::P384Sha256, SigEncoding::Fixed) => {
-                return Err(BadSignature)
+            pub fn verify(
+                alg: Ecdsa,
+                enc: SigEncoding,
+                public_key: &[u8],
+                msg: &[u8],
+                sig: &[u8],
+            ) -> Result<(), BadSignature> {
+                let a: &dyn VerificationAlgorithm = match (alg, enc) {
+                    (Ecdsa::P256Sha256, SigEncoding::Der) => &signature::ECDSA_P256_SHA256_ASN1,
+                    (Ecdsa::P256Sha256, SigEncoding::Fixed) => &signature::ECDSA_P256_SHA256_FIXED,
+                    (Ecdsa::P256Sha384, SigEncoding::Der) => &signature::ECDSA_P256_SHA384_ASN1,
+                    (Ecdsa::P384Sha256, SigEncoding::Der) => &signature::ECDSA_P384_SHA256_ASN1,
+                    (Ecdsa::P384Sha384, SigEncoding::Der) => &signature::ECDSA_P384_SHA384_ASN1,
+                    (Ecdsa::P384Sha384, SigEncoding::Fixed) => &signature::ECDSA_P384_SHA384_FIXED,
+                    // ring has no fixed-width form of the mixed curve/hash pairs.
+                    (Ecdsa::P256Sha384 | Ecdsa::P384Sha256, SigEncoding::Fixed) => {
+                        return Err(BadSignature)
+                    }
+                };
+                UnparsedPublicKey::new(a, public_key)
+                    .verify(msg, sig)
+                    .map_err(|_| BadSignature)
             }
-        };
-        UnparsedPublicKey::new(a, public_key)
-            .verify(msg, sig)
-            .map_err(|_| BadSignature)
-    }
+        }
+    };
 }
 
-/// `aws-lc-rs`'s ECDSA verification.
-#[cfg(feature = "aws-lc")]
-pub mod aws_lc {
-    use super::{BadSignature, Ecdsa, SigEncoding};
-    use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-
-    pub fn verify(
-        alg: Ecdsa,
-        enc: SigEncoding,
-        public_key: &[u8],
-        msg: &[u8],
-        sig: &[u8],
-    ) -> Result<(), BadSignature> {
-        let a: &dyn VerificationAlgorithm = match (alg, enc) {
-            (Ecdsa::P256Sha256, SigEncoding::Der) => &signature::ECDSA_P256_SHA256_ASN1,
-            (Ecdsa::P256Sha256, SigEncoding::Fixed) => &signature::ECDSA_P256_SHA256_FIXED,
-            (Ecdsa::P256Sha384, SigEncoding::Der) => &signature::ECDSA_P256_SHA384_ASN1,
-            (Ecdsa::P384Sha256, SigEncoding::Der) => &signature::ECDSA_P384_SHA256_ASN1,
-            (Ecdsa::P384Sha384, SigEncoding::Der) => &signature::ECDSA_P384_SHA384_ASN1,
-            (Ecdsa::P384Sha384, SigEncoding::Fixed) => &signature::ECDSA_P384_SHA384_FIXED,
-            // The same combinations as ring, so both builds accept the same.
-            (Ecdsa::P256Sha384 | Ecdsa::P384Sha256, SigEncoding::Fixed) => {
-                return Err(BadSignature)
-            }
-        };
-        UnparsedPublicKey::new(a, public_key)
-            .verify(msg, sig)
-            .map_err(|_| BadSignature)
-    }
-}
+ecdsa_backend!(
+    /// `ring`'s ECDSA verification (the fallback backend, and the benchmark's
+    /// comparison).
+    ring_backend,
+    ring
+);
+ecdsa_backend!(
+    /// `aws-lc-rs`'s ECDSA verification.
+    #[cfg(feature = "aws-lc")]
+    aws_lc,
+    aws_lc_rs
+);
 
 #[cfg(test)]
 mod tests {

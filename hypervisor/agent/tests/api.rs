@@ -705,52 +705,53 @@ fn bulwarkctl_drives_the_agent_with_text_and_json() {
 fn a_second_bulwarkd_on_the_same_socket_or_state_is_refused() {
     let mut n = Node::new(json!({}));
     n.start();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
-        .arg("--state-dir")
-        .arg(n.path("state2"))
-        .arg("--api-sock")
-        .arg(n.sock())
-        .arg("--sysfs-root")
-        .arg(n.path("sys"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another bulwarkd is running"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    /// bulwarkd with these arguments must exit 1 saying `why`.
+    fn refused(args: &[&std::ffi::OsStr], why: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    let (state, state2, sys) = (n.path("state"), n.path("state2"), n.path("sys"));
+    let (sock, other) = (n.sock(), n.path("other.sock"));
+    refused(
+        &[
+            "--state-dir".as_ref(),
+            state2.as_os_str(),
+            "--api-sock".as_ref(),
+            sock.as_os_str(),
+            "--sysfs-root".as_ref(),
+            sys.as_os_str(),
+        ],
+        "another bulwarkd is running",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
-        .arg("--state-dir")
-        .arg(n.path("state"))
-        .arg("--api-sock")
-        .arg(n.path("other.sock"))
-        .arg("--sysfs-root")
-        .arg(n.path("sys"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("state database"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    refused(
+        &[
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--api-sock".as_ref(),
+            other.as_os_str(),
+            "--sysfs-root".as_ref(),
+            sys.as_os_str(),
+        ],
+        "state database",
     );
     // A bad config is named.
     std::fs::write(n.path("bad.json"), r#"{"sanitizer":{"kind":"nope"}}"#).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkd"))
-        .arg("--state-dir")
-        .arg(n.path("x"))
-        .arg("--api-sock")
-        .arg(n.path("y.sock"))
-        .arg("--config")
-        .arg(n.path("bad.json"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("sanitizer"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (x, y, bad) = (n.path("x"), n.path("y.sock"), n.path("bad.json"));
+    refused(
+        &[
+            "--state-dir".as_ref(),
+            x.as_os_str(),
+            "--api-sock".as_ref(),
+            y.as_os_str(),
+            "--config".as_ref(),
+            bad.as_os_str(),
+        ],
+        "sanitizer",
     );
 }
 

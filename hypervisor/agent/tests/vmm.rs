@@ -86,6 +86,22 @@ fn status_field(pid: i64, name: &str) -> String {
         .to_string()
 }
 
+/// `bulwarkctl vms attest v --nonce NONCE --out EV`, as the customer runs it.
+fn attest_with_bulwarkctl(n: &Node, nonce: &str, ev: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
+        .arg("--api-sock")
+        .arg(n.sock())
+        .args(["vms", "attest", "v", "--nonce", nonce, "--out"])
+        .arg(ev)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_when_killed() {
     assert!(
@@ -341,18 +357,7 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
     // Evidence for a nonce, through bulwarkctl, as the customer gets it.
     let nonce = "5a".repeat(32);
     let ev = n.path("evidence.cose");
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
-        .arg("--api-sock")
-        .arg(n.sock())
-        .args(["vms", "attest", "v", "--nonce", &nonce, "--out"])
-        .arg(&ev)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    attest_with_bulwarkctl(&n, &nonce, &ev);
     let env = bulwark_attestation::evidence::parse_document(&std::fs::read(&ev).unwrap())
         .expect("a canonical evidence document");
     bulwark_attestation::evidence::sign::verify_envelope(&env).expect("signed by the key it names");
@@ -414,18 +419,7 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         .iter()
         .any(|e| e["what"].as_str().unwrap().starts_with("re-adopted")));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
-        .arg("--api-sock")
-        .arg(n.sock())
-        .args(["vms", "attest", "v", "--nonce", &nonce, "--out"])
-        .arg(&ev)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    attest_with_bulwarkctl(&n, &nonce, &ev);
     // The customer's verifier affirms it under a policy that trusts the swtpm's EK
     // CA, the node and tenant signers and this launch.
     let policy = bulwark_attestation::evidence::Policy::parse(

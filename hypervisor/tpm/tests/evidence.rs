@@ -54,6 +54,16 @@ struct Node {
     key: EvidenceSigningKey,
 }
 
+/// The swtpm EK certificate's issuer (DER), what the node puts in `ek_chain`.
+fn ek_issuer(sw: &Swtpm) -> Vec<u8> {
+    let issuer = std::fs::read(sw.ca_issuer_pem()).expect("issuer PEM");
+    bulwark_attestation::x509::parse_pem_certificates(&issuer)
+        .expect("issuer parses")
+        .remove(0)
+        .der
+        .clone()
+}
+
 fn node(extend_after: bool) -> Node {
     let sw = Swtpm::start().unwrap_or_else(|e| panic!("cannot start swtpm: {e}"));
     let mut t = Tpm::open(&sw.tcti()).expect("open the TPM");
@@ -72,12 +82,7 @@ fn node(extend_after: bool) -> Node {
         log.measure(&mut t, pcr, EV_SEPARATOR, &[0, 0, 0, 0])
             .expect("separator");
     }
-    let issuer = std::fs::read(sw.ca_issuer_pem()).expect("issuer PEM");
-    let issuer_der = bulwark_attestation::x509::parse_pem_certificates(&issuer)
-        .expect("issuer parses")
-        .remove(0)
-        .der
-        .clone();
+    let issuer_der = ek_issuer(&sw);
     // Enrollment: the AK's credential, made for its name and the EK certificate's key,
     // is activated by the TPM.
     let mut attester =
@@ -249,12 +254,7 @@ fn the_node_attester_signs_tpm_evidence_and_says_software_when_it_has_no_tpm() {
     tpm_inputs.tpm = None;
     let sw = Swtpm::start().expect("a second swtpm");
     let t = Tpm::open(&sw.tcti()).expect("open");
-    let issuer = std::fs::read(sw.ca_issuer_pem()).expect("issuer PEM");
-    let issuer_der = bulwark_attestation::x509::parse_pem_certificates(&issuer)
-        .expect("issuer parses")
-        .remove(0)
-        .der
-        .clone();
+    let issuer_der = ek_issuer(&sw);
     let enrolled = TpmAttester::enroll(t, vec![issuer_der], EventLogWriter::new().into_bytes())
         .expect("enroll");
     let mut attester = Attester::Tpm(Box::new(enrolled), n.key);
