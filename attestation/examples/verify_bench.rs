@@ -198,7 +198,9 @@ fn bulwark_evidence(secs: f64, baseline: f64, out_dir: Option<&Path>) {
         body.node.evidence_key = key.public_key().into();
         evidence::sign_body(&body, &key).unwrap()
     };
-    let r = rate(secs, || ok(evidence::verify_document(&es256, &policy, &opts)));
+    let r = rate(secs, || {
+        ok(evidence::verify_document(&es256, &policy, &opts))
+    });
     report(
         "bulwark evidence, software key, ES256 (parse + 1 P-256)",
         r,
