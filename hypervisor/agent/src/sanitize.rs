@@ -96,7 +96,7 @@ impl Sanitizer for SoftwareSanitizer {
 }
 
 /// Resets through VFIO (`VFIO_DEVICE_RESET`: vfio-pci's FLR, PM or bus reset, as the
-/// device supports) and checks that the device came back to its power-on state.
+/// device supports) and checks that the device answers again with bus mastering off.
 #[derive(Debug, Clone)]
 pub struct VfioSanitizer {
     sysfs_root: PathBuf,
