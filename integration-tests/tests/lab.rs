@@ -116,6 +116,11 @@ fn vmm_vfio_edu() {
 }
 
 #[test]
+fn agent_vfio() {
+    run_scenario("agent-vfio");
+}
+
+#[test]
 fn vmm_vfio_linux() {
     run_scenario("vmm-vfio-linux");
 }

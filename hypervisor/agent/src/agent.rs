@@ -677,6 +677,7 @@ impl Agent {
                 .filter(|a| st.devices.get(*a).is_some_and(|d| d.class != "0x060400"))
                 .cloned()
                 .collect::<Vec<_>>(),
+            self.cfg.vmm_mmio64_gib,
         );
         let root = if jail.pivot_root {
             let groups: Vec<u32> = groups.iter().copied().collect();

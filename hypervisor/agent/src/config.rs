@@ -90,6 +90,11 @@ pub struct Config {
     /// The bulwark-vmm binary.
     #[serde(default)]
     pub vmm_bin: Option<PathBuf>,
+    /// `machine.mmio64_gib` of every VM (the 64-bit PCI window, GiB); absent: the
+    /// VMM's default. A machine with a small guest physical address space (a nested
+    /// lab machine: 40 bits) needs a smaller window than that default.
+    #[serde(default)]
+    pub vmm_mmio64_gib: Option<u32>,
     /// The VMM jail; VMs cannot start without one.
     #[serde(default)]
     pub jail: Option<JailConfig>,
@@ -269,6 +274,13 @@ mod tests {
     fn defaults_and_errors_name_the_field() {
         let c = Config::parse("{}").unwrap();
         assert_eq!(c.sysfs_root, PathBuf::from("/sys"));
+        assert_eq!(c.vmm_mmio64_gib, None);
+        assert_eq!(
+            Config::parse(r#"{"vmm_mmio64_gib": 64}"#)
+                .unwrap()
+                .vmm_mmio64_gib,
+            Some(64)
+        );
         assert_eq!(c.sanitizer, SanitizerConfig::Vfio);
         assert!(c.disallowed_host_drivers.contains(&"nvme".to_string()));
         let c = Config::parse(r#"{"sanitizer":{"kind":"software_test","fail":["0000:01:00.0"]}}"#)

@@ -69,9 +69,20 @@ pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Resu
 }
 
 /// The bulwark-vmm configuration for `vm` (schema: hypervisor/openapi.yaml).
-pub fn vmm_config(vm: &Vm, tenant: &Tenant, paths: &VmPaths, vfio: &[String]) -> serde_json::Value {
+/// `mmio64_gib`: the 64-bit PCI window (config `vmm_mmio64_gib`), else the VMM's default.
+pub fn vmm_config(
+    vm: &Vm,
+    tenant: &Tenant,
+    paths: &VmPaths,
+    vfio: &[String],
+    mmio64_gib: Option<u32>,
+) -> serde_json::Value {
+    let mut machine = json!({ "vcpus": vm.vcpus, "mem_mib": vm.mem_mib });
+    if let Some(g) = mmio64_gib {
+        machine["mmio64_gib"] = g.into();
+    }
     json!({
-        "machine": { "vcpus": vm.vcpus, "mem_mib": vm.mem_mib },
+        "machine": machine,
         "boot_source": {
             "kind": "bundle",
             "path": vm.image,

@@ -305,6 +305,37 @@ pub fn prepare_virtio(dir: &Path, kernel: &Path, initramfs: &[u8]) -> Result<Vec
     Ok(files)
 }
 
+/// Signed image bundles of tiny guests (`Scenario::signed_tiny_guests`): for each
+/// `(name, ELF)`, `/lab/tiny/NAME.bwi` (the ELF as the kernel, image name `NAME`,
+/// version 1), all signed by one key made here, whose public half is
+/// `/lab/tiny/signing.pub`.
+pub fn prepare_tiny(dir: &Path, guests: &[(&str, PathBuf)]) -> Result<Vec<L1File>> {
+    fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+    let keys = dir.join("keys");
+    let _ = fs::remove_dir_all(&keys);
+    let (key, key_pub, _) = generate_key_pair(&keys).map_err(image_error("keygen"))?;
+    let key = SigningKey::from_pem_file(&key).map_err(image_error("reading the signing key"))?;
+    let mut files = vec![("/lab/tiny/signing.pub".to_string(), key_pub)];
+    for (name, elf) in guests {
+        let bundle = dir.join(format!("{name}.bwi"));
+        let spec = BuildSpec {
+            name: (*name).to_string(),
+            version: 1,
+            created: 0,
+            kernel: elf.clone(),
+            initrd: None,
+            cmdline: None,
+            config: None,
+            rootfs: None,
+        };
+        let _ = fs::remove_file(&bundle);
+        build(&spec, &bundle, &|_| {}).map_err(image_error("build"))?;
+        sign(&bundle, &key, &|_| {}).map_err(image_error("sign"))?;
+        files.push((format!("/lab/tiny/{name}.bwi"), bundle));
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

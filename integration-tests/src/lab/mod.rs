@@ -219,6 +219,21 @@ impl Lab {
         for (program, path) in scenario.guest_programs.iter().zip(built) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
         }
+        let host_built = programs::build_host_programs(
+            &self.workspace,
+            &self.target_dir,
+            scenario.host_built_programs,
+        )?;
+        for (program, path) in scenario.host_built_programs.iter().zip(host_built) {
+            let files = programs::with_shared_libraries(&path)?;
+            // Without debug information (over 150 MB each in a debug build, more than
+            // L1's memory holds in its initramfs).
+            let stripped = programs::strip_debug(&path, &dir.join("host-bin"))?;
+            image.host_file(&format!("/bin/{}", program.bin), &stripped, 0o755);
+            for lib in files.iter().skip(1) {
+                image.host_file(&lib.to_string_lossy(), lib, 0o755);
+            }
+        }
         for program in scenario.host_programs {
             for file in programs::with_shared_libraries(Path::new(program))? {
                 image.host_file(&file.to_string_lossy(), &file, 0o755);
@@ -236,15 +251,21 @@ impl Lab {
             }
             image.host_file(file, Path::new(file), 0o644);
         }
-        for (name, elf) in
-            programs::build_tiny_guests(&self.workspace, &self.target_dir, scenario.tiny_guests)?
-        {
-            image.host_file(&format!("/lab/tiny/{name}"), &elf, 0o644);
+        let tiny =
+            programs::build_tiny_guests(&self.workspace, &self.target_dir, scenario.tiny_guests)?;
+        for (name, elf) in &tiny {
+            image.host_file(&format!("/lab/tiny/{name}"), elf, 0o644);
             image.host_file(
                 &format!("/lab/tiny/{name}.bin"),
                 &elf.with_extension("bin"),
                 0o644,
             );
+        }
+        if scenario.signed_tiny_guests {
+            let guests: Vec<(&str, PathBuf)> = tiny.iter().map(|(n, p)| (*n, p.clone())).collect();
+            for (l1_path, host) in l2_bundle::prepare_tiny(&dir.join("tiny"), &guests)? {
+                image.host_file(&l1_path, &host, 0o644);
+            }
         }
         if let Some(l2) = scenario.l2.as_ref().filter(|l2| l2.guest_init) {
             // bulwark-init is /init of signed tenant images (its programs: bulwark-init,

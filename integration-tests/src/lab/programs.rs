@@ -19,13 +19,38 @@ pub fn build_guest_programs(
     target_dir: &Path,
     programs: &[GuestProgram],
 ) -> Result<Vec<PathBuf>> {
+    build_programs(workspace, target_dir, programs, Some(GUEST_TARGET))
+}
+
+/// Builds `programs` for the host's own target (glibc, dynamically linked) into
+/// `target_dir/host`, for programs that cannot be built static (`bulwarkd` links
+/// libtss2 through `bulwark-tpm`); the lab copies them into L1 with their shared
+/// libraries (`with_shared_libraries`). Returns each binary's path, in order.
+pub fn build_host_programs(
+    workspace: &Path,
+    target_dir: &Path,
+    programs: &[GuestProgram],
+) -> Result<Vec<PathBuf>> {
+    build_programs(workspace, &target_dir.join("host"), programs, None)
+}
+
+fn build_programs(
+    workspace: &Path,
+    target_dir: &Path,
+    programs: &[GuestProgram],
+    target: Option<&str>,
+) -> Result<Vec<PathBuf>> {
     if programs.is_empty() {
         return Ok(Vec::new());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--locked", "--quiet", "--target", GUEST_TARGET])
+        .args(["build", "--locked", "--quiet"]);
+    if let Some(target) = target {
+        cmd.args(["--target", target]);
+    }
+    cmd
         // The workspace optimises dependencies even in the dev profile (for the host's
         // tests); the L1 programs do not need that, and building them from nothing
         // is the largest part of a cold lab run.
@@ -68,9 +93,13 @@ pub fn build_guest_programs(
         }
         other => other,
     })?;
+    let out = match target {
+        Some(target) => target_dir.join(target),
+        None => target_dir.to_owned(),
+    };
     Ok(programs
         .iter()
-        .map(|p| target_dir.join(GUEST_TARGET).join("debug").join(p.bin))
+        .map(|p| out.join("debug").join(p.bin))
         .collect())
 }
 
@@ -128,6 +157,16 @@ pub fn build_tiny_guests(
             Ok((name, elf))
         })
         .collect()
+}
+
+/// A copy of `program` without its debug information, in `dir` under the same name.
+pub fn strip_debug(program: &Path, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+    let out = dir.join(program.file_name().unwrap_or_default());
+    let mut cmd = Command::new("objcopy");
+    cmd.arg("--strip-debug").arg(program).arg(&out);
+    run(&mut cmd)?;
+    Ok(out)
 }
 
 /// `program` and the shared libraries (and dynamic loader) it needs, as host paths,

@@ -62,6 +62,12 @@ pub struct Scenario {
     /// Tiny guests (`integration-tests/tiny-guests`, built for `x86_64-unknown-none`)
     /// put in L1 as `/lab/tiny/NAME` (ELF) and `/lab/tiny/NAME.bin` (flat binary).
     pub tiny_guests: &'static [&'static str],
+    /// Also build and sign, on the host, an image bundle of each tiny guest
+    /// (`/lab/tiny/NAME.bwi`, trusted key `/lab/tiny/signing.pub`; `l2_bundle::prepare_tiny`).
+    pub signed_tiny_guests: bool,
+    /// Programs of this workspace built for the host's own target (dynamically linked:
+    /// `bulwarkd` links libtss2) and put in L1's `/bin` with their shared libraries.
+    pub host_built_programs: &'static [GuestProgram],
     /// Checks that must be reported and pass (`modules-loaded` is always expected too).
     pub expected_checks: &'static [&'static str],
     /// Hard limit for the L1 run, boot to power-off.
@@ -90,6 +96,8 @@ const PLAIN: Scenario = Scenario {
     host_files: &[],
     l2: None,
     tiny_guests: &[],
+    signed_tiny_guests: false,
+    host_built_programs: &[],
     expected_checks: &[],
     timeout_secs: 180,
 };
@@ -283,6 +291,48 @@ pub const SCENARIOS: &[Scenario] = &[
             "refuse-group",
             "refuse-no-device",
             "refuse-memlock",
+        ],
+        timeout_secs: 300,
+        ..PLAIN
+    },
+    Scenario {
+        name: "agent-vfio",
+        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
+        script: include_str!("../../lab/scenarios/agent-vfio.sh"),
+        modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
+        // The edu behind a PCIe root port is alone on its bus, so vfio-pci can reset it
+        // (secondary bus reset); the one on the root bus (05.0) has no reset at all.
+        devices: &[
+            "pcie-root-port,id=rp1,chassis=1,addr=03.0",
+            "edu,bus=rp1,addr=00.0",
+            "edu,addr=05.0",
+        ],
+        memory_mib: 768,
+        guest_programs: &[VMM],
+        host_built_programs: &[
+            GuestProgram {
+                package: "bulwark-agent",
+                bin: "bulwarkd",
+            },
+            GuestProgram {
+                package: "bulwark-agent",
+                bin: "bulwarkctl",
+            },
+        ],
+        tiny_guests: &["vfio-edu"],
+        signed_tiny_guests: true,
+        expected_checks: &[
+            "kvm-device",
+            "agent-health",
+            "agent-enroll",
+            "agent-scrub-on-enroll",
+            "agent-quarantine",
+            "agent-vm-running",
+            "agent-vm-jailed",
+            "agent-vm-device",
+            "agent-second-tenant-refused",
+            "agent-delete-scrub",
+            "agent-second-tenant-after-scrub",
         ],
         timeout_secs: 300,
         ..PLAIN

@@ -1,0 +1,195 @@
+# agent-vfio: the node agent bulwarkd with real VFIO. Two QEMU edu devices stand in
+# for GPUs: one behind a PCIe root port, alone on its bus (vfio-pci can reset it with
+# a secondary bus reset), one on the root bus (00:05.0: no FLR, no PM reset, no bus
+# reset). bulwarkd (dynamically linked, with its libraries) runs chrooted into a tmpfs
+# whose mounts are binds of L1's own directories, so that its jail can pivot_root
+# (the initramfs itself cannot be pivoted away from). Shown through bulwarkctl --json:
+# enrolment binds the group to vfio-pci through driver_override and the scrub (VFIO
+# reset + power-on check) makes the device available; a VM of tenant a from the signed
+# tiny guest vfio-edu runs under a jailed bulwark-vmm with the device passed through
+# (the guest does DMA and MSI with it); tenant b is refused while a's VM exists; after
+# the VM is stopped and deleted the device is scrubbed again and b is accepted; the
+# device without a reset fails its scrub, is quarantined and is not assigned.
+lab_check kvm-device test -c /dev/kvm
+ulimit -l unlimited || echo "could not raise RLIMIT_MEMLOCK"
+
+edu=""; bad=0000:00:05.0
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1234:0x11e8 ] || continue
+  case ${d##*/} in 0000:00:*) ;; *) edu=${d##*/} ;; esac
+done
+for d in $edu $bad; do
+  echo "$d: group $(basename "$(readlink /sys/bus/pci/devices/$d/iommu_group)"), members: $(ls /sys/bus/pci/devices/$d/iommu_group/devices | tr '\n' ' ')driver: $(basename "$(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null)" 2>/dev/null)"
+done
+
+# The root bulwarkd lives in: a tmpfs mount (pivot_root needs a mounted root).
+R=/r
+mkdir -p $R && mount -t tmpfs -o mode=0755 tmpfs $R
+for d in bin lib lib64 usr lab dev sys proc; do
+  [ -e /$d ] || continue
+  mkdir -p $R/$d && mount -o rbind /$d $R/$d
+done
+mkdir -p $R/tmp $R/etc $R/var/lib/bulwark $R/run/bulwark
+chmod 0755 $R/var $R/var/lib $R/var/lib/bulwark
+# The VMM's gid may open /dev/kvm (as udev's kvm group would).
+chgrp 36 /dev/kvm && chmod 0660 /dev/kvm
+cat >$R/etc/bulwarkd.json <<EOF
+{"devices": ["$edu", "$bad"],
+ "jail": {"uid_base": 2000, "uid_count": 10, "gid": 36},
+ "vmm_bin": "/bin/bulwark-vmm", "vmm_mmio64_gib": 64,
+ "scrub_step_timeout_ms": 60000}
+EOF
+cat $R/etc/bulwarkd.json
+BULWARK_LOG=info chroot $R /bin/bulwarkd --state-dir /var/lib/bulwark \
+  --api-sock /run/bulwark/bulwarkd.sock --config /etc/bulwarkd.json >/tmp/bulwarkd.log 2>&1 &
+agent=$!
+
+ctl() { chroot $R /bin/bulwarkctl --api-sock /run/bulwark/bulwarkd.sock "$@"; }
+# j ARGS: bulwarkctl --json, with the white space removed (for grep).
+j() { ctl --json "$@" | tr -d ' \n'; }
+# field JSON NAME: the first string or number value of "NAME" in compact JSON.
+field() { echo "$1" | sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p" | head -n1; }
+# wait_state ADDR STATE SECONDS: polls the device until it is in STATE.
+wait_state() {
+  i=0
+  while [ $i -lt "$3" ]; do
+    [ "$(field "$(j devices show "$1")" state)" = "$2" ] && return 0
+    sleep 1; i=$((i + 1))
+  done
+  return 1
+}
+# steps JSON METHOD OK: how many scrub steps of METHOD ended with ok=OK.
+steps() { echo "$1" | tr '{}' '\n\n' | grep "\"method\":\"$2\"" | grep -c "\"ok\":$3"; }
+agent_log() { echo "--- bulwarkd log ---"; tail -n 40 /tmp/bulwarkd.log; echo "--- end of bulwarkd log ---"; }
+
+i=0
+until ctl node health >/dev/null 2>&1 || [ $i -ge 60 ]; do sleep 1; i=$((i + 1)); done
+devs=$(j devices list)
+if ctl node health >/dev/null 2>&1 && echo "$devs" | grep -q "\"address\":\"$edu\"" && echo "$devs" | grep -q "\"address\":\"$bad\""; then
+  lab_pass agent-health "bulwarkd serves /health after ${i}s; tracks $edu and $bad"
+else
+  lab_fail agent-health "no health after ${i}s: $devs"; agent_log; exit 1
+fi
+ctl devices list
+
+# Enrolment: bulwarkd binds the group through driver_override; the scrub follows.
+enrolled=$(ctl --json devices enroll "$edu" --wait | tr -d ' \n')
+echo "enroll $edu: $enrolled"
+drv=$(basename "$(readlink /sys/bus/pci/devices/$edu/driver)")
+ovr=$(cat /sys/bus/pci/devices/$edu/driver_override)
+if [ "$drv" = vfio-pci ] && [ "$ovr" = vfio-pci ] && [ -c "/dev/vfio/$(field "$enrolled" iommu_group)" ]; then
+  lab_pass agent-enroll "$edu: driver_override=$ovr, bound to $drv, /dev/vfio/$(field "$enrolled" iommu_group)"
+else
+  lab_fail agent-enroll "$edu: driver '$drv', driver_override '$ovr': $enrolled"; agent_log
+fi
+scrubs=$(j devices scrubs "$edu")
+ctl devices scrubs "$edu"
+first=$(field "$enrolled" last_scrub)
+if [ "$(field "$enrolled" state)" = available ] && [ -n "$first" ] &&
+  echo "$scrubs" | grep -q '"outcome":"passed"' &&
+  [ "$(steps "$scrubs" vfio-device-reset true)" -eq 1 ] && [ "$(steps "$scrubs" power-on-state-check true)" -eq 1 ]; then
+  lab_pass agent-scrub-on-enroll "$edu available with scrub $first: vfio-device-reset ok, power-on-state-check ok"
+else
+  lab_fail agent-scrub-on-enroll "$edu: $enrolled; scrubs: $scrubs"; agent_log
+fi
+
+# Tenant a's VM: the signed tiny guest with the device.
+ctl tenants create a --key /lab/tiny/signing.pub
+ctl tenants create b --key /lab/tiny/signing.pub
+ctl vms create v1 --tenant a --image /lab/tiny/vfio-edu.bwi --vcpus 1 --mem-mib 64 --gpu "$edu"
+started=$(ctl --json vms start v1 | tr -d ' \n')
+echo "start v1: $started"
+pid=$(field "$started" pid)
+serial=$R/var/lib/bulwark/vms/v1/serial.log
+i=0
+while [ $i -lt 120 ] && ! grep -q '^EDU-DONE' "$serial" 2>/dev/null; do sleep 1; i=$((i + 1)); done
+echo "--- v1 guest console ---"; cat "$serial" 2>/dev/null; echo "--- v1 vmm log ---"
+cat $R/var/lib/bulwark/vms/v1/vmm.log 2>/dev/null; echo "--- end of v1 ---"
+vm=$(j vms show v1)
+dev=$(j devices show "$edu")
+if [ "$(field "$vm" state)" = running ] && [ -n "$pid" ] && [ -d "/proc/$pid" ] &&
+  grep -q '^EDU-DONE pass' "$serial"; then
+  lab_pass agent-vm-running "v1 running, bulwark-vmm pid $pid, guest: $(grep '^EDU-DONE' "$serial")"
+else
+  lab_fail agent-vm-running "v1: $vm"; agent_log
+fi
+vmmroot=$(ls "/proc/$pid/root" 2>/dev/null | tr '\n' ' ')
+if [ -n "$pid" ] && grep -q '^Uid:[[:space:]]*2000[[:space:]]*2000[[:space:]]*2000[[:space:]]*2000' "/proc/$pid/status" &&
+  grep -q '^NoNewPrivs:[[:space:]]*1' "/proc/$pid/status" && grep -q '^Seccomp:[[:space:]]*2' "/proc/$pid/status" &&
+  [ "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] &&
+  ! ls "/proc/$pid/root/var/lib/bulwark/bulwarkd.db" >/dev/null 2>&1 && [ -c "/proc/$pid/root/dev/kvm" ]; then
+  lab_pass agent-vm-jailed "uid 2000, no_new_privs, seccomp, own mount namespace, root: $vmmroot"
+else
+  lab_fail agent-vm-jailed "pid $pid: $(grep -E '^(Uid|Gid|NoNewPrivs|Seccomp):' "/proc/$pid/status" 2>/dev/null | tr '\n' ' ') root: $vmmroot"
+fi
+group=$(field "$dev" iommu_group)
+vfio_fd=$(ls -l "/proc/$pid/fd" 2>/dev/null | grep -c "/dev/vfio/$group\$")
+if [ "$(field "$dev" state)" = in_use ] && [ "$(field "$dev" owner_vm)" = v1 ] && [ "$vfio_fd" -ge 1 ] &&
+  grep -q '^EDU-FOUND' "$serial" && grep -q '^EDU-DMA 2048 of 2048 bytes back ok' "$serial" &&
+  grep -Eq '^EDU-(MSI|INTX) after-dma.* ok$' "$serial"; then
+  lab_pass agent-vm-device "$edu in_use by v1, VMM holds /dev/vfio/$group; guest: $(grep -E '^EDU-(FOUND|DMA|MSI|INTX) ' "$serial" | tr '\n' ';')"
+else
+  lab_fail agent-vm-device "device: $dev; /dev/vfio/$group fds: $vfio_fd"
+fi
+
+# Another tenant while a's VM exists: 409 on the tenancy.
+if out=$(ctl vms create w1 --tenant b --image /lab/tiny/vfio-edu.bwi --vcpus 1 --mem-mib 64 2>&1); then
+  lab_fail agent-second-tenant-refused "tenant b got a VM while a's VM runs: $out"
+elif echo "$out" | grep -q 'tenant: the node belongs to tenant a (VM v1 exists'; then
+  lab_pass agent-second-tenant-refused "$out"
+else
+  lab_fail agent-second-tenant-refused "refused for another reason: $out"
+fi
+
+# The VM ends: its device is reset and scrubbed again before anything else gets it.
+ctl vms stop v1
+ctl vms delete v1
+ended=$(j devices show "$edu")
+echo "after delete: $ended"
+wait_state "$edu" available 120
+after=$(j devices show "$edu")
+scrubs=$(j devices scrubs "$edu")
+ctl devices scrubs "$edu"
+second=$(field "$after" last_scrub)
+passed=$(echo "$scrubs" | grep -o '"outcome":"passed"' | wc -l)
+resets=$(steps "$scrubs" vfio-device-reset true)
+if [ "$(field "$after" state)" = available ] && [ -n "$second" ] && [ "$second" != "$first" ] &&
+  [ "$passed" -eq 2 ] && [ "$resets" -eq 2 ]; then
+  lab_pass agent-delete-scrub "after v1: $(field "$ended" state) -> available with scrub $second (was $first); 2 passed scrubs, each with vfio-device-reset"
+else
+  lab_fail agent-delete-scrub "device: $after; scrubs: $scrubs"; agent_log
+fi
+
+# Tenant b now: accepted, and gets the device.
+if out=$(ctl --json vms create w1 --tenant b --image /lab/tiny/vfio-edu.bwi --vcpus 1 --mem-mib 64 --gpu "$edu" 2>&1); then
+  dev=$(j devices show "$edu")
+  if [ "$(field "$dev" state)" = assigned ] && [ "$(field "$dev" owner_vm)" = w1 ] &&
+    [ "$(field "$(j node show)" owner)" = b ]; then
+    lab_pass agent-second-tenant-after-scrub "tenant b's VM w1 created with $edu (assigned); node owner b"
+  else
+    lab_fail agent-second-tenant-after-scrub "created, but device: $dev; node: $(j node show)"
+  fi
+else
+  lab_fail agent-second-tenant-after-scrub "$out"
+fi
+
+# A device whose scrub fails: 00:05.0 has no reset vfio-pci can issue.
+quar=$(ctl --json devices enroll "$bad" --wait | tr -d ' \n')
+echo "enroll $bad: $quar"
+qscrubs=$(j devices scrubs "$bad")
+ctl devices scrubs "$bad"
+if out=$(ctl vms create w2 --tenant b --image /lab/tiny/vfio-edu.bwi --vcpus 1 --mem-mib 64 --gpu "$bad" 2>&1); then
+  lab_fail agent-quarantine "a VM got the quarantined $bad: $out"
+elif echo "$out" | grep -q "gpus: device $bad (IOMMU group [0-9]*) is quarantined" &&
+  [ "$(field "$quar" state)" = quarantined ] && [ "$(field "$(j devices show "$bad")" state)" = quarantined ] &&
+  echo "$qscrubs" | grep -q '"outcome":"failed"' && ! echo "$qscrubs" | grep -q '"outcome":"passed"' &&
+  [ "$(steps "$qscrubs" vfio-device-reset false)" -eq 1 ]; then
+  lab_pass agent-quarantine "$bad quarantined ($(field "$quar" reason)); VM refused: $out"
+else
+  lab_fail agent-quarantine "device: $quar; scrubs: $qscrubs; create: $out"
+fi
+
+ctl node show
+agent_log
+kill -TERM $agent
+wait $agent
