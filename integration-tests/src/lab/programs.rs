@@ -55,6 +55,10 @@ fn build_programs(
         // tests); the L1 programs do not need that, and building them from nothing
         // is the largest part of a cold lab run.
         .args(["--config", r#"profile.dev.package."*".opt-level=0"#])
+        // Line tables only: full debug information of everything a lab program links
+        // (the integration-tests library pulls in bulwark-attestation and aws-lc) made
+        // each 70+ MB, and the L1 initramfs of the Linux scenarios no longer fit in L1.
+        .args(["--config", r#"profile.dev.debug="line-tables-only""#])
         // Except the crypto: bulwark-vmm hashes every byte of a signed bundle (tens of
         // MB for a Linux kernel) and checks P-384 signatures, which unoptimised under
         // L1's instruction emulation took minutes.
