@@ -16,9 +16,7 @@ mod synthetic_tpm;
 use bulwark_attestation::cache::ChainCache;
 use bulwark_attestation::crypto;
 use bulwark_attestation::evidence::appraise::VerifyOptions;
-use bulwark_attestation::evidence::{
-    self, parse_document, EvidenceInputs, EvidenceSigningKey, Policy,
-};
+use bulwark_attestation::evidence::{self, parse_document, EvidenceSigningKey, Policy};
 use bulwark_attestation::{nitro, nvidia, sevsnp, tdx, VerificationTime};
 use ring::signature::{self, KeyPair};
 use std::path::Path;
@@ -210,17 +208,7 @@ fn bulwark_evidence(secs: f64, baseline: f64, out_dir: Option<&Path>) {
     // A TPM-mode document of the same VM, made in software: EK root CA ->
     // intermediate -> EK certificate (P-384 CAs), AK (P-256) quote.
     let body = parse_document(&doc).unwrap().body;
-    let inputs = EvidenceInputs {
-        node_image: body.node.image.clone(),
-        tpm: None,
-        launch: body.launch.clone(),
-        isolation: body.isolation.clone(),
-        tee: None,
-        gpus: vec![],
-        nonce: body.freshness.nonce.0.clone(),
-        timestamp: body.freshness.timestamp,
-        tls_key_sha256: body.freshness.tls_key_sha256.as_ref().map(|t| t.0.clone()),
-    };
+    let inputs = synthetic_tpm::inputs_of(&body);
     let t = body.freshness.timestamp as i64;
     let pki = synthetic_tpm::EkPki::generate(t - 365 * 86400, t + 365 * 86400);
     let ak = synthetic_tpm::SoftwareAk::generate();

@@ -510,17 +510,7 @@ fn tpm_node(name: &str) -> TpmNode {
     let body = evidence::parse_document(&read("evidence/software-key.cose"))
         .unwrap()
         .body;
-    let inputs = EvidenceInputs {
-        node_image: body.node.image.clone(),
-        tpm: None,
-        launch: body.launch.clone(),
-        isolation: body.isolation.clone(),
-        tee: None,
-        gpus: vec![],
-        nonce: body.freshness.nonce.0.clone(),
-        timestamp: body.freshness.timestamp,
-        tls_key_sha256: body.freshness.tls_key_sha256.as_ref().map(|t| t.0.clone()),
-    };
+    let inputs = synthetic_tpm::inputs_of(&body);
     let t = body.freshness.timestamp as i64;
     let pki = synthetic_tpm::EkPki::generate(t - 365 * 86400, t + 365 * 86400);
     std::fs::write(dir.join("ek-root.pem"), &pki.root_pem).unwrap();

@@ -8,7 +8,9 @@
 #![allow(dead_code)]
 
 use bulwark_attestation::evidence::document::{AkActivation, Pcr, Tpm, TpmQuote};
-use bulwark_attestation::evidence::{build_evidence, EvidenceInputs, EvidenceSigningKey};
+use bulwark_attestation::evidence::{
+    build_evidence, EvidenceBody, EvidenceInputs, EvidenceSigningKey,
+};
 use bulwark_attestation::tpm::structures::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -202,6 +204,22 @@ pub fn recorded_event_log() -> Vec<u8> {
 }
 
 /// The TPM part of a document, without its quote.
+/// The inputs that reproduce `body` (node image, launch, isolation, freshness),
+/// without its TPM, TEE and GPU parts.
+pub fn inputs_of(body: &EvidenceBody) -> EvidenceInputs {
+    EvidenceInputs {
+        node_image: body.node.image.clone(),
+        tpm: None,
+        launch: body.launch.clone(),
+        isolation: body.isolation.clone(),
+        tee: None,
+        gpus: vec![],
+        nonce: body.freshness.nonce.0.clone(),
+        timestamp: body.freshness.timestamp,
+        tls_key_sha256: body.freshness.tls_key_sha256.as_ref().map(|t| t.0.clone()),
+    }
+}
+
 pub fn tpm_without_quote(pki: &EkPki, ak: &SoftwareAk, enrolled_at: u64) -> Tpm {
     Tpm {
         ek_certificate: pki.ek_der.clone().into(),
