@@ -76,7 +76,9 @@ impl<'de> Deserialize<'de> for Bytes {
                 Ok(Bytes(v))
             }
         }
-        d.deserialize_bytes(V)
+        // byte_buf, not bytes: ciborium's `deserialize_bytes` refuses byte
+        // strings longer than its scratch buffer (4 KiB).
+        d.deserialize_byte_buf(V)
     }
 }
 
@@ -310,11 +312,14 @@ impl EvidenceBody {
         if bytes.len() > MAX_DOCUMENT_LEN {
             return Err(Error::parse("evidence body too large"));
         }
-        let value = decode_value(bytes)?;
-        let body: EvidenceBody = value
-            .deserialized()
-            .map_err(|e| Error::Parse(format!("evidence body: {e}")))?;
-        if body.to_cbor()? != bytes {
+        // Straight into the schema (nesting bounded); the byte-exact re-encoding
+        // below refuses unknown or duplicate keys, any order but the canonical
+        // one and non-shortest heads.
+        let mut reader = bytes;
+        let body: EvidenceBody =
+            ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
+                .map_err(|e| Error::Parse(format!("evidence body: {e}")))?;
+        if !reader.is_empty() || body.to_cbor()? != bytes {
             return Err(Error::parse(
                 "evidence body is not in deterministic CBOR (RFC 8949 §4.2.1)",
             ));
@@ -422,10 +427,10 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> EvidenceBody {
+    pub(crate) fn sample() -> EvidenceBody {
         EvidenceBody {
             version: FORMAT_VERSION,
             node: Node {

@@ -11,7 +11,10 @@
 
 use super::document::EvidenceBody;
 use crate::Error;
-use coset::{iana, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+use coset::{
+    iana, AsCborValue, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder,
+    TaggedCborSerializable,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 
@@ -175,23 +178,71 @@ pub fn parse_document(bytes: &[u8]) -> Result<Envelope, Error> {
     if bytes.len() > super::document::MAX_DOCUMENT_LEN {
         return Err(Error::parse("evidence document too large"));
     }
-    // Bound nesting before coset walks it.
-    super::document::decode_value(bytes)?;
-    let sign1 = CoseSign1::from_tagged_slice(bytes)
-        .map_err(|e| Error::Parse(format!("COSE_Sign1: {e}")))?;
-    let again = sign1
-        .clone()
-        .to_tagged_vec()
-        .map_err(|e| Error::Parse(format!("COSE_Sign1: {e}")))?;
-    if again != bytes {
-        return Err(Error::parse("COSE_Sign1 is not in deterministic CBOR"));
-    }
+    // One bounded walk of the whole document; coset takes the tree it built.
+    let value = super::document::decode_value(bytes)?;
+    let inner = match value {
+        ciborium::value::Value::Tag(tag, inner) if tag == CoseSign1::TAG => *inner,
+        _ => return Err(Error::parse("COSE_Sign1: not tagged 18 (COSE_Sign1)")),
+    };
+    let sign1 =
+        CoseSign1::from_cbor_value(inner).map_err(|e| Error::Parse(format!("COSE_Sign1: {e}")))?;
     let payload = sign1
         .payload
         .as_deref()
         .ok_or_else(|| Error::parse("COSE_Sign1 without a payload"))?;
+    if deterministic_envelope(&sign1, payload)? != bytes {
+        return Err(Error::parse("COSE_Sign1 is not in deterministic CBOR"));
+    }
     let body = EvidenceBody::from_cbor(payload)?;
     Ok(Envelope { sign1, body })
+}
+
+/// The deterministic encoding of `sign1`: tag 18, a 4-array of the protected
+/// header's bytes as received, the unprotected header, the payload and the
+/// signature. Built by hand so that the payload is copied once, not walked.
+fn deterministic_envelope(sign1: &CoseSign1, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let protected = match &sign1.protected.original_data {
+        Some(b) => b.clone(),
+        None => sign1
+            .protected
+            .clone()
+            .to_vec()
+            .map_err(|e| Error::Parse(format!("COSE_Sign1 protected header: {e}")))?,
+    };
+    let unprotected = sign1
+        .unprotected
+        .clone()
+        .to_vec()
+        .map_err(|e| Error::Parse(format!("COSE_Sign1 unprotected header: {e}")))?;
+    let mut out = Vec::with_capacity(payload.len() + protected.len() + unprotected.len() + 128);
+    out.extend_from_slice(&[0xd2, 0x84]); // tag 18, array of 4
+    push_bstr(&mut out, &protected);
+    out.extend_from_slice(&unprotected);
+    push_bstr(&mut out, payload);
+    push_bstr(&mut out, &sign1.signature);
+    Ok(out)
+}
+
+/// A CBOR byte string (major type 2) with the shortest length head.
+fn push_bstr(out: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len() as u64;
+    match n {
+        0..=23 => out.push(0x40 | n as u8),
+        24..=0xff => out.extend_from_slice(&[0x58, n as u8]),
+        0x100..=0xffff => {
+            out.push(0x59);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(0x5a);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(0x5b);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(b);
 }
 
 /// Verify the envelope's signature with the body's evidence key: protected
@@ -266,5 +317,77 @@ mod tests {
             .unwrap();
         }
         assert!(EvidenceSigningKey::from_pkcs8(b"not a key").is_err());
+    }
+
+    /// The sample body with this key and a GPU whose certificate chain is
+    /// longer than ciborium's 4 KiB scratch buffer, signed.
+    fn signed_sample(key: &EvidenceSigningKey) -> (EvidenceBody, Vec<u8>) {
+        let mut body = crate::evidence::document::tests::sample();
+        body.node.evidence_key = key.public_key().into();
+        body.gpus.push(crate::evidence::document::Gpu {
+            host_bdf: "0000:41:00.0".into(),
+            spdm: vec![7; 300].into(),
+            cert_chain: vec![b'A'; 5000].into(),
+            rims: vec![],
+        });
+        let doc = sign_body(&body, key).unwrap();
+        (body, doc)
+    }
+
+    /// A COSE_Sign1 around `payload` written with a 4-byte length head for the
+    /// payload when `long_head`, as a careless encoder would.
+    fn envelope(payload: &[u8], signature: &[u8], long_head: bool) -> Vec<u8> {
+        let protected = [0xa1, 0x01, 0x26]; // {1: -7}
+        let mut out = vec![0xd2, 0x84, 0x43];
+        out.extend_from_slice(&protected);
+        out.push(0xa0);
+        if long_head {
+            out.push(0x5a);
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(payload);
+        } else {
+            push_bstr(&mut out, payload);
+        }
+        push_bstr(&mut out, signature);
+        out
+    }
+
+    #[test]
+    fn a_document_parses_back_to_its_body_and_any_other_encoding_is_refused() {
+        let key = EvidenceSigningKey::generate().unwrap();
+        let (body, doc) = signed_sample(&key);
+        let env = parse_document(&doc).unwrap();
+        assert_eq!(env.body, body);
+        verify_envelope(&env).unwrap();
+        let payload = body.to_cbor().unwrap();
+        let sig = env.sign1.signature.clone();
+        // The envelope written by hand is the same bytes as the signer's.
+        assert_eq!(envelope(&payload, &sig, false), doc);
+
+        let refused = |bytes: &[u8]| match parse_document(bytes) {
+            Err(Error::Parse(m)) => m,
+            other => panic!("accepted or wrong error: {other:?}"),
+        };
+        assert!(refused(&envelope(&payload, &sig, true)).contains("not in deterministic CBOR"));
+        assert!(refused(&doc[1..]).contains("not tagged 18"));
+        let mut trailing = doc.clone();
+        trailing.push(0);
+        assert!(refused(&trailing).contains("after the CBOR item"));
+        // The body's top-level map in reverse order: same content, not canonical.
+        let value: ciborium::value::Value = ciborium::de::from_reader(&payload[..]).unwrap();
+        let mut entries = value.into_map().unwrap();
+        entries.reverse();
+        let mut reversed = Vec::new();
+        ciborium::ser::into_writer(&ciborium::value::Value::Map(entries.clone()), &mut reversed)
+            .unwrap();
+        assert_ne!(reversed, payload);
+        assert!(refused(&envelope(&reversed, &sig, false))
+            .contains("evidence body is not in deterministic CBOR"));
+        // An extra key in the body.
+        entries.reverse();
+        entries.push(("extra".into(), 1.into()));
+        let mut extra = Vec::new();
+        ciborium::ser::into_writer(&ciborium::value::Value::Map(entries), &mut extra).unwrap();
+        assert!(refused(&envelope(&extra, &sig, false)).contains("evidence body"));
     }
 }
