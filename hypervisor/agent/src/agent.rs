@@ -53,6 +53,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// bulwarkd's end of one VM's guest channel: what the guest reported, the task
+/// serving it, and the queue of bulwarkd's requests to it.
+#[derive(Debug)]
+struct GuestLink {
+    view: crate::guest::Shared,
+    task: Option<tokio::task::AbortHandle>,
+    requests: Option<tokio::sync::mpsc::Sender<crate::guest::HostRequest>>,
+}
+
 /// The node agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -70,7 +79,7 @@ pub struct Agent {
     /// is enrolled then); `None` until then.
     attester: tokio::sync::Mutex<Option<bulwark_tpm::attester::Attester>>,
     /// Per VM: what its guest reported on the host channel, and the channel's task.
-    guests: Mutex<HashMap<String, (crate::guest::Shared, Option<tokio::task::AbortHandle>)>>,
+    guests: Mutex<HashMap<String, GuestLink>>,
     /// Per VM: the tasks serving its exposed ports.
     port_tasks: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
 }
@@ -783,13 +792,66 @@ impl Agent {
                     .map_err(|e| e.to_string())
             })
         });
-        let task = tokio::spawn(crate::guest::serve(listener, view.clone(), evidence));
-        if let Some((_, Some(old))) =
-            lock(&self.guests).insert(id.to_string(), (view, Some(task.abort_handle())))
+        let (requests, queue) = tokio::sync::mpsc::channel(crate::guest::MAX_QUEUED_REQUESTS);
+        let task = tokio::spawn(crate::guest::serve(listener, view.clone(), evidence, queue));
+        let link = GuestLink {
+            view,
+            task: Some(task.abort_handle()),
+            requests: Some(requests),
+        };
+        if let Some(GuestLink {
+            task: Some(old), ..
+        }) = lock(&self.guests).insert(id.to_string(), link)
         {
             old.abort();
         }
         Ok(())
+    }
+
+    /// Sends `make(reply)` to VM `id`'s guest and waits (bounded) for the answer.
+    pub async fn guest_request<T>(
+        &self,
+        id: &str,
+        make: impl FnOnce(
+            tokio::sync::oneshot::Sender<std::result::Result<T, String>>,
+        ) -> crate::guest::HostRequest,
+    ) -> Result<T> {
+        const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+        let requests = lock(&self.guests)
+            .get(id)
+            .and_then(|l| l.requests.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Conflict,
+                    "guest",
+                    format!("VM {id} has no guest channel (not running)"),
+                )
+            })?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        requests.try_send(make(tx)).map_err(|e| {
+            Error::new(
+                Kind::Conflict,
+                "guest",
+                format!("VM {id}'s guest channel takes no request now: {e}"),
+            )
+        })?;
+        match tokio::time::timeout(ANSWER_DEADLINE, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(why))) => Err(Error::new(Kind::Conflict, "guest", why)),
+            Ok(Err(_)) => Err(Error::new(
+                Kind::Conflict,
+                "guest",
+                "the guest disconnected before answering",
+            )),
+            Err(_) => Err(Error::new(
+                Kind::Conflict,
+                "guest",
+                format!(
+                    "the guest did not answer within {} s",
+                    ANSWER_DEADLINE.as_secs()
+                ),
+            )),
+        }
     }
 
     /// Stops listening for VM `id`'s guest (its view stays for `GET /vms/{id}/guest`)
@@ -798,10 +860,11 @@ impl Agent {
         if let Some(tasks) = lock(&self.port_tasks).remove(id) {
             tasks.iter().for_each(tokio::task::AbortHandle::abort);
         }
-        if let Some((_, task)) = lock(&self.guests).get_mut(id) {
-            if let Some(t) = task.take() {
+        if let Some(link) = lock(&self.guests).get_mut(id) {
+            if let Some(t) = link.task.take() {
                 t.abort();
             }
+            link.requests = None;
         }
     }
 
@@ -809,7 +872,7 @@ impl Agent {
     pub fn guest_view(&self, id: &str) -> crate::guest::GuestView {
         lock(&self.guests)
             .get(id)
-            .map(|(v, _)| v.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|l| l.view.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default()
     }
 
@@ -1129,10 +1192,21 @@ impl Agent {
                         .map(|r| doc::Sanitization {
                             method: r
                                 .steps
-                                .first()
-                                .map_or_else(String::new, |s| s.method.clone()),
-                            // The vendor memory clear is not built: the reset is, the clear is not.
-                            result: "not-scrubbed".into(),
+                                .iter()
+                                .map(|s| s.method.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            // "scrubbed" only when a step cleared the device's memory and
+                            // read it back zero; a reset alone is not a scrub.
+                            result: if r
+                                .steps
+                                .iter()
+                                .any(|s| crate::sanitize::clears_memory(&s.method))
+                            {
+                                "scrubbed".into()
+                            } else {
+                                "not-scrubbed".into()
+                            },
                             at: r.finished_at_ms.unwrap_or(r.started_at_ms) / 1000,
                         })
                 }

@@ -332,6 +332,91 @@ async fn attest(State(app): State<App>, UrlPath(id): UrlPath<String>, body: Byte
     Ok(([(header::CONTENT_TYPE, "application/cose")], doc).into_response())
 }
 
+/// 404 unless VM `id` exists.
+async fn known_vm(app: &App, id: &str) -> Result<(), Error> {
+    if app.agent.state().await?.vms.contains_key(id) {
+        Ok(())
+    } else {
+        Err(Error::not_found("id", format!("no VM {id}")))
+    }
+}
+
+async fn guest_ping(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    known_vm(&app, &id).await?;
+    let rtt = app
+        .agent
+        .guest_request(&id, |reply| crate::guest::HostRequest::Ping { reply })
+        .await?;
+    ok(serde_json::json!({ "round_trip_us": rtt.as_micros() as u64 }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeReq {
+    /// Hex, 16 to 64 bytes.
+    nonce: String,
+}
+
+async fn guest_challenge(
+    State(app): State<App>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let r: ChallengeReq = parse(&body)?;
+    let nonce = hex::decode(&r.nonce)
+        .ok()
+        .filter(|n| (16..=64).contains(&n.len()))
+        .ok_or_else(|| Error::new(Kind::BadRequest, "nonce", "must be 16 to 64 bytes of hex"))?;
+    known_vm(&app, &id).await?;
+    let answer = app
+        .agent
+        .guest_request(&id, |reply| crate::guest::HostRequest::Challenge {
+            nonce,
+            reply,
+        })
+        .await?;
+    ok(answer)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShutdownReq {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn guest_shutdown(
+    State(app): State<App>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let r: ShutdownReq = if body.is_empty() {
+        ShutdownReq { reason: None }
+    } else {
+        parse(&body)?
+    };
+    let reason = r.reason.unwrap_or_else(|| "operator request".into());
+    if reason.len() > bulwark_guest_protocol::MAX_TEXT {
+        return Err(Error::new(
+            Kind::BadRequest,
+            "reason",
+            format!("over {} bytes", bulwark_guest_protocol::MAX_TEXT),
+        ));
+    }
+    known_vm(&app, &id).await?;
+    app.agent
+        .guest_request(&id, |reply| crate::guest::HostRequest::Shutdown {
+            reason,
+            reply,
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "sent": "shutdown" })),
+    )
+        .into_response())
+}
+
 async fn fallback() -> Error {
     Error::not_found("path", "no such endpoint")
 }
@@ -360,6 +445,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{id}/stop", post(stop_vm))
         .route("/vms/{id}/attest", post(attest))
         .route("/vms/{id}/guest", get(guest))
+        .route("/vms/{id}/guest/ping", post(guest_ping))
+        .route("/vms/{id}/guest/challenge", post(guest_challenge))
+        .route("/vms/{id}/guest/shutdown", post(guest_shutdown))
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             Error::new(Kind::BadRequest, "method", "method not allowed here").into_response()

@@ -7,12 +7,16 @@
 //! `Error` message and counted. The guest's `EvidenceRequest`s (an attested TLS
 //! handshake on one of its bridges) are answered with the node's evidence for that
 //! nonce and TLS key, in `Evidence` pieces, or `EvidenceUnavailable` with the reason.
+//! bulwarkd's own requests ([`HostRequest`]: `Ping`, `Challenge`, `Shutdown`) go to
+//! the connected guest and their answers back to whoever asked; with no guest
+//! connected they are refused at once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulwark_guest_protocol::{
     decode_guest, encode_host, EvidenceChunk, EvidenceRequest, FrameReader, GuestMessage,
@@ -21,6 +25,7 @@ use bulwark_guest_protocol::{
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 /// How much of each output stream is kept.
 const TAIL: usize = 64 * 1024;
@@ -37,6 +42,52 @@ pub type EvidenceSource = Arc<
         + Send
         + Sync,
 >;
+
+/// How many host requests may wait for the channel task.
+pub const MAX_QUEUED_REQUESTS: usize = 16;
+
+/// A request of bulwarkd's to the guest, and where its answer goes. An answer
+/// that never comes (the guest disconnects) drops the sender: the asker sees it.
+#[derive(Debug)]
+pub enum HostRequest {
+    /// Liveness: the round trip to the guest's `Pong`.
+    Ping { reply: PingReply },
+    /// A nonce for the guest's attestation key to sign; the answer says whether
+    /// the signature verifies with the key the guest announced.
+    Challenge {
+        nonce: Vec<u8>,
+        reply: ChallengeReply,
+    },
+    /// Stop the workload and power off (answered once the message is sent).
+    Shutdown {
+        reason: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+impl HostRequest {
+    fn refuse(self, why: &str) {
+        let why = why.to_string();
+        match self {
+            HostRequest::Ping { reply } => drop(reply.send(Err(why))),
+            HostRequest::Challenge { reply, .. } => drop(reply.send(Err(why))),
+            HostRequest::Shutdown { reply, .. } => drop(reply.send(Err(why))),
+        }
+    }
+}
+
+/// The guest's answer to a challenge.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChallengeAnswer {
+    /// Hex.
+    pub nonce: String,
+    /// DER ECDSA P-384/SHA-384, hex.
+    pub signature: String,
+    /// The guest's attestation key (SEC1, hex), from its `AttestationKey` message.
+    pub attestation_key: Option<String>,
+    /// The signature verifies with that key over the protocol's challenge bytes.
+    pub verified: bool,
+}
 
 /// The end of a stream of workload output.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -142,19 +193,114 @@ fn lock(v: &Shared) -> std::sync::MutexGuard<'_, GuestView> {
     v.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Serves the channel on `listener` (one guest connection at a time) until aborted.
-pub async fn serve(listener: tokio::net::UnixListener, view: Shared, evidence: EvidenceSource) {
+/// Serves the channel on `listener` (one guest connection at a time) until aborted;
+/// `requests` go to the connected guest (refused while none is).
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    view: Shared,
+    evidence: EvidenceSource,
+    mut requests: mpsc::Receiver<HostRequest>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            Some(r) = requests.recv() => {
+                r.refuse("no guest is connected to the channel");
+                continue;
+            }
         };
         {
             let mut v = lock(&view);
             v.connected = true;
             v.connections += 1;
         }
-        connection(stream, &view, &evidence).await;
+        connection(stream, &view, &evidence, &mut requests).await;
         lock(&view).connected = false;
+    }
+}
+
+/// Where the answer to a ping goes.
+type PingReply = oneshot::Sender<Result<Duration, String>>;
+/// Where the answer to a challenge goes.
+type ChallengeReply = oneshot::Sender<Result<ChallengeAnswer, String>>;
+
+/// Host requests sent and not yet answered, on one connection.
+#[derive(Default)]
+struct Pending {
+    next_ping: u64,
+    pings: HashMap<u64, (Instant, PingReply)>,
+    challenges: Vec<(Vec<u8>, ChallengeReply)>,
+}
+
+impl Pending {
+    /// The message for `r`, keeping where its answer goes (`None`: answered now).
+    fn send(&mut self, r: HostRequest) -> Option<HostMessage> {
+        const MAX_WAITING: usize = MAX_QUEUED_REQUESTS;
+        match r {
+            HostRequest::Ping { reply } => {
+                if self.pings.len() >= MAX_WAITING {
+                    let _ = reply.send(Err("too many pings waiting for the guest".into()));
+                    return None;
+                }
+                self.next_ping += 1;
+                self.pings.insert(self.next_ping, (Instant::now(), reply));
+                Some(HostMessage::Ping {
+                    nonce: self.next_ping,
+                })
+            }
+            HostRequest::Challenge { nonce, reply } => {
+                if self.challenges.len() >= MAX_WAITING {
+                    let _ = reply.send(Err("too many challenges waiting for the guest".into()));
+                    return None;
+                }
+                self.challenges.push((nonce.clone(), reply));
+                Some(HostMessage::Challenge { nonce })
+            }
+            HostRequest::Shutdown { reason, reply } => {
+                let _ = reply.send(Ok(()));
+                Some(HostMessage::Shutdown { reason })
+            }
+        }
+    }
+
+    /// Gives a guest answer to whoever asked; `false` when nobody did.
+    fn answer(&mut self, msg: &GuestMessage, key: Option<&[u8]>) -> bool {
+        match msg {
+            GuestMessage::Pong { nonce } => match self.pings.remove(nonce) {
+                Some((sent, reply)) => {
+                    let _ = reply.send(Ok(sent.elapsed()));
+                    true
+                }
+                None => false,
+            },
+            GuestMessage::ChallengeResponse(c) => {
+                let Some(i) = self.challenges.iter().position(|(n, _)| *n == c.nonce) else {
+                    return false;
+                };
+                let (nonce, reply) = self.challenges.remove(i);
+                let verified = key.is_some_and(|k| {
+                    bulwark_attestation::crypto::verify_ecdsa(
+                        bulwark_attestation::crypto::Ecdsa::P384Sha384,
+                        bulwark_attestation::crypto::SigEncoding::Der,
+                        k,
+                        &bulwark_guest_protocol::challenge_signed_bytes(&nonce),
+                        &c.signature,
+                    )
+                    .is_ok()
+                });
+                let _ = reply.send(Ok(ChallengeAnswer {
+                    nonce: hex::encode(&nonce),
+                    signature: hex::encode(&c.signature),
+                    attestation_key: key.map(hex::encode),
+                    verified,
+                }));
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -201,7 +347,12 @@ async fn answer_evidence(
     }
 }
 
-async fn connection(mut stream: tokio::net::UnixStream, view: &Shared, evidence: &EvidenceSource) {
+async fn connection(
+    mut stream: tokio::net::UnixStream,
+    view: &Shared,
+    evidence: &EvidenceSource,
+    requests: &mut mpsc::Receiver<HostRequest>,
+) {
     let hello = HostMessage::Hello {
         protocol: 1,
         host: format!("bulwarkd {}", env!("CARGO_PKG_VERSION")),
@@ -213,8 +364,21 @@ async fn connection(mut stream: tokio::net::UnixStream, view: &Shared, evidence:
     }
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = Pending::default();
     loop {
-        let n = match stream.read(&mut buf).await {
+        let read = tokio::select! {
+            read = stream.read(&mut buf) => read,
+            Some(r) = requests.recv() => {
+                if let Some(msg) = pending.send(r) {
+                    match encode_host(&msg) {
+                        Ok(bytes) if stream.write_all(&bytes).await.is_ok() => {}
+                        _ => return,
+                    }
+                }
+                continue;
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => {
                 if let Some(e) = reader.finish() {
                     let mut v = lock(view);
@@ -227,13 +391,22 @@ async fn connection(mut stream: tokio::net::UnixStream, view: &Shared, evidence:
         };
         reader.push(&buf[..n]);
         let mut replies = Vec::new();
-        let mut requests = Vec::new();
+        let mut evidence_requests = Vec::new();
         while let Some(frame) = reader.next_frame() {
             let msg = frame.and_then(|f| decode_guest(&f));
             let mut v = lock(view);
             match msg {
-                Ok(GuestMessage::EvidenceRequest(r)) => requests.push(r),
-                Ok(m) => replies.extend(v.take(m)),
+                Ok(GuestMessage::EvidenceRequest(r)) => evidence_requests.push(r),
+                Ok(m) => {
+                    let key = v
+                        .attestation_key
+                        .as_ref()
+                        .and_then(|k| k.get("public_key"))
+                        .and_then(|k| serde_json::from_value::<Vec<u8>>(k.clone()).ok());
+                    if !pending.answer(&m, key.as_deref()) {
+                        replies.extend(v.take(m));
+                    }
+                }
                 Err(e) => {
                     v.protocol_errors += 1;
                     v.last_protocol_error = Some(e.to_string());
@@ -241,7 +414,7 @@ async fn connection(mut stream: tokio::net::UnixStream, view: &Shared, evidence:
                 }
             }
         }
-        for r in requests {
+        for r in evidence_requests {
             replies.extend(answer_evidence(r, evidence, view).await);
         }
         for r in replies {
@@ -272,5 +445,138 @@ mod tests {
         t.push(21, &vec![b'x'; TAIL]);
         assert_eq!(t.tail.len(), TAIL);
         assert!(t.tail.bytes().all(|b| b == b'x'));
+    }
+
+    /// The guest's end of the channel, for the request tests.
+    struct FakeGuest {
+        stream: tokio::net::UnixStream,
+        reader: FrameReader,
+    }
+
+    impl FakeGuest {
+        async fn send(&mut self, m: &GuestMessage) {
+            self.stream
+                .write_all(&bulwark_guest_protocol::encode_guest(m).unwrap())
+                .await
+                .unwrap();
+        }
+        async fn next(&mut self) -> HostMessage {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(f) = self.reader.next_frame() {
+                    return bulwark_guest_protocol::decode_host(&f.unwrap()).unwrap();
+                }
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the host closed the channel");
+                self.reader.push(&buf[..n]);
+            }
+        }
+    }
+
+    async fn ask<T>(
+        q: &mpsc::Sender<HostRequest>,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> HostRequest,
+    ) -> oneshot::Receiver<Result<T, String>> {
+        let (tx, rx) = oneshot::channel();
+        q.send(make(tx)).await.unwrap();
+        rx
+    }
+
+    #[tokio::test]
+    async fn host_requests_reach_the_guest_and_its_answers_come_back() {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock_1024");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let view = Shared::default();
+        let evidence: EvidenceSource =
+            Arc::new(|_, _| Box::pin(async { Err("no evidence in this test".to_string()) }));
+        let (q, queue) = mpsc::channel(MAX_QUEUED_REQUESTS);
+        let task = tokio::spawn(serve(listener, view.clone(), evidence, queue));
+
+        // No guest yet: refused at once.
+        let r = ask(&q, |reply| HostRequest::Ping { reply }).await;
+        assert_eq!(
+            r.await.unwrap().unwrap_err(),
+            "no guest is connected to the channel"
+        );
+
+        let mut g = FakeGuest {
+            stream: tokio::net::UnixStream::connect(&path).await.unwrap(),
+            reader: FrameReader::new(),
+        };
+        assert!(matches!(g.next().await, HostMessage::Hello { .. }));
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        g.send(&GuestMessage::AttestationKey(
+            bulwark_guest_protocol::AttestationKey {
+                algorithm: "ecdsa-p384".into(),
+                public_key: key.public_key().as_ref().to_vec(),
+            },
+        ))
+        .await;
+
+        // Ping → Pong with the same nonce → the round trip.
+        let r = ask(&q, |reply| HostRequest::Ping { reply }).await;
+        let HostMessage::Ping { nonce } = g.next().await else {
+            panic!("not a ping")
+        };
+        g.send(&GuestMessage::Pong { nonce: nonce + 1 }).await; // nobody asked: ignored
+        g.send(&GuestMessage::Pong { nonce }).await;
+        assert!(r.await.unwrap().is_ok());
+
+        // Challenge: a good signature verifies with the announced key, a bad one not.
+        for good in [true, false] {
+            let nonce = vec![if good { 7 } else { 8 }; 32];
+            let r = ask(&q, |reply| HostRequest::Challenge {
+                nonce: nonce.clone(),
+                reply,
+            })
+            .await;
+            let HostMessage::Challenge { nonce: got } = g.next().await else {
+                panic!("not a challenge")
+            };
+            assert_eq!(got, nonce);
+            let signed = if good {
+                bulwark_guest_protocol::challenge_signed_bytes(&got)
+            } else {
+                b"something else".to_vec()
+            };
+            let signature = key.sign(&rng, &signed).unwrap().as_ref().to_vec();
+            g.send(&GuestMessage::ChallengeResponse(
+                bulwark_guest_protocol::ChallengeResponse {
+                    nonce: got,
+                    signature,
+                },
+            ))
+            .await;
+            let a = r.await.unwrap().unwrap();
+            assert_eq!(a.verified, good);
+            assert_eq!(
+                a.attestation_key,
+                Some(hex::encode(key.public_key().as_ref()))
+            );
+        }
+
+        // Shutdown: sent with its reason.
+        let r = ask(&q, |reply| HostRequest::Shutdown {
+            reason: "maintenance".into(),
+            reply,
+        })
+        .await;
+        assert!(r.await.unwrap().is_ok());
+        assert!(
+            matches!(g.next().await, HostMessage::Shutdown { reason } if reason == "maintenance")
+        );
+
+        // A ping the guest never answers: its disconnect drops the request.
+        let r = ask(&q, |reply| HostRequest::Ping { reply }).await;
+        assert!(matches!(g.next().await, HostMessage::Ping { .. }));
+        drop(g);
+        assert!(r.await.is_err(), "the asker learns the guest went away");
+        assert_eq!(lock(&view).protocol_errors, 0);
+        task.abort();
     }
 }

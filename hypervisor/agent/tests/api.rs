@@ -437,6 +437,49 @@ fn bad_input_is_refused_naming_the_field() {
         .0,
         404
     );
+    // Host requests to a guest: the nonce and reason checked, an unknown VM 404.
+    for (path, body, status, field) in [
+        (
+            "/vms/v/guest/challenge",
+            json!({ "nonce": "00" }),
+            400,
+            "nonce",
+        ),
+        (
+            "/vms/v/guest/challenge",
+            json!({ "nonce": "zz".repeat(16) }),
+            400,
+            "nonce",
+        ),
+        (
+            "/vms/v/guest/challenge",
+            json!({ "nonse": "00" }),
+            400,
+            "nonse",
+        ),
+        (
+            "/vms/v/guest/shutdown",
+            json!({ "reason": "x".repeat(5000) }),
+            400,
+            "reason",
+        ),
+        (
+            "/vms/v/guest/challenge",
+            json!({ "nonce": "00".repeat(16) }),
+            404,
+            "id",
+        ),
+        ("/vms/v/guest/ping", Value::Null, 404, "id"),
+        ("/vms/v/guest/shutdown", json!({}), 404, "id"),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (s, v) = n.call("POST", path, body.clone());
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (status, Some(field)),
+            "{path} {body:?}: {v}"
+        );
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@
 # tiny guest vfio-edu runs under a jailed bulwark-vmm with the device passed through
 # (the guest does DMA and MSI with it); tenant b is refused while a's VM exists; after
 # the VM is stopped and deleted the device is scrubbed again and b is accepted; the
-# device without a reset fails its scrub, is quarantined and is not assigned.
+# device without a reset fails its scrub, is quarantined and is not assigned. An
+# ivshmem-plain device's BAR 2, filled through sysfs first, reads zero after its scrub.
 lab_check kvm-device test -c /dev/kvm
 ulimit -l unlimited || echo "could not raise RLIMIT_MEMLOCK"
 
@@ -18,9 +19,20 @@ for d in /sys/bus/pci/devices/*; do
   [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1234:0x11e8 ] || continue
   case ${d##*/} in 0000:00:*) ;; *) edu=${d##*/} ;; esac
 done
-for d in $edu $bad; do
+# ivshmem-plain: its BAR 2 is device memory, standing in for a GPU's.
+shm=""
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1110 ] && shm=${d##*/}
+done
+for d in $edu $bad $shm; do
   echo "$d: group $(basename "$(readlink /sys/bus/pci/devices/$d/iommu_group)"), members: $(ls /sys/bus/pci/devices/$d/iommu_group/devices | tr '\n' ' ')driver: $(basename "$(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null)" 2>/dev/null)"
 done
+
+# cgroup v2 with the cpu, memory and pids controllers for the VMMs' cgroups (L1 has
+# no init system that would mount it).
+mount -t cgroup2 none /sys/fs/cgroup && echo "+cpu +memory +pids" >/sys/fs/cgroup/cgroup.subtree_control &&
+  mkdir -p /sys/fs/cgroup/bulwark || echo "cgroup v2 setup failed"
+echo "cgroup v2: $(cat /sys/fs/cgroup/bulwark/cgroup.controllers 2>&1)"
 
 # The root bulwarkd lives in: a tmpfs mount (pivot_root needs a mounted root).
 R=/r
@@ -34,8 +46,8 @@ chmod 0755 $R/var $R/var/lib $R/var/lib/bulwark
 # The VMM's gid may open /dev/kvm (as udev's kvm group would).
 chgrp 36 /dev/kvm && chmod 0660 /dev/kvm
 cat >$R/etc/bulwarkd.json <<EOF
-{"devices": ["$edu", "$bad"],
- "jail": {"uid_base": 2000, "uid_count": 10, "gid": 36},
+{"devices": ["$edu", "$bad", "$shm"],
+ "jail": {"uid_base": 2000, "uid_count": 10, "gid": 36, "cgroup_parent": "/sys/fs/cgroup/bulwark", "pids_max": 128},
  "vmm_bin": "/bin/bulwark-vmm", "vmm_mmio64_gib": 64,
  "scrub_step_timeout_ms": 60000}
 EOF
@@ -93,6 +105,28 @@ else
   lab_fail agent-scrub-on-enroll "$edu: $enrolled; scrubs: $scrubs"; agent_log
 fi
 
+# Device memory: a previous tenant's bytes in ivshmem's BAR 2 (written through sysfs,
+# not VFIO); enrolment scrubs the device, and the same sysfs mapping must then read
+# zeros everywhere.
+secret=TENANT-A-SECRET-
+filled=$(/bin/lab-pci-bar fill "$shm" 2 "$secret" 2>&1 && /bin/lab-pci-bar count "$shm" 2 "$secret" 2>&1)
+echo "$filled"
+menrolled=$(ctl --json devices enroll "$shm" --wait | tr -d ' \n')
+echo "enroll $shm: $menrolled"
+mscrubs=$(j devices scrubs "$shm")
+ctl devices scrubs "$shm"
+cleared=$(/bin/lab-pci-bar count "$shm" 2 "$secret" 2>&1)
+echo "$cleared"
+if echo "$filled" | grep -q ' 0 non-zero'; then
+  lab_fail agent-memory-clear "the fill did not reach the BAR: $filled"
+elif [ "$(field "$menrolled" state)" = available ] &&
+  [ "$(steps "$mscrubs" power-on-state-check+bar2-zero-readback true)" -eq 1 ] &&
+  echo "$cleared" | grep -q ' 0 non-zero, 0 copies'; then
+  lab_pass agent-memory-clear "$shm: before the scrub $(echo "$filled" | tail -n1 | sed 's/.*bytes, //'); after: $(echo "$cleared" | sed 's/.*bytes, //')"
+else
+  lab_fail agent-memory-clear "$shm: $menrolled; scrubs: $mscrubs; after: $cleared"; agent_log
+fi
+
 # Tenant a's VM: the signed tiny guest with the device.
 ctl tenants create a --key /lab/tiny/signing.pub
 ctl tenants create b --key /lab/tiny/signing.pub
@@ -117,10 +151,12 @@ vmmroot=$(ls "/proc/$pid/root" 2>/dev/null | tr '\n' ' ')
 if [ -n "$pid" ] && grep -q '^Uid:[[:space:]]*2000[[:space:]]*2000[[:space:]]*2000[[:space:]]*2000' "/proc/$pid/status" &&
   grep -q '^NoNewPrivs:[[:space:]]*1' "/proc/$pid/status" && grep -q '^Seccomp:[[:space:]]*2' "/proc/$pid/status" &&
   [ "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] &&
-  ! ls "/proc/$pid/root/var/lib/bulwark/bulwarkd.db" >/dev/null 2>&1 && [ -c "/proc/$pid/root/dev/kvm" ]; then
-  lab_pass agent-vm-jailed "uid 2000, no_new_privs, seccomp, own mount namespace, root: $vmmroot"
+  ! ls "/proc/$pid/root/var/lib/bulwark/bulwarkd.db" >/dev/null 2>&1 && [ -c "/proc/$pid/root/dev/kvm" ] &&
+  [ "$(cat "/proc/$pid/cgroup")" = "0::/bulwark/v1" ] && [ "$(cat /sys/fs/cgroup/bulwark/v1/memory.max)" = $(((64 + 256) << 20)) ] &&
+  [ "$(cat /sys/fs/cgroup/bulwark/v1/pids.max)" = 128 ] && [ "$(cat /sys/fs/cgroup/bulwark/v1/cpu.max)" = "100000 100000" ]; then
+  lab_pass agent-vm-jailed "uid 2000, no_new_privs, seccomp, own mount namespace, cgroup $(cat "/proc/$pid/cgroup") (memory.max $(cat /sys/fs/cgroup/bulwark/v1/memory.max), pids.max 128, cpu.max $(cat /sys/fs/cgroup/bulwark/v1/cpu.max)), root: $vmmroot"
 else
-  lab_fail agent-vm-jailed "pid $pid: $(grep -E '^(Uid|Gid|NoNewPrivs|Seccomp):' "/proc/$pid/status" 2>/dev/null | tr '\n' ' ') root: $vmmroot"
+  lab_fail agent-vm-jailed "pid $pid: $(grep -E '^(Uid|Gid|NoNewPrivs|Seccomp):' "/proc/$pid/status" 2>/dev/null | tr '\n' ' ') cgroup: $(cat "/proc/$pid/cgroup" 2>&1) limits: $(cat /sys/fs/cgroup/bulwark/v1/memory.max /sys/fs/cgroup/bulwark/v1/pids.max /sys/fs/cgroup/bulwark/v1/cpu.max 2>&1 | tr '\n' ' ') root: $vmmroot"
 fi
 group=$(field "$dev" iommu_group)
 vfio_fd=$(ls -l "/proc/$pid/fd" 2>/dev/null | grep -c "/dev/vfio/$group\$")

@@ -297,18 +297,26 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "agent-vfio",
-        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
+        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), clears an ivshmem device's memory BAR that L1 filled (and reads it back through sysfs), runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
         script: include_str!("../../lab/scenarios/agent-vfio.sh"),
         modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
         // The edu behind a PCIe root port is alone on its bus, so vfio-pci can reset it
         // (secondary bus reset); the one on the root bus (05.0) has no reset at all.
+        // ivshmem-plain behind its own root port stands in for a GPU's memory: its
+        // BAR 2 is the memory the scrub must clear.
         devices: &[
             "pcie-root-port,id=rp1,chassis=1,addr=03.0",
             "edu,bus=rp1,addr=00.0",
             "edu,addr=05.0",
+            "pcie-root-port,id=rp2,chassis=2,addr=04.0",
+            "ivshmem-plain,memdev=shm,bus=rp2,addr=00.0",
         ],
+        objects: &["memory-backend-ram,id=shm,size=1M"],
         memory_mib: 768,
-        guest_programs: &[VMM],
+        guest_programs: &[VMM, GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-pci-bar",
+        }],
         host_built_programs: &[
             GuestProgram {
                 package: "bulwark-agent",
@@ -326,6 +334,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "agent-health",
             "agent-enroll",
             "agent-scrub-on-enroll",
+            "agent-memory-clear",
             "agent-quarantine",
             "agent-vm-running",
             "agent-vm-jailed",

@@ -269,6 +269,22 @@ enum VmCmd {
     Delete {
         id: String,
     },
+    /// Ping the VM's bulwark-init over the host channel (round trip).
+    Ping {
+        id: String,
+    },
+    /// Have the guest's attestation key sign NONCE (hex, 16 to 64 bytes).
+    Challenge {
+        id: String,
+        #[arg(long)]
+        nonce: String,
+    },
+    /// Ask the guest to stop its workload and power off (`stop` is the hard stop).
+    Shutdown {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Write the VM's attestation evidence for NONCE to FILE.
     Attest {
         id: String,
@@ -622,6 +638,28 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 call(sock, "DELETE", &format!("/vms/{id}"), None)?;
                 out(&json!({ "deleted": id }), &|_| println!("VM {id} deleted"))
             }
+            VmCmd::Ping { id } => out(
+                &call(sock, "POST", &format!("/vms/{id}/guest/ping"), None)?,
+                &print_kv,
+            ),
+            VmCmd::Challenge { id, nonce } => out(
+                &call(
+                    sock,
+                    "POST",
+                    &format!("/vms/{id}/guest/challenge"),
+                    Some(json!({ "nonce": nonce })),
+                )?,
+                &print_kv,
+            ),
+            VmCmd::Shutdown { id, reason } => out(
+                &call(
+                    sock,
+                    "POST",
+                    &format!("/vms/{id}/guest/shutdown"),
+                    Some(json!({ "reason": reason })),
+                )?,
+                &print_kv,
+            ),
             VmCmd::Attest {
                 id,
                 nonce,
