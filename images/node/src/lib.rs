@@ -11,4 +11,6 @@
 //!   inactive slot, with boot counting and anti-rollback.
 
 pub mod error;
+pub mod pe;
+pub mod uki;
 pub use error::NodeImageError;
