@@ -11,6 +11,7 @@
 //!   inactive slot, with boot counting and anti-rollback.
 
 pub mod error;
+pub mod measure;
 pub mod pe;
 pub mod uki;
 pub use error::NodeImageError;
