@@ -185,3 +185,53 @@ fn a_tenant_manifest_has_no_node_field_and_no_node_components() {
         "{e}"
     );
 }
+
+/// `bulwark-image sign` accepts a node image and `inspect` shows its kind.
+#[test]
+fn the_cli_signs_and_inspects_a_node_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let uki = dir.path().join("uki.efi");
+    std::fs::write(&uki, b"uki bytes").unwrap();
+    let out = dir.path().join("n.bwi");
+    build_node(
+        &NodeBuildSpec {
+            name: "cli-node".into(),
+            version: 2,
+            created: 0,
+            uki,
+            bootloader: None,
+            node: node_info(false),
+        },
+        &out,
+        &|_| {},
+    )
+    .unwrap();
+    let (key, _, _) = generate_key_pair(&dir.path().join("keys")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_bulwark-image");
+    let o = std::process::Command::new(bin)
+        .args(["sign", "--key"])
+        .arg(&key)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(bin)
+        .args(["--json", "inspect"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["kind"], "node", "{v}");
+    assert_eq!(v["manifest"]["node"]["pcrs"]["11"], "11".repeat(32));
+    let o = std::process::Command::new(bin)
+        .arg("inspect")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("kind     node") && text.contains("pcr 11"),
+        "{text}"
+    );
+}

@@ -10,6 +10,7 @@
 //! - `install`: verify a signed node image, then write it to a disk or the
 //!   inactive slot, with boot counting and anti-rollback.
 
+pub mod build;
 pub mod error;
 pub mod measure;
 pub mod pe;
