@@ -12,13 +12,20 @@
 //!   dbx, then the separator). With it on, it depends on the enrolled keys: firmware-owned.
 //! - PCR 9: the Linux EFI stub's `EV_EVENT_TAG` events: "LOADED_IMAGE::LoadOptions"
 //!   over the UTF-16 command line the systemd stub passes (with its NUL), then
-//!   "Linux initrd" over the initrd. Not confirmed against a measured log.
+//!   "Linux initrd" over the initrd.
 //! - PCR 11: systemd-stub 252 measures, for each of `.linux`, `.osrel`,
 //!   `.cmdline`, `.initrd`, `.splash`, `.dtb`, `.pcrpkey` present, in that
 //!   order, SHA-256 of the name with its NUL and then of the section's
 //!   contents (`VirtualSize` bytes). Equals `systemd-measure calculate --phase=''`.
-//! - PCR 12: zero (the stub measures the command line there only when a boot
-//!   loader overrides the embedded one).
+//! - PCR 12: zero when the firmware starts the UKI directly (the stub measures
+//!   the command line there only when a boot loader overrides the embedded
+//!   one). Through systemd-boot: `EV_IPL` of the UTF-16 command line by
+//!   systemd-boot, and with Secure Boot off once more by the stub, which
+//!   accepts the (identical) override.
+//!
+//! PCRs 4, 7, 9, 11 and 12 with Secure Boot off, both boot paths, were checked
+//! against a measured boot (OVMF + swtpm, Debian 6.1 kernel; docs/node-image.md).
+//! With Secure Boot on, 4, 9 and 12 are marked unconfirmed.
 
 use std::collections::BTreeMap;
 
@@ -298,13 +305,33 @@ pub fn predict(uki: &[u8], opts: &MeasureOptions<'_>) -> Result<Prediction, Node
         b.add(11, "EV_IPL", d, desc);
     }
 
+    // PCR 12: systemd-boot passes the UKI's .cmdline as LoadOptions and
+    // measures it; with Secure Boot off the stub accepts that override and
+    // measures it again. Booted directly, nothing is measured here.
+    if opts.boot_manager.is_some() {
+        b.add(
+            12,
+            "EV_IPL",
+            sha256(&load_options),
+            "LoadOptions passed by systemd-boot (UTF-16 command line + NUL)",
+        );
+        if !sb {
+            b.add(
+                12,
+                "EV_IPL",
+                sha256(&load_options),
+                "command line override accepted by the stub (Secure Boot off)",
+            );
+        }
+    }
+
     let mut pcrs = BTreeMap::new();
     let hexv = |v: [u8; 32]| hex::encode(v);
     pcrs.insert(
         4,
         PcrValue {
             sha256: hexv(b.value(4)),
-            confidence: if opts.boot_manager.is_some() || sb {
+            confidence: if sb {
                 Confidence::Unconfirmed
             } else {
                 Confidence::Confirmed
@@ -339,8 +366,12 @@ pub fn predict(uki: &[u8], opts: &MeasureOptions<'_>) -> Result<Prediction, Node
         9,
         PcrValue {
             sha256: hexv(b.value(9)),
-            confidence: Confidence::Unconfirmed,
-            basis: "Linux EFI stub: LoadOptions (UTF-16 command line + NUL) then the initrd; not checked against a measured log".into(),
+            confidence: if sb {
+                Confidence::Unconfirmed
+            } else {
+                Confidence::Confirmed
+            },
+            basis: "Linux EFI stub: LoadOptions (UTF-16 command line + NUL) then the initrd; equals a measured boot with Secure Boot off".into(),
         },
     );
     pcrs.insert(
@@ -354,16 +385,16 @@ pub fn predict(uki: &[u8], opts: &MeasureOptions<'_>) -> Result<Prediction, Node
     pcrs.insert(
         12,
         PcrValue {
-            sha256: hexv([0; 32]),
-            confidence: if opts.boot_manager.is_some() {
+            sha256: hexv(b.value(12)),
+            confidence: if sb && opts.boot_manager.is_some() {
                 Confidence::Unconfirmed
             } else {
                 Confidence::Confirmed
             },
             basis: if opts.boot_manager.is_some() {
-                "no command line override; systemd-boot may pass the UKI's own .cmdline as LoadOptions, which the stub would measure here".into()
+                "systemd-boot passes and measures the UKI's .cmdline; with Secure Boot off the stub measures it again".into()
             } else {
-                "no command line override (the embedded .cmdline goes into PCR 11 only)".into()
+                "booted directly: no command line override, so nothing (the embedded .cmdline goes into PCR 11 only)".into()
             },
         },
     );
