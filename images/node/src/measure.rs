@@ -434,6 +434,54 @@ mod tests {
         assert!(v.starts_with("65caf8dd") && v.ends_with("3068"), "{v}");
     }
 
+    /// Random byte flips in a small UKI's headers: predict returns Ok or a
+    /// clear error, never panics or allocates without bound.
+    #[test]
+    fn fuzzed_uki_never_panics() {
+        let Ok(stub) = std::fs::read(crate::uki::DEFAULT_STUB) else {
+            eprintln!(
+                "SKIPPED: {} missing (systemd-boot-efi)",
+                crate::uki::DEFAULT_STUB
+            );
+            return;
+        };
+        let uki = crate::uki::assemble(&crate::uki::UkiInputs {
+            stub: &stub,
+            linux: &stub,
+            initrd: b"initrd",
+            cmdline: b"console=ttyS0",
+            osrel: b"ID=bulwark\n",
+            uname: None,
+        })
+        .unwrap();
+        let opts = MeasureOptions::default();
+        assert!(predict(&uki, &opts).is_ok());
+        let headers = PeImage::parse(&uki).unwrap().size_of_headers as u64;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut ok, mut failed) = (0, 0);
+        for _ in 0..1500 {
+            let mut m = uki.clone();
+            for _ in 0..1 + next() % 3 {
+                let pos = (next() % headers) as usize;
+                m[pos] ^= 1 << (next() % 8);
+            }
+            match predict(&m, &opts) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    failed += 1;
+                }
+            }
+        }
+        assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
+    }
+
     #[test]
     fn replay_of_nothing_is_zero() {
         assert_eq!(replay(std::iter::empty()), [0; 32]);
