@@ -94,6 +94,19 @@ fn build_sign_measure_and_refuse_tampering() {
     ]));
     assert_eq!(m["matches_manifest"], true);
     assert_eq!(m["prediction"]["pcrs"], predicted);
+    // Another Secure Boot state: predicted, not compared with the manifest.
+    let on = ok_json(&node(&[
+        "--json",
+        "measure",
+        p(&out),
+        "--trust",
+        p(&key_pub),
+        "--secure-boot",
+        "on",
+    ]));
+    assert!(on["matches_manifest"].is_null());
+    assert_ne!(on["prediction"]["pcrs"]["4"], predicted["4"]);
+    assert_eq!(on["prediction"]["pcrs"]["11"], predicted["11"]);
     let human = node(&["measure", p(&out), "--trust", p(&key_pub)]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(

@@ -160,7 +160,8 @@ fn run_inner(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
     )?;
     // The manifest's values hold for its Secure Boot state.
     let mut mismatches = Vec::new();
-    if sb.is_none_or(|s| s == node.secure_boot) {
+    let compared = sb.is_none_or(|s| s == node.secure_boot);
+    if compared {
         for (i, want) in &node.pcrs {
             let got = p.pcrs.get(i).map(|v| v.sha256.clone());
             if got.as_deref() != Some(hex::encode(want).as_str()) {
@@ -177,7 +178,7 @@ fn run_inner(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
         println!(
             "{}",
             serde_json::json!({"ok": matches, "source": "bundle", "name": m.name, "version": m.version,
-                "matches_manifest": matches, "mismatches": mismatches, "prediction": p})
+                "matches_manifest": compared.then_some(matches), "mismatches": mismatches, "prediction": p})
         );
     } else {
         println!(
@@ -187,7 +188,12 @@ fn run_inner(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
             m.version
         );
         print_prediction(&p);
-        if matches {
+        if !compared {
+            println!(
+                "  not compared: the manifest's prediction assumes Secure Boot {}",
+                if node.secure_boot { "on" } else { "off" }
+            );
+        } else if matches {
             println!("  the prediction equals the manifest's predicted PCRs");
         }
     }
