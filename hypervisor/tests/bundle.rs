@@ -403,9 +403,9 @@ fn a_node_os_image_is_refused_naming_its_kind() {
     let bundle = dir.path().join("node.bwi");
     bulwark_image::build_node(&spec, &bundle, &|_| {}).unwrap();
     sign(&bundle, &SigningKey::from_pem_file(&key).unwrap(), &|_| {}).unwrap();
-    let err = read_source(&bundle_config(&bundle, &key_pub))
-        .err()
-        .expect("a node image must be refused");
+    let Err(err) = read_source(&bundle_config(&bundle, &key_pub)) else {
+        panic!("a node image must be refused");
+    };
     assert!(
         err.contains("node-test is a node image (kind \"node\"")
             && err.contains("tenant images only"),
