@@ -205,3 +205,37 @@ fn bad_inputs_are_clear_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("must not set bulwark.node_version"));
 }
+
+/// With SOURCE_DATE_EPOCH set, two builds give the same bytes.
+#[test]
+fn builds_are_reproducible() {
+    let (Some(kernel), Some(_)) = (fake_kernel(), input(STUB, "systemd-boot-efi")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kpath = dir.path().join("vmlinuz");
+    let ipath = dir.path().join("initrd.img");
+    std::fs::write(&kpath, &kernel).unwrap();
+    std::fs::write(&ipath, fake_initrd(50_000)).unwrap();
+    let mut outs = Vec::new();
+    for i in 0..2 {
+        let out = dir.path().join(format!("n{i}.bwi"));
+        let o = Command::new(env!("CARGO_BIN_EXE_bulwark-node-image"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args([
+                "build",
+                "--name",
+                "n",
+                "--version",
+                "1",
+                "--kernel",
+                p(&kpath),
+            ])
+            .args(["--initrd", p(&ipath), "--out", p(&out)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+}
