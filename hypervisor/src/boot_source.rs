@@ -280,6 +280,14 @@ fn read_bundle(
         .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
     let manifest = verified.manifest();
     // Refused before the rollback state records this version.
+    if manifest.is_node() {
+        return Err(SourceError::Bundle(format!(
+            "{} is a {} image (kind \"{}\": a node OS image for a server's disk), not a tenant image: the VMM boots tenant images only",
+            manifest.name,
+            manifest.kind_name(),
+            manifest.kind_name()
+        )));
+    }
     if raw.is_some() && manifest.component(ComponentKind::Config).is_some() {
         return Err(SourceError::Bundle(
             "a config component needs a Linux boot (a bundle booted as a raw binary has no initrd to carry it)".into(),
@@ -521,6 +529,7 @@ mod tests {
             version: 1,
             created: 0,
             components,
+            node: None,
         }
     }
 

@@ -378,3 +378,37 @@ fn a_raw_boot_refuses_a_config_component_and_takes_a_rootfs() {
     );
     assert_eq!(booted_measurement(&run), predicted);
 }
+
+/// A node OS image (a bundle of kind "node": a UKI for a server's disk) is signed by
+/// a trusted key and still refused as a boot source, with an error naming the kind.
+#[test]
+fn a_node_os_image_is_refused_naming_its_kind() {
+    let dir = scratch();
+    let (key, key_pub, _) = generate_key_pair(&dir.path().join("keys")).unwrap();
+    let uki = dir.path().join("uki.efi");
+    std::fs::write(&uki, b"MZ not really a UKI").unwrap();
+    let spec = bulwark_image::NodeBuildSpec {
+        name: "node-test".into(),
+        version: 1,
+        created: 0,
+        uki,
+        bootloader: None,
+        node: bulwark_image::NodeInfo {
+            boot_manager_authenticode_sha256: None,
+            pcrs: [(11, [1u8; 32])].into_iter().collect(),
+            secure_boot: false,
+            uki_authenticode_sha256: [2; 32],
+        },
+    };
+    let bundle = dir.path().join("node.bwi");
+    bulwark_image::build_node(&spec, &bundle, &|_| {}).unwrap();
+    sign(&bundle, &SigningKey::from_pem_file(&key).unwrap(), &|_| {}).unwrap();
+    let Err(err) = read_source(&bundle_config(&bundle, &key_pub)) else {
+        panic!("a node image must be refused");
+    };
+    assert!(
+        err.contains("node-test is a node image (kind \"node\"")
+            && err.contains("tenant images only"),
+        "{err}"
+    );
+}

@@ -12,7 +12,7 @@ use crate::bundle::{Bundle, Progress};
 use crate::error::ImageError;
 use crate::keys::SigningKey;
 use crate::layout::{align_up, Header, MANIFEST_OFFSET, PAGE, SIGNATURE_PAGE_OFFSET};
-use crate::manifest::{validate_name, Component, ComponentKind, Integrity, Manifest};
+use crate::manifest::{validate_name, Component, ComponentKind, Integrity, Manifest, NodeInfo};
 use crate::signature::{encode_page, Signature, MAX_SIGNATURES};
 use crate::verity::{build_tree, VerityParams, SALT_LEN};
 
@@ -37,6 +37,25 @@ pub struct BuildSpec {
     pub rootfs: Option<PathBuf>,
 }
 
+/// What goes into a new node OS image bundle (`docs/image-format.md`, "Node
+/// images"): the UKI, optionally the boot manager, and the node field with
+/// the digests and predicted PCRs (computed by `bulwark-node-image`).
+#[derive(Clone, Debug)]
+pub struct NodeBuildSpec {
+    /// Image name.
+    pub name: String,
+    /// Monotonic version.
+    pub version: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// The Unified Kernel Image.
+    pub uki: PathBuf,
+    /// The boot manager (systemd-boot), if the image carries one.
+    pub bootloader: Option<PathBuf>,
+    /// Digests and predicted PCRs.
+    pub node: NodeInfo,
+}
+
 enum Input<'a> {
     File(&'a Path),
     Bytes(&'a [u8]),
@@ -52,6 +71,45 @@ struct Part<'a> {
 pub fn build(spec: &BuildSpec, out: &Path, progress: Progress<'_>) -> Result<Manifest, ImageError> {
     validate_name(&spec.name).map_err(|e| ImageError::Build(e.to_string()))?;
     let parts = collect_parts(spec)?;
+    let head = Manifest {
+        name: spec.name.clone(),
+        version: spec.version,
+        created: spec.created,
+        components: Vec::new(),
+        node: None,
+    };
+    write_bundle(&head, &parts, out, progress)
+}
+
+/// Build an unsigned node OS image bundle at `out` (written atomically).
+/// Returns its manifest.
+pub fn build_node(
+    spec: &NodeBuildSpec,
+    out: &Path,
+    progress: Progress<'_>,
+) -> Result<Manifest, ImageError> {
+    validate_name(&spec.name).map_err(|e| ImageError::Build(e.to_string()))?;
+    let mut parts = Vec::new();
+    if let Some(b) = &spec.bootloader {
+        parts.push(part(ComponentKind::Bootloader, Input::File(b))?);
+    }
+    parts.push(part(ComponentKind::Uki, Input::File(&spec.uki))?);
+    let head = Manifest {
+        name: spec.name.clone(),
+        version: spec.version,
+        created: spec.created,
+        components: Vec::new(),
+        node: Some(spec.node.clone()),
+    };
+    write_bundle(&head, &parts, out, progress)
+}
+
+fn write_bundle(
+    head: &Manifest,
+    parts: &[Part<'_>],
+    out: &Path,
+    progress: Progress<'_>,
+) -> Result<Manifest, ImageError> {
     let mut salt = vec![0u8; SALT_LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
         .map_err(|_| ImageError::Build("no randomness for the verity salt".into()))?;
@@ -61,7 +119,7 @@ pub fn build(spec: &BuildSpec, out: &Path, progress: Progress<'_>) -> Result<Man
     // Digests are fixed-length, so placeholders give the final length.
     let mut data_start = MANIFEST_OFFSET + PAGE;
     let mut manifest = loop {
-        let m = plan(spec, &parts, data_start, &salt)?;
+        let m = plan(head, parts, data_start, &salt)?;
         let needed = MANIFEST_OFFSET + align_up(m.encode().len() as u64);
         if needed == data_start {
             break m;
@@ -123,8 +181,18 @@ fn collect_parts(spec: &BuildSpec) -> Result<Vec<Part<'_>>, ImageError> {
             ComponentKind::Cmdline => spec.cmdline.as_deref().map(|s| Input::Bytes(s.as_bytes())),
             ComponentKind::Config => spec.config.as_deref().map(Input::File),
             ComponentKind::Rootfs => spec.rootfs.as_deref().map(Input::File),
+            // Node images only (build_node).
+            ComponentKind::Bootloader | ComponentKind::Uki => None,
         };
         let Some(input) = input else { continue };
+        parts.push(part(kind, input)?);
+    }
+    Ok(parts)
+}
+
+/// One input, with its size checked against the kind's limits.
+fn part(kind: ComponentKind, input: Input<'_>) -> Result<Part<'_>, ImageError> {
+    {
         let size = match &input {
             Input::File(p) => {
                 let meta = std::fs::metadata(p).map_err(|e| ImageError::io(*p, e))?;
@@ -152,14 +220,13 @@ fn collect_parts(spec: &BuildSpec) -> Result<Vec<Part<'_>>, ImageError> {
                 return Err(ImageError::Build("cmdline must be printable ASCII".into()));
             }
         }
-        parts.push(Part { kind, input, size });
+        Ok(Part { kind, input, size })
     }
-    Ok(parts)
 }
 
 /// Lay the components out from `data_start` with placeholder digests.
 fn plan(
-    spec: &BuildSpec,
+    head: &Manifest,
     parts: &[Part<'_>],
     data_start: u64,
     salt: &[u8],
@@ -185,10 +252,8 @@ fn plan(
         offset = next;
     }
     Ok(Manifest {
-        name: spec.name.clone(),
-        version: spec.version,
-        created: spec.created,
         components,
+        ..head.clone()
     })
 }
 

@@ -22,7 +22,7 @@ mod source;
 mod state;
 mod verity;
 
-pub use builder::{build, sign, BuildSpec};
+pub use builder::{build, build_node, sign, BuildSpec, NodeBuildSpec};
 pub use bundle::{Bundle, Progress, RootfsExtent, VerifiedBundle};
 pub use error::ImageError;
 pub use keys::{
@@ -30,7 +30,8 @@ pub use keys::{
 };
 pub use layout::{MAGIC, PAGE};
 pub use manifest::{
-    validate_name, Component, ComponentKind, Integrity, Manifest, FORMAT_ID, MAX_MANIFEST_LEN,
+    validate_name, Component, ComponentKind, Integrity, Manifest, NodeInfo, FORMAT_ID,
+    MAX_MANIFEST_LEN, MAX_PCR_INDEX,
 };
 pub use signature::{Signature, TrustPolicy, MAX_SIGNATURES};
 pub use source::{BundleSource, BytesSource, FileSource};

@@ -351,28 +351,43 @@ fn progress_bar(show: bool, total: u64, what: &'static str) -> ProgressBar {
 }
 
 fn describe_components(m: &Manifest) -> Vec<String> {
-    m.components
-        .iter()
-        .map(|c| match &c.integrity {
-            Integrity::Sha384(d) => format!(
-                "  {:<8} {:>12} bytes at {:#x}  sha384 {}",
-                c.kind.name(),
-                c.size,
-                c.offset,
-                hex::encode(d)
-            ),
-            Integrity::Verity(v) => format!(
-                "  {:<8} {:>12} bytes at {:#x}  dm-verity {} root {} (tree {} bytes at {:#x})",
-                c.kind.name(),
-                c.size,
-                c.offset,
-                v.algorithm.name(),
-                hex::encode(&v.root_hash),
-                v.hash_size,
-                v.hash_offset
-            ),
-        })
-        .collect()
+    let mut lines = vec![format!("  kind     {}", m.kind_name())];
+    if let Some(n) = &m.node {
+        lines.push(format!(
+            "  node     secure boot {}, uki authenticode sha256 {}",
+            if n.secure_boot { "on" } else { "off" },
+            hex::encode(n.uki_authenticode_sha256)
+        ));
+        if let Some(b) = n.boot_manager_authenticode_sha256 {
+            lines.push(format!(
+                "  node     boot manager authenticode sha256 {}",
+                hex::encode(b)
+            ));
+        }
+        for (i, v) in &n.pcrs {
+            lines.push(format!("  pcr {i:<4} {}", hex::encode(v)));
+        }
+    }
+    lines.extend(m.components.iter().map(|c| match &c.integrity {
+        Integrity::Sha384(d) => format!(
+            "  {:<8} {:>12} bytes at {:#x}  sha384 {}",
+            c.kind.name(),
+            c.size,
+            c.offset,
+            hex::encode(d)
+        ),
+        Integrity::Verity(v) => format!(
+            "  {:<8} {:>12} bytes at {:#x}  dm-verity {} root {} (tree {} bytes at {:#x})",
+            c.kind.name(),
+            c.size,
+            c.offset,
+            v.algorithm.name(),
+            hex::encode(&v.root_hash),
+            v.hash_size,
+            v.hash_offset
+        ),
+    }));
+    lines
 }
 
 fn manifest_json(m: &Manifest) -> Value {
@@ -397,5 +412,14 @@ fn manifest_json(m: &Manifest) -> Value {
             v
         })
         .collect();
-    json!({"name": m.name, "version": m.version, "created": m.created, "components": components})
+    let mut v = json!({"kind": m.kind_name(), "name": m.name, "version": m.version, "created": m.created, "components": components});
+    if let Some(n) = &m.node {
+        v["node"] = json!({
+            "secure_boot": n.secure_boot,
+            "uki_authenticode_sha256": hex::encode(n.uki_authenticode_sha256),
+            "boot_manager_authenticode_sha256": n.boot_manager_authenticode_sha256.map(hex::encode),
+            "pcrs": n.pcrs.iter().map(|(i, d)| (i.to_string(), json!(hex::encode(d)))).collect::<serde_json::Map<_, _>>(),
+        });
+    }
+    v
 }

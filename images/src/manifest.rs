@@ -32,17 +32,30 @@ pub enum ComponentKind {
     Config,
     /// A read-only filesystem image protected by dm-verity.
     Rootfs,
+    /// Node images only: the UEFI boot manager (systemd-boot) installed on the
+    /// EFI system partition.
+    Bootloader,
+    /// Node images only: the Unified Kernel Image (a UEFI PE holding the
+    /// node's kernel, initramfs, command line and os-release).
+    Uki,
 }
 
 impl ComponentKind {
     /// All kinds, in storage order.
-    pub const ALL: [ComponentKind; 5] = [
+    pub const ALL: [ComponentKind; 7] = [
         ComponentKind::Kernel,
         ComponentKind::Initrd,
         ComponentKind::Cmdline,
         ComponentKind::Config,
         ComponentKind::Rootfs,
+        ComponentKind::Bootloader,
+        ComponentKind::Uki,
     ];
+
+    /// Whether this kind belongs in a node image (and only there).
+    pub fn is_node_only(self) -> bool {
+        matches!(self, ComponentKind::Bootloader | ComponentKind::Uki)
+    }
 
     /// The name used in the manifest and in messages.
     pub fn name(self) -> &'static str {
@@ -52,6 +65,8 @@ impl ComponentKind {
             ComponentKind::Cmdline => "cmdline",
             ComponentKind::Config => "config",
             ComponentKind::Rootfs => "rootfs",
+            ComponentKind::Bootloader => "bootloader",
+            ComponentKind::Uki => "uki",
         }
     }
 
@@ -64,6 +79,8 @@ impl ComponentKind {
             ComponentKind::Cmdline => 4096,
             ComponentKind::Config => MIB,
             ComponentKind::Rootfs => 16 << 40,
+            ComponentKind::Bootloader => 16 * MIB,
+            ComponentKind::Uki => 4096 * MIB,
         }
     }
 }
@@ -123,6 +140,24 @@ impl Component {
     }
 }
 
+/// Highest PCR index a node manifest may predict.
+pub const MAX_PCR_INDEX: u32 = 23;
+
+/// What makes a manifest a node OS image (`docs/image-format.md`, "Node
+/// images"): the digests the firmware measures and the PCR values predicted
+/// from the image alone (SHA-256 bank).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Authenticode SHA-256 of the boot manager component, when there is one.
+    pub boot_manager_authenticode_sha256: Option<[u8; 32]>,
+    /// Predicted PCR values, by index.
+    pub pcrs: std::collections::BTreeMap<u32, [u8; 32]>,
+    /// The Secure Boot state the prediction assumes.
+    pub secure_boot: bool,
+    /// Authenticode SHA-256 of the UKI component.
+    pub uki_authenticode_sha256: [u8; 32],
+}
+
 /// The decoded, validated manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
@@ -134,6 +169,8 @@ pub struct Manifest {
     pub created: u64,
     /// The components in storage order.
     pub components: Vec<Component>,
+    /// Present for node OS images, absent (and not encoded) for tenant images.
+    pub node: Option<NodeInfo>,
 }
 
 // The wire form. Fields are declared in ascending byte order of their names so
@@ -145,7 +182,21 @@ struct WireManifest {
     created: u64,
     format: String,
     name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<WireNode>,
     version: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireNode {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_manager_authenticode_sha256: Option<String>,
+    // Keys are decimal PCR indices; a BTreeMap of strings serializes in
+    // ascending byte order, which is canonical.
+    pcrs: std::collections::BTreeMap<String, String>,
+    secure_boot: bool,
+    uki_authenticode_sha256: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -182,6 +233,7 @@ impl Manifest {
             created: self.created,
             format: FORMAT_ID.to_string(),
             name: self.name.clone(),
+            node: self.node.as_ref().map(node_to_wire),
             version: self.version,
         };
         // Serializing plain structs of integers and strings cannot fail.
@@ -212,17 +264,33 @@ impl Manifest {
             }
             components.push(from_wire(w)?);
         }
+        let node = wire.node.as_ref().map(node_from_wire).transpose()?;
         let manifest = Manifest {
             name: wire.name,
             version: wire.version,
             created: wire.created,
             components,
+            node,
         };
         manifest.check_components(data_start)?;
         if manifest.encode() != bytes {
             return Err(ImageError::NonCanonical);
         }
         Ok(manifest)
+    }
+
+    /// "node" for a node OS image, "tenant" for a tenant image.
+    pub fn kind_name(&self) -> &'static str {
+        if self.node.is_some() {
+            "node"
+        } else {
+            "tenant"
+        }
+    }
+
+    /// Whether this is a node OS image.
+    pub fn is_node(&self) -> bool {
+        self.node.is_some()
     }
 
     /// Look a component up by kind.
@@ -241,8 +309,38 @@ impl Manifest {
 
     /// Order, presence, limits and the exact placement of every component.
     fn check_components(&self, data_start: u64) -> Result<(), ImageError> {
-        if self.component(ComponentKind::Kernel).is_none() {
-            return Err(ImageError::Manifest("no kernel component".into()));
+        match &self.node {
+            None => {
+                if self.component(ComponentKind::Kernel).is_none() {
+                    return Err(ImageError::Manifest("no kernel component".into()));
+                }
+                if let Some(c) = self.components.iter().find(|c| c.kind.is_node_only()) {
+                    return Err(ImageError::Manifest(format!(
+                        "a tenant image cannot have a {} component (node images only)",
+                        c.kind
+                    )));
+                }
+            }
+            Some(node) => {
+                if let Some(c) = self.components.iter().find(|c| !c.kind.is_node_only()) {
+                    return Err(ImageError::Manifest(format!(
+                        "a node image cannot have a {} component (its kernel, initrd and command line are inside the uki)",
+                        c.kind
+                    )));
+                }
+                if self.component(ComponentKind::Uki).is_none() {
+                    return Err(ImageError::Manifest(
+                        "node image with no uki component".into(),
+                    ));
+                }
+                if self.component(ComponentKind::Bootloader).is_some()
+                    != node.boot_manager_authenticode_sha256.is_some()
+                {
+                    return Err(ImageError::Manifest(
+                        "node: boot_manager_authenticode_sha256 must be given exactly when there is a bootloader component".into(),
+                    ));
+                }
+            }
         }
         let mut expected_offset = data_start;
         let mut previous: Option<ComponentKind> = None;
@@ -307,6 +405,59 @@ fn check_name(name: &str) -> Result<(), ImageError> {
 /// Check an image name as `build` would; exposed for the CLI.
 pub fn validate_name(name: &str) -> Result<(), ImageError> {
     check_name(name)
+}
+
+fn node_to_wire(n: &NodeInfo) -> WireNode {
+    WireNode {
+        boot_manager_authenticode_sha256: n.boot_manager_authenticode_sha256.map(hex::encode),
+        pcrs: n
+            .pcrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), hex::encode(v)))
+            .collect(),
+        secure_boot: n.secure_boot,
+        uki_authenticode_sha256: hex::encode(n.uki_authenticode_sha256),
+    }
+}
+
+fn decode_hex32(s: &str, what: &str) -> Result<[u8; 32], ImageError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| {
+        ImageError::Manifest(format!("node: {what} must be 64 lower-case hex digits"))
+    })?;
+    Ok(out)
+}
+
+fn node_from_wire(w: &WireNode) -> Result<NodeInfo, ImageError> {
+    if w.pcrs.is_empty() {
+        return Err(ImageError::Manifest("node: no predicted pcrs".into()));
+    }
+    let mut pcrs = std::collections::BTreeMap::new();
+    for (k, v) in &w.pcrs {
+        let idx: u32 = k
+            .parse()
+            .ok()
+            .filter(|i: &u32| *i <= MAX_PCR_INDEX && i.to_string() == *k)
+            .ok_or_else(|| {
+                ImageError::Manifest(format!(
+                    "node: pcr index {k:?} must be a decimal number 0..={MAX_PCR_INDEX}"
+                ))
+            })?;
+        pcrs.insert(idx, decode_hex32(v, &format!("pcr {k}"))?);
+    }
+    Ok(NodeInfo {
+        boot_manager_authenticode_sha256: w
+            .boot_manager_authenticode_sha256
+            .as_deref()
+            .map(|s| decode_hex32(s, "boot_manager_authenticode_sha256"))
+            .transpose()?,
+        pcrs,
+        secure_boot: w.secure_boot,
+        uki_authenticode_sha256: decode_hex32(
+            &w.uki_authenticode_sha256,
+            "uki_authenticode_sha256",
+        )?,
+    })
 }
 
 fn classify_json_error(e: serde_json::Error) -> ImageError {

@@ -10,5 +10,9 @@
 //! - `install`: verify a signed node image, then write it to a disk or the
 //!   inactive slot, with boot counting and anti-rollback.
 
+pub mod build;
 pub mod error;
+pub mod measure;
+pub mod pe;
+pub mod uki;
 pub use error::NodeImageError;

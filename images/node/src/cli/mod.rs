@@ -1,5 +1,8 @@
 //! The command line: one module per subcommand.
 
+mod build;
+mod measure;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -20,9 +23,9 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Assemble the UKI and build an unsigned node image bundle.
-    Build,
+    Build(build::BuildArgs),
     /// Predict the PCRs the image determines, with the expected event log.
-    Measure,
+    Measure(measure::MeasureArgs),
     /// Verify a signed node image and write it to a disk (slot A).
     Install,
     /// Verify a signed node image and write it to the inactive slot, tried once.
@@ -31,12 +34,8 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> ExitCode {
     let r: Result<(), bulwark_node_image::NodeImageError> = match cli.command {
-        Command::Build => Err(bulwark_node_image::NodeImageError::NotImplemented(
-            "node build",
-        )),
-        Command::Measure => Err(bulwark_node_image::NodeImageError::NotImplemented(
-            "node measure",
-        )),
+        Command::Build(a) => build::run(a, cli.json),
+        Command::Measure(a) => measure::run(a, cli.json),
         Command::Install => Err(bulwark_node_image::NodeImageError::NotImplemented(
             "node install",
         )),
