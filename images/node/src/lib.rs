@@ -12,3 +12,5 @@
 
 pub mod error;
 pub use error::NodeImageError;
+pub mod disk;
+pub mod install;

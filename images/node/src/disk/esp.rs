@@ -1,0 +1,432 @@
+//! The EFI system partition: a FAT32 filesystem inside the disk (or a file or
+//! partition device holding only the filesystem), read and written with the
+//! `fatfs` crate through [`PartIo`], a window onto the disk.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
+
+use super::{DiskError, Layout, Target};
+use crate::disk::gpt::SECTOR;
+
+/// FAT volume label of the ESP.
+pub const VOLUME_LABEL: &[u8; 11] = b"BULWARK-ESP";
+
+/// A byte range of a file, as a seekable stream.
+#[derive(Debug)]
+pub struct PartIo {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl PartIo {
+    /// The `len` bytes of `file` at `start`.
+    pub fn new(file: File, start: u64, len: u64) -> PartIo {
+        PartIo {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for PartIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let r = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += r as u64;
+        Ok(r)
+    }
+}
+
+impl Write for PartIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !buf.is_empty() && self.pos >= self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
+        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
+        let w = self.file.write_at(&buf[..n], self.start + self.pos)?;
+        self.pos += w as u64;
+        Ok(w)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for PartIo {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match p {
+            Some(p) if p <= self.len => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            )),
+        }
+    }
+}
+
+/// Format `len` bytes of `file` at `start` as the ESP's FAT32 (512-byte
+/// clusters below 260 MiB, 4 KiB above, as mkfs.fat does).
+pub fn format(
+    path: &Path,
+    file: &File,
+    start: u64,
+    len: u64,
+    volume_id: u32,
+) -> Result<(), DiskError> {
+    let f = file.try_clone().map_err(|e| DiskError::io(path, e))?;
+    let cluster = if len < (260 << 20) { 512 } else { 4096 };
+    let sectors = u32::try_from(len / SECTOR).map_err(|_| DiskError::Unsuitable {
+        path: path.to_path_buf(),
+        why: "ESP larger than FAT32 allows".into(),
+    })?;
+    fatfs::format_volume(
+        PartIo::new(f, start, len),
+        FormatVolumeOptions::new()
+            .fat_type(FatType::Fat32)
+            .bytes_per_cluster(cluster)
+            .total_sectors(sectors)
+            .volume_id(volume_id)
+            .volume_label(*VOLUME_LABEL),
+    )
+    .map_err(|e| DiskError::corrupt(path, format!("formatting the ESP: {e}")))
+}
+
+/// Check a FAT32 boot sector well enough that `fatfs` can be trusted not to
+/// trip over it: the things it would otherwise divide by or index with.
+fn check_boot_sector(b: &[u8; 512], len: u64) -> Result<(), String> {
+    if b[510] != 0x55 || b[511] != 0xAA {
+        return Err("no boot sector signature (55 AA)".into());
+    }
+    let bps = u16::from_le_bytes([b[11], b[12]]);
+    let spc = b[13];
+    let reserved = u16::from_le_bytes([b[14], b[15]]);
+    let fats = b[16];
+    let root_entries = u16::from_le_bytes([b[17], b[18]]);
+    let total16 = u16::from_le_bytes([b[19], b[20]]);
+    let fat16 = u16::from_le_bytes([b[22], b[23]]);
+    let total32 = u32::from_le_bytes([b[32], b[33], b[34], b[35]]);
+    let fat32 = u32::from_le_bytes([b[36], b[37], b[38], b[39]]);
+    let root_cluster = u32::from_le_bytes([b[44], b[45], b[46], b[47]]);
+    if bps != 512 {
+        return Err(format!("{bps} bytes per sector (512 expected)"));
+    }
+    if spc == 0 || !spc.is_power_of_two() {
+        return Err(format!("{spc} sectors per cluster"));
+    }
+    if reserved == 0 || fats == 0 || fats > 2 {
+        return Err(format!("{reserved} reserved sectors, {fats} FATs"));
+    }
+    if root_entries != 0 || total16 != 0 || fat16 != 0 || fat32 == 0 || root_cluster < 2 {
+        return Err("not a FAT32 filesystem".into());
+    }
+    let total = u64::from(total32);
+    let meta = u64::from(reserved) + u64::from(fats) * u64::from(fat32);
+    if total * 512 > len || meta >= total {
+        return Err(format!(
+            "{total} sectors (FATs and reserved: {meta}) do not fit {len} bytes"
+        ));
+    }
+    let clusters = (total - meta) / u64::from(spc);
+    if clusters < 65_525
+        || u64::from(fat32) * 128 < clusters + 2
+        || u64::from(root_cluster) >= clusters + 2
+    {
+        return Err(format!(
+            "{clusters} clusters do not make a consistent FAT32"
+        ));
+    }
+    Ok(())
+}
+
+/// An open ESP.
+pub struct Esp {
+    /// The path it was opened from (disk, partition or file).
+    pub path: PathBuf,
+    fs: FileSystem<PartIo>,
+    file: File,
+}
+
+/// What an ESP was found in.
+#[derive(Debug)]
+pub enum Container {
+    /// A whole disk with the layout (the ESP located through the GPT).
+    Disk(Box<Layout>),
+    /// The path holds only the FAT filesystem (a partition device or file).
+    Volume,
+}
+
+impl Esp {
+    /// Open the ESP of `path`: a whole disk (found through its GPT) or the
+    /// filesystem alone. Block devices must not be in use.
+    pub fn open(path: &Path) -> Result<(Esp, Container), DiskError> {
+        let t = Target::open(path, None)?;
+        let mut lba1 = [0u8; 512];
+        let _ = t.file.read_at(&mut lba1, 512);
+        let (start, len, container) = if &lba1[0..8] == b"EFI PART" {
+            let l = Layout::read(path, &t.file, t.size)?;
+            let (s, n) = (l.esp().offset(), l.esp().len());
+            (s, n, Container::Disk(Box::new(l)))
+        } else {
+            (0, t.size, Container::Volume)
+        };
+        let esp = Esp::open_at(path, &t.file, start, len)?;
+        Ok((esp, container))
+    }
+
+    /// Open the FAT filesystem at `start`..`start + len` of `file`.
+    pub fn open_at(path: &Path, file: &File, start: u64, len: u64) -> Result<Esp, DiskError> {
+        let mut b = [0u8; 512];
+        file.read_exact_at(&mut b, start)
+            .map_err(|e| DiskError::corrupt(path, format!("reading the ESP boot sector: {e}")))?;
+        check_boot_sector(&b, len)
+            .map_err(|e| DiskError::corrupt(path, format!("the ESP is not a usable FAT32: {e}")))?;
+        let f = file.try_clone().map_err(|e| DiskError::io(path, e))?;
+        let fs = FileSystem::new(PartIo::new(f, start, len), FsOptions::new())
+            .map_err(|e| DiskError::corrupt(path, format!("the ESP's FAT32: {e}")))?;
+        Ok(Esp {
+            path: path.to_path_buf(),
+            fs,
+            file: file.try_clone().map_err(|e| DiskError::io(path, e))?,
+        })
+    }
+
+    fn err(&self, what: &str, e: io::Error) -> DiskError {
+        DiskError::corrupt(&self.path, format!("ESP {what}: {e}"))
+    }
+
+    /// Create `dir` and its parents (`/`-separated, no leading slash).
+    pub fn mkdirs(&self, dir: &str) -> Result<(), DiskError> {
+        let mut d = self.fs.root_dir();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            d = match d.open_dir(part) {
+                Ok(x) => x,
+                Err(_) => d.create_dir(part).map_err(|e| self.err(dir, e))?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Free bytes.
+    pub fn free_bytes(&self) -> Result<u64, DiskError> {
+        let s = self.fs.stats().map_err(|e| self.err("statistics", e))?;
+        Ok(u64::from(s.free_clusters()) * u64::from(s.cluster_size()))
+    }
+
+    /// Write `data` as `path` (replacing it), calling `progress` with bytes
+    /// written. Refuses (before writing) if the ESP has no room.
+    pub fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        progress: &dyn Fn(u64),
+    ) -> Result<(), DiskError> {
+        let cluster = u64::from(self.fs.cluster_size());
+        let needed = (data.len() as u64).div_ceil(cluster) * cluster;
+        let existing = self
+            .file_len(path)?
+            .map_or(0, |l| l.div_ceil(cluster) * cluster);
+        let free = self.free_bytes()? + existing;
+        if needed + cluster > free {
+            return Err(DiskError::EspFull {
+                path: self.path.clone(),
+                free,
+                needed,
+                what: path.to_string(),
+            });
+        }
+        let mut f = self
+            .fs
+            .root_dir()
+            .create_file(path)
+            .map_err(|e| self.err(path, e))?;
+        f.truncate().map_err(|e| self.err(path, e))?;
+        for chunk in data.chunks(1 << 20) {
+            f.write_all(chunk).map_err(|e| self.err(path, e))?;
+            progress(chunk.len() as u64);
+        }
+        f.flush().map_err(|e| self.err(path, e))
+    }
+
+    /// Overwrite the start of an existing file in place (no allocation, no
+    /// directory change when the size stays the same).
+    pub fn overwrite_in_place(&self, path: &str, data: &[u8]) -> Result<(), DiskError> {
+        let mut f = self
+            .fs
+            .root_dir()
+            .open_file(path)
+            .map_err(|e| self.err(path, e))?;
+        f.write_all(data).map_err(|e| self.err(path, e))?;
+        f.flush().map_err(|e| self.err(path, e))
+    }
+
+    /// The length of `path`, or `None` if it does not exist.
+    pub fn file_len(&self, path: &str) -> Result<Option<u64>, DiskError> {
+        let (dir, name) = split(path);
+        let d = match self.fs.root_dir().open_dir(dir) {
+            Ok(d) if !dir.is_empty() => d,
+            _ if dir.is_empty() => self.fs.root_dir(),
+            Err(_) => return Ok(None),
+            Ok(d) => d,
+        };
+        for e in d.iter() {
+            let e = e.map_err(|e| self.err(dir, e))?;
+            if e.is_file() && e.file_name().eq_ignore_ascii_case(name) {
+                return Ok(Some(e.len()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Read a whole file of at most `max` bytes; `None` if it does not exist.
+    pub fn read_file(&self, path: &str, max: u64) -> Result<Option<Vec<u8>>, DiskError> {
+        match self.file_len(path)? {
+            None => Ok(None),
+            Some(l) if l > max => Err(DiskError::corrupt(
+                &self.path,
+                format!("ESP {path}: {l} bytes, larger than the {max} expected"),
+            )),
+            Some(l) => {
+                let mut f = self
+                    .fs
+                    .root_dir()
+                    .open_file(path)
+                    .map_err(|e| self.err(path, e))?;
+                let mut v = Vec::with_capacity(l as usize);
+                f.read_to_end(&mut v).map_err(|e| self.err(path, e))?;
+                Ok(Some(v))
+            }
+        }
+    }
+
+    /// File names (long names) in `dir`; empty if it does not exist.
+    pub fn list(&self, dir: &str) -> Result<Vec<String>, DiskError> {
+        let d = match self.fs.root_dir().open_dir(dir) {
+            Ok(d) => d,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e.map_err(|e| self.err(dir, e))?;
+            if e.is_file() {
+                out.push(e.file_name());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rename a file within its directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
+        let root = self.fs.root_dir();
+        root.rename(from, &root, to).map_err(|e| self.err(from, e))
+    }
+
+    /// Remove a file.
+    pub fn remove(&self, path: &str) -> Result<(), DiskError> {
+        self.fs
+            .root_dir()
+            .remove(path)
+            .map_err(|e| self.err(path, e))
+    }
+
+    /// Flush the filesystem (clears its dirty flag) and the device.
+    pub fn close(self) -> Result<(), DiskError> {
+        let Esp { path, fs, file } = self;
+        fs.unmount()
+            .map_err(|e| DiskError::corrupt(&path, format!("ESP unmount: {e}")))?;
+        file.sync_all().map_err(|e| DiskError::io(&path, e))
+    }
+}
+
+impl std::fmt::Debug for Esp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Esp")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(len: u64) -> (tempfile::NamedTempFile, File) {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        let f = t.reopen().unwrap();
+        f.set_len(len).unwrap();
+        (t, f)
+    }
+
+    #[test]
+    fn format_write_read_rename() {
+        let (t, f) = volume(40 << 20);
+        format(t.path(), &f, 0, 40 << 20, 7).unwrap();
+        let esp = Esp::open_at(t.path(), &f, 0, 40 << 20).unwrap();
+        esp.mkdirs("EFI/Linux").unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        esp.write_file("EFI/Linux/a+1.efi", &data, &|_| {}).unwrap();
+        assert_eq!(
+            esp.read_file("EFI/Linux/a+1.efi", 1 << 20)
+                .unwrap()
+                .unwrap(),
+            data
+        );
+        esp.rename("EFI/Linux/a+1.efi", "EFI/Linux/a.efi").unwrap();
+        assert_eq!(esp.list("EFI/Linux").unwrap(), vec!["a.efi".to_string()]);
+        assert_eq!(esp.read_file("EFI/Linux/missing", 10).unwrap(), None);
+        let free = esp.free_bytes().unwrap();
+        let big = vec![0u8; free as usize];
+        assert!(matches!(
+            esp.write_file("EFI/Linux/big.efi", &big, &|_| {}),
+            Err(DiskError::EspFull { .. })
+        ));
+        esp.close().unwrap();
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let (t, f) = volume(40 << 20);
+        let e = Esp::open_at(t.path(), &f, 0, 40 << 20).err().unwrap();
+        assert!(e.to_string().contains("not a usable FAT32"), "{e}");
+        format(t.path(), &f, 0, 40 << 20, 7).unwrap();
+        // Flip each byte of the boot sector in turn: never a panic.
+        for i in 0..512u64 {
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, i).unwrap();
+            f.write_all_at(&[b[0] ^ 0xFF], i).unwrap();
+            if let Ok(esp) = Esp::open_at(t.path(), &f, 0, 40 << 20) {
+                let _ = esp.list("EFI/Linux");
+            }
+            f.write_all_at(&b, i).unwrap();
+        }
+    }
+}
