@@ -564,6 +564,12 @@ fn update_inner(
         .max()
         .unwrap_or(0)
         .max(floor.version);
+    if let Some(s) = current.iter().find(|s| s.version == p.version) {
+        return Err(NodeImageError::Refused(format!(
+            "version {} is already installed ({})",
+            p.version, s.file
+        )));
+    }
     if p.version < highest {
         return Err(ImageError::Rollback {
             name: p.name.clone(),
@@ -572,12 +578,6 @@ fn update_inner(
             why: "highest version installed on the disk",
         }
         .into());
-    }
-    if let Some(s) = current.iter().find(|s| s.version == p.version) {
-        return Err(NodeImageError::Refused(format!(
-            "version {} is already installed ({})",
-            p.version, s.file
-        )));
     }
     if p.version == floor.version {
         return Err(NodeImageError::Refused(format!(

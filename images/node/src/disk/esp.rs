@@ -167,6 +167,53 @@ pub struct Esp {
     pub path: PathBuf,
     fs: FileSystem<PartIo>,
     file: File,
+    geo: Geometry,
+}
+
+/// Where clusters are, from the boot sector.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    /// Byte offset of the filesystem in the file.
+    start: u64,
+    /// Bytes per cluster.
+    cluster: u64,
+    /// Byte offset of cluster 2 from `start`.
+    data: u64,
+    /// The root directory's first cluster.
+    root: u32,
+}
+
+impl Geometry {
+    fn of(b: &[u8; 512], start: u64) -> Geometry {
+        let spc = u64::from(b[13]);
+        let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+        let fats = u64::from(b[16]);
+        let fat32 = u64::from(u32::from_le_bytes([b[36], b[37], b[38], b[39]]));
+        Geometry {
+            start,
+            cluster: spc * SECTOR,
+            data: (reserved + fats * fat32) * SECTOR,
+            root: u32::from_le_bytes([b[44], b[45], b[46], b[47]]),
+        }
+    }
+
+    fn offset(&self, cluster: u32) -> u64 {
+        self.start + self.data + u64::from(cluster.saturating_sub(2)) * self.cluster
+    }
+}
+
+/// The 11-byte directory-entry form of a short name as fatfs prints it
+/// (`BOOT`, `BOOTX64.EFI`).
+fn sfn_bytes(short: &str) -> [u8; 11] {
+    let mut n = [b' '; 11];
+    let (base, ext) = short.split_once('.').unwrap_or((short, ""));
+    for (i, c) in base.bytes().take(8).enumerate() {
+        n[i] = c;
+    }
+    for (i, c) in ext.bytes().take(3).enumerate() {
+        n[8 + i] = c;
+    }
+    n
 }
 
 /// What an ESP was found in.
@@ -183,9 +230,17 @@ impl Esp {
     /// filesystem alone. Block devices must not be in use.
     pub fn open(path: &Path) -> Result<(Esp, Container), DiskError> {
         let t = Target::open(path, None)?;
+        // A disk if either GPT header's signature or a protective MBR is
+        // there (the GPT reader then falls back to the backup header).
+        let mut lba0 = [0u8; 512];
         let mut lba1 = [0u8; 512];
+        let mut last = [0u8; 512];
+        let _ = t.file.read_at(&mut lba0, 0);
         let _ = t.file.read_at(&mut lba1, 512);
-        let (start, len, container) = if &lba1[0..8] == b"EFI PART" {
+        let _ = t.file.read_at(&mut last, t.size.saturating_sub(512));
+        let protective = lba0[450] == 0xEE && lba0[510] == 0x55 && lba0[511] == 0xAA;
+        let is_disk = &lba1[0..8] == b"EFI PART" || &last[0..8] == b"EFI PART" || protective;
+        let (start, len, container) = if is_disk {
             let l = Layout::read(path, &t.file, t.size)?;
             let (s, n) = (l.esp().offset(), l.esp().len());
             (s, n, Container::Disk(Box::new(l)))
@@ -210,6 +265,7 @@ impl Esp {
             path: path.to_path_buf(),
             fs,
             file: file.try_clone().map_err(|e| DiskError::io(path, e))?,
+            geo: Geometry::of(&b, start),
         })
     }
 
@@ -218,15 +274,92 @@ impl Esp {
     }
 
     /// Create `dir` and its parents (`/`-separated, no leading slash).
+    ///
+    /// fatfs 0.3 writes long-name entries in front of a new directory's `.`
+    /// and `..` entries and points `..` of a top-level directory at the root
+    /// cluster, which fsck.vfat rejects ("Expected a valid '.' entry in this
+    /// slot"): each new directory's first slots are rewritten to the two
+    /// plain entries the FAT specification requires (`..` = 0 under root).
     pub fn mkdirs(&self, dir: &str) -> Result<(), DiskError> {
         let mut d = self.fs.root_dir();
+        let mut cluster = self.geo.root;
         for part in dir.split('/').filter(|p| !p.is_empty()) {
-            d = match d.open_dir(part) {
-                Ok(x) => x,
-                Err(_) => d.create_dir(part).map_err(|e| self.err(dir, e))?,
+            let (next, created) = match d.open_dir(part) {
+                Ok(x) => (x, false),
+                Err(_) => (d.create_dir(part).map_err(|e| self.err(dir, e))?, true),
             };
+            let child = self.subdir_cluster(&d, cluster, part)?;
+            if created {
+                let parent = if cluster == self.geo.root { 0 } else { cluster };
+                self.fix_dot_entries(child, parent)?;
+            }
+            d = next;
+            cluster = child;
         }
         Ok(())
+    }
+
+    /// The first cluster of directory `name` in `dir` (first cluster `at`).
+    fn subdir_cluster(
+        &self,
+        dir: &fatfs::Dir<'_, PartIo>,
+        at: u32,
+        name: &str,
+    ) -> Result<u32, DiskError> {
+        let mut short = None;
+        for e in dir.iter() {
+            let e = e.map_err(|e| self.err(name, e))?;
+            if e.is_dir() && e.file_name().eq_ignore_ascii_case(name) {
+                short = Some(sfn_bytes(&e.short_file_name()));
+            }
+        }
+        let short = short
+            .ok_or_else(|| DiskError::corrupt(&self.path, format!("ESP: no directory {name}")))?;
+        let mut buf = vec![0u8; self.geo.cluster as usize];
+        self.file
+            .read_exact_at(&mut buf, self.geo.offset(at))
+            .map_err(|e| DiskError::io(&self.path, e))?;
+        buf.chunks(32)
+            .find(|e| e[11] != 0x0F && e[11] & 0x10 != 0 && e[0..11] == short)
+            .map(|e| {
+                u32::from(u16::from_le_bytes([e[20], e[21]])) << 16
+                    | u32::from(u16::from_le_bytes([e[26], e[27]]))
+            })
+            .ok_or_else(|| {
+                DiskError::corrupt(
+                    &self.path,
+                    format!("ESP: directory {name} not in its parent's first cluster"),
+                )
+            })
+    }
+
+    /// Make a new directory start with plain `.` and `..` entries.
+    fn fix_dot_entries(&self, cluster: u32, parent: u32) -> Result<(), DiskError> {
+        let at = self.geo.offset(cluster);
+        let mut e = [0u8; 128];
+        self.file
+            .read_exact_at(&mut e, at)
+            .map_err(|x| DiskError::io(&self.path, x))?;
+        let dot = *b".          ";
+        let dotdot = *b"..         ";
+        let mut fixed = [0u8; 128];
+        if e[0..11] == dot && e[32..43] == dotdot {
+            fixed[..64].copy_from_slice(&e[..64]);
+        } else if e[11] == 0x0F && e[32..43] == dot && e[64 + 11] == 0x0F && e[96..107] == dotdot {
+            fixed[..32].copy_from_slice(&e[32..64]);
+            fixed[32..64].copy_from_slice(&e[96..128]);
+        } else {
+            return Err(DiskError::corrupt(
+                &self.path,
+                "ESP: unexpected entries in a new directory",
+            ));
+        }
+        let p = parent.to_le_bytes();
+        fixed[32 + 20..32 + 22].copy_from_slice(&p[2..4]);
+        fixed[32 + 26..32 + 28].copy_from_slice(&p[0..2]);
+        self.file
+            .write_all_at(&fixed, at)
+            .map_err(|x| DiskError::io(&self.path, x))
     }
 
     /// Free bytes.
@@ -353,7 +486,7 @@ impl Esp {
 
     /// Flush the filesystem (clears its dirty flag) and the device.
     pub fn close(self) -> Result<(), DiskError> {
-        let Esp { path, fs, file } = self;
+        let Esp { path, fs, file, .. } = self;
         fs.unmount()
             .map_err(|e| DiskError::corrupt(&path, format!("ESP unmount: {e}")))?;
         file.sync_all().map_err(|e| DiskError::io(&path, e))
