@@ -59,8 +59,13 @@ impl Fx {
 
     /// A signed node image of `version` whose UKI is 700 KB of a pattern.
     fn bundle(&self, version: u64) -> PathBuf {
+        self.bundle_of(version, &pattern(700_000, version as u8))
+    }
+
+    /// A signed node image of `version` with `uki` as its UKI.
+    fn bundle_of(&self, version: u64, uki_bytes: &[u8]) -> PathBuf {
         let uki = self.path(&format!("uki-{version}.efi"));
-        std::fs::write(&uki, pattern(700_000, version as u8)).unwrap();
+        std::fs::write(&uki, uki_bytes).unwrap();
         let out = self.path(&format!("node-{version}.bwi"));
         let spec = BuildSpec {
             name: "bulwark-node".into(),
@@ -467,4 +472,123 @@ fn corrupt_gpt_or_fat_is_a_clear_error() {
     }
     let s = update(&p6, &esp, 1).unwrap_err().to_string();
     assert!(s.contains("no valid anti-rollback record"), "{s}");
+}
+
+/// Real firmware: OVMF boots the disk through /EFI/BOOT/BOOTX64.EFI, and
+/// systemd-boot 252 starts the slot on trial, counts the try down by renaming
+/// it on our FAT (`+1` -> `+0-1`), and falls back to the good slot when the
+/// trial slot is bad. No kernel is needed: slot 6 is a copy of systemd-boot
+/// (an EFI program with an .osrel, so a type #2 entry) which, started as the
+/// trial, sees itself bad and starts slot 5; slot 5 is the UKI stub with no
+/// .linux section, which prints "Unable to locate embedded .linux section".
+/// Both carry systemd-boot's .osrel so that they sort by file name, as UKIs
+/// with the same IMAGE_ID and IMAGE_VERSION = the version do.
+///
+/// Needs qemu-system-x86, ovmf, binutils, systemd-boot-efi; about 10-30 s
+/// under TCG:
+/// `cargo test -p bulwark-node-image --test disk -- --ignored ovmf`
+#[test]
+#[ignore = "boots OVMF under QEMU (10-30 s)"]
+fn ovmf_systemd_boot_counts_tries_and_falls_back() {
+    let f = fx();
+    let osrel = f.path("osrel");
+    ok(
+        "objcopy",
+        &[
+            "-O",
+            "binary",
+            "--only-section=.osrel",
+            SYSTEMD_BOOT,
+            osrel.to_str().unwrap(),
+        ],
+    );
+    let five = f.path("five.efi");
+    ok(
+        "objcopy",
+        &[
+            "--add-section",
+            &format!(".osrel={}", osrel.display()),
+            "--change-section-vma",
+            ".osrel=0x1a000",
+            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            five.to_str().unwrap(),
+        ],
+    );
+    let p5 = read_node_image(
+        &f.bundle_of(5, &std::fs::read(&five).unwrap()),
+        &f.trust,
+        &f.boot_manager,
+        &|_| {},
+    )
+    .unwrap();
+    let p6 = read_node_image(
+        &f.bundle_of(6, &std::fs::read(SYSTEMD_BOOT).unwrap()),
+        &f.trust,
+        &f.boot_manager,
+        &|_| {},
+    )
+    .unwrap();
+    let disk = f.path("disk.img");
+    let opts = InstallOptions {
+        esp_mib: 64,
+        create_size: Some(128 * MIB),
+    };
+    install(&p5, &disk, &opts, &|_| {}).unwrap();
+    update(&p6, &disk, 1).unwrap();
+
+    let vars = f.path("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let serial = f.path("serial.log");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let t0 = std::time::Instant::now();
+    let mut seen = false;
+    while t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let log = std::fs::read(&serial).unwrap_or_default();
+        if String::from_utf8_lossy(&log).contains("Unable to locate embedded .linux section") {
+            seen = true;
+            break;
+        }
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(seen, "slot 5 never started; serial:\n{log}");
+    assert!(!log.contains("Failed to rename"), "{log}");
+    eprintln!(
+        "slot 5 started {:.1} s after QEMU",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.slots[0].file, "bulwark-node-5.efi");
+    assert_eq!(s.slots[1].file, "bulwark-node-6+0-1.efi");
+    assert_eq!(s.slots[1].state, SlotState::Bad { done: 1 });
+    assert_eq!(s.next_boot.unwrap().version, 5);
+    ok(
+        "fsck.vfat",
+        &["-n", extract_esp(&disk, 64).to_str().unwrap()],
+    );
 }

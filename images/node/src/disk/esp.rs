@@ -15,6 +15,68 @@ use crate::disk::gpt::SECTOR;
 /// FAT volume label of the ESP.
 pub const VOLUME_LABEL: &[u8; 11] = b"BULWARK-ESP";
 
+/// Timestamps for new directory entries: the current UTC time (or
+/// `$SOURCE_DATE_EPOCH`), clamped to FAT's 1980..=2107. fatfs 0.3 without its
+/// `chrono` feature writes day 0 of month 0, which the UEFI FAT driver
+/// refuses in `SetInfo`: systemd-boot's boot-counting rename then fails with
+/// "Invalid Parameter" (seen in OVMF).
+#[derive(Debug)]
+pub struct UtcClock;
+
+/// The clock the ESP uses.
+pub static CLOCK: UtcClock = UtcClock;
+
+impl UtcClock {
+    fn now() -> fatfs::DateTime {
+        let secs = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            });
+        date_time(secs)
+    }
+}
+
+/// Civil UTC date and time of Unix time `secs` (Howard Hinnant's
+/// days-to-civil), clamped to what FAT can store.
+pub fn date_time(secs: u64) -> fatfs::DateTime {
+    // 1980-01-01 .. 2107-12-31 23:59:58
+    let secs = secs.clamp(315_532_800, 4_354_819_198);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    fatfs::DateTime {
+        date: fatfs::Date { year, month, day },
+        time: fatfs::Time {
+            hour: (rem / 3600) as u16,
+            min: (rem / 60 % 60) as u16,
+            sec: (rem % 60) as u16,
+            millis: 0,
+        },
+    }
+}
+
+impl fatfs::TimeProvider for UtcClock {
+    fn get_current_date(&self) -> fatfs::Date {
+        Self::now().date
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        Self::now()
+    }
+}
+
 /// A byte range of a file, as a seekable stream.
 #[derive(Debug)]
 pub struct PartIo {
@@ -259,8 +321,11 @@ impl Esp {
         check_boot_sector(&b, len)
             .map_err(|e| DiskError::corrupt(path, format!("the ESP is not a usable FAT32: {e}")))?;
         let f = file.try_clone().map_err(|e| DiskError::io(path, e))?;
-        let fs = FileSystem::new(PartIo::new(f, start, len), FsOptions::new())
-            .map_err(|e| DiskError::corrupt(path, format!("the ESP's FAT32: {e}")))?;
+        let fs = FileSystem::new(
+            PartIo::new(f, start, len),
+            FsOptions::new().time_provider(&CLOCK),
+        )
+        .map_err(|e| DiskError::corrupt(path, format!("the ESP's FAT32: {e}")))?;
         Ok(Esp {
             path: path.to_path_buf(),
             fs,
@@ -543,6 +608,21 @@ mod tests {
             Err(DiskError::EspFull { .. })
         ));
         esp.close().unwrap();
+    }
+
+    #[test]
+    fn civil_dates() {
+        let d = date_time(0);
+        assert_eq!((d.date.year, d.date.month, d.date.day), (1980, 1, 1));
+        // 2026-12-07 05:50:00 UTC
+        let d = date_time(1_796_622_600);
+        assert_eq!((d.date.year, d.date.month, d.date.day), (2026, 12, 7));
+        assert_eq!((d.time.hour, d.time.min, d.time.sec), (5, 50, 0));
+        // 2024-02-29 12:00:01
+        let d = date_time(1_709_208_001);
+        assert_eq!((d.date.year, d.date.month, d.date.day), (2024, 2, 29));
+        let d = date_time(u64::MAX);
+        assert_eq!(d.date.year, 2107);
     }
 
     #[test]
