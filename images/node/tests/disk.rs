@@ -592,3 +592,81 @@ fn ovmf_systemd_boot_counts_tries_and_falls_back() {
         &["-n", extract_esp(&disk, 64).to_str().unwrap()],
     );
 }
+
+#[test]
+fn cli_update_bless_status_json_and_exit_codes() {
+    let f = fx();
+    let disk = f.installed(5);
+    let (d, p, bm) = (
+        disk.to_str().unwrap().to_string(),
+        f.public.to_str().unwrap().to_string(),
+        f.boot_manager.to_str().unwrap().to_string(),
+    );
+    let json = |out: &Output| -> Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let b6 = f.bundle(6);
+    let upd = |b: &Path| {
+        f.cli(&[
+            "--json",
+            "update",
+            b.to_str().unwrap(),
+            "--trust",
+            &p,
+            "--boot-manager",
+            &bm,
+            "--disk",
+            &d,
+        ])
+    };
+    let out = upd(&b6);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["entry"].clone()),
+        (Value::Bool(true), "bulwark-node-6+1.efi".into())
+    );
+    assert_eq!(v["state"]["next_boot"]["file"], "bulwark-node-6+1.efi");
+    assert_eq!(v["state"]["fallback"]["file"], "bulwark-node-5.efi");
+    assert_eq!(v["state"]["slots"][0]["state"], "trying");
+    assert_eq!(v["state"]["slots"][0]["left"], 1);
+
+    let out = upd(&f.bundle(4));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["refused"].clone()),
+        (Value::Bool(false), Value::Bool(true))
+    );
+
+    let out = f.cli(&["--json", "status", "--disk", &d]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["floor"], 5);
+    assert_eq!(v["name"], "bulwark-node");
+
+    let out = f.cli(&["--json", "bless", "--disk", &d, "--version", "6"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json(&out)["floor"], 6);
+    let out = f.cli(&["bless", "--disk", &d, "--version", "9"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no slot of version 9"));
+
+    let out = f.cli(&["status", "--disk", &d]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("anti-rollback floor 6") && text.contains("next boot: bulwark-node-6.efi"),
+        "{text}"
+    );
+
+    // A directory is not a disk; a missing path is an I/O error (2).
+    let dir = f.path("keys");
+    let out = f.cli(&["--json", "status", "--disk", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(json(&out)["error"]
+        .as_str()
+        .unwrap()
+        .contains("neither a block device nor a regular file"));
+    let out = f.cli(&["status", "--disk", "/nonexistent/disk.img"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
