@@ -362,6 +362,12 @@ pub struct InstallReport {
     pub uki_sha384: String,
     /// Bytes of files written to the ESP.
     pub bytes_written: u64,
+    /// For a block device: whether the kernel re-read the new partition
+    /// table (`None` for a file).
+    pub partitions_reread: Option<bool>,
+    /// Why it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reread_error: Option<String>,
 }
 
 /// One partition in a report.
@@ -449,7 +455,10 @@ fn install_inner(
     esp.close()?;
     disk::write_gpt(path, &t.file, &layout)?;
     t.file.sync_all().map_err(|e| DiskError::io(path, e))?;
+    let is_block = t.is_block;
     drop(t);
+    // The exclusive open is closed: the kernel may now re-read the table.
+    let reread = is_block.then(|| disk::device::reread_partitions(path));
 
     // Read everything back through a fresh open.
     let (esp, container) = Esp::open(path)?;
@@ -500,6 +509,8 @@ fn install_inner(
             .collect(),
         uki_sha384: hex::encode(digest),
         bytes_written: install_bytes(p),
+        partitions_reread: reread.as_ref().map(|r| r.is_ok()),
+        reread_error: reread.and_then(|r| r.err()),
     })
 }
 

@@ -149,6 +149,9 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
             r.entry, r.uki_sha384
         );
         println!("  boot manager: {}", payload.boot_manager_source);
+        if let Some(e) = &r.reread_error {
+            println!("  the kernel did not re-read the partition table ({e}); reboot before using the disk");
+        }
         println!("  verified in {verify_s:.2} s, written and checked in {write_s:.2} s");
     }
     Ok(())

@@ -4,10 +4,31 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::DiskError;
+
+/// `O_EXCL` (Linux, all architectures this runs on).
+const O_EXCL: i32 = 0o200;
+/// `EBUSY`.
+const EBUSY: i32 = 16;
+
+/// Ask the kernel to re-read a block device's partition table after a new one
+/// was written (`blockdev --rereadpt`, util-linux). Best effort: the result
+/// says whether it worked; a reboot does the same.
+pub fn reread_partitions(path: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("blockdev")
+        .arg("--rereadpt")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("blockdev: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
 
 /// A Linux device number, split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -221,13 +242,28 @@ impl Target {
                 });
             }
         }
-        let mut file = OpenOptions::new()
-            .read(true)
+        // A block device is opened O_EXCL: the kernel then refuses it while
+        // anything claims it (a mount in any mount namespace, swap, md, a
+        // device-mapper table), which the mountinfo check above cannot see
+        // for other namespaces, and nobody can mount it while we write.
+        let mut opts = OpenOptions::new();
+        opts.read(true)
             .write(true)
             .create(create_size.is_some() && !is_block)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
+            .truncate(false);
+        if is_block {
+            opts.custom_flags(O_EXCL);
+        }
+        let mut file = opts.open(path).map_err(|e| {
+            if is_block && e.raw_os_error() == Some(EBUSY) {
+                DiskError::InUse {
+                    path: path.to_path_buf(),
+                    why: "the kernel reports it busy (mounted, swap, or claimed; possibly in another mount namespace)".into(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
         if let (Some(want), false) = (create_size, is_block) {
             let have = file.metadata().map_err(io)?.len();
             if have < want {
