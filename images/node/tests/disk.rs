@@ -670,3 +670,156 @@ fn cli_update_bless_status_json_and_exit_codes() {
     let out = f.cli(&["status", "--disk", "/nonexistent/disk.img"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// A UKI on Debian's systemd 252 stub whose initrd prints `@@SLOT <v>` and
+/// powers off (the layout of ../shared/lab/UEFI-TPM.md).
+fn real_uki(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> Vec<u8> {
+    let root = f.path(&format!("initrd{v}"));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo \"@@SLOT {v} $(/bin/busybox cat /proc/cmdline)\"\n/bin/busybox poweroff -f\n"
+    );
+    std::fs::write(root.join("init"), init).unwrap();
+    ok("chmod", &["+x", root.join("init").to_str().unwrap()]);
+    let initrd = f.path(&format!("initrd{v}.img"));
+    let sh = format!(
+        "cd {} && find . | sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19 > {}",
+        root.display(),
+        initrd.display()
+    );
+    ok("sh", &["-c", &sh]);
+    let osrel = f.path(&format!("osrel{v}"));
+    std::fs::write(
+        &osrel,
+        format!("ID=bulwark-node\nIMAGE_ID=bulwark-node\nIMAGE_VERSION={v}\n"),
+    )
+    .unwrap();
+    let cmdline = f.path(&format!("cmdline{v}"));
+    std::fs::write(&cmdline, format!("console=ttyS0 bulwark.slot={v}")).unwrap();
+    let uki = f.path(&format!("real{v}.efi"));
+    let linux_len = std::fs::metadata(vmlinuz).unwrap().len();
+    let initrd_vma = (0x1c000 + linux_len).div_ceil(4096) * 4096;
+    ok(
+        "objcopy",
+        &[
+            "--add-section",
+            &format!(".osrel={}", osrel.display()),
+            "--change-section-vma",
+            ".osrel=0x1a000",
+            "--add-section",
+            &format!(".cmdline={}", cmdline.display()),
+            "--change-section-vma",
+            ".cmdline=0x1b000",
+            "--add-section",
+            &format!(".linux={vmlinuz}"),
+            "--change-section-vma",
+            ".linux=0x1c000",
+            "--add-section",
+            &format!(".initrd={}", initrd.display()),
+            "--change-section-vma",
+            &format!(".initrd={initrd_vma:#x}"),
+            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            uki.to_str().unwrap(),
+        ],
+    );
+    std::fs::read(&uki).unwrap()
+}
+
+/// Power the disk on in OVMF until the guest powers off; the slot it printed.
+fn power_on(f: &Fx, disk: &Path) -> Option<u64> {
+    let vars = f.path("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let serial = f.path("serial.log");
+    let _ = std::fs::remove_file(&serial);
+    let t0 = std::time::Instant::now();
+    let st = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .status()
+        .unwrap();
+    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    eprintln!(
+        "power-on to poweroff: {:.1} s ({st})",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(!log.contains("Failed to rename"), "{log}");
+    let at = log.find("@@SLOT ")?;
+    log[at + 7..].split_whitespace().next()?.parse().ok()
+}
+
+/// Real UKIs (Debian's kernel and busybox, as the lab uses): install 5,
+/// update to 6 that never becomes healthy (it powers off unblessed): the
+/// next power-on boots 5 by itself. Update to 7 (replaces the bad 6), bless it
+/// as the node's init would, and 7 stays the one booted.
+///
+/// `BULWARK_TEST_VMLINUZ=.../vmlinuz BULWARK_TEST_BUSYBOX=.../busybox-static \
+///  cargo test -p bulwark-node-image --test disk -- --ignored real_ukis`
+/// (the lab caches both under ~/.cache/bulwark/lab/packages); 4 boots of
+/// about 10 s each under TCG.
+#[test]
+#[ignore = "boots real UKIs in OVMF under QEMU (about 45 s); needs BULWARK_TEST_VMLINUZ and BULWARK_TEST_BUSYBOX"]
+fn ovmf_real_ukis_fall_back_then_bless() {
+    let (Ok(vmlinuz), Ok(busybox)) = (
+        std::env::var("BULWARK_TEST_VMLINUZ"),
+        std::env::var("BULWARK_TEST_BUSYBOX"),
+    ) else {
+        eprintln!("skipped: set BULWARK_TEST_VMLINUZ and BULWARK_TEST_BUSYBOX");
+        return;
+    };
+    let f = fx();
+    let payload = |v: u64| {
+        let uki = real_uki(&f, v, &vmlinuz, &busybox);
+        read_node_image(&f.bundle_of(v, &uki), &f.trust, &f.boot_manager, &|_| {}).unwrap()
+    };
+    let disk = f.path("disk.img");
+    let opts = InstallOptions {
+        esp_mib: 64,
+        create_size: Some(256 * MIB),
+    };
+    install(&payload(5), &disk, &opts, &|_| {}).unwrap();
+    assert_eq!(power_on(&f, &disk), Some(5));
+
+    update(&payload(6), &disk, 1).unwrap();
+    assert_eq!(power_on(&f, &disk), Some(6));
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.slots[1].state, SlotState::Bad { done: 1 });
+    assert_eq!(power_on(&f, &disk), Some(5), "no fallback to 5");
+
+    let r = update(&payload(7), &disk, 1).unwrap();
+    assert_eq!(r.removed, ["bulwark-node-6+0-1.efi"]);
+    assert_eq!(power_on(&f, &disk), Some(7));
+    bless(&disk, 7).unwrap();
+    assert_eq!(power_on(&f, &disk), Some(7));
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(
+        (s.floor, s.slots[0].file.as_str()),
+        (7, "bulwark-node-7.efi")
+    );
+    ok(
+        "fsck.vfat",
+        &["-n", extract_esp(&disk, 64).to_str().unwrap()],
+    );
+}
