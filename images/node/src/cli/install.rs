@@ -2,6 +2,15 @@
 //! fresh disk (GPT, ESP with systemd-boot and the image as the good slot,
 //! state partition).
 
+/// `println!` that ignores a closed stdout (`| head`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use outln;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -129,9 +138,9 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
         v["boot_manager"] = json!(payload.boot_manager_source);
         v["verify_seconds"] = json!(verify_s);
         v["write_seconds"] = json!(write_s);
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "installed {} version {} on {} ({} MiB)",
             r.name,
             r.version,
@@ -139,20 +148,25 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
             r.disk_bytes >> 20
         );
         for p in &r.partitions {
-            println!(
+            outln!(
                 "  {:<14} start {:>9} sectors {:>10}  type {}  partuuid {}",
-                p.label, p.start, p.sectors, p.type_guid, p.partuuid
+                p.label,
+                p.start,
+                p.sectors,
+                p.type_guid,
+                p.partuuid
             );
         }
-        println!(
+        outln!(
             "  slot: /EFI/Linux/{} (good), uki sha384 {}",
-            r.entry, r.uki_sha384
+            r.entry,
+            r.uki_sha384
         );
-        println!("  boot manager: {}", payload.boot_manager_source);
+        outln!("  boot manager: {}", payload.boot_manager_source);
         if let Some(e) = &r.reread_error {
-            println!("  the kernel did not re-read the partition table ({e}); reboot before using the disk");
+            outln!("  the kernel did not re-read the partition table ({e}); reboot before using the disk");
         }
-        println!("  verified in {verify_s:.2} s, written and checked in {write_s:.2} s");
+        outln!("  verified in {verify_s:.2} s, written and checked in {write_s:.2} s");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use bulwark_node_image::NodeImageError;
 use clap::Args;
 use serde_json::json;
 
-use super::install::{verify, ImageArgs};
+use super::install::{outln, verify, ImageArgs};
 
 #[derive(Args)]
 pub struct UpdateArgs {
@@ -44,18 +44,18 @@ pub fn run(a: &UpdateArgs, json: bool) -> Result<(), NodeImageError> {
     if json {
         let mut v = serde_json::to_value(&r).unwrap_or_default();
         v["ok"] = json!(true);
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "wrote /EFI/Linux/{} on {}: tried at the next boot, {} is the fallback",
             r.entry,
             a.disk.display(),
             r.fallback
         );
         for f in &r.removed {
-            println!("  removed /EFI/Linux/{f}");
+            outln!("  removed /EFI/Linux/{f}");
         }
-        println!("  uki sha384 {}", r.uki_sha384);
+        outln!("  uki sha384 {}", r.uki_sha384);
     }
     Ok(())
 }
@@ -65,14 +65,15 @@ pub fn run_bless(a: &BlessArgs, json: bool) -> Result<(), NodeImageError> {
     if json {
         let mut v = serde_json::to_value(&r).unwrap_or_default();
         v["ok"] = json!(true);
-        println!("{v}");
+        outln!("{v}");
     } else if r.already {
-        println!(
+        outln!(
             "{} was already good; anti-rollback floor {}",
-            r.entry, r.floor
+            r.entry,
+            r.floor
         );
     } else {
-        println!("marked {} good; anti-rollback floor {}", r.entry, r.floor);
+        outln!("marked {} good; anti-rollback floor {}", r.entry, r.floor);
     }
     Ok(())
 }
@@ -82,7 +83,7 @@ pub fn run_status(a: &StatusArgs, json: bool) -> Result<(), NodeImageError> {
     if json {
         let mut v = serde_json::to_value(&s).unwrap_or_default();
         v["ok"] = json!(true);
-        println!("{v}");
+        outln!("{v}");
     } else {
         print_state(&s);
     }
@@ -90,19 +91,19 @@ pub fn run_status(a: &StatusArgs, json: bool) -> Result<(), NodeImageError> {
 }
 
 fn print_state(s: &BootState) {
-    println!("image {}, anti-rollback floor {}", s.name, s.floor);
+    outln!("image {}, anti-rollback floor {}", s.name, s.floor);
     for slot in &s.slots {
         let state = match slot.state {
             SlotState::Blessed => "good".to_string(),
             SlotState::Trying { left, done } => format!("on trial: {left} tries left, {done} done"),
             SlotState::Bad { done } => format!("bad: no tries left, {done} done"),
         };
-        println!("  version {:>6}  {:<32} {state}", slot.version, slot.file);
+        outln!("  version {:>6}  {:<32} {state}", slot.version, slot.file);
     }
     if let Some(n) = &s.next_boot {
-        println!("next boot: {}", n.file);
+        outln!("next boot: {}", n.file);
     }
     if let Some(f) = &s.fallback {
-        println!("fallback:  {}", f.file);
+        outln!("fallback:  {}", f.file);
     }
 }
