@@ -16,3 +16,5 @@ pub mod measure;
 pub mod pe;
 pub mod uki;
 pub use error::NodeImageError;
+pub mod disk;
+pub mod install;

@@ -487,3 +487,92 @@ mod tests {
         assert_eq!(replay(std::iter::empty()), [0; 32]);
     }
 }
+
+/// A signed node image's prediction: the bundle verified, the prediction made
+/// from its verified UKI and boot manager, and compared with the manifest's
+/// signed values (what `bulwark-node-image measure IMAGE --trust` and the
+/// verifier's `node.boot_images` use).
+#[derive(Debug, Clone)]
+pub struct SignedPrediction {
+    pub name: String,
+    pub version: u64,
+    /// SHA-384 of the signed manifest.
+    pub manifest_sha384: [u8; 48],
+    /// The Secure Boot state the manifest's values assume.
+    pub secure_boot: bool,
+    /// The manifest's signed PCR values.
+    pub signed_pcrs: BTreeMap<u32, [u8; 32]>,
+    pub prediction: Prediction,
+    /// Whether the prediction was compared with the manifest (the same
+    /// Secure Boot state).
+    pub compared: bool,
+    /// PCRs where the prediction and the manifest differ (empty: they agree).
+    pub mismatches: Vec<String>,
+}
+
+impl SignedPrediction {
+    /// The Authenticode digests of the EFI applications PCR 4 records, in order.
+    pub fn boot_applications(&self) -> Vec<[u8; 32]> {
+        self.prediction
+            .events
+            .iter()
+            .filter(|e| e.pcr == 4 && e.event_type == "EV_EFI_BOOT_SERVICES_APPLICATION")
+            .filter_map(|e| hex::decode(&e.digest).ok()?.try_into().ok())
+            .collect()
+    }
+}
+
+/// Verify the node image at `path` against `trust` and predict its boot with
+/// `secure_boot` (default: the state its manifest assumes).
+pub fn predict_signed(
+    path: &std::path::Path,
+    trust: &bulwark_image::TrustPolicy,
+    secure_boot: Option<bool>,
+) -> Result<SignedPrediction, NodeImageError> {
+    use bulwark_image::{Bundle, ComponentKind};
+    let verified = Bundle::open(path)?.verify(trust)?;
+    let m = verified.manifest();
+    let Some(node) = &m.node else {
+        return Err(NodeImageError::Invalid(format!(
+            "{} is a {} image, not a node image",
+            m.name,
+            m.kind_name()
+        )));
+    };
+    let uki = verified
+        .read_component(ComponentKind::Uki)?
+        .ok_or_else(|| NodeImageError::Invalid("the node image has no uki".into()))?;
+    let bm = verified.read_component(ComponentKind::Bootloader)?;
+    let sb = secure_boot.unwrap_or(node.secure_boot);
+    let prediction = predict(
+        &uki,
+        &MeasureOptions {
+            secure_boot: Some(sb),
+            boot_manager: bm.as_deref(),
+        },
+    )?;
+    let compared = sb == node.secure_boot;
+    let mut mismatches = Vec::new();
+    if compared {
+        for (i, want) in &node.pcrs {
+            let got = prediction.pcrs.get(i).map(|v| v.sha256.clone());
+            if got.as_deref() != Some(hex::encode(want).as_str()) {
+                mismatches.push(format!(
+                    "PCR {i}: manifest {}, prediction {}",
+                    hex::encode(want),
+                    got.unwrap_or_else(|| "none".into())
+                ));
+            }
+        }
+    }
+    Ok(SignedPrediction {
+        name: m.name.clone(),
+        version: m.version,
+        manifest_sha384: verified.manifest_sha384(),
+        secure_boot: node.secure_boot,
+        signed_pcrs: node.pcrs.clone(),
+        prediction,
+        compared,
+        mismatches,
+    })
+}

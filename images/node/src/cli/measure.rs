@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use bulwark_image::{Bundle, ComponentKind, PublicKey, TrustPolicy, MAGIC};
-use bulwark_node_image::measure::{predict, Confidence, MeasureOptions, Prediction};
+use bulwark_image::{PublicKey, TrustPolicy, MAGIC};
+use bulwark_node_image::measure::{
+    predict, predict_signed, Confidence, MeasureOptions, Prediction,
+};
 use bulwark_node_image::NodeImageError;
 use clap::{Args, ValueEnum};
 
@@ -69,18 +71,9 @@ pub fn print_prediction(p: &Prediction) {
     }
 }
 
+/// A bundle that fails verification, or whose prediction differs from its
+/// signed manifest, is refused (exit 1).
 pub fn run(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
-    match run_inner(a, json) {
-        // A bundle that fails verification is refused (exit 1), not a usage error.
-        Err(NodeImageError::Image(e)) if e.is_rejection() => {
-            eprintln!("bulwark-node-image: refused: {e}");
-            std::process::exit(1);
-        }
-        r => r,
-    }
-}
-
-fn run_inner(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
     let sb = a.secure_boot.map(|s| s == SecureBoot::On);
     let head = {
         use std::io::Read;
@@ -134,60 +127,34 @@ fn run_inner(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
         .iter()
         .map(|k| PublicKey::from_pem_file(k))
         .collect::<Result<Vec<_>, _>>()?;
-    let verified = Bundle::open(&a.image)?.verify(&TrustPolicy {
-        keys,
-        threshold: 1,
-        min_version: 0,
-    })?;
-    let m = verified.manifest();
-    let Some(node) = &m.node else {
-        return Err(NodeImageError::Invalid(format!(
-            "{} is a {} image, not a node image",
-            m.name,
-            m.kind_name()
-        )));
-    };
-    let uki = verified
-        .read_component(ComponentKind::Uki)?
-        .ok_or_else(|| NodeImageError::Invalid("the node image has no uki".into()))?;
-    let bm = verified.read_component(ComponentKind::Bootloader)?;
-    let p = predict(
-        &uki,
-        &MeasureOptions {
-            secure_boot: Some(sb.unwrap_or(node.secure_boot)),
-            boot_manager: bm.as_deref(),
+    let v = predict_signed(
+        &a.image,
+        &TrustPolicy {
+            keys,
+            threshold: 1,
+            min_version: 0,
         },
+        sb,
     )?;
-    // The manifest's values hold for its Secure Boot state.
-    let mut mismatches = Vec::new();
-    let compared = sb.is_none_or(|s| s == node.secure_boot);
-    if compared {
-        for (i, want) in &node.pcrs {
-            let got = p.pcrs.get(i).map(|v| v.sha256.clone());
-            if got.as_deref() != Some(hex::encode(want).as_str()) {
-                mismatches.push(format!(
-                    "PCR {i}: manifest {} , prediction {}",
-                    hex::encode(want),
-                    got.unwrap_or_else(|| "none".into())
-                ));
-            }
-        }
-    }
+    let (p, mismatches, compared) = (&v.prediction, &v.mismatches, v.compared);
+    let m = &v;
+    let node = &v;
     let matches = mismatches.is_empty();
-    if json {
+    if json && matches {
+        // (A mismatch is reported once, as the refusal's JSON.)
         println!(
             "{}",
             serde_json::json!({"ok": matches, "source": "bundle", "name": m.name, "version": m.version,
                 "matches_manifest": compared.then_some(matches), "mismatches": mismatches, "prediction": p})
         );
-    } else {
+    } else if !json {
         println!(
             "{}: node image {} version {} (verified)",
             a.image.display(),
             m.name,
             m.version
         );
-        print_prediction(&p);
+        print_prediction(p);
         if !compared {
             println!(
                 "  not compared: the manifest's prediction assumes Secure Boot {}",
@@ -198,11 +165,10 @@ fn run_inner(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
         }
     }
     if !matches {
-        eprintln!(
-            "bulwark-node-image: refused: the prediction differs from the signed manifest: {}",
+        return Err(NodeImageError::Refused(format!(
+            "the prediction differs from the signed manifest: {}",
             mismatches.join("; ")
-        );
-        std::process::exit(1);
+        )));
     }
     Ok(())
 }

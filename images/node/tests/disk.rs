@@ -1,0 +1,825 @@
+//! Install, update, bless and boot state on disk image files, read back by
+//! independent tools: sfdisk (util-linux), fsck.vfat (dosfstools), mtools and
+//! blkid. A tool that is missing fails the test (scripts/debian-packages.txt
+//! lists them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bulwark_image::{build, generate_key_pair, sign, BuildSpec, SigningKey, TrustPolicy};
+use bulwark_node_image::disk::{esp::Esp, DiskError};
+use bulwark_node_image::install::{
+    bless, boot_state, install, read_node_image, update, InstallOptions, NodeImagePayload,
+    SlotState, SYSTEMD_BOOT,
+};
+use bulwark_node_image::NodeImageError;
+use serde_json::Value;
+use sha2::{Digest, Sha384};
+
+const MIB: u64 = 1 << 20;
+
+struct Fx {
+    dir: tempfile::TempDir,
+    key: SigningKey,
+    public: PathBuf,
+    trust: TrustPolicy,
+    boot_manager: PathBuf,
+}
+
+fn fx() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public, pk) = generate_key_pair(&dir.path().join("keys")).unwrap();
+    // The real systemd-boot where installed, else a stand-in.
+    let boot_manager = if Path::new(SYSTEMD_BOOT).exists() {
+        PathBuf::from(SYSTEMD_BOOT)
+    } else {
+        let p = dir.path().join("systemd-bootx64.efi");
+        std::fs::write(&p, pattern(140_000, 9)).unwrap();
+        p
+    };
+    Fx {
+        key: SigningKey::from_pem_file(&private).unwrap(),
+        public,
+        trust: TrustPolicy::single(pk),
+        boot_manager,
+        dir,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+impl Fx {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A signed node image of `version` whose UKI is 700 KB of a pattern.
+    fn bundle(&self, version: u64) -> PathBuf {
+        self.bundle_of(version, &pattern(700_000, version as u8))
+    }
+
+    /// A signed node image of `version` with `uki` as its UKI.
+    fn bundle_of(&self, version: u64, uki_bytes: &[u8]) -> PathBuf {
+        let uki = self.path(&format!("uki-{version}.efi"));
+        std::fs::write(&uki, uki_bytes).unwrap();
+        let out = self.path(&format!("node-{version}.bwi"));
+        let spec = BuildSpec {
+            name: "bulwark-node".into(),
+            version,
+            created: 1_700_000_000,
+            kernel: uki,
+            initrd: None,
+            cmdline: None,
+            config: None,
+            rootfs: None,
+        };
+        build(&spec, &out, &|_| {}).unwrap();
+        sign(&out, &self.key, &|_| {}).unwrap();
+        out
+    }
+
+    fn payload(&self, version: u64) -> NodeImagePayload {
+        read_node_image(
+            &self.bundle(version),
+            &self.trust,
+            &self.boot_manager,
+            &|_| {},
+        )
+        .unwrap()
+    }
+
+    fn installed(&self, version: u64) -> PathBuf {
+        let disk = self.path("disk.img");
+        let opts = InstallOptions {
+            esp_mib: 64,
+            create_size: Some(128 * MIB),
+        };
+        install(&self.payload(version), &disk, &opts, &|_| {}).unwrap();
+        disk
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_bulwark-node-image"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn tool(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (install it: scripts/debian-packages.txt)"));
+    out
+}
+
+fn ok(cmd: &str, args: &[&str]) -> String {
+    let out = tool(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copy the ESP (partition 1 at 1 MiB) out of a disk image.
+fn extract_esp(disk: &Path, esp_mib: u64) -> PathBuf {
+    let bytes = std::fs::read(disk).unwrap();
+    let out = disk.with_extension("esp");
+    std::fs::write(&out, &bytes[MIB as usize..((1 + esp_mib) * MIB) as usize]).unwrap();
+    out
+}
+
+fn sha384(b: &[u8]) -> Vec<u8> {
+    Sha384::digest(b).to_vec()
+}
+
+#[test]
+fn layout_read_back_by_sfdisk_fsck_mtools_blkid() {
+    let f = fx();
+    let disk = f.installed(5);
+    let d = disk.to_str().unwrap();
+
+    let v: Value = serde_json::from_str(&ok("sfdisk", &["--json", d])).unwrap();
+    let t = &v["partitiontable"];
+    assert_eq!(t["label"], "gpt");
+    assert_eq!(t["sectorsize"], 512);
+    assert_eq!(t["firstlba"], 34);
+    assert_eq!(t["lastlba"], 128 * 2048 - 34);
+    let p = t["partitions"].as_array().unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0]["start"], 2048);
+    assert_eq!(p[0]["size"], 64 * 2048);
+    assert_eq!(p[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(p[0]["name"], "ESP");
+    assert_eq!(p[1]["start"], 65 * 2048);
+    // The rest, in whole MiB, less the last MiB (backup GPT).
+    assert_eq!(p[1]["size"], 62 * 2048);
+    assert_eq!(p[1]["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    assert_eq!(p[1]["name"], "bulwark-state");
+    // sfdisk's own consistency check (both headers, CRCs, overlap).
+    let verify = ok("sfdisk", &["--verify", d]);
+    assert!(verify.contains("No errors detected"), "{verify}");
+
+    let esp = extract_esp(&disk, 64);
+    let e = esp.to_str().unwrap();
+    let fsck = ok("fsck.vfat", &["-n", e]);
+    assert!(fsck.contains("files"), "{fsck}");
+    let blkid = ok("blkid", &["-p", "-o", "export", e]);
+    assert!(blkid.contains("TYPE=vfat"), "{blkid}");
+    assert!(blkid.contains("LABEL=BULWARK-ESP"), "{blkid}");
+    assert!(blkid.contains("VERSION=FAT32"), "{blkid}");
+
+    let linux = ok("mdir", &["-b", "-i", e, "::/EFI/Linux"]);
+    assert_eq!(linux.trim(), "::/EFI/Linux/bulwark-node-5.efi", "{linux}");
+    let conf = ok("mtype", &["-i", e, "::/loader/loader.conf"]);
+    assert!(
+        conf.contains("timeout 0\ndefault bulwark-node-*\n"),
+        "{conf}"
+    );
+    for (inside, want) in [
+        ("::/EFI/Linux/bulwark-node-5.efi", pattern(700_000, 5)),
+        (
+            "::/EFI/BOOT/BOOTX64.EFI",
+            std::fs::read(&f.boot_manager).unwrap(),
+        ),
+        (
+            "::/EFI/systemd/systemd-bootx64.efi",
+            std::fs::read(&f.boot_manager).unwrap(),
+        ),
+    ] {
+        let out = f.path("copied");
+        let _ = std::fs::remove_file(&out);
+        ok("mcopy", &["-i", e, inside, out.to_str().unwrap()]);
+        assert_eq!(
+            sha384(&std::fs::read(&out).unwrap()),
+            sha384(&want),
+            "{inside}"
+        );
+    }
+    let rec = ok("mdir", &["-b", "-i", e, "::/loader/bulwark"]);
+    assert!(rec.contains("floor-a") && rec.contains("floor-b"), "{rec}");
+
+    // The state partition's first MiB is zeroed: nothing for blkid to find.
+    let bytes = std::fs::read(&disk).unwrap();
+    let state = (65 * MIB) as usize;
+    assert!(bytes[state..state + MIB as usize].iter().all(|b| *b == 0));
+
+    // mtools through the whole disk, at the partition's offset.
+    let whole = format!("{d}@@1M");
+    assert!(ok("mdir", &["-b", "-i", &whole, "::/EFI/Linux"]).contains("bulwark-node-5.efi"));
+}
+
+#[test]
+fn cli_install_json_and_tampered_bundle_leaves_disk_untouched() {
+    let f = fx();
+    let bundle = f.bundle(3);
+    let disk = f.path("disk.img");
+    let (b, d, p) = (
+        bundle.to_str().unwrap(),
+        disk.to_str().unwrap(),
+        f.public.to_str().unwrap(),
+    );
+    let bm = f.boot_manager.to_str().unwrap();
+    let base = [
+        "--json",
+        "install",
+        b,
+        "--trust",
+        p,
+        "--boot-manager",
+        bm,
+        "--disk",
+        d,
+        "--esp-mib",
+        "64",
+    ];
+
+    // No --create-size and no file: an error, nothing created.
+    let out = f.cli(&base);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!disk.exists());
+
+    let mut args = base.to_vec();
+    args.extend(["--create-size", "128M"]);
+    let out = f.cli(&args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["entry"], "bulwark-node-3.efi");
+    assert_eq!(v["uki_sha384"], hex::encode(sha384(&pattern(700_000, 3))));
+    let before = std::fs::read(&disk).unwrap();
+
+    // One flipped byte in the UKI inside the bundle: refused (exit 1)
+    // before the disk is opened.
+    let mut bad = std::fs::read(&bundle).unwrap();
+    let at = bad.len() - 1000;
+    bad[at] ^= 1;
+    let tampered = f.path("tampered.bwi");
+    std::fs::write(&tampered, &bad).unwrap();
+    let mut args = base.to_vec();
+    args[2] = tampered.to_str().unwrap();
+    let out = f.cli(&args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["refused"], true);
+    assert_eq!(std::fs::read(&disk).unwrap(), before, "the disk changed");
+
+    // An untrusted key: refused, disk unchanged.
+    let other = f.path("other");
+    generate_key_pair(&other).unwrap();
+    let mut args = base.to_vec();
+    let op = other.join("signing.pub");
+    args[4] = op.to_str().unwrap();
+    let out = f.cli(&args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(std::fs::read(&disk).unwrap(), before);
+}
+
+#[test]
+fn too_small_disk_refused_with_both_sizes() {
+    let f = fx();
+    let disk = f.path("small.img");
+    std::fs::write(&disk, vec![0xA5u8; (64 * MIB) as usize]).unwrap();
+    let opts = InstallOptions {
+        esp_mib: 64,
+        create_size: None,
+    };
+    let e = install(&f.payload(1), &disk, &opts, &|_| {}).unwrap_err();
+    let s = e.to_string();
+    assert!(
+        matches!(e, NodeImageError::Disk(DiskError::TooSmall { .. })),
+        "{s}"
+    );
+    assert!(
+        s.contains("67108864 bytes (64 MiB)") && s.contains("102760448 bytes (98 MiB)"),
+        "{s}"
+    );
+    assert!(e.is_refusal());
+    assert!(std::fs::read(&disk).unwrap().iter().all(|b| *b == 0xA5));
+    // An ESP below the FAT32 minimum.
+    let opts = InstallOptions {
+        esp_mib: 16,
+        create_size: Some(128 * MIB),
+    };
+    let e = install(&f.payload(1), &disk, &opts, &|_| {}).unwrap_err();
+    assert!(e.to_string().contains("FAT32 minimum"), "{e}");
+}
+
+#[test]
+fn update_rollback_bless_and_failed_boot_fallback() {
+    let f = fx();
+    let disk = f.installed(5);
+
+    // N+1: the tried-once entry, N is the fallback.
+    let r = update(&f.payload(6), &disk, 1).unwrap();
+    assert_eq!(r.entry, "bulwark-node-6+1.efi");
+    assert_eq!(r.fallback, "bulwark-node-5.efi");
+    assert!(r.removed.is_empty());
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.floor, 5);
+    assert_eq!(s.next_boot.as_ref().unwrap().file, "bulwark-node-6+1.efi");
+    assert_eq!(s.fallback.as_ref().unwrap().file, "bulwark-node-5.efi");
+
+    // N-1 and N refused; N+1 again refused (already there).
+    for (v, want) in [
+        (4, "rolled back"),
+        (5, "already installed"),
+        (6, "already installed"),
+    ] {
+        let e = update(&f.payload(v), &disk, 1).unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        let s = e.to_string().to_lowercase();
+        assert!(
+            s.contains(want)
+                || (want == "rolled back" && s.contains("rollback") || s.contains("below")),
+            "{v}: {s}"
+        );
+    }
+
+    // The node booted 6 (systemd-boot renamed it) and it became healthy.
+    rename_on_disk(&disk, "bulwark-node-6+1.efi", "bulwark-node-6+0-1.efi");
+    let b = bless(&disk, 6).unwrap();
+    assert!(!b.already);
+    assert_eq!(b.entry, "bulwark-node-6.efi");
+    assert_eq!(b.floor, 6);
+    assert!(bless(&disk, 6).unwrap().already);
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.floor, 6);
+    assert_eq!(s.next_boot.unwrap().file, "bulwark-node-6.efi");
+    assert_eq!(s.fallback, None);
+    let files: Vec<&str> = s.slots.iter().map(|s| s.file.as_str()).collect();
+    assert_eq!(files, ["bulwark-node-6.efi", "bulwark-node-5.efi"]);
+
+    // N+2 replaces the older slot (5), never the newest good one (6).
+    let r = update(&f.payload(7), &disk, 1).unwrap();
+    assert_eq!(r.removed, ["bulwark-node-5.efi"]);
+    assert_eq!(r.fallback, "bulwark-node-6.efi");
+
+    // A boot of 7 that never reaches healthy: systemd-boot renamed the entry
+    // and nobody blessed it. The next boot starts 6.
+    rename_on_disk(&disk, "bulwark-node-7+1.efi", "bulwark-node-7+0-1.efi");
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.next_boot.as_ref().unwrap().version, 6);
+    assert_eq!(s.slots[1].state, SlotState::Bad { done: 1 });
+    assert_eq!(s.floor, 6);
+
+    // A fixed 8 replaces the failed 7.
+    let r = update(&f.payload(8), &disk, 2).unwrap();
+    assert_eq!(r.removed, ["bulwark-node-7+0-1.efi"]);
+    assert_eq!(r.entry, "bulwark-node-8+2.efi");
+
+    // The independent reader agrees, and the filesystem is clean.
+    let esp = extract_esp(&disk, 64);
+    let e = esp.to_str().unwrap();
+    ok("fsck.vfat", &["-n", e]);
+    let mut names: Vec<String> = ok("mdir", &["-b", "-i", e, "::/EFI/Linux"])
+        .lines()
+        .map(|l| l.trim_start_matches("::/EFI/Linux/").to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bulwark-node-6.efi", "bulwark-node-8+2.efi"]);
+
+    // bless and boot_state work on the ESP alone (a partition device).
+    assert_eq!(boot_state(&esp).unwrap().next_boot.unwrap().version, 8);
+    bless(&esp, 8).unwrap();
+    let s = boot_state(&esp).unwrap();
+    assert_eq!(
+        (s.floor, s.next_boot.unwrap().file.as_str()),
+        (8, "bulwark-node-8.efi")
+    );
+    ok("fsck.vfat", &["-n", e]);
+}
+
+/// Rename an entry the way systemd-boot does at boot, with mtools (not this
+/// crate) on the disk image at the ESP's offset.
+fn rename_on_disk(disk: &Path, from: &str, to: &str) {
+    let whole = format!("{}@@1M", disk.display());
+    ok("mren", &["-i", &whole, &format!("::/EFI/Linux/{from}"), to]);
+}
+
+#[test]
+fn corrupt_gpt_or_fat_is_a_clear_error() {
+    let f = fx();
+    let disk = f.installed(2);
+    let p6 = f.payload(3);
+    let clean = std::fs::read(&disk).unwrap();
+
+    // Both GPT headers gone.
+    let mut b = clean.clone();
+    b[512..1024].fill(0);
+    let n = b.len();
+    b[n - 512..].fill(0);
+    std::fs::write(&disk, &b).unwrap();
+    let e = update(&p6, &disk, 1).unwrap_err();
+    let s = e.to_string();
+    assert!(
+        s.contains("no valid GPT") || s.contains("not a usable FAT32"),
+        "{s}"
+    );
+    assert!(boot_state(&disk).is_err());
+
+    // Primary header gone, backup intact: still works (and sfdisk agrees).
+    let mut b = clean.clone();
+    b[512..1024].fill(0);
+    std::fs::write(&disk, &b).unwrap();
+    assert_eq!(boot_state(&disk).unwrap().floor, 2);
+
+    // The ESP's boot sector zeroed.
+    let mut b = clean.clone();
+    b[MIB as usize..MIB as usize + 512].fill(0);
+    std::fs::write(&disk, &b).unwrap();
+    let s = update(&p6, &disk, 1).unwrap_err().to_string();
+    assert!(s.contains("not a usable FAT32"), "{s}");
+
+    // The FAT scrambled: an error or a clean result, never a panic.
+    for seed in 0..8u8 {
+        let mut b = clean.clone();
+        let fat = MIB as usize + 32 * 512;
+        for (i, x) in b[fat..fat + 64 * 1024].iter_mut().enumerate() {
+            *x = pattern(1, (i as u8) ^ seed)[0];
+        }
+        std::fs::write(&disk, &b).unwrap();
+        let _ = boot_state(&disk);
+        let _ = update(&p6, &disk, 1);
+    }
+
+    // Both rollback records damaged: refused, not treated as "no floor".
+    std::fs::write(&disk, &clean).unwrap();
+    let esp = extract_esp(&disk, 64);
+    {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&esp)
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        let e = Esp::open_at(&esp, &file, 0, len).unwrap();
+        e.overwrite_in_place("loader/bulwark/floor-a", &[1u8; 512])
+            .unwrap();
+        e.overwrite_in_place("loader/bulwark/floor-b", &[2u8; 512])
+            .unwrap();
+        e.close().unwrap();
+    }
+    let s = update(&p6, &esp, 1).unwrap_err().to_string();
+    assert!(s.contains("no valid anti-rollback record"), "{s}");
+}
+
+/// Real firmware: OVMF boots the disk through /EFI/BOOT/BOOTX64.EFI, and
+/// systemd-boot 252 starts the slot on trial, counts the try down by renaming
+/// it on our FAT (`+1` -> `+0-1`), and falls back to the good slot when the
+/// trial slot is bad. No kernel is needed: slot 6 is a copy of systemd-boot
+/// (an EFI program with an .osrel, so a type #2 entry) which, started as the
+/// trial, sees itself bad and starts slot 5; slot 5 is the UKI stub with no
+/// .linux section, which prints "Unable to locate embedded .linux section".
+/// Both carry systemd-boot's .osrel so that they sort by file name, as UKIs
+/// with the same IMAGE_ID and IMAGE_VERSION = the version do.
+///
+/// Needs qemu-system-x86, ovmf, binutils, systemd-boot-efi; about 10-30 s
+/// under TCG:
+/// `cargo test -p bulwark-node-image --test disk -- --ignored ovmf`
+#[test]
+#[ignore = "boots OVMF under QEMU (10-30 s)"]
+fn ovmf_systemd_boot_counts_tries_and_falls_back() {
+    let f = fx();
+    let osrel = f.path("osrel");
+    ok(
+        "objcopy",
+        &[
+            "-O",
+            "binary",
+            "--only-section=.osrel",
+            SYSTEMD_BOOT,
+            osrel.to_str().unwrap(),
+        ],
+    );
+    let five = f.path("five.efi");
+    ok(
+        "objcopy",
+        &[
+            "--add-section",
+            &format!(".osrel={}", osrel.display()),
+            "--change-section-vma",
+            ".osrel=0x1a000",
+            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            five.to_str().unwrap(),
+        ],
+    );
+    let p5 = read_node_image(
+        &f.bundle_of(5, &std::fs::read(&five).unwrap()),
+        &f.trust,
+        &f.boot_manager,
+        &|_| {},
+    )
+    .unwrap();
+    let p6 = read_node_image(
+        &f.bundle_of(6, &std::fs::read(SYSTEMD_BOOT).unwrap()),
+        &f.trust,
+        &f.boot_manager,
+        &|_| {},
+    )
+    .unwrap();
+    let disk = f.path("disk.img");
+    let opts = InstallOptions {
+        esp_mib: 64,
+        create_size: Some(128 * MIB),
+    };
+    install(&p5, &disk, &opts, &|_| {}).unwrap();
+    update(&p6, &disk, 1).unwrap();
+
+    let vars = f.path("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let serial = f.path("serial.log");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let t0 = std::time::Instant::now();
+    let mut seen = false;
+    while t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let log = std::fs::read(&serial).unwrap_or_default();
+        if String::from_utf8_lossy(&log).contains("Unable to locate embedded .linux section") {
+            seen = true;
+            break;
+        }
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(seen, "slot 5 never started; serial:\n{log}");
+    assert!(!log.contains("Failed to rename"), "{log}");
+    eprintln!(
+        "slot 5 started {:.1} s after QEMU",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.slots[0].file, "bulwark-node-5.efi");
+    assert_eq!(s.slots[1].file, "bulwark-node-6+0-1.efi");
+    assert_eq!(s.slots[1].state, SlotState::Bad { done: 1 });
+    assert_eq!(s.next_boot.unwrap().version, 5);
+    ok(
+        "fsck.vfat",
+        &["-n", extract_esp(&disk, 64).to_str().unwrap()],
+    );
+}
+
+#[test]
+fn cli_update_bless_status_json_and_exit_codes() {
+    let f = fx();
+    let disk = f.installed(5);
+    let (d, p, bm) = (
+        disk.to_str().unwrap().to_string(),
+        f.public.to_str().unwrap().to_string(),
+        f.boot_manager.to_str().unwrap().to_string(),
+    );
+    let json = |out: &Output| -> Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let b6 = f.bundle(6);
+    let upd = |b: &Path| {
+        f.cli(&[
+            "--json",
+            "update",
+            b.to_str().unwrap(),
+            "--trust",
+            &p,
+            "--boot-manager",
+            &bm,
+            "--disk",
+            &d,
+        ])
+    };
+    let out = upd(&b6);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["entry"].clone()),
+        (Value::Bool(true), "bulwark-node-6+1.efi".into())
+    );
+    assert_eq!(v["state"]["next_boot"]["file"], "bulwark-node-6+1.efi");
+    assert_eq!(v["state"]["fallback"]["file"], "bulwark-node-5.efi");
+    assert_eq!(v["state"]["slots"][0]["state"], "trying");
+    assert_eq!(v["state"]["slots"][0]["left"], 1);
+
+    let out = upd(&f.bundle(4));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["refused"].clone()),
+        (Value::Bool(false), Value::Bool(true))
+    );
+
+    let out = f.cli(&["--json", "status", "--disk", &d]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["floor"], 5);
+    assert_eq!(v["name"], "bulwark-node");
+
+    let out = f.cli(&["--json", "bless", "--disk", &d, "--version", "6"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json(&out)["floor"], 6);
+    let out = f.cli(&["bless", "--disk", &d, "--version", "9"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no slot of version 9"));
+
+    let out = f.cli(&["status", "--disk", &d]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("anti-rollback floor 6") && text.contains("next boot: bulwark-node-6.efi"),
+        "{text}"
+    );
+
+    // A directory is not a disk; a missing path is an I/O error (2).
+    let dir = f.path("keys");
+    let out = f.cli(&["--json", "status", "--disk", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(json(&out)["error"]
+        .as_str()
+        .unwrap()
+        .contains("neither a block device nor a regular file"));
+    let out = f.cli(&["status", "--disk", "/nonexistent/disk.img"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// A UKI on Debian's systemd 252 stub whose initrd prints `@@SLOT <v>` and
+/// powers off (the layout of ../shared/lab/UEFI-TPM.md).
+fn real_uki(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> Vec<u8> {
+    let root = f.path(&format!("initrd{v}"));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo \"@@SLOT {v} $(/bin/busybox cat /proc/cmdline)\"\n/bin/busybox poweroff -f\n"
+    );
+    std::fs::write(root.join("init"), init).unwrap();
+    ok("chmod", &["+x", root.join("init").to_str().unwrap()]);
+    let initrd = f.path(&format!("initrd{v}.img"));
+    let sh = format!(
+        "cd {} && find . | sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19 > {}",
+        root.display(),
+        initrd.display()
+    );
+    ok("sh", &["-c", &sh]);
+    let osrel = f.path(&format!("osrel{v}"));
+    std::fs::write(
+        &osrel,
+        format!("ID=bulwark-node\nIMAGE_ID=bulwark-node\nIMAGE_VERSION={v}\n"),
+    )
+    .unwrap();
+    let cmdline = f.path(&format!("cmdline{v}"));
+    std::fs::write(&cmdline, format!("console=ttyS0 bulwark.slot={v}")).unwrap();
+    let uki = f.path(&format!("real{v}.efi"));
+    let linux_len = std::fs::metadata(vmlinuz).unwrap().len();
+    let initrd_vma = (0x1c000 + linux_len).div_ceil(4096) * 4096;
+    ok(
+        "objcopy",
+        &[
+            "--add-section",
+            &format!(".osrel={}", osrel.display()),
+            "--change-section-vma",
+            ".osrel=0x1a000",
+            "--add-section",
+            &format!(".cmdline={}", cmdline.display()),
+            "--change-section-vma",
+            ".cmdline=0x1b000",
+            "--add-section",
+            &format!(".linux={vmlinuz}"),
+            "--change-section-vma",
+            ".linux=0x1c000",
+            "--add-section",
+            &format!(".initrd={}", initrd.display()),
+            "--change-section-vma",
+            &format!(".initrd={initrd_vma:#x}"),
+            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            uki.to_str().unwrap(),
+        ],
+    );
+    std::fs::read(&uki).unwrap()
+}
+
+/// Power the disk on in OVMF until the guest powers off; the slot it printed.
+fn power_on(f: &Fx, disk: &Path) -> Option<u64> {
+    let vars = f.path("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let serial = f.path("serial.log");
+    let _ = std::fs::remove_file(&serial);
+    let t0 = std::time::Instant::now();
+    let st = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .status()
+        .unwrap();
+    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    eprintln!(
+        "power-on to poweroff: {:.1} s ({st})",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(!log.contains("Failed to rename"), "{log}");
+    let at = log.find("@@SLOT ")?;
+    log[at + 7..].split_whitespace().next()?.parse().ok()
+}
+
+/// Real UKIs (Debian's kernel and busybox, as the lab uses): install 5,
+/// update to 6 that never becomes healthy (it powers off unblessed): the
+/// next power-on boots 5 by itself. Update to 7 (replaces the bad 6), bless it
+/// as the node's init would, and 7 stays the one booted.
+///
+/// `BULWARK_TEST_VMLINUZ=.../vmlinuz BULWARK_TEST_BUSYBOX=.../busybox-static \
+///  cargo test -p bulwark-node-image --test disk -- --ignored real_ukis`
+/// (the lab caches both under ~/.cache/bulwark/lab/packages); 4 boots of
+/// about 10 s each under TCG.
+#[test]
+#[ignore = "boots real UKIs in OVMF under QEMU (about 45 s); needs BULWARK_TEST_VMLINUZ and BULWARK_TEST_BUSYBOX"]
+fn ovmf_real_ukis_fall_back_then_bless() {
+    let (Ok(vmlinuz), Ok(busybox)) = (
+        std::env::var("BULWARK_TEST_VMLINUZ"),
+        std::env::var("BULWARK_TEST_BUSYBOX"),
+    ) else {
+        eprintln!("skipped: set BULWARK_TEST_VMLINUZ and BULWARK_TEST_BUSYBOX");
+        return;
+    };
+    let f = fx();
+    let payload = |v: u64| {
+        let uki = real_uki(&f, v, &vmlinuz, &busybox);
+        read_node_image(&f.bundle_of(v, &uki), &f.trust, &f.boot_manager, &|_| {}).unwrap()
+    };
+    let disk = f.path("disk.img");
+    let opts = InstallOptions {
+        esp_mib: 64,
+        create_size: Some(256 * MIB),
+    };
+    install(&payload(5), &disk, &opts, &|_| {}).unwrap();
+    assert_eq!(power_on(&f, &disk), Some(5));
+
+    update(&payload(6), &disk, 1).unwrap();
+    assert_eq!(power_on(&f, &disk), Some(6));
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(s.slots[1].state, SlotState::Bad { done: 1 });
+    assert_eq!(power_on(&f, &disk), Some(5), "no fallback to 5");
+
+    let r = update(&payload(7), &disk, 1).unwrap();
+    assert_eq!(r.removed, ["bulwark-node-6+0-1.efi"]);
+    assert_eq!(power_on(&f, &disk), Some(7));
+    bless(&disk, 7).unwrap();
+    assert_eq!(power_on(&f, &disk), Some(7));
+    let s = boot_state(&disk).unwrap();
+    assert_eq!(
+        (s.floor, s.slots[0].file.as_str()),
+        (7, "bulwark-node-7.efi")
+    );
+    ok(
+        "fsck.vfat",
+        &["-n", extract_esp(&disk, 64).to_str().unwrap()],
+    );
+}
