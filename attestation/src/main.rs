@@ -151,6 +151,34 @@ enum Kind {
         #[command(flatten)]
         common: Common,
     },
+    /// Which node OS image a node booted: the node part of an evidence
+    /// document (TPM quote by the enrolled AK, event log replay, the quoted
+    /// PCRs and PCR 4's boot applications against each signed node image's
+    /// offline prediction, firmware PCRs against the policy's models).
+    /// Prints and judges the node submodule only.
+    Node {
+        /// The evidence document (COSE_Sign1), e.g. from `bulwarkctl vms attest`.
+        file: PathBuf,
+        /// A signed node OS image (.bwi) the boot may be; repeatable.
+        #[arg(long = "image", value_name = "NODE.bwi", required = true)]
+        images: Vec<PathBuf>,
+        /// Trusted node image signing key (PEM); repeatable.
+        #[arg(long, value_name = "PUB", required = true)]
+        trust: Vec<PathBuf>,
+        /// EK CA certificates (PEM) for the TPM; repeatable (added to the
+        /// policy's).
+        #[arg(long, value_name = "PEM")]
+        ek_root: Vec<PathBuf>,
+        /// A policy whose [node] section (firmware models, pinned
+        /// identities, EK roots) applies too; the images above are added.
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// The challenge sent to the node (hex).
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Attested TLS: connect, appraise the server's evidence (in its
     /// certificate, bound to its key and to this handshake's nonce) under the
     /// policy, and only then exchange bytes (docs/evidence.md, "Attested TLS").
@@ -268,6 +296,42 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let policy = evidence::Policy::from_file(&policy)?;
             let a =
                 evidence::verify_document(&read(&file)?, &policy, &VerifyOptions { nonce, at })?;
+            Ok(Outcome::Evidence(a, common))
+        }
+        Kind::Node {
+            file,
+            images,
+            trust,
+            ek_root,
+            policy,
+            nonce,
+            common,
+        } => {
+            let at = time_of(&common)?;
+            let nonce = hex_opt(&nonce, "--nonce")?;
+            let mut policy = match policy {
+                Some(p) => evidence::Policy::from_file(&p)?,
+                // The defaults of an empty policy file (max_age_seconds 300, ...).
+                None => evidence::Policy::parse("", &std::env::current_dir()?)?,
+            };
+            let cwd = std::env::current_dir()?;
+            let abs = |p: &Path| cwd.join(p);
+            policy.node.ek_roots.extend(ek_root.iter().map(|p| abs(p)));
+            let trust: Vec<PathBuf> = trust.iter().map(|p| abs(p)).collect();
+            policy
+                .node
+                .image_signers
+                .extend(predict::trusted_key_ids(&trust)?);
+            policy
+                .node
+                .boot_images
+                .extend(images.iter().map(|i| evidence::policy::NodeImageRef {
+                    image: abs(i),
+                    trust: trust.clone(),
+                }));
+            let mut a =
+                evidence::verify_document(&read(&file)?, &policy, &VerifyOptions { nonce, at })?;
+            a.subjects.retain(|s| s.name == "node");
             Ok(Outcome::Evidence(a, common))
         }
         Kind::Predict {
@@ -564,6 +628,7 @@ fn vendor(kind: Kind) -> anyhow::Result<(Verification, Common)> {
             Ok((v, common))
         }
         Kind::Evidence { .. }
+        | Kind::Node { .. }
         | Kind::Predict { .. }
         | Kind::Connect { .. }
         | Kind::EarVerify { .. } => Err(Error::Argument("not a vendor verifier".into()).into()),

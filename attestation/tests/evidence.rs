@@ -666,3 +666,196 @@ fn chain_cache_gives_the_same_result_and_keeps_only_verified_paths() {
     let b = evidence::verify_document(&doc, &n.policy, &opts).unwrap();
     assert_eq!(a.to_json(), b.to_json());
 }
+
+/// The event log a node booted from `signed`'s image would produce (PCRs 4, 9,
+/// 11 and 12, as `bulwark-node-image measure` predicts them), and the PCR values
+/// 0..=12 it replays to.
+fn boot_log_of(signed: &bulwark_node_image::measure::SignedPrediction) -> (Vec<Pcr>, Vec<u8>) {
+    use bulwark_attestation::tpm::eventlog::*;
+    let mut spec = Vec::new();
+    spec.extend_from_slice(b"Spec ID Event03\0");
+    spec.extend_from_slice(&0u32.to_le_bytes());
+    spec.extend_from_slice(&[0, 2, 0, 2]);
+    spec.extend_from_slice(&1u32.to_le_bytes());
+    spec.extend_from_slice(&0x000bu16.to_le_bytes());
+    spec.extend_from_slice(&32u16.to_le_bytes());
+    spec.push(0);
+    let mut log = Vec::new();
+    log.extend_from_slice(&0u32.to_le_bytes());
+    log.extend_from_slice(&EV_NO_ACTION.to_le_bytes());
+    log.extend_from_slice(&[0; 20]);
+    log.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+    log.extend_from_slice(&spec);
+    for e in signed.prediction.events.iter().filter(|e| e.pcr != 7) {
+        let (t, data): (u32, &[u8]) = match e.event_type.as_str() {
+            "EV_EFI_ACTION" => (EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
+            "EV_SEPARATOR" => (EV_SEPARATOR, &[0; 4]),
+            "EV_EFI_BOOT_SERVICES_APPLICATION" => (EV_EFI_BOOT_SERVICES_APPLICATION, b"devpath"),
+            "EV_EVENT_TAG" => (EV_EVENT_TAG, b"tagged event"),
+            "EV_IPL" => (EV_IPL, b"ipl"),
+            other => panic!("unexpected predicted event type {other}"),
+        };
+        log.extend_from_slice(&e.pcr.to_le_bytes());
+        log.extend_from_slice(&t.to_le_bytes());
+        log.extend_from_slice(&1u32.to_le_bytes());
+        log.extend_from_slice(&0x000bu16.to_le_bytes());
+        log.extend_from_slice(&hex::decode(&e.digest).unwrap());
+        log.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        log.extend_from_slice(data);
+    }
+    let replayed = EventLog::parse(&log).unwrap().replay_sha256();
+    let pcrs = (0..=12u32)
+        .map(|i| Pcr {
+            index: i,
+            sha256: replayed[i as usize].to_vec().into(),
+        })
+        .collect();
+    (pcrs, log)
+}
+
+#[test]
+fn the_quote_and_event_log_show_which_signed_node_image_booted() {
+    use bulwark_node_image::build::{build_node_image, NodeBuildSpec};
+    const SD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    if !Path::new(SD_BOOT).exists() || !Path::new(STUB).exists() {
+        eprintln!("\n!!!!!!!! SKIPPED: systemd-boot-efi is not installed (scripts/debian-packages.txt) !!!!!!!!\n");
+        return;
+    }
+    let mut n = tpm_node("node-boot");
+    let (key, key_pub, provider) = generate_key_pair(&n.dir.join("provider")).unwrap();
+    let key_id = provider.id_hex();
+    std::fs::write(n.dir.join("initrd"), vec![7u8; 4096]).unwrap();
+    // Two versions of the node image (another command line: another PCR 9, 11, 12).
+    let mut images = Vec::new();
+    for (version, cmdline) in [(7u64, "console=ttyS0"), (8, "console=ttyS0 quiet")] {
+        let out = n.dir.join(format!("node-{version}.bwi"));
+        build_node_image(
+            &NodeBuildSpec {
+                name: "bulwark-node".into(),
+                version,
+                created: Some(1),
+                // A real PE stands in for the kernel (its Authenticode digest is defined).
+                kernel: SD_BOOT.into(),
+                initrd: n.dir.join("initrd"),
+                cmdline: Some(cmdline.into()),
+                osrel: None,
+                uname: None,
+                stub: STUB.into(),
+                boot_manager: Some(SD_BOOT.into()),
+                secure_boot: false,
+                uki_out: None,
+            },
+            &out,
+        )
+        .unwrap();
+        sign(&out, &SigningKey::from_pem_file(&key).unwrap(), &|_| {}).unwrap();
+        images.push(out);
+    }
+    let trust = bulwark_image::TrustPolicy {
+        keys: vec![bulwark_image::PublicKey::from_pem_file(&key_pub).unwrap()],
+        threshold: 1,
+        min_version: 0,
+    };
+    let signed = bulwark_node_image::measure::predict_signed(&images[0], &trust, None).unwrap();
+    assert!(signed.mismatches.is_empty(), "{:?}", signed.mismatches);
+    let (pcrs, log) = boot_log_of(&signed);
+    // The node states the image it booted.
+    n.inputs.node_image = document::ImageId {
+        name: "bulwark-node".into(),
+        version: 7,
+        manifest_sha384: signed.manifest_sha384.to_vec().into(),
+        signer_key_ids: vec![hex::decode(&key_id).unwrap().into()],
+    };
+    let doc = synthetic_tpm::tpm_document_with(
+        &n.inputs,
+        &n.key,
+        &n.pki,
+        &n.ak,
+        (n.t - 86400) as u64,
+        pcrs,
+        log,
+    );
+    let policy_with = |images: &[&PathBuf]| {
+        let mut text = std::fs::read_to_string(n.dir.join("policy.toml")).unwrap();
+        text = text.replace(
+            "image_signers = [\"1111111111111111111111111111111111111111111111111111111111111111\"]",
+            &format!("image_signers = [\"{key_id}\"]"),
+        );
+        for i in images {
+            text.push_str(&format!(
+                "\n[[node.boot_images]]\nimage = {:?}\ntrust = [{:?}]\n",
+                i.display().to_string(),
+                key_pub.display().to_string()
+            ));
+        }
+        let p = n.dir.join("node-policy.toml");
+        std::fs::write(&p, text).unwrap();
+        Policy::from_file(&p).unwrap()
+    };
+    // Both images are candidates: version 7 is recognised.
+    let a =
+        evidence::verify_document(&doc, &policy_with(&[&images[1], &images[0]]), &n.opts).unwrap();
+    assert!(a.is_ok(), "{}", a.to_text());
+    assert_eq!(result(&a, "node-boot-image"), Outcome::Passed);
+    assert!(a
+        .check("node-boot-image")
+        .unwrap()
+        .detail
+        .contains("bulwark-node version 7 booted"));
+    assert_eq!(result(&a, "node-boot-stated-image"), Outcome::Passed);
+    assert_eq!(result(&a, "node-firmware"), Outcome::Skipped);
+    // The same through `bulwark-verify node`: the node submodule alone.
+    std::fs::write(n.dir.join("node.cose"), &doc).unwrap();
+    let cli = |image: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bulwark-verify"))
+            .arg("node")
+            .arg(n.dir.join("node.cose"))
+            .arg("--image")
+            .arg(image)
+            .arg("--trust")
+            .arg(&key_pub)
+            .arg("--ek-root")
+            .arg(n.dir.join("ek-root.pem"))
+            .args(["--nonce", &hex::encode(NONCE)])
+            .args(["--at", &((n.t + 10) * 1000).to_string()])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&images[0]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("node-boot-image") && !text.contains("launch-measurement"),
+        "{text}"
+    );
+    assert_eq!(cli(&images[1]).status.code(), Some(1));
+    // Only version 8 allowed: the boot is refused, naming what differs.
+    let a = evidence::verify_document(&doc, &policy_with(&[&images[1]]), &n.opts).unwrap();
+    assert_eq!(result(&a, "node-boot-image"), Outcome::Failed);
+    let detail = &a.check("node-boot-image").unwrap().detail;
+    assert!(
+        detail.contains("bulwark-node 8: PCR 9 is") && detail.contains("PCR 11 is"),
+        "{detail}"
+    );
+    // A tampered reference image is an error of the policy's image, not a match.
+    let mut bytes = std::fs::read(&images[0]).unwrap();
+    let at = bytes.len() - 5000;
+    bytes[at] ^= 1;
+    let tampered = n.dir.join("tampered.bwi");
+    std::fs::write(&tampered, bytes).unwrap();
+    let a = evidence::verify_document(&doc, &policy_with(&[&tampered]), &n.opts).unwrap();
+    assert_eq!(result(&a, "node-boot-image"), Outcome::Failed);
+    assert!(
+        a.checks().any(
+            |(_, c)| c.detail.contains("node.boot_images") && c.detail.contains("tampered.bwi")
+        ),
+        "{}",
+        a.to_text()
+    );
+}

@@ -227,6 +227,7 @@ fn node_checks(
                 s.push(c, Some(claim));
             }
             s.push(pcr_policy(tpm, policy), Some(TrustClaim::Configuration));
+            node_boot_checks(s, tpm, policy, &n.image.manifest_sha384.0);
         }
         (a, t) => {
             s.claim("key_protection", "unknown");
@@ -582,6 +583,67 @@ fn freshness(s: &mut Subject, body: &EvidenceBody, policy: &Policy, opts: &Verif
         )
     };
     s.push(c, Some(TrustClaim::SourcedData));
+}
+
+/// The booted node image and firmware (`node_boot`), when the policy names
+/// node images or firmware models.
+fn node_boot_checks(s: &mut Subject, tpm: &super::document::Tpm, policy: &Policy, stated: &[u8]) {
+    use super::node_boot;
+    if policy.node.boot_images.is_empty() && policy.node.firmware.is_empty() {
+        for name in [node_boot::NODE_BOOT, node_boot::NODE_FIRMWARE] {
+            s.push(
+                Check::skipped(
+                    name,
+                    Category::Policy,
+                    "the policy names no node images or firmware models",
+                ),
+                None,
+            );
+        }
+        return;
+    }
+    let Some(q) = &tpm.quote else {
+        s.push(
+            Check::failed(node_boot::NODE_BOOT, Category::Policy, "no quote"),
+            Some(TrustClaim::Executables),
+        );
+        return;
+    };
+    let quoted = q
+        .pcrs
+        .iter()
+        .filter_map(|p| Some((p.index, <[u8; 32]>::try_from(&p.sha256.0[..]).ok()?)))
+        .collect();
+    let (references, errors) = node_boot::references_from_policy(policy);
+    for e in errors {
+        s.push(
+            Check::failed(node_boot::NODE_BOOT, Category::Policy, e),
+            Some(TrustClaim::Executables),
+        );
+    }
+    // Validated when the policy was read.
+    let models: Vec<_> = policy
+        .node
+        .firmware
+        .iter()
+        .filter_map(|f| f.to_model().ok())
+        .collect();
+    let a = node_boot::appraise(&quoted, &q.event_log.0, &references, &models, stated);
+    if let Some(r) = a.booted {
+        s.claim("booted_image_name", r.name.as_str());
+        s.claim("booted_image_version", r.version);
+    }
+    if let Some(m) = a.firmware_model {
+        s.claim("firmware_model", m);
+    }
+    for c in a.checks {
+        let claim = if c.name == node_boot::NODE_FIRMWARE {
+            TrustClaim::Hardware
+        } else {
+            TrustClaim::Executables
+        };
+        s.push(c, Some(claim));
+    }
 }
 
 /// Measurements the policy accepts: the listed ones and those predicted.

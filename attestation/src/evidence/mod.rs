@@ -9,10 +9,13 @@
 //! - [`predict`]: the expected launch measurement, offline.
 //! - [`launch`]: launch and isolation claims from bulwark-vmm's `GET /vm`.
 //! - [`tpm_link`]: where the TPM quote verifier plugs in.
+//! - [`node_boot`]: which node OS image booted (quoted PCRs and event log
+//!   against a signed node image's prediction; firmware PCRs per model).
 
 pub mod appraise;
 pub mod document;
 pub mod launch;
+pub mod node_boot;
 pub mod policy;
 pub mod predict;
 pub mod sign;

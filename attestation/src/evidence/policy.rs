@@ -65,6 +65,35 @@ pub struct NodePolicy {
     /// Expected PCR values (index → hex SHA-256), on top of the event log replay.
     #[serde(default)]
     pub pcrs: std::collections::BTreeMap<String, String>,
+    /// Signed node OS images one of which the quoted boot must be: PCRs 9, 11,
+    /// 12 and the PCR 4 boot applications as each image predicts them
+    /// (`evidence/node_boot.rs`, `docs/node-image.md`).
+    #[serde(default)]
+    pub boot_images: Vec<NodeImageRef>,
+    /// Reference values of the firmware-owned PCRs (0–3, 5–7), one entry per
+    /// hardware model; one model must match all its values.
+    #[serde(default)]
+    pub firmware: Vec<FirmwareReference>,
+}
+
+/// A signed node OS image and the keys it must verify against.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeImageRef {
+    /// The signed node image bundle (.bwi).
+    pub image: PathBuf,
+    /// Trusted public keys (PEM) the bundle must verify against.
+    pub trust: Vec<PathBuf>,
+}
+
+/// Firmware PCR reference values of one hardware model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareReference {
+    /// A name for the model (reported when it matches).
+    pub model: String,
+    /// PCR index (0–3, 5, 6, 7) → hex SHA-256.
+    pub pcrs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -229,6 +258,9 @@ impl Policy {
             }
             hex_list("node.pcrs", std::slice::from_ref(v), 32)?;
         }
+        for f in &self.node.firmware {
+            f.to_model()?;
+        }
         if let Some(r) = &self.tee.require {
             if !matches!(r.as_str(), "none" | "any" | "sev-snp" | "tdx") {
                 return Err(Error::Argument(format!(
@@ -244,6 +276,41 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+impl FirmwareReference {
+    /// The checked form: indexes among the firmware PCRs, 32-byte values, at
+    /// least one value.
+    pub fn to_model(&self) -> Result<super::node_boot::FirmwareModel, Error> {
+        use super::node_boot::FIRMWARE_PCRS;
+        let what = format!("policy: node.firmware {:?}", self.model);
+        if self.pcrs.is_empty() {
+            return Err(Error::Argument(format!("{what}: no PCR values")));
+        }
+        let mut pcrs = std::collections::BTreeMap::new();
+        for (i, v) in &self.pcrs {
+            let idx = i
+                .parse::<u32>()
+                .ok()
+                .filter(|i| FIRMWARE_PCRS.contains(i))
+                .ok_or_else(|| {
+                    Error::Argument(format!(
+                        "{what}: {i:?} is not a firmware PCR ({FIRMWARE_PCRS:?}); the image's PCRs come from node.boot_images"
+                    ))
+                })?;
+            let value = hex::decode(v)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    Error::Argument(format!("{what}: PCR {i}: {v:?} is not 32 hex bytes"))
+                })?;
+            pcrs.insert(idx, value);
+        }
+        Ok(super::node_boot::FirmwareModel {
+            model: self.model.clone(),
+            pcrs,
+        })
     }
 }
 

@@ -111,20 +111,34 @@ pub fn predict_json(image: &Path, trust: &[PathBuf], vm_json: &str) -> Result<Pr
     run(&cfg, trust)
 }
 
-#[cfg(all(feature = "predict", target_os = "linux"))]
-fn run(cfg: &serde_json::Value, trust: &[PathBuf]) -> Result<Prediction, Error> {
-    use bulwark_vmm::boot_source::{read_boot_source, Origin, StateUse};
-    use bulwark_vmm::config::VmConfig;
-    use bulwark_vmm::vm::measure_offline;
-
-    let trusted_key_ids = trust
+/// The key ids (hex SHA-256 of the SPKI) of trusted image keys (PEM files).
+#[cfg(feature = "predict")]
+pub fn trusted_key_ids(trust: &[PathBuf]) -> Result<Vec<String>, Error> {
+    trust
         .iter()
         .map(|p| {
             bulwark_image::PublicKey::from_pem_file(p)
                 .map(|k| k.id_hex())
                 .map_err(|e| Error::Argument(format!("{}: {e}", p.display())))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// The key ids of trusted image keys: needs the `predict` feature.
+#[cfg(not(feature = "predict"))]
+pub fn trusted_key_ids(_trust: &[PathBuf]) -> Result<Vec<String>, Error> {
+    Err(Error::NotImplemented(
+        "reading image keys: this build has no `predict` feature".into(),
+    ))
+}
+
+#[cfg(all(feature = "predict", target_os = "linux"))]
+fn run(cfg: &serde_json::Value, trust: &[PathBuf]) -> Result<Prediction, Error> {
+    use bulwark_vmm::boot_source::{read_boot_source, Origin, StateUse};
+    use bulwark_vmm::config::VmConfig;
+    use bulwark_vmm::vm::measure_offline;
+
+    let trusted_key_ids = trusted_key_ids(trust)?;
     let cfg = VmConfig::from_json(&cfg.to_string())
         .map_err(|e| Error::Argument(format!("VM configuration: {e}")))?;
     let inputs = read_boot_source(&cfg.boot_source, StateUse::CheckOnly)

@@ -242,17 +242,37 @@ pub fn tpm_document(
     ak: &SoftwareAk,
     enrolled_at: u64,
 ) -> Vec<u8> {
+    tpm_document_with(
+        inputs,
+        key,
+        pki,
+        ak,
+        enrolled_at,
+        recorded_pcrs(),
+        recorded_event_log(),
+    )
+}
+
+/// [`tpm_document`] with these PCR values and the event log that replays to them.
+pub fn tpm_document_with(
+    inputs: &EvidenceInputs,
+    key: &EvidenceSigningKey,
+    pki: &EkPki,
+    ak: &SoftwareAk,
+    enrolled_at: u64,
+    pcrs: Vec<Pcr>,
+    event_log: Vec<u8>,
+) -> Vec<u8> {
     let mut i = inputs.clone();
     i.tpm = Some(tpm_without_quote(pki, ak, enrolled_at));
     let binding = i.body(key.public_key()).unwrap().binding_hash().unwrap();
-    let pcrs = recorded_pcrs();
     let (attest, signature) = ak.quote(&binding, &pcrs);
     if let Some(t) = i.tpm.as_mut() {
         t.quote = Some(TpmQuote {
             attest: attest.into(),
             signature: signature.into(),
             pcrs,
-            event_log: recorded_event_log().into(),
+            event_log: event_log.into(),
         });
     }
     build_evidence(&i, key).unwrap()
