@@ -42,8 +42,8 @@ pub fn arm(
 }
 
 /// In order, while still privileged: joins the cgroup whose `cgroup.procs` is `procs`
-/// (writing "0" moves the writer), enters a new mount namespace with private
-/// propagation and, with `root`, bind-mounts what the VMM needs into it and pivots
+/// (writing "0" moves the writer), enters new mount (private propagation), network,
+/// IPC and UTS namespaces and, with `root`, bind-mounts what the VMM needs into it and pivots
 /// into it (the host's tree is detached); then drops to `gid` with no supplementary
 /// groups and to `uid`, and sets `no_new_privs`.
 fn enter(
@@ -56,9 +56,19 @@ fn enter(
     if let Some(fd) = procs {
         rustix::io::write(fd, b"0")?;
     }
-    // SAFETY: the child of fork has one thread, so unsharing the mount namespace
-    // cannot leave other threads of this process in another namespace.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+    // New mount, network, IPC and UTS namespaces: the VMM reaches the world only
+    // through the Unix sockets in its directory (API, vsock) and its device nodes; a
+    // network namespace of its own holds nothing but a loopback that is down.
+    // SAFETY: the child of fork has one thread, so unsharing cannot leave other
+    // threads of this process in other namespaces.
+    unsafe {
+        rustix::thread::unshare_unsafe(
+            rustix::thread::UnshareFlags::NEWNS
+                | rustix::thread::UnshareFlags::NEWNET
+                | rustix::thread::UnshareFlags::NEWIPC
+                | rustix::thread::UnshareFlags::NEWUTS,
+        )
+    }?;
     rustix::mount::mount_change(
         c"/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,

@@ -180,10 +180,21 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
     );
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
     assert_eq!(status_field(pid, "Seccomp:"), "2");
-    assert_ne!(
-        std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
-        std::fs::read_link("/proc/self/ns/mnt").unwrap()
-    );
+    for ns in ["mnt", "net", "ipc", "uts"] {
+        assert_ne!(
+            std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap(),
+            std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(),
+            "the VMM shares bulwarkd's {ns} namespace"
+        );
+    }
+    // Its network namespace holds a loopback only, and it is down.
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let ifaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(str::trim))
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{dev}");
     // Its root holds only its files: its directory, the image, the binary, libraries,
     // /sys, /dev/kvm; not the state database, the config or the host's other files.
     let vmm_root = PathBuf::from(format!("/proc/{pid}/root"));

@@ -151,10 +151,11 @@ vmmroot=$(ls "/proc/$pid/root" 2>/dev/null | tr '\n' ' ')
 if [ -n "$pid" ] && grep -q '^Uid:[[:space:]]*2000[[:space:]]*2000[[:space:]]*2000[[:space:]]*2000' "/proc/$pid/status" &&
   grep -q '^NoNewPrivs:[[:space:]]*1' "/proc/$pid/status" && grep -q '^Seccomp:[[:space:]]*2' "/proc/$pid/status" &&
   [ "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] &&
+  [ "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/self/ns/net)" ] &&
   ! ls "/proc/$pid/root/var/lib/bulwark/bulwarkd.db" >/dev/null 2>&1 && [ -c "/proc/$pid/root/dev/kvm" ] &&
   [ "$(cat "/proc/$pid/cgroup")" = "0::/bulwark/v1" ] && [ "$(cat /sys/fs/cgroup/bulwark/v1/memory.max)" = $(((64 + 256) << 20)) ] &&
   [ "$(cat /sys/fs/cgroup/bulwark/v1/pids.max)" = 128 ] && [ "$(cat /sys/fs/cgroup/bulwark/v1/cpu.max)" = "100000 100000" ]; then
-  lab_pass agent-vm-jailed "uid 2000, no_new_privs, seccomp, own mount namespace, cgroup $(cat "/proc/$pid/cgroup") (memory.max $(cat /sys/fs/cgroup/bulwark/v1/memory.max), pids.max 128, cpu.max $(cat /sys/fs/cgroup/bulwark/v1/cpu.max)), root: $vmmroot"
+  lab_pass agent-vm-jailed "uid 2000, no_new_privs, seccomp, own mount and network namespaces, cgroup $(cat "/proc/$pid/cgroup") (memory.max $(cat /sys/fs/cgroup/bulwark/v1/memory.max), pids.max 128, cpu.max $(cat /sys/fs/cgroup/bulwark/v1/cpu.max)), root: $vmmroot"
 else
   lab_fail agent-vm-jailed "pid $pid: $(grep -E '^(Uid|Gid|NoNewPrivs|Seccomp):' "/proc/$pid/status" 2>/dev/null | tr '\n' ' ') cgroup: $(cat "/proc/$pid/cgroup" 2>&1) limits: $(cat /sys/fs/cgroup/bulwark/v1/memory.max /sys/fs/cgroup/bulwark/v1/pids.max /sys/fs/cgroup/bulwark/v1/cpu.max 2>&1 | tr '\n' ' ') root: $vmmroot"
 fi
