@@ -15,6 +15,7 @@ use bulwark_node_image::install::{
     bless, boot_state, install, read_node_image, update, InstallOptions, NodeImagePayload,
     SlotState, SYSTEMD_BOOT,
 };
+use bulwark_node_image::measure::{predict, MeasureOptions};
 use bulwark_node_image::pe::{authenticode_sha256, PeImage};
 use bulwark_node_image::NodeImageError;
 use common::{fake_kernel, input, SD_BOOT, STUB};
@@ -117,7 +118,10 @@ impl Fx {
             bootloader: Some(PathBuf::from(SD_BOOT)),
             node: NodeInfo {
                 boot_manager_authenticode_sha256: Some(authenticode_sha256(&bm).unwrap()),
-                pcrs: Default::default(),
+                // The stand-in slots of the first firmware test have no
+                // .linux, so nothing to predict: a placeholder (install and
+                // update do not read the prediction).
+                pcrs: predicted_pcrs(uki_bytes, &bm).unwrap_or_else(|| [(11, [0u8; 32])].into()),
                 secure_boot: false,
                 uki_authenticode_sha256: authenticode_sha256(uki_bytes).unwrap(),
             },
@@ -167,6 +171,27 @@ impl Fx {
             .output()
             .unwrap()
     }
+}
+
+/// The PCRs `build` would predict for `uki` started by `bm`; None for a
+/// "UKI" that is not one.
+fn predicted_pcrs(uki: &[u8], bm: &[u8]) -> Option<std::collections::BTreeMap<u32, [u8; 32]>> {
+    let p = predict(
+        uki,
+        &MeasureOptions {
+            secure_boot: Some(false),
+            boot_manager: Some(bm),
+        },
+    )
+    .ok()?;
+    p.pcrs
+        .iter()
+        .map(|(i, v)| {
+            let mut d = [0u8; 32];
+            hex::decode_to_slice(&v.sha256, &mut d).ok()?;
+            Some((*i, d))
+        })
+        .collect()
 }
 
 /// The `.osrel` section of a UKI.
