@@ -909,9 +909,12 @@ fn cli_update_bless_status_json_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
-/// A UKI on Debian's systemd 252 stub whose initrd prints `@@SLOT <v>` and
-/// powers off (the layout of ../shared/lab/UEFI-TPM.md).
-fn real_uki(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> Vec<u8> {
+/// A signed node image of version `v` made by `build_node_image` (as
+/// `bulwark-node-image build` makes it: Debian's kernel on the systemd 252
+/// stub, the default `.osrel`, systemd-boot as the bootloader component)
+/// whose initrd prints `@@SLOT <v>` and powers off (the layout of
+/// ../shared/lab/UEFI-TPM.md).
+fn real_node_image(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> PathBuf {
     let root = f.path(&format!("initrd{v}"));
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("proc")).unwrap();
@@ -929,41 +932,29 @@ fn real_uki(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> Vec<u8> {
         initrd.display()
     );
     ok("sh", &["-c", &sh]);
-    let osrel = f.path(&format!("osrel{v}"));
-    std::fs::write(
-        &osrel,
-        format!("ID=bulwark-node\nIMAGE_ID=bulwark-node\nIMAGE_VERSION={v}\n"),
-    )
-    .unwrap();
-    let cmdline = f.path(&format!("cmdline{v}"));
-    std::fs::write(&cmdline, format!("console=ttyS0 bulwark.slot={v}")).unwrap();
-    let uki = f.path(&format!("real{v}.efi"));
-    let linux_len = std::fs::metadata(vmlinuz).unwrap().len();
-    let initrd_vma = (0x1c000 + linux_len).div_ceil(4096) * 4096;
-    ok(
-        "objcopy",
-        &[
-            "--add-section",
-            &format!(".osrel={}", osrel.display()),
-            "--change-section-vma",
-            ".osrel=0x1a000",
-            "--add-section",
-            &format!(".cmdline={}", cmdline.display()),
-            "--change-section-vma",
-            ".cmdline=0x1b000",
-            "--add-section",
-            &format!(".linux={vmlinuz}"),
-            "--change-section-vma",
-            ".linux=0x1c000",
-            "--add-section",
-            &format!(".initrd={}", initrd.display()),
-            "--change-section-vma",
-            &format!(".initrd={initrd_vma:#x}"),
-            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
-            uki.to_str().unwrap(),
-        ],
+    let out = f.path(&format!("real-node-{v}.bwi"));
+    let spec = NodeBuildSpec {
+        name: "bulwark-node".into(),
+        version: v,
+        created: Some(1_700_000_000),
+        kernel: PathBuf::from(vmlinuz),
+        initrd,
+        cmdline: Some(format!("console=ttyS0 bulwark.slot={v}")),
+        osrel: None,
+        uname: None,
+        stub: PathBuf::from(STUB),
+        boot_manager: Some(PathBuf::from(SD_BOOT)),
+        secure_boot: false,
+        uki_out: Some(f.uki_path(v)),
+    };
+    build_node_image(&spec, &out).unwrap();
+    sign(&out, &f.key, &|_| {}).unwrap();
+    let o = osrel_of(&f.uki(v));
+    assert!(
+        o.contains("\nIMAGE_ID=bulwark-node\n") && o.contains(&format!("\nIMAGE_VERSION={v}\n")),
+        "{o}"
     );
-    std::fs::read(&uki).unwrap()
+    out
 }
 
 /// Power the disk on in OVMF until the guest powers off; the slot it printed.
@@ -1008,7 +999,8 @@ fn power_on(f: &Fx, disk: &Path) -> Option<u64> {
     log[at + 7..].split_whitespace().next()?.parse().ok()
 }
 
-/// Real UKIs (Debian's kernel and busybox, as the lab uses): install 5,
+/// Real node images from `build_node_image` (Debian's kernel and busybox, as
+/// the lab uses; the default `.osrel` decides systemd-boot's order): install 5,
 /// update to 6 that never becomes healthy (it powers off unblessed): the
 /// next power-on boots 5 by itself. Update to 7 (replaces the bad 6), bless it
 /// as the node's init would, and 7 stays the one booted.
@@ -1029,8 +1021,8 @@ fn ovmf_real_ukis_fall_back_then_bless() {
     };
     let Some(f) = fx() else { return };
     let payload = |v: u64| {
-        let uki = real_uki(&f, v, &vmlinuz, &busybox);
-        read_node_image(&f.bundle_of(v, &uki), &f.trust, &|_| {}).unwrap()
+        let bundle = real_node_image(&f, v, &vmlinuz, &busybox);
+        read_node_image(&bundle, &f.trust, &|_| {}).unwrap()
     };
     let disk = f.path("disk.img");
     let opts = InstallOptions {
