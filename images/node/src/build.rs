@@ -125,10 +125,62 @@ pub fn node_cmdline(extra: Option<&str>, version: u64) -> Result<String, NodeIma
     })
 }
 
-fn default_osrel(name: &str, version: u64) -> String {
+/// The `.osrel` written when the caller gives none. systemd-boot 252 sorts
+/// type #2 entries by `IMAGE_ID` (else `ID`) and then by `IMAGE_VERSION` (else
+/// `VERSION_ID`): every version carries the same `IMAGE_ID` (the image name)
+/// and its own `IMAGE_VERSION`, so the newest good slot sorts first.
+pub fn default_osrel(name: &str, version: u64) -> String {
     format!(
         "NAME=\"Bulwark\"\nID=bulwark\nPRETTY_NAME=\"Bulwark node OS {version}\"\nVERSION_ID={version}\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n"
     )
+}
+
+/// The value of `key` in an os-release file (the last assignment; quotes
+/// removed), or `None`.
+pub fn osrel_value(osrel: &str, key: &str) -> Option<String> {
+    osrel
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, v)| {
+            let v = v.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| v.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)));
+            unquoted.unwrap_or(v).to_string()
+        })
+        .next_back()
+}
+
+/// Check a caller's os-release: it must carry `IMAGE_ID=<name>` and
+/// `IMAGE_VERSION=<version>`, which systemd-boot sorts the slots by.
+pub fn check_osrel(osrel: &[u8], name: &str, version: u64) -> Result<(), NodeImageError> {
+    let text = std::str::from_utf8(osrel)
+        .map_err(|_| NodeImageError::Invalid("--osrel is not UTF-8 text".into()))?;
+    let hint = "systemd-boot sorts the A/B slots by IMAGE_ID and IMAGE_VERSION; \
+                leave out --osrel to get one generated";
+    match osrel_value(text, "IMAGE_VERSION") {
+        Some(v) if v == version.to_string() => {}
+        Some(v) => {
+            return Err(NodeImageError::Invalid(format!(
+                "--osrel has IMAGE_VERSION={v} but --version is {version} ({hint})"
+            )))
+        }
+        None => {
+            return Err(NodeImageError::Invalid(format!(
+                "--osrel has no IMAGE_VERSION; it must be IMAGE_VERSION={version} ({hint})"
+            )))
+        }
+    }
+    match osrel_value(text, "IMAGE_ID") {
+        Some(v) if v == name => Ok(()),
+        Some(v) => Err(NodeImageError::Invalid(format!(
+            "--osrel has IMAGE_ID={v} but the image name is {name} ({hint})"
+        ))),
+        None => Err(NodeImageError::Invalid(format!(
+            "--osrel has no IMAGE_ID; it must be IMAGE_ID={name} ({hint})"
+        ))),
+    }
 }
 
 fn created(spec: &NodeBuildSpec) -> u64 {
@@ -155,7 +207,11 @@ pub fn build_node_image(
     let kernel = read(&spec.kernel)?;
     let initrd = read(&spec.initrd)?;
     let osrel = match &spec.osrel {
-        Some(p) => read(p)?,
+        Some(p) => {
+            let b = read(p)?;
+            check_osrel(&b, &spec.name, spec.version)?;
+            b
+        }
         None => default_osrel(&spec.name, spec.version).into_bytes(),
     };
     let uname = spec.uname.clone().or_else(|| kernel_release(&kernel));
@@ -254,6 +310,38 @@ mod tests {
         );
         assert!(node_cmdline(Some("bulwark.node_version=9"), 4).is_err());
         assert!(node_cmdline(Some("a\tb"), 4).is_err());
+    }
+
+    #[test]
+    fn default_osrel_sorts_every_version_alike() {
+        for v in [1, 9, 10, 12345] {
+            let o = default_osrel("bulwark-node", v);
+            assert_eq!(osrel_value(&o, "ID").as_deref(), Some("bulwark"));
+            assert_eq!(osrel_value(&o, "IMAGE_ID").as_deref(), Some("bulwark-node"));
+            assert_eq!(osrel_value(&o, "IMAGE_VERSION"), Some(v.to_string()), "{o}");
+            check_osrel(o.as_bytes(), "bulwark-node", v).unwrap();
+        }
+    }
+
+    #[test]
+    fn caller_osrel_must_match_name_and_version() {
+        let ok = b"ID=debian\nIMAGE_ID=\"bulwark-node\"\nIMAGE_VERSION='7'\n";
+        check_osrel(ok, "bulwark-node", 7).unwrap();
+        for (osrel, want) in [
+            (
+                &b"IMAGE_ID=bulwark-node\nIMAGE_VERSION=6\n"[..],
+                "IMAGE_VERSION=6 but --version is 7",
+            ),
+            (b"IMAGE_ID=bulwark-node\n", "no IMAGE_VERSION"),
+            (b"IMAGE_ID=other\nIMAGE_VERSION=7\n", "IMAGE_ID=other"),
+            (b"ID=bulwark\nIMAGE_VERSION=7\n", "no IMAGE_ID"),
+            (b"IMAGE_VERSION=7\n\xff", "UTF-8"),
+        ] {
+            let e = check_osrel(osrel, "bulwark-node", 7)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -53,53 +53,76 @@ pub struct NodeImagePayload {
     pub name: String,
     /// Monotonic version.
     pub version: u64,
-    /// The UKI (a PE file).
+    /// The UKI (a PE file), the bundle's `uki` component.
     pub uki: Vec<u8>,
     /// SHA-384 of the UKI as signed in the manifest.
     pub uki_sha384: [u8; 48],
-    /// The boot manager (systemd-bootx64.efi).
+    /// The boot manager (systemd-bootx64.efi), the bundle's `bootloader`
+    /// component.
     pub boot_manager: Vec<u8>,
-    /// Where the boot manager came from (the bundle, or a file outside it).
-    pub boot_manager_source: String,
+    /// SHA-384 of the boot manager as signed in the manifest.
+    pub boot_manager_sha384: [u8; 48],
 }
 
 /// Verify the signed node image at `path` against `trust` and take what
-/// install/update need out of it. `progress` gets bytes verified.
+/// install/update need out of it: the UKI (`uki` component) and the boot
+/// manager (`bootloader` component), both covered by the signature.
+/// `progress` gets bytes verified.
 ///
-/// ADAPT HERE once the node manifest kind lands (images/src/manifest.rs): read
-/// the UKI from the `uki` component and the boot manager from the
-/// `bootloader` component. Until then the UKI is the bundle's `kernel`
-/// component and the boot manager is read from `boot_manager` (outside the
-/// signature).
+/// Refused: a bundle that does not verify, a tenant image (no node field),
+/// and a node image with no bootloader component (the disk boots through
+/// systemd-boot, which must come from the signed image).
 pub fn read_node_image(
     path: &Path,
     trust: &TrustPolicy,
-    boot_manager: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<NodeImagePayload, NodeImageError> {
     let verified = Bundle::open(path)?.verify_with_progress(trust, progress)?;
     let m = verified.manifest();
-    let kind = ComponentKind::Kernel;
-    let uki_sha384 = *m.component(kind).and_then(|c| c.sha384()).ok_or_else(|| {
-        NodeImageError::Refused(format!(
-            "{}: no {kind} component holding the UKI",
+    if m.node.is_none() {
+        return Err(NodeImageError::Refused(format!(
+            "{} is a tenant image, not a node image (build node images with `bulwark-node-image build`)",
             path.display()
-        ))
-    })?;
-    let uki = verified.read_component(kind)?.ok_or_else(|| {
-        NodeImageError::Refused(format!("{}: no {kind} component", path.display()))
-    })?;
-    let bm = std::fs::read(boot_manager).map_err(|e| NodeImageError::Io {
-        path: boot_manager.display().to_string(),
-        source: e,
-    })?;
+        )));
+    }
+    let signed = |kind: ComponentKind, why: &str| -> Result<[u8; 48], NodeImageError> {
+        m.component(kind)
+            .and_then(|c| c.sha384())
+            .copied()
+            .ok_or_else(|| {
+                NodeImageError::Refused(format!(
+                    "{}: node image {} version {} has no {kind} component{why}",
+                    path.display(),
+                    m.name,
+                    m.version
+                ))
+            })
+    };
+    let uki_sha384 = signed(ComponentKind::Uki, "")?;
+    let boot_manager_sha384 = signed(
+        ComponentKind::Bootloader,
+        "; the disk boots through systemd-boot: rebuild it without `--no-boot-manager`",
+    )?;
+    let component = |kind: ComponentKind| -> Result<Vec<u8>, NodeImageError> {
+        verified.read_component(kind)?.ok_or_else(|| {
+            NodeImageError::Refused(format!("{}: no {kind} component", path.display()))
+        })
+    };
+    let uki = component(ComponentKind::Uki)?;
+    let boot_manager = component(ComponentKind::Bootloader)?;
+    if sha384(&boot_manager) != boot_manager_sha384 {
+        return Err(NodeImageError::Refused(format!(
+            "{}: the bootloader component does not match its signed SHA-384",
+            path.display()
+        )));
+    }
     Ok(NodeImagePayload {
         name: m.name.clone(),
         version: m.version,
         uki,
         uki_sha384,
-        boot_manager: bm,
-        boot_manager_source: boot_manager.display().to_string(),
+        boot_manager,
+        boot_manager_sha384,
     })
 }
 

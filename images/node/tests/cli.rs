@@ -239,3 +239,55 @@ fn builds_are_reproducible() {
     }
     assert_eq!(outs[0], outs[1]);
 }
+
+/// `build --osrel`: kept when it carries IMAGE_ID=<name> and
+/// IMAGE_VERSION=<version> (what systemd-boot sorts the slots by), refused
+/// with a clear message otherwise; nothing written then.
+#[test]
+fn build_osrel_must_carry_image_id_and_version() {
+    let (Some(kernel), Some(_)) = (fake_kernel(), input(STUB, "systemd-boot-efi")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kpath = dir.path().join("vmlinuz");
+    let ipath = dir.path().join("initrd.img");
+    std::fs::write(&kpath, &kernel).unwrap();
+    std::fs::write(&ipath, fake_initrd(10_000)).unwrap();
+    let osrel = dir.path().join("os-release");
+    let out = dir.path().join("node.bwi");
+    let build = |text: &str| {
+        std::fs::write(&osrel, text).unwrap();
+        node(&[
+            "build",
+            "--name",
+            "bulwark-node",
+            "--version",
+            "8",
+            "--kernel",
+            p(&kpath),
+            "--initrd",
+            p(&ipath),
+            "--osrel",
+            p(&osrel),
+            "--out",
+            p(&out),
+        ])
+    };
+    for (text, want) in [
+        (
+            "ID=bulwark\nIMAGE_ID=bulwark-node\nIMAGE_VERSION=7\n",
+            "IMAGE_VERSION=7 but --version is 8",
+        ),
+        ("ID=bulwark\nIMAGE_ID=bulwark-node\n", "no IMAGE_VERSION"),
+        ("ID=bulwark\nIMAGE_VERSION=8\n", "no IMAGE_ID"),
+    ] {
+        let o = build(text);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(err.contains(want) && !err.contains("panicked"), "{err}");
+        assert!(!out.exists());
+    }
+    let o = build("NAME=Custom\nID=bulwark\nIMAGE_ID=\"bulwark-node\"\nIMAGE_VERSION=8\n");
+    assert!(o.status.success(), "{o:?}");
+    assert!(out.exists());
+}

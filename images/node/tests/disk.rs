@@ -3,16 +3,22 @@
 //! blkid. A tool that is missing fails the test (scripts/debian-packages.txt
 //! lists them).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use bulwark_image::{build, generate_key_pair, sign, BuildSpec, SigningKey, TrustPolicy};
+use bulwark_image::{build, generate_key_pair, sign, BuildSpec, NodeInfo, SigningKey, TrustPolicy};
+use bulwark_node_image::build::{build_node_image, NodeBuildSpec};
 use bulwark_node_image::disk::{esp::Esp, DiskError};
 use bulwark_node_image::install::{
     bless, boot_state, install, read_node_image, update, InstallOptions, NodeImagePayload,
     SlotState, SYSTEMD_BOOT,
 };
+use bulwark_node_image::measure::{predict, MeasureOptions};
+use bulwark_node_image::pe::{authenticode_sha256, PeImage};
 use bulwark_node_image::NodeImageError;
+use common::{fake_kernel, input, SD_BOOT, STUB};
 use serde_json::Value;
 use sha2::{Digest, Sha384};
 
@@ -23,27 +29,26 @@ struct Fx {
     key: SigningKey,
     public: PathBuf,
     trust: TrustPolicy,
-    boot_manager: PathBuf,
+    /// A stand-in kernel (a PE file) for `build`.
+    kernel: PathBuf,
 }
 
-fn fx() -> Fx {
+/// The fixture, or None (after a loud message) where systemd-boot-efi, whose
+/// stub and boot manager `build` needs, is not installed.
+fn fx() -> Option<Fx> {
+    let kernel_bytes = fake_kernel()?;
+    input(STUB, "systemd-boot-efi")?;
     let dir = tempfile::tempdir().unwrap();
     let (private, public, pk) = generate_key_pair(&dir.path().join("keys")).unwrap();
-    // The real systemd-boot where installed, else a stand-in.
-    let boot_manager = if Path::new(SYSTEMD_BOOT).exists() {
-        PathBuf::from(SYSTEMD_BOOT)
-    } else {
-        let p = dir.path().join("systemd-bootx64.efi");
-        std::fs::write(&p, pattern(140_000, 9)).unwrap();
-        p
-    };
-    Fx {
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, kernel_bytes).unwrap();
+    Some(Fx {
         key: SigningKey::from_pem_file(&private).unwrap(),
         public,
         trust: TrustPolicy::single(pk),
-        boot_manager,
+        kernel,
         dir,
-    }
+    })
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -57,21 +62,85 @@ impl Fx {
         self.dir.path().join(name)
     }
 
-    /// A signed node image of `version` whose UKI is 700 KB of a pattern.
+    /// A signed node image of `version`, as `bulwark-node-image build` makes
+    /// it (stand-in kernel, 700 KB initrd of a pattern, the default .osrel,
+    /// systemd-boot as the bootloader component); its UKI is at
+    /// [`Fx::uki_path`].
     fn bundle(&self, version: u64) -> PathBuf {
-        self.bundle_of(version, &pattern(700_000, version as u8))
+        self.build_bundle(version, Some(PathBuf::from(SD_BOOT)))
     }
 
-    /// A signed node image of `version` with `uki` as its UKI.
-    fn bundle_of(&self, version: u64, uki_bytes: &[u8]) -> PathBuf {
-        let uki = self.path(&format!("uki-{version}.efi"));
-        std::fs::write(&uki, uki_bytes).unwrap();
+    fn build_bundle(&self, version: u64, boot_manager: Option<PathBuf>) -> PathBuf {
+        let initrd = self.path(&format!("initrd-{version}"));
+        std::fs::write(&initrd, pattern(700_000, version as u8)).unwrap();
         let out = self.path(&format!("node-{version}.bwi"));
+        let spec = NodeBuildSpec {
+            name: "bulwark-node".into(),
+            version,
+            created: Some(1_700_000_000),
+            kernel: self.kernel.clone(),
+            initrd,
+            cmdline: Some("console=ttyS0".into()),
+            osrel: None,
+            uname: None,
+            stub: PathBuf::from(STUB),
+            boot_manager,
+            secure_boot: false,
+            uki_out: Some(self.uki_path(version)),
+        };
+        build_node_image(&spec, &out).unwrap();
+        sign(&out, &self.key, &|_| {}).unwrap();
+        out
+    }
+
+    fn uki_path(&self, version: u64) -> PathBuf {
+        self.path(&format!("uki-{version}.efi"))
+    }
+
+    /// The UKI that `build` made for `version`.
+    fn uki(&self, version: u64) -> Vec<u8> {
+        std::fs::read(self.uki_path(version)).unwrap()
+    }
+
+    /// A signed node image of `version` with `uki_bytes` as its UKI (for the
+    /// firmware tests, whose UKIs are made with objcopy) and systemd-boot as
+    /// its bootloader.
+    fn bundle_of(&self, version: u64, uki_bytes: &[u8]) -> PathBuf {
+        let uki = self.path(&format!("raw-uki-{version}.efi"));
+        std::fs::write(&uki, uki_bytes).unwrap();
+        let out = self.path(&format!("raw-node-{version}.bwi"));
+        let bm = std::fs::read(SD_BOOT).unwrap();
+        let spec = bulwark_image::NodeBuildSpec {
+            name: "bulwark-node".into(),
+            version,
+            created: 1_700_000_000,
+            uki,
+            bootloader: Some(PathBuf::from(SD_BOOT)),
+            node: NodeInfo {
+                boot_manager_authenticode_sha256: Some(authenticode_sha256(&bm).unwrap()),
+                // The stand-in slots of the first firmware test have no
+                // .linux, so nothing to predict: a placeholder (install and
+                // update do not read the prediction).
+                pcrs: predicted_pcrs(uki_bytes, &bm).unwrap_or_else(|| [(11, [0u8; 32])].into()),
+                secure_boot: false,
+                uki_authenticode_sha256: authenticode_sha256(uki_bytes).unwrap(),
+            },
+        };
+        bulwark_image::build_node(&spec, &out, &|_| {}).unwrap();
+        sign(&out, &self.key, &|_| {}).unwrap();
+        out
+    }
+
+    /// A signed tenant image (kernel component), trusted by the same key.
+    fn tenant_bundle(&self, version: u64) -> PathBuf {
+        let kernel = self.path(&format!("tenant-kernel-{version}"));
+        std::fs::write(&kernel, pattern(300_000, version as u8)).unwrap();
+        let out = self.path(&format!("tenant-{version}.bwi"));
         let spec = BuildSpec {
             name: "bulwark-node".into(),
             version,
             created: 1_700_000_000,
-            kernel: uki,
+            kernel,
             initrd: None,
             cmdline: None,
             config: None,
@@ -83,13 +152,7 @@ impl Fx {
     }
 
     fn payload(&self, version: u64) -> NodeImagePayload {
-        read_node_image(
-            &self.bundle(version),
-            &self.trust,
-            &self.boot_manager,
-            &|_| {},
-        )
-        .unwrap()
+        read_node_image(&self.bundle(version), &self.trust, &|_| {}).unwrap()
     }
 
     fn installed(&self, version: u64) -> PathBuf {
@@ -108,6 +171,36 @@ impl Fx {
             .output()
             .unwrap()
     }
+}
+
+/// The PCRs `build` would predict for `uki` started by `bm`; None for a
+/// "UKI" that is not one.
+fn predicted_pcrs(uki: &[u8], bm: &[u8]) -> Option<std::collections::BTreeMap<u32, [u8; 32]>> {
+    let p = predict(
+        uki,
+        &MeasureOptions {
+            secure_boot: Some(false),
+            boot_manager: Some(bm),
+        },
+    )
+    .ok()?;
+    p.pcrs
+        .iter()
+        .map(|(i, v)| {
+            let mut d = [0u8; 32];
+            hex::decode_to_slice(&v.sha256, &mut d).ok()?;
+            Some((*i, d))
+        })
+        .collect()
+}
+
+/// The `.osrel` section of a UKI.
+fn osrel_of(uki: &[u8]) -> String {
+    let pe = PeImage::parse(uki).unwrap();
+    let s = pe.section(".osrel").unwrap().expect("no .osrel section");
+    let raw = s.raw_data(uki).unwrap();
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8(raw[..end].to_vec()).unwrap()
 }
 
 fn tool(cmd: &str, args: &[&str]) -> Output {
@@ -143,7 +236,7 @@ fn sha384(b: &[u8]) -> Vec<u8> {
 
 #[test]
 fn layout_read_back_by_sfdisk_fsck_mtools_blkid() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let disk = f.installed(5);
     let d = disk.to_str().unwrap();
 
@@ -185,14 +278,11 @@ fn layout_read_back_by_sfdisk_fsck_mtools_blkid() {
         "{conf}"
     );
     for (inside, want) in [
-        ("::/EFI/Linux/bulwark-node-5.efi", pattern(700_000, 5)),
-        (
-            "::/EFI/BOOT/BOOTX64.EFI",
-            std::fs::read(&f.boot_manager).unwrap(),
-        ),
+        ("::/EFI/Linux/bulwark-node-5.efi", f.uki(5)),
+        ("::/EFI/BOOT/BOOTX64.EFI", std::fs::read(SD_BOOT).unwrap()),
         (
             "::/EFI/systemd/systemd-bootx64.efi",
-            std::fs::read(&f.boot_manager).unwrap(),
+            std::fs::read(SD_BOOT).unwrap(),
         ),
     ] {
         let out = f.path("copied");
@@ -219,7 +309,7 @@ fn layout_read_back_by_sfdisk_fsck_mtools_blkid() {
 
 #[test]
 fn cli_install_json_and_tampered_bundle_leaves_disk_untouched() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let bundle = f.bundle(3);
     let disk = f.path("disk.img");
     let (b, d, p) = (
@@ -227,15 +317,12 @@ fn cli_install_json_and_tampered_bundle_leaves_disk_untouched() {
         disk.to_str().unwrap(),
         f.public.to_str().unwrap(),
     );
-    let bm = f.boot_manager.to_str().unwrap();
     let base = [
         "--json",
         "install",
         b,
         "--trust",
         p,
-        "--boot-manager",
-        bm,
         "--disk",
         d,
         "--esp-mib",
@@ -255,7 +342,12 @@ fn cli_install_json_and_tampered_bundle_leaves_disk_untouched() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["version"], 3);
     assert_eq!(v["entry"], "bulwark-node-3.efi");
-    assert_eq!(v["uki_sha384"], hex::encode(sha384(&pattern(700_000, 3))));
+    assert_eq!(v["uki_sha384"], hex::encode(sha384(&f.uki(3))));
+    assert_eq!(v["boot_manager"], "signed bootloader component");
+    assert_eq!(
+        v["boot_manager_sha384"],
+        hex::encode(sha384(&std::fs::read(SD_BOOT).unwrap()))
+    );
     let before = std::fs::read(&disk).unwrap();
 
     // One flipped byte in the UKI inside the bundle: refused (exit 1)
@@ -286,8 +378,159 @@ fn cli_install_json_and_tampered_bundle_leaves_disk_untouched() {
 }
 
 #[test]
+fn tenant_image_or_node_image_without_bootloader_refused_disk_untouched() {
+    let Some(f) = fx() else { return };
+    let disk = f.installed(3);
+    let before = std::fs::read(&disk).unwrap();
+    let tenant = f.tenant_bundle(4);
+    let (d, p) = (disk.to_str().unwrap(), f.public.to_str().unwrap());
+
+    // The library: a refusal naming the bundle.
+    let e = read_node_image(&tenant, &f.trust, &|_| {}).unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is a tenant image, not a node image"),
+        "{e}"
+    );
+
+    // install and update through the CLI: exit 1, refused, disk unchanged; a
+    // disk that does not exist is not created.
+    let fresh = f.path("fresh.img");
+    for args in [
+        vec![
+            "--json",
+            "install",
+            tenant.to_str().unwrap(),
+            "--trust",
+            p,
+            "--disk",
+            d,
+            "--esp-mib",
+            "64",
+        ],
+        vec![
+            "--json",
+            "install",
+            tenant.to_str().unwrap(),
+            "--trust",
+            p,
+            "--disk",
+            fresh.to_str().unwrap(),
+            "--create-size",
+            "128M",
+        ],
+        vec![
+            "--json",
+            "update",
+            tenant.to_str().unwrap(),
+            "--trust",
+            p,
+            "--disk",
+            d,
+        ],
+    ] {
+        let out = f.cli(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (v["ok"].clone(), v["refused"].clone()),
+            (false.into(), true.into())
+        );
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("tenant image, not a node image"),
+            "{v}"
+        );
+        assert_eq!(std::fs::read(&disk).unwrap(), before, "the disk changed");
+        assert!(!fresh.exists());
+    }
+    // Without --json the message goes to stderr.
+    let out = f.cli(&[
+        "install",
+        tenant.to_str().unwrap(),
+        "--trust",
+        p,
+        "--disk",
+        d,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenant image, not a node image"));
+
+    // A node image built with --no-boot-manager: refused, with the reason.
+    let bare = f.build_bundle(4, None);
+    let e = read_node_image(&bare, &f.trust, &|_| {}).unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+    let s = e.to_string();
+    assert!(
+        s.contains("no bootloader component") && s.contains("systemd-boot"),
+        "{s}"
+    );
+    let out = f.cli(&[
+        "--json",
+        "update",
+        bare.to_str().unwrap(),
+        "--trust",
+        p,
+        "--disk",
+        d,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(std::fs::read(&disk).unwrap(), before, "the disk changed");
+
+    // The old option is gone.
+    let b5 = f.bundle(5);
+    let out = f.cli(&[
+        "install",
+        b5.to_str().unwrap(),
+        "--trust",
+        p,
+        "--boot-manager",
+        SD_BOOT,
+        "--disk",
+        d,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read(&disk).unwrap(), before, "the disk changed");
+}
+
+/// Every version's UKI carries the same IMAGE_ID and its own IMAGE_VERSION,
+/// which systemd-boot 252 sorts type #2 entries by, and the installed slot is
+/// that UKI.
+#[test]
+fn built_ukis_sort_by_image_id_and_version() {
+    let Some(f) = fx() else { return };
+    let disk = f.installed(9);
+    update(&f.payload(10), &disk, 1).unwrap();
+    for v in [9, 10] {
+        let o = osrel_of(&f.uki(v));
+        let lines: Vec<&str> = o.lines().collect();
+        assert!(lines.contains(&"ID=bulwark"), "{o}");
+        assert!(lines.contains(&"IMAGE_ID=bulwark-node"), "{o}");
+        assert!(
+            lines.contains(&format!("IMAGE_VERSION={v}").as_str()),
+            "{o}"
+        );
+    }
+    let esp = extract_esp(&disk, 64);
+    let out = f.path("slot10.efi");
+    ok(
+        "mcopy",
+        &[
+            "-i",
+            esp.to_str().unwrap(),
+            "::/EFI/Linux/bulwark-node-10+1.efi",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), f.uki(10));
+}
+
+#[test]
 fn too_small_disk_refused_with_both_sizes() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let disk = f.path("small.img");
     std::fs::write(&disk, vec![0xA5u8; (64 * MIB) as usize]).unwrap();
     let opts = InstallOptions {
@@ -317,7 +560,7 @@ fn too_small_disk_refused_with_both_sizes() {
 
 #[test]
 fn update_rollback_bless_and_failed_boot_fallback() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let disk = f.installed(5);
 
     // N+1: the tried-once entry, N is the fallback.
@@ -409,7 +652,7 @@ fn rename_on_disk(disk: &Path, from: &str, to: &str) {
 
 #[test]
 fn corrupt_gpt_or_fat_is_a_clear_error() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let disk = f.installed(2);
     let p6 = f.payload(3);
     let clean = std::fs::read(&disk).unwrap();
@@ -490,7 +733,7 @@ fn corrupt_gpt_or_fat_is_a_clear_error() {
 #[test]
 #[ignore = "boots OVMF under QEMU (10-30 s)"]
 fn ovmf_systemd_boot_counts_tries_and_falls_back() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let osrel = f.path("osrel");
     ok(
         "objcopy",
@@ -517,14 +760,12 @@ fn ovmf_systemd_boot_counts_tries_and_falls_back() {
     let p5 = read_node_image(
         &f.bundle_of(5, &std::fs::read(&five).unwrap()),
         &f.trust,
-        &f.boot_manager,
         &|_| {},
     )
     .unwrap();
     let p6 = read_node_image(
         &f.bundle_of(6, &std::fs::read(SYSTEMD_BOOT).unwrap()),
         &f.trust,
-        &f.boot_manager,
         &|_| {},
     )
     .unwrap();
@@ -595,12 +836,11 @@ fn ovmf_systemd_boot_counts_tries_and_falls_back() {
 
 #[test]
 fn cli_update_bless_status_json_and_exit_codes() {
-    let f = fx();
+    let Some(f) = fx() else { return };
     let disk = f.installed(5);
-    let (d, p, bm) = (
+    let (d, p) = (
         disk.to_str().unwrap().to_string(),
         f.public.to_str().unwrap().to_string(),
-        f.boot_manager.to_str().unwrap().to_string(),
     );
     let json = |out: &Output| -> Value {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
@@ -613,8 +853,6 @@ fn cli_update_bless_status_json_and_exit_codes() {
             b.to_str().unwrap(),
             "--trust",
             &p,
-            "--boot-manager",
-            &bm,
             "--disk",
             &d,
         ])
@@ -671,9 +909,12 @@ fn cli_update_bless_status_json_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
-/// A UKI on Debian's systemd 252 stub whose initrd prints `@@SLOT <v>` and
-/// powers off (the layout of ../shared/lab/UEFI-TPM.md).
-fn real_uki(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> Vec<u8> {
+/// A signed node image of version `v` made by `build_node_image` (as
+/// `bulwark-node-image build` makes it: Debian's kernel on the systemd 252
+/// stub, the default `.osrel`, systemd-boot as the bootloader component)
+/// whose initrd prints `@@SLOT <v>` and powers off (the layout of
+/// ../shared/lab/UEFI-TPM.md).
+fn real_node_image(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> PathBuf {
     let root = f.path(&format!("initrd{v}"));
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("proc")).unwrap();
@@ -691,41 +932,29 @@ fn real_uki(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> Vec<u8> {
         initrd.display()
     );
     ok("sh", &["-c", &sh]);
-    let osrel = f.path(&format!("osrel{v}"));
-    std::fs::write(
-        &osrel,
-        format!("ID=bulwark-node\nIMAGE_ID=bulwark-node\nIMAGE_VERSION={v}\n"),
-    )
-    .unwrap();
-    let cmdline = f.path(&format!("cmdline{v}"));
-    std::fs::write(&cmdline, format!("console=ttyS0 bulwark.slot={v}")).unwrap();
-    let uki = f.path(&format!("real{v}.efi"));
-    let linux_len = std::fs::metadata(vmlinuz).unwrap().len();
-    let initrd_vma = (0x1c000 + linux_len).div_ceil(4096) * 4096;
-    ok(
-        "objcopy",
-        &[
-            "--add-section",
-            &format!(".osrel={}", osrel.display()),
-            "--change-section-vma",
-            ".osrel=0x1a000",
-            "--add-section",
-            &format!(".cmdline={}", cmdline.display()),
-            "--change-section-vma",
-            ".cmdline=0x1b000",
-            "--add-section",
-            &format!(".linux={vmlinuz}"),
-            "--change-section-vma",
-            ".linux=0x1c000",
-            "--add-section",
-            &format!(".initrd={}", initrd.display()),
-            "--change-section-vma",
-            &format!(".initrd={initrd_vma:#x}"),
-            "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
-            uki.to_str().unwrap(),
-        ],
+    let out = f.path(&format!("real-node-{v}.bwi"));
+    let spec = NodeBuildSpec {
+        name: "bulwark-node".into(),
+        version: v,
+        created: Some(1_700_000_000),
+        kernel: PathBuf::from(vmlinuz),
+        initrd,
+        cmdline: Some(format!("console=ttyS0 bulwark.slot={v}")),
+        osrel: None,
+        uname: None,
+        stub: PathBuf::from(STUB),
+        boot_manager: Some(PathBuf::from(SD_BOOT)),
+        secure_boot: false,
+        uki_out: Some(f.uki_path(v)),
+    };
+    build_node_image(&spec, &out).unwrap();
+    sign(&out, &f.key, &|_| {}).unwrap();
+    let o = osrel_of(&f.uki(v));
+    assert!(
+        o.contains("\nIMAGE_ID=bulwark-node\n") && o.contains(&format!("\nIMAGE_VERSION={v}\n")),
+        "{o}"
     );
-    std::fs::read(&uki).unwrap()
+    out
 }
 
 /// Power the disk on in OVMF until the guest powers off; the slot it printed.
@@ -770,7 +999,8 @@ fn power_on(f: &Fx, disk: &Path) -> Option<u64> {
     log[at + 7..].split_whitespace().next()?.parse().ok()
 }
 
-/// Real UKIs (Debian's kernel and busybox, as the lab uses): install 5,
+/// Real node images from `build_node_image` (Debian's kernel and busybox, as
+/// the lab uses; the default `.osrel` decides systemd-boot's order): install 5,
 /// update to 6 that never becomes healthy (it powers off unblessed): the
 /// next power-on boots 5 by itself. Update to 7 (replaces the bad 6), bless it
 /// as the node's init would, and 7 stays the one booted.
@@ -789,10 +1019,10 @@ fn ovmf_real_ukis_fall_back_then_bless() {
         eprintln!("skipped: set BULWARK_TEST_VMLINUZ and BULWARK_TEST_BUSYBOX");
         return;
     };
-    let f = fx();
+    let Some(f) = fx() else { return };
     let payload = |v: u64| {
-        let uki = real_uki(&f, v, &vmlinuz, &busybox);
-        read_node_image(&f.bundle_of(v, &uki), &f.trust, &f.boot_manager, &|_| {}).unwrap()
+        let bundle = real_node_image(&f, v, &vmlinuz, &busybox);
+        read_node_image(&bundle, &f.trust, &|_| {}).unwrap()
     };
     let disk = f.path("disk.img");
     let opts = InstallOptions {

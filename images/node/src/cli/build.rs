@@ -26,7 +26,9 @@ pub struct BuildArgs {
     /// Kernel command line (bulwark.node_version=V is appended).
     #[arg(long)]
     pub cmdline: Option<String>,
-    /// os-release file (default: generated from --name and --version).
+    /// os-release file (default: generated from --name and --version). It
+    /// must carry IMAGE_ID=<--name> and IMAGE_VERSION=<--version>: systemd-boot
+    /// sorts the A/B slots by them.
     #[arg(long)]
     pub osrel: Option<PathBuf>,
     /// Kernel release for the .uname section (default: read from the bzImage header).

@@ -18,7 +18,7 @@ use std::time::Instant;
 use bulwark_image::{PublicKey, TrustPolicy};
 use bulwark_node_image::disk::DEFAULT_ESP_MIB;
 use bulwark_node_image::install::{
-    install, install_bytes, read_node_image, InstallOptions, NodeImagePayload, SYSTEMD_BOOT,
+    install, install_bytes, read_node_image, InstallOptions, NodeImagePayload,
 };
 use bulwark_node_image::NodeImageError;
 use clap::Args;
@@ -36,10 +36,6 @@ pub struct ImageArgs {
     /// How many distinct trusted keys must have signed.
     #[arg(long, default_value_t = 1)]
     pub threshold: usize,
-    /// systemd-boot binary to install. Until the node manifest carries a
-    /// `bootloader` component it is taken from this file, outside the signature.
-    #[arg(long, default_value = SYSTEMD_BOOT)]
-    pub boot_manager: PathBuf,
 }
 
 #[derive(Args)]
@@ -113,7 +109,7 @@ pub fn verify(a: &ImageArgs, json: bool) -> Result<NodeImagePayload, NodeImageEr
     };
     let total = std::fs::metadata(&a.image).map_or(0, |m| m.len());
     let bar = progress_bar(show_progress(json), total, "verifying");
-    let r = read_node_image(&a.image, &policy, &a.boot_manager, &|n| bar.inc(n));
+    let r = read_node_image(&a.image, &policy, &|n| bar.inc(n));
     bar.finish_and_clear();
     r
 }
@@ -135,7 +131,8 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
     if json {
         let mut v = serde_json::to_value(&r).unwrap_or_default();
         v["ok"] = json!(true);
-        v["boot_manager"] = json!(payload.boot_manager_source);
+        v["boot_manager"] = json!("signed bootloader component");
+        v["boot_manager_sha384"] = json!(hex::encode(payload.boot_manager_sha384));
         v["verify_seconds"] = json!(verify_s);
         v["write_seconds"] = json!(write_s);
         outln!("{v}");
@@ -162,7 +159,10 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
             r.entry,
             r.uki_sha384
         );
-        outln!("  boot manager: {}", payload.boot_manager_source);
+        outln!(
+            "  boot manager: signed bootloader component, sha384 {}",
+            hex::encode(payload.boot_manager_sha384)
+        );
         if let Some(e) = &r.reread_error {
             outln!("  the kernel did not re-read the partition table ({e}); reboot before using the disk");
         }
