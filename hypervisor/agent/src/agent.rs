@@ -80,6 +80,8 @@ pub struct Agent {
     attester: tokio::sync::Mutex<Option<bulwark_tpm::attester::Attester>>,
     /// Per VM: what its guest reported on the host channel, and the channel's task.
     guests: Mutex<HashMap<String, GuestLink>>,
+    /// One node image update at a time.
+    node_update_lock: tokio::sync::Mutex<()>,
     /// Per VM: the tasks serving its exposed ports.
     port_tasks: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
 }
@@ -108,6 +110,7 @@ impl Agent {
             events: Mutex::default(),
             attester: tokio::sync::Mutex::new(None),
             guests: Mutex::default(),
+            node_update_lock: tokio::sync::Mutex::default(),
             port_tasks: Mutex::default(),
         }))
     }
@@ -548,6 +551,54 @@ impl Agent {
             crate::images::upload(&self.state_dir, name, body, self.cfg.max_image_bytes).await?;
         self.event("image", name, format!("uploaded ({} bytes)", info.bytes));
         Ok(info)
+    }
+
+    /// Receives a signed node OS image and writes it to the inactive slot of the
+    /// node's ESP (`node_update`), one update at a time.
+    pub async fn update_node(&self, body: axum::body::Body) -> Result<serde_json::Value> {
+        let cfg = match crate::node_update::configured(&self.cfg.node_update) {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                crate::images::discard(body, self.cfg.max_image_bytes).await;
+                return Err(e);
+            }
+        };
+        let _one = self.node_update_lock.lock().await;
+        let dir = self.state_dir.join("node-update");
+        // What a killed update left behind.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::internal("storage", format!("creating {}: {e}", dir.display())))?;
+        let tmp = dir.join("upload.bwi");
+        let received = crate::images::receive(&tmp, body, self.cfg.max_image_bytes).await;
+        let result = match received {
+            Ok(()) => {
+                let t = tmp.clone();
+                tokio::task::spawn_blocking(move || crate::node_update::apply(&cfg, &t))
+                    .await
+                    .map_err(|e| Error::internal("node_update", e.to_string()))
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        match &result {
+            Ok(r) => self.event(
+                "node",
+                "image",
+                format!("update written to the inactive slot: {r}"),
+            ),
+            Err(e) => self.event("node", "image", format!("update refused: {e}")),
+        }
+        result
+    }
+
+    /// The node's boot slots (`node_update.esp`).
+    pub async fn node_boot_state(&self) -> Result<serde_json::Value> {
+        let cfg = crate::node_update::configured(&self.cfg.node_update)?.clone();
+        tokio::task::spawn_blocking(move || crate::node_update::boot_state(&cfg))
+            .await
+            .map_err(|e| Error::internal("node_update", e.to_string()))?
     }
 
     /// Deletes a VM without a VMM.

@@ -417,6 +417,14 @@ async fn guest_shutdown(
         .into_response())
 }
 
+async fn update_node(State(app): State<App>, body: axum::body::Body) -> ApiResult {
+    ok(app.agent.update_node(body).await?)
+}
+
+async fn node_boot(State(app): State<App>) -> ApiResult {
+    ok(app.agent.node_boot_state().await?)
+}
+
 async fn fallback() -> Error {
     Error::not_found("path", "no such endpoint")
 }
@@ -428,6 +436,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/node", get(node))
+        .route("/node/image", put(update_node))
+        .route("/node/boot", get(node_boot))
         .route("/events", get(events))
         .route("/devices", get(devices))
         .route("/devices/rescan", post(rescan))

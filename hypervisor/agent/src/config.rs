@@ -110,6 +110,33 @@ pub struct Config {
     /// Evidence for `POST /vms/{id}/attest`; absent: attestation refused.
     #[serde(default)]
     pub attestation: Option<AttestationConfig>,
+    /// Node OS image updates through the API (`PUT /node/image`); absent: refused.
+    #[serde(default)]
+    pub node_update: Option<NodeUpdateConfig>,
+}
+
+/// Where and how the node's own OS image is updated (`docs/node-image.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdateConfig {
+    /// The EFI system partition holding the A/B slots (a block device, e.g.
+    /// `/dev/disk/by-partlabel/ESP`, or a disk image file in tests).
+    pub esp: PathBuf,
+    /// The provider's node image signing keys (SPKI PEM files).
+    pub trust: Vec<PathBuf>,
+    /// Signatures required (default 1).
+    #[serde(default = "one")]
+    pub threshold: usize,
+    /// Boot attempts the new slot gets before systemd-boot falls back (default 1).
+    #[serde(default = "one_u32")]
+    pub tries: u32,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u32() -> u32 {
+    1
 }
 
 /// What bulwarkd puts in evidence about the node.

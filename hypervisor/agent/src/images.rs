@@ -135,7 +135,7 @@ pub async fn upload(
     Ok(info(name, &target))
 }
 
-async fn discard(body: axum::body::Body, max: u64) {
+pub(crate) async fn discard(body: axum::body::Body, max: u64) {
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(Ok(chunk)) = stream.next().await {
@@ -146,7 +146,8 @@ async fn discard(body: axum::body::Body, max: u64) {
     }
 }
 
-async fn receive(tmp: &Path, body: axum::body::Body, max: u64) -> Result<()> {
+/// Writes the upload `body` (at most `max` bytes, not empty) to the new file `tmp`, synced.
+pub(crate) async fn receive(tmp: &Path, body: axum::body::Body, max: u64) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

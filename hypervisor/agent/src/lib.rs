@@ -25,6 +25,7 @@ pub mod jail_sys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod node_update;
 #[allow(unsafe_code)]
 mod pidfd_sys;
 pub mod ports;

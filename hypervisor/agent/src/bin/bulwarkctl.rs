@@ -167,6 +167,13 @@ enum NodeCmd {
     },
     /// Whether bulwarkd is ready.
     Health,
+    /// Send a signed node OS image (.bwi): bulwarkd verifies it against the
+    /// provider's keys and writes it to the inactive boot slot, tried once.
+    Update {
+        file: PathBuf,
+    },
+    /// The node's boot slots: versions, boot counting, next boot, fallback.
+    Boot,
 }
 
 #[derive(Debug, Subcommand)]
@@ -446,6 +453,13 @@ fn run(cli: Cli) -> Result<(), Fail> {
     match cli.noun {
         Noun::Node(NodeCmd::Show) => out(&call(sock, "GET", "/node", None)?, &print_kv),
         Noun::Node(NodeCmd::Health) => out(&call(sock, "GET", "/health", None)?, &print_kv),
+        Noun::Node(NodeCmd::Update { file }) => {
+            let r = sock
+                .upload("/node/image", &file, !j)
+                .map_err(|e| Fail(2, e))?;
+            out(&answer(r)?, &print_kv)
+        }
+        Noun::Node(NodeCmd::Boot) => out(&call(sock, "GET", "/node/boot", None)?, &print_kv),
         Noun::Node(NodeCmd::Events { since }) => out(
             &call(sock, "GET", &format!("/events?since={since}"), None)?,
             &|v| {

@@ -1,0 +1,68 @@
+//! Updating the node's own OS image through the API (`PUT /node/image`): the
+//! signed node image is received like a tenant image upload, verified against
+//! the provider's keys of `node_update.trust`, and written to the inactive slot
+//! of the EFI system partition as an entry systemd-boot tries `tries` times
+//! (`bulwark_node_image::install::update`: anti-rollback, the newest good slot
+//! kept). The node's init marks it good once bulwarkd is healthy on it; a boot
+//! that never gets there falls back by itself. `GET /node/boot` reports the
+//! slots.
+
+use std::path::Path;
+
+use bulwark_node_image::NodeImageError;
+
+use crate::config::NodeUpdateConfig;
+use crate::error::{Error, Kind, Result};
+
+/// The error for `e`, refusals (tampered, untrusted, rolled back) as 422.
+fn from_node(e: NodeImageError) -> Error {
+    if e.is_refusal() {
+        Error::new(Kind::Unprocessable, "image", e.to_string())
+    } else {
+        Error::internal("node_update", e.to_string())
+    }
+}
+
+fn trust(cfg: &NodeUpdateConfig) -> Result<bulwark_image::TrustPolicy> {
+    let keys = cfg
+        .trust
+        .iter()
+        .map(|p| {
+            bulwark_image::PublicKey::from_pem_file(p).map_err(|e| {
+                Error::internal("node_update", format!("trust key {}: {e}", p.display()))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(bulwark_image::TrustPolicy {
+        keys,
+        threshold: cfg.threshold,
+        min_version: 0,
+    })
+}
+
+/// Verifies the node image at `bundle` and writes it to the inactive slot.
+/// Blocking (run it on a blocking thread).
+pub fn apply(cfg: &NodeUpdateConfig, bundle: &Path) -> Result<serde_json::Value> {
+    let policy = trust(cfg)?;
+    let payload = bulwark_node_image::install::read_node_image(bundle, &policy, &|_| {})
+        .map_err(from_node)?;
+    let report =
+        bulwark_node_image::install::update(&payload, &cfg.esp, cfg.tries).map_err(from_node)?;
+    Ok(serde_json::to_value(&report).unwrap_or_default())
+}
+
+/// The slots on the ESP: versions, boot counting, the next boot and the fallback.
+pub fn boot_state(cfg: &NodeUpdateConfig) -> Result<serde_json::Value> {
+    let state = bulwark_node_image::install::boot_state(&cfg.esp).map_err(from_node)?;
+    Ok(serde_json::to_value(&state).unwrap_or_default())
+}
+
+/// The configuration, or why there is none (501).
+pub fn configured(cfg: &Option<NodeUpdateConfig>) -> Result<&NodeUpdateConfig> {
+    cfg.as_ref().ok_or_else(|| {
+        Error::not_implemented(
+            "node_update",
+            "node image updates are not configured on this node (config node_update: esp, trust)",
+        )
+    })
+}
