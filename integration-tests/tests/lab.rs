@@ -126,6 +126,11 @@ fn vmm_vfio_linux() {
 }
 
 #[test]
+fn node_boot() {
+    run_scenario("node-boot");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

@@ -63,6 +63,11 @@ pub struct NodeInitConfig {
     /// Seconds between a fatal error on the console and the power-off.
     #[serde(default = "default_fatal_delay")]
     pub fatal_poweroff_delay_secs: u64,
+    /// Once healthy, print the TPM's sha256 PCRs and the firmware's event log (base64
+    /// between markers) on the console, for a verifier that reads the console (the
+    /// lab). Off on nodes: the agent serves the quote and the log.
+    #[serde(default)]
+    pub report_measurements: bool,
 }
 
 /// Where the state partition is: by GPT partition label (the kernel's `PARTNAME`),
@@ -289,6 +294,7 @@ mod tests {
         assert_eq!(c.bulwarkd.config, Path::new("/etc/bulwark/bulwarkd.json"));
         assert_eq!(c.bulwarkd.api_sock, Path::new("/run/bulwark/bulwarkd.sock"));
         assert_eq!(c.fatal_poweroff_delay_secs, 30);
+        assert!(!c.report_measurements);
     }
 
     #[test]
@@ -298,7 +304,7 @@ mod tests {
                 "state": {"partition_label": null, "device": "/dev/nvme0n1p3", "fstype": "xfs", "wait_secs": 2},
                 "bulwarkd": {"env": {"BULWARK_LOG": "info"}, "health_timeout_secs": 10,
                              "restart_backoff_ms": 100, "restart_backoff_max_ms": 1000},
-                "fatal_poweroff_delay_secs": 3}"#,
+                "fatal_poweroff_delay_secs": 3, "report_measurements": true}"#,
         )
         .unwrap();
         assert_eq!(c.version.as_deref(), Some("7"));
@@ -308,6 +314,7 @@ mod tests {
         assert_eq!(c.state.device.as_deref(), Some(Path::new("/dev/nvme0n1p3")));
         assert_eq!(c.bulwarkd.env["BULWARK_LOG"], "info");
         assert_eq!(c.fatal_poweroff_delay_secs, 3);
+        assert!(c.report_measurements);
         // 100, 200, 400, 800, then the 1000 ms cap.
         let delays: Vec<u128> = (0..6).map(|i| c.bulwarkd.backoff(i).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);

@@ -9,7 +9,7 @@
 //! reaps orphans, and powers off on SIGTERM, SIGPWR or ctrl-alt-del.
 //!
 //! Modules: [`config`] (its JSON config), [`bless`] (boot blessing, efivarfs),
-//! [`health`] (the health probe), [`state`] (finding the state partition), [`node`]
+//! [`health`] (the health probe), [`measurements`] (PCRs and event log on the console), [`state`] (finding the state partition), [`node`]
 //! (the sequence and supervision). `unsafe` lives only in `sys` (one ioctl).
 
 #![deny(unsafe_code)]
@@ -17,6 +17,7 @@
 pub mod bless;
 pub mod config;
 pub mod health;
+pub mod measurements;
 pub mod node;
 pub mod state;
 mod sys;

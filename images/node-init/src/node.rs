@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::bless::{BlessOutcome, BootBlesser, EFIVARFS};
 use crate::config::{self, NodeInitConfig, CONFIG_PATH, STATE_DIR};
-use crate::{health, state, sys};
+use crate::{health, measurements, state, sys};
 
 /// The line the lab (and an operator on the serial console) waits for, followed by
 /// the version: `bulwark-node: healthy version=N`.
@@ -503,6 +503,15 @@ impl<'a> Supervisor<'a> {
                     if !self.blessed {
                         self.blessed = true;
                         self.bless();
+                        if self.config.report_measurements {
+                            for line in measurements::report(
+                                Path::new(measurements::PCR_DIR),
+                                Path::new(measurements::EVENT_LOG),
+                            ) {
+                                console_raw(&line);
+                            }
+                        }
+                        console("boot complete: bulwarkd healthy, boot blessing done");
                     }
                 }
                 self.next_probe = Instant::now() + Duration::from_secs(5);

@@ -39,6 +39,20 @@ pub struct L2Guest {
     pub guest_init: bool,
 }
 
+/// A scenario whose L1 machine is a node: the node image (UKI + GPT disk, see
+/// `node_disk`) booted by OVMF with a TPM, `bulwark-node-init` (one of the scenario's
+/// `guest_programs`) as `/init`, the `host_built_programs` (bulwarkd) and all of
+/// `modules` (with their dependencies) in `/lib/modules`; no busybox, no script.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeBoot {
+    /// The node image's version (kernel command line `bulwark.version=`).
+    pub version: &'static str,
+    /// `/etc/bulwark/node-init.json`.
+    pub init_config: &'static str,
+    /// `/etc/bulwark/bulwarkd.json`.
+    pub bulwarkd_config: &'static str,
+}
+
 /// One lab scenario.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -72,6 +86,9 @@ pub struct Scenario {
     pub expected_checks: &'static [&'static str],
     /// Hard limit for the L1 run, boot to power-off.
     pub timeout_secs: u64,
+    /// Boot L1 as a node from its UEFI disk image instead of the lab's busybox L1
+    /// (`script` is then only a description: the node has no shell).
+    pub node: Option<NodeBoot>,
 }
 
 const THIS_PACKAGE: &str = env!("CARGO_PKG_NAME");
@@ -100,6 +117,7 @@ const PLAIN: Scenario = Scenario {
     host_built_programs: &[],
     expected_checks: &[],
     timeout_secs: 180,
+    node: None,
 };
 
 /// What the scenarios in which bulwark-vmm boots Linux in L1 share.
@@ -183,6 +201,58 @@ const VMM: GuestProgram = GuestProgram {
 
 /// Every scenario the lab ships.
 pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "node-boot",
+        summary: "the node image boots as the lab machine: OVMF + swtpm (TPM 2.0, CRB) + the IOMMU and devices, systemd-boot with boot counting, a UKI (systemd-stub) whose initramfs holds bulwark-node-init as PID 1, bulwarkd, bulwark-vmm and the modules and no shell; bulwarkd healthy, state partition mounted, KVM and the TPM present, the boot-count variable read for blessing, PCRs and the event log captured and PCR 11 equal to systemd-measure's prediction, ctrl-alt-del stops bulwarkd and powers off",
+        script: "# node-boot: no script; the node has no shell (integration-tests/src/lab/node_boot.rs judges its console)\n",
+        modules: &[
+            "kvm_amd",
+            "kvm_intel",
+            "vfio_pci",
+            "vfio_iommu_type1",
+            "efivarfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "nls_utf8",
+        ],
+        devices: &[
+            "pcie-root-port,id=rp1,chassis=1,addr=03.0",
+            "edu,bus=rp1,addr=00.0",
+            "virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=06.0",
+        ],
+        memory_mib: 1536,
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-node-init",
+                bin: "bulwark-node-init",
+            },
+            VMM,
+        ],
+        host_built_programs: &[GuestProgram {
+            package: "bulwark-agent",
+            bin: "bulwarkd",
+        }],
+        expected_checks: &[
+            "node-no-shell",
+            "node-healthy",
+            "node-modules",
+            "node-tpm",
+            "node-state-persistent",
+            "node-bless",
+            "node-pcrs",
+            "node-pcr11-predicted",
+            "node-event-log",
+            "node-shutdown",
+        ],
+        timeout_secs: 420,
+        node: Some(NodeBoot {
+            version: "1",
+            init_config: include_str!("../../lab/node/node-init.json"),
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+        }),
+        ..PLAIN
+    },
     Scenario {
         name: "vmm-virtio",
         summary: "bulwark-vmm's virtio devices under real (nested SVM) KVM inside L1: tiny guests hash a read-only disk, write a scratch disk, read rng, sleep until each completion's interrupt (irqfd) and move 1 MiB each way over vsock (ioeventfd and MMIO-exit notifications)",
