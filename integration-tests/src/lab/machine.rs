@@ -30,6 +30,10 @@ pub struct MachineSpec {
     pub uefi: Option<UefiBoot>,
     /// Console markers to time, and monitor commands to send when they appear.
     pub console_actions: Vec<ConsoleAction>,
+    /// With `console_actions`: once all have fired, L1 must exit within this time
+    /// (else it is killed as at the hard timeout), so that a lost command does not
+    /// cost the whole timeout.
+    pub exit_after_actions: Option<Duration>,
 }
 
 /// Debian's OVMF (package `ovmf`): the firmware code, read-only.
@@ -387,6 +391,7 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
     let mut hang = None;
     let mut marks = Vec::new();
     let mut pending: Vec<&ConsoleAction> = spec.console_actions.iter().collect();
+    let mut deadline = spec.timeout;
     let end = loop {
         if !pending.is_empty() {
             let seen = String::from_utf8_lossy(&serial.lock().unwrap_or_else(|p| p.into_inner()))
@@ -402,16 +407,19 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
                 }
                 false
             });
+            if let (true, Some(grace)) = (pending.is_empty(), spec.exit_after_actions) {
+                deadline = deadline.min(at + grace);
+            }
         }
         match child.try_wait().map_err(LabError::io("waiting for QEMU"))? {
             Some(status) => break MachineEnd::Exited(status.to_string()),
-            None if start.elapsed() >= spec.timeout => {
+            None if start.elapsed() >= deadline => {
                 hang = Some(hang_report(&monitor, child.id()));
                 // Killing can only fail if it already exited; the wait below reaps it either way.
                 let _ = child.kill();
                 let _ = child.wait();
                 break MachineEnd::TimedOut {
-                    after_secs: spec.timeout.as_secs(),
+                    after_secs: deadline.as_secs(),
                 };
             }
             None => std::thread::sleep(Duration::from_millis(50)),
@@ -502,6 +510,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             uefi: None,
             console_actions: vec![],
+            exit_after_actions: None,
         };
         let line = describe(&command(
             Path::new("qemu"),
@@ -521,6 +530,84 @@ mod tests {
         ] {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }
+    }
+
+    #[test]
+    fn the_uefi_command_line_boots_the_disk_with_firmware_and_tpm() {
+        let spec = MachineSpec {
+            uefi: Some(UefiBoot {
+                disk: "/d.img".into(),
+                firmware_code: "/code.fd".into(),
+                firmware_vars: "/vars.fd".into(),
+                tpm_dir: Some("/t".into()),
+            }),
+            ..spec(Duration::from_secs(1))
+        };
+        let line = describe(&command(Path::new("qemu"), &spec, None));
+        for part in [
+            "-accel tcg",
+            "intel-iommu",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/code.fd",
+            "if=pflash,format=raw,unit=1,file=/vars.fd",
+            "if=none,id=nodedisk,format=raw,file=/d.img",
+            "nvme,drive=nodedisk",
+            "socket,id=chrtpm,path=/t/swtpm.sock",
+            "-tpmdev emulator,id=tpm0,chardev=chrtpm",
+            "tpm-crb,tpmdev=tpm0",
+            "-serial stdio",
+            "-display none",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+        for absent in ["-nographic", "-kernel", "-initrd", "-append"] {
+            assert!(!line.contains(absent), "{absent:?} in {line}");
+        }
+    }
+
+    /// Processes whose command line mentions `needle`.
+    fn processes_with(needle: &str) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(needle))
+            .collect()
+    }
+
+    #[test]
+    fn swtpm_is_started_for_the_machine_and_stopped_after_it() {
+        if find_program("swtpm").is_none() || find_program("swtpm_setup").is_none() {
+            eprintln!("skipped: swtpm not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("lab-swtpm-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tpm")).unwrap();
+        let needle = dir.join("tpm").display().to_string();
+        // The fake QEMU reports whether swtpm runs while it does.
+        let qemu = fake_qemu(
+            "swtpm",
+            &format!("test -S {needle}/swtpm.sock && echo tpm-socket-up; exit 0"),
+        );
+        let spec = MachineSpec {
+            uefi: Some(UefiBoot {
+                disk: "/d.img".into(),
+                firmware_code: "/code.fd".into(),
+                firmware_vars: "/vars.fd".into(),
+                tpm_dir: Some(dir.join("tpm")),
+            }),
+            ..spec(Duration::from_secs(60))
+        };
+        let run = boot(&qemu, &spec).unwrap();
+        std::fs::remove_file(&qemu).unwrap();
+        assert!(run.console.contains("tpm-socket-up"), "{:?}", run.console);
+        assert!(
+            processes_with(&needle).is_empty(),
+            "{:?}",
+            processes_with(&needle)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A stand-in for QEMU: a shell script that ignores its arguments.
@@ -562,6 +649,7 @@ mod tests {
             timeout,
             uefi: None,
             console_actions: vec![],
+            exit_after_actions: None,
         }
     }
 

@@ -184,6 +184,7 @@ impl Lab {
             timeout: Duration::from_secs(scenario.timeout_secs),
             uefi: None,
             console_actions: Vec::new(),
+            exit_after_actions: None,
         };
         let machine = machine::boot(&self.qemu, &spec)?;
         let mut expected = vec![MODULES_CHECK];

@@ -100,6 +100,7 @@ impl Lab {
                     monitor: Some("sendkey ctrl-alt-delete".into()),
                 },
             ],
+            exit_after_actions: Some(Duration::from_secs(60)),
         };
         let machine = machine::boot(&self.qemu, &spec)?;
         for (marker, at) in &machine.marks {
