@@ -295,6 +295,83 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_image_with_the_uki_on_the_esp_and_a_state_partition() {
+        let tools = [
+            "objcopy",
+            "objdump",
+            "sfdisk",
+            "mkfs.vfat",
+            "mdir",
+            "mkfs.ext4",
+        ];
+        if tools.iter().any(|t| find_program(t).is_none()) || !Path::new(STUB).is_file() {
+            eprintln!("skipped: the disk tools or systemd-boot-efi are not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("lab-node-disk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // objcopy does not look into the sections: stand-ins do.
+        fs::write(dir.join("vmlinuz"), vec![0xaa; 3 * 4096 + 5]).unwrap();
+        fs::write(dir.join("initrd"), vec![0x55; 1000]).unwrap();
+        let inputs = NodeDiskInputs {
+            kernel: dir.join("vmlinuz"),
+            initramfs: dir.join("initrd"),
+            cmdline: "console=ttyS0 bulwark.version=9".into(),
+            version: "9".into(),
+            state_mib: 8,
+        };
+        let disk = node_disk(&dir, &inputs).unwrap();
+        let out = |cmd: &mut Command| String::from_utf8(run(cmd).unwrap().stdout).unwrap();
+
+        let sections = out(Command::new("objdump").arg("-h").arg(uki_path(&dir)));
+        let vma = |name: &str| {
+            let line = sections
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name));
+            let line = line.unwrap_or_else(|| panic!("no {name} in {sections}"));
+            u64::from_str_radix(line.split_whitespace().nth(3).unwrap(), 16).unwrap()
+        };
+        let (osrel, cmdline, linux, initrd) = (
+            vma(".osrel"),
+            vma(".cmdline"),
+            vma(".linux"),
+            vma(".initrd"),
+        );
+        assert!(
+            osrel % 4096 == 0 && osrel < cmdline && cmdline < linux,
+            "{sections}"
+        );
+        // .initrd right after the 3 pages and 5 bytes of .linux, rounded up.
+        assert_eq!(initrd, linux + 4 * 4096, "{sections}");
+        assert_eq!(
+            fs::read_to_string(dir.join("uki-cmdline.txt")).unwrap(),
+            "console=ttyS0 bulwark.version=9"
+        );
+
+        let table = out(Command::new("sfdisk").arg("--dump").arg(&disk));
+        assert!(table.contains("label: gpt"), "{table}");
+        let partition = |ty: &str, name: &str| {
+            table.lines().any(|l| {
+                l.contains(&format!("type={ty}")) && l.contains(&format!("name=\"{name}\""))
+            })
+        };
+        assert!(partition(ESP_TYPE, "esp"), "{table}");
+        assert!(partition(LINUX_FS_TYPE, "bulwark-state"), "{table}");
+        // The ESP's files, read through mtools at the partition's offset.
+        let esp = format!("{}@@{}", disk.display(), MIB);
+        let listing = |path: &str| {
+            out(Command::new("mdir")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-b", "-i", &esp, path]))
+        };
+        assert!(listing("::/EFI/BOOT").contains("BOOTX64.EFI"));
+        assert!(listing("::/EFI/Linux").contains("bulwark-a-9+3.efi"));
+        assert!(listing("::/loader").contains("loader.conf"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn slot_names_carry_the_boot_counter() {
         assert_eq!(slot_file_name("7"), "bulwark-a-7+3.efi");
     }
