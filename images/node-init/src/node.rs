@@ -275,12 +275,19 @@ fn load_modules(config: &NodeInitConfig) -> Result<(), String> {
             .load_order(std::slice::from_ref(name))
             .map_err(|e| e.to_string())
             .and_then(|order| {
-                order
-                    .iter()
-                    .try_for_each(|m| m.load().map(drop).map_err(|e| e.to_string()))
+                // The outcome of the named module itself (the last, after its dependencies).
+                let mut last = bulwark_kmod::LoadOutcome::AlreadyPresent;
+                for m in &order {
+                    last = m.load().map_err(|e| e.to_string())?;
+                }
+                Ok(last)
             });
         match result {
-            Ok(()) => loaded.push(name.clone()),
+            Ok(bulwark_kmod::LoadOutcome::Loaded(_)) => loaded.push(name.clone()),
+            // kvm_intel on an AMD CPU once kvm_amd holds kvm: EEXIST.
+            Ok(bulwark_kmod::LoadOutcome::AlreadyPresent) => {
+                console(&format!("optional module {name}: already present or another vendor's module holds its place"))
+            }
             Err(e) => console(&format!("optional module {name} not loaded: {e}")),
         }
     }
