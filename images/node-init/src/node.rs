@@ -147,6 +147,54 @@ pub enum StateMount {
     Volatile(String),
 }
 
+/// The ACPI power button's input device name (drivers/acpi/button.c).
+const POWER_BUTTON: &str = "Power Button";
+/// `EV_KEY` and `KEY_POWER` of linux/input-event-codes.h.
+const EV_KEY: u16 = 1;
+const KEY_POWER: u16 = 116;
+/// `struct input_event` on 64-bit: a timeval (16 bytes), type, code, value.
+const INPUT_EVENT_SIZE: usize = 24;
+
+/// The ACPI power button's event devices (`/dev/input/eventN` whose
+/// `/sys/class/input/eventN/device/name` is "Power Button"), opened non-blocking: a
+/// BMC's soft power-off presses it. Needs the `button` and `evdev` modules.
+fn open_power_buttons() -> Vec<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(entries) = std::fs::read_dir("/sys/class/input") else {
+        return Vec::new();
+    };
+    let mut buttons = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("event") {
+            continue;
+        }
+        let device = std::fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
+        if device.trim() != POWER_BUTTON {
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(Path::new("/dev/input").join(&name))
+        {
+            Ok(f) => buttons.push(f),
+            Err(e) => console(&format!("warning: opening /dev/input/{name}: {e}")),
+        }
+    }
+    buttons
+}
+
+/// Whether `bytes` (whole `input_event`s) hold a press of KEY_POWER.
+pub fn power_key_pressed(bytes: &[u8]) -> bool {
+    bytes.chunks_exact(INPUT_EVENT_SIZE).any(|e| {
+        let ty = u16::from_ne_bytes([e[16], e[17]]);
+        let code = u16::from_ne_bytes([e[18], e[19]]);
+        let value = i32::from_ne_bytes([e[20], e[21], e[22], e[23]]);
+        ty == EV_KEY && code == KEY_POWER && value == 1
+    })
+}
+
 /// The whole boot, then supervision until a power-off signal. Never returns.
 pub fn run(blesser: &dyn BootBlesser) -> ! {
     let boot_delay = Duration::from_secs(30);
@@ -167,7 +215,7 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
     ] {
         mask.add(s);
     }
-    // Children start with an empty mask (std's Command resets it before exec).
+    // Children get an empty mask back before exec (`sys::unblock_signals_in_child`).
     if let Err(e) = mask.thread_block() {
         fatal(&format!("blocking signals: {e}"), boot_delay);
     }
@@ -249,8 +297,14 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
             "none (/dev/tpm0 missing)"
         }
     ));
+    let buttons = open_power_buttons();
+    if buttons.is_empty() {
+        console("warning: no ACPI power button (modules button and evdev): only signals power off");
+    } else {
+        console("the ACPI power button powers off");
+    }
     let mut supervisor = Supervisor::new(&config, version, blesser);
-    let reason = supervisor.run(&signals);
+    let reason = supervisor.run(&signals, &buttons);
     supervisor.stop();
     power_off(&reason, &mounts)
 }
@@ -393,11 +447,26 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Supervises until a power-off signal; returns its description.
-    fn run(&mut self, signals: &SignalFd) -> String {
+    fn run(&mut self, signals: &SignalFd, buttons: &[std::fs::File]) -> String {
+        use std::io::Read as _;
         loop {
             {
-                let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                let mut fds: Vec<PollFd> = std::iter::once(signals.as_fd())
+                    .chain(buttons.iter().map(|b| b.as_fd()))
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                    .collect();
                 let _ = poll(&mut fds, PollTimeout::from(200u16));
+            }
+            for mut button in buttons {
+                let mut buf = [0u8; INPUT_EVENT_SIZE * 16];
+                while let Ok(n) = button.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if power_key_pressed(&buf[..n]) {
+                        return "the ACPI power button".into();
+                    }
+                }
             }
             while let Ok(Some(info)) = signals.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
@@ -435,6 +504,7 @@ impl<'a> Supervisor<'a> {
             .envs(&b.env)
             .stdin(Stdio::null())
             .current_dir("/");
+        sys::unblock_signals_in_child(&mut cmd);
         self.started = Instant::now();
         self.healthy_since = None;
         self.health_failures = 0;
@@ -562,8 +632,21 @@ impl<'a> Supervisor<'a> {
     /// Stops bulwarkd: SIGTERM, up to 10 s, then SIGKILL.
     fn stop(&mut self) {
         let Some(pid) = self.pid else { return };
-        console(&format!("stopping bulwarkd (pid {pid})"));
-        let _ = kill(pid, Signal::SIGTERM);
+        let masks: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.starts_with("SigBlk") || l.starts_with("SigIgn") || l.starts_with("SigCgt")
+            })
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        console(&format!(
+            "stopping bulwarkd (pid {pid}; {})",
+            masks.join(", ")
+        ));
+        if let Err(e) = kill(pid, Signal::SIGTERM) {
+            console(&format!("SIGTERM to bulwarkd: {e}"));
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.pid.is_some() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -596,5 +679,31 @@ fn describe_exit(status: &WaitStatus) -> String {
             )
         }
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ty: u16, code: u16, value: i32) -> Vec<u8> {
+        let mut e = vec![0u8; 16];
+        e.extend_from_slice(&ty.to_ne_bytes());
+        e.extend_from_slice(&code.to_ne_bytes());
+        e.extend_from_slice(&value.to_ne_bytes());
+        e
+    }
+
+    #[test]
+    fn only_a_power_key_press_powers_off() {
+        let syn = event(0, 0, 0);
+        let press = [event(EV_KEY, KEY_POWER, 1), syn.clone()].concat();
+        let release = [event(EV_KEY, KEY_POWER, 0), syn.clone()].concat();
+        let other = [event(EV_KEY, 30, 1), syn].concat();
+        assert!(power_key_pressed(&press));
+        assert!(power_key_pressed(&[other.clone(), press].concat()));
+        assert!(!power_key_pressed(&release));
+        assert!(!power_key_pressed(&other));
+        assert!(!power_key_pressed(&[1, 2, 3]));
     }
 }

@@ -453,13 +453,26 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
 /// shows as the action's effect missing).
 fn send_monitor(socket: &Path, command: &str) {
     use std::io::Write;
-    if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) {
-        let _ = stream.write_all(format!("{command}\n").as_bytes());
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 4096];
-        // Wait for the answer, so the command ran before the connection closes.
-        let _ = stream.read(&mut buf);
-        let _ = stream.read(&mut buf);
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return;
+    };
+    let _ = stream.write_all(format!("{command}\n").as_bytes());
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    // Keep the connection until the monitor prompted again after the command (the
+    // banner's prompt, then the one after it ran): a connection closed earlier can
+    // drop the command unread.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if String::from_utf8_lossy(&answer).matches("(qemu)").count() >= 2 {
+            break;
+        }
     }
 }
 

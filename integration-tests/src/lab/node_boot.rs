@@ -93,11 +93,11 @@ impl Lab {
                     marker: healthy_marker.clone(),
                     monitor: None,
                 },
-                // Then the node is asked to shut down the way an operator would:
-                // ctrl-alt-del (SIGINT to PID 1).
+                // Then the node is asked to shut down the way a BMC's soft power-off
+                // does: the ACPI power button.
                 ConsoleAction {
                     marker: BOOT_COMPLETE.into(),
-                    monitor: Some("sendkey ctrl-alt-delete".into()),
+                    monitor: Some("system_powerdown".into()),
                 },
             ],
             exit_after_actions: Some(Duration::from_secs(60)),
@@ -216,7 +216,7 @@ impl Lab {
         );
         check(
             "node-shutdown",
-            console.contains("bulwark-node: powering off: ctrl-alt-del")
+            console.contains("bulwark-node: powering off: the ACPI power button")
                 && console.contains("bulwarkd stopped")
                 && matches!(machine.end, MachineEnd::Exited(_)),
             format!(

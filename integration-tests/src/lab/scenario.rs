@@ -203,7 +203,7 @@ const VMM: GuestProgram = GuestProgram {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "node-boot",
-        summary: "the node image boots as the lab machine: OVMF + swtpm (TPM 2.0, CRB) + the IOMMU and devices, systemd-boot with boot counting, a UKI (systemd-stub) whose initramfs holds bulwark-node-init as PID 1, bulwarkd, bulwark-vmm and the modules and no shell; bulwarkd healthy, state partition mounted, KVM and the TPM present, the boot-count variable read for blessing, PCRs and the event log captured and PCR 11 equal to systemd-measure's prediction, ctrl-alt-del stops bulwarkd and powers off",
+        summary: "the node image boots as the lab machine: OVMF + swtpm (TPM 2.0, CRB) + the IOMMU and devices, systemd-boot with boot counting, a UKI (systemd-stub) whose initramfs holds bulwark-node-init as PID 1, bulwarkd, bulwark-vmm and the modules and no shell; bulwarkd healthy, state partition mounted, KVM and the TPM present, the boot-count variable read for blessing, PCRs and the event log captured and PCR 11 equal to systemd-measure's prediction, the ACPI power button (a BMC's soft power-off) stops bulwarkd and powers off",
         script: "# node-boot: no script; the node has no shell (integration-tests/src/lab/node_boot.rs judges its console)\n",
         modules: &[
             "kvm_amd",
@@ -215,6 +215,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "nls_cp437",
             "nls_ascii",
             "nls_utf8",
+            "button",
+            "evdev",
         ],
         devices: &[
             "pcie-root-port,id=rp1,chassis=1,addr=03.0",
