@@ -214,6 +214,37 @@ impl Lab {
                 Err(e) => e.clone(),
             },
         );
+        let replay = match &log {
+            Ok(_) => replay_event_log(&dir.join("binary_bios_measurements")),
+            Err(e) => Err(e.clone()),
+        };
+        check(
+            "node-event-log-replays",
+            replay
+                .as_ref()
+                .is_ok_and(|r| !r.is_empty() && r.iter().all(|(i, v)| pcr(*i) == Some(v.as_str()))),
+            match &replay {
+                Ok(r) => {
+                    let differ: Vec<String> = r
+                        .iter()
+                        .filter(|(i, v)| pcr(*i) != Some(v.as_str()))
+                        .map(|(i, v)| format!("PCR {i}: log {v}, node {}", pcr(*i).unwrap_or("-")))
+                        .collect();
+                    if differ.is_empty() {
+                        format!(
+                            "tpm2_eventlog replays PCRs {} to the values the node read",
+                            r.iter()
+                                .map(|(i, _)| i.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    } else {
+                        differ.join("; ")
+                    }
+                }
+                Err(e) => e.clone(),
+            },
+        );
         check(
             "node-shutdown",
             console.contains("bulwark-node: powering off: the ACPI power button")
@@ -357,6 +388,38 @@ fn event_log(console: &str) -> std::result::Result<Vec<u8>, String> {
     Err("the event log has no end marker".into())
 }
 
+/// The sha256 PCRs that replaying the event log at `path` gives (`tpm2_eventlog`,
+/// package `tpm2-tools`).
+fn replay_event_log(path: &Path) -> std::result::Result<Vec<(u32, String)>, String> {
+    if find_program("tpm2_eventlog").is_none() {
+        return Err("tpm2_eventlog not found (Debian's tpm2-tools)".into());
+    }
+    let mut cmd = Command::new("tpm2_eventlog");
+    cmd.arg(path);
+    let out = run(&mut cmd).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(parse_replay(&text))
+}
+
+/// The `pcrs: sha256:` block at the end of `tpm2_eventlog`'s output
+/// (`    11 : 0xHEX`).
+fn parse_replay(text: &str) -> Vec<(u32, String)> {
+    let Some(block) = text.rsplit_once("\npcrs:") else {
+        return Vec::new();
+    };
+    block
+        .1
+        .lines()
+        .skip_while(|l| l.trim() != "sha256:")
+        .skip(1)
+        .map_while(|l| {
+            let (index, value) = l.split_once(':')?;
+            let value = value.trim().strip_prefix("0x")?.to_ascii_lowercase();
+            Some((index.trim().parse().ok()?, value))
+        })
+        .collect()
+}
+
 /// PCR 11 as systemd predicts it for the UKI's sections (UEFI-TPM.md: with
 /// `--phase=''` it equals the value a node without systemd-pcrphase reads).
 fn predict_pcr11(dir: &Path, inputs: &NodeDiskInputs) -> std::result::Result<String, String> {
@@ -398,5 +461,12 @@ mod tests {
         let wrong = console.replace("begin 5", "begin 6");
         assert!(event_log(&wrong).unwrap_err().contains("6 B announced"));
         assert!(event_log("nothing").unwrap_err().contains("no event log"));
+        let replay =
+            "- EventNum: 1\n  PCRIndex: 0\npcrs:\n  sha256:\n    0  : 0xAB\n    11 : 0xcd\n";
+        assert_eq!(
+            parse_replay(replay),
+            vec![(0, "ab".into()), (11, "cd".into())]
+        );
+        assert!(parse_replay("no block").is_empty());
     }
 }

@@ -245,6 +245,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "node-pcrs",
             "node-pcr11-predicted",
             "node-event-log",
+            "node-event-log-replays",
             "node-shutdown",
         ],
         timeout_secs: 420,
