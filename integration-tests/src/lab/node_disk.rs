@@ -147,6 +147,37 @@ fn build_uki(run_dir: &Path, inputs: &NodeDiskInputs, uki: &Path) -> Result<()> 
     }
     cmd.arg(STUB).arg(uki);
     run(&mut cmd)?;
+    // objcopy stamps the COFF header with the current time (SOURCE_DATE_EPOCH is not
+    // honoured for PE), and the Authenticode hash the firmware extends into PCR 4
+    // covers it: zero it, so the same inputs give the same UKI and the same PCR 4.
+    let mut image = fs::read(uki).map_err(LabError::io(format!("reading {}", uki.display())))?;
+    clear_pe_timestamp(&mut image).map_err(|reason| LabError::UnexpectedOutput {
+        command: format!("reading {}", uki.display()),
+        reason,
+    })?;
+    write(uki, image)
+}
+
+/// Sets the COFF header's TimeDateStamp of a PE image to 0, and its CheckSum (which
+/// changes with it; firmware does not check it, Authenticode skips it) to 0.
+pub fn clear_pe_timestamp(pe: &mut [u8]) -> std::result::Result<(), String> {
+    let pe_off = pe
+        .get(0x3c..0x40)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("truncated PE")?;
+    if pe.get(pe_off..pe_off + 4) != Some(b"PE\0\0") {
+        return Err("not a PE image (no PE signature)".into());
+    }
+    // Signature (4), Machine (2), NumberOfSections (2), then TimeDateStamp (4).
+    let stamp = pe
+        .get_mut(pe_off + 8..pe_off + 12)
+        .ok_or("truncated COFF header")?;
+    stamp.fill(0);
+    // The optional header follows the 20-byte COFF header; CheckSum is at 64 in it.
+    let checksum = pe_off + 24 + 64;
+    pe.get_mut(checksum..checksum + 4)
+        .ok_or("truncated optional header")?
+        .fill(0);
     Ok(())
 }
 
@@ -321,7 +352,15 @@ mod tests {
             version: "9".into(),
             state_mib: 8,
         };
+        node_disk(&dir, &inputs).unwrap();
+        // The same inputs give the same UKI (no build time inside).
+        let first = fs::read(uki_path(&dir)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let disk = node_disk(&dir, &inputs).unwrap();
+        assert!(
+            fs::read(uki_path(&dir)).unwrap() == first,
+            "the UKI differs between builds"
+        );
         let out = |cmd: &mut Command| String::from_utf8(run(cmd).unwrap().stdout).unwrap();
 
         let sections = out(Command::new("objdump").arg("-h").arg(uki_path(&dir)));
