@@ -30,6 +30,9 @@ const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const LINUX_FS_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+const DISK_GUID: &str = "B0B0A0A0-0000-4000-8000-000000000001";
+const ESP_GUID: &str = "B0B0A0A0-0000-4000-8000-000000000002";
+const STATE_GUID: &str = "B0B0A0A0-0000-4000-8000-000000000003";
 
 /// What goes into the node image.
 #[derive(Debug, Clone)]
@@ -278,10 +281,14 @@ fn build_disk(run_dir: &Path, inputs: &NodeDiskInputs, uki: &Path, disk: &Path) 
     // 1 MiB at the end for the backup GPT.
     let disk_mib = 1 + esp_mib + inputs.state_mib + 1;
     file_of(disk, disk_mib)?;
+    // Fixed GUIDs: the firmware measures the GPT header and entries into PCR 5, and
+    // random ones (sfdisk's default) would change PCR 5 (and IMA's boot_aggregate in
+    // PCR 10) on every build. A real install gives each disk its own.
     let layout = format!(
         "label: gpt\n\
-         start={esp_start}, size={esp_sectors}, type={ESP_TYPE}, name=\"esp\"\n\
-         start={state_start}, size={state_sectors}, type={LINUX_FS_TYPE}, name=\"{STATE_LABEL}\"\n"
+         label-id: {DISK_GUID}\n\
+         start={esp_start}, size={esp_sectors}, type={ESP_TYPE}, uuid={ESP_GUID}, name=\"esp\"\n\
+         start={state_start}, size={state_sectors}, type={LINUX_FS_TYPE}, uuid={STATE_GUID}, name=\"{STATE_LABEL}\"\n"
     );
     let script = run_dir.join("sfdisk.txt");
     write(&script, &layout)?;
@@ -396,6 +403,7 @@ mod tests {
             })
         };
         assert!(partition(ESP_TYPE, "esp"), "{table}");
+        assert!(table.contains(&format!("label-id: {DISK_GUID}")), "{table}");
         assert!(partition(LINUX_FS_TYPE, "bulwark-state"), "{table}");
         // The ESP's files, read through mtools at the partition's offset.
         let esp = format!("{}@@{}", disk.display(), MIB);
