@@ -131,6 +131,11 @@ fn node_boot() {
 }
 
 #[test]
+fn node_bad_config() {
+    run_scenario("node-bad-config");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

@@ -72,15 +72,13 @@ impl Lab {
         let _ = fs::remove_file(&cpio);
 
         let healthy_marker = format!("{HEALTHY}{}", node.version);
-        let spec = MachineSpec {
-            kernel: self.kernel.clone(),
-            initramfs,
-            memory_mib: scenario.memory_mib,
-            devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
-            objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
-            timeout: Duration::from_secs(scenario.timeout_secs),
-            uefi: Some(UefiBoot::new(&dir, &disk, true)?),
-            console_actions: vec![
+        let console_actions = match node.expect_fatal {
+            // A node that must refuse to start: the fatal line, then its own power-off.
+            Some(_) => vec![ConsoleAction {
+                marker: "bulwark-node: FATAL: this node cannot start".into(),
+                monitor: None,
+            }],
+            None => vec![
                 ConsoleAction {
                     marker: "BdsDxe".into(),
                     monitor: None,
@@ -100,6 +98,16 @@ impl Lab {
                     monitor: Some("system_powerdown".into()),
                 },
             ],
+        };
+        let spec = MachineSpec {
+            kernel: self.kernel.clone(),
+            initramfs,
+            memory_mib: scenario.memory_mib,
+            devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
+            objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+            timeout: Duration::from_secs(scenario.timeout_secs),
+            uefi: Some(UefiBoot::new(&dir, &disk, true)?),
+            console_actions,
             exit_after_actions: Some(Duration::from_secs(60)),
         };
         let machine = machine::boot(&self.qemu, &spec)?;
@@ -121,141 +129,160 @@ impl Lab {
                 .any(|p| image.contains(p)),
             "the node initramfs has no shell".into(),
         );
-        let healthy_at = machine
-            .marks
-            .iter()
-            .find(|(m, _)| *m == healthy_marker)
-            .map(|(_, at)| *at);
-        check(
-            "node-healthy",
-            healthy_at.is_some() && !console.contains("FATAL"),
-            match healthy_at {
-                Some(at) => format!(
-                    "{healthy_marker:?} {:.1} s after QEMU start",
-                    at.as_secs_f64()
-                ),
-                None => format!("{healthy_marker:?} never shown"),
-            },
-        );
-        check(
-            "node-modules",
-            console.contains("bulwark-node: modules loaded in") && !console.contains("no /dev/kvm"),
-            line_with(console, "modules loaded in"),
-        );
-        check(
-            "node-tpm",
-            console.contains("TPM: /dev/tpm0 present"),
-            line_with(console, "bulwark-node: TPM:"),
-        );
-        check(
-            "node-state-persistent",
-            console.contains("bulwark-node: state: /dev/nvme0n1p2 mounted on /var/lib/bulwark")
-                && !console.contains("STATE IS NOT PERSISTENT"),
-            line_with(console, "bulwark-node: state:"),
-        );
-        // systemd-boot booted the counted slot and said so in LoaderBootCountPath; the
-        // default blesser decodes it and names the rename it does not do yet.
-        let counted = format!("\\EFI\\Linux\\bulwark-a-{}+", node.version);
-        let blessed = format!("\\EFI\\Linux\\bulwark-a-{}.efi", node.version);
-        let bless = line_with(console, "boot blessing");
-        check(
-            "node-bless",
-            bless.contains("not implemented: renaming on the ESP")
-                && bless.contains(&counted)
-                && bless.contains(&format!("-> {blessed})")),
-            bless,
-        );
-        let pcrs = parse_pcrs(console);
-        let pcr_text: String = pcrs.iter().map(|(i, v)| format!("{i} {v}\n")).collect();
-        fs::write(dir.join("pcrs-sha256.txt"), &pcr_text)
-            .map_err(LabError::io("writing pcrs-sha256.txt"))?;
-        let pcr = |i: u32| pcrs.iter().find(|(n, _)| *n == i).map(|(_, v)| v.as_str());
-        let zero = "0".repeat(64);
-        check(
-            "node-pcrs",
-            pcrs.len() == 24
-                && [0, 4, 7, 9, 11]
-                    .iter()
-                    .all(|&i| pcr(i).is_some_and(|v| v != zero)),
-            format!(
-                "{} sha256 PCRs in {}; PCR 4 {}, PCR 11 {}",
-                pcrs.len(),
-                dir.join("pcrs-sha256.txt").display(),
-                pcr(4).unwrap_or("-"),
-                pcr(11).unwrap_or("-")
-            ),
-        );
-        let predicted = predict_pcr11(&dir, &inputs);
-        check(
-            "node-pcr11-predicted",
-            matches!((&predicted, pcr(11)), (Ok(p), Some(v)) if p == v),
-            match &predicted {
-                Ok(p) => format!(
-                    "systemd-measure calculate: {p}, the node: {}",
+        if let Some(expected) = node.expect_fatal {
+            let fatal = line_with(console, "bulwark-node: FATAL:");
+            check(
+                "node-fatal-reported",
+                fatal.contains(expected) && !console.contains(HEALTHY),
+                fatal,
+            );
+            let off = line_with(console, "bulwark-node: powering off:");
+            check(
+                "node-fatal-poweroff",
+                off.contains("powering off: fatal error")
+                    && matches!(machine.end, MachineEnd::Exited(_)),
+                format!("{off}; QEMU {:?}", machine.end),
+            );
+        } else {
+            let healthy_at = machine
+                .marks
+                .iter()
+                .find(|(m, _)| *m == healthy_marker)
+                .map(|(_, at)| *at);
+            check(
+                "node-healthy",
+                healthy_at.is_some() && !console.contains("FATAL"),
+                match healthy_at {
+                    Some(at) => format!(
+                        "{healthy_marker:?} {:.1} s after QEMU start",
+                        at.as_secs_f64()
+                    ),
+                    None => format!("{healthy_marker:?} never shown"),
+                },
+            );
+            check(
+                "node-modules",
+                console.contains("bulwark-node: modules loaded in")
+                    && !console.contains("no /dev/kvm"),
+                line_with(console, "modules loaded in"),
+            );
+            check(
+                "node-tpm",
+                console.contains("TPM: /dev/tpm0 present"),
+                line_with(console, "bulwark-node: TPM:"),
+            );
+            check(
+                "node-state-persistent",
+                console.contains("bulwark-node: state: /dev/nvme0n1p2 mounted on /var/lib/bulwark")
+                    && !console.contains("STATE IS NOT PERSISTENT"),
+                line_with(console, "bulwark-node: state:"),
+            );
+            // systemd-boot booted the counted slot and said so in LoaderBootCountPath; the
+            // default blesser decodes it and names the rename it does not do yet.
+            let counted = format!("\\EFI\\Linux\\bulwark-a-{}+", node.version);
+            let blessed = format!("\\EFI\\Linux\\bulwark-a-{}.efi", node.version);
+            let bless = line_with(console, "boot blessing");
+            check(
+                "node-bless",
+                bless.contains("not implemented: renaming on the ESP")
+                    && bless.contains(&counted)
+                    && bless.contains(&format!("-> {blessed})")),
+                bless,
+            );
+            let pcrs = parse_pcrs(console);
+            let pcr_text: String = pcrs.iter().map(|(i, v)| format!("{i} {v}\n")).collect();
+            fs::write(dir.join("pcrs-sha256.txt"), &pcr_text)
+                .map_err(LabError::io("writing pcrs-sha256.txt"))?;
+            let pcr = |i: u32| pcrs.iter().find(|(n, _)| *n == i).map(|(_, v)| v.as_str());
+            let zero = "0".repeat(64);
+            check(
+                "node-pcrs",
+                pcrs.len() == 24
+                    && [0, 4, 7, 9, 11]
+                        .iter()
+                        .all(|&i| pcr(i).is_some_and(|v| v != zero)),
+                format!(
+                    "{} sha256 PCRs in {}; PCR 4 {}, PCR 11 {}",
+                    pcrs.len(),
+                    dir.join("pcrs-sha256.txt").display(),
+                    pcr(4).unwrap_or("-"),
                     pcr(11).unwrap_or("-")
                 ),
-                Err(e) => e.clone(),
-            },
-        );
-        let log = event_log(console);
-        if let Ok(bytes) = &log {
-            fs::write(dir.join("binary_bios_measurements"), bytes)
-                .map_err(LabError::io("writing binary_bios_measurements"))?;
-        }
-        check(
-            "node-event-log",
-            log.as_ref().is_ok_and(|b| b.len() > 1000),
-            match &log {
-                Ok(b) => format!(
-                    "{} B in {}",
-                    b.len(),
-                    dir.join("binary_bios_measurements").display()
-                ),
-                Err(e) => e.clone(),
-            },
-        );
-        let replay = match &log {
-            Ok(_) => replay_event_log(&dir.join("binary_bios_measurements")),
-            Err(e) => Err(e.clone()),
-        };
-        check(
-            "node-event-log-replays",
-            replay
-                .as_ref()
-                .is_ok_and(|r| !r.is_empty() && r.iter().all(|(i, v)| pcr(*i) == Some(v.as_str()))),
-            match &replay {
-                Ok(r) => {
-                    let differ: Vec<String> = r
-                        .iter()
-                        .filter(|(i, v)| pcr(*i) != Some(v.as_str()))
-                        .map(|(i, v)| format!("PCR {i}: log {v}, node {}", pcr(*i).unwrap_or("-")))
-                        .collect();
-                    if differ.is_empty() {
-                        format!(
-                            "tpm2_eventlog replays PCRs {} to the values the node read",
-                            r.iter()
-                                .map(|(i, _)| i.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    } else {
-                        differ.join("; ")
+            );
+            let predicted = predict_pcr11(&dir, &inputs);
+            check(
+                "node-pcr11-predicted",
+                matches!((&predicted, pcr(11)), (Ok(p), Some(v)) if p == v),
+                match &predicted {
+                    Ok(p) => format!(
+                        "systemd-measure calculate: {p}, the node: {}",
+                        pcr(11).unwrap_or("-")
+                    ),
+                    Err(e) => e.clone(),
+                },
+            );
+            let log = event_log(console);
+            if let Ok(bytes) = &log {
+                fs::write(dir.join("binary_bios_measurements"), bytes)
+                    .map_err(LabError::io("writing binary_bios_measurements"))?;
+            }
+            check(
+                "node-event-log",
+                log.as_ref().is_ok_and(|b| b.len() > 1000),
+                match &log {
+                    Ok(b) => format!(
+                        "{} B in {}",
+                        b.len(),
+                        dir.join("binary_bios_measurements").display()
+                    ),
+                    Err(e) => e.clone(),
+                },
+            );
+            let replay = match &log {
+                Ok(_) => replay_event_log(&dir.join("binary_bios_measurements")),
+                Err(e) => Err(e.clone()),
+            };
+            check(
+                "node-event-log-replays",
+                replay.as_ref().is_ok_and(|r| {
+                    !r.is_empty() && r.iter().all(|(i, v)| pcr(*i) == Some(v.as_str()))
+                }),
+                match &replay {
+                    Ok(r) => {
+                        let differ: Vec<String> = r
+                            .iter()
+                            .filter(|(i, v)| pcr(*i) != Some(v.as_str()))
+                            .map(|(i, v)| {
+                                format!("PCR {i}: log {v}, node {}", pcr(*i).unwrap_or("-"))
+                            })
+                            .collect();
+                        if differ.is_empty() {
+                            format!(
+                                "tpm2_eventlog replays PCRs {} to the values the node read",
+                                r.iter()
+                                    .map(|(i, _)| i.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        } else {
+                            differ.join("; ")
+                        }
                     }
-                }
-                Err(e) => e.clone(),
-            },
-        );
-        check(
-            "node-shutdown",
-            console.contains("bulwark-node: powering off: the ACPI power button")
-                && console.contains("bulwarkd stopped")
-                && matches!(machine.end, MachineEnd::Exited(_)),
-            format!(
-                "{}; {}",
-                line_with(console, "bulwarkd stopped"),
-                line_with(console, "powering off:")
-            ),
-        );
+                    Err(e) => e.clone(),
+                },
+            );
+            check(
+                "node-shutdown",
+                console.contains("bulwark-node: powering off: the ACPI power button")
+                    && console.contains("bulwarkd stopped")
+                    && matches!(machine.end, MachineEnd::Exited(_)),
+                format!(
+                    "{}; {}",
+                    line_with(console, "bulwarkd stopped"),
+                    line_with(console, "powering off:")
+                ),
+            );
+        }
         lines.push(format!("{PREFIX} done"));
         let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &machine.end);
         let log_path = dir.join("console.log");

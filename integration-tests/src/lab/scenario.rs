@@ -51,6 +51,9 @@ pub struct NodeBoot {
     pub init_config: &'static str,
     /// `/etc/bulwark/bulwarkd.json`.
     pub bulwarkd_config: &'static str,
+    /// The node must refuse to start: a `FATAL:` line containing this, then its own
+    /// power-off (checks `node-fatal-reported`, `node-fatal-poweroff`).
+    pub expect_fatal: Option<&'static str>,
 }
 
 /// One lab scenario.
@@ -253,6 +256,35 @@ pub const SCENARIOS: &[Scenario] = &[
             version: "1",
             init_config: include_str!("../../lab/node/node-init.json"),
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+            expect_fatal: None,
+        }),
+        ..PLAIN
+    },
+    Scenario {
+        name: "node-bad-config",
+        summary: "the node image with a node-init config that has a typo: PID 1 says what is wrong on the console and powers the node off by itself (a node without a shell must not hang)",
+        script: "# node-bad-config: no script; the node has no shell\n",
+        modules: &["efivarfs"],
+        memory_mib: 1024,
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-node-init",
+                bin: "bulwark-node-init",
+            },
+            VMM,
+        ],
+        host_built_programs: &[GuestProgram {
+            package: "bulwark-agent",
+            bin: "bulwarkd",
+        }],
+        expected_checks: &["node-no-shell", "node-fatal-reported", "node-fatal-poweroff"],
+        timeout_secs: 300,
+        node: Some(NodeBoot {
+            version: "1",
+            // Unreadable config: the built-in 30 s delay before the power-off applies.
+            init_config: r#"{"modules": ["efivarfs"], "modlues": []}"#,
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+            expect_fatal: Some("config: /etc/bulwark/node-init.json: unknown field `modlues`"),
         }),
         ..PLAIN
     },
