@@ -126,6 +126,16 @@ fn vmm_vfio_linux() {
 }
 
 #[test]
+fn node_boot() {
+    run_scenario("node-boot");
+}
+
+#[test]
+fn node_bad_config() {
+    run_scenario("node-bad-config");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

@@ -18,7 +18,8 @@ pub mod bridge;
 pub mod channel;
 pub mod config;
 pub mod gpu;
-pub mod modules;
+/// The module loader, shared with the node's init (`bulwark-kmod`).
+pub use bulwark_kmod as modules;
 pub mod pid1;
 pub mod run;
 pub mod stop;

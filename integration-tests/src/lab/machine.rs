@@ -3,7 +3,8 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::{LabError, Result};
@@ -24,6 +25,162 @@ pub struct MachineSpec {
     /// `-object` arguments.
     pub objects: Vec<String>,
     pub timeout: Duration,
+    /// UEFI mode: boot this disk image through OVMF (and a TPM) instead of `kernel`
+    /// and `initramfs`, which are then unused.
+    pub uefi: Option<UefiBoot>,
+    /// Console markers to time, and monitor commands to send when they appear.
+    pub console_actions: Vec<ConsoleAction>,
+    /// With `console_actions`: once all have fired, L1 must exit within this time
+    /// (else it is killed as at the hard timeout), so that a lost command does not
+    /// cost the whole timeout.
+    pub exit_after_actions: Option<Duration>,
+}
+
+/// Debian's OVMF (package `ovmf`): the firmware code, read-only.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Debian's OVMF variable store template; each run boots a fresh copy.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A UEFI machine: OVMF as pflash, a raw disk image on NVMe (which the node's kernel
+/// drives without modules), and a TPM 2.0 (`swtpm`, started and stopped by
+/// [`boot`]) on the CRB interface.
+#[derive(Debug, Clone)]
+pub struct UefiBoot {
+    /// The raw disk image (GPT, ESP first).
+    pub disk: PathBuf,
+    /// OVMF's code.
+    pub firmware_code: PathBuf,
+    /// This run's copy of the variable store (writable: boot entries, boot counting).
+    pub firmware_vars: PathBuf,
+    /// The swtpm state directory (made fresh: a new TPM with EK certificates), or no TPM.
+    pub tpm_dir: Option<PathBuf>,
+}
+
+impl UefiBoot {
+    /// A UEFI boot of `disk` with fresh firmware variables in `run_dir` and, with
+    /// `tpm`, a fresh TPM in `run_dir/tpm`.
+    pub fn new(run_dir: &Path, disk: &Path, tpm: bool) -> Result<UefiBoot> {
+        for file in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(file).is_file() {
+                return Err(LabError::Prerequisite {
+                    what: format!("{file} not found (the lab's UEFI mode boots Debian's OVMF)"),
+                    hint: "install Debian's ovmf package: run scripts/setup".into(),
+                });
+            }
+        }
+        let vars = run_dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).map_err(LabError::io(format!(
+            "copying {OVMF_VARS} to {}",
+            vars.display()
+        )))?;
+        let tpm_dir = if tpm {
+            let dir = run_dir.join("tpm");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(LabError::io(format!("removing {}", dir.display())))?;
+            }
+            std::fs::create_dir_all(&dir)
+                .map_err(LabError::io(format!("creating {}", dir.display())))?;
+            Some(dir)
+        } else {
+            None
+        };
+        Ok(UefiBoot {
+            disk: disk.to_owned(),
+            firmware_code: PathBuf::from(OVMF_CODE),
+            firmware_vars: vars,
+            tpm_dir,
+        })
+    }
+
+    /// swtpm's control socket in the state directory.
+    pub fn tpm_socket(&self) -> Option<PathBuf> {
+        self.tpm_dir.as_ref().map(|d| d.join("swtpm.sock"))
+    }
+}
+
+/// When `marker` first shows on the serial console: note the time and, if given,
+/// type `monitor` into QEMU's human monitor (e.g. `sendkey ctrl-alt-delete`).
+#[derive(Debug, Clone)]
+pub struct ConsoleAction {
+    pub marker: String,
+    pub monitor: Option<String>,
+}
+
+/// A running `swtpm`; killed and reaped when dropped, so every exit path of [`boot`]
+/// (an error, a timeout, a panic) stops it.
+#[derive(Debug)]
+struct Swtpm {
+    child: Child,
+}
+
+impl Swtpm {
+    /// Makes a fresh TPM (EK and platform certificates) in `dir` and serves it on
+    /// `socket`.
+    fn start(dir: &Path, socket: &Path) -> Result<Swtpm> {
+        let missing = |name: &str| LabError::Prerequisite {
+            what: format!("`{name}` not found (the lab's UEFI mode gives the machine a TPM)"),
+            hint: "install Debian's swtpm and swtpm-tools: run scripts/setup".into(),
+        };
+        let setup = find_program("swtpm_setup").ok_or_else(|| missing("swtpm_setup"))?;
+        let swtpm = find_program("swtpm").ok_or_else(|| missing("swtpm"))?;
+        let mut cmd = Command::new(setup);
+        cmd.args([
+            "--tpm2",
+            "--create-ek-cert",
+            "--create-platform-cert",
+            "--overwrite",
+        ])
+        .arg("--tpmstate")
+        .arg(dir);
+        super::host_command::run(&mut cmd)?;
+        let _ = std::fs::remove_file(socket);
+        let mut cmd = Command::new(swtpm);
+        cmd.args(["socket", "--tpm2", "--terminate"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--log")
+            .arg(format!("file={},level=1", dir.join("swtpm.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let line = describe(&cmd);
+        let child = cmd.spawn().map_err(|e| LabError::Command {
+            command: line.clone(),
+            status: "could not start".into(),
+            output: e.to_string(),
+        })?;
+        let mut tpm = Swtpm { child };
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = tpm.child.try_wait() {
+                return Err(LabError::Command {
+                    command: line,
+                    status: status.to_string(),
+                    output: std::fs::read_to_string(dir.join("swtpm.log")).unwrap_or_default(),
+                });
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(LabError::Command {
+                    command: line,
+                    status: "no control socket after 10 s".into(),
+                    output: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tpm)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        // It may have ended by itself (--terminate, when QEMU closed the channel).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The end of one L1 boot.
@@ -34,6 +191,8 @@ pub struct MachineRun {
     pub end: MachineEnd,
     pub elapsed: Duration,
     pub command: String,
+    /// Each [`ConsoleAction`] marker seen, with the time since QEMU was started.
+    pub marks: Vec<(String, Duration)>,
 }
 
 /// The QEMU binary the lab uses, or a clear error when it is not installed.
@@ -72,20 +231,58 @@ pub fn command(qemu: &Path, spec: &MachineSpec, monitor: Option<&Path>) -> Comma
     for device in &spec.devices {
         cmd.args(["-device", device]);
     }
-    cmd.args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-display",
-        "none",
-    ])
-    .arg("-kernel")
-    .arg(&spec.kernel)
-    .arg("-initrd")
-    .arg(&spec.initramfs)
-    .args(["-append", "console=ttyS0 intel_iommu=on panic=-1 quiet"]);
+    match &spec.uefi {
+        None => {
+            cmd.args([
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-display",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&spec.kernel)
+            .arg("-initrd")
+            .arg(&spec.initramfs)
+            .args(["-append", "console=ttyS0 intel_iommu=on panic=-1 quiet"]);
+        }
+        Some(uefi) => {
+            // Not -nographic: with -serial stdio it claims stdio twice (UEFI-TPM.md).
+            // The kernel command line is in the UKI on the disk.
+            cmd.args([
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-display",
+                "none",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                uefi.firmware_code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                uefi.firmware_vars.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=none,id=nodedisk,format=raw,file={}",
+                uefi.disk.display()
+            ))
+            .args(["-device", "nvme,drive=nodedisk,serial=bulwark-node"]);
+            if let Some(socket) = uefi.tpm_socket() {
+                cmd.arg("-chardev")
+                    .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+                    .args(["-device", "tpm-crb,tpmdev=tpm0"]);
+            }
+        }
+    }
     if let Some(path) = monitor {
         cmd.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", path.display()));
@@ -160,6 +357,15 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
         BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_file(&monitor);
+    // Started before QEMU (which connects at once) and stopped on every way out.
+    let _tpm = match spec
+        .uefi
+        .as_ref()
+        .and_then(|u| Some((u.tpm_dir.clone()?, u.tpm_socket()?)))
+    {
+        Some((dir, socket)) => Some(Swtpm::start(&dir, &socket)?),
+        None => None,
+    };
     let mut cmd = command(qemu, spec, Some(&monitor));
     let line = describe(&cmd);
     cmd.stdin(Stdio::null())
@@ -171,21 +377,49 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
         status: "could not start".into(),
         output: e.to_string(),
     })?;
+    let serial = Arc::new(Mutex::new(Vec::new()));
     let readers = [
-        child.stdout.take().map(|s| spawn_reader(Box::new(s))),
-        child.stderr.take().map(|s| spawn_reader(Box::new(s))),
+        child
+            .stdout
+            .take()
+            .map(|s| spawn_reader(Box::new(s), serial.clone())),
+        child
+            .stderr
+            .take()
+            .map(|s| spawn_reader(Box::new(s), Arc::new(Mutex::new(Vec::new())))),
     ];
     let mut hang = None;
+    let mut marks = Vec::new();
+    let mut pending: Vec<&ConsoleAction> = spec.console_actions.iter().collect();
+    let mut deadline = spec.timeout;
     let end = loop {
+        if !pending.is_empty() {
+            let seen = String::from_utf8_lossy(&serial.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_owned();
+            let at = start.elapsed();
+            pending.retain(|action| {
+                if !seen.contains(&action.marker) {
+                    return true;
+                }
+                marks.push((action.marker.clone(), at));
+                if let Some(command) = &action.monitor {
+                    send_monitor(&monitor, command);
+                }
+                false
+            });
+            if let (true, Some(grace)) = (pending.is_empty(), spec.exit_after_actions) {
+                deadline = deadline.min(at + grace);
+            }
+        }
         match child.try_wait().map_err(LabError::io("waiting for QEMU"))? {
             Some(status) => break MachineEnd::Exited(status.to_string()),
-            None if start.elapsed() >= spec.timeout => {
+            None if start.elapsed() >= deadline => {
                 hang = Some(hang_report(&monitor, child.id()));
                 // Killing can only fail if it already exited; the wait below reaps it either way.
                 let _ = child.kill();
                 let _ = child.wait();
                 break MachineEnd::TimedOut {
-                    after_secs: spec.timeout.as_secs(),
+                    after_secs: deadline.as_secs(),
                 };
             }
             None => std::thread::sleep(Duration::from_millis(50)),
@@ -211,15 +445,55 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
         end,
         elapsed,
         command: line,
+        marks,
     })
 }
 
-fn spawn_reader(mut source: Box<dyn Read + Send>) -> std::thread::JoinHandle<Vec<u8>> {
+/// Types `command` into QEMU's human monitor at `socket` (best effort: a failure
+/// shows as the action's effect missing).
+fn send_monitor(socket: &Path, command: &str) {
+    use std::io::Write;
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return;
+    };
+    let _ = stream.write_all(format!("{command}\n").as_bytes());
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    // Keep the connection until the monitor prompted again after the command (the
+    // banner's prompt, then the one after it ran): a connection closed earlier can
+    // drop the command unread.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if String::from_utf8_lossy(&answer).matches("(qemu)").count() >= 2 {
+            break;
+        }
+    }
+}
+
+/// Reads `source` to its end into `sink` (shared, so the console can be watched
+/// while QEMU runs) and returns the bytes.
+fn spawn_reader(
+    mut source: Box<dyn Read + Send>,
+    sink: Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
-        let mut bytes = Vec::new();
+        let mut buf = [0u8; 8192];
         // A read error ends the capture; what was read so far is kept.
-        let _ = source.read_to_end(&mut bytes);
-        bytes
+        while let Ok(n) = source.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+        std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()))
     })
 }
 
@@ -247,6 +521,9 @@ mod tests {
             devices: vec!["edu".into()],
             objects: vec![],
             timeout: Duration::from_secs(1),
+            uefi: None,
+            console_actions: vec![],
+            exit_after_actions: None,
         };
         let line = describe(&command(
             Path::new("qemu"),
@@ -266,6 +543,84 @@ mod tests {
         ] {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }
+    }
+
+    #[test]
+    fn the_uefi_command_line_boots_the_disk_with_firmware_and_tpm() {
+        let spec = MachineSpec {
+            uefi: Some(UefiBoot {
+                disk: "/d.img".into(),
+                firmware_code: "/code.fd".into(),
+                firmware_vars: "/vars.fd".into(),
+                tpm_dir: Some("/t".into()),
+            }),
+            ..spec(Duration::from_secs(1))
+        };
+        let line = describe(&command(Path::new("qemu"), &spec, None));
+        for part in [
+            "-accel tcg",
+            "intel-iommu",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/code.fd",
+            "if=pflash,format=raw,unit=1,file=/vars.fd",
+            "if=none,id=nodedisk,format=raw,file=/d.img",
+            "nvme,drive=nodedisk",
+            "socket,id=chrtpm,path=/t/swtpm.sock",
+            "-tpmdev emulator,id=tpm0,chardev=chrtpm",
+            "tpm-crb,tpmdev=tpm0",
+            "-serial stdio",
+            "-display none",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+        for absent in ["-nographic", "-kernel", "-initrd", "-append"] {
+            assert!(!line.contains(absent), "{absent:?} in {line}");
+        }
+    }
+
+    /// Processes whose command line mentions `needle`.
+    fn processes_with(needle: &str) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(needle))
+            .collect()
+    }
+
+    #[test]
+    fn swtpm_is_started_for_the_machine_and_stopped_after_it() {
+        if find_program("swtpm").is_none() || find_program("swtpm_setup").is_none() {
+            eprintln!("skipped: swtpm not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("lab-swtpm-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tpm")).unwrap();
+        let needle = dir.join("tpm").display().to_string();
+        // The fake QEMU reports whether swtpm runs while it does.
+        let qemu = fake_qemu(
+            "swtpm",
+            &format!("test -S {needle}/swtpm.sock && echo tpm-socket-up; exit 0"),
+        );
+        let spec = MachineSpec {
+            uefi: Some(UefiBoot {
+                disk: "/d.img".into(),
+                firmware_code: "/code.fd".into(),
+                firmware_vars: "/vars.fd".into(),
+                tpm_dir: Some(dir.join("tpm")),
+            }),
+            ..spec(Duration::from_secs(60))
+        };
+        let run = boot(&qemu, &spec).unwrap();
+        std::fs::remove_file(&qemu).unwrap();
+        assert!(run.console.contains("tpm-socket-up"), "{:?}", run.console);
+        assert!(
+            processes_with(&needle).is_empty(),
+            "{:?}",
+            processes_with(&needle)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A stand-in for QEMU: a shell script that ignores its arguments.
@@ -305,6 +660,9 @@ mod tests {
             devices: vec![],
             objects: vec![],
             timeout,
+            uefi: None,
+            console_actions: vec![],
+            exit_after_actions: None,
         }
     }
 

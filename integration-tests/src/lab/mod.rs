@@ -14,6 +14,8 @@ pub mod initramfs;
 pub mod l2_bundle;
 pub mod machine;
 pub mod modules;
+mod node_boot;
+pub mod node_disk;
 pub mod programs;
 pub mod scenario;
 pub mod verdict;
@@ -59,6 +61,8 @@ pub struct ScenarioRun {
     pub log_path: PathBuf,
     /// Time spent building programs and the initramfs before booting.
     pub prepare: Duration,
+    /// Measurements worth reporting (sizes, times to markers).
+    pub notes: Vec<String>,
 }
 
 impl ScenarioRun {
@@ -78,6 +82,9 @@ impl ScenarioRun {
             self.machine.end,
             self.verdict
         );
+        for note in &self.notes {
+            let _ = writeln!(text, "  {note}");
+        }
         let _ = writeln!(text, "  L1 log: {}", self.log_path.display());
         text
     }
@@ -157,6 +164,9 @@ impl Lab {
     /// lab could not run the scenario at all; a run whose checks fail is an `Ok`
     /// with a failing verdict.
     pub fn run(&self, scenario: &Scenario) -> Result<ScenarioRun> {
+        if let Some(node) = &scenario.node {
+            return self.run_node(scenario, node);
+        }
         let start = Instant::now();
         let dir = self.target_dir.join("runs").join(scenario.name);
         fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
@@ -172,6 +182,9 @@ impl Lab {
             devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
             objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
             timeout: Duration::from_secs(scenario.timeout_secs),
+            uefi: None,
+            console_actions: Vec::new(),
+            exit_after_actions: None,
         };
         let machine = machine::boot(&self.qemu, &spec)?;
         let mut expected = vec![MODULES_CHECK];
@@ -184,6 +197,7 @@ impl Lab {
             machine,
             log_path,
             prepare,
+            notes: Vec::new(),
         };
         fs::write(&run.log_path, run.failure_report())
             .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;

@@ -39,6 +39,23 @@ pub struct L2Guest {
     pub guest_init: bool,
 }
 
+/// A scenario whose L1 machine is a node: the node image (UKI + GPT disk, see
+/// `node_disk`) booted by OVMF with a TPM, `bulwark-node-init` (one of the scenario's
+/// `guest_programs`) as `/init`, the `host_built_programs` (bulwarkd) and all of
+/// `modules` (with their dependencies) in `/lib/modules`; no busybox, no script.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeBoot {
+    /// The node image's version (kernel command line `bulwark.version=`).
+    pub version: &'static str,
+    /// `/etc/bulwark/node-init.json`.
+    pub init_config: &'static str,
+    /// `/etc/bulwark/bulwarkd.json`.
+    pub bulwarkd_config: &'static str,
+    /// The node must refuse to start: a `FATAL:` line containing this, then its own
+    /// power-off (checks `node-fatal-reported`, `node-fatal-poweroff`).
+    pub expect_fatal: Option<&'static str>,
+}
+
 /// One lab scenario.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -72,6 +89,9 @@ pub struct Scenario {
     pub expected_checks: &'static [&'static str],
     /// Hard limit for the L1 run, boot to power-off.
     pub timeout_secs: u64,
+    /// Boot L1 as a node from its UEFI disk image instead of the lab's busybox L1
+    /// (`script` is then only a description: the node has no shell).
+    pub node: Option<NodeBoot>,
 }
 
 const THIS_PACKAGE: &str = env!("CARGO_PKG_NAME");
@@ -100,6 +120,7 @@ const PLAIN: Scenario = Scenario {
     host_built_programs: &[],
     expected_checks: &[],
     timeout_secs: 180,
+    node: None,
 };
 
 /// What the scenarios in which bulwark-vmm boots Linux in L1 share.
@@ -183,6 +204,90 @@ const VMM: GuestProgram = GuestProgram {
 
 /// Every scenario the lab ships.
 pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "node-boot",
+        summary: "the node image boots as the lab machine: OVMF + swtpm (TPM 2.0, CRB) + the IOMMU and devices, systemd-boot with boot counting, a UKI (systemd-stub) whose initramfs holds bulwark-node-init as PID 1, bulwarkd, bulwark-vmm and the modules and no shell; bulwarkd healthy, state partition mounted, KVM and the TPM present, the boot-count variable read for blessing, PCRs and the event log captured and PCR 11 equal to systemd-measure's prediction, the ACPI power button (a BMC's soft power-off) stops bulwarkd and powers off",
+        script: "# node-boot: no script; the node has no shell (integration-tests/src/lab/node_boot.rs judges its console)\n",
+        modules: &[
+            "kvm_amd",
+            "kvm_intel",
+            "vfio_pci",
+            "vfio_iommu_type1",
+            "efivarfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "nls_utf8",
+            "button",
+            "evdev",
+        ],
+        devices: &[
+            "pcie-root-port,id=rp1,chassis=1,addr=03.0",
+            "edu,bus=rp1,addr=00.0",
+            "virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=06.0",
+        ],
+        memory_mib: 1536,
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-node-init",
+                bin: "bulwark-node-init",
+            },
+            VMM,
+        ],
+        host_built_programs: &[GuestProgram {
+            package: "bulwark-agent",
+            bin: "bulwarkd",
+        }],
+        expected_checks: &[
+            "node-no-shell",
+            "node-healthy",
+            "node-modules",
+            "node-tpm",
+            "node-state-persistent",
+            "node-bless",
+            "node-pcrs",
+            "node-pcr11-predicted",
+            "node-event-log",
+            "node-event-log-replays",
+            "node-shutdown",
+        ],
+        timeout_secs: 420,
+        node: Some(NodeBoot {
+            version: "1",
+            init_config: include_str!("../../lab/node/node-init.json"),
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+            expect_fatal: None,
+        }),
+        ..PLAIN
+    },
+    Scenario {
+        name: "node-bad-config",
+        summary: "the node image with a node-init config that has a typo: PID 1 says what is wrong on the console and powers the node off by itself (a node without a shell must not hang)",
+        script: "# node-bad-config: no script; the node has no shell\n",
+        modules: &["efivarfs"],
+        memory_mib: 1024,
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-node-init",
+                bin: "bulwark-node-init",
+            },
+            VMM,
+        ],
+        host_built_programs: &[GuestProgram {
+            package: "bulwark-agent",
+            bin: "bulwarkd",
+        }],
+        expected_checks: &["node-no-shell", "node-fatal-reported", "node-fatal-poweroff"],
+        timeout_secs: 300,
+        node: Some(NodeBoot {
+            version: "1",
+            // Unreadable config: the built-in 30 s delay before the power-off applies.
+            init_config: r#"{"modules": ["efivarfs"], "modlues": []}"#,
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+            expect_fatal: Some("config: /etc/bulwark/node-init.json: unknown field `modlues`"),
+        }),
+        ..PLAIN
+    },
     Scenario {
         name: "vmm-virtio",
         summary: "bulwark-vmm's virtio devices under real (nested SVM) KVM inside L1: tiny guests hash a read-only disk, write a scratch disk, read rng, sleep until each completion's interrupt (irqfd) and move 1 MiB each way over vsock (ioeventfd and MMIO-exit notifications)",

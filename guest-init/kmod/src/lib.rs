@@ -1,4 +1,5 @@
-//! Kernel modules without kmod: index the `.ko` files of one directory by the
+//! `bulwark-kmod`: kernel modules without kmod, for the two PIDs 1 of the project
+//! (`bulwark-init` in tenant VMs, `bulwark-node-init` on nodes): index the `.ko` files of one directory by the
 //! `name=` and `depends=` of their ELF `.modinfo` section, order a wanted set with
 //! all its dependencies (dependencies first), and load each with `finit_module`.
 //!

@@ -1,0 +1,295 @@
+//! Marking the booted slot good once bulwarkd is healthy ("blessing").
+//!
+//! systemd-boot counts boot attempts in the UKI's file name on the ESP
+//! (`bulwark-b+2-1.efi`: 2 tries left, 1 used) and tells the booted OS which file it
+//! booted in the EFI variable `LoaderBootCountPath`; the OS blesses the boot by
+//! renaming the file without the counter (`bulwark-b.efi`). [`BootBlesser`] is that
+//! step; the A/B install code provides the real rename on the ESP
+//! (`bulwark_node_image`), [`EfiVarBlesser`] reads the variable and says what it would
+//! rename until then.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// systemd-boot's vendor GUID for its loader variables.
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// The variable naming the boot-counted file that was booted.
+pub const BOOT_COUNT_VAR: &str = "LoaderBootCountPath";
+/// Where efivarfs is mounted.
+pub const EFIVARFS: &str = "/sys/firmware/efi/efivars";
+
+/// What blessing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlessOutcome {
+    /// The boot loader counts no tries for this boot (no `LoaderBootCountPath`): the
+    /// entry is already good, or the node did not boot through systemd-boot.
+    NotCounting,
+    /// The counted file was renamed to its blessed name.
+    Blessed {
+        /// The ESP path booted (with the counter).
+        from: String,
+        /// Its new name.
+        to: String,
+    },
+}
+
+/// Why blessing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlessError {
+    /// The variable exists but cannot be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The efivarfs file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The variable's content is not a UTF-16 path.
+    #[error("{}: {reason}", path.display())]
+    Malformed {
+        /// The efivarfs file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The booted file's name has no `+LEFT[-DONE]` counter.
+    #[error("{path:?} has no boot counter (+LEFT[-DONE]) in its name")]
+    NoCounter {
+        /// The ESP path.
+        path: String,
+    },
+    /// The rename is not there yet.
+    #[error("not implemented: renaming on the ESP ({from} -> {to})")]
+    NotImplemented {
+        /// The ESP path booted.
+        from: String,
+        /// The blessed name.
+        to: String,
+    },
+    /// The implementation's own failure.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Marks the current boot good. Called once per boot, after bulwarkd first answers
+/// `GET /health`.
+pub trait BootBlesser: fmt::Debug {
+    /// Blesses the boot.
+    fn bless(&self) -> Result<BlessOutcome, BlessError>;
+}
+
+/// Reads `LoaderBootCountPath` from efivarfs and reports the rename it would do.
+#[derive(Debug, Clone)]
+pub struct EfiVarBlesser {
+    /// The efivarfs mount point.
+    pub efivarfs: PathBuf,
+}
+
+impl Default for EfiVarBlesser {
+    fn default() -> Self {
+        EfiVarBlesser {
+            efivarfs: PathBuf::from(EFIVARFS),
+        }
+    }
+}
+
+impl EfiVarBlesser {
+    /// The booted, boot-counted ESP path, if the loader set the variable.
+    pub fn boot_count_path(&self) -> Result<Option<String>, BlessError> {
+        let path = self
+            .efivarfs
+            .join(format!("{BOOT_COUNT_VAR}-{LOADER_GUID}"));
+        read_string_var(&path)
+    }
+}
+
+impl BootBlesser for EfiVarBlesser {
+    fn bless(&self) -> Result<BlessOutcome, BlessError> {
+        let Some(from) = self.boot_count_path()? else {
+            return Ok(BlessOutcome::NotCounting);
+        };
+        let to = blessed_name(&from).ok_or_else(|| BlessError::NoCounter { path: from.clone() })?;
+        Err(BlessError::NotImplemented { from, to })
+    }
+}
+
+/// Reads an efivarfs file holding a UTF-16 string; `None` when the variable does
+/// not exist.
+pub fn read_string_var(path: &Path) -> Result<Option<String>, BlessError> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode_string_var(&bytes)
+            .map(Some)
+            .map_err(|reason| BlessError::Malformed {
+                path: path.to_owned(),
+                reason,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BlessError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Decodes an efivarfs file's bytes: a 4-byte little-endian attribute word, then the
+/// variable's data, here a UTF-16LE string with or without its terminating NUL.
+pub fn decode_string_var(bytes: &[u8]) -> Result<String, String> {
+    let Some(data) = bytes.get(4..) else {
+        return Err(format!(
+            "{} bytes: shorter than the 4-byte attribute header",
+            bytes.len()
+        ));
+    };
+    if data.len() % 2 != 0 {
+        return Err(format!("{} data bytes: not UTF-16", data.len()));
+    }
+    let mut units: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    while units.last() == Some(&0) {
+        units.pop();
+    }
+    if units.contains(&0) {
+        return Err("a NUL inside the string".into());
+    }
+    String::from_utf16(&units).map_err(|e| format!("not UTF-16: {e}"))
+}
+
+/// The name systemd-boot's counting gives a good entry: `+LEFT[-DONE]` removed from
+/// the file name's stem (`\EFI\Linux\bulwark-b+2-1.efi` → `\EFI\Linux\bulwark-b.efi`).
+/// `None` when the name has no counter.
+pub fn blessed_name(path: &str) -> Option<String> {
+    let (dir, file) = match path.rfind(['\\', '/']) {
+        Some(i) => path.split_at(i + 1),
+        None => ("", path),
+    };
+    let (stem, ext) = match file.rfind('.') {
+        Some(i) if i > 0 => file.split_at(i),
+        _ => (file, ""),
+    };
+    let plus = stem.rfind('+')?;
+    let counter = &stem[plus + 1..];
+    let (left, done) = counter.split_once('-').unwrap_or((counter, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(left) || !digits(done) || plus == 0 {
+        return None;
+    }
+    Some(format!("{dir}{}{ext}", &stem[..plus]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(attrs: u32, text: &str, nul: bool) -> Vec<u8> {
+        let mut v = attrs.to_le_bytes().to_vec();
+        for u in text.encode_utf16().chain(nul.then_some(0)) {
+            v.extend_from_slice(&u.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn efivar_strings_decode_after_the_attribute_header() {
+        // NV + BS + RT = 7, as systemd-boot writes its loader variables.
+        let path = r"\EFI\Linux\bulwark-b+2-1.efi";
+        assert_eq!(decode_string_var(&var(7, path, true)).unwrap(), path);
+        assert_eq!(decode_string_var(&var(6, path, false)).unwrap(), path);
+        // Non-ASCII survives (UTF-16, not UCS-1).
+        assert_eq!(decode_string_var(&var(7, "\\é", true)).unwrap(), "\\é");
+        assert_eq!(decode_string_var(&var(7, "", true)).unwrap(), "");
+    }
+
+    #[test]
+    fn malformed_efivars_are_errors() {
+        assert!(decode_string_var(&[7, 0, 0])
+            .unwrap_err()
+            .contains("4-byte"));
+        assert!(decode_string_var(&[7, 0, 0, 0, b'a'])
+            .unwrap_err()
+            .contains("not UTF-16"));
+        // A lone high surrogate.
+        assert!(decode_string_var(&[7, 0, 0, 0, 0x00, 0xd8])
+            .unwrap_err()
+            .contains("not UTF-16"));
+        assert!(decode_string_var(&[7, 0, 0, 0, b'a', 0, 0, 0, b'b', 0])
+            .unwrap_err()
+            .contains("NUL inside"));
+    }
+
+    #[test]
+    fn blessed_names_drop_the_counter() {
+        for (counted, blessed) in [
+            (
+                r"\EFI\Linux\bulwark-b+2-1.efi",
+                Some(r"\EFI\Linux\bulwark-b.efi"),
+            ),
+            (
+                r"\EFI\Linux\bulwark-b+3.efi",
+                Some(r"\EFI\Linux\bulwark-b.efi"),
+            ),
+            (
+                r"\loader\entries\n+0-3.conf",
+                Some(r"\loader\entries\n.conf"),
+            ),
+            ("a+1+2", Some("a+1")),
+            (r"\EFI\Linux\bulwark-b.efi", None),
+            (r"\EFI\Linux\+1.efi", None),
+            (r"\EFI\Linux\b+x.efi", None),
+            (r"\EFI\Linux\b+1-.efi", None),
+        ] {
+            assert_eq!(blessed_name(counted).as_deref(), blessed, "{counted}");
+        }
+    }
+
+    fn efivarfs(content: Option<Vec<u8>>) -> (EfiVarBlesser, PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "node-init-efivars-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(bytes) = content {
+            std::fs::write(dir.join(format!("{BOOT_COUNT_VAR}-{LOADER_GUID}")), bytes).unwrap();
+        }
+        (
+            EfiVarBlesser {
+                efivarfs: dir.clone(),
+            },
+            dir,
+        )
+    }
+
+    #[test]
+    fn the_default_blesser_reads_the_variable_and_says_what_it_would_rename() {
+        let (b, dir) = efivarfs(Some(var(7, r"\EFI\Linux\bulwark-b+2-1.efi", true)));
+        let err = b.bless().unwrap_err();
+        assert!(
+            matches!(&err, BlessError::NotImplemented { from, to }
+                if from == r"\EFI\Linux\bulwark-b+2-1.efi" && to == r"\EFI\Linux\bulwark-b.efi"),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("not implemented: renaming on the ESP"));
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (b, dir) = efivarfs(None);
+        assert_eq!(b.bless().unwrap(), BlessOutcome::NotCounting);
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (b, dir) = efivarfs(Some(var(7, r"\EFI\Linux\bulwark-b.efi", true)));
+        assert!(matches!(
+            b.bless().unwrap_err(),
+            BlessError::NoCounter { .. }
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (b, dir) = efivarfs(Some(vec![1, 2]));
+        let err = b.bless().unwrap_err().to_string();
+        assert!(err.contains(LOADER_GUID) && err.contains("4-byte"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,499 @@
+//! Scenarios whose L1 machine is a node: the node image (UKI with bulwark-node-init
+//! as `/init`, bulwarkd, bulwark-vmm and the modules; no shell) on a GPT disk, booted
+//! by OVMF with a TPM. The node cannot run a scenario script, so the runner judges
+//! the console itself and writes the result lines the verdict reads.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use super::error::{LabError, Result};
+use super::host_command::{find_program, run};
+use super::initramfs::Initramfs;
+use super::machine::{self, ConsoleAction, MachineSpec, UefiBoot};
+use super::node_disk::{self, NodeDiskInputs};
+use super::programs;
+use super::scenario::{NodeBoot, Scenario};
+use super::verdict::{MachineEnd, Verdict};
+use super::{Lab, ScenarioRun};
+use crate::result_line::{check_line, PREFIX};
+
+/// bulwark-node-init's markers (images/node-init/src/node.rs, measurements.rs).
+const HEALTHY: &str = "bulwark-node: healthy version=";
+const BOOT_COMPLETE: &str = "bulwark-node: boot complete";
+const PCR_PREFIX: &str = "bulwark-node: pcr sha256 ";
+const EVENT_LOG_BEGIN: &str = "bulwark-node: event-log begin ";
+const EVENT_LOG_END: &str = "bulwark-node: event-log end";
+/// systemd's PCR 11 predictor (package `systemd`).
+const SYSTEMD_MEASURE: &str = "/usr/lib/systemd/systemd-measure";
+
+impl Lab {
+    /// Builds the node image for `scenario`, boots it under OVMF + swtpm and judges
+    /// the console.
+    pub(super) fn run_node(&self, scenario: &Scenario, node: &NodeBoot) -> Result<ScenarioRun> {
+        let start = Instant::now();
+        let dir = self.target_dir.join("runs").join(scenario.name);
+        fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+        let image = self.node_initramfs(scenario, node, &dir)?;
+        let cpio = dir.join("node-initramfs.cpio");
+        image.write_to(&cpio)?;
+        let initramfs = dir.join("node-initramfs.cpio.zst");
+        let mut zstd = Command::new("zstd");
+        zstd.args(["-q", "-f", "-T0", "-12", "-o"])
+            .arg(&initramfs)
+            .arg(&cpio);
+        run(&mut zstd)?;
+        let cmdline = format!(
+            "console=ttyS0 intel_iommu=on panic=-1 quiet bulwark.version={}",
+            node.version
+        );
+        let inputs = NodeDiskInputs {
+            kernel: self.kernel.clone(),
+            initramfs: initramfs.clone(),
+            cmdline,
+            version: node.version.to_owned(),
+            state_mib: 64,
+        };
+        let disk = node_disk::node_disk(&dir, &inputs)?;
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let uki = node_disk::uki_path(&dir);
+        let prepare = start.elapsed();
+        let mut notes = vec![format!(
+            "initramfs {} B ({} B uncompressed), UKI {} B, disk image {} B; built in {:.1} s",
+            size(&initramfs),
+            size(&cpio),
+            size(&uki),
+            size(&disk),
+            prepare.as_secs_f64()
+        )];
+        let _ = fs::remove_file(&cpio);
+
+        let healthy_marker = format!("{HEALTHY}{}", node.version);
+        let console_actions = match node.expect_fatal {
+            // A node that must refuse to start: the fatal line, then its own power-off.
+            Some(_) => vec![ConsoleAction {
+                marker: "bulwark-node: FATAL: this node cannot start".into(),
+                monitor: None,
+            }],
+            None => vec![
+                ConsoleAction {
+                    marker: "BdsDxe".into(),
+                    monitor: None,
+                },
+                ConsoleAction {
+                    marker: "bulwark-node: starting".into(),
+                    monitor: None,
+                },
+                ConsoleAction {
+                    marker: healthy_marker.clone(),
+                    monitor: None,
+                },
+                // Then the node is asked to shut down the way a BMC's soft power-off
+                // does: the ACPI power button.
+                ConsoleAction {
+                    marker: BOOT_COMPLETE.into(),
+                    monitor: Some("system_powerdown".into()),
+                },
+            ],
+        };
+        let spec = MachineSpec {
+            kernel: self.kernel.clone(),
+            initramfs,
+            memory_mib: scenario.memory_mib,
+            devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
+            objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+            timeout: Duration::from_secs(scenario.timeout_secs),
+            uefi: Some(UefiBoot::new(&dir, &disk, true)?),
+            console_actions,
+            exit_after_actions: Some(Duration::from_secs(60)),
+        };
+        let machine = machine::boot(&self.qemu, &spec)?;
+        for (marker, at) in &machine.marks {
+            notes.push(format!(
+                "{:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
+        let mut lines = Vec::new();
+        let mut check = |name: &str, passed: bool, detail: String| {
+            lines.push(check_line(name, passed, &detail));
+        };
+        let console = &machine.console;
+        check(
+            "node-no-shell",
+            !["/bin/sh", "/bin/busybox", "/usr/bin/sh"]
+                .iter()
+                .any(|p| image.contains(p)),
+            "the node initramfs has no shell".into(),
+        );
+        if let Some(expected) = node.expect_fatal {
+            let fatal = line_with(console, "bulwark-node: FATAL:");
+            check(
+                "node-fatal-reported",
+                fatal.contains(expected) && !console.contains(HEALTHY),
+                fatal,
+            );
+            let off = line_with(console, "bulwark-node: powering off:");
+            check(
+                "node-fatal-poweroff",
+                off.contains("powering off: fatal error")
+                    && matches!(machine.end, MachineEnd::Exited(_)),
+                format!("{off}; QEMU {:?}", machine.end),
+            );
+        } else {
+            let healthy_at = machine
+                .marks
+                .iter()
+                .find(|(m, _)| *m == healthy_marker)
+                .map(|(_, at)| *at);
+            check(
+                "node-healthy",
+                healthy_at.is_some() && !console.contains("FATAL"),
+                match healthy_at {
+                    Some(at) => format!(
+                        "{healthy_marker:?} {:.1} s after QEMU start",
+                        at.as_secs_f64()
+                    ),
+                    None => format!("{healthy_marker:?} never shown"),
+                },
+            );
+            check(
+                "node-modules",
+                console.contains("bulwark-node: modules loaded in")
+                    && !console.contains("no /dev/kvm"),
+                line_with(console, "modules loaded in"),
+            );
+            check(
+                "node-tpm",
+                console.contains("TPM: /dev/tpm0 present"),
+                line_with(console, "bulwark-node: TPM:"),
+            );
+            check(
+                "node-state-persistent",
+                console.contains("bulwark-node: state: /dev/nvme0n1p2 mounted on /var/lib/bulwark")
+                    && !console.contains("STATE IS NOT PERSISTENT"),
+                line_with(console, "bulwark-node: state:"),
+            );
+            // systemd-boot booted the counted slot and said so in LoaderBootCountPath; the
+            // default blesser decodes it and names the rename it does not do yet.
+            let counted = format!("\\EFI\\Linux\\bulwark-a-{}+", node.version);
+            let blessed = format!("\\EFI\\Linux\\bulwark-a-{}.efi", node.version);
+            let bless = line_with(console, "boot blessing");
+            check(
+                "node-bless",
+                bless.contains("not implemented: renaming on the ESP")
+                    && bless.contains(&counted)
+                    && bless.contains(&format!("-> {blessed})")),
+                bless,
+            );
+            let pcrs = parse_pcrs(console);
+            let pcr_text: String = pcrs.iter().map(|(i, v)| format!("{i} {v}\n")).collect();
+            fs::write(dir.join("pcrs-sha256.txt"), &pcr_text)
+                .map_err(LabError::io("writing pcrs-sha256.txt"))?;
+            let pcr = |i: u32| pcrs.iter().find(|(n, _)| *n == i).map(|(_, v)| v.as_str());
+            let zero = "0".repeat(64);
+            check(
+                "node-pcrs",
+                pcrs.len() == 24
+                    && [0, 4, 7, 9, 11]
+                        .iter()
+                        .all(|&i| pcr(i).is_some_and(|v| v != zero)),
+                format!(
+                    "{} sha256 PCRs in {}; PCR 4 {}, PCR 11 {}",
+                    pcrs.len(),
+                    dir.join("pcrs-sha256.txt").display(),
+                    pcr(4).unwrap_or("-"),
+                    pcr(11).unwrap_or("-")
+                ),
+            );
+            let predicted = predict_pcr11(&dir, &inputs);
+            check(
+                "node-pcr11-predicted",
+                matches!((&predicted, pcr(11)), (Ok(p), Some(v)) if p == v),
+                match &predicted {
+                    Ok(p) => format!(
+                        "systemd-measure calculate: {p}, the node: {}",
+                        pcr(11).unwrap_or("-")
+                    ),
+                    Err(e) => e.clone(),
+                },
+            );
+            let log = event_log(console);
+            if let Ok(bytes) = &log {
+                fs::write(dir.join("binary_bios_measurements"), bytes)
+                    .map_err(LabError::io("writing binary_bios_measurements"))?;
+            }
+            check(
+                "node-event-log",
+                log.as_ref().is_ok_and(|b| b.len() > 1000),
+                match &log {
+                    Ok(b) => format!(
+                        "{} B in {}",
+                        b.len(),
+                        dir.join("binary_bios_measurements").display()
+                    ),
+                    Err(e) => e.clone(),
+                },
+            );
+            let replay = match &log {
+                Ok(_) => replay_event_log(&dir.join("binary_bios_measurements")),
+                Err(e) => Err(e.clone()),
+            };
+            check(
+                "node-event-log-replays",
+                replay.as_ref().is_ok_and(|r| {
+                    !r.is_empty() && r.iter().all(|(i, v)| pcr(*i) == Some(v.as_str()))
+                }),
+                match &replay {
+                    Ok(r) => {
+                        let differ: Vec<String> = r
+                            .iter()
+                            .filter(|(i, v)| pcr(*i) != Some(v.as_str()))
+                            .map(|(i, v)| {
+                                format!("PCR {i}: log {v}, node {}", pcr(*i).unwrap_or("-"))
+                            })
+                            .collect();
+                        if differ.is_empty() {
+                            format!(
+                                "tpm2_eventlog replays PCRs {} to the values the node read",
+                                r.iter()
+                                    .map(|(i, _)| i.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        } else {
+                            differ.join("; ")
+                        }
+                    }
+                    Err(e) => e.clone(),
+                },
+            );
+            check(
+                "node-shutdown",
+                console.contains("bulwark-node: powering off: the ACPI power button")
+                    && console.contains("bulwarkd stopped")
+                    && matches!(machine.end, MachineEnd::Exited(_)),
+                format!(
+                    "{}; {}",
+                    line_with(console, "bulwarkd stopped"),
+                    line_with(console, "powering off:")
+                ),
+            );
+        }
+        lines.push(format!("{PREFIX} done"));
+        let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &machine.end);
+        let log_path = dir.join("console.log");
+        let run = ScenarioRun {
+            scenario: scenario.name,
+            verdict,
+            machine,
+            log_path,
+            prepare,
+            notes,
+        };
+        fs::write(&run.log_path, run.failure_report())
+            .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
+        Ok(run)
+    }
+
+    /// The node's initramfs: bulwark-node-init as `/init`, bulwarkd (host-built, with
+    /// its shared libraries), the guest programs, the modules and the configs.
+    fn node_initramfs(
+        &self,
+        scenario: &Scenario,
+        node: &NodeBoot,
+        dir: &Path,
+    ) -> Result<Initramfs> {
+        let mut image = Initramfs::new();
+        image.char_device("/dev/console", 5, 1);
+        let built = programs::build_guest_programs(
+            &self.workspace,
+            &self.target_dir,
+            scenario.guest_programs,
+        )?;
+        for (program, path) in scenario.guest_programs.iter().zip(built) {
+            if program.bin == "bulwark-node-init" {
+                image.host_file("/init", &path, 0o755);
+            } else {
+                image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
+            }
+        }
+        if !image.contains("/init") {
+            return Err(LabError::UnexpectedOutput {
+                command: "scenario definition".into(),
+                reason: "a node scenario's guest programs must include bulwark-node-init".into(),
+            });
+        }
+        let host_built = programs::build_host_programs(
+            &self.workspace,
+            &self.target_dir,
+            scenario.host_built_programs,
+        )?;
+        for (program, path) in scenario.host_built_programs.iter().zip(host_built) {
+            let files = programs::with_shared_libraries(&path)?;
+            let stripped = programs::strip_debug(&path, &dir.join("host-bin"))?;
+            image.host_file(&format!("/bin/{}", program.bin), &stripped, 0o755);
+            for lib in files.iter().skip(1) {
+                image.host_file(&lib.to_string_lossy(), lib, 0o755);
+            }
+        }
+        for module in self.modules.load_order(scenario.modules)? {
+            let name = module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            image.host_file(&format!("/lib/modules/{name}"), &module, 0o644);
+        }
+        image
+            .file("/etc/bulwark/node-init.json", node.init_config, 0o644)
+            .file("/etc/bulwark/bulwarkd.json", node.bulwarkd_config, 0o644);
+        for d in ["/proc", "/sys", "/run", "/tmp", "/var/lib/bulwark"] {
+            image.dir(d);
+        }
+        Ok(image)
+    }
+}
+
+/// The first console line containing `needle`, trimmed (or a note that none does).
+fn line_with(console: &str, needle: &str) -> String {
+    console
+        .lines()
+        .find(|l| l.contains(needle))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_else(|| format!("no console line with {needle:?}"))
+}
+
+/// The `bulwark-node: pcr sha256 N HEX` lines, by index.
+fn parse_pcrs(console: &str) -> Vec<(u32, String)> {
+    let mut pcrs: Vec<(u32, String)> = console
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(PCR_PREFIX)? + PCR_PREFIX.len()..];
+            let (index, value) = rest.trim().split_once(' ')?;
+            let value = value.trim().to_ascii_lowercase();
+            (value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then_some((index.parse().ok()?, value))
+        })
+        .collect();
+    pcrs.sort();
+    pcrs.dedup_by_key(|(i, _)| *i);
+    pcrs
+}
+
+/// The event log printed between the markers, checked against its announced size.
+fn event_log(console: &str) -> std::result::Result<Vec<u8>, String> {
+    let mut lines = console.lines();
+    let size: usize = lines
+        .by_ref()
+        .find_map(|l| {
+            l.find(EVENT_LOG_BEGIN)
+                .map(|i| l[i + EVENT_LOG_BEGIN.len()..].trim().to_owned())
+        })
+        .ok_or("no event log on the console")?
+        .parse()
+        .map_err(|e| format!("event log size: {e}"))?;
+    let mut text = String::new();
+    for line in lines {
+        if line.contains(EVENT_LOG_END) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| format!("event log base64: {e}"))?;
+            return if bytes.len() == size {
+                Ok(bytes)
+            } else {
+                Err(format!(
+                    "event log: {} B decoded, {size} B announced",
+                    bytes.len()
+                ))
+            };
+        }
+        text.push_str(line.trim());
+    }
+    Err("the event log has no end marker".into())
+}
+
+/// The sha256 PCRs that replaying the event log at `path` gives (`tpm2_eventlog`,
+/// package `tpm2-tools`).
+fn replay_event_log(path: &Path) -> std::result::Result<Vec<(u32, String)>, String> {
+    if find_program("tpm2_eventlog").is_none() {
+        return Err("tpm2_eventlog not found (Debian's tpm2-tools)".into());
+    }
+    let mut cmd = Command::new("tpm2_eventlog");
+    cmd.arg(path);
+    let out = run(&mut cmd).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(parse_replay(&text))
+}
+
+/// The `pcrs: sha256:` block at the end of `tpm2_eventlog`'s output
+/// (`    11 : 0xHEX`).
+fn parse_replay(text: &str) -> Vec<(u32, String)> {
+    let Some(block) = text.rsplit_once("\npcrs:") else {
+        return Vec::new();
+    };
+    block
+        .1
+        .lines()
+        .skip_while(|l| l.trim() != "sha256:")
+        .skip(1)
+        .map_while(|l| {
+            let (index, value) = l.split_once(':')?;
+            let value = value.trim().strip_prefix("0x")?.to_ascii_lowercase();
+            Some((index.trim().parse().ok()?, value))
+        })
+        .collect()
+}
+
+/// PCR 11 as systemd predicts it for the UKI's sections (UEFI-TPM.md: with
+/// `--phase=''` it equals the value a node without systemd-pcrphase reads).
+fn predict_pcr11(dir: &Path, inputs: &NodeDiskInputs) -> std::result::Result<String, String> {
+    if find_program(SYSTEMD_MEASURE).is_none() {
+        return Err(format!("{SYSTEMD_MEASURE} not found (Debian's systemd)"));
+    }
+    let [(_, cmdline), (_, osrel)] = node_disk::section_paths(dir);
+    let mut cmd = Command::new(SYSTEMD_MEASURE);
+    cmd.arg("calculate")
+        .arg(format!("--linux={}", inputs.kernel.display()))
+        .arg(format!("--initrd={}", inputs.initramfs.display()))
+        .arg(format!("--cmdline={}", cmdline.display()))
+        .arg(format!("--osrel={}", osrel.display()))
+        .args(["--bank=sha256", "--phase="]);
+    let out = run(&mut cmd).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "11:sha256=HEX"
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("11:sha256="))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .ok_or_else(|| format!("systemd-measure printed no PCR 11: {text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcrs_and_the_event_log_are_read_from_the_console() {
+        let h = "ab".repeat(32);
+        let console = format!(
+            "noise\r\n[ 1.0] x {PCR_PREFIX}11 {h}\r\n{PCR_PREFIX}0 {}\n{PCR_PREFIX}3 short\n\
+             {EVENT_LOG_BEGIN}5\nAQID\nBAU=\n{EVENT_LOG_END}\n",
+            "CD".repeat(32)
+        );
+        let pcrs = parse_pcrs(&console);
+        assert_eq!(pcrs, vec![(0, "cd".repeat(32)), (11, h)]);
+        assert_eq!(event_log(&console).unwrap(), vec![1, 2, 3, 4, 5]);
+        let wrong = console.replace("begin 5", "begin 6");
+        assert!(event_log(&wrong).unwrap_err().contains("6 B announced"));
+        assert!(event_log("nothing").unwrap_err().contains("no event log"));
+        let replay =
+            "- EventNum: 1\n  PCRIndex: 0\npcrs:\n  sha256:\n    0  : 0xAB\n    11 : 0xcd\n";
+        assert_eq!(
+            parse_replay(replay),
+            vec![(0, "ab".into()), (11, "cd".into())]
+        );
+        assert!(parse_replay("no block").is_empty());
+    }
+}
