@@ -4,9 +4,9 @@
 //! (`bulwark-b+2-1.efi`: 2 tries left, 1 used) and tells the booted OS which file it
 //! booted in the EFI variable `LoaderBootCountPath`; the OS blesses the boot by
 //! renaming the file without the counter (`bulwark-b.efi`). [`BootBlesser`] is that
-//! step; the A/B install code provides the real rename on the ESP
-//! (`bulwark_node_image`), [`EfiVarBlesser`] reads the variable and says what it would
-//! rename until then.
+//! step; [`EspBlesser`] does it on the EFI system partition with the A/B code of
+//! `bulwark_node_image` (the rename and the anti-rollback floor raised to this
+//! version), finding the booted entry through [`EfiVarBlesser`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -58,14 +58,6 @@ pub enum BlessError {
         /// The ESP path.
         path: String,
     },
-    /// The rename is not there yet.
-    #[error("not implemented: renaming on the ESP ({from} -> {to})")]
-    NotImplemented {
-        /// The ESP path booted.
-        from: String,
-        /// The blessed name.
-        to: String,
-    },
     /// The implementation's own failure.
     #[error("{0}")]
     Other(String),
@@ -103,13 +95,60 @@ impl EfiVarBlesser {
     }
 }
 
-impl BootBlesser for EfiVarBlesser {
-    fn bless(&self) -> Result<BlessOutcome, BlessError> {
+impl EfiVarBlesser {
+    /// The booted entry with a boot counter and the name blessing gives it;
+    /// `None` when the loader counts nothing for this boot.
+    pub fn counted_entry(&self) -> Result<Option<(String, String)>, BlessError> {
         let Some(from) = self.boot_count_path()? else {
-            return Ok(BlessOutcome::NotCounting);
+            return Ok(None);
         };
         let to = blessed_name(&from).ok_or_else(|| BlessError::NoCounter { path: from.clone() })?;
-        Err(BlessError::NotImplemented { from, to })
+        Ok(Some((from, to)))
+    }
+}
+
+/// Blesses on the EFI system partition (the GPT partition named
+/// `bulwark_node_image::disk::ESP_LABEL`): the booted slot, as
+/// `LoaderBootCountPath` names it, becomes good and the anti-rollback floor rises
+/// to its version.
+#[derive(Debug, Clone)]
+pub struct EspBlesser {
+    pub efi: EfiVarBlesser,
+    /// Where the kernel lists block devices.
+    pub sys_class_block: PathBuf,
+}
+
+impl Default for EspBlesser {
+    fn default() -> Self {
+        EspBlesser {
+            efi: EfiVarBlesser::default(),
+            sys_class_block: PathBuf::from(crate::state::SYS_CLASS_BLOCK),
+        }
+    }
+}
+
+impl BootBlesser for EspBlesser {
+    fn bless(&self) -> Result<BlessOutcome, BlessError> {
+        let Some((from, to)) = self.efi.counted_entry()? else {
+            return Ok(BlessOutcome::NotCounting);
+        };
+        let file = from.rsplit(['\\', '/']).next().unwrap_or(&from);
+        let slot = bulwark_node_image::install::Slot::parse(file)
+            .ok_or_else(|| BlessError::Other(format!("{from:?} is not a Bulwark node slot")))?;
+        let label = bulwark_node_image::disk::ESP_LABEL;
+        let esp = crate::state::find_by_partlabel(&self.sys_class_block, label)
+            .map_err(BlessError::Other)?
+            .ok_or_else(|| BlessError::Other(format!("no partition named {label:?}")))?;
+        let report = bulwark_node_image::install::bless(&esp, slot.version)
+            .map_err(|e| BlessError::Other(format!("{}: {e}", esp.display())))?;
+        Ok(BlessOutcome::Blessed {
+            from,
+            to: format!(
+                "{to} (on {}; anti-rollback floor {})",
+                esp.display(),
+                report.floor
+            ),
+        })
     }
 }
 
@@ -263,33 +302,56 @@ mod tests {
     }
 
     #[test]
-    fn the_default_blesser_reads_the_variable_and_says_what_it_would_rename() {
+    fn the_booted_entry_is_read_from_the_loader_variable() {
         let (b, dir) = efivarfs(Some(var(7, r"\EFI\Linux\bulwark-b+2-1.efi", true)));
-        let err = b.bless().unwrap_err();
-        assert!(
-            matches!(&err, BlessError::NotImplemented { from, to }
-                if from == r"\EFI\Linux\bulwark-b+2-1.efi" && to == r"\EFI\Linux\bulwark-b.efi"),
-            "{err:?}"
+        assert_eq!(
+            b.counted_entry().unwrap(),
+            Some((
+                r"\EFI\Linux\bulwark-b+2-1.efi".to_string(),
+                r"\EFI\Linux\bulwark-b.efi".to_string()
+            ))
         );
-        assert!(err
-            .to_string()
-            .starts_with("not implemented: renaming on the ESP"));
         std::fs::remove_dir_all(dir).unwrap();
 
         let (b, dir) = efivarfs(None);
-        assert_eq!(b.bless().unwrap(), BlessOutcome::NotCounting);
+        assert_eq!(b.counted_entry().unwrap(), None);
+        let esp = EspBlesser {
+            efi: b,
+            sys_class_block: dir.clone(),
+        };
+        assert_eq!(esp.bless().unwrap(), BlessOutcome::NotCounting);
         std::fs::remove_dir_all(dir).unwrap();
 
         let (b, dir) = efivarfs(Some(var(7, r"\EFI\Linux\bulwark-b.efi", true)));
         assert!(matches!(
-            b.bless().unwrap_err(),
+            b.counted_entry().unwrap_err(),
             BlessError::NoCounter { .. }
         ));
         std::fs::remove_dir_all(dir).unwrap();
 
         let (b, dir) = efivarfs(Some(vec![1, 2]));
-        let err = b.bless().unwrap_err().to_string();
+        let err = b.counted_entry().unwrap_err().to_string();
         assert!(err.contains(LOADER_GUID) && err.contains("4-byte"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+
+        // A counted entry that is not a node slot, and no ESP: clear errors.
+        let (b, dir) = efivarfs(Some(var(7, r"\EFI\Linux\other+1.efi", true)));
+        let esp = EspBlesser {
+            efi: b,
+            sys_class_block: dir.clone(),
+        };
+        assert!(esp
+            .bless()
+            .unwrap_err()
+            .to_string()
+            .contains("not a Bulwark node slot"));
+        std::fs::remove_dir_all(dir).unwrap();
+        let (b, dir) = efivarfs(Some(var(7, r"\EFI\Linux\bulwark-node-2+0-1.efi", true)));
+        let esp = EspBlesser {
+            efi: b,
+            sys_class_block: dir.join("none"),
+        };
+        assert!(esp.bless().unwrap_err().to_string().contains("none"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

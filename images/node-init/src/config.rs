@@ -40,7 +40,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct NodeInitConfig {
     /// The node image's version, printed in the healthy marker. The kernel command
-    /// line's `bulwark.version=N` (part of the UKI's measured `.cmdline`) wins over it.
+    /// line's `bulwark.node_version=N` (`bulwark_node_image::build::VERSION_PARAM`, part of
+    /// the UKI's measured `.cmdline`) wins over it.
     #[serde(default)]
     pub version: Option<String>,
     /// The directory of the shipped `.ko` files.
@@ -269,11 +270,15 @@ pub fn valid_version(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
 }
 
-/// The version on the kernel command line (`bulwark.version=N`), if any and valid.
+/// The version on the kernel command line (`bulwark.node_version=N`, as
+/// `bulwark-node-image build` writes it), if any and valid.
 pub fn version_from_cmdline(cmdline: &str) -> Option<String> {
     cmdline
         .split_whitespace()
-        .filter_map(|w| w.strip_prefix("bulwark.version="))
+        .filter_map(|w| {
+            w.strip_prefix(bulwark_node_image::build::VERSION_PARAM)
+                .and_then(|v| v.strip_prefix('='))
+        })
         .next_back()
         .filter(|v| valid_version(v))
         .map(str::to_owned)
@@ -370,15 +375,15 @@ mod tests {
     #[test]
     fn the_command_line_version_is_found_and_checked() {
         assert_eq!(
-            version_from_cmdline("console=ttyS0 bulwark.version=12 quiet\n").as_deref(),
+            version_from_cmdline("console=ttyS0 bulwark.node_version=12 quiet\n").as_deref(),
             Some("12")
         );
         assert_eq!(
-            version_from_cmdline("bulwark.version=1 bulwark.version=2").as_deref(),
+            version_from_cmdline("bulwark.node_version=1 bulwark.node_version=2").as_deref(),
             Some("2")
         );
         assert_eq!(version_from_cmdline("console=ttyS0"), None);
-        assert_eq!(version_from_cmdline("bulwark.version=a;b"), None);
-        assert_eq!(version_from_cmdline("bulwark.version="), None);
+        assert_eq!(version_from_cmdline("bulwark.node_version=a;b"), None);
+        assert_eq!(version_from_cmdline("bulwark.node_version="), None);
     }
 }

@@ -18,11 +18,12 @@ pub fn get(sock: &Path, path: &str, timeout: Duration) -> Result<(u16, String), 
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("setting timeouts: {e}"))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("sending GET {path}: {e}"))?;
+    // One write: `write!` on the socket would send the pieces of the format one by
+    // one, and a server that answers after its first read then sees a broken pipe.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("sending GET {path}: {e}"))?;
     let mut answer = Vec::new();
     stream
         .take(1 << 20)

@@ -1,10 +1,10 @@
 //! The node's `/init`.
 
-use bulwark_node_init::{bless::EfiVarBlesser, node};
+use bulwark_node_init::{bless::EspBlesser, node};
 
 fn main() {
     let outcome = std::panic::catch_unwind(|| -> std::convert::Infallible {
-        node::run(&EfiVarBlesser::default())
+        node::run(&EspBlesser::default())
     });
     // `run` never returns; a panic ends here instead of panicking the kernel.
     let what = match outcome {

@@ -46,20 +46,18 @@ impl Lab {
             .arg(&initramfs)
             .arg(&cpio);
         run(&mut zstd)?;
-        let cmdline = format!(
-            "console=ttyS0 intel_iommu=on panic=-1 quiet bulwark.version={}",
-            node.version
-        );
         let inputs = NodeDiskInputs {
             kernel: self.kernel.clone(),
             initramfs: initramfs.clone(),
-            cmdline,
-            version: node.version.to_owned(),
+            cmdline: "console=ttyS0 intel_iommu=on panic=-1 quiet".into(),
+            base_version: node.version - 1,
+            update_version: node.version,
             state_mib: 64,
         };
-        let disk = node_disk::node_disk(&dir, &inputs)?;
+        let made = node_disk::node_disk(&dir, &inputs)?;
+        let disk = made.disk.clone();
         let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let uki = node_disk::uki_path(&dir);
+        let uki = made.uki.clone();
         let prepare = start.elapsed();
         let mut notes = vec![format!(
             "initramfs {} B ({} B uncompressed), UKI {} B, disk image {} B; built in {:.1} s",
@@ -177,17 +175,36 @@ impl Lab {
                     && !console.contains("STATE IS NOT PERSISTENT"),
                 line_with(console, "bulwark-node: state:"),
             );
-            // systemd-boot booted the counted slot and said so in LoaderBootCountPath; the
-            // default blesser decodes it and names the rename it does not do yet.
-            let counted = format!("\\EFI\\Linux\\bulwark-a-{}+", node.version);
-            let blessed = format!("\\EFI\\Linux\\bulwark-a-{}.efi", node.version);
-            let bless = line_with(console, "boot blessing");
+            // systemd-boot booted the update on trial (its counter in the file name, named
+            // in LoaderBootCountPath); once bulwarkd was healthy, bulwark-node-init
+            // renamed it to its good name on the ESP and raised the anti-rollback floor.
+            // The disk, read back after the power-off, must say the same.
+            let counted = format!("\\EFI\\Linux\\bulwark-node-{}+", node.version);
+            let blessed = format!("\\EFI\\Linux\\bulwark-node-{}.efi", node.version);
+            let bless = line_with(console, "boot blessed");
+            let after = bulwark_node_image::install::boot_state(&disk);
+            let slots = after
+                .as_ref()
+                .map(|b| {
+                    b.slots
+                        .iter()
+                        .map(|s| format!("{} {:?}", s.file, s.state))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|e| e.to_string());
             check(
                 "node-bless",
-                bless.contains("not implemented: renaming on the ESP")
-                    && bless.contains(&counted)
-                    && bless.contains(&format!("-> {blessed})")),
-                bless,
+                bless.contains(&counted)
+                    && bless.contains(&format!("-> {blessed}"))
+                    && after.as_ref().is_ok_and(|b| {
+                        b.floor == node.version
+                            && b.slots.first().is_some_and(|s| {
+                                s.version == node.version
+                                    && s.state == bulwark_node_image::install::SlotState::Blessed
+                            })
+                    }),
+                format!("{bless}; the disk after the power-off: {slots}"),
             );
             let pcrs = parse_pcrs(console);
             let pcr_text: String = pcrs.iter().map(|(i, v)| format!("{i} {v}\n")).collect();
@@ -221,11 +238,51 @@ impl Lab {
                     Err(e) => e.clone(),
                 },
             );
+            // Every PCR the image determines, as `bulwark-node-image measure` predicts it
+            // (PCR 4 depends on the boot options the firmware tried: the verifier's check
+            // below judges it by its events).
+            let predicted = &made.prediction.prediction.pcrs;
+            let differ: Vec<String> = [7u32, 9, 11, 12]
+                .iter()
+                .filter(|i| predicted.get(i).map(|p| p.sha256.as_str()) != pcr(**i))
+                .map(|i| {
+                    format!(
+                        "PCR {i}: predicted {}, the node {}",
+                        predicted.get(i).map_or("-", |p| p.sha256.as_str()),
+                        pcr(*i).unwrap_or("-")
+                    )
+                })
+                .collect();
+            check(
+                "node-pcrs-predicted",
+                differ.is_empty(),
+                if differ.is_empty() {
+                    format!(
+                        "PCRs 7, 9, 11, 12 as bulwark-node-image predicted for version {} (PCR 4 predicted {}, the node {})",
+                        node.version,
+                        predicted.get(&4).map_or("-", |p| p.sha256.as_str()),
+                        pcr(4).unwrap_or("-")
+                    )
+                } else {
+                    differ.join("; ")
+                },
+            );
             let log = event_log(console);
             if let Ok(bytes) = &log {
                 fs::write(dir.join("binary_bios_measurements"), bytes)
                     .map_err(LabError::io("writing binary_bios_measurements"))?;
             }
+            // The verifier's own judgement (bulwark-attestation's node_boot) on the
+            // node's PCRs and event log: the booted image is the signed one.
+            let recognised = match &log {
+                Ok(bytes) => recognise_boot(&pcrs, bytes, &made.prediction),
+                Err(e) => Err(e.clone()),
+            };
+            check(
+                "node-boot-recognised",
+                recognised.is_ok(),
+                recognised.unwrap_or_else(|e| e),
+            );
             check(
                 "node-event-log",
                 log.as_ref().is_ok_and(|b| b.len() > 1000),
@@ -445,6 +502,44 @@ fn parse_replay(text: &str) -> Vec<(u32, String)> {
             Some((index.trim().parse().ok()?, value))
         })
         .collect()
+}
+
+/// `bulwark_attestation::evidence::node_boot::appraise` on the node's PCRs and event
+/// log, with the signed image's prediction as the one reference: the detail of the
+/// passed check, or why it did not pass.
+fn recognise_boot(
+    pcrs: &[(u32, String)],
+    log: &[u8],
+    signed: &bulwark_node_image::measure::SignedPrediction,
+) -> std::result::Result<String, String> {
+    use bulwark_attestation::checks::Outcome;
+    use bulwark_attestation::evidence::node_boot::{self, NodeReference};
+    let quoted = pcrs
+        .iter()
+        .filter_map(|(i, v)| Some((*i, hex::decode(v).ok()?.try_into().ok()?)))
+        .collect();
+    let reference = NodeReference {
+        name: signed.name.clone(),
+        version: signed.version,
+        manifest_sha384: signed.manifest_sha384,
+        pcrs: node_boot::IMAGE_PCRS
+            .iter()
+            .filter_map(|p| Some((*p, *signed.signed_pcrs.get(p)?)))
+            .collect(),
+        boot_applications: signed.boot_applications(),
+    };
+    let references = [reference];
+    let a = node_boot::appraise(&quoted, log, &references, &[], &signed.manifest_sha384);
+    let c = a
+        .checks
+        .iter()
+        .find(|c| c.name == node_boot::NODE_BOOT)
+        .ok_or("no node-boot-image check")?;
+    if c.result == Outcome::Passed {
+        Ok(c.detail.clone())
+    } else {
+        Err(c.detail.clone())
+    }
 }
 
 /// PCR 11 as systemd predicts it for the UKI's sections (UEFI-TPM.md: with

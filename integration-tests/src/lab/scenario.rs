@@ -45,8 +45,10 @@ pub struct L2Guest {
 /// `modules` (with their dependencies) in `/lib/modules`; no busybox, no script.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeBoot {
-    /// The node image's version (kernel command line `bulwark.version=`).
-    pub version: &'static str,
+    /// The node image's version the boot tries: `version - 1` is installed first and
+    /// this one written over it as the update (kernel command line
+    /// `bulwark.node_version=`).
+    pub version: u64,
     /// `/etc/bulwark/node-init.json`.
     pub init_config: &'static str,
     /// `/etc/bulwark/bulwarkd.json`.
@@ -247,13 +249,15 @@ pub const SCENARIOS: &[Scenario] = &[
             "node-bless",
             "node-pcrs",
             "node-pcr11-predicted",
+            "node-pcrs-predicted",
             "node-event-log",
+            "node-boot-recognised",
             "node-event-log-replays",
             "node-shutdown",
         ],
         timeout_secs: 420,
         node: Some(NodeBoot {
-            version: "1",
+            version: 2,
             init_config: include_str!("../../lab/node/node-init.json"),
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
             expect_fatal: None,
@@ -280,7 +284,7 @@ pub const SCENARIOS: &[Scenario] = &[
         expected_checks: &["node-no-shell", "node-fatal-reported", "node-fatal-poweroff"],
         timeout_secs: 300,
         node: Some(NodeBoot {
-            version: "1",
+            version: 2,
             // Unreadable config: the built-in 30 s delay before the power-off applies.
             init_config: r#"{"modules": ["efivarfs"], "modlues": []}"#,
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
