@@ -347,3 +347,16 @@ pub fn sign(path: &Path, key: &SigningKey, progress: Progress<'_>) -> Result<(),
         .map_err(|e| ImageError::io(path, e))?;
     out.commit()
 }
+
+/// The time builds record: `SOURCE_DATE_EPOCH` when set (reproducible builds),
+/// else now; seconds since the Unix epoch.
+pub fn build_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+}

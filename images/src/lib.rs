@@ -22,7 +22,7 @@ mod source;
 mod state;
 mod verity;
 
-pub use builder::{build, build_node, sign, BuildSpec, NodeBuildSpec};
+pub use builder::{build, build_node, build_time, sign, BuildSpec, NodeBuildSpec};
 pub use bundle::{Bundle, Progress, RootfsExtent, VerifiedBundle};
 pub use error::ImageError;
 pub use keys::{

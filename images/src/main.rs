@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_image::{
     build, generate_key_pair, sign, BuildSpec, Bundle, ImageError, Integrity, Manifest, PublicKey,
@@ -323,14 +322,7 @@ fn verify(
 }
 
 fn default_created() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        })
+    bulwark_image::build_time()
 }
 
 fn progress_bar(show: bool, total: u64, what: &'static str) -> ProgressBar {

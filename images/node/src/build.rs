@@ -2,7 +2,7 @@
 //! image bundle (sign it with `bulwark-image sign`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha384};
@@ -184,16 +184,7 @@ pub fn check_osrel(osrel: &[u8], name: &str, version: u64) -> Result<(), NodeIma
 }
 
 fn created(spec: &NodeBuildSpec) -> u64 {
-    spec.created.unwrap_or_else(|| {
-        std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            })
-    })
+    spec.created.unwrap_or_else(bulwark_image::build_time)
 }
 
 /// Build the UKI and the unsigned node image bundle at `out`.

@@ -124,6 +124,31 @@ pub fn cache_dir() -> Result<PathBuf> {
 }
 
 impl Lab {
+    /// Builds the scenario's host-built programs and puts each into `image` as
+    /// `/bin/NAME`, without debug information (over 150 MB each in a debug build,
+    /// more than L1's memory holds in its initramfs), with its shared libraries.
+    fn add_host_built_programs(
+        &self,
+        image: &mut Initramfs,
+        scenario: &Scenario,
+        dir: &Path,
+    ) -> Result<()> {
+        let host_built = programs::build_host_programs(
+            &self.workspace,
+            &self.target_dir,
+            scenario.host_built_programs,
+        )?;
+        for (program, path) in scenario.host_built_programs.iter().zip(host_built) {
+            let files = programs::with_shared_libraries(&path)?;
+            let stripped = programs::strip_debug(&path, &dir.join("host-bin"))?;
+            image.host_file(&format!("/bin/{}", program.bin), &stripped, 0o755);
+            for lib in files.iter().skip(1) {
+                image.host_file(&lib.to_string_lossy(), lib, 0o755);
+            }
+        }
+        Ok(())
+    }
+
     /// Finds QEMU and fetches (or finds in the cache) the kernel and busybox.
     pub fn open() -> Result<Lab> {
         let qemu = machine::qemu_binary()?;
@@ -233,21 +258,7 @@ impl Lab {
         for (program, path) in scenario.guest_programs.iter().zip(built) {
             image.host_file(&format!("/bin/{}", program.bin), &path, 0o755);
         }
-        let host_built = programs::build_host_programs(
-            &self.workspace,
-            &self.target_dir,
-            scenario.host_built_programs,
-        )?;
-        for (program, path) in scenario.host_built_programs.iter().zip(host_built) {
-            let files = programs::with_shared_libraries(&path)?;
-            // Without debug information (over 150 MB each in a debug build, more than
-            // L1's memory holds in its initramfs).
-            let stripped = programs::strip_debug(&path, &dir.join("host-bin"))?;
-            image.host_file(&format!("/bin/{}", program.bin), &stripped, 0o755);
-            for lib in files.iter().skip(1) {
-                image.host_file(&lib.to_string_lossy(), lib, 0o755);
-            }
-        }
+        self.add_host_built_programs(&mut image, scenario, dir)?;
         for program in scenario.host_programs {
             for file in programs::with_shared_libraries(Path::new(program))? {
                 image.host_file(&file.to_string_lossy(), &file, 0o755);

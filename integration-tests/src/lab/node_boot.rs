@@ -384,19 +384,7 @@ impl Lab {
                 reason: "a node scenario's guest programs must include bulwark-node-init".into(),
             });
         }
-        let host_built = programs::build_host_programs(
-            &self.workspace,
-            &self.target_dir,
-            scenario.host_built_programs,
-        )?;
-        for (program, path) in scenario.host_built_programs.iter().zip(host_built) {
-            let files = programs::with_shared_libraries(&path)?;
-            let stripped = programs::strip_debug(&path, &dir.join("host-bin"))?;
-            image.host_file(&format!("/bin/{}", program.bin), &stripped, 0o755);
-            for lib in files.iter().skip(1) {
-                image.host_file(&lib.to_string_lossy(), lib, 0o755);
-            }
-        }
+        self.add_host_built_programs(&mut image, scenario, dir)?;
         for module in self.modules.load_order(scenario.modules)? {
             let name = module
                 .file_name()

@@ -28,15 +28,7 @@ pub static CLOCK: UtcClock = UtcClock;
 
 impl UtcClock {
     fn now() -> fatfs::DateTime {
-        let secs = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            });
-        date_time(secs)
+        date_time(bulwark_image::build_time())
     }
 }
 
