@@ -136,6 +136,11 @@ fn node_bad_config() {
 }
 
 #[test]
+fn node_update_fallback() {
+    run_scenario("node-update-fallback");
+}
+
+#[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");
     for s in bulwark_integration_tests::lab::SCENARIOS {

@@ -68,6 +68,11 @@ pub enum BlessError {
 pub trait BootBlesser: fmt::Debug {
     /// Blesses the boot.
     fn bless(&self) -> Result<BlessOutcome, BlessError>;
+    /// The boot-counted entry this boot is a trial of, if it is one (then a boot
+    /// that never gets healthy reboots, and the loader falls back).
+    fn trial(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reads `LoaderBootCountPath` from efivarfs and reports the rename it would do.
@@ -128,6 +133,14 @@ impl Default for EspBlesser {
 }
 
 impl BootBlesser for EspBlesser {
+    fn trial(&self) -> Option<String> {
+        self.efi
+            .counted_entry()
+            .ok()
+            .flatten()
+            .map(|(from, _)| from)
+    }
+
     fn bless(&self) -> Result<BlessOutcome, BlessError> {
         let Some((from, to)) = self.efi.counted_entry()? else {
             return Ok(BlessOutcome::NotCounting);

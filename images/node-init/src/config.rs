@@ -64,6 +64,11 @@ pub struct NodeInitConfig {
     /// Seconds between a fatal error on the console and the power-off.
     #[serde(default = "default_fatal_delay")]
     pub fatal_poweroff_delay_secs: u64,
+    /// On a trial boot (an update systemd-boot is counting tries for), how long
+    /// bulwarkd may take to become healthy before the node reboots so that the boot
+    /// loader falls back to the previous slot (health-gated rollback).
+    #[serde(default = "default_trial_deadline")]
+    pub trial_health_deadline_secs: u64,
     /// Once healthy, print the TPM's sha256 PCRs and the firmware's event log (base64
     /// between markers) on the console, for a verifier that reads the console (the
     /// lab). Off on nodes: the agent serves the quote and the log.
@@ -159,6 +164,10 @@ impl BulwarkdConfig {
 fn default_module_dir() -> PathBuf {
     PathBuf::from(bulwark_kmod::DEFAULT_MODULE_DIR)
 }
+fn default_trial_deadline() -> u64 {
+    300
+}
+
 fn default_fatal_delay() -> u64 {
     30
 }

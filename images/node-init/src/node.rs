@@ -303,10 +303,44 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
     } else {
         console("the ACPI power button powers off");
     }
-    let mut supervisor = Supervisor::new(&config, version, blesser);
-    let reason = supervisor.run(&signals, &buttons);
+    let trial = blesser.trial();
+    if let Some(entry) = &trial {
+        console(&format!(
+            "this boot is a trial of {entry}: bulwarkd has {} s to become healthy, or the node reboots and the boot loader falls back",
+            config.trial_health_deadline_secs
+        ));
+    }
+    let mut supervisor = Supervisor::new(&config, version, blesser, trial);
+    let end = supervisor.run(&signals, &buttons);
     supervisor.stop();
-    power_off(&reason, &mounts)
+    match end {
+        End::PowerOff(reason) => power_off(&reason, &mounts),
+        End::Reboot(reason) => reboot(&reason, &mounts),
+    }
+}
+
+/// How supervision ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// A power-off request, with what asked.
+    PowerOff(String),
+    /// A trial boot that did not become healthy in time.
+    Reboot(String),
+}
+
+/// Syncs, unmounts `mounts` and reboots. Never returns.
+fn reboot(reason: &str, mounts: &[PathBuf]) -> ! {
+    console(&format!("rebooting: {reason}"));
+    for m in mounts.iter().rev() {
+        if let Err(e) = umount2(m.as_path(), MntFlags::empty()) {
+            console(&format!("unmounting {}: {e}; detaching it", m.display()));
+            let _ = umount2(m.as_path(), MntFlags::MNT_DETACH);
+        }
+    }
+    nix::unistd::sync();
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).unwrap_err();
+    console(&format!("reboot failed: {err}; powering off instead"));
+    power_off(reason, &[])
 }
 
 fn load_modules(config: &NodeInitConfig) -> Result<(), String> {
@@ -425,10 +459,18 @@ struct Supervisor<'a> {
     next_probe: Instant,
     last_probe: String,
     blessed: bool,
+    /// The entry this boot is a trial of, and when the boot's supervision began.
+    trial: Option<String>,
+    supervising_since: Instant,
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(config: &'a NodeInitConfig, version: String, blesser: &'a dyn BootBlesser) -> Self {
+    fn new(
+        config: &'a NodeInitConfig,
+        version: String,
+        blesser: &'a dyn BootBlesser,
+        trial: Option<String>,
+    ) -> Self {
         let now = Instant::now();
         Supervisor {
             config,
@@ -443,11 +485,25 @@ impl<'a> Supervisor<'a> {
             next_probe: now,
             last_probe: String::new(),
             blessed: false,
+            trial,
+            supervising_since: now,
         }
     }
 
-    /// Supervises until a power-off signal; returns its description.
-    fn run(&mut self, signals: &SignalFd, buttons: &[std::fs::File]) -> String {
+    /// A trial boot that has not been healthy by its deadline: why it must end.
+    fn trial_expired(&self) -> Option<String> {
+        let entry = self.trial.as_ref()?;
+        let deadline = Duration::from_secs(self.config.trial_health_deadline_secs);
+        (!self.blessed && self.supervising_since.elapsed() >= deadline).then(|| {
+            format!(
+                "the trial of {entry} did not get bulwarkd healthy within {} s; the boot loader falls back to the previous slot",
+                deadline.as_secs()
+            )
+        })
+    }
+
+    /// Supervises until a power-off signal or an expired trial.
+    fn run(&mut self, signals: &SignalFd, buttons: &[std::fs::File]) -> End {
         use std::io::Read as _;
         loop {
             {
@@ -464,19 +520,22 @@ impl<'a> Supervisor<'a> {
                         break;
                     }
                     if power_key_pressed(&buf[..n]) {
-                        return "the ACPI power button".into();
+                        return End::PowerOff("the ACPI power button".into());
                     }
                 }
             }
             while let Ok(Some(info)) = signals.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGTERM) => return "SIGTERM".into(),
+                    Ok(Signal::SIGTERM) => return End::PowerOff("SIGTERM".into()),
                     Ok(Signal::SIGPWR) => {
-                        return "SIGPWR (power failure / ACPI power button)".into()
+                        return End::PowerOff("SIGPWR (power failure / ACPI power button)".into())
                     }
-                    Ok(Signal::SIGINT) => return "ctrl-alt-del".into(),
+                    Ok(Signal::SIGINT) => return End::PowerOff("ctrl-alt-del".into()),
                     _ => {}
                 }
+            }
+            if let Some(why) = self.trial_expired() {
+                return End::Reboot(why);
             }
             self.reap();
             let now = Instant::now();
@@ -705,5 +764,38 @@ mod tests {
         assert!(!power_key_pressed(&release));
         assert!(!power_key_pressed(&other));
         assert!(!power_key_pressed(&[1, 2, 3]));
+    }
+
+    #[derive(Debug)]
+    struct NoBlessing;
+    impl BootBlesser for NoBlessing {
+        fn bless(&self) -> Result<BlessOutcome, crate::bless::BlessError> {
+            Ok(BlessOutcome::NotCounting)
+        }
+    }
+
+    #[test]
+    fn only_a_trial_boot_that_never_got_healthy_reboots_after_its_deadline() {
+        let config = NodeInitConfig::parse(r#"{"trial_health_deadline_secs": 0}"#).unwrap();
+        let entry = r"\EFI\Linux\bulwark-node-2+0-1.efi".to_string();
+        let mut s = Supervisor::new(&config, "2".into(), &NoBlessing, Some(entry.clone()));
+        let why = s.trial_expired().unwrap();
+        assert!(why.contains(&entry) && why.contains("falls back"), "{why}");
+        // Healthy once (blessed): the trial is over, whatever bulwarkd does next.
+        s.blessed = true;
+        assert_eq!(s.trial_expired(), None);
+        // Not a trial: never.
+        let s = Supervisor::new(&config, "2".into(), &NoBlessing, None);
+        assert_eq!(s.trial_expired(), None);
+        // A trial within its deadline: not yet.
+        let config = NodeInitConfig::parse(r#"{"trial_health_deadline_secs": 3600}"#).unwrap();
+        let s = Supervisor::new(&config, "2".into(), &NoBlessing, Some(entry));
+        assert_eq!(s.trial_expired(), None);
+        assert_eq!(
+            NodeInitConfig::parse("{}")
+                .unwrap()
+                .trial_health_deadline_secs,
+            300
+        );
     }
 }

@@ -39,16 +39,26 @@ impl Lab {
         fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
         let image = self.node_initramfs(scenario, node, &dir)?;
         let cpio = dir.join("node-initramfs.cpio");
-        image.write_to(&cpio)?;
         let initramfs = dir.join("node-initramfs.cpio.zst");
-        let mut zstd = Command::new("zstd");
-        zstd.args(["-q", "-f", "-T0", "-12", "-o"])
-            .arg(&initramfs)
-            .arg(&cpio);
-        run(&mut zstd)?;
+        compress(&image, &cpio, &initramfs)?;
+        let update_initramfs = match node.update_bulwarkd_config {
+            Some(config) => {
+                let update = NodeBoot {
+                    bulwarkd_config: config,
+                    ..*node
+                };
+                let image = self.node_initramfs(scenario, &update, &dir)?;
+                let zst = dir.join("node-initramfs-update.cpio.zst");
+                compress(&image, &dir.join("node-initramfs-update.cpio"), &zst)?;
+                let _ = fs::remove_file(dir.join("node-initramfs-update.cpio"));
+                Some(zst)
+            }
+            None => None,
+        };
         let inputs = NodeDiskInputs {
             kernel: self.kernel.clone(),
             initramfs: initramfs.clone(),
+            update_initramfs,
             cmdline: "console=ttyS0 intel_iommu=on panic=-1 quiet".into(),
             base_version: node.version - 1,
             update_version: node.version,
@@ -68,6 +78,9 @@ impl Lab {
             prepare.as_secs_f64()
         )];
         let _ = fs::remove_file(&cpio);
+        if node.update_bulwarkd_config.is_some() {
+            return self.run_node_fallback(scenario, node, &dir, &image, &made, notes, start);
+        }
 
         let healthy_marker = format!("{HEALTHY}{}", node.version);
         let console_actions = match node.expect_fatal {
@@ -399,6 +412,171 @@ impl Lab {
             image.dir(d);
         }
         Ok(image)
+    }
+}
+
+/// Writes `image` as a newc cpio to `cpio` and zstd-compresses it to `zst`.
+fn compress(image: &Initramfs, cpio: &Path, zst: &Path) -> Result<()> {
+    image.write_to(cpio)?;
+    let mut zstd = Command::new("zstd");
+    zstd.args(["-q", "-f", "-T0", "-12", "-o"])
+        .arg(zst)
+        .arg(cpio);
+    run(&mut zstd).map(drop)
+}
+
+impl Lab {
+    /// `node-update-fallback`: the update's trial boot must fail and reboot, the
+    /// next power-on boot the base version by itself.
+    #[allow(clippy::too_many_arguments)]
+    fn run_node_fallback(
+        &self,
+        scenario: &Scenario,
+        node: &NodeBoot,
+        dir: &Path,
+        image: &Initramfs,
+        made: &node_disk::NodeDisk,
+        mut notes: Vec<String>,
+        start: Instant,
+    ) -> Result<ScenarioRun> {
+        let prepare = start.elapsed();
+        let base = node.version - 1;
+        let boot = |actions: Vec<ConsoleAction>| {
+            let spec = MachineSpec {
+                kernel: self.kernel.clone(),
+                initramfs: made.disk.clone(),
+                memory_mib: scenario.memory_mib,
+                devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
+                objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+                timeout: Duration::from_secs(scenario.timeout_secs),
+                uefi: Some(UefiBoot::new(dir, &made.disk, true)?),
+                console_actions: actions,
+                exit_after_actions: Some(Duration::from_secs(120)),
+            };
+            machine::boot(&self.qemu, &spec)
+        };
+        // Power-on 1: the update on trial; its bulwarkd is refused its config and never
+        // becomes healthy, so the node reboots at the trial's deadline (-no-reboot: QEMU
+        // exits).
+        let trial = boot(vec![ConsoleAction {
+            marker: "bulwark-node: rebooting:".into(),
+            monitor: None,
+        }])?;
+        for (marker, at) in &trial.marks {
+            notes.push(format!(
+                "power-on 1: {:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
+        // Power-on 2: systemd-boot finds the trial's tries used up and boots the base.
+        let healthy_marker = format!("{HEALTHY}{base}");
+        let fallback = boot(vec![
+            ConsoleAction {
+                marker: healthy_marker.clone(),
+                monitor: None,
+            },
+            ConsoleAction {
+                marker: BOOT_COMPLETE.into(),
+                monitor: Some("system_powerdown".into()),
+            },
+        ])?;
+        for (marker, at) in &fallback.marks {
+            notes.push(format!(
+                "power-on 2: {:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
+        let mut lines = Vec::new();
+        let mut check = |name: &str, passed: bool, detail: String| {
+            lines.push(check_line(name, passed, &detail));
+        };
+        check(
+            "node-no-shell",
+            !["/bin/sh", "/bin/busybox", "/usr/bin/sh"]
+                .iter()
+                .any(|p| image.contains(p)),
+            "the node initramfs has no shell".into(),
+        );
+        let counted = format!("\\EFI\\Linux\\bulwark-node-{}+0-1.efi", node.version);
+        let t = &trial.console;
+        check(
+            "node-trial-failed",
+            t.contains(&format!("this boot is a trial of {counted}"))
+                && t.contains("bulwark-node: rebooting: the trial of")
+                && !t.contains(HEALTHY)
+                && matches!(trial.end, MachineEnd::Exited(_)),
+            format!(
+                "{}; {}; QEMU {:?}",
+                line_with(t, "this boot is a trial of"),
+                line_with(t, "rebooting:"),
+                trial.end
+            ),
+        );
+        let f = &fallback.console;
+        let healthy_at = fallback
+            .marks
+            .iter()
+            .find(|(m, _)| *m == healthy_marker)
+            .map(|(_, at)| *at);
+        check(
+            "node-fallback-healthy",
+            healthy_at.is_some()
+                && !f.contains("this boot is a trial")
+                && f.contains("nothing to bless")
+                && f.contains("bulwark-node: powering off: the ACPI power button"),
+            format!(
+                "{healthy_marker:?} {}; {}",
+                healthy_at.map_or("never shown".to_string(), |a| format!(
+                    "{:.1} s after QEMU start",
+                    a.as_secs_f64()
+                )),
+                line_with(f, "boot blessing")
+            ),
+        );
+        let after = bulwark_node_image::install::boot_state(&made.disk);
+        let detail = match &after {
+            Ok(b) => format!(
+                "slots: {}; next boot {}; anti-rollback floor {}",
+                b.slots
+                    .iter()
+                    .map(|s| format!("{} {:?}", s.file, s.state))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                b.next_boot.as_ref().map_or("none", |s| s.file.as_str()),
+                b.floor
+            ),
+            Err(e) => e.to_string(),
+        };
+        check(
+            "node-fallback-disk",
+            after.as_ref().is_ok_and(|b| {
+                b.floor == base
+                    && b.next_boot.as_ref().is_some_and(|s| s.version == base)
+                    && b.slots.iter().any(|s| {
+                        s.version == node.version
+                            && matches!(s.state, bulwark_node_image::install::SlotState::Bad { .. })
+                    })
+            }),
+            detail,
+        );
+        lines.push(format!("{PREFIX} done"));
+        let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &fallback.end);
+        let run = ScenarioRun {
+            scenario: scenario.name,
+            verdict,
+            machine: fallback,
+            log_path: dir.join("console.log"),
+            prepare,
+            notes,
+        };
+        let report = format!(
+            "=== power-on 1 (the trial) ===\n{}\n=== power-on 2 (the fallback) ===\n{}",
+            trial.console,
+            run.failure_report()
+        );
+        fs::write(&run.log_path, report)
+            .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
+        Ok(run)
     }
 }
 

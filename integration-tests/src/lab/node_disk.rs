@@ -36,6 +36,8 @@ pub struct NodeDiskInputs {
     pub kernel: PathBuf,
     /// The node initramfs (compressed cpio).
     pub initramfs: PathBuf,
+    /// The update's own initramfs (None: the same).
+    pub update_initramfs: Option<PathBuf>,
     /// The kernel command line before the builder's `bulwark.node_version=V`.
     pub cmdline: String,
     /// The version installed first.
@@ -125,7 +127,16 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
         min_version: 0,
     };
     let mut built = Vec::new();
-    for version in [inputs.base_version, inputs.update_version] {
+    for (version, initrd) in [
+        (inputs.base_version, &inputs.initramfs),
+        (
+            inputs.update_version,
+            inputs
+                .update_initramfs
+                .as_ref()
+                .unwrap_or(&inputs.initramfs),
+        ),
+    ] {
         let image = run_dir.join(format!("{IMAGE_NAME}-{version}.bwi"));
         let uki = run_dir.join(format!("{IMAGE_NAME}-{version}.efi"));
         let summary = build_node_image(
@@ -134,7 +145,7 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
                 version,
                 created: Some(1),
                 kernel: inputs.kernel.clone(),
-                initrd: inputs.initramfs.clone(),
+                initrd: initrd.clone(),
                 cmdline: Some(inputs.cmdline.clone()),
                 osrel: None,
                 uname: None,
@@ -234,6 +245,7 @@ mod tests {
         let inputs = NodeDiskInputs {
             kernel: SYSTEMD_BOOT.into(),
             initramfs: dir.join("initrd"),
+            update_initramfs: None,
             cmdline: "console=ttyS0".into(),
             base_version: 1,
             update_version: 2,

@@ -56,6 +56,11 @@ pub struct NodeBoot {
     /// The node must refuse to start: a `FATAL:` line containing this, then its own
     /// power-off (checks `node-fatal-reported`, `node-fatal-poweroff`).
     pub expect_fatal: Option<&'static str>,
+    /// The update's own `/etc/bulwark/bulwarkd.json` (None: the same as the base's).
+    /// With one, the update is expected to fail its trial: the node reboots, and the
+    /// next power-on boots the base version (checks `node-trial-failed`,
+    /// `node-fallback-healthy`, `node-fallback-disk`).
+    pub update_bulwarkd_config: Option<&'static str>,
 }
 
 /// One lab scenario.
@@ -208,7 +213,7 @@ const VMM: GuestProgram = GuestProgram {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "node-boot",
-        summary: "the node image boots as the lab machine: OVMF + swtpm (TPM 2.0, CRB) + the IOMMU and devices, systemd-boot with boot counting, a UKI (systemd-stub) whose initramfs holds bulwark-node-init as PID 1, bulwarkd, bulwark-vmm and the modules and no shell; bulwarkd healthy, state partition mounted, KVM and the TPM present, the boot-count variable read for blessing, PCRs and the event log captured and PCR 11 equal to systemd-measure's prediction, the ACPI power button (a BMC's soft power-off) stops bulwarkd and powers off",
+        summary: "the node image boots as the lab machine: OVMF + swtpm (TPM 2.0, CRB) + the IOMMU and devices, systemd-boot with boot counting, a UKI (systemd-stub) whose initramfs holds bulwark-node-init as PID 1, bulwarkd, bulwark-vmm and the modules and no shell; bulwarkd healthy, state partition mounted, KVM and the TPM present, version 1 installed and version 2 written over it as the update on trial with the product's build/install/update, version 2 blessed on the ESP once healthy, PCRs and the event log captured, PCR 11 equal to systemd-measure's prediction, PCRs 7/9/11/12 to bulwark-node-image's and the boot recognised by the verifier's node_boot check, the ACPI power button (a BMC's soft power-off) stops bulwarkd and powers off",
         script: "# node-boot: no script; the node has no shell (integration-tests/src/lab/node_boot.rs judges its console)\n",
         modules: &[
             "kvm_amd",
@@ -261,6 +266,7 @@ pub const SCENARIOS: &[Scenario] = &[
             init_config: include_str!("../../lab/node/node-init.json"),
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
             expect_fatal: None,
+            update_bulwarkd_config: None,
         }),
         ..PLAIN
     },
@@ -289,6 +295,40 @@ pub const SCENARIOS: &[Scenario] = &[
             init_config: r#"{"modules": ["efivarfs"], "modlues": []}"#,
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
             expect_fatal: Some("config: /etc/bulwark/node-init.json: unknown field `modlues`"),
+            update_bulwarkd_config: None,
+        }),
+        ..PLAIN
+    },
+    Scenario {
+        name: "node-update-fallback",
+        summary: "health-gated rollback: version 1 installed, version 2 written over it as the update on trial, but version 2's bulwarkd never becomes healthy (its config is refused): bulwark-node-init reboots at the trial's deadline, and the next power-on boots version 1 by itself (systemd-boot's counter), healthy; the disk says 2 failed, 1 good",
+        script: "# node-update-fallback: no script; the node has no shell\n",
+        modules: &["efivarfs", "button", "evdev"],
+        memory_mib: 1024,
+        guest_programs: &[
+            GuestProgram {
+                package: "bulwark-node-init",
+                bin: "bulwark-node-init",
+            },
+            VMM,
+        ],
+        host_built_programs: &[GuestProgram {
+            package: "bulwark-agent",
+            bin: "bulwarkd",
+        }],
+        expected_checks: &[
+            "node-no-shell",
+            "node-trial-failed",
+            "node-fallback-healthy",
+            "node-fallback-disk",
+        ],
+        timeout_secs: 300,
+        node: Some(NodeBoot {
+            version: 2,
+            init_config: include_str!("../../lab/node/node-init-trial.json"),
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+            expect_fatal: None,
+            update_bulwarkd_config: Some(r#"{"devicez": []}"#),
         }),
         ..PLAIN
     },
