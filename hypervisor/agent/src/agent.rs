@@ -613,6 +613,12 @@ impl Agent {
         let _ = std::fs::remove_dir_all(vmm::jail_dir(&self.state_dir, id));
         self.close_guest_channel(id);
         lock(&self.guests).remove(id);
+        let (store, vm_id) = (Arc::clone(&self.store), id.to_string());
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || store.delete_guest_report(&vm_id)).await
+        {
+            tracing::warn!(vm = %id, error = %e, "forgetting the guest's report");
+        }
         self.event("vm", id, format!("deleted (was {})", vm.state.name()));
         self.kick_scrubs().await;
         Ok(())
@@ -828,7 +834,25 @@ impl Agent {
                     format!("{}: {e}", path.display()),
                 )
             })?;
-        let view = crate::guest::Shared::default();
+        // What the guest reported before (a restarted bulwarkd, a restarted VM) goes on.
+        let saved = self
+            .store
+            .guest_report(id)
+            .ok()
+            .flatten()
+            .and_then(|j| crate::guest::GuestView::from_saved(&j))
+            .unwrap_or_default();
+        let view: crate::guest::Shared = Arc::new(Mutex::new(saved));
+        let store = Arc::clone(&self.store);
+        let vm = id.to_string();
+        let persist: crate::guest::Persist = Arc::new(move |v: &crate::guest::GuestView| {
+            let stored = serde_json::to_string(v)
+                .map_err(|e| e.to_string())
+                .and_then(|j| store.put_guest_report(&vm, &j).map_err(|e| e.to_string()));
+            if let Err(e) = stored {
+                tracing::warn!(vm = %vm, error = %e, "storing the guest's report");
+            }
+        });
         // The guest's attested TLS handshakes get this VM's evidence for their nonce
         // and key; a bulwarkd that is going away has none to give.
         let agent = Arc::downgrade(self);
@@ -844,7 +868,13 @@ impl Agent {
             })
         });
         let (requests, queue) = tokio::sync::mpsc::channel(crate::guest::MAX_QUEUED_REQUESTS);
-        let task = tokio::spawn(crate::guest::serve(listener, view.clone(), evidence, queue));
+        let task = tokio::spawn(crate::guest::serve(
+            listener,
+            view.clone(),
+            evidence,
+            queue,
+            persist,
+        ));
         let link = GuestLink {
             view,
             task: Some(task.abort_handle()),
@@ -919,11 +949,17 @@ impl Agent {
         }
     }
 
-    /// What VM `id`'s guest reported (empty when it never connected).
+    /// What VM `id`'s guest reported (empty when it never connected): the live view,
+    /// or the one stored before bulwarkd restarted.
     pub fn guest_view(&self, id: &str) -> crate::guest::GuestView {
-        lock(&self.guests)
-            .get(id)
-            .map(|l| l.view.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        if let Some(l) = lock(&self.guests).get(id) {
+            return l.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        }
+        self.store
+            .guest_report(id)
+            .ok()
+            .flatten()
+            .and_then(|j| crate::guest::GuestView::from_saved(&j))
             .unwrap_or_default()
     }
 

@@ -20,18 +20,33 @@ const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
 const VMS: TableDefinition<&str, &str> = TableDefinition::new("vms");
 const NODE: TableDefinition<&str, &str> = TableDefinition::new("node");
 const SCRUBS: TableDefinition<u64, &str> = TableDefinition::new("scrubs");
+/// What each VM's guest reported on its channel (`guest::GuestView`, JSON).
+const GUEST_REPORTS: TableDefinition<&str, &str> = TableDefinition::new("guest_reports");
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 type Migration = fn(&redb::WriteTransaction) -> std::result::Result<(), Box<redb::Error>>;
 
 /// Migration n takes the schema from version n-1 to n.
-const MIGRATIONS_LIST: [(u32, &str, Migration); 1] = [(
-    1,
-    "initial tables: devices, tenants, vms, node, scrubs",
-    migrate_1,
-)];
+const MIGRATIONS_LIST: [(u32, &str, Migration); 2] = [
+    (
+        1,
+        "initial tables: devices, tenants, vms, node, scrubs",
+        migrate_1,
+    ),
+    (
+        2,
+        "guest_reports: what each VM's guest reported, kept across restarts",
+        migrate_2,
+    ),
+];
+
+fn migrate_2(tx: &redb::WriteTransaction) -> std::result::Result<(), Box<redb::Error>> {
+    tx.open_table(GUEST_REPORTS)
+        .map_err(|e| Box::new(redb::Error::from(e)))?;
+    Ok(())
+}
 
 fn migrate_1(tx: &redb::WriteTransaction) -> std::result::Result<(), Box<redb::Error>> {
     let e = |e: redb::TableError| Box::new(redb::Error::from(e));
@@ -324,6 +339,34 @@ impl Store {
         let r = t.get(id).map_err(storage)?;
         r.map(|v| from_json("scrubs", &id.to_string(), v.value()))
             .transpose()
+    }
+
+    /// Stores what VM `vm`'s guest reported (replacing the previous report).
+    pub fn put_guest_report(&self, vm: &str, json: &str) -> Result<()> {
+        let tx = self.with(|db| db.begin_write().map_err(storage))?;
+        tx.open_table(GUEST_REPORTS)
+            .map_err(storage)?
+            .insert(vm, json)
+            .map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    /// What VM `vm`'s guest reported, as stored.
+    pub fn guest_report(&self, vm: &str) -> Result<Option<String>> {
+        let tx = self.with(|db| db.begin_read().map_err(storage))?;
+        let t = tx.open_table(GUEST_REPORTS).map_err(storage)?;
+        let r = t.get(vm).map_err(storage)?;
+        Ok(r.map(|v| v.value().to_string()))
+    }
+
+    /// Forgets VM `vm`'s guest report (the VM is deleted).
+    pub fn delete_guest_report(&self, vm: &str) -> Result<()> {
+        let tx = self.with(|db| db.begin_write().map_err(storage))?;
+        tx.open_table(GUEST_REPORTS)
+            .map_err(storage)?
+            .remove(vm)
+            .map_err(storage)?;
+        tx.commit().map_err(storage)
     }
 
     /// Number of scrub records.

@@ -22,7 +22,7 @@ use bulwark_guest_protocol::{
     decode_guest, encode_host, EvidenceChunk, EvidenceRequest, FrameReader, GuestMessage,
     HostMessage, Stream, HOST_CHANNEL_PORT,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +42,13 @@ pub type EvidenceSource = Arc<
         + Send
         + Sync,
 >;
+
+/// Stores a snapshot of the guest's view (blocking; called at most once a second,
+/// and at once for a hello, an exit, a refusal, a power-off and a disconnect).
+pub type Persist = Arc<dyn Fn(&GuestView) + Send + Sync>;
+
+/// How often the view is stored while output streams in.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// How many host requests may wait for the channel task.
 pub const MAX_QUEUED_REQUESTS: usize = 16;
@@ -90,7 +97,8 @@ pub struct ChallengeAnswer {
 }
 
 /// The end of a stream of workload output.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OutputTail {
     /// Bytes received.
     pub bytes: u64,
@@ -117,8 +125,10 @@ impl OutputTail {
     }
 }
 
-/// What the guest said, as JSON values of its messages.
-#[derive(Debug, Default, Clone, Serialize)]
+/// What the guest said, as JSON values of its messages. Kept in the state database
+/// (`db::Store::put_guest_report`) so that a restarted bulwarkd still has it.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GuestView {
     /// A guest is connected now.
     pub connected: bool,
@@ -152,6 +162,16 @@ fn push_bounded(list: &mut Vec<Value>, v: Value) {
 }
 
 impl GuestView {
+    /// A stored view (`None` when it does not parse); not connected.
+    pub fn from_saved(json: &str) -> Option<GuestView> {
+        let mut v: GuestView = serde_json::from_str(json).ok()?;
+        v.connected = false;
+        for t in [&mut v.stdout, &mut v.stderr] {
+            t.raw = t.tail.as_bytes().to_vec();
+        }
+        Some(v)
+    }
+
     fn take(&mut self, msg: GuestMessage) -> Option<HostMessage> {
         match msg {
             GuestMessage::Hello(h) => self.hello = Some(json(&h)),
@@ -200,6 +220,7 @@ pub async fn serve(
     view: Shared,
     evidence: EvidenceSource,
     mut requests: mpsc::Receiver<HostRequest>,
+    persist: Persist,
 ) {
     loop {
         let stream = tokio::select! {
@@ -217,9 +238,19 @@ pub async fn serve(
             v.connected = true;
             v.connections += 1;
         }
-        connection(stream, &view, &evidence, &mut requests).await;
-        lock(&view).connected = false;
+        connection(stream, &view, &evidence, &mut requests, &persist).await;
+        let snapshot = {
+            let mut v = lock(&view);
+            v.connected = false;
+            v.clone()
+        };
+        store(&persist, &snapshot);
     }
+}
+
+/// Runs `persist` off the async workers' toes (it writes the database).
+fn store(persist: &Persist, view: &GuestView) {
+    tokio::task::block_in_place(|| persist(view));
 }
 
 /// Where the answer to a ping goes.
@@ -352,7 +383,10 @@ async fn connection(
     view: &Shared,
     evidence: &EvidenceSource,
     requests: &mut mpsc::Receiver<HostRequest>,
+    persist: &Persist,
 ) {
+    let mut stored_at = Instant::now();
+    let mut unstored = false;
     let hello = HostMessage::Hello {
         protocol: 1,
         host: format!("bulwarkd {}", env!("CARGO_PKG_VERSION")),
@@ -392,8 +426,18 @@ async fn connection(
         reader.push(&buf[..n]);
         let mut replies = Vec::new();
         let mut evidence_requests = Vec::new();
+        let mut significant = false;
         while let Some(frame) = reader.next_frame() {
             let msg = frame.and_then(|f| decode_guest(&f));
+            significant |= matches!(
+                msg,
+                Ok(GuestMessage::Hello(_)
+                    | GuestMessage::AttestationKey(_)
+                    | GuestMessage::Exit(_)
+                    | GuestMessage::Refusal(_)
+                    | GuestMessage::PowerOff { .. })
+            );
+            unstored = true;
             let mut v = lock(view);
             match msg {
                 Ok(GuestMessage::EvidenceRequest(r)) => evidence_requests.push(r),
@@ -413,6 +457,12 @@ async fn connection(
                     replies.push(HostMessage::Error(e.report()));
                 }
             }
+        }
+        if unstored && (significant || stored_at.elapsed() >= PERSIST_EVERY) {
+            let snapshot = lock(view).clone();
+            store(persist, &snapshot);
+            stored_at = Instant::now();
+            unstored = false;
         }
         for r in evidence_requests {
             replies.extend(answer_evidence(r, evidence, view).await);
@@ -445,6 +495,19 @@ mod tests {
         t.push(21, &vec![b'x'; TAIL]);
         assert_eq!(t.tail.len(), TAIL);
         assert!(t.tail.bytes().all(|b| b == b'x'));
+
+        // Stored and read back, the tail goes on where it stopped.
+        let mut v = GuestView {
+            connected: true,
+            ..Default::default()
+        };
+        v.stdout.push(0, b"before the restart, ");
+        let mut back = GuestView::from_saved(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert!(!back.connected);
+        back.stdout.push(20, b"after");
+        assert_eq!(back.stdout.tail, "before the restart, after");
+        assert_eq!((back.stdout.bytes, back.stdout.gap_bytes), (25, 0));
+        assert!(GuestView::from_saved("not json").is_none());
     }
 
     /// The guest's end of the channel, for the request tests.
@@ -482,7 +545,7 @@ mod tests {
         rx
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn host_requests_reach_the_guest_and_its_answers_come_back() {
         use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
         let dir = tempfile::tempdir().unwrap();
@@ -492,7 +555,10 @@ mod tests {
         let evidence: EvidenceSource =
             Arc::new(|_, _| Box::pin(async { Err("no evidence in this test".to_string()) }));
         let (q, queue) = mpsc::channel(MAX_QUEUED_REQUESTS);
-        let task = tokio::spawn(serve(listener, view.clone(), evidence, queue));
+        let saved: Arc<Mutex<Vec<GuestView>>> = Arc::default();
+        let into = saved.clone();
+        let persist: Persist = Arc::new(move |v: &GuestView| into.lock().unwrap().push(v.clone()));
+        let task = tokio::spawn(serve(listener, view.clone(), evidence, queue, persist));
 
         // No guest yet: refused at once.
         let r = ask(&q, |reply| HostRequest::Ping { reply }).await;
@@ -577,6 +643,22 @@ mod tests {
         drop(g);
         assert!(r.await.is_err(), "the asker learns the guest went away");
         assert_eq!(lock(&view).protocol_errors, 0);
+        // The view was stored when the attestation key came, and at the disconnect;
+        // a stored view comes back whole, not connected.
+        for _ in 0..100 {
+            if saved.lock().unwrap().last().is_some_and(|v| !v.connected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stored = saved.lock().unwrap().clone();
+        assert!(stored.len() >= 2, "{stored:?}");
+        assert!(stored[0].attestation_key.is_some());
+        let last = stored.last().unwrap();
+        assert!(!last.connected && last.attestation_key.is_some());
+        let back = GuestView::from_saved(&serde_json::to_string(last).unwrap()).unwrap();
+        assert_eq!(back.attestation_key, last.attestation_key);
+        assert!(!back.connected);
         task.abort();
     }
 }

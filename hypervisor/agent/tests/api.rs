@@ -46,7 +46,7 @@ fn inventory_lists_accelerators_with_groups_numa_link_and_serial() {
     assert_eq!(a["numa_node"], 1);
     assert_eq!(a["link"], "32.0 GT/s PCIe x16");
     assert_eq!(a["serial"], "11-22-33-44-55-66-77-88");
-    assert_eq!(n.get("/node")["schema_version"], 1);
+    assert_eq!(n.get("/node")["schema_version"], 2);
     // A device that appears later is found by a rescan.
     bulwark_agent::inventory::fake::add(
         &n.path("sys"),
@@ -633,7 +633,7 @@ fn only_root_and_the_operator_group_may_use_the_socket() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema_version: 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema_version: 2"));
 }
 
 #[test]

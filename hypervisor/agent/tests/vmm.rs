@@ -434,6 +434,11 @@ fn a_jailed_bulwark_vmm_runs_survives_a_bulwarkd_restart_stops_and_is_noticed_wh
         (Some("running"), Some(pid)),
         "{v}"
     );
+    // What the guest reported survived the SIGKILL (the state database keeps it).
+    let g = n.get("/vms/v/guest");
+    assert_eq!(g["hello"]["init_version"], "0.1.0", "{g}");
+    assert_eq!(g["stdout"]["tail"], "hello from the workload\n", "{g}");
+    assert_eq!(g["exit"]["code"], 7, "{g}");
     assert!(n
         .get("/events")
         .as_array()
