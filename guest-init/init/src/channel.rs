@@ -577,6 +577,45 @@ pub fn emergency_send(msg: &GuestMessage) {
     }
 }
 
+/// Before a power-off: ends the channel's sending side (the host reads every byte
+/// queued before the shutdown, then end-of-stream) and waits, at most `timeout`,
+/// for the host to close its side, which shows that it read them. Without this
+/// the last messages (`Refusal`, `PowerOff`) can still sit in the virtqueue when
+/// the VM stops. A host that never closes costs `timeout`.
+pub fn linger(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match LINK.try_lock() {
+            Ok(l) => break l.as_ref().and_then(|s| s.try_clone().ok()),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                break p.into_inner().as_ref().and_then(|s| s.try_clone().ok())
+            }
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(_) => return,
+        }
+    };
+    let Some(mut stream) = stream else { return };
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            // The host closed: it has read everything before our shutdown.
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

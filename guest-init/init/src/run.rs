@@ -106,6 +106,7 @@ fn finish(channel: &Channel, reason: &str) -> ! {
         reason: clamp_text(reason),
     });
     channel.flush(FINAL_FLUSH);
+    crate::channel::linger(FINAL_FLUSH);
     pid1::power_off(reason)
 }
 
@@ -126,6 +127,7 @@ fn install_panic_hook() {
         crate::channel::emergency_send(&GuestMessage::PowerOff {
             reason: "panic".into(),
         });
+        crate::channel::linger(Duration::from_secs(1));
         pid1::power_off("panic");
     }));
 }
