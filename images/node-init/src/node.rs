@@ -121,9 +121,9 @@ fn fatal(what: &str, delay: Duration) -> ! {
     power_off(&format!("fatal error: {what}"), &[])
 }
 
-/// Syncs, unmounts `mounts` and powers off. Never returns.
-pub fn power_off(reason: &str, mounts: &[PathBuf]) -> ! {
-    console(&format!("powering off: {reason}"));
+/// Unmounts `mounts` in reverse order (detaching what is busy), then syncs: what
+/// both ends of a node's life do before the reboot system call.
+fn unmount_and_sync(mounts: &[PathBuf]) {
     for m in mounts.iter().rev() {
         if let Err(e) = umount2(m.as_path(), MntFlags::empty()) {
             console(&format!("unmounting {}: {e}; detaching it", m.display()));
@@ -131,6 +131,12 @@ pub fn power_off(reason: &str, mounts: &[PathBuf]) -> ! {
         }
     }
     nix::unistd::sync();
+}
+
+/// Syncs, unmounts `mounts` and powers off. Never returns.
+pub fn power_off(reason: &str, mounts: &[PathBuf]) -> ! {
+    console(&format!("powering off: {reason}"));
+    unmount_and_sync(mounts);
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF).unwrap_err();
     console(&format!("power-off failed: {err}; halting here"));
     loop {
@@ -331,13 +337,7 @@ enum End {
 /// Syncs, unmounts `mounts` and reboots. Never returns.
 fn reboot(reason: &str, mounts: &[PathBuf]) -> ! {
     console(&format!("rebooting: {reason}"));
-    for m in mounts.iter().rev() {
-        if let Err(e) = umount2(m.as_path(), MntFlags::empty()) {
-            console(&format!("unmounting {}: {e}; detaching it", m.display()));
-            let _ = umount2(m.as_path(), MntFlags::MNT_DETACH);
-        }
-    }
-    nix::unistd::sync();
+    unmount_and_sync(mounts);
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).unwrap_err();
     console(&format!("reboot failed: {err}; powering off instead"));
     power_off(reason, &[])

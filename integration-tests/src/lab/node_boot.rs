@@ -135,9 +135,7 @@ impl Lab {
         let console = &machine.console;
         check(
             "node-no-shell",
-            !["/bin/sh", "/bin/busybox", "/usr/bin/sh"]
-                .iter()
-                .any(|p| image.contains(p)),
+            has_no_shell(&image),
             "the node initramfs has no shell".into(),
         );
         if let Some(expected) = node.expect_fatal {
@@ -415,6 +413,13 @@ impl Lab {
     }
 }
 
+/// Whether the node initramfs holds no shell (a node has no login of any kind).
+fn has_no_shell(image: &Initramfs) -> bool {
+    !["/bin/sh", "/bin/busybox", "/usr/bin/sh"]
+        .iter()
+        .any(|p| image.contains(p))
+}
+
 /// Writes `image` as a newc cpio to `cpio` and zstd-compresses it to `zst`.
 fn compress(image: &Initramfs, cpio: &Path, zst: &Path) -> Result<()> {
     image.write_to(cpio)?;
@@ -492,9 +497,7 @@ impl Lab {
         };
         check(
             "node-no-shell",
-            !["/bin/sh", "/bin/busybox", "/usr/bin/sh"]
-                .iter()
-                .any(|p| image.contains(p)),
+            has_no_shell(image),
             "the node initramfs has no shell".into(),
         );
         let counted = format!("\\EFI\\Linux\\bulwark-node-{}+0-1.efi", node.version);

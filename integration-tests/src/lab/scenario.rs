@@ -109,6 +109,20 @@ const VFIO_PROBE: GuestProgram = GuestProgram {
     bin: "lab-vfio-probe",
 };
 
+/// What the node image's initramfs carries in every node scenario: its PID 1 and
+/// the static VMM (musl), and bulwarkd built for the host with its libraries.
+const NODE_PROGRAMS: &[GuestProgram] = &[
+    GuestProgram {
+        package: "bulwark-node-init",
+        bin: "bulwark-node-init",
+    },
+    VMM,
+];
+const NODE_HOST_PROGRAMS: &[GuestProgram] = &[GuestProgram {
+    package: "bulwark-agent",
+    bin: "bulwarkd",
+}];
+
 /// What a scenario has unless it says otherwise.
 const PLAIN: Scenario = Scenario {
     name: "",
@@ -234,17 +248,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=06.0",
         ],
         memory_mib: 1536,
-        guest_programs: &[
-            GuestProgram {
-                package: "bulwark-node-init",
-                bin: "bulwark-node-init",
-            },
-            VMM,
-        ],
-        host_built_programs: &[GuestProgram {
-            package: "bulwark-agent",
-            bin: "bulwarkd",
-        }],
+        guest_programs: NODE_PROGRAMS,
+        host_built_programs: NODE_HOST_PROGRAMS,
         expected_checks: &[
             "node-no-shell",
             "node-healthy",
@@ -276,17 +281,8 @@ pub const SCENARIOS: &[Scenario] = &[
         script: "# node-bad-config: no script; the node has no shell\n",
         modules: &["efivarfs"],
         memory_mib: 1024,
-        guest_programs: &[
-            GuestProgram {
-                package: "bulwark-node-init",
-                bin: "bulwark-node-init",
-            },
-            VMM,
-        ],
-        host_built_programs: &[GuestProgram {
-            package: "bulwark-agent",
-            bin: "bulwarkd",
-        }],
+        guest_programs: NODE_PROGRAMS,
+        host_built_programs: NODE_HOST_PROGRAMS,
         expected_checks: &["node-no-shell", "node-fatal-reported", "node-fatal-poweroff"],
         timeout_secs: 300,
         node: Some(NodeBoot {
@@ -305,17 +301,8 @@ pub const SCENARIOS: &[Scenario] = &[
         script: "# node-update-fallback: no script; the node has no shell\n",
         modules: &["efivarfs", "button", "evdev"],
         memory_mib: 1024,
-        guest_programs: &[
-            GuestProgram {
-                package: "bulwark-node-init",
-                bin: "bulwark-node-init",
-            },
-            VMM,
-        ],
-        host_built_programs: &[GuestProgram {
-            package: "bulwark-agent",
-            bin: "bulwarkd",
-        }],
+        guest_programs: NODE_PROGRAMS,
+        host_built_programs: NODE_HOST_PROGRAMS,
         expected_checks: &[
             "node-no-shell",
             "node-trial-failed",
