@@ -327,6 +327,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn firmware_models_are_checked_when_the_policy_is_read() {
+        let ok = format!(
+            "[[node.firmware]]\nmodel = 'lab'\npcrs = {{ 0 = '{}', 7 = '{}' }}",
+            "aa".repeat(32),
+            "bb".repeat(32)
+        );
+        let p = Policy::parse(&ok, Path::new(".")).unwrap();
+        let m = p.node.firmware[0].to_model().unwrap();
+        assert_eq!(m.pcrs.keys().copied().collect::<Vec<_>>(), [0, 7]);
+        for (text, want) in [
+            (
+                format!(
+                    "[[node.firmware]]\nmodel = 'x'\npcrs = {{ 4 = '{}' }}",
+                    "aa".repeat(32)
+                ),
+                "\"4\" is not a firmware PCR",
+            ),
+            (
+                "[[node.firmware]]\nmodel = 'x'\npcrs = { 0 = 'zz' }".to_string(),
+                "PCR 0: \"zz\" is not 32 hex bytes",
+            ),
+            (
+                "[[node.firmware]]\nmodel = 'x'\npcrs = {}".to_string(),
+                "no PCR values",
+            ),
+            ("[[node.boot_images]]\nimage = 'a.bwi'".to_string(), "trust"),
+        ] {
+            let e = Policy::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused_and_named() {
         for (text, key) in [
             ("allow_sofware_key = true", "allow_sofware_key"),
