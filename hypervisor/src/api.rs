@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::boot_source::{read_boot_source, BootInputs, StateUse};
+use crate::boot_source::{read_inputs, BootInputs, StateUse};
 use crate::config::{
     path_error, BootSource, ConfigError, DevicesConfig, MachineConfig, SeccompMode, VmConfig,
 };
@@ -128,7 +128,7 @@ fn read_and_build(cfg: &VmConfig) -> Result<Vm, ApiError> {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
-    let inputs: BootInputs = read_boot_source(&cfg.boot_source, StateUse::Record)
+    let inputs: BootInputs = read_inputs(cfg, StateUse::Record)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "boot_source", e.to_string()))?;
     Vm::build(cfg, &inputs)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "config", e.to_string()))

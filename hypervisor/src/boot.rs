@@ -94,17 +94,47 @@ pub struct BootPlan {
     pub events: Vec<Event>,
     /// The measurement.
     pub measurement: Measurement,
+    /// A firmware boot's kernel-hashes table (what the firmware checks; the SNP launch
+    /// digest covers it).
+    pub firmware_hashes: Option<bulwark_firmware_abi::hashes::HashesTable>,
 }
 
-struct Writer<'a> {
+/// Writes boot data into guest memory and records each write as a measured blob.
+pub(crate) struct Writer<'a> {
     mem: &'a GuestMemoryMmap,
-    layout: &'a MemoryLayout,
+    pub(crate) layout: &'a MemoryLayout,
     events: Vec<Event>,
 }
 
 impl Writer<'_> {
+    /// Writes the firmware image into the layout's firmware region (which it must fill
+    /// exactly) and measures it as `firmware`.
+    pub(crate) fn put_firmware(&mut self, image: &[u8]) -> Result<(), BootError> {
+        let Some((addr, size)) = self.layout.firmware else {
+            return Err(BootError::Memory(
+                "the layout has no firmware region".into(),
+            ));
+        };
+        if image.len() as u64 != size {
+            return Err(BootError::Memory(format!(
+                "firmware of {} bytes for a {size}-byte region",
+                image.len()
+            )));
+        }
+        self.mem
+            .write_slice(image, GuestAddress(addr))
+            .map_err(|e| BootError::Memory(format!("firmware: {e}")))?;
+        self.measure_blob("firmware", addr, image);
+        Ok(())
+    }
+
     /// Writes `bytes` at `addr` (must be RAM) and measures them as `kind`.
-    fn put(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
+    pub(crate) fn put(
+        &mut self,
+        kind: &'static str,
+        addr: u64,
+        bytes: &[u8],
+    ) -> Result<(), BootError> {
         if !self.layout.is_ram(addr, bytes.len() as u64) {
             return Err(BootError::Memory(format!(
                 "{kind} of {} bytes at {addr:#x} is not inside guest RAM",
@@ -256,6 +286,7 @@ pub fn prepare_with(
         }
         None => None,
     };
+    let mut firmware_hashes = None;
     let entry = match &inputs.payload {
         BootPayload::Raw {
             image,
@@ -277,7 +308,21 @@ pub fn prepare_with(
             } else {
                 crate::virtio::append_cmdline(cmdline, &cfg.devices)
             };
-            load_linux(&mut w, kernel, initrd.as_deref(), &cmdline, *entry, rsdp)?
+            match &inputs.firmware {
+                Some(firmware) => {
+                    let (entry, table) = crate::firmware_boot::stage(
+                        &mut w,
+                        firmware,
+                        kernel,
+                        initrd.as_deref(),
+                        &cmdline,
+                        rsdp,
+                    )?;
+                    firmware_hashes = Some(table);
+                    entry
+                }
+                None => load_linux(&mut w, kernel, initrd.as_deref(), &cmdline, *entry, rsdp)?,
+            }
         }
     };
     w.events.push(Event::new(
@@ -307,6 +352,7 @@ pub fn prepare_with(
         entry,
         events: w.events,
         measurement,
+        firmware_hashes,
     })
 }
 

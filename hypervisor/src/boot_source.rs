@@ -95,6 +95,8 @@ pub struct BootInputs {
     /// The rootfs of a verified bundle (and its dm-verity tree), served in place to
     /// the guest as a read-only disk when `devices.block` asks for it.
     pub rootfs: Option<RootfsExtent>,
+    /// The guest firmware image (`machine.firmware`), checked by [`read_firmware`].
+    pub firmware: Option<Vec<u8>>,
 }
 
 /// Where a verified bundle's rootfs lies in the bundle file: the filesystem image and
@@ -165,6 +167,69 @@ fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SourceError> {
     std::fs::read(path).map_err(|e| err(e.to_string()))
 }
 
+/// Reads everything `cfg` boots: the boot source ([`read_boot_source`]) and the
+/// firmware image ([`read_firmware`]).
+pub fn read_inputs(
+    cfg: &crate::config::VmConfig,
+    state_use: StateUse,
+) -> Result<BootInputs, SourceError> {
+    let mut inputs = read_boot_source(&cfg.boot_source, state_use)?;
+    inputs.firmware = cfg
+        .machine
+        .firmware
+        .as_deref()
+        .map(read_firmware)
+        .transpose()?;
+    Ok(inputs)
+}
+
+/// Reads a firmware image and checks that it is one this VMM can load: exactly
+/// [`map::FIRMWARE_SIZE`] bytes, with an OVMF-style footer table that declares the
+/// kernel-hashes table where the VMM writes it ([`map::HASH_TABLE`]) and SEV metadata
+/// with that page as its `KERNEL_HASHES` section.
+///
+/// [`map::FIRMWARE_SIZE`]: bulwark_firmware_abi::map::FIRMWARE_SIZE
+/// [`map::HASH_TABLE`]: bulwark_firmware_abi::map::HASH_TABLE
+pub fn read_firmware(path: &Path) -> Result<Vec<u8>, SourceError> {
+    use bulwark_firmware_abi::footer::{FooterTable, SectionKind};
+    use bulwark_firmware_abi::{hashes, map};
+    let image = read("machine.firmware", path)?;
+    let bad = |message: String| SourceError::Read {
+        field: "machine.firmware",
+        path: path.display().to_string(),
+        message,
+    };
+    if image.len() as u64 != map::FIRMWARE_SIZE {
+        return Err(bad(format!(
+            "{} bytes: a Bulwark firmware image is exactly {} bytes",
+            image.len(),
+            map::FIRMWARE_SIZE
+        )));
+    }
+    let table = FooterTable::parse(&image).map_err(|e| bad(e.to_string()))?;
+    match table.hash_table().map_err(|e| bad(e.to_string()))? {
+        Some((gpa, size))
+            if u64::from(gpa) == map::HASH_TABLE && size as usize >= hashes::PADDED_LEN => {}
+        other => {
+            return Err(bad(format!(
+                "the footer table declares the kernel-hashes table at {other:?}, not at {:#x} where this VMM writes it",
+                map::HASH_TABLE
+            )))
+        }
+    }
+    let sections = table.sections(&image).map_err(|e| bad(e.to_string()))?;
+    if !sections
+        .iter()
+        .any(|s| s.kind == SectionKind::KernelHashes && u64::from(s.gpa) == map::HASHES_PAGE)
+    {
+        return Err(bad(format!(
+            "the SEV metadata has no KERNEL_HASHES section at {:#x}",
+            map::HASHES_PAGE
+        )));
+    }
+    Ok(image)
+}
+
 /// What reading a bundle does with its `rollback_state` file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateUse {
@@ -197,6 +262,7 @@ pub fn read_boot_source(
             },
             origin: Origin::Unsigned,
             rootfs: None,
+            firmware: None,
         }),
         BootSource::Raw(RawBoot {
             image,
@@ -210,6 +276,7 @@ pub fn read_boot_source(
             },
             origin: Origin::Unsigned,
             rootfs: None,
+            firmware: None,
         }),
         BootSource::Bundle(BundleBoot {
             path,
@@ -383,6 +450,7 @@ fn read_bundle(
         payload,
         origin,
         rootfs,
+        firmware: None,
     })
 }
 

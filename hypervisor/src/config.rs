@@ -48,6 +48,12 @@ pub struct MachineConfig {
     /// registers; `false`: no tables, no registers (see `docs/vmm.md`).
     #[serde(default = "yes")]
     pub acpi: bool,
+    /// Guest firmware image (`bulwark-firmware`, `docs/firmware.md`). With it a Linux
+    /// boot goes through the firmware: the VMM stages the kernel (a bzImage), initrd
+    /// and command line and writes their SHA-256 into the measured hashes table; the
+    /// firmware enters the kernel only when all three match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
 }
 
 fn default_mmio64_gib() -> u64 {
@@ -466,7 +472,35 @@ impl VmConfig {
         self.machine.validate()?;
         self.devices.validate()?;
         self.boot_source.validate()?;
+        self.validate_firmware()?;
         crate::virtio::validate(&self.devices, Some(&self.boot_source))
+    }
+
+    /// A firmware boot needs a Linux kernel entered at its 64-bit entry.
+    fn validate_firmware(&self) -> Result<(), ConfigError> {
+        let Some(fw) = &self.machine.firmware else {
+            return Ok(());
+        };
+        let no = |m: &str| Err(ConfigError::new("machine.firmware", m));
+        if fw.as_os_str().is_empty() {
+            return no("must not be empty");
+        }
+        match &self.boot_source {
+            BootSource::Raw(_) | BootSource::Bundle(BundleBoot { raw: Some(_), .. }) => no(
+                "a raw boot has no kernel for the firmware to check (use a Linux or bundle boot)",
+            ),
+            BootSource::Linux(LinuxBoot {
+                entry: LinuxEntry::Pvh,
+                ..
+            })
+            | BootSource::Bundle(BundleBoot {
+                entry: LinuxEntry::Pvh,
+                ..
+            }) => {
+                no("the firmware enters the kernel at its 64-bit entry: entry pvh is not possible")
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -561,7 +595,11 @@ impl MachineConfig {
 
     /// The memory layout for a guest physical address width of `phys_bits`.
     pub fn layout(&self, phys_bits: u8) -> Result<MemoryLayout, crate::layout::LayoutError> {
-        MemoryLayout::new(self.mem_mib * MIB, self.mmio64_gib * GIB, phys_bits)
+        let layout = MemoryLayout::new(self.mem_mib * MIB, self.mmio64_gib * GIB, phys_bits)?;
+        Ok(match self.firmware {
+            Some(_) => layout.with_firmware(),
+            None => layout,
+        })
     }
 }
 

@@ -176,6 +176,10 @@ pub struct MemoryLayout {
     pub mmio32: (u64, u64),
     /// The 64-bit MMIO window `(start, size)`; size 0 means none.
     pub mmio64: (u64, u64),
+    /// The guest firmware's region `(start, size)` just below 4 GiB, with
+    /// `machine.firmware` (not RAM: not in the e820 map, written only by the firmware
+    /// loader).
+    pub firmware: Option<(u64, u64)>,
 }
 
 impl MemoryLayout {
@@ -228,7 +232,15 @@ impl MemoryLayout {
             ram_regions,
             mmio32: (MMIO32_START, MMIO32_SIZE),
             mmio64: (mmio64_start, mmio64_size),
+            firmware: None,
         })
+    }
+
+    /// The same layout with the firmware region (`bulwark_firmware_abi::map`).
+    pub fn with_firmware(mut self) -> Self {
+        use bulwark_firmware_abi::map;
+        self.firmware = Some((map::FIRMWARE_BASE, map::FIRMWARE_SIZE));
+        self
     }
 
     /// End of RAM below 4 GiB.

@@ -19,6 +19,7 @@ pub mod console;
 pub mod control;
 pub mod cpuid;
 pub mod devices;
+pub mod firmware_boot;
 pub mod initrd_config;
 pub mod irq_routing;
 pub mod layout;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bulwark_vmm::boot_source::{read_boot_source, StateUse};
+use bulwark_vmm::boot_source::{read_inputs, StateUse};
 use bulwark_vmm::config::VmConfig;
 use bulwark_vmm::control::{status, ExitReason};
 use bulwark_vmm::vm::{measure_offline, Vm};
@@ -31,7 +31,57 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the launch measurement for --config without booting (JSON).
-    Measure,
+    Measure {
+        /// Also print the AMD SEV-SNP launch digest of the config's firmware boot
+        /// (`machine.firmware`), as `sev-snp-measure --mode snp` computes it.
+        #[arg(long)]
+        snp: bool,
+        /// The guest CPU model for --snp (QEMU's names: EPYC, EPYC-Rome, EPYC-Milan,
+        /// EPYC-Genoa, EPYC-Turin, ...): its family/model/stepping is in each VMSA.
+        #[arg(long, requires = "snp")]
+        vcpu_type: Option<String>,
+        /// SEV features for --snp (the VMSA's `sev_features`).
+        #[arg(long, requires = "snp", default_value = "0x1", value_parser = parse_hex_u64)]
+        guest_features: u64,
+    },
+}
+
+fn parse_hex_u64(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    u64::from_str_radix(digits, 16).map_err(|e| format!("{s:?}: {e} (hex, 0x optional)"))
+}
+
+/// What `measure --snp` asks for.
+struct SnpRequest {
+    vcpu_sig: u32,
+    vcpu_type: String,
+    guest_features: u64,
+}
+
+fn snp_request(
+    snp: bool,
+    vcpu_type: Option<&str>,
+    guest_features: u64,
+) -> anyhow::Result<Option<SnpRequest>> {
+    if !snp {
+        return Ok(None);
+    }
+    let names = || {
+        bulwark_firmware_abi::snp::VCPU_TYPES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let name =
+        vcpu_type.ok_or_else(|| anyhow::anyhow!("--snp needs --vcpu-type (one of {})", names()))?;
+    let vcpu_sig = bulwark_firmware_abi::snp::vcpu_type_signature(name)
+        .ok_or_else(|| anyhow::anyhow!("--vcpu-type {name:?} is unknown (one of {})", names()))?;
+    Ok(Some(SnpRequest {
+        vcpu_sig,
+        vcpu_type: name.to_string(),
+        guest_features,
+    }))
 }
 
 fn load_config(path: &PathBuf) -> anyhow::Result<VmConfig> {
@@ -40,23 +90,43 @@ fn load_config(path: &PathBuf) -> anyhow::Result<VmConfig> {
     VmConfig::from_json(&text).with_context(|| format!("in {}", path.display()))
 }
 
-fn measure(path: &PathBuf) -> anyhow::Result<()> {
+fn measure(path: &PathBuf, snp: Option<SnpRequest>) -> anyhow::Result<()> {
     let cfg = load_config(path)?;
-    let inputs = read_boot_source(&cfg.boot_source, StateUse::CheckOnly)?;
+    let inputs = read_inputs(&cfg, StateUse::CheckOnly)?;
     let plan = measure_offline(&cfg, &inputs)?;
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "measurement": plan.measurement.value,
         "signed": inputs.origin.is_signed(),
         "boot_source": inputs.origin,
         "events": plan.measurement.events,
     });
+    if let Some(req) = snp {
+        let digest = bulwark_vmm::firmware_boot::snp_launch_digest(
+            &inputs,
+            &plan,
+            cfg.machine.vcpus,
+            req.vcpu_sig,
+            req.guest_features,
+        )
+        .ok_or_else(|| {
+            anyhow::anyhow!("--snp: the config has no firmware boot (machine.firmware with a Linux or bundle boot)")
+        })?
+        .map_err(|e| anyhow::anyhow!("--snp: {e}"))?;
+        out["snp"] = serde_json::json!({
+            "launch_digest": hex::encode(digest),
+            "vcpus": cfg.machine.vcpus,
+            "vcpu_type": req.vcpu_type,
+            "vcpu_signature": format!("{:#x}", req.vcpu_sig),
+            "guest_features": format!("{:#x}", req.guest_features),
+        });
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
 fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
     let cfg = load_config(path)?;
-    let inputs = read_boot_source(&cfg.boot_source, StateUse::Record)?;
+    let inputs = read_inputs(&cfg, StateUse::Record)?;
     let mut vm = Vm::build(&cfg, &inputs)?;
     eprintln!("bulwark-vmm: launch measurement {}", vm.measurement().value);
     let control = vm.control();
@@ -105,8 +175,20 @@ fn main() -> ExitCode {
         return ExitCode::from(status::VMM_ERROR as u8);
     }
     let result = match (&cli.command, &cli.config, &cli.api_sock) {
-        (Some(Command::Measure), Some(c), _) => measure(c).map(|()| ExitReason::Stopped),
-        (Some(Command::Measure), None, _) => Err(anyhow::anyhow!("measure needs --config FILE")),
+        (
+            Some(Command::Measure {
+                snp,
+                vcpu_type,
+                guest_features,
+            }),
+            Some(c),
+            _,
+        ) => snp_request(*snp, vcpu_type.as_deref(), *guest_features)
+            .and_then(|req| measure(c, req))
+            .map(|()| ExitReason::Stopped),
+        (Some(Command::Measure { .. }), None, _) => {
+            Err(anyhow::anyhow!("measure needs --config FILE"))
+        }
         (None, _, Some(sock)) => bulwark_vmm::api::serve(sock, cli.config.as_deref()),
         (None, Some(c), None) => boot(c),
         (None, None, None) => Err(anyhow::anyhow!("give --config FILE and/or --api-sock PATH")),

@@ -61,8 +61,8 @@ pub fn allocate(layout: &MemoryLayout, backing: Backing) -> Result<GuestMemoryMm
             Backing::Anonymous => libc::MAP_NORESERVE,
             Backing::Hugetlbfs => libc::MAP_HUGETLB,
         };
-    let mut regions = Vec::with_capacity(layout.ram_regions.len());
-    for &(addr, size) in &layout.ram_regions {
+    let mut regions = Vec::with_capacity(layout.ram_regions.len() + 1);
+    for &(addr, size) in layout.ram_regions.iter().chain(&layout.firmware) {
         let len = usize::try_from(size).map_err(|_| MemoryError::Regions("size".into()))?;
         let map = MmapRegionBuilder::new(len)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)

@@ -133,7 +133,7 @@ pub struct VmDescription {
 pub struct Vm {
     _kvm: Kvm,
     _vm_fd: Arc<VmFd>,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
     layout: MemoryLayout,
     plan: BootPlan,
     origin: crate::boot_source::Origin,
@@ -287,7 +287,7 @@ impl Vm {
         Ok(Vm {
             _kvm: kvm,
             _vm_fd: vm_fd,
-            _mem: mem,
+            mem,
             layout,
             origin: inputs.origin.clone(),
             plan,
@@ -308,6 +308,13 @@ impl Vm {
     /// The shared run control.
     pub fn control(&self) -> Arc<Control> {
         Arc::clone(&self.control)
+    }
+
+    /// Guest memory (RAM and the firmware region), as loaded and measured. What is
+    /// written here after [`Vm::build`] is not in the launch measurement: the tests use
+    /// it to play a host that changes the staged boot data behind the measurement.
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// The launch measurement.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bulwark_vmm::boot_source::{read_boot_source, StateUse};
+use bulwark_vmm::boot_source::{read_inputs, StateUse};
 use bulwark_vmm::config::VmConfig;
 use bulwark_vmm::vm::measure_offline;
 use common::*;
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha384};
 
 fn offline(cfg: &Value) -> Option<String> {
     let cfg = VmConfig::from_json(&cfg.to_string()).ok()?;
-    let inputs = read_boot_source(&cfg.boot_source, StateUse::CheckOnly).ok()?;
+    let inputs = read_inputs(&cfg, StateUse::CheckOnly).ok()?;
     measure_offline(&cfg, &inputs)
         .ok()
         .map(|p| p.measurement.value)

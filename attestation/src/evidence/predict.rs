@@ -134,14 +134,14 @@ pub fn trusted_key_ids(_trust: &[PathBuf]) -> Result<Vec<String>, Error> {
 
 #[cfg(all(feature = "predict", target_os = "linux"))]
 fn run(cfg: &serde_json::Value, trust: &[PathBuf]) -> Result<Prediction, Error> {
-    use bulwark_vmm::boot_source::{read_boot_source, Origin, StateUse};
+    use bulwark_vmm::boot_source::{read_inputs, Origin, StateUse};
     use bulwark_vmm::config::VmConfig;
     use bulwark_vmm::vm::measure_offline;
 
     let trusted_key_ids = trusted_key_ids(trust)?;
     let cfg = VmConfig::from_json(&cfg.to_string())
         .map_err(|e| Error::Argument(format!("VM configuration: {e}")))?;
-    let inputs = read_boot_source(&cfg.boot_source, StateUse::CheckOnly)
+    let inputs = read_inputs(&cfg, StateUse::CheckOnly)
         .map_err(|e| Error::Argument(format!("image: {e}")))?;
     let Origin::Signed {
         name,

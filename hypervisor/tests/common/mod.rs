@@ -67,6 +67,47 @@ pub fn guests() -> &'static Path {
     })
 }
 
+/// Builds the guest firmware (`firmware/image`, own target dir) once per test binary
+/// and returns its 64 KiB image (`objcopy -O binary` of the ELF).
+pub fn firmware() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firmware");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(repo_root().join("firmware/image"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "x86_64-unknown-none",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .output()
+            .expect("running cargo for the firmware");
+        assert!(
+            out.status.success(),
+            "building the firmware failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let elf = target.join("x86_64-unknown-none/release/bulwark-firmware");
+        let image = target.join("bulwark-firmware.bin");
+        let status = Command::new("objcopy")
+            .args(["-O", "binary"])
+            .arg(&elf)
+            .arg(&image)
+            .status()
+            .expect("running objcopy (binutils)");
+        assert!(status.success(), "objcopy bulwark-firmware");
+        image
+    })
+}
+
 /// The flat binary of guest `name`.
 pub fn flat(name: &str) -> PathBuf {
     guests().join(format!("{name}.bin"))
@@ -79,16 +120,19 @@ pub fn elf(name: &str) -> PathBuf {
 
 /// Wraps flat guest `name` (linked at 0x100200) into a minimal bzImage: a boot sector
 /// with the setup header (one setup sector, protocol 2.15, LOADED_HIGH,
-/// code32_start 1 MiB), one empty setup sector, then the protected-mode part: 0x200
+/// code32_start 1 MiB, XLF_KERNEL_64, the header running to 0x268 as the jump at
+/// 0x200 says), one empty setup sector, then the protected-mode part: 0x200
 /// bytes of padding and the guest, so the guest lands on the 64-bit entry.
 pub fn bzimage(name: &str, dir: &Path) -> PathBuf {
     let mut image = vec![0u8; 1024];
     image[0x1f1] = 1; // setup_sects
     image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x200..0x202].copy_from_slice(&[0xeb, 0x66]);
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
     image[0x211] = 0x01; // loadflags: LOADED_HIGH
     image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    image[0x236] = 0x01; // xloadflags: XLF_KERNEL_64
     image.extend_from_slice(&[0u8; 0x200]);
     image.extend_from_slice(&std::fs::read(flat(name)).expect("flat guest"));
     let path = dir.join(format!("{name}.bzImage"));
