@@ -230,6 +230,10 @@ enum Kind {
         /// Print JSON (measurement, image, events) instead of a policy.
         #[arg(long)]
         json: bool,
+        /// Also predict the AMD SEV-SNP launch digest of the VM's firmware boot
+        /// (`machine.firmware` in --vm) on this guest CPU model (EPYC-Milan, ...).
+        #[arg(long, value_name = "CPU")]
+        snp_vcpu_type: Option<String>,
     },
 }
 
@@ -341,11 +345,12 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             node_signer,
             allow_software_key,
             json,
+            snp_vcpu_type,
         } => {
             for k in &node_signer {
                 bulwark_attestation::bytes::parse_hex_arg(k, "--node-signer")?;
             }
-            let p = predict::predict(&image, &trust, vm.as_deref())?;
+            let p = predict::predict_snp(&image, &trust, vm.as_deref(), snp_vcpu_type.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {

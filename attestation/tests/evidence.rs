@@ -859,3 +859,116 @@ fn the_quote_and_event_log_show_which_signed_node_image_booted() {
         a.to_text()
     );
 }
+
+/// A bzImage as the firmware reads it (protocol 2.15, 64-bit entry, one setup
+/// sector) with `pm` bytes of protected-mode code.
+fn bzimage(pm: usize) -> Vec<u8> {
+    let mut k = vec![0u8; 1024];
+    k[0x1f1] = 1;
+    k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    k[0x200..0x202].copy_from_slice(&[0xeb, 0x66]);
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    k[0x211] = 1;
+    k[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    k[0x236] = 1;
+    k.extend((0..pm as u32).map(|i| (i * 13 + 1) as u8));
+    k
+}
+
+#[test]
+fn predict_gives_the_sev_snp_launch_digest_of_a_firmware_boot_as_sev_snp_measure_does() {
+    let dir = scratch("snp");
+    let (key, key_pub, _) = generate_key_pair(&dir.join("keys")).unwrap();
+    let bundle = make_bundle(&dir, &key, "fw", &bzimage(20_000));
+    let firmware = bulwark_firmware_abi::build::build_image(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("firmware"),
+    )
+    .unwrap();
+    let tool = std::env::var_os("SEV_SNP_MEASURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pytools/bin/sev-snp-measure")
+        });
+    assert!(
+        tool.exists(),
+        "sev-snp-measure not found at {}: run scripts/setup",
+        tool.display()
+    );
+    let (b, k) = (bundle.display().to_string(), key_pub.display().to_string());
+    for (vcpus, cpu) in [(1u8, "EPYC-Milan"), (4, "EPYC-Genoa")] {
+        let vm = dir.join(format!("vm-{vcpus}.json"));
+        let cfg = json!({"machine": {"vcpus": vcpus, "mem_mib": 64, "firmware": firmware}});
+        std::fs::write(&vm, cfg.to_string()).unwrap();
+        let vm = vm.display().to_string();
+        let o = cli(&[
+            "predict",
+            &b,
+            "--trust",
+            &k,
+            "--vm",
+            &vm,
+            "--json",
+            "--snp-vcpu-type",
+            cpu,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ours = p["snp"]["launch_digest"].as_str().unwrap().to_string();
+        let theirs = std::process::Command::new(&tool)
+            .args([
+                "--mode",
+                "snp",
+                "--output-format",
+                "hex",
+                "--vcpu-type",
+                cpu,
+            ])
+            .arg(format!("--vcpus={vcpus}"))
+            .arg("--ovmf")
+            .arg(&firmware)
+            .arg("--kernel")
+            .arg(dir.join("fw.kernel"))
+            .arg("--append=")
+            .output()
+            .unwrap();
+        assert!(
+            theirs.status.success(),
+            "{}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        assert_eq!(
+            ours,
+            String::from_utf8_lossy(&theirs.stdout).trim(),
+            "{vcpus} x {cpu}"
+        );
+        // The policy names it for the SNP report check.
+        let o = cli(&[
+            "predict",
+            &b,
+            "--trust",
+            &k,
+            "--vm",
+            &vm,
+            "--snp-vcpu-type",
+            cpu,
+        ]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("# {ours}\n")));
+    }
+    // Without a firmware boot there is no SNP launch digest to predict.
+    let o = cli(&[
+        "predict",
+        &b,
+        "--trust",
+        &k,
+        "--snp-vcpu-type",
+        "EPYC-Milan",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no firmware boot (machine.firmware)"));
+}

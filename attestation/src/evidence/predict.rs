@@ -26,6 +26,21 @@ pub struct Prediction {
     pub cpuid_policy: String,
     /// The measurement log (tag, digest, detail per event).
     pub events: serde_json::Value,
+    /// With `--snp-vcpu-type` and a firmware boot (`machine.firmware`): the AMD
+    /// SEV-SNP launch digest of the same boot (`bulwark-vmm measure --snp`), what an
+    /// SNP attestation report's `MEASUREMENT` must be
+    /// (`bulwark-verify snp --expect-measurement`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snp: Option<SnpPrediction>,
+}
+
+/// The SEV-SNP launch digest of a firmware boot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnpPrediction {
+    /// Hex SHA-384 launch digest.
+    pub launch_digest: String,
+    /// The guest CPU model whose signature is in each VMSA.
+    pub vcpu_type: String,
 }
 
 impl Prediction {
@@ -61,6 +76,12 @@ impl Prediction {
             "measurements = [{:?}]\nvcpus = {}\nmemory_bytes = {}\ncpuid_policy = {:?}\n",
             self.measurement, self.vcpus, self.memory_bytes, self.cpuid_policy
         ));
+        if let Some(snp) = &self.snp {
+            out.push_str(&format!(
+                "# SEV-SNP launch digest of this firmware boot on {} x {} (bulwark-verify snp --expect-measurement):\n# {}\n",
+                self.vcpus, snp.vcpu_type, snp.launch_digest
+            ));
+        }
         out
     }
 }
@@ -70,16 +91,38 @@ impl Prediction {
 /// JSON; its `boot_source`, if any, contributes only `entry`, `raw`,
 /// `threshold` and `min_version`). Without `vm`, [`DEFAULT_VM`].
 pub fn predict(image: &Path, trust: &[PathBuf], vm: Option<&Path>) -> Result<Prediction, Error> {
+    predict_snp(image, trust, vm, None)
+}
+
+/// [`predict`], and with `snp_vcpu_type` (QEMU's CPU model names) also the SEV-SNP
+/// launch digest of the VM's firmware boot (the VM configuration must name
+/// `machine.firmware`).
+pub fn predict_snp(
+    image: &Path,
+    trust: &[PathBuf],
+    vm: Option<&Path>,
+    snp_vcpu_type: Option<&str>,
+) -> Result<Prediction, Error> {
     let text = match vm {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| Error::Argument(format!("{}: {e}", p.display())))?,
         None => DEFAULT_VM.to_string(),
     };
-    predict_json(image, trust, &text)
+    predict_json_snp(image, trust, &text, snp_vcpu_type)
 }
 
 /// [`predict`] with the VM configuration as JSON text.
 pub fn predict_json(image: &Path, trust: &[PathBuf], vm_json: &str) -> Result<Prediction, Error> {
+    predict_json_snp(image, trust, vm_json, None)
+}
+
+/// [`predict_snp`] with the VM configuration as JSON text.
+pub fn predict_json_snp(
+    image: &Path,
+    trust: &[PathBuf],
+    vm_json: &str,
+    snp_vcpu_type: Option<&str>,
+) -> Result<Prediction, Error> {
     if trust.is_empty() {
         return Err(Error::Argument(
             "predict needs at least one trusted key".into(),
@@ -108,7 +151,7 @@ pub fn predict_json(image: &Path, trust: &[PathBuf], vm_json: &str) -> Result<Pr
         }
     }
     obj.insert("boot_source".into(), serde_json::Value::Object(boot));
-    run(&cfg, trust)
+    run(&cfg, trust, snp_vcpu_type)
 }
 
 /// The key ids (hex SHA-256 of the SPKI) of trusted image keys (PEM files).
@@ -133,7 +176,11 @@ pub fn trusted_key_ids(_trust: &[PathBuf]) -> Result<Vec<String>, Error> {
 }
 
 #[cfg(all(feature = "predict", target_os = "linux"))]
-fn run(cfg: &serde_json::Value, trust: &[PathBuf]) -> Result<Prediction, Error> {
+fn run(
+    cfg: &serde_json::Value,
+    trust: &[PathBuf],
+    snp_vcpu_type: Option<&str>,
+) -> Result<Prediction, Error> {
     use bulwark_vmm::boot_source::{read_inputs, Origin, StateUse};
     use bulwark_vmm::config::VmConfig;
     use bulwark_vmm::vm::measure_offline;
@@ -154,7 +201,37 @@ fn run(cfg: &serde_json::Value, trust: &[PathBuf]) -> Result<Prediction, Error> 
     let plan =
         measure_offline(&cfg, &inputs).map_err(|e| Error::Argument(format!("measure: {e}")))?;
     let events = serde_json::to_value(&plan.measurement.events).unwrap_or_default();
+    let snp = match snp_vcpu_type {
+        None => None,
+        Some(vcpu_type) => {
+            let sig =
+                bulwark_firmware_abi::snp::vcpu_type_signature(vcpu_type).ok_or_else(|| {
+                    Error::Argument(format!(
+                        "--snp-vcpu-type {vcpu_type:?} is not a known CPU model"
+                    ))
+                })?;
+            let digest = bulwark_vmm::firmware_boot::snp_launch_digest(
+                &inputs,
+                &plan,
+                cfg.machine.vcpus,
+                sig,
+                bulwark_firmware_abi::snp::DEFAULT_GUEST_FEATURES,
+            )
+            .ok_or_else(|| {
+                Error::Argument(
+                    "--snp-vcpu-type: the VM configuration has no firmware boot (machine.firmware)"
+                        .into(),
+                )
+            })?
+            .map_err(|e| Error::Argument(format!("SEV-SNP launch digest: {e}")))?;
+            Some(SnpPrediction {
+                launch_digest: hex::encode(digest),
+                vcpu_type: vcpu_type.to_string(),
+            })
+        }
+    };
     Ok(Prediction {
+        snp,
         measurement: plan.measurement.value.clone(),
         image_name: name,
         image_version: version,
@@ -168,7 +245,11 @@ fn run(cfg: &serde_json::Value, trust: &[PathBuf]) -> Result<Prediction, Error> 
 }
 
 #[cfg(not(all(feature = "predict", target_os = "linux")))]
-fn run(_cfg: &serde_json::Value, _trust: &[PathBuf]) -> Result<Prediction, Error> {
+fn run(
+    _cfg: &serde_json::Value,
+    _trust: &[PathBuf],
+    _snp_vcpu_type: Option<&str>,
+) -> Result<Prediction, Error> {
     Err(Error::NotImplemented(
         "predict needs bulwark-vmm's loader: Linux builds with the `predict` feature".into(),
     ))

@@ -17,6 +17,8 @@
 #![no_std]
 
 pub mod boot_info;
+#[cfg(feature = "build")]
+pub mod build;
 pub mod check;
 pub mod footer;
 pub mod guid;
@@ -24,5 +26,5 @@ pub mod hashes;
 pub mod map;
 pub mod snp;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "build"))]
 extern crate std;

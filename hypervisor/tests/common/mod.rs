@@ -68,43 +68,12 @@ pub fn guests() -> &'static Path {
 }
 
 /// Builds the guest firmware (`firmware/image`, own target dir) once per test binary
-/// and returns its 64 KiB image (`objcopy -O binary` of the ELF).
+/// and returns its 64 KiB image.
 pub fn firmware() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firmware");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(repo_root().join("firmware/image"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "x86_64-unknown-none",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .output()
-            .expect("running cargo for the firmware");
-        assert!(
-            out.status.success(),
-            "building the firmware failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let elf = target.join("x86_64-unknown-none/release/bulwark-firmware");
-        let image = target.join("bulwark-firmware.bin");
-        let status = Command::new("objcopy")
-            .args(["-O", "binary"])
-            .arg(&elf)
-            .arg(&image)
-            .status()
-            .expect("running objcopy (binutils)");
-        assert!(status.success(), "objcopy bulwark-firmware");
-        image
+        bulwark_firmware_abi::build::build_image(&target).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 

@@ -18,6 +18,12 @@
 #            ends it, reported as such.
 # badconfig, nomodule, notfound, gpu, panic: refusals; signal: the workload dies by
 # SIGABRT. Every case must end with a clean power-off (bulwark-vmm exit 0, S5).
+# fwnotfound: the notfound image booted through the guest firmware (machine.firmware):
+#            the firmware checks the staged kernel, initrd and command line against the
+#            measured hashes table, then bulwark-init runs as in the direct boot;
+#            measure predicts the booted value; and lab-firmware-tamper, a host that
+#            changes one staged byte after the measurement, is refused by the firmware
+#            for each of kernel, initrd and command line with its own exit code.
 lab_check kvm-device test -c /dev/kvm
 # The attested TLS client reaches the guest through a relay on 127.0.0.1.
 ip link set lo up
@@ -61,6 +67,7 @@ run_case() {
   cat /tmp/host-$name.out
   echo "--- end of case $name ---"
   eval "status_$name=$status"
+  eval "secs_$name=$(awk -v a=$start -v b=$end 'BEGIN { printf "%.1f", b - a }')"
 }
 
 # The case's clean power-off: bulwark-vmm exit 0 after S5, and the guest's PowerOff.
@@ -181,3 +188,47 @@ case $l in
   'HOST-EXIT code=none signal=SIGABRT '*) if powered_off signal; then lab_pass gi-signal "$l; clean power-off"; else lab_fail gi-signal "$l; no clean power-off"; fi ;;
   *) lab_fail gi-signal "'$l'" ;;
 esac
+
+# fwnotfound: the firmware boot of the notfound image.
+bulwark-vmm measure --config /lab/gi/vm-fwnotfound.json >/tmp/measure-fw.json 2>&1
+fw_predicted=$(sed -n 's/^  "measurement": "\([0-9a-f]*\)",*$/\1/p' /tmp/measure-fw.json)
+run_case fwnotfound
+fw_console=$(tr -d '\r' </tmp/gi-fwnotfound.log 2>/dev/null)
+fw_line=$(echo "$fw_console" | grep -m1 '^bulwark-firmware: kernel')
+l=$(hline fwnotfound 'HOST-REFUSAL ')
+case $l in
+  *"reason=workload_not_found "*'/bin/no-such-workload'*)
+    if [ -n "$fw_line" ] && powered_off fwnotfound; then
+      lab_pass gi-fw-boot "$fw_line; then bulwark-init: $l; clean power-off; case time ${secs_fwnotfound} s through the firmware, ${secs_notfound} s direct"
+    else
+      lab_fail gi-fw-boot "firmware line '$fw_line', power-off status $status_fwnotfound"
+    fi ;;
+  *) lab_fail gi-fw-boot "expected the notfound refusal after the firmware: '$l'; console: $(echo "$fw_console" | head -n 5 | tr '\n' ' ')" ;;
+esac
+fw_booted=$(sed -n 's/^bulwark-vmm: launch measurement \([0-9a-f]*\)$/\1/p' /tmp/vmm-fwnotfound.out)
+if [ -n "$fw_predicted" ] && [ "$fw_predicted" = "$fw_booted" ] && grep -q '"firmware-hashes' /tmp/measure-fw.json; then
+  lab_pass gi-fw-measurement "measure = booted = $fw_booted (firmware, hashes table and staged blobs measured)"
+else
+  lab_fail gi-fw-measurement "measure '$fw_predicted', booted '$fw_booted': $(head -c 400 /tmp/measure-fw.json)"
+fi
+fw_tamper_ok=1
+fw_tamper_detail=""
+for c in kernel:52:'kernel SHA-256 does not match' initrd:51:'initrd SHA-256 does not match' cmdline:50:'command line SHA-256 does not match'; do
+  comp=${c%%:*}; rest=${c#*:}; code=${rest%%:*}; reason=${rest#*:}
+  rm -f /tmp/gi-fwnotfound.log /tmp/gi.sock_1024
+  out=$(timeout -s KILL 120 lab-firmware-tamper /lab/gi/vm-fwnotfound.json $comp 2>&1)
+  console=$(tr -d '\r' </tmp/gi-fwnotfound.log 2>/dev/null)
+  echo "--- tamper $comp: $out ---"
+  echo "$console"
+  if [ "$out" = "TAMPER component=$comp exit=DebugExit($code)" ] && echo "$console" | grep -q "refused: $reason" && ! echo "$console" | grep -q 'Linux version'; then
+    fw_tamper_detail="$fw_tamper_detail $comp->exit $code;"
+  else
+    fw_tamper_ok=0
+    fw_tamper_detail="$fw_tamper_detail $comp: '$out' / $(echo "$console" | tail -n 2 | tr '\n' ' ');"
+  fi
+done
+if [ $fw_tamper_ok = 1 ]; then
+  lab_pass gi-fw-tamper "one byte changed after the measurement, the firmware refused before the kernel ran:$fw_tamper_detail"
+else
+  lab_fail gi-fw-tamper "$fw_tamper_detail"
+fi

@@ -121,14 +121,20 @@ fn stripped(program: &Path, out: &Path) -> Result<()> {
 }
 
 /// The VM config of a case: the bundle's rootfs as the read-only disk `rootfs`,
-/// virtio-rng, vsock (host side `/tmp/gi.sock`), serial to `/tmp/gi-NAME.log`.
-pub fn vm_config(bundle: &str, name: &str) -> String {
+/// virtio-rng, vsock (host side `/tmp/gi.sock`), serial to `/tmp/gi-NAME.log`; with
+/// `firmware`, booted through that firmware image (`machine.firmware`), with the
+/// debug-exit port so that a refusal ends the VM with the firmware's exit code.
+pub fn vm_config(bundle: &str, name: &str, firmware: Option<&str>) -> String {
+    let (firmware, debug_exit) = match firmware {
+        Some(f) => (format!(r#", "firmware": "{f}""#), r#", "debug_exit": true"#),
+        None => (String::new(), ""),
+    };
     format!(
-        r#"{{"machine": {{"vcpus": 1, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"}},
+        r#"{{"machine": {{"vcpus": 1, "mem_mib": 256, "mmio64_gib": 64, "cpuid_policy": "bulwark-default-v1"{firmware}}},
  "boot_source": {{"kind": "bundle", "path": "{bundle}", "trusted_keys": ["{L1_DIR}/signing.pub"]}},
  "devices": {{"serial": {{"file": "/tmp/gi-{name}.log"}}, "rng": true,
    "block": [{{"id": "rootfs", "bundle_rootfs": true}}],
-   "vsock": {{"guest_cid": 3, "uds_path": "/tmp/gi.sock"}}}}}}
+   "vsock": {{"guest_cid": 3, "uds_path": "/tmp/gi.sock"}}{debug_exit}}}}}
 "#
     )
 }
@@ -137,13 +143,15 @@ pub fn vm_config(bundle: &str, name: &str) -> String {
 /// `lab-workload` (both static), `modules` the `.ko` files bulwark-init loads (with
 /// their dependencies). Returns the files for L1: the bundles, the key, each case's
 /// VM config, and `rootfs-offset` (the good bundle's first rootfs byte, for the
-/// flipped-byte case).
+/// flipped-byte case); with `firmware` (the guest firmware image), `firmware.bin` and
+/// `vm-fwnotfound.json`: the `notfound` image booted through the firmware.
 pub fn prepare(
     dir: &Path,
     kernel: &Path,
     init: &Path,
     workload: &Path,
     modules: &[PathBuf],
+    firmware: &Path,
 ) -> Result<Vec<L1File>> {
     fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
     // The initramfs: bulwark-init as /init, the console node, the modules.
@@ -211,7 +219,7 @@ pub fn prepare(
         let vm = dir.join(format!("vm-{}.json", case.name));
         write(
             &vm,
-            vm_config(&format!("{L1_DIR}/{}.bwi", case.name), case.name),
+            vm_config(&format!("{L1_DIR}/{}.bwi", case.name), case.name, None),
         )?;
         files.push((format!("{L1_DIR}/{}.bwi", case.name), bundle));
         files.push((format!("{L1_DIR}/vm-{}.json", case.name), vm));
@@ -223,9 +231,22 @@ pub fn prepare(
         ("shutdown", format!("{L1_DIR}/good.bwi")),
     ] {
         let vm = dir.join(format!("vm-{name}.json"));
-        write(&vm, vm_config(&bundle, name))?;
+        write(&vm, vm_config(&bundle, name, None))?;
         files.push((format!("{L1_DIR}/vm-{name}.json"), vm));
     }
+    // The notfound image through the guest firmware: bulwark-init starts, reads its
+    // config and reports the missing workload, exactly as in a direct boot.
+    files.push((format!("{L1_DIR}/firmware.bin"), firmware.to_owned()));
+    let vm = dir.join("vm-fwnotfound.json");
+    write(
+        &vm,
+        vm_config(
+            &format!("{L1_DIR}/notfound.bwi"),
+            "fwnotfound",
+            Some(&format!("{L1_DIR}/firmware.bin")),
+        ),
+    )?;
+    files.push((format!("{L1_DIR}/vm-fwnotfound.json"), vm));
     // Our own bundle, just built: its layout is known, nothing needs vouching for here.
     let good = bulwark_image::Bundle::open(&dir.join("good.bwi")).map_err(image_error("open"))?;
     let offset = good
@@ -248,9 +269,17 @@ mod tests {
 
     #[test]
     fn vm_configs_are_valid_bulwark_vmm_configs() {
-        let cfg = bulwark_vmm::config::VmConfig::from_json(&vm_config("/lab/gi/good.bwi", "good"))
-            .unwrap();
+        let cfg =
+            bulwark_vmm::config::VmConfig::from_json(&vm_config("/lab/gi/good.bwi", "good", None))
+                .unwrap();
         assert!(cfg.devices.block[0].bundle_rootfs && cfg.devices.vsock.is_some());
+        assert_eq!(cfg.machine.firmware, None);
+        let fw = vm_config("/lab/gi/notfound.bwi", "fw", Some("/lab/gi/firmware.bin"));
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&fw).unwrap();
+        assert_eq!(
+            cfg.machine.firmware.as_deref(),
+            Some(Path::new("/lab/gi/firmware.bin"))
+        );
     }
 
     #[test]

@@ -303,12 +303,14 @@ impl Lab {
                 });
             };
             let modules = self.modules.load_order(l2.modules)?;
+            let firmware = programs::build_firmware(&self.target_dir)?;
             let files = guest_init_bundles::prepare(
                 &dir.join("gi"),
                 &self.kernel,
                 init,
                 workload,
                 &modules,
+                &firmware,
             )?;
             for (l1_path, host) in files {
                 image.host_file(&l1_path, &host, 0o644);

@@ -163,6 +163,17 @@ pub fn build_tiny_guests(
         .collect()
 }
 
+/// Builds the guest firmware (`firmware/image`) into `target_dir/firmware` and returns
+/// its 64 KiB image.
+pub fn build_firmware(target_dir: &Path) -> Result<PathBuf> {
+    bulwark_firmware_abi::build::build_image(&target_dir.join("firmware")).map_err(|reason| {
+        LabError::UnexpectedOutput {
+            command: "building firmware/image".into(),
+            reason,
+        }
+    })
+}
+
 /// A copy of `program` without its debug information, in `dir` under the same name.
 pub fn strip_debug(program: &Path, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;

@@ -608,7 +608,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-guest-init",
-        summary: "bulwark-init as PID 1 of signed tenant images under bulwark-vmm: boot -> hello -> stages -> workload output byte-exact -> exit status -> ACPI power-off, the workload's jail, 64 MiB through the vsock->TCP bridge beside raw vsock, a hostile host's bad frames answered, attested TLS through the bridge (bulwark-verify connect with a policy from bulwark-verify predict: evidence for another key, a stale nonce and a policy mismatch refused before any byte reaches the workload, the honest handshake echoed), and each refusal (flipped rootfs byte, unknown config field, missing module, workload not found, GPU required, injected panic) and a death by signal reported on the host channel, each ending in a clean power-off",
+        summary: "bulwark-init as PID 1 of signed tenant images under bulwark-vmm: boot -> hello -> stages -> workload output byte-exact -> exit status -> ACPI power-off, the workload's jail, 64 MiB through the vsock->TCP bridge beside raw vsock, a hostile host's bad frames answered, attested TLS through the bridge (bulwark-verify connect with a policy from bulwark-verify predict: evidence for another key, a stale nonce and a policy mismatch refused before any byte reaches the workload, the honest handshake echoed), and each refusal (flipped rootfs byte, unknown config field, missing module, workload not found, GPU required, injected panic) and a death by signal reported on the host channel, each ending in a clean power-off; the same kernel booted through the guest firmware (machine.firmware): bulwark-init runs after the firmware's hash check, measure predicts the booted value, and one staged byte changed after the measurement (kernel, initrd, command line) is refused by the firmware",
         script: include_str!("../../lab/scenarios/vmm-guest-init.sh"),
         modules: KVM_MODULES,
         memory_mib: 2048,
@@ -621,6 +621,10 @@ pub const SCENARIOS: &[Scenario] = &[
             GuestProgram {
                 package: "bulwark-attestation",
                 bin: "bulwark-verify",
+            },
+            GuestProgram {
+                package: THIS_PACKAGE,
+                bin: "lab-firmware-tamper",
             },
         ],
         l2: Some(L2Guest {
@@ -669,6 +673,9 @@ pub const SCENARIOS: &[Scenario] = &[
             "gi-panic",
             "gi-signal",
             "gi-shutdown",
+            "gi-fw-boot",
+            "gi-fw-measurement",
+            "gi-fw-tamper",
         ],
         timeout_secs: 1200,
         ..PLAIN

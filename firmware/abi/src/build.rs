@@ -1,0 +1,53 @@
+//! Building the firmware image from source, for the host-side tests and the lab
+//! (feature `build`, which needs `std`): `cargo build --release` of `firmware/image`
+//! for `x86_64-unknown-none` in its own target directory, then `objcopy -O binary`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::string::{String, ToString};
+
+/// Builds the firmware into `target_dir` and returns the path of its 64 KiB image
+/// (`bulwark-firmware.bin`). Errors carry the failing command's output.
+pub fn build_image(target_dir: &Path) -> Result<PathBuf, String> {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&crate_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--target",
+            "x86_64-unknown-none",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .map_err(|e| std::format!("running cargo for the firmware: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let hint = if stderr.contains("target may not be installed") {
+            " (run scripts/setup: it adds the x86_64-unknown-none target)"
+        } else {
+            ""
+        };
+        return Err(std::format!(
+            "building the firmware failed{hint}:\n{stderr}"
+        ));
+    }
+    let image = target_dir.join("bulwark-firmware.bin");
+    let status = Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(target_dir.join("x86_64-unknown-none/release/bulwark-firmware"))
+        .arg(&image)
+        .status()
+        .map_err(|e| std::format!("running objcopy (binutils): {e}"))?;
+    if !status.success() {
+        return Err("objcopy -O binary of the firmware failed".to_string());
+    }
+    Ok(image)
+}
