@@ -885,16 +885,6 @@ fn predict_gives_the_sev_snp_launch_digest_of_a_firmware_boot_as_sev_snp_measure
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("firmware"),
     )
     .unwrap();
-    let tool = std::env::var_os("SEV_SNP_MEASURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pytools/bin/sev-snp-measure")
-        });
-    assert!(
-        tool.exists(),
-        "sev-snp-measure not found at {}: run scripts/setup",
-        tool.display()
-    );
     let (b, k) = (bundle.display().to_string(), key_pub.display().to_string());
     for (vcpus, cpu) in [(1u8, "EPYC-Milan"), (4, "EPYC-Genoa")] {
         let vm = dir.join(format!("vm-{vcpus}.json"));
@@ -915,33 +905,18 @@ fn predict_gives_the_sev_snp_launch_digest_of_a_firmware_boot_as_sev_snp_measure
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let ours = p["snp"]["launch_digest"].as_str().unwrap().to_string();
-        let theirs = std::process::Command::new(&tool)
-            .args([
-                "--mode",
-                "snp",
-                "--output-format",
-                "hex",
-                "--vcpu-type",
-                cpu,
-            ])
-            .arg(format!("--vcpus={vcpus}"))
-            .arg("--ovmf")
-            .arg(&firmware)
-            .arg("--kernel")
-            .arg(dir.join("fw.kernel"))
-            .arg("--append=")
-            .output()
-            .unwrap();
-        assert!(
-            theirs.status.success(),
-            "{}",
-            String::from_utf8_lossy(&theirs.stderr)
-        );
-        assert_eq!(
-            ours,
-            String::from_utf8_lossy(&theirs.stdout).trim(),
-            "{vcpus} x {cpu}"
-        );
+        let theirs = bulwark_firmware_abi::build::sev_snp_measure(
+            &bulwark_firmware_abi::build::SnpMeasureInputs {
+                firmware: &firmware,
+                kernel: &dir.join("fw.kernel"),
+                initrd: None,
+                cmdline: "",
+                vcpus: u32::from(vcpus),
+                vcpu_type: cpu,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ours, theirs, "{vcpus} x {cpu}");
         // The policy names it for the SNP report check.
         let o = cli(&[
             "predict",

@@ -128,6 +128,9 @@ fn boot(path: &PathBuf) -> anyhow::Result<ExitReason> {
     let cfg = load_config(path)?;
     let inputs = read_inputs(&cfg, StateUse::Record)?;
     let mut vm = Vm::build(&cfg, &inputs)?;
+    // The kernel, initrd and firmware bytes are in guest memory now: free the copies
+    // (tens of MB for a Linux kernel) rather than keep them for the VM's lifetime.
+    drop(inputs);
     eprintln!("bulwark-vmm: launch measurement {}", vm.measurement().value);
     let control = vm.control();
     bulwark_vmm::signals::spawn_waiter(cfg.seccomp, move |_| {

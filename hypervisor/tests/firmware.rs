@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bulwark_firmware_abi::boot_info::BootInfo;
+use bulwark_firmware_abi::build::SnpMeasureInputs;
 use bulwark_firmware_abi::check;
 use bulwark_firmware_abi::map;
 use bulwark_vmm::boot_source::{read_inputs, StateUse};
@@ -255,20 +256,6 @@ fn configs_the_firmware_cannot_boot_are_refused_before_anything_runs() {
     refused(pvh, "entry pvh is not possible");
 }
 
-fn sev_snp_measure() -> PathBuf {
-    let p = std::env::var_os("SEV_SNP_MEASURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pytools/bin/sev-snp-measure")
-        });
-    assert!(
-        p.exists(),
-        "sev-snp-measure not found at {}: run scripts/setup",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn measure_snp_equals_sev_snp_measure_on_the_bulwark_firmware() {
     let dir = scratch();
@@ -293,31 +280,17 @@ fn measure_snp_equals_sev_snp_measure_on_the_bulwark_firmware() {
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         let ours = v["snp"]["launch_digest"].as_str().unwrap().to_string();
-        let tool = Command::new(sev_snp_measure())
-            .args([
-                "--mode",
-                "snp",
-                "--output-format",
-                "hex",
-                "--vcpu-type",
-                vcpu_type,
-            ])
-            .arg(format!("--vcpus={vcpus}"))
-            .arg("--ovmf")
-            .arg(firmware())
-            .arg("--kernel")
-            .arg(cfg["boot_source"]["kernel"].as_str().unwrap())
-            .arg("--initrd")
-            .arg(cfg["boot_source"]["initrd"].as_str().unwrap())
-            .arg(format!("--append={cmdline}"))
-            .output()
-            .unwrap();
-        assert!(
-            tool.status.success(),
-            "{}",
-            String::from_utf8_lossy(&tool.stderr)
-        );
-        let theirs = String::from_utf8_lossy(&tool.stdout).trim().to_string();
+        let kernel = PathBuf::from(cfg["boot_source"]["kernel"].as_str().unwrap());
+        let initrd = PathBuf::from(cfg["boot_source"]["initrd"].as_str().unwrap());
+        let theirs = bulwark_firmware_abi::build::sev_snp_measure(&SnpMeasureInputs {
+            firmware: firmware(),
+            kernel: &kernel,
+            initrd: Some(&initrd),
+            cmdline,
+            vcpus: u32::from(vcpus),
+            vcpu_type,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ours, theirs, "{vcpus} x {vcpu_type}, cmdline {cmdline:?}");
     }
 }

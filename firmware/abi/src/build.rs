@@ -51,3 +51,65 @@ pub fn build_image(target_dir: &Path) -> Result<PathBuf, String> {
     }
     Ok(image)
 }
+
+/// What `sev-snp-measure --mode snp` is asked to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct SnpMeasureInputs<'a> {
+    /// The firmware image (`--ovmf`).
+    pub firmware: &'a Path,
+    /// The kernel file (`--kernel`).
+    pub kernel: &'a Path,
+    /// The initrd (`--initrd`), if any.
+    pub initrd: Option<&'a Path>,
+    /// The command line (`--append`).
+    pub cmdline: &'a str,
+    /// vCPUs (`--vcpus`).
+    pub vcpus: u32,
+    /// QEMU CPU model (`--vcpu-type`).
+    pub vcpu_type: &'a str,
+}
+
+/// Runs the independent tool `sev-snp-measure` (PyPI; `scripts/setup` installs it into
+/// `target/pytools`, `$SEV_SNP_MEASURE` overrides) and returns the launch digest it
+/// prints (hex). A missing tool is an error that says to run `scripts/setup`.
+pub fn sev_snp_measure(i: &SnpMeasureInputs<'_>) -> Result<String, String> {
+    let tool = std::env::var_os("SEV_SNP_MEASURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pytools/bin/sev-snp-measure")
+        });
+    if !tool.exists() {
+        return Err(std::format!(
+            "sev-snp-measure not found at {}: run scripts/setup",
+            tool.display()
+        ));
+    }
+    let mut cmd = Command::new(&tool);
+    cmd.args([
+        "--mode",
+        "snp",
+        "--output-format",
+        "hex",
+        "--vcpu-type",
+        i.vcpu_type,
+    ])
+    .arg(std::format!("--vcpus={}", i.vcpus))
+    .arg("--ovmf")
+    .arg(i.firmware)
+    .arg("--kernel")
+    .arg(i.kernel)
+    .arg(std::format!("--append={}", i.cmdline));
+    if let Some(initrd) = i.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| std::format!("running {}: {e}", tool.display()))?;
+    if !out.status.success() {
+        return Err(std::format!(
+            "sev-snp-measure failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
