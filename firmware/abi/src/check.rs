@@ -213,6 +213,8 @@ pub struct KernelImage {
 
 /// Offset of the setup header in the file and in the zero page.
 const HDR: usize = 0x1f1;
+/// Where the setup header's slot in the zero page ends (`edd_mbr_sig_buffer` follows).
+const ZERO_PAGE_HDR_END: usize = 0x290;
 
 impl KernelImage {
     /// Reads the setup header of `kernel` (the whole verified file).
@@ -246,11 +248,15 @@ impl KernelImage {
             .checked_sub(setup_len)
             .filter(|&l| l > 0)
             .ok_or(bad("file ends inside its setup sectors"))?;
+        // The header runs to the end of the jump at 0x200 (0x202 + its offset byte)
+        // and must fit its slot in the zero page, [0x1f1, 0x290).
         let header_len = 0x202 + usize::from(get(0x201, 1)?[0]) - HDR;
-        get(HDR, header_len)?;
-        if header_len > 0x290 - HDR + 0x10 {
-            return Err(bad("setup header longer than the zero page allows"));
+        if header_len > ZERO_PAGE_HDR_END - HDR {
+            return Err(bad(
+                "setup header runs past 0x290, its slot in the zero page",
+            ));
         }
+        get(HDR, header_len)?;
         let init_size = u64::from(u32_at(0x260)?).max(pm_len);
         Ok(KernelImage {
             setup_len,
@@ -529,6 +535,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        let mut long = k.clone();
+        long[0x201] = 0xa0;
+        assert_eq!(
+            KernelImage::parse(&long),
+            Err(Refusal::KernelFormat(
+                "setup header runs past 0x290, its slot in the zero page"
+            ))
+        );
         assert!(KernelImage::parse(&k[..1024]).is_err());
         assert!(KernelImage::parse(&k[..0x210]).is_err());
         for cut in 0..k.len() {

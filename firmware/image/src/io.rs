@@ -16,6 +16,14 @@ fn outb(port: u16, value: u8) {
     }
 }
 
+/// The time-stamp counter (to report how long the checks took).
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdtsc` reads a counter into EDX:EAX and touches no memory.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// Text to COM1 (the VMM's 16550 needs no set-up to transmit).
 #[derive(Debug)]
 pub struct Serial;

@@ -24,12 +24,13 @@ use io::Serial;
 /// Called by `entry.rs` in long mode on the firmware's stack.
 #[no_mangle]
 extern "C" fn firmware_main() -> ! {
+    let started = io::rdtsc();
     let _ = writeln!(
         Serial,
         "bulwark-firmware {}: checking the staged kernel",
         env!("CARGO_PKG_VERSION")
     );
-    match boot() {
+    match boot(started) {
         Ok(never) => match never {},
         Err(refusal) => {
             let code = refusal.exit_code();
@@ -42,7 +43,7 @@ extern "C" fn firmware_main() -> ! {
     }
 }
 
-fn boot() -> Result<Infallible, Refusal> {
+fn boot(started: u64) -> Result<Infallible, Refusal> {
     // SAFETY: the boot-info page is the firmware's fixed page (map::BOOT_INFO), RAM in
     // every layout the VMM builds; nothing writes it while it is read.
     let info =
@@ -98,6 +99,11 @@ fn boot() -> Result<Infallible, Refusal> {
         kernel.len(),
         initrd.len(),
         image.entry()
+    );
+    let _ = writeln!(
+        Serial,
+        "bulwark-firmware: checked and copied in {} TSC cycles",
+        io::rdtsc().wrapping_sub(started)
     );
     // SAFETY: the kernel was verified and copied to its load address, its zero page
     // built; the firmware ends here.

@@ -195,17 +195,22 @@ fw_predicted=$(sed -n 's/^  "measurement": "\([0-9a-f]*\)",*$/\1/p' /tmp/measure
 run_case fwnotfound
 fw_console=$(tr -d '\r' </tmp/gi-fwnotfound.log 2>/dev/null)
 fw_line=$(echo "$fw_console" | grep -m1 '^bulwark-firmware: kernel')
+# The firmware's own time: its TSC cycles at L1's TSC rate (L2's TSC runs at L1's).
+fw_cycles=$(echo "$fw_console" | sed -n 's/^bulwark-firmware: checked and copied in \([0-9]*\) TSC cycles$/\1/p')
+tsc_mhz=$(dmesg | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz.*/\1/p' | head -n 1)
+fw_ms=$(awk -v c="${fw_cycles:-0}" -v m="${tsc_mhz:-0}" 'BEGIN { if (m > 0) printf "%.0f", c / m / 1000; else print "?" }')
 l=$(hline fwnotfound 'HOST-REFUSAL ')
 case $l in
   *"reason=workload_not_found "*'/bin/no-such-workload'*)
     if [ -n "$fw_line" ] && powered_off fwnotfound; then
-      lab_pass gi-fw-boot "$fw_line; then bulwark-init: $l; clean power-off; case time ${secs_fwnotfound} s through the firmware, ${secs_notfound} s direct"
+      lab_pass gi-fw-boot "$fw_line; firmware checks and copy ${fw_ms} ms (${fw_cycles} TSC cycles at ${tsc_mhz} MHz); then bulwark-init: $l; clean power-off; case time ${secs_fwnotfound} s through the firmware, ${secs_notfound} s direct"
     else
       lab_fail gi-fw-boot "firmware line '$fw_line', power-off status $status_fwnotfound"
     fi ;;
   *) lab_fail gi-fw-boot "expected the notfound refusal after the firmware: '$l'; console: $(echo "$fw_console" | head -n 5 | tr '\n' ' ')" ;;
 esac
-fw_booted=$(sed -n 's/^bulwark-vmm: launch measurement \([0-9a-f]*\)$/\1/p' /tmp/vmm-fwnotfound.out)
+# The booted value, from bulwark-vmm's "VM built" log line (API mode).
+fw_booted=$(grep 'VM built' /tmp/vmm-fwnotfound.out | grep -o '[0-9a-f]\{96\}' | head -n 1)
 if [ -n "$fw_predicted" ] && [ "$fw_predicted" = "$fw_booted" ] && grep -q '"firmware-hashes' /tmp/measure-fw.json; then
   lab_pass gi-fw-measurement "measure = booted = $fw_booted (firmware, hashes table and staged blobs measured)"
 else
@@ -215,7 +220,7 @@ fw_tamper_ok=1
 fw_tamper_detail=""
 for c in kernel:52:'kernel SHA-256 does not match' initrd:51:'initrd SHA-256 does not match' cmdline:50:'command line SHA-256 does not match'; do
   comp=${c%%:*}; rest=${c#*:}; code=${rest%%:*}; reason=${rest#*:}
-  rm -f /tmp/gi-fwnotfound.log /tmp/gi.sock_1024
+  rm -f /tmp/gi-fwnotfound.log /tmp/gi.sock /tmp/gi.sock_1024
   out=$(timeout -s KILL 120 lab-firmware-tamper /lab/gi/vm-fwnotfound.json $comp 2>&1)
   console=$(tr -d '\r' </tmp/gi-fwnotfound.log 2>/dev/null)
   echo "--- tamper $comp: $out ---"
