@@ -17,7 +17,7 @@ use crate::boot_source::{BootInputs, BootPayload};
 use crate::config::{ApStart, LinuxEntry, RawEntry, RawMode, VmConfig};
 use crate::layout::*;
 use crate::measurement::{sha384_field, text, Event, Field, Measurement};
-use crate::plan::MachinePlan;
+use crate::plan::{BootPlacements, MachinePlan};
 
 /// CPU mode the vCPUs start in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,6 +105,8 @@ pub(crate) struct Writer<'a> {
     pub(crate) layout: &'a MemoryLayout,
     /// The guest's e820 map, from the machine plan.
     pub(crate) e820: &'a [E820Entry],
+    /// Where the boot structures go, from the machine plan.
+    pub(crate) boot: &'a BootPlacements,
     events: Vec<Event>,
 }
 
@@ -193,9 +195,9 @@ fn write_long_mode_structures(w: &mut Writer, mode: EntryMode) -> Result<(), Boo
         .iter()
         .flat_map(|e| e.to_le_bytes())
         .collect();
-    w.put("boot-gdt", BOOT_GDT_ADDR, &g)?;
+    w.put("boot-gdt", w.boot.gdt, &g)?;
     if mode == EntryMode::Long64 {
-        w.put("boot-page-tables", PML4_ADDR, &page_tables())?;
+        w.put("boot-page-tables", w.boot.page_tables, &page_tables())?;
     }
     Ok(())
 }
@@ -259,6 +261,7 @@ pub fn prepare_with(
         mem,
         layout,
         e820: &machine.e820,
+        boot: &machine.boot,
         events: machine_events(cfg, machine, &inputs.origin),
     };
     // ACPI tables first (the first blob), so a payload that would overlap them is
@@ -266,10 +269,10 @@ pub fn prepare_with(
     let rsdp = match &machine.acpi {
         Some(p) => {
             let tables = p.build(layout)?;
-            w.put("acpi-tables", ACPI_TABLES_START, &tables.bytes)?;
+            w.put("acpi-tables", machine.boot.acpi_tables, &tables.bytes)?;
             w.put(
                 "reset-vector",
-                crate::acpi::RESET_VECTOR,
+                machine.boot.reset_vector,
                 &crate::acpi::RESET_VECTOR_CODE,
             )?;
             Some(tables.rsdp_addr())
@@ -537,11 +540,11 @@ fn pvh_entry(
     })
 }
 
-/// Writes the command line, NUL-terminated, at `CMDLINE_ADDR`; returns its bytes.
+/// Writes the command line, NUL-terminated, at its placement; returns its bytes.
 fn put_cmdline(w: &mut Writer, cmdline: &str) -> Result<Vec<u8>, BootError> {
     let mut cl = cmdline.as_bytes().to_vec();
     cl.push(0);
-    w.put("cmdline", CMDLINE_ADDR, &cl)?;
+    w.put("cmdline", w.boot.cmdline, &cl)?;
     Ok(cl)
 }
 
@@ -555,7 +558,7 @@ fn put_initrd(
     let Some(data) = initrd else {
         return Ok(None);
     };
-    let limit = w.layout.low_ram_end().min(0x3800_0000);
+    let limit = w.boot.linux_initrd_limit;
     let len = data.len() as u64;
     let at = limit
         .checked_sub(len)
@@ -579,12 +582,12 @@ fn put_pvh_start_info(
     initrd_at: Option<(u64, u64)>,
 ) -> Result<EntryState, BootError> {
     write_long_mode_structures(w, EntryMode::Protected32)?;
-    let e820 = w.e820;
+    let (e820, place) = (w.e820, *w.boot);
     let mut start = hvm_start_info {
         magic: 0x336e_c578,
         version: 1,
-        cmdline_paddr: CMDLINE_ADDR,
-        memmap_paddr: PVH_MEMMAP_ADDR,
+        cmdline_paddr: place.cmdline,
+        memmap_paddr: place.pvh_memmap,
         memmap_entries: e820.len() as u32,
         rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
@@ -602,7 +605,7 @@ fn put_pvh_start_info(
     }
     let mut modules = Vec::new();
     if let Some((at, len)) = initrd_at {
-        let modlist_at = PVH_MEMMAP_ADDR + map.len() as u64;
+        let modlist_at = place.pvh_memmap + map.len() as u64;
         start.nr_modules = 1;
         start.modlist_paddr = modlist_at;
         let m = hvm_modlist_entry {
@@ -613,21 +616,21 @@ fn put_pvh_start_info(
         modules.extend_from_slice(m.as_slice());
     }
     blob.extend_from_slice(start.as_slice());
-    blob.resize((PVH_MEMMAP_ADDR - PVH_INFO_ADDR) as usize, 0);
+    blob.resize((place.pvh_memmap - place.pvh_start_info) as usize, 0);
     blob.extend_from_slice(&map);
     blob.extend_from_slice(&modules);
-    if PVH_INFO_ADDR + blob.len() as u64 > ZERO_PAGE_ADDR {
+    if place.pvh_start_info + blob.len() as u64 > place.zero_page {
         return Err(BootError::Memory(
             "PVH start info overflows its area".into(),
         ));
     }
-    w.put("pvh-start-info", PVH_INFO_ADDR, &blob)?;
+    w.put("pvh-start-info", place.pvh_start_info, &blob)?;
     Ok(EntryState {
         mode: EntryMode::Protected32,
         rip: entry,
         rsp: 0,
         rsi: 0,
-        rbx: PVH_INFO_ADDR,
+        rbx: place.pvh_start_info,
         aps: ApStart::WaitForSipi,
     })
 }
@@ -644,7 +647,7 @@ fn put_zero_page(
     initrd_at: Option<(u64, u64)>,
 ) -> Result<EntryState, BootError> {
     write_long_mode_structures(w, EntryMode::Long64)?;
-    let e820 = w.e820;
+    let (e820, place) = (w.e820, *w.boot);
     let mut params = boot_params {
         hdr: loaded.setup_header.unwrap_or(setup_header {
             boot_flag: 0xaa55,
@@ -656,7 +659,7 @@ fn put_zero_page(
     };
     params.hdr.type_of_loader = 0xff;
     params.acpi_rsdp_addr = rsdp.unwrap_or(0);
-    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmd_line_ptr = place.cmdline as u32;
     params.hdr.cmdline_size = cmdline_size as u32;
     if let Some((at, len)) = initrd_at {
         params.hdr.ramdisk_image = at as u32;
@@ -673,7 +676,7 @@ fn put_zero_page(
         };
     }
     params.e820_entries = e820.len() as u8;
-    w.put("linux-zero-page", ZERO_PAGE_ADDR, params.as_slice())?;
+    w.put("linux-zero-page", place.zero_page, params.as_slice())?;
     let entry = if is_elf {
         loaded.kernel_load.0
     } else {
@@ -683,8 +686,8 @@ fn put_zero_page(
     Ok(EntryState {
         mode: EntryMode::Long64,
         rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rsi: ZERO_PAGE_ADDR,
+        rsp: place.stack_pointer,
+        rsi: place.zero_page,
         rbx: 0,
         aps: ApStart::WaitForSipi,
     })

@@ -23,7 +23,11 @@ use bulwark_virtio::{MmioTransport, MMIO_REGION_SIZE};
 use crate::acpi::{AcpiPlatform, PciHostAcpi};
 use crate::config::{DevicesConfig, SerialOutput, VirtioTransport, VmConfig};
 use crate::devices::{COM1_BASE, COM1_IRQ, DEBUG_EXIT_PORT, I8042_BASE};
-use crate::layout::{E820Entry, MemoryLayout, PCI_ECAM_START, VIRTIO_MMIO_START, VIRTIO_PCI_START};
+use crate::layout::{
+    E820Entry, MemoryLayout, ACPI_TABLES_START, BOOT_GDT_ADDR, BOOT_STACK_POINTER, CMDLINE_ADDR,
+    PCI_ECAM_START, PML4_ADDR, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, VIRTIO_MMIO_START, VIRTIO_PCI_START,
+    ZERO_PAGE_ADDR,
+};
 use crate::vfio::{AssignedSlot, HostDevice, FIRST_SLOT};
 use crate::virtio::{Slot, SlotKind};
 
@@ -49,7 +53,58 @@ pub struct MachinePlan {
     pub mmio_cmdline: Vec<String>,
     /// What the ACPI tables describe, or `None` when `machine.acpi` is off.
     pub acpi: Option<AcpiPlatform>,
+    /// Where the loaders put the boot structures.
+    pub boot: BootPlacements,
 }
+
+/// Where the loaders write the boot structures (guest-physical addresses, from
+/// `layout.rs` and the memory layout). Only the initrd's and a raw image's own
+/// placement depend on the boot payload, and the loaders decide those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootPlacements {
+    /// The ACPI tables (RSDP first), with `machine.acpi`.
+    pub acpi_tables: u64,
+    /// The reset-vector stub (F000:FFF0), with `machine.acpi`.
+    pub reset_vector: u64,
+    /// The boot GDT.
+    pub gdt: u64,
+    /// The boot identity map's PML4 (its PDPT and page directories follow).
+    pub page_tables: u64,
+    /// The Linux command line, NUL-terminated.
+    pub cmdline: u64,
+    /// The Linux zero page (`struct boot_params`).
+    pub zero_page: u64,
+    /// The PVH `hvm_start_info`.
+    pub pvh_start_info: u64,
+    /// The PVH memory map, right after the start info (the module list follows it).
+    pub pvh_memmap: u64,
+    /// The 64-bit Linux entry's stack pointer.
+    pub stack_pointer: u64,
+    /// A direct Linux boot's initrd ends below this: the top of low RAM, at most
+    /// 896 MiB (old kernels' `initrd_addr_max`).
+    pub linux_initrd_limit: u64,
+}
+
+impl BootPlacements {
+    /// The placements on `layout`.
+    pub fn new(layout: &MemoryLayout) -> BootPlacements {
+        BootPlacements {
+            acpi_tables: ACPI_TABLES_START,
+            reset_vector: crate::acpi::RESET_VECTOR,
+            gdt: BOOT_GDT_ADDR,
+            page_tables: PML4_ADDR,
+            cmdline: CMDLINE_ADDR,
+            zero_page: ZERO_PAGE_ADDR,
+            pvh_start_info: PVH_INFO_ADDR,
+            pvh_memmap: PVH_MEMMAP_ADDR,
+            stack_pointer: BOOT_STACK_POINTER,
+            linux_initrd_limit: layout.low_ram_end().min(LINUX_INITRD_MAX),
+        }
+    }
+}
+
+/// Old kernels' `initrd_addr_max` (896 MiB).
+const LINUX_INITRD_MAX: u64 = 0x3800_0000;
 
 /// PCI bus 0 of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +142,7 @@ impl MachinePlan {
         let acpi = acpi_platform(cfg, mmio, pci.as_ref().map(|p| p.last_bus));
         MachinePlan {
             e820: layout.e820(),
+            boot: BootPlacements::new(&layout),
             layout,
             virtio,
             pci,
