@@ -32,7 +32,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
 use crate::bus::{Bus, BusAction, BusDevice, BusError};
-use crate::config::{SerialOutput, VmConfig};
+use crate::config::VmConfig;
 use crate::layout::{
     MemoryLayout, ACPI_SCI_GSI, ACPI_SLEEP_PORT, ACPI_TABLES_START, IOAPIC_START, LAPIC_START,
     PCI_ECAM_SIZE, PCI_ECAM_START, PCI_INTX_FIRST_GSI, PCI_MMIO32_SIZE, PCI_MMIO32_START,
@@ -407,29 +407,20 @@ fn mcfg(pci: &PciHostAcpi) -> Vec<u8> {
 }
 
 /// The platform `cfg` describes, or `None` when `machine.acpi` is off. Boot and
-/// `bulwark-vmm measure` both build the tables from this, so they agree.
+/// `bulwark-vmm measure` both build the tables from the machine plan's copy of it
+/// ([`crate::plan::MachinePlan::acpi`]), so they agree; this computes the same for
+/// `cfg` alone.
 ///
-/// Devices that other modules put on the buses are added here when configured:
+/// Devices that other modules put on the buses are added when configured:
 /// virtio-mmio windows to `virtio_mmio`, the PCI host bridge to `pci`.
 pub fn platform(cfg: &VmConfig) -> Option<AcpiPlatform> {
-    cfg.machine.acpi.then(|| AcpiPlatform {
-        vcpus: cfg.machine.vcpus,
-        serial: cfg.devices.serial != SerialOutput::None,
-        virtio_mmio: crate::virtio::mmio_devices(&cfg.devices),
-        // The PCI root bus exists with assigned devices or virtio-pci
-        // (`pci::bus_exists`): bus 0 and one secondary bus per assigned device (behind
-        // its root port), no I/O window (no I/O BARs are offered).
-        pci: crate::pci::bus_exists(&cfg.devices).then_some(PciHostAcpi {
-            last_bus: cfg.devices.vfio.len() as u8,
-            io_window: None,
-        }),
-    })
+    crate::plan::acpi_platform_of(cfg)
 }
 
-/// Puts the power-management registers on the port bus when `cfg` has ACPI; returns
-/// the device (for its counter).
-pub fn attach(cfg: &VmConfig, pio: &Bus) -> Result<Option<Arc<PowerManagement>>, BusError> {
-    if !cfg.machine.acpi {
+/// Puts the power-management registers on the port bus when the VM has ACPI
+/// (`enabled`); returns the device (for its counter).
+pub fn attach(enabled: bool, pio: &Bus) -> Result<Option<Arc<PowerManagement>>, BusError> {
+    if !enabled {
         return Ok(None);
     }
     let pm = Arc::new(PowerManagement::default());

@@ -245,7 +245,7 @@ async fn put_devices(State(s): State<AppState>, body: Bytes) -> Result<StatusCod
     d.validate()?;
     let mut st = s.lock();
     not_started(&st)?;
-    crate::virtio::validate(&d, st.pending.boot_source.as_ref())?;
+    d.validate_virtio(st.pending.boot_source.as_ref())?;
     st.pending.devices = d;
     Ok(StatusCode::NO_CONTENT)
 }

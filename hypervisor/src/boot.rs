@@ -15,9 +15,9 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot_source::{BootInputs, BootPayload};
 use crate::config::{ApStart, LinuxEntry, RawEntry, RawMode, VmConfig};
-use crate::devices::device_list;
 use crate::layout::*;
 use crate::measurement::{sha384_field, text, Event, Field, Measurement};
+use crate::plan::{BootPlacements, MachinePlan};
 
 /// CPU mode the vCPUs start in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,6 +103,10 @@ pub struct BootPlan {
 pub(crate) struct Writer<'a> {
     mem: &'a GuestMemoryMmap,
     pub(crate) layout: &'a MemoryLayout,
+    /// The guest's e820 map, from the machine plan.
+    pub(crate) e820: &'a [E820Entry],
+    /// Where the boot structures go, from the machine plan.
+    pub(crate) boot: &'a BootPlacements,
     events: Vec<Event>,
 }
 
@@ -191,30 +195,27 @@ fn write_long_mode_structures(w: &mut Writer, mode: EntryMode) -> Result<(), Boo
         .iter()
         .flat_map(|e| e.to_le_bytes())
         .collect();
-    w.put("boot-gdt", BOOT_GDT_ADDR, &g)?;
+    w.put("boot-gdt", w.boot.gdt, &g)?;
     if mode == EntryMode::Long64 {
-        w.put("boot-page-tables", PML4_ADDR, &page_tables())?;
+        w.put("boot-page-tables", w.boot.page_tables, &page_tables())?;
     }
     Ok(())
 }
 
 fn machine_events(
     cfg: &VmConfig,
-    layout: &MemoryLayout,
+    machine: &MachinePlan,
     signed: &crate::boot_source::Origin,
-    passthrough: &[String],
 ) -> Vec<Event> {
-    let e820 = layout.e820();
+    let (layout, e820, devices) = (&machine.layout, &machine.e820, &machine.devices);
     let mut map = vec![Field::U32(e820.len() as u32)];
-    for e in &e820 {
+    for e in e820 {
         map.extend([
             Field::U64(e.addr),
             Field::U64(e.size),
             Field::U32(e.kind.code()),
         ]);
     }
-    let mut devices = device_list(&cfg.devices);
-    devices.extend_from_slice(passthrough);
     let mut dev = vec![Field::U32(devices.len() as u32)];
     dev.extend(devices.iter().map(|d| text(d)));
     vec![
@@ -247,39 +248,31 @@ fn machine_events(
     ]
 }
 
-/// Loads `inputs` into `mem` for `cfg` and returns the entry state and measurement.
-pub fn prepare(
-    cfg: &VmConfig,
-    layout: &MemoryLayout,
-    inputs: &BootInputs,
-    mem: &GuestMemoryMmap,
-) -> Result<BootPlan, BootError> {
-    prepare_with(cfg, layout, inputs, mem, &[])
-}
-
-/// [`prepare`], with `passthrough` (the PCI host bridge and assigned devices, from
-/// `vfio::measured_entries`) appended to the measured device list.
+/// Loads `inputs` into `mem` for `cfg` at the placements of `machine` (its plan,
+/// [`MachinePlan::new`]) and returns the entry state and measurement.
 pub fn prepare_with(
     cfg: &VmConfig,
-    layout: &MemoryLayout,
+    machine: &MachinePlan,
     inputs: &BootInputs,
     mem: &GuestMemoryMmap,
-    passthrough: &[String],
 ) -> Result<BootPlan, BootError> {
+    let layout = &machine.layout;
     let mut w = Writer {
         mem,
         layout,
-        events: machine_events(cfg, layout, &inputs.origin, passthrough),
+        e820: &machine.e820,
+        boot: &machine.boot,
+        events: machine_events(cfg, machine, &inputs.origin),
     };
     // ACPI tables first (the first blob), so a payload that would overlap them is
     // refused by the loaders below rather than silently overwriting them.
-    let rsdp = match crate::acpi::platform(cfg) {
+    let rsdp = match &machine.acpi {
         Some(p) => {
             let tables = p.build(layout)?;
-            w.put("acpi-tables", ACPI_TABLES_START, &tables.bytes)?;
+            w.put("acpi-tables", machine.boot.acpi_tables, &tables.bytes)?;
             w.put(
                 "reset-vector",
-                crate::acpi::RESET_VECTOR,
+                machine.boot.reset_vector,
                 &crate::acpi::RESET_VECTOR_CODE,
             )?;
             Some(tables.rsdp_addr())
@@ -301,13 +294,8 @@ pub fn prepare_with(
         } => {
             // Without ACPI the virtio-mmio devices are announced on the command line
             // (measured with it, as written into guest memory); with ACPI the DSDT
-            // describes them (`LNRO0005`), and announcing them twice would make a
-            // kernel that reads both register each device twice.
-            let cmdline = if cfg.machine.acpi {
-                cmdline.to_string()
-            } else {
-                crate::virtio::append_cmdline(cmdline, &cfg.devices)
-            };
+            // describes them (`LNRO0005`).
+            let cmdline = machine.linux_cmdline(cmdline);
             match &inputs.firmware {
                 Some(firmware) => {
                     let (entry, table) = crate::firmware_boot::stage(
@@ -480,15 +468,39 @@ fn load_linux(
     want: LinuxEntry,
     rsdp: Option<u64>,
 ) -> Result<EntryState, BootError> {
+    check_cmdline(cmdline)?;
+    let (loaded, is_elf) = load_kernel(w, kernel, rsdp.is_some())?;
+    let pvh = pvh_entry(want, &loaded, is_elf)?;
+    let cl = put_cmdline(w, cmdline)?;
+    let initrd_at = put_initrd(w, initrd, loaded.kernel_end)?;
+    match pvh {
+        Some(entry) => put_pvh_start_info(w, entry, rsdp, initrd_at),
+        None => put_zero_page(w, &loaded, is_elf, cl.len(), rsdp, initrd_at),
+    }
+}
+
+/// A Linux command line must fit its area with its NUL and hold no NUL itself.
+fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
     if cmdline.len() as u64 >= CMDLINE_MAX_SIZE || cmdline.as_bytes().contains(&0) {
         return Err(BootError::Cmdline(format!(
             "must be shorter than {CMDLINE_MAX_SIZE} bytes and hold no NUL"
         )));
     }
+    Ok(())
+}
+
+/// Loads a vmlinux ELF (its segments checked first) or a bzImage above `HIMEM_START`
+/// and measures the file where it was loaded; returns the loader's result and
+/// whether it was an ELF.
+fn load_kernel(
+    w: &mut Writer,
+    kernel: &[u8],
+    acpi: bool,
+) -> Result<(KernelLoaderResult, bool), BootError> {
     let is_elf = kernel.starts_with(b"\x7fELF");
     let himem = Some(GuestAddress(HIMEM_START));
     let loaded: KernelLoaderResult = if is_elf {
-        check_elf_segments(kernel, w.layout, rsdp.is_some())?;
+        check_elf_segments(kernel, w.layout, acpi)?;
         Elf::load(w.mem, None, &mut Cursor::new(kernel), himem)
             .map_err(|e| BootError::Kernel(format!("vmlinux ELF: {e}")))?
     } else {
@@ -504,7 +516,17 @@ fn load_linux(
         loaded.kernel_load.0,
         kernel,
     );
-    let pvh = match (want, loaded.pvh_boot_cap) {
+    Ok((loaded, is_elf))
+}
+
+/// The PVH entry point to use, if any: `auto` takes a vmlinux's PVH note when there
+/// is one, `pvh` requires it.
+fn pvh_entry(
+    want: LinuxEntry,
+    loaded: &KernelLoaderResult,
+    is_elf: bool,
+) -> Result<Option<u64>, BootError> {
+    Ok(match (want, loaded.pvh_boot_cap) {
         (LinuxEntry::Linux64, _) => None,
         (LinuxEntry::Auto | LinuxEntry::Pvh, PvhBootCapability::PvhEntryPresent(a)) if is_elf => {
             Some(a.0)
@@ -515,89 +537,117 @@ fn load_linux(
             ))
         }
         (LinuxEntry::Auto, _) => None,
-    };
+    })
+}
 
-    // Command line, NUL-terminated.
+/// Writes the command line, NUL-terminated, at its placement; returns its bytes.
+fn put_cmdline(w: &mut Writer, cmdline: &str) -> Result<Vec<u8>, BootError> {
     let mut cl = cmdline.as_bytes().to_vec();
     cl.push(0);
-    w.put("cmdline", CMDLINE_ADDR, &cl)?;
+    w.put("cmdline", w.boot.cmdline, &cl)?;
+    Ok(cl)
+}
 
-    // Initrd at the top of low RAM (below 896 MiB for old kernels' initrd_addr_max).
-    let initrd_at = match initrd {
-        Some(data) => {
-            let limit = w.layout.low_ram_end().min(0x3800_0000);
-            let len = data.len() as u64;
-            let at = limit
-                .checked_sub(len)
-                .map(|a| a & !0xfff)
-                .filter(|&a| a >= loaded.kernel_end && a >= BOOT_AREA_END)
-                .ok_or_else(|| {
-                    BootError::Initrd(format!(
-                        "{len} bytes do not fit between the kernel and {limit:#x}"
-                    ))
-                })?;
-            w.put("initrd", at, data)?;
-            Some((at, len))
-        }
-        None => None,
+/// Writes the initrd at the top of low RAM (below 896 MiB for old kernels'
+/// `initrd_addr_max`), above the kernel; returns `(address, length)`.
+fn put_initrd(
+    w: &mut Writer,
+    initrd: Option<&[u8]>,
+    kernel_end: u64,
+) -> Result<Option<(u64, u64)>, BootError> {
+    let Some(data) = initrd else {
+        return Ok(None);
     };
+    let limit = w.boot.linux_initrd_limit;
+    let len = data.len() as u64;
+    let at = limit
+        .checked_sub(len)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= kernel_end && a >= BOOT_AREA_END)
+        .ok_or_else(|| {
+            BootError::Initrd(format!(
+                "{len} bytes do not fit between the kernel and {limit:#x}"
+            ))
+        })?;
+    w.put("initrd", at, data)?;
+    Ok(Some((at, len)))
+}
 
-    let e820 = w.layout.e820();
-    if let Some(entry) = pvh {
-        write_long_mode_structures(w, EntryMode::Protected32)?;
-        let mut start = hvm_start_info {
-            magic: 0x336e_c578,
-            version: 1,
-            cmdline_paddr: CMDLINE_ADDR,
-            memmap_paddr: PVH_MEMMAP_ADDR,
-            memmap_entries: e820.len() as u32,
-            rsdp_paddr: rsdp.unwrap_or(0),
+/// The PVH boot: the 32-bit GDT, then the start info with the memory map and the
+/// initrd module after it; the vCPUs enter `entry` in protected mode.
+fn put_pvh_start_info(
+    w: &mut Writer,
+    entry: u64,
+    rsdp: Option<u64>,
+    initrd_at: Option<(u64, u64)>,
+) -> Result<EntryState, BootError> {
+    write_long_mode_structures(w, EntryMode::Protected32)?;
+    let (e820, place) = (w.e820, *w.boot);
+    let mut start = hvm_start_info {
+        magic: 0x336e_c578,
+        version: 1,
+        cmdline_paddr: place.cmdline,
+        memmap_paddr: place.pvh_memmap,
+        memmap_entries: e820.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
+        ..Default::default()
+    };
+    let mut blob = Vec::new();
+    let mut map = Vec::new();
+    for e in e820 {
+        let m = hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind.code(),
+            reserved: 0,
+        };
+        map.extend_from_slice(m.as_slice());
+    }
+    let mut modules = Vec::new();
+    if let Some((at, len)) = initrd_at {
+        let modlist_at = place.pvh_memmap + map.len() as u64;
+        start.nr_modules = 1;
+        start.modlist_paddr = modlist_at;
+        let m = hvm_modlist_entry {
+            paddr: at,
+            size: len,
             ..Default::default()
         };
-        let mut blob = Vec::new();
-        let mut map = Vec::new();
-        for e in &e820 {
-            let m = hvm_memmap_table_entry {
-                addr: e.addr,
-                size: e.size,
-                type_: e.kind.code(),
-                reserved: 0,
-            };
-            map.extend_from_slice(m.as_slice());
-        }
-        let mut modules = Vec::new();
-        if let Some((at, len)) = initrd_at {
-            let modlist_at = PVH_MEMMAP_ADDR + map.len() as u64;
-            start.nr_modules = 1;
-            start.modlist_paddr = modlist_at;
-            let m = hvm_modlist_entry {
-                paddr: at,
-                size: len,
-                ..Default::default()
-            };
-            modules.extend_from_slice(m.as_slice());
-        }
-        blob.extend_from_slice(start.as_slice());
-        blob.resize((PVH_MEMMAP_ADDR - PVH_INFO_ADDR) as usize, 0);
-        blob.extend_from_slice(&map);
-        blob.extend_from_slice(&modules);
-        if PVH_INFO_ADDR + blob.len() as u64 > ZERO_PAGE_ADDR {
-            return Err(BootError::Memory(
-                "PVH start info overflows its area".into(),
-            ));
-        }
-        w.put("pvh-start-info", PVH_INFO_ADDR, &blob)?;
-        return Ok(EntryState {
-            mode: EntryMode::Protected32,
-            rip: entry,
-            rsp: 0,
-            rsi: 0,
-            rbx: PVH_INFO_ADDR,
-            aps: ApStart::WaitForSipi,
-        });
+        modules.extend_from_slice(m.as_slice());
     }
+    blob.extend_from_slice(start.as_slice());
+    blob.resize((place.pvh_memmap - place.pvh_start_info) as usize, 0);
+    blob.extend_from_slice(&map);
+    blob.extend_from_slice(&modules);
+    if place.pvh_start_info + blob.len() as u64 > place.zero_page {
+        return Err(BootError::Memory(
+            "PVH start info overflows its area".into(),
+        ));
+    }
+    w.put("pvh-start-info", place.pvh_start_info, &blob)?;
+    Ok(EntryState {
+        mode: EntryMode::Protected32,
+        rip: entry,
+        rsp: 0,
+        rsi: 0,
+        rbx: place.pvh_start_info,
+        aps: ApStart::WaitForSipi,
+    })
+}
 
+/// The Linux 64-bit boot protocol: GDT and page tables, then the zero page (the
+/// kernel's setup header with the command line, initrd, RSDP and e820 map filled in);
+/// the vCPUs enter the 64-bit entry in long mode with RSI at the zero page.
+fn put_zero_page(
+    w: &mut Writer,
+    loaded: &KernelLoaderResult,
+    is_elf: bool,
+    cmdline_size: usize,
+    rsdp: Option<u64>,
+    initrd_at: Option<(u64, u64)>,
+) -> Result<EntryState, BootError> {
     write_long_mode_structures(w, EntryMode::Long64)?;
+    let (e820, place) = (w.e820, *w.boot);
     let mut params = boot_params {
         hdr: loaded.setup_header.unwrap_or(setup_header {
             boot_flag: 0xaa55,
@@ -609,8 +659,8 @@ fn load_linux(
     };
     params.hdr.type_of_loader = 0xff;
     params.acpi_rsdp_addr = rsdp.unwrap_or(0);
-    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    params.hdr.cmdline_size = cl.len() as u32;
+    params.hdr.cmd_line_ptr = place.cmdline as u32;
+    params.hdr.cmdline_size = cmdline_size as u32;
     if let Some((at, len)) = initrd_at {
         params.hdr.ramdisk_image = at as u32;
         params.hdr.ramdisk_size = len as u32;
@@ -618,7 +668,7 @@ fn load_linux(
     if e820.len() > params.e820_table.len() {
         return Err(BootError::Memory("e820 table too long".into()));
     }
-    for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
+    for (slot, e) in params.e820_table.iter_mut().zip(e820) {
         *slot = boot_e820_entry {
             addr: e.addr,
             size: e.size,
@@ -626,7 +676,7 @@ fn load_linux(
         };
     }
     params.e820_entries = e820.len() as u8;
-    w.put("linux-zero-page", ZERO_PAGE_ADDR, params.as_slice())?;
+    w.put("linux-zero-page", place.zero_page, params.as_slice())?;
     let entry = if is_elf {
         loaded.kernel_load.0
     } else {
@@ -636,8 +686,8 @@ fn load_linux(
     Ok(EntryState {
         mode: EntryMode::Long64,
         rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rsi: ZERO_PAGE_ADDR,
+        rsp: place.stack_pointer,
+        rsi: place.zero_page,
         rbx: 0,
         aps: ApStart::WaitForSipi,
     })

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::cpuid::CpuidPolicy;
 use crate::layout::{MemoryLayout, GIB, MIB};
 use crate::memory::Backing;
+use crate::virtio::MAX_ID_LEN;
+
+pub use crate::devices::SerialOutput;
+pub use crate::seccomp::SeccompMode;
+pub use crate::vfio::{VfioDeviceConfig, VfioInterface};
+pub use crate::virtio::{BlockConfig, VirtioTransport, VsockConfig};
 
 /// A complete VM description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,60 +261,16 @@ pub struct DevicesConfig {
     pub virtio_transport: VirtioTransport,
     /// virtio-blk disks, in this order (see `virtio`).
     #[serde(default)]
-    pub block: Vec<crate::virtio::BlockConfig>,
+    pub block: Vec<BlockConfig>,
     /// virtio-vsock with its host side on Unix sockets.
     #[serde(default)]
-    pub vsock: Option<crate::virtio::VsockConfig>,
+    pub vsock: Option<VsockConfig>,
     /// virtio-rng fed from the host's getrandom.
     #[serde(default)]
     pub rng: bool,
     /// Host PCI devices passed through with VFIO (`docs/vfio.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vfio: Vec<VfioDeviceConfig>,
-}
-
-/// How the guest reaches the virtio devices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VirtioTransport {
-    /// virtio-mmio v2 windows from 0xd0000000, one GSI each (described by the DSDT,
-    /// or by `virtio_mmio.device=` without ACPI).
-    #[default]
-    Mmio,
-    /// Modern virtio-pci functions on PCI bus 0 with MSI-X; the bus exists and ACPI
-    /// describes it.
-    Pci,
-}
-
-impl VirtioTransport {
-    /// Whether this is the default, virtio-mmio.
-    pub fn is_mmio(&self) -> bool {
-        *self == VirtioTransport::Mmio
-    }
-}
-
-/// One host PCI device assigned to the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VfioDeviceConfig {
-    /// Host PCI address, `0000:41:00.0`.
-    pub bdf: String,
-    /// The VFIO interface to open it through.
-    #[serde(default)]
-    pub interface: VfioInterface,
-}
-
-/// The VFIO user interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VfioInterface {
-    /// Legacy container and group (`/dev/vfio/vfio`, `/dev/vfio/N`).
-    #[default]
-    Container,
-    /// iommufd and the device cdev (`/dev/iommu`, `/dev/vfio/devices/vfioN`; Linux
-    /// 6.6 or later): one IOAS holds the DMA mappings, each device cdev is bound to the
-    /// iommufd and attached to it. Every device of a VM uses the same interface.
-    Iommufd,
 }
 
 impl DevicesConfig {
@@ -355,34 +317,6 @@ impl Default for DevicesConfig {
             vfio: Vec::new(),
         }
     }
-}
-
-/// Where the guest's serial output goes (host side; not part of the measurement).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum SerialOutput {
-    /// The VMM's standard output.
-    #[default]
-    Stdout,
-    /// Appended to a file.
-    File(PathBuf),
-    /// The UART exists but output is dropped.
-    Sink,
-    /// No UART at all.
-    None,
-}
-
-/// Seccomp enforcement for the VMM's threads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SeccompMode {
-    /// A disallowed system call kills the process.
-    #[default]
-    Enforce,
-    /// A disallowed system call is logged by the kernel (audit) and allowed.
-    Log,
-    /// No filter (debugging only).
-    Off,
 }
 
 /// A configuration error naming the offending field.
@@ -473,7 +407,7 @@ impl VmConfig {
         self.devices.validate()?;
         self.boot_source.validate()?;
         self.validate_firmware()?;
-        crate::virtio::validate(&self.devices, Some(&self.boot_source))
+        validate_virtio(&self.devices, Some(&self.boot_source))
     }
 
     /// A firmware boot needs a Linux kernel entered at its 64-bit entry.
@@ -601,6 +535,117 @@ impl MachineConfig {
             None => layout,
         })
     }
+}
+
+impl DevicesConfig {
+    /// Checks the virtio part (`boot`: the boot source, when known, for
+    /// `bundle_rootfs`).
+    pub fn validate_virtio(&self, boot: Option<&BootSource>) -> Result<(), ConfigError> {
+        validate_virtio(self, boot)
+    }
+}
+
+/// Checks the virtio part of the devices configuration (`boot`: the boot source, when
+/// known, for `bundle_rootfs`).
+fn validate_virtio(cfg: &DevicesConfig, boot: Option<&BootSource>) -> Result<(), ConfigError> {
+    let n = cfg.block.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some());
+    match cfg.virtio_transport {
+        VirtioTransport::Mmio if n > crate::virtio::max_devices() => {
+            return Err(ConfigError::new(
+                "devices",
+                format!(
+                    "{n} virtio devices; at most {} fit on virtio-mmio (one GSI each); devices.virtio_transport \"pci\" takes more",
+                    crate::virtio::max_devices()
+                ),
+            ));
+        }
+        VirtioTransport::Pci if n > crate::virtio::max_pci_devices(cfg.vfio.len()) => {
+            return Err(ConfigError::new(
+                "devices",
+                format!(
+                    "{n} virtio-pci devices; beside {} assigned devices bus 0 has room for {}",
+                    cfg.vfio.len(),
+                    crate::virtio::max_pci_devices(cfg.vfio.len())
+                ),
+            ));
+        }
+        _ => {}
+    }
+    // The windows must fit the space the layout reserves for them.
+    debug_assert!(
+        crate::virtio::max_devices() as u64 * bulwark_virtio::MMIO_REGION_SIZE
+            <= crate::layout::VIRTIO_MMIO_SIZE
+    );
+    let mut seen_rootfs = false;
+    for (i, b) in cfg.block.iter().enumerate() {
+        let field = |f: &str| format!("devices.block[{i}].{f}");
+        if b.id.is_empty()
+            || b.id.len() > MAX_ID_LEN
+            || !b
+                .id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+        {
+            return Err(ConfigError::new(
+                field("id"),
+                format!("must be 1..={MAX_ID_LEN} characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        if cfg.block[..i].iter().any(|o| o.id == b.id) {
+            return Err(ConfigError::new(
+                field("id"),
+                format!("duplicate id {:?}", b.id),
+            ));
+        }
+        match (&b.path, b.bundle_rootfs) {
+            (Some(_), true) | (None, false) => {
+                return Err(ConfigError::new(
+                    format!("devices.block[{i}]"),
+                    "give exactly one of `path` and `bundle_rootfs: true`",
+                ));
+            }
+            (Some(p), false) if p.as_os_str().is_empty() => {
+                return Err(ConfigError::new(field("path"), "must not be empty"));
+            }
+            (None, true) => {
+                if boot.is_some_and(|b| !matches!(b, BootSource::Bundle { .. })) {
+                    return Err(ConfigError::new(
+                        field("bundle_rootfs"),
+                        "needs a signed bundle boot source (boot_source.kind: bundle)",
+                    ));
+                }
+                if seen_rootfs {
+                    return Err(ConfigError::new(
+                        field("bundle_rootfs"),
+                        "only one disk can serve the bundle rootfs",
+                    ));
+                }
+                seen_rootfs = true;
+                if b.read_only == Some(false) {
+                    return Err(ConfigError::new(
+                        field("read_only"),
+                        "the bundle rootfs is always read-only",
+                    ));
+                }
+            }
+            (Some(_), false) => {}
+        }
+    }
+    if let Some(v) = &cfg.vsock {
+        if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
+            return Err(ConfigError::new(
+                "devices.vsock.guest_cid",
+                "must be between 3 and 4294967294",
+            ));
+        }
+        if v.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "devices.vsock.uds_path",
+                "must not be empty",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::SeccompMode;
 use crate::control::{Control, RunState};
 use crate::devices::Buses;
 use crate::seccomp;
+use crate::seccomp::SeccompMode;
 
 /// Bytes read from standard input at a time (at most this many wait in the VMM while
 /// the guest's 64-byte FIFO is full: memory stays bounded).
@@ -78,7 +78,13 @@ mod tests {
             serial: SerialOutput::Sink,
             ..Default::default()
         };
-        Buses::new(&cfg, Some(EventFd::new(libc::EFD_NONBLOCK).unwrap())).unwrap()
+        Buses::new(
+            &cfg.serial,
+            cfg.i8042,
+            cfg.debug_exit,
+            Some(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -101,7 +107,7 @@ mod tests {
             serial: SerialOutput::None,
             ..Default::default()
         };
-        let bus = Buses::new(&cfg, None).unwrap();
+        let bus = Buses::new(&cfg.serial, cfg.i8042, cfg.debug_exit, None).unwrap();
         assert_eq!(bus.serial_input(b"abc"), 0);
     }
 }

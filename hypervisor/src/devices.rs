@@ -3,15 +3,31 @@
 //! all-ones, writes are dropped, both are counted and logged (rate-limited).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
 pub use crate::bus::BusAction;
-use crate::config::{DevicesConfig, SerialOutput};
+
+/// Where the guest's serial output goes (host side; not part of the measurement).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// The UART exists but output is dropped.
+    Sink,
+    /// No UART at all.
+    None,
+}
 
 /// COM1 base port.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -23,28 +39,6 @@ pub const I8042_BASE: u16 = 0x60;
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Serial output beyond this many bytes is dropped (a guest must not fill the disk).
 pub const SERIAL_OUTPUT_LIMIT: u64 = 64 << 20;
-
-/// The guest-visible device list, as measured (sorted, stable strings).
-pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
-    let mut v = Vec::new();
-    if cfg.debug_exit {
-        v.push(format!("debug-exit@io:{DEBUG_EXIT_PORT:#x}"));
-    }
-    if cfg.i8042 {
-        v.push(format!(
-            "i8042-reset@io:{I8042_BASE:#x}-{:#x}",
-            I8042_BASE + 4
-        ));
-    }
-    if cfg.serial != SerialOutput::None {
-        v.push(format!(
-            "serial-16550@io:{COM1_BASE:#x}-{:#x},irq:{COM1_IRQ}",
-            COM1_BASE + 7
-        ));
-    }
-    v.extend(crate::virtio::device_list(cfg));
-    v
-}
 
 /// An interrupt line raised through a KVM irqfd.
 #[derive(Debug)]
@@ -182,8 +176,13 @@ impl std::fmt::Debug for Buses {
 
 impl Buses {
     /// Builds the bus; `serial_irq` is the eventfd registered as irqfd for IRQ 4.
-    pub fn new(cfg: &DevicesConfig, serial_irq: Option<EventFd>) -> std::io::Result<Self> {
-        let serial = match (&cfg.serial, serial_irq) {
+    pub fn new(
+        serial: &SerialOutput,
+        i8042: bool,
+        debug_exit: bool,
+        serial_irq: Option<EventFd>,
+    ) -> std::io::Result<Self> {
+        let serial = match (serial, serial_irq) {
             (SerialOutput::None, _) | (_, None) => None,
             (out, Some(evt)) => Some(Mutex::new(Serial::new(
                 IrqLine(evt),
@@ -193,11 +192,9 @@ impl Buses {
         let reset = Latch::default();
         Ok(Buses {
             serial,
-            i8042: cfg
-                .i8042
-                .then(|| Mutex::new(I8042Device::new(reset.clone()))),
+            i8042: i8042.then(|| Mutex::new(I8042Device::new(reset.clone()))),
             reset,
-            debug_exit: cfg.debug_exit,
+            debug_exit,
             pio: Bus::new(),
             mmio: Bus::new(),
             unowned: UnownedCounters::default(),
@@ -309,6 +306,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DevicesConfig;
 
     #[test]
     fn owned_ports_route_and_unowned_are_counted() {
@@ -318,7 +316,13 @@ mod tests {
             debug_exit: true,
             ..Default::default()
         };
-        let bus = Buses::new(&cfg, Some(EventFd::new(0).unwrap())).unwrap();
+        let bus = Buses::new(
+            &cfg.serial,
+            cfg.i8042,
+            cfg.debug_exit,
+            Some(EventFd::new(0).unwrap()),
+        )
+        .unwrap();
         let mut b = [0u8; 1];
         bus.read(COM1_BASE + 5, &mut b); // LSR: transmitter empty
         assert_eq!(b[0] & 0x60, 0x60);
@@ -330,13 +334,5 @@ mod tests {
         bus.read(0x5678, &mut w);
         assert_eq!(w, [0xff; 4]);
         assert_eq!(bus.unowned.pio.load(Ordering::Relaxed), 2);
-    }
-
-    #[test]
-    fn device_list_is_stable_and_reflects_config() {
-        let mut cfg = DevicesConfig::default();
-        assert_eq!(device_list(&cfg).len(), 2);
-        cfg.debug_exit = true;
-        assert!(device_list(&cfg)[0].starts_with("debug-exit"));
     }
 }

@@ -58,8 +58,7 @@ pub(crate) fn stage(
         .map(|a| a & !(map::PAGE - 1))
         .ok_or_else(|| BootError::Kernel("does not fit in guest RAM".into()))?;
     let e820: Vec<E820> = w
-        .layout
-        .e820()
+        .e820
         .iter()
         .map(|e| E820 {
             addr: e.addr,

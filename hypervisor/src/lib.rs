@@ -26,6 +26,7 @@ pub mod layout;
 pub mod measurement;
 pub mod memory;
 pub mod pci;
+pub mod plan;
 pub mod seccomp;
 pub mod signals;
 #[allow(unsafe_code)]

@@ -7,8 +7,20 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
+use serde::{Deserialize, Serialize};
 
-use crate::config::SeccompMode;
+/// Seccomp enforcement for the VMM's threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// A disallowed system call kills the process.
+    #[default]
+    Enforce,
+    /// A disallowed system call is logged by the kernel (audit) and allowed.
+    Log,
+    /// No filter (debugging only).
+    Off,
+}
 
 /// `KVM_RUN` = `_IO(0xAE, 0x80)`.
 const KVM_RUN: u64 = 0xae80;

@@ -6,8 +6,8 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::signal::{block_signal, create_sigset};
 
-use crate::config::SeccompMode;
 use crate::seccomp;
+use crate::seccomp::SeccompMode;
 
 /// The signals that ask the VMM to stop.
 pub const TERMINATION: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];

@@ -1,10 +1,11 @@
 //! The virtio devices of a VM (crate `bulwark-virtio`), on either transport
-//! (`devices.virtio_transport`): their configuration, where each sits (a pure function
-//! of the configuration, so `measure` predicts it), the command-line fragments and
-//! device-list entries that announce them (both measured), and the running set: the
-//! devices, their transports (virtio-mmio here, virtio-pci in `virtio_pci`), queue
-//! notifications as KVM ioeventfds (or, without them, MMIO exits forwarded to the
-//! transport), and one `IoWorker` thread per device under its own seccomp filter.
+//! (`devices.virtio_transport`): their configuration types, the slot types the machine
+//! plan places them in (`plan::virtio_slots`, a pure function of the configuration, so
+//! `measure` predicts it; the plan also holds the command-line fragments and
+//! device-list entries that announce them), and the running set: the devices, their
+//! transports (virtio-mmio here, virtio-pci in `virtio_pci`), queue notifications as
+//! KVM ioeventfds (or, without them, MMIO exits forwarded to the transport), and one
+//! `IoWorker` thread per device under its own seccomp filter.
 //!
 //! Order: the `devices.block` disks in configuration order, then rng, then vsock.
 //! virtio-mmio: device `n` sits at `VIRTIO_MMIO_START + n * 4 KiB` with the `n`th GSI
@@ -29,14 +30,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot_source::BootInputs;
 use crate::bus::{BusAction, BusDevice};
-use crate::config::{BootSource, ConfigError, DevicesConfig, VirtioTransport, VmConfig};
 use crate::control::{Control, ExitReason};
 use crate::devices::Buses;
-use crate::layout::{
-    ACPI_SCI_GSI, VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
-    VIRTIO_PCI_SIZE, VIRTIO_PCI_START,
-};
-use crate::seccomp;
+use crate::layout::{ACPI_SCI_GSI, VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_LAST_GSI, VIRTIO_PCI_SIZE};
+use crate::seccomp::{self, SeccompMode};
 
 /// One virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +72,26 @@ pub struct VsockConfig {
     /// <port>\n`); guest connections to host port `P` go to `<uds_path>_P`. Must not
     /// exist yet; removed when the VMM ends.
     pub uds_path: PathBuf,
+}
+
+/// How the guest reaches the virtio devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VirtioTransport {
+    /// virtio-mmio v2 windows from 0xd0000000, one GSI each (described by the DSDT,
+    /// or by `virtio_mmio.device=` without ACPI).
+    #[default]
+    Mmio,
+    /// Modern virtio-pci functions on PCI bus 0 with MSI-X; the bus exists and ACPI
+    /// describes it.
+    Pci,
+}
+
+impl VirtioTransport {
+    /// Whether this is the default, virtio-mmio.
+    pub fn is_mmio(&self) -> bool {
+        *self == VirtioTransport::Mmio
+    }
 }
 
 /// Longest disk id (the `GET_ID` answer is 20 bytes).
@@ -123,7 +140,7 @@ impl Slot {
 }
 
 /// The GSIs virtio-mmio devices take, in order.
-fn gsis() -> impl Iterator<Item = u32> {
+pub fn gsis() -> impl Iterator<Item = u32> {
     (VIRTIO_MMIO_FIRST_GSI..=VIRTIO_MMIO_LAST_GSI).filter(|&g| g != ACPI_SCI_GSI)
 }
 
@@ -139,234 +156,35 @@ pub fn max_pci_devices(n_vfio: usize) -> usize {
     31usize.saturating_sub(n_vfio).min(bars)
 }
 
-/// The bus 0 device number of virtio-pci device `n` (after the assigned devices).
-pub fn pci_slot(n_vfio: usize, n: usize) -> u8 {
-    (usize::from(crate::vfio::FIRST_SLOT) + n_vfio + n) as u8
-}
-
-fn describe_kind(cfg: &DevicesConfig, kind: &SlotKind) -> String {
-    match kind {
-        SlotKind::Block { index } => {
-            let b = &cfg.block[*index];
-            format!(
-                "virtio-blk,id:{},{},{}",
-                b.id,
-                if b.is_read_only() { "ro" } else { "rw" },
-                if b.bundle_rootfs {
-                    "bundle-rootfs"
-                } else {
-                    "file"
-                }
-            )
-        }
-        SlotKind::Rng => "virtio-rng".to_string(),
-        SlotKind::Vsock => format!(
-            "virtio-vsock,cid:{}",
-            cfg.vsock.as_ref().map_or(0, |v| v.guest_cid)
-        ),
-    }
-}
-
-/// The slots of the configured devices, in order (a pure function of the config).
-/// Devices beyond what the transport has room for are left out (`validate` refuses
-/// such configs).
-pub fn slots(cfg: &DevicesConfig) -> Vec<Slot> {
-    let mut kinds: Vec<SlotKind> = (0..cfg.block.len())
-        .map(|index| SlotKind::Block { index })
-        .collect();
-    if cfg.rng {
-        kinds.push(SlotKind::Rng);
-    }
-    if cfg.vsock.is_some() {
-        kinds.push(SlotKind::Vsock);
-    }
-    match cfg.virtio_transport {
-        VirtioTransport::Mmio => kinds
-            .into_iter()
-            .zip(gsis())
-            .enumerate()
-            .map(|(n, (kind, gsi))| {
-                let base = VIRTIO_MMIO_START + n as u64 * MMIO_REGION_SIZE;
-                let what = describe_kind(cfg, &kind);
-                Slot {
-                    kind,
-                    transport: VirtioTransport::Mmio,
-                    base,
-                    gsi: Some(gsi),
-                    pci_slot: None,
-                    label: format!("{what}@mmio:{base:#x},irq:{gsi}"),
-                }
-            })
-            .collect(),
-        VirtioTransport::Pci => {
-            let n_vfio = cfg.vfio.len();
-            kinds
-                .into_iter()
-                .take(max_pci_devices(n_vfio))
-                .enumerate()
-                .map(|(n, kind)| {
-                    let base = VIRTIO_PCI_START + n as u64 * bulwark_virtio::pci::BAR_SIZE;
-                    let slot = pci_slot(n_vfio, n);
-                    let what = describe_kind(cfg, &kind);
-                    Slot {
-                        kind,
-                        transport: VirtioTransport::Pci,
-                        base,
-                        gsi: None,
-                        pci_slot: Some(slot),
-                        label: format!("{what}@pci:00:{slot:02x}.0,bar0:{base:#x}"),
-                    }
-                })
-                .collect()
-        }
-    }
-}
-
-/// The virtio-mmio devices as `(window base, GSI)` pairs (for the ACPI DSDT; none
-/// with virtio-pci).
-pub fn mmio_devices(cfg: &DevicesConfig) -> Vec<(u64, u32)> {
-    slots(cfg)
-        .iter()
-        .filter_map(|s| s.gsi.map(|g| (s.base, g)))
-        .collect()
-}
-
-/// The measured device-list entries of the virtio-mmio devices (the virtio-pci ones
-/// are on the PCI bus's list, [`pci_device_list`]).
-pub fn device_list(cfg: &DevicesConfig) -> Vec<String> {
-    slots(cfg)
-        .into_iter()
-        .filter(|s| s.transport == VirtioTransport::Mmio)
-        .map(|s| s.label)
-        .collect()
-}
-
-/// The measured device-list entries of the virtio-pci functions, in slot order.
-pub fn pci_device_list(cfg: &DevicesConfig) -> Vec<String> {
-    slots(cfg)
-        .into_iter()
-        .filter(|s| s.transport == VirtioTransport::Pci)
-        .map(|s| s.label)
-        .collect()
-}
-
-/// `cmdline` with one `virtio_mmio.device=4K@BASE:GSI` per virtio-mmio device appended.
-pub fn append_cmdline(cmdline: &str, cfg: &DevicesConfig) -> String {
-    let mut out = cmdline.to_string();
-    for (base, gsi) in mmio_devices(cfg) {
-        if !out.is_empty() && !out.ends_with(' ') {
-            out.push(' ');
-        }
-        out.push_str(&MmioTransport::cmdline_fragment(base, gsi));
-    }
-    out
-}
-
-/// Checks the virtio part of the devices configuration (`boot`: the boot source, when
-/// known, for `bundle_rootfs`).
-pub fn validate(cfg: &DevicesConfig, boot: Option<&BootSource>) -> Result<(), ConfigError> {
-    let n = cfg.block.len() + usize::from(cfg.rng) + usize::from(cfg.vsock.is_some());
-    match cfg.virtio_transport {
-        VirtioTransport::Mmio if n > max_devices() => {
-            return Err(ConfigError::new(
-                "devices",
-                format!(
-                    "{n} virtio devices; at most {} fit on virtio-mmio (one GSI each); devices.virtio_transport \"pci\" takes more",
-                    max_devices()
-                ),
-            ));
-        }
-        VirtioTransport::Pci if n > max_pci_devices(cfg.vfio.len()) => {
-            return Err(ConfigError::new(
-                "devices",
-                format!(
-                    "{n} virtio-pci devices; beside {} assigned devices bus 0 has room for {}",
-                    cfg.vfio.len(),
-                    max_pci_devices(cfg.vfio.len())
-                ),
-            ));
-        }
-        _ => {}
-    }
-    // The windows must fit the space the layout reserves for them.
-    debug_assert!(max_devices() as u64 * MMIO_REGION_SIZE <= VIRTIO_MMIO_SIZE);
-    let mut seen_rootfs = false;
-    for (i, b) in cfg.block.iter().enumerate() {
-        let field = |f: &str| format!("devices.block[{i}].{f}");
-        if b.id.is_empty()
-            || b.id.len() > MAX_ID_LEN
-            || !b
-                .id
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
-        {
-            return Err(ConfigError::new(
-                field("id"),
-                format!("must be 1..={MAX_ID_LEN} characters of [A-Za-z0-9._-]"),
-            ));
-        }
-        if cfg.block[..i].iter().any(|o| o.id == b.id) {
-            return Err(ConfigError::new(
-                field("id"),
-                format!("duplicate id {:?}", b.id),
-            ));
-        }
-        match (&b.path, b.bundle_rootfs) {
-            (Some(_), true) | (None, false) => {
-                return Err(ConfigError::new(
-                    format!("devices.block[{i}]"),
-                    "give exactly one of `path` and `bundle_rootfs: true`",
-                ));
+impl BlockConfig {
+    /// The disk's measured description, before its placement:
+    /// `virtio-blk,id:ID,ro|rw,file|bundle-rootfs`.
+    pub fn label(&self) -> String {
+        format!(
+            "virtio-blk,id:{},{},{}",
+            self.id,
+            if self.is_read_only() { "ro" } else { "rw" },
+            if self.bundle_rootfs {
+                "bundle-rootfs"
+            } else {
+                "file"
             }
-            (Some(p), false) if p.as_os_str().is_empty() => {
-                return Err(ConfigError::new(field("path"), "must not be empty"));
-            }
-            (None, true) => {
-                if boot.is_some_and(|b| !matches!(b, BootSource::Bundle { .. })) {
-                    return Err(ConfigError::new(
-                        field("bundle_rootfs"),
-                        "needs a signed bundle boot source (boot_source.kind: bundle)",
-                    ));
-                }
-                if seen_rootfs {
-                    return Err(ConfigError::new(
-                        field("bundle_rootfs"),
-                        "only one disk can serve the bundle rootfs",
-                    ));
-                }
-                seen_rootfs = true;
-                if b.read_only == Some(false) {
-                    return Err(ConfigError::new(
-                        field("read_only"),
-                        "the bundle rootfs is always read-only",
-                    ));
-                }
-            }
-            (Some(_), false) => {}
-        }
+        )
     }
-    if let Some(v) = &cfg.vsock {
-        if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
-            return Err(ConfigError::new(
-                "devices.vsock.guest_cid",
-                "must be between 3 and 4294967294",
-            ));
-        }
-        if v.uds_path.as_os_str().is_empty() {
-            return Err(ConfigError::new(
-                "devices.vsock.uds_path",
-                "must not be empty",
-            ));
-        }
+}
+
+impl VsockConfig {
+    /// The device's measured description, before its placement: `virtio-vsock,cid:N`.
+    pub fn label(&self) -> String {
+        format!("virtio-vsock,cid:{}", self.guest_cid)
     }
-    Ok(())
 }
 
 /// Checks what the devices need from the boot source (the bundle's rootfs).
-pub fn check_inputs(cfg: &DevicesConfig, inputs: &BootInputs) -> Result<(), ConfigError> {
-    for (i, b) in cfg.block.iter().enumerate() {
+pub fn check_inputs(block: &[BlockConfig], inputs: &BootInputs) -> Result<(), VirtioError> {
+    for (i, b) in block.iter().enumerate() {
         if b.bundle_rootfs && inputs.rootfs.is_none() {
-            return Err(ConfigError::new(
+            return Err(verr(
                 format!("devices.block[{i}].bundle_rootfs"),
                 "the boot source has no rootfs component",
             ));
@@ -378,6 +196,19 @@ pub fn check_inputs(cfg: &DevicesConfig, inputs: &BootInputs) -> Result<(), Conf
 /// Test knob: with this set (to anything), queue notifications are not registered as
 /// KVM ioeventfds and take the MMIO-exit path, as on a host without ioeventfd.
 pub const NO_IOEVENTFD_ENV: &str = "BULWARK_VMM_NO_IOEVENTFD";
+
+/// What the running devices need from the configuration beyond their slots (which
+/// come from the machine plan): the disks' and vsock's host sides, and the seccomp
+/// mode of the worker threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends<'a> {
+    /// `devices.block`, indexed by [`SlotKind::Block`].
+    pub block: &'a [BlockConfig],
+    /// `devices.vsock`.
+    pub vsock: Option<&'a VsockConfig>,
+    /// The seccomp mode of the worker threads.
+    pub seccomp: SeccompMode,
+}
 
 /// A transport on the MMIO bus. One vCPU at a time drives it (the mutex).
 struct TransportOnBus(Mutex<MmioTransport>);
@@ -696,7 +527,8 @@ impl VirtioDevices {
     /// thread, which installs the worker seccomp filter first.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
-        vm_cfg: &VmConfig,
+        slots: &[Slot],
+        cfg: Backends<'_>,
         inputs: &BootInputs,
         mem: &GuestMemoryMmap,
         kvm: &Kvm,
@@ -705,9 +537,8 @@ impl VirtioDevices {
         pci: Option<&crate::pci::PciBus>,
         control: &Arc<Control>,
     ) -> Result<Self, VirtioError> {
-        let (cfg, mode) = (&vm_cfg.devices, vm_cfg.seccomp);
-        check_inputs(cfg, inputs).map_err(|e| verr(e.field, e.message))?;
-        let slots = slots(cfg);
+        let mode = cfg.seccomp;
+        check_inputs(cfg.block, inputs)?;
         if slots.is_empty() {
             return Ok(Self::default());
         }
@@ -718,7 +549,7 @@ impl VirtioDevices {
             tracing::info!("virtio: no KVM ioeventfd; queue notifications exit to the VMM");
         }
         let mut running = Vec::with_capacity(slots.len());
-        for slot in slots {
+        for slot in slots.iter().cloned() {
             let (device, name): (SharedDevice, String) = match &slot.kind {
                 SlotKind::Block { index } => {
                     let b = &cfg.block[*index];
@@ -749,10 +580,7 @@ impl VirtioDevices {
                 }
                 SlotKind::Rng => (Arc::new(Mutex::new(Rng::new())), "virtio-rng".into()),
                 SlotKind::Vsock => {
-                    let v = cfg
-                        .vsock
-                        .as_ref()
-                        .ok_or_else(|| verr("devices.vsock", "missing"))?;
+                    let v = cfg.vsock.ok_or_else(|| verr("devices.vsock", "missing"))?;
                     let dev = Vsock::new(v.guest_cid, &v.uds_path)
                         .map_err(|e| verr("devices.vsock", e))?;
                     (Arc::new(Mutex::new(dev)), "virtio-vsock".into())
@@ -869,191 +697,5 @@ impl VirtioDevices {
 impl Drop for VirtioDevices {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"{"machine":{"vcpus":1,"mem_mib":64},
-        "boot_source":{"kind":"linux","kernel":"k"},
-        "devices":DEV}"#;
-
-    fn parse(dev: &str) -> Result<VmConfig, ConfigError> {
-        VmConfig::from_json(&BASE.replace("DEV", dev))
-    }
-
-    #[test]
-    fn slots_follow_the_layout_plan_and_skip_the_sci() {
-        let c = parse(
-            r#"{"block":[{"id":"a","path":"a.img"},{"id":"b","path":"b.img","read_only":true},
-                {"id":"c","path":"c"},{"id":"d","path":"d"},{"id":"e","path":"e"}],
-                "rng":true,"vsock":{"guest_cid":3,"uds_path":"/tmp/v.sock"}}"#,
-        )
-        .unwrap();
-        let s = slots(&c.devices);
-        assert_eq!(
-            s.iter()
-                .map(|s| (s.base, s.gsi.unwrap()))
-                .collect::<Vec<_>>(),
-            vec![
-                (0xd000_0000, 5),
-                (0xd000_1000, 6),
-                (0xd000_2000, 7),
-                (0xd000_3000, 8),
-                (0xd000_4000, 10),
-                (0xd000_5000, 11),
-                (0xd000_6000, 12)
-            ]
-        );
-        assert_eq!(s[1].label, "virtio-blk,id:b,ro,file@mmio:0xd0001000,irq:6");
-        assert_eq!(s[5].label, "virtio-rng@mmio:0xd0005000,irq:11");
-        assert_eq!(s[6].label, "virtio-vsock,cid:3@mmio:0xd0006000,irq:12");
-        assert_eq!(
-            append_cmdline("console=ttyS0", &c.devices)
-                .split(' ')
-                .nth(1),
-            Some("virtio_mmio.device=4K@0xd0000000:5")
-        );
-        assert_eq!(mmio_devices(&c.devices).len(), 7);
-    }
-
-    #[test]
-    fn pci_slots_follow_the_vfio_devices_and_bars_sit_in_the_reserved_window() {
-        let c = parse(
-            r#"{"virtio_transport":"pci",
-                "vfio":[{"bdf":"0000:41:00.0"},{"bdf":"0000:42:00.0"}],
-                "block":[{"id":"a","path":"a.img","read_only":true}],
-                "rng":true,"vsock":{"guest_cid":3,"uds_path":"/tmp/v.sock"}}"#,
-        )
-        .unwrap();
-        let s = slots(&c.devices);
-        assert_eq!(
-            s.iter()
-                .map(|s| (s.pci_slot, s.base, s.gsi))
-                .collect::<Vec<_>>(),
-            vec![
-                (Some(3), 0xcff0_0000, None),
-                (Some(4), 0xcff0_8000, None),
-                (Some(5), 0xcff1_0000, None)
-            ]
-        );
-        assert_eq!(
-            s[0].label,
-            "virtio-blk,id:a,ro,file@pci:00:03.0,bar0:0xcff00000"
-        );
-        assert_eq!(s[1].label, "virtio-rng@pci:00:04.0,bar0:0xcff08000");
-        assert_eq!(s[2].label, "virtio-vsock,cid:3@pci:00:05.0,bar0:0xcff10000");
-        assert_eq!(s[2].pci_address().as_deref(), Some("00:05.0"));
-        // Nothing on the virtio-mmio side: no windows, no DSDT entries, no fragments.
-        assert!(mmio_devices(&c.devices).is_empty());
-        assert!(device_list(&c.devices).is_empty());
-        assert_eq!(append_cmdline("console=ttyS0", &c.devices), "console=ttyS0");
-        assert_eq!(pci_device_list(&c.devices).len(), 3);
-        // The measured PCI list: host bridge, assigned devices, virtio functions.
-        let hosts: Vec<crate::vfio::HostDevice> = Vec::new();
-        let entries = crate::pci::measured_entries(&c.devices, &hosts);
-        assert_eq!(entries[0], "pci-host@io:0xcf8-0xcff,ecam:0xe0000000");
-        assert_eq!(&entries[1..], &pci_device_list(&c.devices)[..]);
-        // The window holds a BAR0 for every free device number of bus 0.
-        let last = VIRTIO_PCI_START + max_pci_devices(0) as u64 * bulwark_virtio::pci::BAR_SIZE;
-        assert!(last <= VIRTIO_PCI_START + VIRTIO_PCI_SIZE);
-        assert_eq!(
-            VIRTIO_PCI_START + VIRTIO_PCI_SIZE,
-            crate::layout::PCI_MMIO32_START + crate::layout::PCI_MMIO32_SIZE
-        );
-        // Without virtio-pci or assigned devices there is no PCI bus at all.
-        let m = parse(r#"{"rng":true}"#).unwrap();
-        assert!(crate::pci::measured_entries(&m.devices, &hosts).is_empty());
-        assert!(!crate::pci::bus_exists(&m.devices));
-        let bare = parse(r#"{"virtio_transport":"pci"}"#).unwrap();
-        assert_eq!(crate::pci::measured_entries(&bare.devices, &hosts).len(), 1);
-    }
-
-    #[test]
-    fn the_transport_is_validated_and_pci_takes_more_devices_than_mmio() {
-        let field = |dev: &str| parse(dev).unwrap_err();
-        let e = field(r#"{"virtio_transport":"isa"}"#);
-        assert_eq!(e.field, "devices.virtio_transport");
-        assert!(
-            e.message.contains("mmio") && e.message.contains("pci"),
-            "{e}"
-        );
-        let many: Vec<String> = (0..11)
-            .map(|i| format!(r#"{{"id":"d{i}","path":"x"}}"#))
-            .collect();
-        let blocks = many.join(",");
-        let e = field(&format!(r#"{{"block":[{blocks}]}}"#));
-        assert!(e.message.contains("virtio_transport"), "{e}");
-        let c = parse(&format!(
-            r#"{{"virtio_transport":"pci","block":[{blocks}]}}"#
-        ))
-        .unwrap();
-        assert_eq!(slots(&c.devices).len(), 11);
-        // 29 assigned devices leave two device numbers of bus 0.
-        let vfio: Vec<String> = (0..29)
-            .map(|i| format!(r#"{{"bdf":"0000:{:02x}:00.0"}}"#, i + 1))
-            .collect();
-        let vfio = vfio.join(",");
-        let e = field(&format!(
-            r#"{{"virtio_transport":"pci","vfio":[{vfio}],"rng":true,"block":[{{"id":"a","path":"x"}},{{"id":"b","path":"y"}}]}}"#
-        ));
-        assert_eq!(e.field, "devices");
-        assert!(e.message.contains("room for 2"), "{e}");
-        let ok = parse(&format!(
-            r#"{{"virtio_transport":"pci","vfio":[{vfio}],"rng":true,"block":[{{"id":"a","path":"x"}}]}}"#
-        ))
-        .unwrap();
-        assert_eq!(
-            slots(&ok.devices)
-                .iter()
-                .map(|s| s.pci_slot)
-                .collect::<Vec<_>>(),
-            vec![Some(30), Some(31)]
-        );
-        // The default stays virtio-mmio and is not written back out.
-        let d = parse(r#"{"rng":true}"#).unwrap();
-        assert_eq!(d.devices.virtio_transport, VirtioTransport::Mmio);
-        assert!(!serde_json::to_string(&d.devices)
-            .unwrap()
-            .contains("virtio_transport"));
-    }
-
-    #[test]
-    fn bad_devices_are_refused_naming_the_field() {
-        let field = |dev: &str| parse(dev).unwrap_err().field;
-        assert_eq!(
-            field(r#"{"block":[{"id":"","path":"x"}]}"#),
-            "devices.block[0].id"
-        );
-        assert_eq!(
-            field(r#"{"block":[{"id":"a","path":"x"},{"id":"a","path":"y"}]}"#),
-            "devices.block[1].id"
-        );
-        assert_eq!(field(r#"{"block":[{"id":"a"}]}"#), "devices.block[0]");
-        assert_eq!(
-            field(r#"{"block":[{"id":"a","bundle_rootfs":true}]}"#),
-            "devices.block[0].bundle_rootfs"
-        );
-        assert_eq!(
-            field(r#"{"block":[{"id":"a","path":"x","bogus":1}]}"#),
-            "devices.block[0].bogus"
-        );
-        assert_eq!(
-            field(r#"{"vsock":{"guest_cid":2,"uds_path":"/x"}}"#),
-            "devices.vsock.guest_cid"
-        );
-        assert_eq!(
-            field(r#"{"vsock":{"guest_cid":"x","uds_path":"/x"}}"#),
-            "devices.vsock.guest_cid"
-        );
-        let many: Vec<String> = (0..11)
-            .map(|i| format!(r#"{{"id":"d{i}","path":"x"}}"#))
-            .collect();
-        assert_eq!(
-            field(&format!(r#"{{"block":[{}]}}"#, many.join(","))),
-            "devices"
-        );
     }
 }

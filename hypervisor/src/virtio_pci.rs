@@ -1,7 +1,7 @@
 //! The virtio devices on the virtio-pci transport (`devices.virtio_transport: "pci"`):
 //! each device's `bulwark_virtio::PciTransport` as a function on PCI bus 0 (its
 //! configuration space through `pci::PciRoot`, its BAR0 on [`Buses::mmio`] at the
-//! address `virtio::slots` gives it, which the guest may size but never move), its
+//! address the machine plan gives it (`plan::virtio_slots`), which the guest may size but never move), its
 //! queue doorbells as KVM ioeventfds (one address each, no data match) with the
 //! MMIO-exit fallback, and its MSI-X vectors: one eventfd per vector registered as a
 //! KVM irqfd on a GSI from the VM's one [`GsiRouter`] (shared with VFIO), whose MSI

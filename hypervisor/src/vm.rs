@@ -18,8 +18,9 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::control::{Control, ExitReason, RunState};
 use crate::cpuid;
 use crate::devices::{Buses, COM1_IRQ};
-use crate::layout::{MemoryLayout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::memory;
+use crate::plan::MachinePlan;
 use crate::seccomp;
 use crate::vcpu::{self, VcpuStats, VcpuStatsSnapshot};
 
@@ -134,7 +135,7 @@ pub struct Vm {
     _kvm: Kvm,
     _vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
-    layout: MemoryLayout,
+    machine: MachinePlan,
     plan: BootPlan,
     origin: crate::boot_source::Origin,
     cfg: VmConfig,
@@ -188,6 +189,8 @@ impl Vm {
 
         // Host checks for passthrough before anything big is allocated.
         let vfio_hosts = crate::vfio::preflight(&cfg.devices.vfio, layout.mem_size)?;
+        // Every address, slot, GSI and measured device entry, computed once.
+        let machine = MachinePlan::new(cfg, layout, &vfio_hosts);
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
@@ -209,7 +212,7 @@ impl Vm {
             tracing::warn!("host offers no in-kernel PIT; the guest has no PIT");
         }
 
-        let mem = memory::allocate(&layout, cfg.machine.backing)?;
+        let mem = memory::allocate(&machine.layout, cfg.machine.backing)?;
         let prefault = match cfg.machine.prefault_threads {
             0 => None,
             n => {
@@ -222,13 +225,7 @@ impl Vm {
                 Some(t)
             }
         };
-        let plan = prepare_with(
-            cfg,
-            &layout,
-            inputs,
-            &mem,
-            &crate::pci::measured_entries(&cfg.devices, &vfio_hosts),
-        )?;
+        let plan = prepare_with(cfg, &machine, inputs, &mem)?;
         // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
         // so vCPU threads that `stop` gives up on can never touch unmapped memory.
         crate::sys::register_guest_ram(&vm_fd, &mem).map_err(VmError::Host)?;
@@ -242,11 +239,20 @@ impl Vm {
         } else {
             None
         };
-        let bus = Arc::new(Buses::new(&cfg.devices, serial_irq).map_err(VmError::Devices)?);
-        let acpi_pm = crate::acpi::attach(cfg, &bus.pio)
+        let devices = &cfg.devices;
+        let bus = Arc::new(
+            Buses::new(
+                &devices.serial,
+                devices.i8042,
+                devices.debug_exit,
+                serial_irq,
+            )
+            .map_err(VmError::Devices)?,
+        );
+        let acpi_pm = crate::acpi::attach(machine.acpi.is_some(), &bus.pio)
             .map_err(|e| VmError::Config(format!("machine.acpi: power registers: {e}")))?;
         let control = Arc::new(Control::default());
-        let pci = if crate::pci::bus_exists(&cfg.devices) {
+        let pci = if machine.pci.is_some() {
             Some(crate::pci::PciBus::attach(&vm_fd, &bus).map_err(|e| {
                 VmError::Vfio(crate::vfio::VfioSetupError::Device(format!(
                     "PCI host bridge: {e}"
@@ -256,7 +262,12 @@ impl Vm {
             None
         };
         let virtio = crate::virtio::VirtioDevices::build(
-            cfg,
+            &machine.virtio,
+            crate::virtio::Backends {
+                block: &devices.block,
+                vsock: devices.vsock.as_ref(),
+                seccomp: cfg.seccomp,
+            },
             inputs,
             &mem,
             &kvm,
@@ -266,8 +277,14 @@ impl Vm {
             &control,
         )
         .map_err(|e| VmError::Config(e.to_string()))?;
-        let vfio =
-            crate::vfio::attach_to_vm(&vfio_hosts, &vm_fd, pci.as_ref(), &mem, &layout, &bus)?;
+        let vfio = crate::vfio::attach_to_vm(
+            machine.assigned(),
+            &vm_fd,
+            pci.as_ref(),
+            &mem,
+            &machine.layout,
+            &bus,
+        )?;
 
         let mut pending = Vec::new();
         for index in 0..cfg.machine.vcpus {
@@ -288,7 +305,7 @@ impl Vm {
             _kvm: kvm,
             _vm_fd: vm_fd,
             mem,
-            layout,
+            machine,
             origin: inputs.origin.clone(),
             plan,
             cfg: cfg.clone(),
@@ -460,10 +477,10 @@ impl Vm {
                 .map(|(i, s)| s.snapshot(i as u8))
                 .collect(),
             memory: MemoryStats {
-                guest_ram_bytes: self.layout.mem_size,
+                guest_ram_bytes: self.machine.layout.mem_size,
                 prefault_ms: self.prefault.map(|d| d.as_millis() as u64),
-                regions: self.layout.ram_regions.clone(),
-                mmio64: self.layout.mmio64,
+                regions: self.machine.layout.ram_regions.clone(),
+                mmio64: self.machine.layout.mmio64,
             },
             unowned_pio: self
                 .bus
@@ -507,17 +524,12 @@ pub fn measure_offline(cfg: &VmConfig, inputs: &BootInputs) -> Result<BootPlan, 
         .machine
         .layout(52)
         .map_err(|e| VmError::Config(e.to_string()))?;
-    crate::virtio::check_inputs(&cfg.devices, inputs)
+    crate::virtio::check_inputs(&cfg.devices.block, inputs)
         .map_err(|e| VmError::Config(e.to_string()))?;
     let mem = memory::allocate(&layout, memory::Backing::Anonymous)?;
     // The assigned devices' IDs come from this host's sysfs: measure on the host that
     // will boot the VM (or one with the same devices).
     let hosts = crate::vfio::describe_hosts(&cfg.devices.vfio)?;
-    Ok(prepare_with(
-        cfg,
-        &layout,
-        inputs,
-        &mem,
-        &crate::pci::measured_entries(&cfg.devices, &hosts),
-    )?)
+    let machine = MachinePlan::new(cfg, layout, &hosts);
+    Ok(prepare_with(cfg, &machine, inputs, &mem)?)
 }

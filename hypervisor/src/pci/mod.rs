@@ -3,7 +3,7 @@
 //! assigned device (the device on the port's secondary bus) at 00.1.., the virtio-pci
 //! functions after them, and the BAR allocator for the ports' windows in the 32-bit
 //! and 64-bit MMIO windows. The bus exists when `devices.vfio` is set or
-//! `devices.virtio_transport` is `pci` ([`bus_exists`]); [`PciBus`] holds it and
+//! `devices.virtio_transport` is `pci` ([`crate::plan::bus_exists`]); [`PciBus`] holds it and
 //! the VM's one GSI router, which VFIO and virtio-pci share.
 //!
 //! Every configuration access comes from the guest and is hostile: sizes other than
@@ -24,30 +24,8 @@ use std::sync::Arc;
 use kvm_ioctls::VmFd;
 use serde::Serialize;
 
-use crate::config::{DevicesConfig, VirtioTransport};
 use crate::devices::Buses;
 use crate::irq_routing::GsiRouter;
-
-/// Whether the VM has PCI bus 0: with assigned devices, or with virtio on PCI.
-pub fn bus_exists(cfg: &DevicesConfig) -> bool {
-    !cfg.vfio.is_empty() || cfg.virtio_transport == VirtioTransport::Pci
-}
-
-/// The measured device-list entries of the PCI bus, in order: the host bridge,
-/// the assigned devices (`vfio::measured_entries` of `hosts`), then the virtio-pci
-/// functions in slot order. Empty without a bus.
-pub fn measured_entries(cfg: &DevicesConfig, hosts: &[crate::vfio::HostDevice]) -> Vec<String> {
-    if !bus_exists(cfg) {
-        return Vec::new();
-    }
-    let mut v = vec![format!(
-        "pci-host@io:0xcf8-0xcff,ecam:{:#x}",
-        crate::layout::PCI_ECAM_START
-    )];
-    v.extend(crate::vfio::measured_entries(hosts));
-    v.extend(crate::virtio::pci_device_list(cfg));
-    v
-}
 
 /// The VM's PCI bus 0 and its GSI router (one instance: VFIO and virtio-pci take
 /// their MSI GSIs from it, so they never get the same ones).

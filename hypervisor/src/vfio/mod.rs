@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
@@ -24,12 +24,12 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioIommuf
 use vm_memory::{FileOffset, GuestMemoryMmap, MmapRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{VfioDeviceConfig, VfioInterface};
 use crate::devices::Buses;
 use crate::irq_routing::GsiRouter;
 use crate::layout::{MemoryLayout, PCI_MMIO32_ALLOC_SIZE, PCI_MMIO32_START};
 use crate::pci::{
-    allocate_ports, regs, BarKind, BarRequest, Bdf, LinkInfo, PciBus, PciRoot, RootPort,
+    allocate_ports, regs, BarKind, BarRequest, Bdf, LinkInfo, PciBus, PciRoot, PortPlacement,
+    RootPort,
 };
 use function::{BarTrap, DeviceIo, GuestBar, MsiInfo, MsixInfo, PassthroughFunction, Vector};
 pub use host::{HostDevice, HostError};
@@ -44,6 +44,30 @@ pub use host::{HostDevice, HostError};
 /// level-triggered and active-high (what KVM's IOAPIC expects from an irqfd).
 pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
     crate::layout::PCI_INTX_FIRST_GSI + (u32::from(slot) + u32::from(pin.clamp(1, 4)) - 1) % 8
+}
+
+/// One host PCI device assigned to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfioDeviceConfig {
+    /// Host PCI address, `0000:41:00.0`.
+    pub bdf: String,
+    /// The VFIO interface to open it through.
+    #[serde(default)]
+    pub interface: VfioInterface,
+}
+
+/// The VFIO user interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VfioInterface {
+    /// Legacy container and group (`/dev/vfio/vfio`, `/dev/vfio/N`).
+    #[default]
+    Container,
+    /// iommufd and the device cdev (`/dev/iommu`, `/dev/vfio/devices/vfioN`; Linux
+    /// 6.6 or later): one IOAS holds the DMA mappings, each device cdev is bound to the
+    /// iommufd and attached to it. Every device of a VM uses the same interface.
+    Iommufd,
 }
 
 /// Where sysfs lists PCI devices.
@@ -205,38 +229,46 @@ pub fn describe_hosts(cfg: &[VfioDeviceConfig]) -> Result<Vec<HostDevice>, VfioS
 /// With assigned devices: [`VfioSet::attach`] on the VM's PCI bus (`pci::PciBus`,
 /// which exists whenever devices are assigned). Without: nothing.
 pub fn attach_to_vm(
-    hosts: &[HostDevice],
+    assigned: &[AssignedSlot],
     vm: &Arc<VmFd>,
     pci: Option<&PciBus>,
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     buses: &Buses,
 ) -> Result<Option<VfioSet>, VfioSetupError> {
-    if hosts.is_empty() {
+    if assigned.is_empty() {
         return Ok(None);
     }
     let pci = pci.ok_or_else(|| {
         VfioSetupError::Device("assigned devices but no PCI bus (a VMM bug)".into())
     })?;
-    let mut set = VfioSet::attach(hosts, vm, &pci.router, mem, layout, buses, &pci.root)?;
+    let mut set = VfioSet::attach(assigned, vm, &pci.router, mem, layout, buses, &pci.root)?;
     set.root = Some(pci.root.clone());
     Ok(Some(set))
 }
 
-/// The launch measurement's entries for the assigned devices (with the vendor and
-/// device IDs the host reports); the PCI host bridge's entry comes before them
-/// (`pci::measured_entries`).
-pub fn measured_entries(hosts: &[HostDevice]) -> Vec<String> {
-    let mut v = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let slot = usize::from(FIRST_SLOT) + i;
-        v.push(format!("pcie-root-port@00:{slot:02x}.0,bus={slot:02x}"));
-        v.push(format!(
-            "vfio-pci@{slot:02x}:00.0,host={},id={:04x}:{:04x}",
-            h.bdf, h.vendor, h.device
-        ));
+/// Where one assigned device sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedSlot {
+    /// The host device (address and IDs from sysfs).
+    pub host: HostDevice,
+    /// The bus 0 device number of its root port, which is also the port's secondary
+    /// bus number (the device is `slot:00.0`).
+    pub slot: u8,
+}
+
+impl AssignedSlot {
+    /// Its two measured entries: the root port, then the function behind it.
+    pub fn entries(&self) -> [String; 2] {
+        let (slot, h) = (self.slot, &self.host);
+        [
+            format!("pcie-root-port@00:{slot:02x}.0,bus={slot:02x}"),
+            format!(
+                "vfio-pci@{slot:02x}:00.0,host={},id={:04x}:{:04x}",
+                h.bdf, h.vendor, h.device
+            ),
+        ]
     }
-    v
 }
 
 /// Appends the passthrough metrics (Prometheus text format) for `v`.
@@ -632,12 +664,371 @@ fn probe(dev: &VfioDevice, name: &str) -> Probe {
     Probe { bars, msi, msix }
 }
 
+/// One device opened, reset and probed, not yet placed.
+struct Opened {
+    placed: AssignedSlot,
+    dev: Arc<VfioDevice>,
+    reset_supported: bool,
+    probe: Probe,
+}
+
+/// What attaching one device needs from the VM.
+struct AttachCtx<'a> {
+    vm: &'a Arc<VmFd>,
+    router: &'a Arc<GsiRouter>,
+    buses: &'a Buses,
+    root: &'a PciRoot,
+}
+
+/// A device's MSI or MSI-X vectors: eventfds for VFIO, irqfds registered when the
+/// guest enables and unmasks them (their gates; see `GatedVector`).
+type Vectors<T> = (Option<T>, Vec<GatedVector>);
+
+/// An INTx line: pin, GSI, trigger and resample eventfds.
+type Intx = (u8, u32, EventFd, EventFd);
+
+/// A guest BAR to map: index, kind, host size, guest address, whether VFIO can mmap it.
+type BarPlace = (u8, BarKind, u64, u64, bool);
+
+/// Opens every device of `assigned` through `backend`, resets and probes it.
+fn open_devices(
+    assigned: &[AssignedSlot],
+    backend: &Backend,
+) -> Result<Vec<Opened>, VfioSetupError> {
+    let mut opened = Vec::new();
+    for a in assigned {
+        let h = &a.host;
+        let path = host::device_dir(Path::new(SYSFS_PCI_DEVICES), &h.bdf);
+        // iommufd: bind the cdev to the iommufd and attach it to the IOAS.
+        let attach_ioas = matches!(backend, Backend::Iommufd(_));
+        let dev = Arc::new(
+            VfioDevice::new(&path, backend.ops(), attach_ioas).map_err(|e| open_error(e, h))?,
+        );
+        let reset_supported = crate::sys::vfio_device_reset(&*dev).map_err(|e| {
+            VfioSetupError::Device(format!("devices.vfio: resetting {}: {e}", h.bdf))
+        })?;
+        let probe = probe(&dev, &h.bdf.to_string());
+        opened.push(Opened {
+            placed: a.clone(),
+            dev,
+            reset_supported,
+            probe,
+        });
+    }
+    Ok(opened)
+}
+
+/// Places every device's BARs behind its root port (one window of each class per
+/// port).
+fn place_bars(
+    opened: &[Opened],
+    layout: &MemoryLayout,
+) -> Result<Vec<PortPlacement>, VfioSetupError> {
+    let requests: Vec<Vec<BarRequest>> = opened
+        .iter()
+        .map(|o| {
+            o.probe
+                .bars
+                .iter()
+                .map(|&(i, kind, size, _, _)| BarRequest {
+                    owner: format!("{} BAR{i}", o.placed.host.bdf),
+                    size,
+                    kind,
+                })
+                .collect()
+        })
+        .collect();
+    allocate_ports(
+        &requests,
+        (PCI_MMIO32_START, PCI_MMIO32_ALLOC_SIZE),
+        layout.mmio64,
+    )
+    .map_err(VfioSetupError::Config)
+}
+
+/// DMA-maps guest RAM through `backend`; returns how long it took.
+fn map_guest_ram(
+    backend: &Backend,
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+) -> Result<Duration, VfioSetupError> {
+    let t = Instant::now();
+    crate::sys::vfio_map_guest_ram(&*backend.ops(), mem)
+        .map_err(|e| VfioSetupError::Device(format!("devices.vfio: DMA-mapping guest RAM: {e}")))?;
+    let dma_map = t.elapsed();
+    tracing::info!(
+        ms = dma_map.as_millis() as u64,
+        bytes = layout.mem_size,
+        "DMA-mapped guest RAM"
+    );
+    Ok(dma_map)
+}
+
+/// The MSI capability `(cap, is64, per-vector mask)` with one GSI from `router`.
+fn msi_vectors(
+    msi: Option<(u16, bool, bool)>,
+    router: &GsiRouter,
+) -> Result<Vectors<MsiInfo>, VfioSetupError> {
+    let Some((cap, is64, pvm)) = msi else {
+        return Ok((None, Vec::new()));
+    };
+    let gsi = router.allocate(1).map_err(VfioSetupError::Device)?;
+    let evts = vec![GatedVector::new(gsi)?];
+    Ok((
+        Some(MsiInfo {
+            cap,
+            is64,
+            per_vector_mask: pvm,
+            gsi,
+        }),
+        evts,
+    ))
+}
+
+/// The MSI-X capability with one GSI from `router` per table entry.
+fn msix_vectors(
+    msix: Option<(u16, u16, u8, u64, u8, u64)>,
+    router: &GsiRouter,
+) -> Result<Vectors<MsixInfo>, VfioSetupError> {
+    let Some((cap, table_size, table_bar, table_offset, pba_bar, pba_offset)) = msix else {
+        return Ok((None, Vec::new()));
+    };
+    let first_gsi = router
+        .allocate(u32::from(table_size))
+        .map_err(VfioSetupError::Device)?;
+    let mut evts = Vec::new();
+    for v in 0..u32::from(table_size) {
+        evts.push(GatedVector::new(first_gsi + v)?);
+    }
+    Ok((
+        Some(MsixInfo {
+            cap,
+            table_size,
+            table_bar,
+            table_offset,
+            pba_bar,
+            pba_offset,
+            first_gsi,
+        }),
+        evts,
+    ))
+}
+
+/// INTx: the device's pin (from its config space) on IOAPIC pin `intx_gsi(slot, pin)`,
+/// level-triggered through an irqfd with resample; `None` when it has no INTx.
+fn wire_intx(
+    dev: &VfioDevice,
+    vm: &VmFd,
+    slot: u8,
+    name: &str,
+) -> Result<Option<Intx>, VfioSetupError> {
+    let pin = (read_u32(dev, regs::INTERRUPT_LINE as u64) >> 8) as u8;
+    let has_intx = dev
+        .get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
+        .is_some_and(|i| i.count > 0);
+    if !(1..=4).contains(&pin) || !has_intx {
+        return Ok(None);
+    }
+    let gsi = intx_gsi(slot, pin);
+    let trigger = EventFd::new(EFD_NONBLOCK).map_err(|e| VfioSetupError::Device(e.to_string()))?;
+    let resample = EventFd::new(EFD_NONBLOCK).map_err(|e| VfioSetupError::Device(e.to_string()))?;
+    vm.register_irqfd_with_resample(&trigger, &resample, gsi)
+        .map_err(|e| VfioSetupError::Device(format!("{name}: KVM_IRQFD (INTx, resample): {e}")))?;
+    Ok(Some((pin, gsi, trigger, resample)))
+}
+
+/// The guest's view of the probed BARs at their placed addresses: the host sizes by
+/// index, the function's BARs, and what to map.
+fn guest_bars(
+    probe: &Probe,
+    placement: &PortPlacement,
+) -> ([u64; 6], Vec<GuestBar>, Vec<BarPlace>) {
+    let mut bar_sizes = [0u64; 6];
+    let mut guest_bars = Vec::new();
+    let mut bar_places = Vec::new();
+    for (&(i, kind, size, flags, mappable), place) in probe.bars.iter().zip(&placement.bars) {
+        bar_sizes[usize::from(i)] = size;
+        guest_bars.push(GuestBar {
+            index: i,
+            kind,
+            size,
+            addr: place.addr,
+            flags,
+        });
+        bar_places.push((i, kind, size, place.addr, mappable));
+    }
+    (bar_sizes, guest_bars, bar_places)
+}
+
+/// Maps one BAR into the guest (KVM memory slots from `memslot` on) except the pages
+/// that must trap (MSI-X table and PBA, or all of a BAR VFIO cannot mmap or smaller
+/// than a page), and puts traps for those on the MMIO bus.
+fn map_bar(
+    ctx: &AttachCtx<'_>,
+    dev: &VfioDevice,
+    function: &Arc<PassthroughFunction>,
+    msix: Option<MsixInfo>,
+    (i, kind, size, addr, mappable): BarPlace,
+    memslot: &mut u32,
+    name: &str,
+) -> Result<BarReport, VfioSetupError> {
+    let mut trapped = msix.map_or(Vec::new(), |x| x.trapped_pages(i));
+    if !mappable || size < 4096 {
+        trapped = vec![(0, size)];
+    } else {
+        let file = crate::sys::duplicate_fd(dev).map_err(|e| {
+            VfioSetupError::Device(format!("{name}: duplicating the device fd: {e}"))
+        })?;
+        let offset = dev.get_region_offset(u32::from(i));
+        let map = Arc::new(
+            MmapRegion::<()>::from_file(FileOffset::new(file, offset), size as usize)
+                .map_err(|e| VfioSetupError::Device(format!("{name}: mmap of BAR{i}: {e}")))?,
+        );
+        let mut at = 0u64;
+        for &(s, l) in trapped.iter().chain(std::iter::once(&(size, 0))) {
+            if s > at {
+                crate::sys::map_device_memory(
+                    ctx.vm,
+                    *memslot,
+                    addr + at,
+                    &map,
+                    at as usize,
+                    (s - at) as usize,
+                )
+                .map_err(|e| VfioSetupError::Device(format!("{name}: BAR{i}: {e}")))?;
+                *memslot += 1;
+            }
+            at = at.max(s + l);
+        }
+    }
+    for &(s, l) in &trapped {
+        ctx.buses
+            .mmio
+            .insert(addr + s, l, Arc::new(BarTrap::new(function, i, s)))
+            .map_err(|e| VfioSetupError::Device(format!("{name}: BAR{i} trap: {e}")))?;
+    }
+    Ok(BarReport {
+        index: i,
+        kind,
+        host_size: size,
+        guest_addr: addr,
+        trapped,
+    })
+}
+
+/// Puts the root port at `slot` of bus 0 (its windows hold the device's BARs; a
+/// secondary bus reset resets the device) and the function behind it.
+fn add_root_port(
+    ctx: &AttachCtx<'_>,
+    dev: &VfioDevice,
+    function: &Arc<PassthroughFunction>,
+    slot: u8,
+    placement: &PortPlacement,
+    name: &str,
+) -> Result<Arc<RootPort>, VfioSetupError> {
+    let link = LinkInfo::from_endpoint(|off| read_u32(dev, u64::from(off)));
+    let reset_target = function.clone();
+    let port = Arc::new(
+        RootPort::new(
+            slot,
+            slot,
+            placement.mem,
+            placement.pref,
+            link,
+            Some(Box::new(move || reset_target.device_reset())),
+        )
+        .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?,
+    );
+    if !ctx.root.add(slot, 0, port.clone()) || !ctx.root.add_on_bus(slot, 0, 0, function.clone()) {
+        return Err(VfioSetupError::Device(format!(
+            "{name}: guest slot {slot} is taken"
+        )));
+    }
+    Ok(port)
+}
+
+/// Wires one opened device into the VM at its placement: interrupts, BARs, root port.
+fn attach_device(
+    ctx: &AttachCtx<'_>,
+    o: Opened,
+    placement: PortPlacement,
+    memslot: &mut u32,
+) -> Result<Assigned, VfioSetupError> {
+    let Opened {
+        placed,
+        dev,
+        reset_supported,
+        probe: p,
+    } = o;
+    let (h, slot) = (placed.host, placed.slot);
+    let name = h.bdf.to_string();
+    let (msi, msi_evts) = msi_vectors(p.msi, ctx.router)?;
+    let (msix, msix_evts) = msix_vectors(p.msix, ctx.router)?;
+    let intx = wire_intx(&dev, ctx.vm, slot, &name)?;
+    if msi.is_none() && msix.is_none() && intx.is_none() {
+        tracing::warn!(
+            "{name}: the device has no MSI, MSI-X or INTx; the guest gets no interrupts from it"
+        );
+    }
+    let (bar_sizes, guest_bars, bar_places) = guest_bars(&p, &placement);
+    let config_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
+    let intx_pin_gsi = intx.as_ref().map(|(pin, gsi, _, _)| (*pin, *gsi));
+    let io = Arc::new(VfioIo {
+        dev: dev.clone(),
+        vm: ctx.vm.clone(),
+        config_size,
+        bar_sizes,
+        msi: msi_evts,
+        msix: msix_evts,
+        intx: intx.map(|(_, _, t, r)| (t, r)),
+    });
+    io.set_intx(true)
+        .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?;
+    let function = Arc::new(PassthroughFunction::with_intx(
+        name.clone(),
+        io.clone(),
+        ctx.router.clone(),
+        guest_bars,
+        msi,
+        msix,
+        intx_pin_gsi,
+    ));
+    let bars = bar_places
+        .into_iter()
+        .map(|b| map_bar(ctx, &dev, &function, msix, b, memslot, &name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let port = add_root_port(ctx, &dev, &function, slot, &placement, &name)?;
+    let mut caps = Vec::new();
+    if msi.is_some() {
+        caps.push("msi");
+    }
+    if msix.is_some() {
+        caps.push("msi-x");
+    }
+    if intx_pin_gsi.is_some() {
+        caps.push("intx");
+    }
+    tracing::info!(device = %name, slot, reset_supported, "assigned");
+    Ok(Assigned {
+        host: h,
+        slot,
+        port,
+        dev,
+        io,
+        function,
+        bars,
+        caps,
+        reset_supported,
+    })
+}
+
 impl VfioSet {
-    /// Opens, resets and places every device of `hosts` (from [`preflight`]), maps
-    /// guest RAM for DMA, and puts the functions on `root` and their traps on `buses`.
+    /// Opens, resets and places every device of `assigned` (the machine plan's
+    /// placements of the devices [`preflight`] checked), maps guest RAM for DMA, and
+    /// puts the functions on `root` and their traps on `buses`.
     #[allow(clippy::too_many_arguments)]
     pub fn attach(
-        hosts: &[HostDevice],
+        assigned: &[AssignedSlot],
         vm: &Arc<VmFd>,
         router: &Arc<GsiRouter>,
         mem: &GuestMemoryMmap,
@@ -645,248 +1036,21 @@ impl VfioSet {
         buses: &Buses,
         root: &PciRoot,
     ) -> Result<VfioSet, VfioSetupError> {
-        let backend = Backend::open(hosts, vm)?;
-        let mut opened = Vec::new();
-        for h in hosts {
-            let path = host::device_dir(Path::new(SYSFS_PCI_DEVICES), &h.bdf);
-            // iommufd: bind the cdev to the iommufd and attach it to the IOAS.
-            let attach_ioas = matches!(backend, Backend::Iommufd(_));
-            let dev = Arc::new(
-                VfioDevice::new(&path, backend.ops(), attach_ioas).map_err(|e| open_error(e, h))?,
-            );
-            let reset = crate::sys::vfio_device_reset(&*dev).map_err(|e| {
-                VfioSetupError::Device(format!("devices.vfio: resetting {}: {e}", h.bdf))
-            })?;
-            let p = probe(&dev, &h.bdf.to_string());
-            opened.push((h.clone(), dev, reset, p));
-        }
-
-        // Place every device's BARs behind its root port (one window of each class
-        // per port).
-        let requests: Vec<Vec<BarRequest>> = opened
-            .iter()
-            .map(|(h, _, _, p)| {
-                p.bars
-                    .iter()
-                    .map(|&(i, kind, size, _, _)| BarRequest {
-                        owner: format!("{} BAR{i}", h.bdf),
-                        size,
-                        kind,
-                    })
-                    .collect()
-            })
-            .collect();
-        let ports = allocate_ports(
-            &requests,
-            (PCI_MMIO32_START, PCI_MMIO32_ALLOC_SIZE),
-            layout.mmio64,
-        )
-        .map_err(VfioSetupError::Config)?;
-
-        let t = Instant::now();
-        crate::sys::vfio_map_guest_ram(&*backend.ops(), mem).map_err(|e| {
-            VfioSetupError::Device(format!("devices.vfio: DMA-mapping guest RAM: {e}"))
-        })?;
-        let dma_map = t.elapsed();
-        tracing::info!(
-            ms = dma_map.as_millis() as u64,
-            bytes = layout.mem_size,
-            "DMA-mapped guest RAM"
-        );
-
+        let hosts: Vec<HostDevice> = assigned.iter().map(|a| a.host.clone()).collect();
+        let backend = Backend::open(&hosts, vm)?;
+        let opened = open_devices(assigned, &backend)?;
+        let ports = place_bars(&opened, layout)?;
+        let dma_map = map_guest_ram(&backend, mem, layout)?;
+        let ctx = AttachCtx {
+            vm,
+            router,
+            buses,
+            root,
+        };
         let mut devices = Vec::new();
         let mut memslot = FIRST_BAR_MEMSLOT;
-        for (n, ((h, dev, reset_supported, p), placement)) in
-            opened.into_iter().zip(ports).enumerate()
-        {
-            let name = h.bdf.to_string();
-            let slot = FIRST_SLOT + n as u8;
-            let kvm_err = |what: &str, e: kvm_ioctls::Error| {
-                VfioSetupError::Device(format!("{name}: {what}: {e}"))
-            };
-            // MSI/MSI-X vectors: eventfds for VFIO, irqfds registered when the guest
-            // enables and unmasks them (their gates; see `GatedVector`).
-            let mut msi_evts = Vec::new();
-            let msi = match p.msi {
-                Some((cap, is64, pvm)) => {
-                    let gsi = router.allocate(1).map_err(VfioSetupError::Device)?;
-                    msi_evts.push(GatedVector::new(gsi)?);
-                    Some(MsiInfo {
-                        cap,
-                        is64,
-                        per_vector_mask: pvm,
-                        gsi,
-                    })
-                }
-                None => None,
-            };
-            let mut msix_evts = Vec::new();
-            let msix = match p.msix {
-                Some((cap, table_size, table_bar, table_offset, pba_bar, pba_offset)) => {
-                    let first_gsi = router
-                        .allocate(u32::from(table_size))
-                        .map_err(VfioSetupError::Device)?;
-                    for v in 0..u32::from(table_size) {
-                        msix_evts.push(GatedVector::new(first_gsi + v)?);
-                    }
-                    Some(MsixInfo {
-                        cap,
-                        table_size,
-                        table_bar,
-                        table_offset,
-                        pba_bar,
-                        pba_offset,
-                        first_gsi,
-                    })
-                }
-                None => None,
-            };
-            // INTx: the device's pin (from its config space) on IOAPIC pin
-            // `intx_gsi(slot, pin)`, level-triggered through an irqfd with resample.
-            let pin = (read_u32(&dev, regs::INTERRUPT_LINE as u64) >> 8) as u8;
-            let has_intx = dev
-                .get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
-                .is_some_and(|i| i.count > 0);
-            let intx = if (1..=4).contains(&pin) && has_intx {
-                let gsi = intx_gsi(slot, pin);
-                let trigger = EventFd::new(EFD_NONBLOCK)
-                    .map_err(|e| VfioSetupError::Device(e.to_string()))?;
-                let resample = EventFd::new(EFD_NONBLOCK)
-                    .map_err(|e| VfioSetupError::Device(e.to_string()))?;
-                vm.register_irqfd_with_resample(&trigger, &resample, gsi)
-                    .map_err(|e| kvm_err("KVM_IRQFD (INTx, resample)", e))?;
-                Some((pin, gsi, trigger, resample))
-            } else {
-                None
-            };
-            if msi.is_none() && msix.is_none() && intx.is_none() {
-                tracing::warn!("{name}: the device has no MSI, MSI-X or INTx; the guest gets no interrupts from it");
-            }
-            let mut bar_sizes = [0u64; 6];
-            let mut guest_bars = Vec::new();
-            let mut bar_places = Vec::new();
-            for (&(i, kind, size, flags, mappable), place) in p.bars.iter().zip(&placement.bars) {
-                bar_sizes[usize::from(i)] = size;
-                guest_bars.push(GuestBar {
-                    index: i,
-                    kind,
-                    size,
-                    addr: place.addr,
-                    flags,
-                });
-                bar_places.push((i, kind, size, place.addr, mappable));
-            }
-            let config_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
-            let intx_pin_gsi = intx.as_ref().map(|(pin, gsi, _, _)| (*pin, *gsi));
-            let io = Arc::new(VfioIo {
-                dev: dev.clone(),
-                vm: vm.clone(),
-                config_size,
-                bar_sizes,
-                msi: msi_evts,
-                msix: msix_evts,
-                intx: intx.map(|(_, _, t, r)| (t, r)),
-            });
-            io.set_intx(true)
-                .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?;
-            let function = Arc::new(PassthroughFunction::with_intx(
-                name.clone(),
-                io.clone(),
-                router.clone(),
-                guest_bars,
-                msi,
-                msix,
-                intx_pin_gsi,
-            ));
-            let mut bars = Vec::new();
-            for (i, kind, size, addr, mappable) in bar_places {
-                let mut trapped = msix.map_or(Vec::new(), |x| x.trapped_pages(i));
-                if !mappable || size < 4096 {
-                    trapped = vec![(0, size)];
-                } else {
-                    let file = crate::sys::duplicate_fd(&*dev).map_err(|e| {
-                        VfioSetupError::Device(format!("{name}: duplicating the device fd: {e}"))
-                    })?;
-                    let offset = dev.get_region_offset(u32::from(i));
-                    let map = Arc::new(
-                        MmapRegion::<()>::from_file(FileOffset::new(file, offset), size as usize)
-                            .map_err(|e| {
-                            VfioSetupError::Device(format!("{name}: mmap of BAR{i}: {e}"))
-                        })?,
-                    );
-                    let mut at = 0u64;
-                    for &(s, l) in trapped.iter().chain(std::iter::once(&(size, 0))) {
-                        if s > at {
-                            crate::sys::map_device_memory(
-                                vm,
-                                memslot,
-                                addr + at,
-                                &map,
-                                at as usize,
-                                (s - at) as usize,
-                            )
-                            .map_err(|e| VfioSetupError::Device(format!("{name}: BAR{i}: {e}")))?;
-                            memslot += 1;
-                        }
-                        at = at.max(s + l);
-                    }
-                }
-                for &(s, l) in &trapped {
-                    buses
-                        .mmio
-                        .insert(addr + s, l, Arc::new(BarTrap::new(&function, i, s)))
-                        .map_err(|e| VfioSetupError::Device(format!("{name}: BAR{i} trap: {e}")))?;
-                }
-                bars.push(BarReport {
-                    index: i,
-                    kind,
-                    host_size: size,
-                    guest_addr: addr,
-                    trapped,
-                });
-            }
-            // The root port above it: its windows hold the device's BARs; a
-            // secondary bus reset resets the device.
-            let link = LinkInfo::from_endpoint(|off| read_u32(&dev, u64::from(off)));
-            let reset_target = function.clone();
-            let port = Arc::new(
-                RootPort::new(
-                    slot,
-                    slot,
-                    placement.mem,
-                    placement.pref,
-                    link,
-                    Some(Box::new(move || reset_target.device_reset())),
-                )
-                .map_err(|e| VfioSetupError::Device(format!("{name}: {e}")))?,
-            );
-            if !root.add(slot, 0, port.clone()) || !root.add_on_bus(slot, 0, 0, function.clone()) {
-                return Err(VfioSetupError::Device(format!(
-                    "{name}: guest slot {slot} is taken"
-                )));
-            }
-            let mut caps = Vec::new();
-            if msi.is_some() {
-                caps.push("msi");
-            }
-            if msix.is_some() {
-                caps.push("msi-x");
-            }
-            if intx_pin_gsi.is_some() {
-                caps.push("intx");
-            }
-            tracing::info!(device = %name, slot, reset_supported, "assigned");
-            devices.push(Assigned {
-                host: h,
-                slot,
-                port,
-                dev,
-                io,
-                function,
-                bars,
-                caps,
-                reset_supported,
-            });
+        for (o, placement) in opened.into_iter().zip(ports) {
+            devices.push(attach_device(&ctx, o, placement, &mut memslot)?);
         }
         // From here on the devices are never dropped: `VfioDevice`'s drop reads sysfs
         // and unbinds the group through calls that the running VM's seccomp filters do
@@ -1020,28 +1184,6 @@ mod tests {
                 .to_string();
             assert!(e.contains("no /dev/vfio/vfio"), "{e}");
         }
-    }
-
-    #[test]
-    fn measured_entries_put_each_device_behind_its_root_port() {
-        let h = |b: &str, d: u16| HostDevice {
-            bdf: b.parse().unwrap(),
-            group: 1,
-            vendor: 0x10de,
-            device: d,
-            cdev: None,
-        };
-        let v = measured_entries(&[h("0000:41:00.0", 0x2330), h("0000:c1:00.0", 0x2331)]);
-        assert_eq!(
-            v,
-            [
-                "pcie-root-port@00:01.0,bus=01",
-                "vfio-pci@01:00.0,host=0000:41:00.0,id=10de:2330",
-                "pcie-root-port@00:02.0,bus=02",
-                "vfio-pci@02:00.0,host=0000:c1:00.0,id=10de:2331",
-            ]
-        );
-        assert!(measured_entries(&[]).is_empty());
     }
 }
 
