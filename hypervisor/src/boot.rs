@@ -108,6 +108,10 @@ pub(crate) struct Writer<'a> {
     /// Where the boot structures go, from the machine plan.
     pub(crate) boot: &'a BootPlacements,
     events: Vec<Event>,
+    /// Buffers whose SHA-384 the bundle verification already computed, by address
+    /// and length (the payload's kernel and initrd): measuring exactly one of them
+    /// reuses the digest instead of hashing the bytes again.
+    verified: Vec<(usize, usize, [u8; 48])>,
 }
 
 impl Writer<'_> {
@@ -153,17 +157,51 @@ impl Writer<'_> {
     }
 
     fn measure_blob(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) {
+        let known = self
+            .verified
+            .iter()
+            .find(|(p, l, _)| *p == bytes.as_ptr() as usize && *l == bytes.len())
+            .map(|(_, _, d)| *d);
+        let digest = match known {
+            Some(d) => {
+                debug_assert_eq!(
+                    sha384_field(bytes),
+                    Field::Bytes(d.to_vec()),
+                    "a verified digest must be the digest of exactly these bytes"
+                );
+                Field::Bytes(d.to_vec())
+            }
+            None => sha384_field(bytes),
+        };
         self.events.push(Event::new(
             "blob",
             vec![
                 text(kind),
                 Field::U64(addr),
                 Field::U64(bytes.len() as u64),
-                sha384_field(bytes),
+                digest,
             ],
             format!("{kind} at {addr:#x}, {} bytes", bytes.len()),
         ));
     }
+}
+
+/// The payload buffers whose SHA-384 the bundle verification computed:
+/// `(address, length, digest)`.
+fn verified_buffers(inputs: &BootInputs) -> Vec<(usize, usize, [u8; 48])> {
+    let (kernel, initrd) = match &inputs.payload {
+        BootPayload::Linux { kernel, initrd, .. } => (kernel, initrd.as_ref()),
+        BootPayload::Raw { image, .. } => (image, None),
+    };
+    let d = &inputs.verified_sha384;
+    let mut out = Vec::new();
+    if let Some(k) = d.kernel {
+        out.push((kernel.as_ptr() as usize, kernel.len(), k));
+    }
+    if let (Some(i), Some(bytes)) = (d.initrd, initrd) {
+        out.push((bytes.as_ptr() as usize, bytes.len(), i));
+    }
+    out
 }
 
 /// GDT for the boot: null, null, 64-bit code (0x10), data (0x18), TSS (0x20); the
@@ -263,6 +301,7 @@ pub fn prepare_with(
         e820: &machine.e820,
         boot: &machine.boot,
         events: machine_events(cfg, machine, &inputs.origin),
+        verified: verified_buffers(inputs),
     };
     // ACPI tables first (the first blob), so a payload that would overlap them is
     // refused by the loaders below rather than silently overwriting them.

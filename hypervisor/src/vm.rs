@@ -161,6 +161,7 @@ fn kick_signal() -> libc::c_int {
 impl Vm {
     /// Creates the VM, loads the boot source and configures every vCPU; nothing runs yet.
     pub fn build(cfg: &VmConfig, inputs: &BootInputs) -> Result<Vm, VmError> {
+        let build_started = Instant::now();
         cfg.validate().map_err(|e| VmError::Config(e.to_string()))?;
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
         for (cap, name) in [
@@ -212,6 +213,7 @@ impl Vm {
             tracing::warn!("host offers no in-kernel PIT; the guest has no PIT");
         }
 
+        let created = build_started.elapsed();
         let mem = memory::allocate(&machine.layout, cfg.machine.backing)?;
         let prefault = match cfg.machine.prefault_threads {
             0 => None,
@@ -225,7 +227,9 @@ impl Vm {
                 Some(t)
             }
         };
+        let allocated = build_started.elapsed();
         let plan = prepare_with(cfg, &machine, inputs, &mem)?;
+        let loaded = build_started.elapsed();
         // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
         // so vCPU threads that `stop` gives up on can never touch unmapped memory.
         crate::sys::register_guest_ram(&vm_fd, &mem).map_err(VmError::Host)?;
@@ -301,6 +305,19 @@ impl Vm {
             pending.push(fd);
         }
         tracing::info!(measurement = %plan.measurement.value, "VM built");
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let built = build_started.elapsed();
+        let r = &inputs.read_timings;
+        tracing::info!(
+            verify_us = us(r.verify),
+            read_us = us(r.read),
+            firmware_read_us = us(r.firmware),
+            kvm_vm_us = us(created),
+            memory_us = us(allocated - created),
+            load_and_measure_us = us(loaded - allocated),
+            devices_and_vcpus_us = us(built - loaded),
+            "boot phases before the guest runs"
+        );
         Ok(Vm {
             _kvm: kvm,
             _vm_fd: vm_fd,

@@ -60,7 +60,9 @@ fn a_tiny_kernel_boots_through_the_firmware_and_sees_what_a_direct_boot_gives_it
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(
-        via_firmware.serial.contains("bulwark-firmware: checked and copied in "),
+        via_firmware
+            .serial
+            .contains("bulwark-firmware: checked and copied in "),
         "{}",
         via_firmware.serial
     );
@@ -69,11 +71,7 @@ fn a_tiny_kernel_boots_through_the_firmware_and_sees_what_a_direct_boot_gives_it
          bulwark-firmware: kernel ({kernel_len} bytes), initrd (3000 bytes) and command line match the measured hashes; entering the kernel at 0x100200\n{}",
         direct.serial
     );
-    assert_eq!(
-        serial, expected,
-        "stderr: {}",
-        via_firmware.stderr
-    );
+    assert_eq!(serial, expected, "stderr: {}", via_firmware.stderr);
 }
 
 #[test]

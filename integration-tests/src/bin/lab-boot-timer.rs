@@ -1,28 +1,83 @@
 //! Runs inside the lab machine (L1) for `bench/vmm-boot --lab`: `lab-boot-timer NAME
-//! STATUS MARKER -- COMMAND...` spawns COMMAND (a VMM whose guest serial console is its
-//! standard output) and prints one line
-//! `BENCH NAME first_byte_ms=A marker_ms=B exit_ms=C status=S` with the times from
-//! spawn to the first byte on standard output, to the first line holding MARKER, and
-//! to process exit. Exit 0 when the command exited with STATUS and printed MARKER,
-//! else 1 (with what it printed on stderr); 2 on bad arguments. It measures; it judges
-//! no time.
+//! STATUS MARKER GUEST_MIB -- COMMAND...` spawns COMMAND (a VMM whose guest serial
+//! console is its standard output) and prints one line
+//! `BENCH NAME first_byte_ms=A marker_ms=B exit_ms=C status=S rss_kib=R
+//! own_rss_kib=O guest_rss_kib=G` with the times from spawn to the first byte on
+//! standard output, to the first line holding MARKER, and to process exit, and the
+//! VMM's resident memory when MARKER appeared: R is its whole resident set (the sum of
+//! `Rss` over `/proc/PID/smaps`, i.e. VmRSS), G the resident part of its guest-RAM
+//! mapping (the mapping of GUEST_MIB MiB; see [`guest_rss_kib`]) and O = R - G, the
+//! VMM's own footprint beyond guest memory. Exit 0 when the command exited with
+//! STATUS and printed MARKER, else 1 (with what it printed on stderr); 2 on bad
+//! arguments. It measures; it judges no time and no size.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// One mapping of `/proc/PID/smaps`: its size and resident size, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapping {
+    size_kib: u64,
+    rss_kib: u64,
+}
+
+/// The mappings of a `/proc/PID/smaps` text (each mapping's `Size:` then `Rss:`).
+fn mappings(smaps: &str) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    let mut size = None;
+    for line in smaps.lines() {
+        let kib = |rest: &str| rest.split_whitespace().next()?.parse::<u64>().ok();
+        if let Some(rest) = line.strip_prefix("Size:") {
+            size = kib(rest);
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            if let (Some(size_kib), Some(rss_kib)) = (size.take(), kib(rest)) {
+                out.push(Mapping { size_kib, rss_kib });
+            }
+        }
+    }
+    out
+}
+
+/// The resident KiB of the guest-RAM mapping among `maps`: the mappings exactly
+/// `guest_kib` large (each VMM maps guest RAM below 3 GiB as one region); if there is
+/// none (the kernel merged it with a neighbouring mapping of the same kind), the
+/// largest mapping at least that large. `None` when no mapping is that large.
+fn guest_rss_kib(maps: &[Mapping], guest_kib: u64) -> Option<u64> {
+    let exact: Vec<&Mapping> = maps.iter().filter(|m| m.size_kib == guest_kib).collect();
+    if !exact.is_empty() {
+        return Some(exact.iter().map(|m| m.rss_kib).sum());
+    }
+    maps.iter()
+        .filter(|m| m.size_kib >= guest_kib)
+        .max_by_key(|m| m.size_kib)
+        .map(|m| m.rss_kib)
+}
+
+/// `(rss_kib, guest_rss_kib)` of process `pid` now, or why not.
+fn resident(pid: u32, guest_kib: u64) -> Result<(u64, u64), String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
+    let maps = mappings(&smaps);
+    let rss = maps.iter().map(|m| m.rss_kib).sum();
+    let guest = guest_rss_kib(&maps, guest_kib)
+        .ok_or_else(|| format!("no mapping of {guest_kib} KiB or more in /proc/{pid}/smaps"))?;
+    Ok((rss, guest))
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(name), Some(want), Some(marker), Some("--")) = (
+    let (Some(name), Some(want), Some(marker), Some(guest_mib), Some("--")) = (
         args.first(),
         args.get(1).and_then(|s| s.parse::<i32>().ok()),
         args.get(2),
-        args.get(3).map(String::as_str),
+        args.get(3).and_then(|s| s.parse::<u64>().ok()),
+        args.get(4).map(String::as_str),
     ) else {
-        eprintln!("usage: lab-boot-timer NAME STATUS MARKER -- COMMAND...");
+        eprintln!("usage: lab-boot-timer NAME STATUS MARKER GUEST_MIB -- COMMAND...");
         return std::process::ExitCode::from(2);
     };
-    let Some((program, rest)) = args[4..].split_first() else {
+    let Some((program, rest)) = args[5..].split_first() else {
         eprintln!("lab-boot-timer: no command");
         return std::process::ExitCode::from(2);
     };
@@ -45,6 +100,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(1);
     };
     let (mut first, mut seen) = (None, None);
+    let mut memory = None;
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -55,6 +111,8 @@ fn main() -> std::process::ExitCode {
                 text.extend_from_slice(&buf[..n]);
                 if seen.is_none() && String::from_utf8_lossy(&text).contains(marker.as_str()) {
                     seen = Some(start.elapsed());
+                    // The guest is at its init: read the VMM's memory now (it still runs).
+                    memory = Some(resident(child.id(), guest_mib * 1024));
                 }
                 // Keep only a bounded tail once the marker is found.
                 if seen.is_some() && text.len() > 1 << 20 {
@@ -81,8 +139,20 @@ fn main() -> std::process::ExitCode {
             format!("{:.1}", d.as_secs_f64() * 1e3)
         })
     };
+    let (rss, own, guest) = match &memory {
+        Some(Ok((rss, guest))) => (
+            rss.to_string(),
+            rss.saturating_sub(*guest).to_string(),
+            guest.to_string(),
+        ),
+        Some(Err(e)) => {
+            eprintln!("lab-boot-timer: {name}: {e}");
+            ("none".into(), "none".into(), "none".into())
+        }
+        None => ("none".into(), "none".into(), "none".into()),
+    };
     println!(
-        "BENCH {name} first_byte_ms={} marker_ms={} exit_ms={} status={status}",
+        "BENCH {name} first_byte_ms={} marker_ms={} exit_ms={} status={status} rss_kib={rss} own_rss_kib={own} guest_rss_kib={guest}",
         ms(first),
         ms(seen),
         ms(Some(exit))
@@ -96,5 +166,48 @@ fn main() -> std::process::ExitCode {
             String::from_utf8_lossy(&text)
         );
         std::process::ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 00:00 0 /bin/vmm
+Size:               1024 kB
+KernelPageSize:        4 kB
+Rss:                 900 kB
+Pss:                 900 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:00 0
+Size:             262144 kB
+Rss:              120000 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Size:                132 kB
+Rss:                  16 kB
+";
+
+    #[test]
+    fn the_guest_mapping_is_the_one_of_the_guest_size() {
+        let maps = mappings(SMAPS);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(maps.iter().map(|m| m.rss_kib).sum::<u64>(), 120_916);
+        assert_eq!(guest_rss_kib(&maps, 256 * 1024), Some(120_000));
+    }
+
+    #[test]
+    fn a_merged_guest_mapping_is_the_largest_one_above_the_size() {
+        let maps = [
+            Mapping {
+                size_kib: 262_144 + 2048,
+                rss_kib: 5000,
+            },
+            Mapping {
+                size_kib: 8192,
+                rss_kib: 8000,
+            },
+        ];
+        assert_eq!(guest_rss_kib(&maps, 256 * 1024), Some(5000));
+        assert_eq!(guest_rss_kib(&maps[1..], 256 * 1024), None);
     }
 }

@@ -276,6 +276,19 @@ impl Lab {
             }
             image.host_file(file, Path::new(file), 0o644);
         }
+        for (var, l1_path) in scenario.env_programs {
+            let Some(host) = std::env::var_os(var) else {
+                continue;
+            };
+            let host = PathBuf::from(host);
+            if !host.is_file() {
+                return Err(LabError::Prerequisite {
+                    what: format!("{} (${var}, for {l1_path} in L1) not found", host.display()),
+                    hint: format!("set {var} to an existing file or unset it"),
+                });
+            }
+            image.host_file(l1_path, &host, 0o755);
+        }
         let tiny =
             programs::build_tiny_guests(&self.workspace, &self.target_dir, scenario.tiny_guests)?;
         for (name, elf) in &tiny {
@@ -338,6 +351,14 @@ impl Lab {
                 for (l1_path, host) in prepare(&dir.join("l2"), &self.kernel, &l2_image)? {
                     image.host_file(&l1_path, &host, 0o644);
                 }
+            }
+            if scenario.l2_vmlinux {
+                let vmlinux_dir = dir.join("l2");
+                fs::create_dir_all(&vmlinux_dir)
+                    .map_err(LabError::io(format!("creating {}", vmlinux_dir.display())))?;
+                let vmlinux = vmlinux_dir.join("vmlinux");
+                l2_bundle::extract_vmlinux(&self.kernel, &vmlinux)?;
+                image.host_file("/lab/l2/vmlinux", &vmlinux, 0o644);
             }
             image.file("/lab/l2/initramfs.cpio", l2_image, 0o644);
             image.host_file("/lab/l2/vmlinuz", &self.kernel, 0o644);

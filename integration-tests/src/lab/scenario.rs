@@ -82,6 +82,14 @@ pub struct Scenario {
     pub host_programs: &'static [&'static str],
     /// Other host files copied into L1 at the same path (firmware, data).
     pub host_files: &'static [&'static str],
+    /// Static host programs that an environment variable of the lab's process names:
+    /// `(VARIABLE, L1 path)`, copied there with mode 0755 when the variable is set (a
+    /// set variable naming no file is an error); unset, nothing is copied and the
+    /// script must cope (e.g. a benchmark's optional peer VMM).
+    pub env_programs: &'static [(&'static str, &'static str)],
+    /// Also give L1 the vmlinux ELF extracted from the L2 kernel as `/lab/l2/vmlinux`
+    /// (with `l2`; `signed_bundles` give it only inside a bundle).
+    pub l2_vmlinux: bool,
     pub l2: Option<L2Guest>,
     /// Tiny guests (`integration-tests/tiny-guests`, built for `x86_64-unknown-none`)
     /// put in L1 as `/lab/tiny/NAME` (ELF) and `/lab/tiny/NAME.bin` (flat binary).
@@ -135,6 +143,8 @@ const PLAIN: Scenario = Scenario {
     guest_programs: &[],
     host_programs: &[],
     host_files: &[],
+    env_programs: &[],
+    l2_vmlinux: false,
     l2: None,
     tiny_guests: &[],
     signed_tiny_guests: false,
@@ -761,7 +771,7 @@ pub const BENCHMARKS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-boot-bench",
-        summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm vs QEMU microvm booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init and power-off",
+        summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm (bzImage and vmlinux), Firecracker (vmlinux; when BULWARK_BENCH_FIRECRACKER names its binary) and QEMU microvm (bzImage) booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init (with the VMM's own RSS) and exit",
         script: include_str!("../../lab/scenarios/vmm-boot-bench.sh"),
         guest_programs: &[
             GuestProgram {
@@ -778,16 +788,24 @@ pub const BENCHMARKS: &[Scenario] = &[
             "/usr/share/qemu/bios-microvm.bin",
             "/usr/share/qemu/linuxboot_dma.bin",
         ],
+        env_programs: &[("BULWARK_BENCH_FIRECRACKER", "/bin/firecracker")],
+        l2_vmlinux: true,
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init-vmm.sh"),
             signed_bundles: false,
             programs: &[],
             modules: &[],
             virtio_bundle: false,
-        guest_init: false,
+            guest_init: false,
         }),
-        expected_checks: &["kvm-device", "bench-bulwark-vmm", "bench-qemu-microvm"],
-        timeout_secs: 600,
+        // bench-firecracker is reported (and must pass) only when Firecracker was given.
+        expected_checks: &[
+            "kvm-device",
+            "bench-bulwark-vmm",
+            "bench-bulwark-vmm-vmlinux",
+            "bench-qemu-microvm",
+        ],
+        timeout_secs: 900,
         ..VMM_LINUX
     },
 ];
@@ -840,6 +858,18 @@ mod tests {
                 assert!(
                     crate::result_line::parse(&line).is_some(),
                     "{check:?} is not a valid check name"
+                );
+            }
+            assert!(
+                !s.l2_vmlinux || s.l2.is_some(),
+                "{}: l2_vmlinux without l2",
+                s.name
+            );
+            for (var, l1_path) in s.env_programs {
+                assert!(
+                    !var.is_empty() && l1_path.starts_with('/'),
+                    "{}: {var}",
+                    s.name
                 );
             }
         }
