@@ -276,6 +276,14 @@ impl Lab {
             }
             image.host_file(file, Path::new(file), 0o644);
         }
+        let release = programs::build_release_guest_programs(
+            &self.workspace,
+            &self.target_dir,
+            scenario.release_programs,
+        )?;
+        for (program, path) in scenario.release_programs.iter().zip(release) {
+            image.host_file(&format!("/bin/{}-release", program.bin), &path, 0o755);
+        }
         for (var, l1_path) in scenario.env_programs {
             let Some(host) = std::env::var_os(var) else {
                 continue;

@@ -22,6 +22,41 @@ pub fn build_guest_programs(
     build_programs(workspace, target_dir, programs, Some(GUEST_TARGET))
 }
 
+/// Builds `programs` as they ship (`cargo build --release`: the workspace's release
+/// profile, fat LTO) for [`GUEST_TARGET`] into `target_dir/release-programs`; returns
+/// each binary's path, in order.
+pub fn build_release_guest_programs(
+    workspace: &Path,
+    target_dir: &Path,
+    programs: &[GuestProgram],
+) -> Result<Vec<PathBuf>> {
+    if programs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = target_dir.join("release-programs");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--target",
+            GUEST_TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(&out);
+    for program in programs {
+        cmd.args(["--package", program.package, "--bin", program.bin]);
+    }
+    run(&mut cmd)?;
+    Ok(programs
+        .iter()
+        .map(|p| out.join(GUEST_TARGET).join("release").join(p.bin))
+        .collect())
+}
+
 /// Builds `programs` for the host's own target (glibc, dynamically linked) into
 /// `target_dir/host`, for programs that cannot be built static (`bulwarkd` links
 /// libtss2 through `bulwark-tpm`); the lab copies them into L1 with their shared

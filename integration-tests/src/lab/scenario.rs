@@ -87,6 +87,9 @@ pub struct Scenario {
     /// set variable naming no file is an error); unset, nothing is copied and the
     /// script must cope (e.g. a benchmark's optional peer VMM).
     pub env_programs: &'static [(&'static str, &'static str)],
+    /// This workspace's binaries built as they ship (`--release`: fat LTO, static musl)
+    /// into L1 as `/bin/NAME-release`, beside the lab's debug builds (for benchmarks).
+    pub release_programs: &'static [GuestProgram],
     /// Also give L1 the vmlinux ELF extracted from the L2 kernel as `/lab/l2/vmlinux`
     /// (with `l2`; `signed_bundles` give it only inside a bundle).
     pub l2_vmlinux: bool,
@@ -144,6 +147,7 @@ const PLAIN: Scenario = Scenario {
     host_programs: &[],
     host_files: &[],
     env_programs: &[],
+    release_programs: &[],
     l2_vmlinux: false,
     l2: None,
     tiny_guests: &[],
@@ -771,18 +775,13 @@ pub const BENCHMARKS: &[Scenario] = &[
     },
     Scenario {
         name: "vmm-boot-bench",
-        summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm (bzImage and vmlinux), Firecracker (vmlinux; when BULWARK_BENCH_FIRECRACKER names its binary) and QEMU microvm (bzImage) booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init (with the VMM's own RSS) and exit",
+        summary: "benchmark (bench/vmm-boot --lab, not a test): bulwark-vmm as it ships (release) from signed bundles with measured boot (vmlinux through PVH, and bzImage), Firecracker (the same vmlinux; when BULWARK_BENCH_FIRECRACKER names its binary) and QEMU microvm (bzImage) booting the same Linux kernel and initramfs under KVM inside L1, to first serial byte, init (with the VMM's own RSS) and exit",
         script: include_str!("../../lab/scenarios/vmm-boot-bench.sh"),
-        guest_programs: &[
-            GuestProgram {
-                package: "bulwark-vmm",
-                bin: "bulwark-vmm",
-            },
-            GuestProgram {
-                package: THIS_PACKAGE,
-                bin: "lab-boot-timer",
-            },
-        ],
+        guest_programs: &[GuestProgram {
+            package: THIS_PACKAGE,
+            bin: "lab-boot-timer",
+        }],
+        release_programs: &[VMM],
         host_programs: &["/usr/bin/qemu-system-x86_64"],
         host_files: &[
             "/usr/share/qemu/bios-microvm.bin",
@@ -792,7 +791,7 @@ pub const BENCHMARKS: &[Scenario] = &[
         l2_vmlinux: true,
         l2: Some(L2Guest {
             init: include_str!("../../lab/l2-init-vmm.sh"),
-            signed_bundles: false,
+            signed_bundles: true,
             programs: &[],
             modules: &[],
             virtio_bundle: false,
@@ -802,7 +801,7 @@ pub const BENCHMARKS: &[Scenario] = &[
         expected_checks: &[
             "kvm-device",
             "bench-bulwark-vmm",
-            "bench-bulwark-vmm-vmlinux",
+            "bench-bulwark-vmm-bzimage",
             "bench-qemu-microvm",
         ],
         timeout_secs: 900,
