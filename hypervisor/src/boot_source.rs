@@ -265,6 +265,15 @@ pub fn read_firmware(path: &Path) -> Result<Vec<u8>, SourceError> {
     Ok(image)
 }
 
+/// The components a boot reads into memory (each re-hashed as read, all before the
+/// boot goes on), in the order they are read.
+const LOADED_COMPONENTS: [ComponentKind; 4] = [
+    ComponentKind::Kernel,
+    ComponentKind::Initrd,
+    ComponentKind::Cmdline,
+    ComponentKind::Config,
+];
+
 /// What reading a bundle does with its `rollback_state` file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateUse {
@@ -382,8 +391,10 @@ fn read_bundle(
         .map_err(|e| SourceError::State(e.to_string()))?;
     let verify_started = std::time::Instant::now();
     let bundle = Bundle::open(path).map_err(|e| SourceError::Bundle(e.to_string()))?;
+    // The components read into memory below are hashed as they are read (once);
+    // everything else in the file is checked here, before any of them is read.
     let verified = bundle
-        .verify(&policy)
+        .verify_for_loading(&policy, &LOADED_COMPONENTS)
         .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
     let verify = verify_started.elapsed();
     let manifest = verified.manifest();
@@ -401,22 +412,12 @@ fn read_bundle(
             "a config component needs a Linux boot (a bundle booted as a raw binary has no initrd to carry it)".into(),
         ));
     }
-    if let Some(state) = state.as_mut() {
+    if let Some(state) = state.as_ref() {
         state
             .check(&manifest.name, manifest.version)
             .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
-        if trust.state_use == StateUse::Record {
-            state
-                .record(&manifest.name, manifest.version)
-                .map_err(|e| SourceError::State(e.to_string()))?;
-        }
     }
-    for kind in [
-        ComponentKind::Kernel,
-        ComponentKind::Initrd,
-        ComponentKind::Cmdline,
-        ComponentKind::Config,
-    ] {
+    for kind in LOADED_COMPONENTS {
         if let Some(c) = manifest.component(kind) {
             if c.size > MAX_BLOB_SIZE {
                 return Err(SourceError::Bundle(format!(
@@ -428,9 +429,11 @@ fn read_bundle(
     }
     let read_started = std::time::Instant::now();
     let read = |kind| {
-        verified
-            .read_component(kind)
-            .map_err(|e| SourceError::Bundle(format!("reading the {kind} component: {e}")))
+        verified.read_component(kind).map_err(|e| {
+            SourceError::Bundle(format!(
+                "verification failed: reading the {kind} component: {e}"
+            ))
+        })
     };
     let kernel = read(ComponentKind::Kernel)?
         .ok_or_else(|| SourceError::Bundle("the bundle has no kernel component".into()))?;
@@ -479,6 +482,14 @@ fn read_bundle(
             }
         }
     };
+    // Every loaded component is read and checked: only now is the version recorded.
+    if let Some(state) = state.as_mut() {
+        if trust.state_use == StateUse::Record {
+            state
+                .record(&manifest.name, manifest.version)
+                .map_err(|e| SourceError::State(e.to_string()))?;
+        }
+    }
     let rootfs = match manifest.component(ComponentKind::Rootfs) {
         Some(c) => {
             let end = c

@@ -155,6 +155,39 @@ fn unsigned_tampered_untrusted_and_rolled_back_bundles_are_refused_before_boot()
     refuse(bundle_config(&tampered, &s.key_pub), "boot_source.path");
 }
 
+/// A kernel byte flipped in a signed bundle is caught when the kernel is read (the one
+/// pass that hashes it), before anything boots and before the rollback state records
+/// the version.
+#[test]
+fn a_flipped_kernel_byte_is_refused_on_read_and_records_no_version() {
+    let s = make_bundle(&flat("hello"), None, None, 5);
+    let image = std::fs::read(flat("hello")).unwrap();
+    let mut bytes = std::fs::read(&s.bundle).unwrap();
+    let at = bytes
+        .windows(image.len())
+        .position(|w| w == image.as_slice())
+        .expect("kernel bytes in bundle");
+    bytes[at + image.len() / 2] ^= 0x01;
+    let tampered = s.bundle.with_extension("flipped");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let state = s._dir.path().join("rollback.json");
+    let mut cfg = bundle_config(&tampered, &s.key_pub);
+    cfg["boot_source"]["raw"] =
+        json!({"load_addr": 0x10_0000, "entry": {"mode": "long64", "rip": 0x10_0000}});
+    cfg["boot_source"]["rollback_state"] = json!(state);
+    let run = boot(cfg);
+    run.assert_status(1);
+    assert!(
+        run.stderr
+            .contains("boot_source.path: verification failed: reading the kernel component"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.serial.is_empty(), "nothing may run: {}", run.serial);
+    let recorded = std::fs::read_to_string(&state).unwrap_or_default();
+    assert!(!recorded.contains("tiny-test"), "recorded: {recorded}");
+}
+
 /// With a rollback state file, booting version 5 records it; `measure` only checks;
 /// version 4 (correctly signed by the same key) is then refused.
 #[test]

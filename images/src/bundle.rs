@@ -125,6 +125,43 @@ impl<S: BundleSource> Bundle<S> {
         policy: &TrustPolicy,
         progress: Progress<'_>,
     ) -> Result<VerifiedBundle<S>, ImageError> {
+        let signed_by = self.check_trust(policy)?;
+        self.check_contents(progress)?;
+        Ok(VerifiedBundle {
+            bundle: self,
+            signed_by,
+        })
+    }
+
+    /// [`Bundle::verify`] for a loader that reads the SHA-384 components in `read_now`
+    /// into memory right away with [`VerifiedBundle::read_component`], which checks each
+    /// one's digest as it reads it: those are not hashed a first time here (each byte is
+    /// hashed once); everything else (signatures, version, padding, every other
+    /// component and the rootfs's dm-verity tree) is checked as by `verify`. A caller
+    /// must read every component in `read_now` before it trusts the bundle.
+    pub fn verify_for_loading(
+        self,
+        policy: &TrustPolicy,
+        read_now: &[ComponentKind],
+    ) -> Result<VerifiedBundle<S>, ImageError> {
+        let signed_by = self.check_trust(policy)?;
+        self.check_padding()?;
+        self.manifest
+            .components
+            .par_iter()
+            .filter(|c| {
+                !(read_now.contains(&c.kind) && matches!(c.integrity, Integrity::Sha384(_)))
+            })
+            .try_for_each(|c| self.check_component(c, &|_| {}))?;
+        Ok(VerifiedBundle {
+            bundle: self,
+            signed_by,
+        })
+    }
+
+    /// The signatures against `policy`'s keys and threshold, and its minimum version;
+    /// returns who signed.
+    fn check_trust(&self, policy: &TrustPolicy) -> Result<Vec<KeyId>, ImageError> {
         let signed_by = check_threshold(&self.manifest_bytes, &self.signatures, policy)?;
         if self.manifest.version < policy.min_version {
             return Err(ImageError::Rollback {
@@ -134,11 +171,7 @@ impl<S: BundleSource> Bundle<S> {
                 why: "--min-version",
             });
         }
-        self.check_contents(progress)?;
-        Ok(VerifiedBundle {
-            bundle: self,
-            signed_by,
-        })
+        Ok(signed_by)
     }
 
     /// Bytes that content checking reads: for the progress bar.

@@ -335,3 +335,74 @@ fn content_changed_after_verification_is_caught_on_read() {
         })
     ));
 }
+
+/// What a loader does with `verify_for_loading`: verify, then read every deferred
+/// component (each checked as it is read).
+fn load_bytes(bytes: &[u8], policy: &TrustPolicy) -> Result<(), ImageError> {
+    let read_now = [
+        ComponentKind::Kernel,
+        ComponentKind::Initrd,
+        ComponentKind::Cmdline,
+    ];
+    let v = Bundle::from_source(BytesSource(bytes))?.verify_for_loading(policy, &read_now)?;
+    for kind in read_now {
+        v.read_component(kind)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn verify_for_loading_then_reading_refuses_every_single_byte_flip() {
+    let f = signed_bundle(1, 2);
+    let original = std::fs::read(&f.bundle).unwrap();
+    let policy = TrustPolicy::single(f.public.clone());
+    load_bytes(&original, &policy).unwrap();
+    let accepted: Vec<usize> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..original.len())
+            .collect::<Vec<_>>()
+            .chunks(original.len().div_ceil(2))
+            .map(|chunk| {
+                let (original, policy, chunk) = (&original, &policy, chunk.to_vec());
+                s.spawn(move || {
+                    let mut copy = original.clone();
+                    let mut accepted = Vec::new();
+                    for i in chunk {
+                        copy[i] ^= 0x5a;
+                        if load_bytes(&copy, policy).is_ok() {
+                            accepted.push(i);
+                        }
+                        copy[i] ^= 0x5a;
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(accepted.is_empty(), "flips at {accepted:?} were accepted");
+    // A flipped kernel byte passes the deferred verification and is refused on read.
+    let kernel_at = original
+        .windows(64)
+        .position(|w| w == &common::pattern(5000, 1)[..64])
+        .unwrap();
+    let mut copy = original.clone();
+    copy[kernel_at + 100] ^= 1;
+    let v = Bundle::from_source(BytesSource(&copy))
+        .unwrap()
+        .verify_for_loading(&policy, &[ComponentKind::Kernel])
+        .unwrap();
+    assert!(matches!(
+        v.read_component(ComponentKind::Kernel),
+        Err(ImageError::DigestMismatch {
+            component: ComponentKind::Kernel
+        })
+    ));
+    // Not deferred, the same flip is refused by the verification itself.
+    assert!(Bundle::from_source(BytesSource(&copy))
+        .unwrap()
+        .verify_for_loading(&policy, &[])
+        .is_err());
+}
