@@ -86,7 +86,9 @@ fn main() -> std::process::ExitCode {
         .args(rest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // The VMM's own log goes to the L1 console (bulwark-vmm's `boot phases` line
+        // with BULWARK_LOG=info); it does not delay the guest's serial output.
+        .stderr(Stdio::inherit())
         .spawn()
     {
         Ok(c) => c,
