@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bulwark_image::{
-    Bundle, Component, ComponentKind, Manifest, PublicKey, RollbackState, TrustPolicy,
-};
+use bulwark_image::{Bundle, Component, ComponentKind, Manifest, RollbackState, TrustPolicy};
 use sha2::{Digest, Sha384};
 
 use crate::config::{BootSource, BundleBoot, LinuxBoot, LinuxEntry, RawBoot, RawEntry, RawLoad};
@@ -368,21 +366,11 @@ fn read_bundle(
     entry: LinuxEntry,
     raw: Option<&RawLoad>,
 ) -> Result<BootInputs, SourceError> {
-    let keys = trusted_keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            PublicKey::from_pem_file(k).map_err(|e| SourceError::Key {
-                index: i,
-                message: e.to_string(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let policy = TrustPolicy {
-        keys,
-        threshold: trust.threshold,
-        min_version: trust.min_version,
-    };
+    let policy = TrustPolicy::from_pem_files(trusted_keys, trust.threshold, trust.min_version)
+        .map_err(|e| SourceError::Key {
+            index: e.index,
+            message: e.source.to_string(),
+        })?;
     // Locked from before verification until the booted version is recorded.
     let mut state = trust
         .rollback_state

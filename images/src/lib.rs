@@ -33,7 +33,7 @@ pub use manifest::{
     validate_name, Component, ComponentKind, Integrity, Manifest, NodeInfo, FORMAT_ID,
     MAX_MANIFEST_LEN, MAX_PCR_INDEX,
 };
-pub use signature::{Signature, TrustPolicy, MAX_SIGNATURES};
+pub use signature::{KeyFileError, Signature, TrustPolicy, MAX_SIGNATURES};
 pub use source::{BundleSource, BytesSource, FileSource};
 pub use state::RollbackState;
 pub use verity::{VerityHash, VerityParams};

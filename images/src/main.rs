@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bulwark_image::{
-    build, generate_key_pair, sign, BuildSpec, Bundle, ImageError, Integrity, Manifest, PublicKey,
+    build, generate_key_pair, sign, BuildSpec, Bundle, ImageError, Integrity, Manifest,
     RollbackState, SigningKey, TrustPolicy,
 };
 use clap::{Parser, Subcommand};
@@ -275,15 +275,8 @@ fn verify(
     image: &Path,
     show_progress: bool,
 ) -> Result<Report, Failure> {
-    let keys = trust
-        .iter()
-        .map(|p| PublicKey::from_pem_file(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let policy = TrustPolicy {
-        keys,
-        threshold,
-        min_version,
-    };
+    let policy =
+        TrustPolicy::from_pem_files(trust, threshold, min_version).map_err(ImageError::from)?;
     // Lock the state first so check-then-record cannot race another verifier.
     let mut rollback = state.map(RollbackState::open).transpose()?;
     let bundle = Bundle::open(image)?;

@@ -108,7 +108,48 @@ pub struct TrustPolicy {
     pub min_version: u64,
 }
 
+/// A trusted key file that could not be read: which one (its index in the list) and
+/// why (the error names the path).
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct KeyFileError {
+    /// Position of the file in the list given.
+    pub index: usize,
+    /// What was wrong (unreadable, not a PEM public key), with the path.
+    #[source]
+    pub source: ImageError,
+}
+
+impl From<KeyFileError> for ImageError {
+    fn from(e: KeyFileError) -> Self {
+        e.source
+    }
+}
+
 impl TrustPolicy {
+    /// The policy of the PEM public keys in `paths`, `threshold` of which must have
+    /// signed, refusing versions below `min_version`. The one place key files become a
+    /// policy (the CLIs, the VMM, the agent, the verifier and the lab use it).
+    pub fn from_pem_files<P: AsRef<std::path::Path>>(
+        paths: &[P],
+        threshold: usize,
+        min_version: u64,
+    ) -> Result<Self, KeyFileError> {
+        let keys = paths
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                PublicKey::from_pem_file(p.as_ref())
+                    .map_err(|source| KeyFileError { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustPolicy {
+            keys,
+            threshold,
+            min_version,
+        })
+    }
+
     /// Trust a single key, threshold 1, any version.
     pub fn single(key: PublicKey) -> Self {
         TrustPolicy {

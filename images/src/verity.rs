@@ -363,7 +363,7 @@ impl VerityParams {
                 let dst = level.start + (first / per_block) * hash_block;
                 sink(&out, dst, i)?;
                 progress(count * src_block);
-                Ok(())
+                Ok::<(), ImageError>(())
             })?;
         }
         let top = match levels.last() {

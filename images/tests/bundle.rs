@@ -406,3 +406,20 @@ fn verify_for_loading_then_reading_refuses_every_single_byte_flip() {
         .verify_for_loading(&policy, &[])
         .is_err());
 }
+
+#[test]
+fn a_policy_from_key_files_names_the_file_that_is_not_a_key() {
+    let f = signed_bundle(2, 1);
+    let not_a_key = f.dir.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "hello").unwrap();
+    let p = TrustPolicy::from_pem_files(&[&f.public_path], 1, 2).unwrap();
+    assert_eq!((p.keys.len(), p.threshold, p.min_version), (1, 1, 2));
+    Bundle::open(&f.bundle).unwrap().verify(&p).unwrap();
+    let e = TrustPolicy::from_pem_files(&[&f.public_path, &not_a_key], 1, 0).unwrap_err();
+    assert_eq!(e.index, 1);
+    assert!(e.to_string().contains("not-a-key.pem"), "{e}");
+    let missing = f.dir.path().join("missing.pem");
+    let e = TrustPolicy::from_pem_files(&[&missing], 1, 0).unwrap_err();
+    assert_eq!(e.index, 0);
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+}

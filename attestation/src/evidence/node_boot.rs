@@ -264,18 +264,8 @@ impl NodeReference {
         image: &std::path::Path,
         trust: &[std::path::PathBuf],
     ) -> Result<Self, crate::Error> {
-        let keys = trust
-            .iter()
-            .map(|p| {
-                bulwark_image::PublicKey::from_pem_file(p)
-                    .map_err(|e| crate::Error::Argument(format!("{}: {e}", p.display())))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let policy = bulwark_image::TrustPolicy {
-            keys,
-            threshold: 1,
-            min_version: 0,
-        };
+        let policy = bulwark_image::TrustPolicy::from_pem_files(trust, 1, 0)
+            .map_err(|e| crate::Error::Argument(e.to_string()))?;
         let signed = bulwark_node_image::measure::predict_signed(image, &policy, None)
             .map_err(|e| crate::Error::Argument(e.to_string()))?;
         if !signed.mismatches.is_empty() {

@@ -24,20 +24,8 @@ fn from_node(e: NodeImageError) -> Error {
 }
 
 fn trust(cfg: &NodeUpdateConfig) -> Result<bulwark_image::TrustPolicy> {
-    let keys = cfg
-        .trust
-        .iter()
-        .map(|p| {
-            bulwark_image::PublicKey::from_pem_file(p).map_err(|e| {
-                Error::internal("node_update", format!("trust key {}: {e}", p.display()))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(bulwark_image::TrustPolicy {
-        keys,
-        threshold: cfg.threshold,
-        min_version: 0,
-    })
+    bulwark_image::TrustPolicy::from_pem_files(&cfg.trust, cfg.threshold, 0)
+        .map_err(|e| Error::internal("node_update", format!("trust key: {e}")))
 }
 
 /// Verifies the node image at `bundle` and writes it to the inactive slot.

@@ -114,18 +114,12 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
             command: "reading the provider key".into(),
             reason: e.to_string(),
         })?;
-    let policy = bulwark_image::TrustPolicy {
-        keys: vec![
-            bulwark_image::PublicKey::from_pem_file(&trust).map_err(|e| {
-                LabError::UnexpectedOutput {
-                    command: "reading the provider key".into(),
-                    reason: e.to_string(),
-                }
-            })?,
-        ],
-        threshold: 1,
-        min_version: 0,
-    };
+    let policy = bulwark_image::TrustPolicy::from_pem_files(&[&trust], 1, 0).map_err(|e| {
+        LabError::UnexpectedOutput {
+            command: "reading the provider key".into(),
+            reason: e.to_string(),
+        }
+    })?;
     let mut built = Vec::new();
     for (version, initrd) in [
         (inputs.base_version, &inputs.initramfs),

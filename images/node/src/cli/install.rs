@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bulwark_image::{PublicKey, TrustPolicy};
+use bulwark_image::TrustPolicy;
 use bulwark_node_image::disk::DEFAULT_ESP_MIB;
 use bulwark_node_image::install::{
     install, install_bytes, read_node_image, InstallOptions, NodeImagePayload,
@@ -97,16 +97,8 @@ pub fn progress_bar(show: bool, total: u64, what: &'static str) -> ProgressBar {
 
 /// Load the trust policy and verify the image, with a progress bar.
 pub fn verify(a: &ImageArgs, json: bool) -> Result<NodeImagePayload, NodeImageError> {
-    let keys = a
-        .trust
-        .iter()
-        .map(|p| PublicKey::from_pem_file(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let policy = TrustPolicy {
-        keys,
-        threshold: a.threshold,
-        min_version: 0,
-    };
+    let policy = TrustPolicy::from_pem_files(&a.trust, a.threshold, 0)
+        .map_err(bulwark_image::ImageError::from)?;
     let total = std::fs::metadata(&a.image).map_or(0, |m| m.len());
     let bar = progress_bar(show_progress(json), total, "verifying");
     let r = read_node_image(&a.image, &policy, &|n| bar.inc(n));

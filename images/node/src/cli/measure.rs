@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use bulwark_image::{PublicKey, TrustPolicy, MAGIC};
+use bulwark_image::{TrustPolicy, MAGIC};
 use bulwark_node_image::measure::{
     predict, predict_signed, Confidence, MeasureOptions, Prediction,
 };
@@ -122,20 +122,9 @@ pub fn run(a: MeasureArgs, json: bool) -> Result<(), NodeImageError> {
             "a bundle is measured from its verified UKI: pass --trust PUB".into(),
         ));
     }
-    let keys = a
-        .trust
-        .iter()
-        .map(|k| PublicKey::from_pem_file(k))
-        .collect::<Result<Vec<_>, _>>()?;
-    let v = predict_signed(
-        &a.image,
-        &TrustPolicy {
-            keys,
-            threshold: 1,
-            min_version: 0,
-        },
-        sb,
-    )?;
+    let policy =
+        TrustPolicy::from_pem_files(&a.trust, 1, 0).map_err(bulwark_image::ImageError::from)?;
+    let v = predict_signed(&a.image, &policy, sb)?;
     let (p, mismatches, compared) = (&v.prediction, &v.mismatches, v.compared);
     let m = &v;
     let node = &v;
