@@ -40,24 +40,24 @@ fn round_trip_returns_the_exact_components() {
     assert!(v.read_component(ComponentKind::Rootfs).is_err());
 }
 
-#[test]
-fn every_single_byte_flip_is_refused() {
-    let f = signed_bundle(1, 2);
-    let original = std::fs::read(&f.bundle).unwrap();
-    let policy = TrustPolicy::single(f.public.clone());
-    verify_bytes(&original, &policy).unwrap();
+/// The positions of `original` at which a flipped byte (0x5a) still passes `check`
+/// (two threads).
+fn flips_accepted(
+    original: &[u8],
+    policy: &TrustPolicy,
+    check: fn(&[u8], &TrustPolicy) -> Result<(), ImageError>,
+) -> Vec<usize> {
     let positions: Vec<usize> = (0..original.len()).collect();
-    let accepted: Vec<usize> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let workers: Vec<_> = positions
             .chunks(original.len().div_ceil(2))
             .map(|chunk| {
-                let (original, policy) = (&original, &policy);
                 s.spawn(move || {
-                    let mut copy = original.clone();
+                    let mut copy = original.to_vec();
                     let mut accepted = Vec::new();
                     for &i in chunk {
                         copy[i] ^= 0x5a;
-                        if verify_bytes(&copy, policy).is_ok() {
+                        if check(&copy, policy).is_ok() {
                             accepted.push(i);
                         }
                         copy[i] ^= 0x5a;
@@ -70,7 +70,16 @@ fn every_single_byte_flip_is_refused() {
             .into_iter()
             .flat_map(|w| w.join().unwrap())
             .collect()
-    });
+    })
+}
+
+#[test]
+fn every_single_byte_flip_is_refused() {
+    let f = signed_bundle(1, 2);
+    let original = std::fs::read(&f.bundle).unwrap();
+    let policy = TrustPolicy::single(f.public.clone());
+    verify_bytes(&original, &policy).unwrap();
+    let accepted = flips_accepted(&original, &policy, verify_bytes);
     assert!(
         accepted.is_empty(),
         "flips at {accepted:?} were accepted (of {} positions)",
@@ -357,31 +366,7 @@ fn verify_for_loading_then_reading_refuses_every_single_byte_flip() {
     let original = std::fs::read(&f.bundle).unwrap();
     let policy = TrustPolicy::single(f.public.clone());
     load_bytes(&original, &policy).unwrap();
-    let accepted: Vec<usize> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..original.len())
-            .collect::<Vec<_>>()
-            .chunks(original.len().div_ceil(2))
-            .map(|chunk| {
-                let (original, policy, chunk) = (&original, &policy, chunk.to_vec());
-                s.spawn(move || {
-                    let mut copy = original.clone();
-                    let mut accepted = Vec::new();
-                    for i in chunk {
-                        copy[i] ^= 0x5a;
-                        if load_bytes(&copy, policy).is_ok() {
-                            accepted.push(i);
-                        }
-                        copy[i] ^= 0x5a;
-                    }
-                    accepted
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect()
-    });
+    let accepted = flips_accepted(&original, &policy, load_bytes);
     assert!(accepted.is_empty(), "flips at {accepted:?} were accepted");
     // A flipped kernel byte passes the deferred verification and is refused on read.
     let kernel_at = original
