@@ -15,9 +15,6 @@ use bulwark_firmware_abi::map;
 use crate::boot::{BootError, EntryMode, EntryState, Writer};
 use crate::config::ApStart;
 
-/// Highest address the initrd may end at (old kernels' `initrd_addr_max`).
-const INITRD_LIMIT: u64 = 0x3800_0000;
-
 /// Stages `kernel`, `initrd` and `cmdline` for `firmware` and measures every byte
 /// written: blobs `firmware`, `firmware-hashes`, `firmware-boot-info`, `cmdline`,
 /// `initrd`, `kernel-bzimage`, in that order. The vCPU starts in real mode at the reset
@@ -43,10 +40,11 @@ pub(crate) fn stage(
     let mut cl = cmdline.as_bytes().to_vec();
     cl.push(0);
 
-    // The initrd at the top of low RAM, the kernel file right below it.
+    // The initrd at the top of low RAM (where a direct boot puts it), the kernel file
+    // right below it.
     let initrd_bytes = initrd.unwrap_or_default();
     let initrd_len = initrd_bytes.len() as u64;
-    let limit = w.layout.low_ram_end().min(INITRD_LIMIT);
+    let limit = w.boot.linux_initrd_limit;
     let initrd_at = limit
         .checked_sub(initrd_len)
         .map(|a| a & !(map::PAGE - 1))
@@ -121,25 +119,66 @@ pub(crate) fn stage(
     Ok((entry, table))
 }
 
+/// Why the SEV-SNP launch digest of a boot cannot be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnpDigestError {
+    /// The guest CPU model is not one `bulwark_firmware_abi::snp::VCPU_TYPES` names.
+    #[error("guest CPU model {0:?} is unknown (one of {names})", names = snp_cpu_names())]
+    UnknownCpu(String),
+    /// The boot does not go through the firmware.
+    #[error("the VM configuration has no firmware boot (machine.firmware)")]
+    NoFirmwareBoot,
+    /// The firmware image or the table is unusable for SNP.
+    #[error("SEV-SNP launch digest: {0}")]
+    Digest(bulwark_firmware_abi::snp::SnpError),
+}
+
+/// The guest CPU models an SNP digest can be computed for, comma-separated.
+pub fn snp_cpu_names() -> String {
+    bulwark_firmware_abi::snp::VCPU_TYPES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An SNP launch digest and the vCPU signature it was computed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnpDigest {
+    /// The launch digest (SHA-384).
+    pub launch_digest: [u8; 48],
+    /// The signature (family/model/stepping) of the CPU model, in each VMSA.
+    pub vcpu_signature: u32,
+}
+
 /// The AMD SEV-SNP launch digest (the attestation report's `MEASUREMENT`) of this
-/// firmware boot on `vcpus` vCPUs of signature `vcpu_sig`: the firmware pages, its SEV
-/// metadata sections with the kernel-hashes page the boot wrote, and the VMSAs
-/// (`bulwark_firmware_abi::snp`, checked against `sev-snp-measure`). `None` when
-/// `inputs` is not a firmware boot.
+/// firmware boot on `vcpus` vCPUs of the QEMU CPU model `vcpu_type`: the firmware
+/// pages, its SEV metadata sections with the kernel-hashes page the boot wrote, and the
+/// VMSAs (`bulwark_firmware_abi::snp`, checked against `sev-snp-measure`). The one
+/// place `bulwark-vmm measure --snp` and `bulwark-verify predict --snp-vcpu-type` get it.
 pub fn snp_launch_digest(
     inputs: &crate::boot_source::BootInputs,
     plan: &crate::boot::BootPlan,
     vcpus: u8,
-    vcpu_sig: u32,
+    vcpu_type: &str,
     guest_features: u64,
-) -> Option<Result<[u8; 48], bulwark_firmware_abi::snp::SnpError>> {
-    let firmware = inputs.firmware.as_deref()?;
-    let table = plan.firmware_hashes.as_ref()?;
-    Some(bulwark_firmware_abi::snp::launch_digest(
+) -> Result<SnpDigest, SnpDigestError> {
+    let vcpu_signature = bulwark_firmware_abi::snp::vcpu_type_signature(vcpu_type)
+        .ok_or_else(|| SnpDigestError::UnknownCpu(vcpu_type.to_string()))?;
+    let (Some(firmware), Some(table)) = (inputs.firmware.as_deref(), plan.firmware_hashes.as_ref())
+    else {
+        return Err(SnpDigestError::NoFirmwareBoot);
+    };
+    let launch_digest = bulwark_firmware_abi::snp::launch_digest(
         firmware,
         Some(table),
         u32::from(vcpus),
-        vcpu_sig,
+        vcpu_signature,
         guest_features,
-    ))
+    )
+    .map_err(SnpDigestError::Digest)?;
+    Ok(SnpDigest {
+        launch_digest,
+        vcpu_signature,
+    })
 }

@@ -53,7 +53,6 @@ fn parse_hex_u64(s: &str) -> Result<u64, String> {
 
 /// What `measure --snp` asks for.
 struct SnpRequest {
-    vcpu_sig: u32,
     vcpu_type: String,
     guest_features: u64,
 }
@@ -66,19 +65,13 @@ fn snp_request(
     if !snp {
         return Ok(None);
     }
-    let names = || {
-        bulwark_firmware_abi::snp::VCPU_TYPES
-            .iter()
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let name =
-        vcpu_type.ok_or_else(|| anyhow::anyhow!("--snp needs --vcpu-type (one of {})", names()))?;
-    let vcpu_sig = bulwark_firmware_abi::snp::vcpu_type_signature(name)
-        .ok_or_else(|| anyhow::anyhow!("--vcpu-type {name:?} is unknown (one of {})", names()))?;
+    let name = vcpu_type.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--snp needs --vcpu-type (one of {})",
+            bulwark_vmm::firmware_boot::snp_cpu_names()
+        )
+    })?;
     Ok(Some(SnpRequest {
-        vcpu_sig,
         vcpu_type: name.to_string(),
         guest_features,
     }))
@@ -101,22 +94,19 @@ fn measure(path: &PathBuf, snp: Option<SnpRequest>) -> anyhow::Result<()> {
         "events": plan.measurement.events,
     });
     if let Some(req) = snp {
-        let digest = bulwark_vmm::firmware_boot::snp_launch_digest(
+        let d = bulwark_vmm::firmware_boot::snp_launch_digest(
             &inputs,
             &plan,
             cfg.machine.vcpus,
-            req.vcpu_sig,
+            &req.vcpu_type,
             req.guest_features,
         )
-        .ok_or_else(|| {
-            anyhow::anyhow!("--snp: the config has no firmware boot (machine.firmware with a Linux or bundle boot)")
-        })?
         .map_err(|e| anyhow::anyhow!("--snp: {e}"))?;
         out["snp"] = serde_json::json!({
-            "launch_digest": hex::encode(digest),
+            "launch_digest": hex::encode(d.launch_digest),
             "vcpus": cfg.machine.vcpus,
             "vcpu_type": req.vcpu_type,
-            "vcpu_signature": format!("{:#x}", req.vcpu_sig),
+            "vcpu_signature": format!("{:#x}", d.vcpu_signature),
             "guest_features": format!("{:#x}", req.guest_features),
         });
     }

@@ -269,6 +269,40 @@ fn configs_the_firmware_cannot_boot_are_refused_before_anything_runs() {
 #[test]
 fn measure_snp_equals_sev_snp_measure_on_the_bulwark_firmware() {
     let dir = scratch();
+    // The refusals first: an unknown CPU model, none, and a boot without firmware.
+    let (fw_dir, direct_dir) = (scratch(), scratch());
+    let path = write_config(fw_dir.path(), config(dir.path(), true));
+    let direct = write_config(direct_dir.path(), config(dir.path(), false));
+    for (args, cfg, want) in [
+        (
+            &["--snp", "--vcpu-type", "NOPE"][..],
+            &path,
+            "guest CPU model \"NOPE\" is unknown (one of EPYC",
+        ),
+        (
+            &["--snp"][..],
+            &path,
+            "--snp needs --vcpu-type (one of EPYC",
+        ),
+        (
+            &["--snp", "--vcpu-type", "EPYC-Milan"][..],
+            &direct,
+            "no firmware boot (machine.firmware)",
+        ),
+    ] {
+        let out = Command::new(vmm_bin())
+            .arg("measure")
+            .args(args)
+            .arg("--config")
+            .arg(cfg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(want),
+            "{args:?}: {stderr}"
+        );
+    }
     for (vcpus, vcpu_type, cmdline) in [
         (1u8, "EPYC-Milan", CMDLINE),
         (2, "EPYC-Genoa", ""),

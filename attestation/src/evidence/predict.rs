@@ -204,28 +204,16 @@ fn run(
     let snp = match snp_vcpu_type {
         None => None,
         Some(vcpu_type) => {
-            let sig =
-                bulwark_firmware_abi::snp::vcpu_type_signature(vcpu_type).ok_or_else(|| {
-                    Error::Argument(format!(
-                        "--snp-vcpu-type {vcpu_type:?} is not a known CPU model"
-                    ))
-                })?;
-            let digest = bulwark_vmm::firmware_boot::snp_launch_digest(
+            let d = bulwark_vmm::firmware_boot::snp_launch_digest(
                 &inputs,
                 &plan,
                 cfg.machine.vcpus,
-                sig,
+                vcpu_type,
                 bulwark_firmware_abi::snp::DEFAULT_GUEST_FEATURES,
             )
-            .ok_or_else(|| {
-                Error::Argument(
-                    "--snp-vcpu-type: the VM configuration has no firmware boot (machine.firmware)"
-                        .into(),
-                )
-            })?
-            .map_err(|e| Error::Argument(format!("SEV-SNP launch digest: {e}")))?;
+            .map_err(|e| Error::Argument(format!("--snp-vcpu-type: {e}")))?;
             Some(SnpPrediction {
-                launch_digest: hex::encode(digest),
+                launch_digest: hex::encode(d.launch_digest),
                 vcpu_type: vcpu_type.to_string(),
             })
         }
