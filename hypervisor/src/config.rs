@@ -295,6 +295,8 @@ impl DevicesConfig {
                 ));
             }
             seen.push(b);
+            d.stated_id()
+                .map_err(|e| ConfigError::new(format!("devices.vfio[{i}].id"), e))?;
         }
         Ok(())
     }
@@ -730,5 +732,14 @@ mod tests {
         let c = VmConfig::from_json(&with(r#"[{"bdf":"0000:00:03.0","interface":"iommufd"}]"#))
             .unwrap();
         assert_eq!(c.devices.vfio[0].interface, VfioInterface::Iommufd);
+        let c = VmConfig::from_json(&with(r#"[{"bdf":"0000:00:03.0","id":"1234:11e8"}]"#)).unwrap();
+        assert_eq!(c.devices.vfio[0].stated_id(), Ok(Some((0x1234, 0x11e8))));
+        for bad in ["1234", "12345:11e8", "1234:xyzw", "1234:11e8:0"] {
+            let e = VmConfig::from_json(&with(&format!(
+                r#"[{{"bdf":"0000:00:03.0","id":"{bad}"}}]"#
+            )))
+            .unwrap_err();
+            assert_eq!(e.field, "devices.vfio[0].id", "{bad}");
+        }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod guest_atls;
 pub mod guest_workload;
+pub mod inference;
 pub mod lab;
 pub mod probe;
 pub mod result_line;

@@ -140,6 +140,12 @@ fn node_update_fallback() {
     run_scenario("node-update-fallback");
 }
 
+/// The main job, end to end (`scripts/demo` runs the same scenario).
+#[test]
+fn main_job() {
+    run_scenario("main-job");
+}
+
 #[test]
 fn every_scenario_has_a_test_here() {
     let source = include_str!("lab.rs");

@@ -78,6 +78,10 @@ pub struct Agent {
     /// The node's evidence producer, made at the first evidence request (a TPM's AK
     /// is enrolled then); `None` until then.
     attester: tokio::sync::Mutex<Option<bulwark_tpm::attester::Attester>>,
+    /// The node image evidence states (`attestation.node_image`), or why it could
+    /// not be determined at start (then attestation is refused with that reason);
+    /// `None` without `attestation`.
+    node_image: Option<std::result::Result<crate::config::NodeImage, String>>,
     /// Per VM: what its guest reported on the host channel, and the channel's task.
     guests: Mutex<HashMap<String, GuestLink>>,
     /// One node image update at a time.
@@ -97,6 +101,7 @@ impl Agent {
         })?;
         let store = Store::open(&state_dir.join("bulwarkd.db"))?;
         let sanitizer = crate::sanitize::from_config(&cfg.sanitizer, &cfg.sysfs_root);
+        let node_image = resolve_node_image(&cfg);
         Ok(Arc::new(Agent {
             sysfs: Sysfs::new(&cfg.sysfs_root),
             cfg,
@@ -109,6 +114,7 @@ impl Agent {
             vmms: Mutex::default(),
             events: Mutex::default(),
             attester: tokio::sync::Mutex::new(None),
+            node_image,
             guests: Mutex::default(),
             node_update_lock: tokio::sync::Mutex::default(),
             port_tasks: Mutex::default(),
@@ -593,12 +599,36 @@ impl Agent {
         result
     }
 
-    /// The node's boot slots (`node_update.esp`).
+    /// The node's boot slots (`node_update.esp`), and the node image evidence
+    /// states (`attested_image`: where it came from, the image or why there is none).
     pub async fn node_boot_state(&self) -> Result<serde_json::Value> {
         let cfg = crate::node_update::configured(&self.cfg.node_update)?.clone();
-        tokio::task::spawn_blocking(move || crate::node_update::boot_state(&cfg))
+        let mut v = tokio::task::spawn_blocking(move || crate::node_update::boot_state(&cfg))
             .await
-            .map_err(|e| Error::internal("node_update", e.to_string()))?
+            .map_err(|e| Error::internal("node_update", e.to_string()))??;
+        if let (Some(o), Some(a)) = (v.as_object_mut(), self.attested_image()) {
+            o.insert("attested_image".into(), a);
+        }
+        Ok(v)
+    }
+
+    /// The node image evidence states: `{source, image}` or `{source, error}`;
+    /// `None` without `attestation` in the config.
+    pub fn attested_image(&self) -> Option<serde_json::Value> {
+        let a = self.cfg.attestation.as_ref()?;
+        let source = match a.node_image {
+            crate::config::NodeImageSource::Booted => "booted",
+            crate::config::NodeImageSource::Stated(_) => "config",
+        };
+        Some(match self.node_image.as_ref()? {
+            Ok(n) => serde_json::json!({"source": source, "image": {
+                "name": n.name,
+                "version": n.version,
+                "manifest_sha384": n.manifest_sha384,
+                "signer_key_ids": n.signer_key_ids,
+            }}),
+            Err(e) => serde_json::json!({"source": source, "error": e}),
+        })
     }
 
     /// Deletes a VM without a VMM.
@@ -689,6 +719,53 @@ impl Agent {
         }
     }
 
+    /// The machine bulwarkd gives `vm` beyond its record: its assigned functions
+    /// with their IDs (bridges left out), the PCI window, the node's guest firmware,
+    /// and whether its image has a rootfs (read from the manifest; the VMM verifies it).
+    fn launch_shape(&self, st: &NodeState, vm: &Vm) -> vmm::LaunchShape {
+        let rootfs = bulwark_image::Bundle::open(Path::new(&vm.image)).is_ok_and(|b| {
+            b.unverified_manifest()
+                .component(bulwark_image::ComponentKind::Rootfs)
+                .is_some()
+        });
+        vmm::LaunchShape {
+            vfio: vm
+                .devices
+                .iter()
+                .filter_map(|a| st.devices.get(a))
+                .filter(|d| d.class != "0x060400")
+                .map(|d| (d.address.clone(), d.id.clone()))
+                .collect(),
+            mmio64_gib: self.cfg.vmm_mmio64_gib,
+            firmware: self.cfg.vm_firmware.clone(),
+            rootfs,
+        }
+    }
+
+    /// The bulwark-vmm config `vm` starts (or would start) with: what a tenant needs
+    /// to predict its launch measurement (`bulwark-verify predict --vm`).
+    pub async fn vmm_config_of(&self, id: &str) -> Result<serde_json::Value> {
+        let st = self.state().await?;
+        let vm = st
+            .vms
+            .get(id)
+            .ok_or_else(|| Error::not_found("vm", format!("no VM {id}")))?;
+        let tenant = st
+            .tenants
+            .get(&vm.tenant)
+            .ok_or_else(|| Error::internal("tenant", "VM of a missing tenant"))?;
+        let mut paths = VmPaths::new(&self.state_dir, id);
+        paths.keys = (0..tenant.signer_keys.len())
+            .map(|i| paths.dir.join(format!("signer-{i}.pem")))
+            .collect();
+        Ok(vmm::vmm_config(
+            vm,
+            tenant,
+            &paths,
+            &self.launch_shape(&st, vm),
+        ))
+    }
+
     async fn launch(
         self: &Arc<Self>,
         vm: &Vm,
@@ -698,6 +775,7 @@ impl Agent {
     ) -> Result<()> {
         let uid = vm.jail.as_ref().map_or(jail.uid_base, |j| j.uid);
         let mut paths = VmPaths::new(&self.state_dir, &vm.id);
+        vmm::grant_kvm(Path::new("/dev/kvm"), jail.gid)?;
         vmm::prepare(&mut paths, tenant, uid, jail.gid)?;
         self.open_guest_channel(&vm.id, &paths, uid, jail.gid)?;
         let listeners = crate::ports::bind(&self.cfg.port_bind_addr, &vm.ports).await?;
@@ -734,19 +812,12 @@ impl Agent {
             Some(p) => Some(vmm::Cgroup::create(p, vm, jail.pids_max)?),
             None => None,
         };
-        let config = vmm::vmm_config(
-            vm,
-            tenant,
-            &paths,
-            &vm.devices
-                .iter()
-                .filter(|a| st.devices.get(*a).is_some_and(|d| d.class != "0x060400"))
-                .cloned()
-                .collect::<Vec<_>>(),
-            self.cfg.vmm_mmio64_gib,
-        );
+        let shape = self.launch_shape(&st, vm);
+        let config = vmm::vmm_config(vm, tenant, &paths, &shape);
         let root = if jail.pivot_root {
             let groups: Vec<u32> = groups.iter().copied().collect();
+            let mut ro = jail.extra_ro_paths.clone();
+            ro.extend(shape.firmware.iter().cloned());
             Some(vmm::jail_root(
                 &self.state_dir,
                 &vm.id,
@@ -754,12 +825,13 @@ impl Agent {
                 Path::new(&vm.image),
                 bin,
                 &groups,
-                &jail.extra_ro_paths,
+                &ro,
             )?)
         } else {
             None
         };
-        let mut spawned = vmm::spawn(bin, &paths, jail, uid, cgroup, root)?;
+        let memlock = vmm::memlock_bytes(vm, &shape);
+        let mut spawned = vmm::spawn(bin, &paths, jail, uid, cgroup, root, memlock)?;
         let (i, pid, sock) = (
             vm.id.clone(),
             spawned.pid,
@@ -1324,7 +1396,22 @@ impl Agent {
             devices,
             unknown,
         };
-        let node = &cfg.node_image;
+        let node = match self.node_image.as_ref() {
+            Some(Ok(n)) => n,
+            Some(Err(why)) => {
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "attestation.node_image",
+                    format!("the node image that booted could not be determined: {why}"),
+                ))
+            }
+            None => {
+                return Err(Error::internal(
+                    "attestation.node_image",
+                    "not resolved at start",
+                ))
+            }
+        };
         let inputs = bulwark_attestation::evidence::EvidenceInputs {
             node_image: ImageId {
                 name: node.name.clone(),
@@ -1467,4 +1554,36 @@ fn enroll(t: &crate::config::TpmConfig) -> Result<bulwark_tpm::attester::TpmAtte
         .map_err(|e| Error::internal("attestation.tpm.tcti", format!("{}: {e}", t.tcti)))?;
     bulwark_tpm::attester::TpmAttester::enroll(tpm, chain, event_log)
         .map_err(|e| Error::internal("attestation.tpm", format!("enrolling the AK: {e}")))
+}
+
+/// `attestation.node_image` as evidence states it: the configured identity, or for
+/// `"booted"` the booted slot's verified manifest on `node_update.esp`. A failure is
+/// logged and kept as the reason attestation is refused; bulwarkd runs on.
+fn resolve_node_image(
+    cfg: &Config,
+) -> Option<std::result::Result<crate::config::NodeImage, String>> {
+    let a = cfg.attestation.as_ref()?;
+    Some(match &a.node_image {
+        crate::config::NodeImageSource::Stated(n) => Ok(n.clone()),
+        crate::config::NodeImageSource::Booted => {
+            let r = match &cfg.node_update {
+                Some(nu) => crate::node_update::booted_identity(nu, &a.efivars),
+                // Config::parse refuses this.
+                None => Err("node_update is not configured".into()),
+            };
+            match &r {
+                Ok(n) => tracing::info!(
+                    name = %n.name,
+                    version = n.version,
+                    manifest_sha384 = %n.manifest_sha384,
+                    "attestation: the booted node image"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "attestation: the booted node image could not be determined; attestation is refused"
+                ),
+            }
+            r
+        }
+    })
 }

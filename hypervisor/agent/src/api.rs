@@ -300,6 +300,10 @@ async fn vm(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
     }
 }
 
+async fn vmm_config(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    ok(app.agent.vmm_config_of(&id).await?)
+}
+
 async fn guest(State(app): State<App>, UrlPath(id): UrlPath<String>) -> ApiResult {
     if !app.agent.state().await?.vms.contains_key(&id) {
         return Err(Error::not_found("id", format!("no VM {id}")));
@@ -454,6 +458,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/vms/{id}/start", post(start_vm))
         .route("/vms/{id}/stop", post(stop_vm))
         .route("/vms/{id}/attest", post(attest))
+        .route("/vms/{id}/vmm-config", get(vmm_config))
         .route("/vms/{id}/guest", get(guest))
         .route("/vms/{id}/guest/ping", post(guest_ping))
         .route("/vms/{id}/guest/challenge", post(guest_challenge))

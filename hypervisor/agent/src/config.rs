@@ -95,6 +95,11 @@ pub struct Config {
     /// lab machine: 40 bits) needs a smaller window than that default.
     #[serde(default)]
     pub vmm_mmio64_gib: Option<u32>,
+    /// The guest firmware image every VM boots through (bulwark-vmm's
+    /// `machine.firmware`: measured direct boot, `docs/firmware.md`); none: the VMM
+    /// loads the kernel itself.
+    #[serde(default)]
+    pub vm_firmware: Option<PathBuf>,
     /// The VMM jail; VMs cannot start without one.
     #[serde(default)]
     pub jail: Option<JailConfig>,
@@ -143,8 +148,13 @@ fn one_u32() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationConfig {
-    /// The node OS image that booted.
-    pub node_image: NodeImage,
+    /// The node OS image that booted: stated in the config, or `"booted"`: read
+    /// at start from the booted slot's signed manifest on `node_update.esp`.
+    pub node_image: NodeImageSource,
+    /// efivarfs, where systemd-boot's `LoaderEntrySelected` names the booted
+    /// entry (for `node_image: "booted"`; tests: a folder of fake variables).
+    #[serde(default = "default_efivars")]
+    pub efivars: PathBuf,
     /// Sign evidence with a per-boot software key instead of a TPM-backed one (the
     /// evidence then says `software-key` and proves nothing about the node: tests
     /// and demos only). Exclusive with `tpm`.
@@ -173,8 +183,55 @@ pub struct TpmConfig {
     pub event_log: PathBuf,
 }
 
+fn default_efivars() -> PathBuf {
+    PathBuf::from(bulwark_node_image::booted::EFIVARFS)
+}
+
 fn default_event_log() -> PathBuf {
     PathBuf::from("/sys/kernel/security/tpm0/binary_bios_measurements")
+}
+
+/// `attestation.node_image`: the explicit identity, or the string `"booted"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeImageSource {
+    /// Read at start from the ESP: the booted slot (systemd-boot's
+    /// `LoaderEntrySelected`), its signed manifest verified under
+    /// `node_update.trust` and `threshold`, its UKI the signed one.
+    Booted,
+    /// As written in the config.
+    Stated(NodeImage),
+}
+
+impl<'de> Deserialize<'de> for NodeImageSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NodeImageSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "\"booted\" or an object {name, version, manifest_sha384, signer_key_ids}",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                if v == "booted" {
+                    Ok(NodeImageSource::Booted)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                NodeImage::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(NodeImageSource::Stated)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -253,20 +310,30 @@ impl Config {
             return Err(Error::bad("scrub_step_timeout_ms", "must be positive"));
         }
         if let Some(a) = &c.attestation {
-            let n = &a.node_image;
-            if hex::decode(&n.manifest_sha384).map_or(true, |b| b.len() != 48) {
-                return Err(Error::bad(
-                    "attestation.node_image.manifest_sha384",
-                    "must be 48 bytes in hex",
-                ));
-            }
-            for (i, k) in n.signer_key_ids.iter().enumerate() {
-                if hex::decode(k).map_or(true, |b| b.len() != 32) {
+            match &a.node_image {
+                NodeImageSource::Stated(n) => {
+                    if hex::decode(&n.manifest_sha384).map_or(true, |b| b.len() != 48) {
+                        return Err(Error::bad(
+                            "attestation.node_image.manifest_sha384",
+                            "must be 48 bytes in hex",
+                        ));
+                    }
+                    for (i, k) in n.signer_key_ids.iter().enumerate() {
+                        if hex::decode(k).map_or(true, |b| b.len() != 32) {
+                            return Err(Error::bad(
+                                format!("attestation.node_image.signer_key_ids[{i}]"),
+                                "must be 32 bytes in hex",
+                            ));
+                        }
+                    }
+                }
+                NodeImageSource::Booted if c.node_update.is_none() => {
                     return Err(Error::bad(
-                        format!("attestation.node_image.signer_key_ids[{i}]"),
-                        "must be 32 bytes in hex",
+                        "attestation.node_image",
+                        "\"booted\" reads the booted image's signed manifest from the ESP with the provider's keys: it needs node_update (esp, trust, threshold)",
                     ));
                 }
+                NodeImageSource::Booted => {}
             }
             if a.software_key && a.tpm.is_some() {
                 return Err(Error::bad(
@@ -327,9 +394,51 @@ mod tests {
                 r#"{"attestation":{"node_image":{"name":"n","version":1,"manifest_sha384":"00","signer_key_ids":[]}}}"#,
                 "attestation.node_image.manifest_sha384",
             ),
+            (
+                r#"{"attestation":{"node_image":"booted","software_key":true}}"#,
+                "attestation.node_image",
+            ),
+            (
+                r#"{"attestation":{"node_image":"latest","software_key":true}}"#,
+                "attestation.node_image",
+            ),
+            (
+                r#"{"attestation":{"node_image":{"name":"n","version":1,"manifest_sha384":"00","signer_key_ids":[],"extra":1}}}"#,
+                "attestation.node_image.extra",
+            ),
+            (
+                r#"{"attestation":{"node_image":"booted","efivarz":"/x"}}"#,
+                "attestation.efivarz",
+            ),
         ] {
             let e = Config::parse(text).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn node_image_is_stated_or_booted() {
+        let sha = "ab".repeat(48);
+        let key = "cd".repeat(32);
+        let c = Config::parse(&format!(
+            r#"{{"attestation":{{"node_image":{{"name":"n","version":3,"manifest_sha384":"{sha}","signer_key_ids":["{key}"]}},"software_key":true}}}}"#
+        ))
+        .unwrap();
+        let a = c.attestation.unwrap();
+        assert!(
+            matches!(&a.node_image, NodeImageSource::Stated(n) if n.version == 3 && n.signer_key_ids == [key])
+        );
+        assert_eq!(a.efivars, PathBuf::from("/sys/firmware/efi/efivars"));
+        let c = Config::parse(
+            r#"{"node_update":{"esp":"/dev/esp","trust":["/k.pem"]},
+                "attestation":{"node_image":"booted","software_key":true,"efivars":"/tmp/ev"}}"#,
+        )
+        .unwrap();
+        let a = c.attestation.unwrap();
+        assert_eq!(a.node_image, NodeImageSource::Booted);
+        assert_eq!(a.efivars, PathBuf::from("/tmp/ev"));
+        let e = Config::parse(r#"{"attestation":{"node_image":"booted","software_key":true}}"#)
+            .unwrap_err();
+        assert!(e.message.contains("node_update"), "{e}");
     }
 }

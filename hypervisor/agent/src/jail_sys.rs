@@ -19,13 +19,15 @@ pub struct RootPlan {
 }
 
 /// Makes `cmd`'s child call `enter` before exec, with `procs` (opened here, before
-/// the fork) as its cgroup.
+/// the fork) as its cgroup and, with `memlock`, that many bytes as its
+/// RLIMIT_MEMLOCK (a VMM with assigned devices pins all guest RAM).
 pub fn arm(
     cmd: &mut std::process::Command,
     procs: Option<std::fs::File>,
     root: Option<RootPlan>,
     uid: u32,
     gid: u32,
+    memlock: Option<u64>,
 ) {
     let (u, g) = (
         rustix::process::Uid::from_raw_unchecked(uid),
@@ -33,11 +35,19 @@ pub fn arm(
     );
     // SAFETY: the closure runs in the child between fork and exec; `enter` only makes
     // async-signal-safe system calls (write, unshare, mount, chdir, pivot_root,
-    // umount2, setgroups, setresgid, setresuid, prctl) and allocates nothing: `procs`
+    // umount2, prlimit64, setgroups, setresgid, setresuid, prctl) and allocates nothing: `procs`
     // was opened and every path of `root` made into a C string before the fork, and
     // both are only borrowed.
     unsafe {
-        cmd.pre_exec(move || enter(procs.as_ref().map(|f| f.as_fd()), root.as_ref(), u, g));
+        cmd.pre_exec(move || {
+            enter(
+                procs.as_ref().map(|f| f.as_fd()),
+                root.as_ref(),
+                u,
+                g,
+                memlock,
+            )
+        });
     }
 }
 
@@ -45,12 +55,14 @@ pub fn arm(
 /// (writing "0" moves the writer), enters new mount (private propagation), network,
 /// IPC and UTS namespaces and, with `root`, bind-mounts what the VMM needs into it and pivots
 /// into it (the host's tree is detached); then drops to `gid` with no supplementary
-/// groups and to `uid`, and sets `no_new_privs`.
+/// groups and to `uid`, and sets `no_new_privs`. RLIMIT_MEMLOCK is set while still
+/// privileged (raising the hard limit needs CAP_SYS_RESOURCE).
 fn enter(
     procs: Option<BorrowedFd<'_>>,
     root: Option<&RootPlan>,
     u: rustix::process::Uid,
     g: rustix::process::Gid,
+    memlock: Option<u64>,
 ) -> std::io::Result<()> {
     use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
     if let Some(fd) = procs {
@@ -93,6 +105,15 @@ fn enter(
         rustix::process::pivot_root(c".", c".")?;
         rustix::mount::unmount(c".", UnmountFlags::DETACH)?;
         rustix::process::chdir(plan.cwd.as_c_str())?;
+    }
+    if let Some(bytes) = memlock {
+        rustix::process::setrlimit(
+            rustix::process::Resource::Memlock,
+            rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            },
+        )?;
     }
     // The child has one thread, so these per-thread calls change the whole process.
     rustix::thread::set_thread_groups(&[])?;

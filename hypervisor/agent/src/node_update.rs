@@ -54,3 +54,25 @@ pub fn configured(cfg: &Option<NodeUpdateConfig>) -> Result<&NodeUpdateConfig> {
         )
     })
 }
+
+/// The node image that booted, for evidence (`attestation.node_image: "booted"`):
+/// the entry systemd-boot's `LoaderEntrySelected` names in `efivars`, its slot's
+/// signed manifest on `node_update.esp` verified under `node_update.trust` and
+/// `threshold`, and its UKI the signed one
+/// (`bulwark_node_image::booted::booted_image_identity`). Blocking. The error is
+/// the reason, for the log and for refusing attestation.
+pub fn booted_identity(
+    cfg: &NodeUpdateConfig,
+    efivars: &Path,
+) -> std::result::Result<crate::config::NodeImage, String> {
+    let policy = trust(cfg).map_err(|e| e.message)?;
+    let id =
+        bulwark_node_image::booted::booted_image_identity_from_efivars(&cfg.esp, &policy, efivars)
+            .map_err(|e| e.to_string())?;
+    Ok(crate::config::NodeImage {
+        name: id.name.clone(),
+        version: id.version,
+        manifest_sha384: id.manifest_sha384_hex(),
+        signer_key_ids: id.signer_key_ids_hex(),
+    })
+}

@@ -48,6 +48,21 @@ fn host(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(Kind::Unprocessable, "jail", format!("{what}: {e}"))
 }
 
+/// Gives `gid` (the VMMs' group) read-write access to `kvm` (`/dev/kvm`), as udev's
+/// kvm rule does on a distribution; a node has no udev, and devtmpfs makes the node
+/// root's alone. Nothing changes when the group already has it.
+pub fn grant_kvm(kvm: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(kvm).map_err(|e| host(&format!("{}", kvm.display()), e))?;
+    if meta.gid() == gid && meta.mode() & 0o060 == 0o060 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(kvm, None, Some(gid))
+        .map_err(|e| host(&format!("chown {} to gid {gid}", kvm.display()), e))?;
+    std::fs::set_permissions(kvm, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| host(&format!("chmod {}", kvm.display()), e))
+}
+
 /// Creates the VM's directory for the VMM's uid and writes the tenant's keys.
 pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Result<()> {
     let _ = std::fs::remove_dir_all(&paths.dir);
@@ -68,18 +83,51 @@ pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Resu
     Ok(())
 }
 
-/// The bulwark-vmm configuration for `vm` (schema: hypervisor/openapi.yaml).
-/// `mmio64_gib`: the 64-bit PCI window (config `vmm_mmio64_gib`), else the VMM's default.
+/// What bulwarkd decides about a VM's machine beyond the VM record.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchShape {
+    /// The assigned functions (bridges left out): host address and `vendor:device`,
+    /// stated in the config so that a tenant can predict the measurement offline.
+    pub vfio: Vec<(String, String)>,
+    /// The 64-bit PCI window (config `vmm_mmio64_gib`), else the VMM's default.
+    pub mmio64_gib: Option<u32>,
+    /// The guest firmware every VM boots through (config `vm_firmware`).
+    pub firmware: Option<PathBuf>,
+    /// The image carries a rootfs: it becomes the VM's read-only disk `rootfs`.
+    pub rootfs: bool,
+}
+
+/// RLIMIT_MEMLOCK for a VMM that passes devices through: all guest RAM is pinned for
+/// DMA, plus room for the VMM's own locked pages; `None` without devices.
+pub fn memlock_bytes(vm: &Vm, shape: &LaunchShape) -> Option<u64> {
+    (!shape.vfio.is_empty()).then(|| (u64::from(vm.mem_mib) + 64) << 20)
+}
+
+/// The bulwark-vmm configuration for `vm` (schema: hypervisor/openapi.yaml). Every VM
+/// gets virtio-rng and the vsock channel; the image's rootfs, when it has one, is the
+/// read-only disk `rootfs` (dm-verity checked in the guest).
 pub fn vmm_config(
     vm: &Vm,
     tenant: &Tenant,
     paths: &VmPaths,
-    vfio: &[String],
-    mmio64_gib: Option<u32>,
+    shape: &LaunchShape,
 ) -> serde_json::Value {
     let mut machine = json!({ "vcpus": vm.vcpus, "mem_mib": vm.mem_mib });
-    if let Some(g) = mmio64_gib {
+    if let Some(g) = shape.mmio64_gib {
         machine["mmio64_gib"] = g.into();
+    }
+    if let Some(f) = &shape.firmware {
+        machine["firmware"] = json!(f);
+    }
+    let mut devices = json!({
+        "serial": { "file": paths.serial },
+        "rng": true,
+        // The guest's channel to bulwarkd (host port 1024, docs/guest-protocol.md).
+        "vsock": { "guest_cid": 3, "uds_path": paths.vsock },
+        "vfio": shape.vfio.iter().map(|(a, id)| json!({ "bdf": a, "id": id })).collect::<Vec<_>>(),
+    });
+    if shape.rootfs {
+        devices["block"] = json!([{ "id": "rootfs", "bundle_rootfs": true }]);
     }
     json!({
         "machine": machine,
@@ -89,12 +137,7 @@ pub fn vmm_config(
             "trusted_keys": paths.keys,
             "min_version": tenant.min_version,
         },
-        "devices": {
-            "serial": { "file": paths.serial },
-            // The guest's channel to bulwarkd (host port 1024, docs/guest-protocol.md).
-            "vsock": { "guest_cid": 3, "uds_path": paths.vsock },
-            "vfio": vfio.iter().map(|a| json!({ "bdf": a })).collect::<Vec<_>>(),
-        },
+        "devices": devices,
     })
 }
 
@@ -271,6 +314,7 @@ pub fn spawn(
     uid: u32,
     cgroup: Option<Cgroup>,
     root: Option<crate::jail_sys::RootPlan>,
+    memlock: Option<u64>,
 ) -> Result<Spawned> {
     let log = std::fs::File::create(&paths.log)
         .map_err(|e| host(&format!("creating {}", paths.log.display()), e))?;
@@ -285,7 +329,14 @@ pub fn spawn(
         .stdout(log)
         .stderr(log2);
     // Privileged steps first (cgroup, mount namespace), then uid/gid: in `arm`.
-    crate::jail_sys::arm(&mut cmd, cgroup.map(|c| c.procs), root, uid, jail.gid);
+    crate::jail_sys::arm(
+        &mut cmd,
+        cgroup.map(|c| c.procs),
+        root,
+        uid,
+        jail.gid,
+        memlock,
+    );
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()

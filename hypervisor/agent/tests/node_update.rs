@@ -3,6 +3,11 @@
 //! and becomes the entry systemd-boot tries once; lower versions, tenant images and
 //! untrusted images are refused and leave the slots as they were; without
 //! `node_update` in the config the endpoint says it is not configured.
+//!
+//! `attestation.node_image: "booted"`: bulwarkd states the image of the slot that
+//! systemd-boot's `LoaderEntrySelected` (a fake efivarfs here) names, read from its
+//! signed manifest on the ESP; a wrong entry or a tampered manifest leaves it
+//! running with attestation refused for that reason.
 
 mod common;
 
@@ -179,5 +184,146 @@ fn a_node_image_update_goes_to_the_inactive_slot_and_bad_ones_change_nothing() {
         (s, v["error"]["field"].as_str()),
         (501, Some("node_update")),
         "{v}"
+    );
+}
+
+/// The identity `bulwark_image` gives a signed bundle, as the config states one.
+fn identity(bundle: &Path, trust: &bulwark_image::TrustPolicy) -> Value {
+    let v = bulwark_image::Bundle::open(bundle)
+        .unwrap()
+        .verify(trust)
+        .unwrap();
+    json!({
+        "name": v.manifest().name,
+        "version": v.manifest().version,
+        "manifest_sha384": hex::encode(v.manifest_sha384()),
+        "signer_key_ids": v.signed_by().iter().map(hex::encode).collect::<Vec<_>>(),
+    })
+}
+
+/// A fake efivarfs whose `LoaderEntrySelected` names `entry`.
+fn efivars(dir: &Path, entry: &str) -> PathBuf {
+    let d = dir.join(format!("efivars-{}", entry.replace(['\\', '/'], "_")));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join(format!(
+            "{}-{}",
+            bulwark_node_image::booted::ENTRY_SELECTED_VAR,
+            bulwark_node_image::booted::LOADER_GUID
+        )),
+        bulwark_node_image::booted::encode_string_var(entry),
+    )
+    .unwrap();
+    d
+}
+
+#[test]
+fn booted_node_image_is_read_from_the_esp_and_failures_refuse_attestation() {
+    if !Path::new(SD_BOOT).exists() || !Path::new(STUB).exists() {
+        panic!("systemd-boot-efi is not installed (scripts/debian-packages.txt lists it)");
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (key, key_pub, pk) =
+        bulwark_image::generate_key_pair(&keys.path().join("provider")).unwrap();
+    let trust = bulwark_image::TrustPolicy::single(pk);
+    let disk = keys.path().join("disk.img");
+    let v1 = node_image(keys.path(), &key, 1);
+    install(
+        &read_node_image(&v1, &trust, &|_| {}).unwrap(),
+        &disk,
+        &InstallOptions {
+            esp_mib: 64,
+            create_size: Some(128 << 20),
+        },
+        &|_| {},
+    )
+    .unwrap();
+    let want = identity(&v1, &trust);
+    let node = |disk: &Path, entry: &str| {
+        let mut n = Node::new(json!({
+            "node_update": { "esp": disk, "trust": [key_pub] },
+            "attestation": {
+                "node_image": "booted",
+                "software_key": true,
+                "efivars": efivars(keys.path(), entry),
+            },
+        }));
+        n.start();
+        n
+    };
+
+    // The lowest public function, then bulwarkd: the installed image, stated.
+    let id = bulwark_node_image::booted::booted_image_identity(
+        &disk,
+        &trust,
+        "\\EFI\\Linux\\bulwark-node-1.efi",
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            id.name.as_str(),
+            id.version,
+            id.manifest_sha384_hex(),
+            id.signer_key_ids_hex()
+        ),
+        (
+            want["name"].as_str().unwrap(),
+            1,
+            want["manifest_sha384"].as_str().unwrap().to_string(),
+            vec![hex::encode(trust.keys[0].id())]
+        )
+    );
+    let n = node(&disk, "bulwark-node-1.efi");
+    let b = n.get("/node/boot");
+    assert_eq!(
+        b["attested_image"],
+        json!({"source": "booted", "image": want}),
+        "{b}"
+    );
+    assert!(n.log().contains("the booted node image"), "{}", n.log());
+
+    // Refused, bulwarkd still up: an entry with no slot, one that is not a node
+    // slot, and a tampered manifest (one byte of its JSON, on a copy of the disk).
+    let mut tampered = std::fs::read(&disk).unwrap();
+    let at = tampered
+        .windows(8)
+        .position(|w| w == bulwark_image::MAGIC)
+        .expect("the signed manifest on the ESP");
+    tampered[at + 8192 + 40] ^= 1;
+    let tampered_disk = keys.path().join("tampered.img");
+    std::fs::write(&tampered_disk, tampered).unwrap();
+    for (disk, entry, why) in [
+        (&disk, "bulwark-node-7.efi", "no slot of version 7"),
+        (&disk, "auto-windows", "not a Bulwark node slot"),
+        (&tampered_disk, "bulwark-node-1.efi", "signed manifest"),
+    ] {
+        let n = node(disk, entry);
+        let b = n.get("/node/boot");
+        let err = b["attested_image"]["error"].as_str().unwrap_or_default();
+        assert!(err.contains(why), "{entry}: {b}");
+        assert_eq!(b["attested_image"]["source"], "booted", "{b}");
+        assert!(
+            n.log().contains("attestation is refused"),
+            "{entry}: {}",
+            n.log()
+        );
+        // Attesting is refused with that reason (no VM here: the VM is checked
+        // first, so this shows the node answers).
+        let (s, _) = n.call(
+            "POST",
+            "/vms/none/attest",
+            Some(json!({"nonce": "00".repeat(16)})),
+        );
+        assert_eq!(s, 404);
+    }
+
+    // "booted" without node_update: bulwarkd refuses to start, naming the field.
+    let mut bad = Node::new(json!({
+        "attestation": { "node_image": "booted", "software_key": true },
+    }));
+    let e = bad.try_start(&[]).unwrap_err();
+    assert!(
+        e.contains("attestation.node_image") && e.contains("node_update"),
+        "{e}"
     );
 }

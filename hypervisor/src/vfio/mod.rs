@@ -55,6 +55,37 @@ pub struct VfioDeviceConfig {
     /// The VFIO interface to open it through.
     #[serde(default)]
     pub interface: VfioInterface,
+    /// Its vendor and device IDs as the config states them (`vvvv:dddd`, hex). With
+    /// it, `measure` predicts the device's entry without this host's sysfs (a tenant
+    /// predicting on its own machine), and a boot refuses a device whose IDs differ.
+    /// Without it, both read sysfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl VfioDeviceConfig {
+    /// The stated IDs, parsed (`None` when not stated).
+    pub fn stated_id(&self) -> Result<Option<(u16, u16)>, String> {
+        let Some(id) = &self.id else {
+            return Ok(None);
+        };
+        let parse = |s: &str| {
+            (s.len() == 4)
+                .then(|| u16::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        match id.split_once(':') {
+            Some((v, d)) => match (parse(v), parse(d)) {
+                (Some(v), Some(d)) => Ok(Some((v, d))),
+                _ => Err(format!(
+                    "{id:?} is not vvvv:dddd (hex vendor and device IDs)"
+                )),
+            },
+            None => Err(format!(
+                "{id:?} is not vvvv:dddd (hex vendor and device IDs)"
+            )),
+        }
+    }
 }
 
 /// The VFIO user interface.
@@ -202,8 +233,11 @@ pub fn preflight(
     let root = Path::new(SYSFS_PCI_DEVICES);
     assigned
         .iter()
-        .map(|b| {
+        .zip(cfg)
+        .enumerate()
+        .map(|(i, (b, d))| {
             let mut h = host::check_device(root, b, &assigned)?;
+            check_stated_id(i, d, &h)?;
             if interface == VfioInterface::Iommufd {
                 h.cdev = Some(host::check_cdev(root, Path::new(VFIO_CDEV_DIR), b)?);
             }
@@ -212,18 +246,43 @@ pub fn preflight(
         .collect()
 }
 
-/// The IDs of the configured devices from sysfs, with no other check (for
-/// `bulwark-vmm measure`).
+/// The IDs of the configured devices, with no other check (for `bulwark-vmm
+/// measure`): as the config states them (`id`), else from this host's sysfs.
 pub fn describe_hosts(cfg: &[VfioDeviceConfig]) -> Result<Vec<HostDevice>, VfioSetupError> {
     cfg.iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             let b: Bdf = d
                 .bdf
                 .parse()
                 .map_err(|e: String| VfioSetupError::Config(format!("devices.vfio: {e}")))?;
-            Ok(host::describe(Path::new(SYSFS_PCI_DEVICES), &b)?)
+            match d.stated_id() {
+                Ok(Some((vendor, device))) => Ok(HostDevice {
+                    bdf: b,
+                    group: 0,
+                    vendor,
+                    device,
+                    cdev: None,
+                }),
+                Ok(None) => Ok(host::describe(Path::new(SYSFS_PCI_DEVICES), &b)?),
+                Err(e) => Err(VfioSetupError::Config(format!("devices.vfio[{i}].id: {e}"))),
+            }
         })
         .collect()
+}
+
+/// Refuses a device whose IDs differ from the ones its config states.
+fn check_stated_id(i: usize, d: &VfioDeviceConfig, h: &HostDevice) -> Result<(), VfioSetupError> {
+    match d.stated_id() {
+        Ok(Some((vendor, device))) if (vendor, device) != (h.vendor, h.device) => {
+            Err(VfioSetupError::Config(format!(
+                "devices.vfio[{i}].id: the config states {vendor:04x}:{device:04x}, but the host's device at {} is {:04x}:{:04x}",
+                d.bdf, h.vendor, h.device
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(VfioSetupError::Config(format!("devices.vfio[{i}].id: {e}"))),
+    }
 }
 
 /// With assigned devices: [`VfioSet::attach`] on the VM's PCI bus (`pci::PciBus`,
@@ -1152,7 +1211,40 @@ mod tests {
         VfioDeviceConfig {
             bdf: bdf.into(),
             interface,
+            id: None,
         }
+    }
+
+    #[test]
+    fn stated_ids_stand_in_for_sysfs_offline_and_must_match_at_boot() {
+        // A device this host does not have: measure takes the stated IDs.
+        let stated = VfioDeviceConfig {
+            id: Some("10de:2331".into()),
+            ..dev("0000:c1:00.0", VfioInterface::Container)
+        };
+        let h = describe_hosts(std::slice::from_ref(&stated)).unwrap();
+        assert_eq!((h[0].vendor, h[0].device), (0x10de, 0x2331));
+        assert_eq!(h[0].bdf.to_string(), "0000:c1:00.0");
+        // Without them, sysfs is read, and a missing device is an error.
+        assert!(describe_hosts(&[dev("0000:c1:00.0", VfioInterface::Container)]).is_err());
+        // At boot, the host's IDs must be the stated ones.
+        let host = HostDevice {
+            vendor: 0x1234,
+            device: 0x11e8,
+            ..h[0].clone()
+        };
+        let e = check_stated_id(0, &stated, &host).unwrap_err().to_string();
+        assert!(
+            e.contains("devices.vfio[0].id") && e.contains("10de:2331") && e.contains("1234:11e8"),
+            "{e}"
+        );
+        check_stated_id(0, &stated, &h[0]).unwrap();
+        check_stated_id(0, &dev("0000:c1:00.0", VfioInterface::Container), &host).unwrap();
+        let bad = VfioDeviceConfig {
+            id: Some("nvidia".into()),
+            ..stated
+        };
+        assert!(describe_hosts(&[bad]).is_err());
     }
 
     #[test]

@@ -20,9 +20,12 @@ use crate::{AkInfo, Tpm, TpmError};
 
 /// The PCRs every quote covers (SHA-256 bank): firmware and its configuration
 /// (0–3), the boot loader (4–5), platform state (6–7), the kernel/UKI command line
-/// and its sections (8–11, where systemd-stub measures the UKI into 11), and the
-/// command-line overrides (12, empty for a node: `docs/node-image.md`).
-pub const QUOTED_PCRS: [u32; 13] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+/// and its sections (8, 9, 11, where systemd-stub measures the UKI into 11), and the
+/// command-line overrides (12, empty for a node: `docs/node-image.md`). Not PCR 10:
+/// it is the kernel's IMA register (the `boot_aggregate` a kernel with IMA extends
+/// at start, found in the lab's node), whose log is IMA's own, not the firmware's
+/// event log the document carries, so a verifier could never replay it.
+pub const QUOTED_PCRS: [u32; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12];
 
 /// Why no evidence was made.
 #[derive(Debug, thiserror::Error)]

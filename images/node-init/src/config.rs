@@ -2,6 +2,7 @@
 //! of the measured UKI). Unknown fields are refused: a typo must not silently drop a
 //! module or the state partition.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +75,219 @@ pub struct NodeInitConfig {
     /// lab). Off on nodes: the agent serves the quote and the log.
     #[serde(default)]
     pub report_measurements: bool,
+    /// The node's network interfaces (IPv4, static): none by default.
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+/// Static IPv4 configuration of the node's network interfaces, applied after the
+/// modules are loaded (the NIC driver is one of them). Every step must succeed: a
+/// node that cannot be reached is useless.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The interfaces to configure, in order.
+    pub interfaces: Vec<InterfaceConfig>,
+    /// The default route's gateway, inside one interface's subnet.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Gateway>,
+    /// How long to wait, from the start of the network step, for the named
+    /// interfaces to appear in `/sys/class/net` (drivers probe asynchronously).
+    #[serde(default = "default_network_wait")]
+    pub wait_secs: u64,
+}
+
+/// One interface: its kernel name and its IPv4 address with prefix length.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// The kernel's name for it (`eth0`, `ens3`, ...).
+    pub name: String,
+    /// `A.B.C.D/N`.
+    pub address: Ipv4Cidr,
+}
+
+/// An IPv4 address with a prefix length (`10.0.2.15/24`): a host address of its
+/// subnet (not the network or broadcast address when the prefix is below 31).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Ipv4Cidr {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// The prefix length, 1 to 32.
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// The netmask (`/24`: 255.255.255.0).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
+    }
+
+    /// The subnet's network address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
+    }
+
+    /// Whether `ip` is in this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network())
+    }
+
+    /// Whether `ip` is the subnet's network or broadcast address (which no host can
+    /// have when the prefix is below 31).
+    fn is_edge(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask());
+        let host = u32::from(ip) & !mask;
+        self.prefix < 31 && (host == 0 || host == !mask)
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Parses an IPv4 address, saying "IPv4 only" for anything IPv6.
+fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr, String> {
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Ok(a),
+        Ok(IpAddr::V6(_)) => Err(format!(
+            "{what} {text:?} is an IPv6 address: the node's network configuration is IPv4 only"
+        )),
+        Err(_) => Err(format!("{what} {text:?} is not an IPv4 address")),
+    }
+}
+
+/// Whether `a` can be a host's unicast address.
+fn unicast(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
+}
+
+impl TryFrom<String> for Ipv4Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let what = "network interface address";
+        let Some((addr, prefix)) = text.split_once('/') else {
+            if text.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()) {
+                parse_ipv4(what, &text)?;
+            }
+            return Err(format!(
+                "{what} {text:?} is not A.B.C.D/N (an IPv4 address and a prefix length)"
+            ));
+        };
+        let addr = parse_ipv4(what, addr)?;
+        let prefix = prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|p| (1..=32).contains(p) && !prefix.starts_with('+'))
+            .ok_or_else(|| format!("{what} {text:?}: the prefix length must be 1 to 32"))?;
+        let cidr = Ipv4Cidr { addr, prefix };
+        if !unicast(addr) {
+            return Err(format!("{what} {text:?} is not a unicast host address"));
+        }
+        if cidr.is_edge(addr) {
+            return Err(format!(
+                "{what} {text:?} is its subnet's network or broadcast address, not a host's"
+            ));
+        }
+        Ok(cidr)
+    }
+}
+
+/// The default route's gateway: an IPv4 unicast address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Ipv4Gateway(pub Ipv4Addr);
+
+impl TryFrom<String> for Ipv4Gateway {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let addr = parse_ipv4("network.gateway", &text)?;
+        if !unicast(addr) {
+            return Err(format!("network.gateway {text:?} is not a unicast address"));
+        }
+        Ok(Ipv4Gateway(addr))
+    }
+}
+
+impl NetworkConfig {
+    /// The interface whose subnet holds the gateway (the first, if several do).
+    pub fn gateway_interface(&self) -> Option<(&InterfaceConfig, Ipv4Addr)> {
+        let gw = self.gateway?.0;
+        self.interfaces
+            .iter()
+            .find(|i| i.address.contains(gw))
+            .map(|i| (i, gw))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.interfaces.is_empty() {
+            return Err("network.interfaces is empty (leave out `network` for none)".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for i in &self.interfaces {
+            if !valid_interface_name(&i.name) {
+                return Err(format!(
+                    "network interface name {:?} is not a kernel interface name (1 to 15 characters, no '/', ':' or whitespace)",
+                    i.name
+                ));
+            }
+            if i.name == "lo" {
+                return Err(
+                    "network interface \"lo\": loopback is set up by itself, leave it out".into(),
+                );
+            }
+            if !names.insert(i.name.as_str()) {
+                return Err(format!("network interface {:?} is listed twice", i.name));
+            }
+        }
+        if let Some(Ipv4Gateway(gw)) = self.gateway {
+            let Some((iface, _)) = self.gateway_interface() else {
+                let subnets: Vec<String> = self
+                    .interfaces
+                    .iter()
+                    .map(|i| format!("{}/{} ({})", i.address.network(), i.address.prefix, i.name))
+                    .collect();
+                return Err(format!(
+                    "network.gateway {gw} is in none of the interfaces' subnets: {}",
+                    subnets.join(", ")
+                ));
+            };
+            if iface.address.addr == gw {
+                return Err(format!(
+                    "network.gateway {gw} is {}'s own address",
+                    iface.name
+                ));
+            }
+            if iface.address.is_edge(gw) {
+                return Err(format!(
+                    "network.gateway {gw} is the network or broadcast address of {}",
+                    iface.address
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes (IFNAMSIZ - 1), not `.` or `..`, no `/`,
+/// `:` (alias labels), NUL or whitespace.
+pub fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
 }
 
 /// Where the state partition is: by GPT partition label (the kernel's `PARTNAME`),
@@ -161,6 +375,9 @@ impl BulwarkdConfig {
     }
 }
 
+fn default_network_wait() -> u64 {
+    10
+}
 fn default_module_dir() -> PathBuf {
     PathBuf::from(bulwark_kmod::DEFAULT_MODULE_DIR)
 }
@@ -267,6 +484,9 @@ impl NodeInitConfig {
         if config.version.as_deref().is_some_and(|v| !valid_version(v)) {
             return Err(format!("version {:?} is not a version", config.version));
         }
+        if let Some(network) = &config.network {
+            network.check()?;
+        }
         Ok(config)
     }
 }
@@ -369,6 +589,126 @@ mod tests {
             ("", "EOF"),
         ] {
             let err = NodeInitConfig::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_network_section_is_read() {
+        let c = NodeInitConfig::parse(
+            r#"{"modules": ["virtio_net"],
+                "network": {"interfaces": [{"name": "eth0", "address": "10.0.2.15/24"},
+                                           {"name": "eth1", "address": "192.168.7.9/32"}],
+                            "gateway": "10.0.2.2", "wait_secs": 3}}"#,
+        )
+        .unwrap();
+        let n = c.network.unwrap();
+        assert_eq!(n.wait_secs, 3);
+        assert_eq!(n.interfaces[0].name, "eth0");
+        let a = n.interfaces[0].address;
+        assert_eq!(a.addr, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(a.prefix, 24);
+        assert_eq!(a.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(a.network(), Ipv4Addr::new(10, 0, 2, 0));
+        assert_eq!(a.to_string(), "10.0.2.15/24");
+        assert_eq!(n.interfaces[1].address.netmask(), Ipv4Addr::BROADCAST);
+        assert_eq!(n.gateway, Some(Ipv4Gateway(Ipv4Addr::new(10, 0, 2, 2))));
+        let (iface, gw) = n.gateway_interface().unwrap();
+        assert_eq!(
+            (iface.name.as_str(), gw),
+            ("eth0", Ipv4Addr::new(10, 0, 2, 2))
+        );
+        // Defaults: no network at all; a section without a gateway waits 10 s.
+        assert_eq!(NodeInitConfig::parse("{}").unwrap().network, None);
+        let n = NodeInitConfig::parse(
+            r#"{"network": {"interfaces": [{"name": "ens3", "address": "172.16.0.1/12"}]}}"#,
+        )
+        .unwrap()
+        .network
+        .unwrap();
+        assert_eq!((n.wait_secs, n.gateway), (10, None));
+        assert_eq!(
+            n.interfaces[0].address.netmask(),
+            Ipv4Addr::new(255, 240, 0, 0)
+        );
+    }
+
+    #[test]
+    fn bad_network_sections_are_refused_with_the_reason() {
+        let net = |body: &str| format!(r#"{{"network": {body}}}"#);
+        let one = |address: &str| {
+            net(&format!(
+                r#"{{"interfaces": [{{"name": "eth0", "address": "{address}"}}]}}"#
+            ))
+        };
+        let gw = |gateway: &str| {
+            net(&format!(
+                r#"{{"interfaces": [{{"name": "eth0", "address": "10.0.2.15/24"}},
+                                     {{"name": "eth1", "address": "10.1.0.5/16"}}],
+                    "gateway": "{gateway}"}}"#
+            ))
+        };
+        for (text, needle) in [
+            (one("10.0.2.15"), "is not A.B.C.D/N"),
+            (one("10.0.2.15/33"), "prefix length must be 1 to 32"),
+            (one("10.0.2.15/0"), "prefix length must be 1 to 32"),
+            (one("10.0.2.15/+8"), "prefix length must be 1 to 32"),
+            (one("10.0.2/24"), "is not an IPv4 address"),
+            (one("10.0.2.256/24"), "is not an IPv4 address"),
+            (one("eth0/24"), "is not an IPv4 address"),
+            (one("fd00::15/64"), "IPv4 only"),
+            (one("fd00::15"), "IPv4 only"),
+            (one("10.0.2.0/24"), "network or broadcast address"),
+            (one("10.0.2.255/24"), "network or broadcast address"),
+            (one("127.0.0.2/8"), "not a unicast host address"),
+            (one("224.0.0.1/4"), "not a unicast host address"),
+            (
+                gw("10.2.0.1"),
+                "in none of the interfaces' subnets: 10.0.2.0/24 (eth0), 10.1.0.0/16 (eth1)",
+            ),
+            (gw("fe80::1"), "IPv4 only"),
+            (gw("10.0.2.15"), "eth0's own address"),
+            (
+                gw("10.1.255.255"),
+                "network or broadcast address of 10.1.0.5/16",
+            ),
+            (gw("gateway"), "is not an IPv4 address"),
+            (net(r#"{"interfaces": []}"#), "network.interfaces is empty"),
+            (
+                net(r#"{"gateway": "10.0.2.2"}"#),
+                "missing field `interfaces`",
+            ),
+            (
+                net(
+                    r#"{"interfaces": [{"name": "eth0", "address": "10.0.2.15/24", "mtu": 1500}]}"#,
+                ),
+                "unknown field `mtu`",
+            ),
+            (
+                net(r#"{"interfaces": [{"name": "eth0", "address": "10.0.2.15/24"}], "dns": []}"#),
+                "unknown field `dns`",
+            ),
+            (
+                net(r#"{"interfaces": [{"name": "eth0:1", "address": "10.0.2.15/24"}]}"#),
+                "not a kernel interface name",
+            ),
+            (
+                net(r#"{"interfaces": [{"name": "a-very-long-name", "address": "10.0.2.15/24"}]}"#),
+                "not a kernel interface name",
+            ),
+            (
+                net(r#"{"interfaces": [{"name": "lo", "address": "10.0.2.15/24"}]}"#),
+                "loopback",
+            ),
+            (
+                net(
+                    r#"{"interfaces": [{"name": "eth0", "address": "10.0.2.15/24"},
+                                       {"name": "eth0", "address": "10.0.3.15/24"}]}"#,
+                ),
+                "listed twice",
+            ),
+        ] {
+            let err = NodeInitConfig::parse(&text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
         }
     }

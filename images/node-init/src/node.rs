@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::bless::{BlessOutcome, BootBlesser, EFIVARFS};
 use crate::config::{self, NodeInitConfig, CONFIG_PATH, STATE_DIR};
-use crate::{health, measurements, state, sys};
+use crate::{health, measurements, network, root, state, sys};
 
 /// The line the lab (and an operator on the serial console) waits for, followed by
 /// the version: `bulwark-node: healthy version=N`.
@@ -208,6 +208,19 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
         "starting (node init {})",
         env!("CARGO_PKG_VERSION")
     ));
+    // First of all, while nothing else is mounted: out of the initramfs (rootfs),
+    // which pivot_root cannot leave, into a tmpfs root.
+    match root::leave_initramfs() {
+        Ok(Some(moved)) => console(&format!(
+            "root: moved the initramfs into a tmpfs ({} files, {} bytes) so that VM jails can pivot_root",
+            moved.files, moved.bytes
+        )),
+        Ok(None) => {}
+        Err(e) => fatal(
+            &format!("leaving the initramfs for a tmpfs root: {e}"),
+            boot_delay,
+        ),
+    }
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
         console(&format!("warning: cannot route ctrl-alt-del to init: {e}"));
@@ -262,9 +275,14 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
     } else {
         console("warning: not booted through UEFI (no /sys/firmware/efi): no boot counting");
     }
-    match sys::loopback_up() {
+    match network::loopback_up() {
         Ok(()) => console("loopback up"),
         Err(e) => console(&format!("warning: setting lo up: {e}")),
+    }
+    if let Some(net) = &config.network {
+        if let Err(e) = network::configure(net, &mut |line| console(line)) {
+            fatal(&e, delay);
+        }
     }
     let mut mounts = Vec::new();
     match mount_state(&config) {

@@ -11,14 +11,20 @@
 //!
 //! The node's init calls [`bless`] once `bulwarkd` is healthy: the entry loses
 //! its counter and the anti-rollback floor is raised to its version.
+//!
+//! Each slot's signed manifest is kept next to it,
+//! `/EFI/Linux/bulwark-node-<version>.manifest`, paired by version (the
+//! firmware's and blessing's renames touch the UKI alone): see
+//! [`crate::booted`], which reads it back to state which image booted.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use bulwark_image::{Bundle, ComponentKind, ImageError, TrustPolicy};
+use bulwark_image::{Bundle, BundleSource, ComponentKind, ImageError, TrustPolicy};
 use serde::Serialize;
 use sha2::{Digest, Sha384};
 
+use crate::booted::{manifest_file_len, manifest_path, parse_manifest_name, verify_slot};
 use crate::disk::esp::{self, Container, Esp};
 use crate::disk::{self, DiskError, Layout, Target};
 use crate::error::NodeImageError;
@@ -62,6 +68,10 @@ pub struct NodeImagePayload {
     pub boot_manager: Vec<u8>,
     /// SHA-384 of the boot manager as signed in the manifest.
     pub boot_manager_sha384: [u8; 48],
+    /// The signed manifest file kept next to the slot on the ESP: the
+    /// bundle's header page, signature page and manifest (zero-padded to
+    /// 4 KiB), exactly as the bundle stores them (`crate::booted`).
+    pub signed_manifest: Vec<u8>,
 }
 
 /// Verify the signed node image at `path` against `trust` and take what
@@ -110,6 +120,19 @@ pub fn read_node_image(
     };
     let uki = component(ComponentKind::Uki)?;
     let boot_manager = component(ComponentKind::Bootloader)?;
+    // The bundle's first bytes, with the signatures: checked again as the
+    // booted node will check them, and against the manifest verified above
+    // (the file could have changed since).
+    let mut signed_manifest =
+        vec![0u8; manifest_file_len(verified.manifest_bytes().len()) as usize];
+    verified.source().read_exact_at(&mut signed_manifest, 0)?;
+    let slot = verify_slot(&signed_manifest, &uki, trust)?;
+    if slot.manifest_bytes != verified.manifest_bytes() {
+        return Err(NodeImageError::Refused(format!(
+            "{}: the manifest changed while it was read",
+            path.display()
+        )));
+    }
     if sha384(&boot_manager) != boot_manager_sha384 {
         return Err(NodeImageError::Refused(format!(
             "{}: the bootloader component does not match its signed SHA-384",
@@ -123,6 +146,7 @@ pub fn read_node_image(
         uki_sha384,
         boot_manager,
         boot_manager_sha384,
+        signed_manifest,
     })
 }
 
@@ -321,6 +345,11 @@ fn raise_floor(esp: &Esp, version: u64) -> Result<Floor, DiskError> {
     Ok(new)
 }
 
+/// The slots on `esp`, in systemd-boot's order.
+pub(crate) fn list_slots(esp: &Esp) -> Result<Vec<Slot>, DiskError> {
+    slots(esp)
+}
+
 fn slots(esp: &Esp) -> Result<Vec<Slot>, DiskError> {
     let mut s: Vec<Slot> = esp
         .list(LINUX_DIR)?
@@ -333,7 +362,7 @@ fn slots(esp: &Esp) -> Result<Vec<Slot>, DiskError> {
 
 /// Run `f`, turning a panic inside it (a malformed filesystem that slipped
 /// past the checks) into an error.
-fn guarded<T>(
+pub(crate) fn guarded<T>(
     path: &Path,
     f: impl FnOnce() -> Result<T, NodeImageError>,
 ) -> Result<T, NodeImageError> {
@@ -383,6 +412,8 @@ pub struct InstallReport {
     pub partitions: Vec<PartitionReport>,
     /// SHA-384 of the UKI, read back from the ESP.
     pub uki_sha384: String,
+    /// The slot's signed manifest on the ESP.
+    pub manifest: String,
     /// Bytes of files written to the ESP.
     pub bytes_written: u64,
     /// For a block device: whether the kernel re-read the new partition
@@ -410,7 +441,7 @@ pub struct PartitionReport {
 
 /// Bytes [`install`] writes as files (for a progress bar).
 pub fn install_bytes(p: &NodeImagePayload) -> u64 {
-    p.uki.len() as u64 + 2 * p.boot_manager.len() as u64
+    p.uki.len() as u64 + 2 * p.boot_manager.len() as u64 + p.signed_manifest.len() as u64
 }
 
 /// Write a fresh disk: GPT, ESP with systemd-boot, `loader.conf`, the image
@@ -474,6 +505,7 @@ fn install_inner(
     };
     esp.write_file(RECORD_FILES[0], &floor.encode(), none)?;
     esp.write_file(RECORD_FILES[1], &Floor { seq: 0, ..floor }.encode(), none)?;
+    esp.write_file(&manifest_path(p.version), &p.signed_manifest, progress)?;
     esp.write_file(&format!("{LINUX_DIR}/{entry}"), &p.uki, progress)?;
     esp.close()?;
     disk::write_gpt(path, &t.file, &layout)?;
@@ -501,8 +533,15 @@ fn install_inner(
             DiskError::corrupt(path, "the UKI read back does not match the signed digest").into(),
         );
     }
-    for f in ["EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"] {
-        if esp.read_file(f, MAX_UKI)?.as_deref() != Some(&p.boot_manager[..]) {
+    for (f, want) in [
+        ("EFI/BOOT/BOOTX64.EFI".to_string(), &p.boot_manager),
+        (
+            "EFI/systemd/systemd-bootx64.efi".to_string(),
+            &p.boot_manager,
+        ),
+        (manifest_path(p.version), &p.signed_manifest),
+    ] {
+        if esp.read_file(&f, MAX_UKI)?.as_deref() != Some(&want[..]) {
             return Err(DiskError::corrupt(path, format!("{f} read back differs")).into());
         }
     }
@@ -531,6 +570,7 @@ fn install_inner(
             })
             .collect(),
         uki_sha384: hex::encode(digest),
+        manifest: manifest_path(p.version),
         bytes_written: install_bytes(p),
         partitions_reread: reread.as_ref().map(|r| r.is_ok()),
         reread_error: reread.and_then(|r| r.err()),
@@ -552,6 +592,8 @@ pub struct UpdateReport {
     pub removed: Vec<String>,
     /// SHA-384 of the UKI, read back.
     pub uki_sha384: String,
+    /// The new slot's signed manifest on the ESP.
+    pub manifest: String,
     /// The slots afterwards.
     pub state: BootState,
 }
@@ -633,11 +675,18 @@ fn update_inner(
         esp.remove(&s.path())?;
         removed.push(s.file.clone());
     }
+    // Leftovers of an interrupted update, and the manifests of the slots
+    // just removed (or of a slot whose UKI never got its name).
     for f in esp.list(LINUX_DIR)? {
-        if f.starts_with('.') && f.ends_with(".partial") {
+        let stale_manifest = parse_manifest_name(&f).is_some_and(|v| v != keep.version);
+        if (f.starts_with('.') && f.ends_with(".partial")) || stale_manifest {
             esp.remove(&format!("{LINUX_DIR}/{f}"))?;
         }
     }
+    // The manifest first: a crash then leaves a manifest without its UKI
+    // (removed by the next update), never a slot without its manifest.
+    let manifest = manifest_path(p.version);
+    esp.write_file(&manifest, &p.signed_manifest, &|_| {})?;
     // Written under a name systemd-boot ignores, then renamed: a crash
     // leaves either no new entry or a complete one.
     let partial = format!("{LINUX_DIR}/.{ENTRY_PREFIX}{}.partial", p.version);
@@ -653,6 +702,9 @@ fn update_inner(
             DiskError::corrupt(path, "the UKI read back does not match the signed digest").into(),
         );
     }
+    if esp.read_file(&manifest, MAX_UKI)?.as_deref() != Some(&p.signed_manifest[..]) {
+        return Err(DiskError::corrupt(path, format!("{manifest} read back differs")).into());
+    }
     let state = state_of(&esp)?;
     esp.close()?;
     Ok(UpdateReport {
@@ -662,6 +714,7 @@ fn update_inner(
         fallback: keep.file,
         removed,
         uki_sha384: hex::encode(digest),
+        manifest,
         state,
     })
 }

@@ -9,7 +9,10 @@
 //!   state partition).
 //! - `install`: verify a signed node image, then write it to a disk or the
 //!   inactive slot, with boot counting and anti-rollback.
+//! - `booted`: which signed node image booted, from its slot's manifest kept
+//!   on the ESP and systemd-boot's `LoaderEntrySelected`.
 
+pub mod booted;
 pub mod build;
 pub mod error;
 pub mod measure;

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bulwark_image::{build, generate_key_pair, sign, BuildSpec, NodeInfo, SigningKey, TrustPolicy};
+use bulwark_node_image::booted::{
+    booted_image_identity, booted_image_identity_from_efivars, encode_string_var,
+    ENTRY_SELECTED_VAR, LOADER_GUID,
+};
 use bulwark_node_image::build::{build_node_image, NodeBuildSpec};
 use bulwark_node_image::disk::{esp::Esp, DiskError};
 use bulwark_node_image::install::{
@@ -271,7 +275,21 @@ fn layout_read_back_by_sfdisk_fsck_mtools_blkid() {
     assert!(blkid.contains("VERSION=FAT32"), "{blkid}");
 
     let linux = ok("mdir", &["-b", "-i", e, "::/EFI/Linux"]);
-    assert_eq!(linux.trim(), "::/EFI/Linux/bulwark-node-5.efi", "{linux}");
+    let mut files: Vec<&str> = linux.lines().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "::/EFI/Linux/bulwark-node-5.efi",
+            "::/EFI/Linux/bulwark-node-5.manifest"
+        ],
+        "{linux}"
+    );
+    // The signed manifest: the bundle up to its first component (header page,
+    // signature page, manifest padded to 4 KiB).
+    let bundle = std::fs::read(f.path("node-5.bwi")).unwrap();
+    let manifest_len = u64::from_le_bytes(bundle[16..24].try_into().unwrap());
+    let head = bundle[..(8192 + manifest_len.div_ceil(4096) * 4096) as usize].to_vec();
     let conf = ok("mtype", &["-i", e, "::/loader/loader.conf"]);
     assert!(
         conf.contains("timeout 0\ndefault bulwark-node-*\n"),
@@ -279,6 +297,7 @@ fn layout_read_back_by_sfdisk_fsck_mtools_blkid() {
     );
     for (inside, want) in [
         ("::/EFI/Linux/bulwark-node-5.efi", f.uki(5)),
+        ("::/EFI/Linux/bulwark-node-5.manifest", head),
         ("::/EFI/BOOT/BOOTX64.EFI", std::fs::read(SD_BOOT).unwrap()),
         (
             "::/EFI/systemd/systemd-bootx64.efi",
@@ -630,7 +649,16 @@ fn update_rollback_bless_and_failed_boot_fallback() {
         .map(|l| l.trim_start_matches("::/EFI/Linux/").to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["bulwark-node-6.efi", "bulwark-node-8+2.efi"]);
+    // Each slot's signed manifest is kept, the removed slots' are gone.
+    assert_eq!(
+        names,
+        [
+            "bulwark-node-6.efi",
+            "bulwark-node-6.manifest",
+            "bulwark-node-8+2.efi",
+            "bulwark-node-8.manifest"
+        ]
+    );
 
     // bless and boot_state work on the ESP alone (a partition device).
     assert_eq!(boot_state(&esp).unwrap().next_boot.unwrap().version, 8);
@@ -641,6 +669,179 @@ fn update_rollback_bless_and_failed_boot_fallback() {
         (8, "bulwark-node-8.efi")
     );
     ok("fsck.vfat", &["-n", e]);
+}
+
+/// The identity `bulwark_image` gives the signed node image of `version`.
+fn identity_of(f: &Fx, version: u64) -> (String, u64, [u8; 48], Vec<[u8; 32]>) {
+    let v = bulwark_image::Bundle::open(&f.path(&format!("node-{version}.bwi")))
+        .unwrap()
+        .verify(&f.trust)
+        .unwrap();
+    (
+        v.manifest().name.clone(),
+        v.manifest().version,
+        v.manifest_sha384(),
+        v.signed_by().to_vec(),
+    )
+}
+
+#[test]
+fn booted_image_identity_follows_the_slot_through_renames_and_refuses_tampering() {
+    let Some(f) = fx() else { return };
+    let disk = f.installed(5);
+    let id = |entry: &str| booted_image_identity(&disk, &f.trust, entry);
+    let got = id("bulwark-node-5.efi").unwrap();
+    assert_eq!(
+        (
+            got.name.clone(),
+            got.version,
+            got.manifest_sha384,
+            got.signer_key_ids.clone()
+        ),
+        identity_of(&f, 5)
+    );
+    assert_eq!(got.entry, "bulwark-node-5.efi");
+    // systemd-boot's entry ids: any case, with a path.
+    assert_eq!(id("\\EFI\\Linux\\BULWARK-NODE-5.EFI").unwrap(), got);
+
+    // Through efivarfs.
+    let efivars = f.path("efivars");
+    std::fs::create_dir(&efivars).unwrap();
+    let var = efivars.join(format!("{ENTRY_SELECTED_VAR}-{LOADER_GUID}"));
+    let e = booted_image_identity_from_efivars(&disk, &f.trust, &efivars).unwrap_err();
+    assert!(e.to_string().contains("LoaderEntrySelected"), "{e}");
+    std::fs::write(&var, encode_string_var("bulwark-node-5.efi")).unwrap();
+    assert_eq!(
+        booted_image_identity_from_efivars(&disk, &f.trust, &efivars).unwrap(),
+        got
+    );
+
+    // An update to 6: its manifest is written with it and stays paired
+    // through systemd-boot's rename and the blessing.
+    update(&f.payload(6), &disk, 1).unwrap();
+    let six = identity_of(&f, 6);
+    for entry in ["bulwark-node-6+1.efi", "bulwark-node-6.efi"] {
+        let g = id(entry).unwrap();
+        assert_eq!(
+            (g.name, g.version, g.manifest_sha384, g.signer_key_ids),
+            six
+        );
+        assert_eq!(g.entry, "bulwark-node-6+1.efi");
+    }
+    rename_on_disk(&disk, "bulwark-node-6+1.efi", "bulwark-node-6+0-1.efi");
+    assert_eq!(
+        id("bulwark-node-6+0-1.efi").unwrap().entry,
+        "bulwark-node-6+0-1.efi"
+    );
+    bless(&disk, 6).unwrap();
+    let g = id("bulwark-node-6+0-1.efi").unwrap();
+    assert_eq!((g.entry.as_str(), g.version), ("bulwark-node-6.efi", 6));
+    // The older slot is still stated correctly.
+    assert_eq!(id("bulwark-node-5.efi").unwrap(), got);
+
+    let refused = |r: Result<_, NodeImageError>, want: &str| {
+        let e = r.unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        assert!(e.to_string().contains(want), "want {want:?}: {e}");
+    };
+    // Not a slot, no such slot.
+    refused(id("other.efi"), "not a Bulwark node slot");
+    refused(id("bulwark-node-9.efi"), "no slot of version 9");
+    // Another key's policy.
+    let (_, _, other) = generate_key_pair(&f.path("other-keys")).unwrap();
+    refused(
+        booted_image_identity(&disk, &TrustPolicy::single(other), "bulwark-node-6.efi"),
+        "signed manifest",
+    );
+
+    // Tampered: a byte of the manifest, of the signature, the UKI; then no
+    // manifest at all. Each on a copy of the ESP.
+    let esp = extract_esp(&disk, 64);
+    let e = esp.to_str().unwrap();
+    let manifest = f.path("m6");
+    ok(
+        "mcopy",
+        &[
+            "-i",
+            e,
+            "::/EFI/Linux/bulwark-node-6.manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let good = std::fs::read(&manifest).unwrap();
+    let put = |name: &str, bytes: &[u8]| {
+        let copy = f.path("copy.esp");
+        std::fs::copy(&esp, &copy).unwrap();
+        let src = f.path("put");
+        std::fs::write(&src, bytes).unwrap();
+        let c = copy.to_str().unwrap();
+        ok(
+            "mcopy",
+            &[
+                "-o",
+                "-i",
+                c,
+                src.to_str().unwrap(),
+                &format!("::/EFI/Linux/{name}"),
+            ],
+        );
+        copy
+    };
+    for (at, want) in [
+        (8192 + 30, "signed manifest"),
+        (4096 + 60, "signed manifest"),
+    ] {
+        let mut bad = good.clone();
+        bad[at] ^= 1;
+        let copy = put("bulwark-node-6.manifest", &bad);
+        refused(
+            booted_image_identity(&copy, &f.trust, "bulwark-node-6.efi"),
+            want,
+        );
+    }
+    // 5's manifest under 6's name: signed, but of another version (and UKI).
+    let m5 = std::fs::read(f.path("node-5.bwi")).unwrap()[..good.len()].to_vec();
+    let copy = put("bulwark-node-6.manifest", &m5);
+    refused(
+        booted_image_identity(&copy, &f.trust, "bulwark-node-6.efi"),
+        "bulwark-node-6",
+    );
+    // A UKI that is not the signed one (same length).
+    let mut uki = f.uki(6);
+    let n = uki.len();
+    uki[n / 2] ^= 0xff;
+    let copy = put("bulwark-node-6.efi", &uki);
+    refused(
+        booted_image_identity(&copy, &f.trust, "bulwark-node-6.efi"),
+        "does not hash to the SHA-384 signed",
+    );
+    let copy = put("bulwark-node-6.efi", &uki[..n - 1]);
+    refused(
+        booted_image_identity(&copy, &f.trust, "bulwark-node-6.efi"),
+        "not the signed UKI",
+    );
+    // No manifest (a disk written before manifests were kept).
+    let copy = f.path("copy.esp");
+    std::fs::copy(&esp, &copy).unwrap();
+    ok(
+        "mdel",
+        &[
+            "-i",
+            copy.to_str().unwrap(),
+            "::/EFI/Linux/bulwark-node-6.manifest",
+        ],
+    );
+    refused(
+        booted_image_identity(&copy, &f.trust, "bulwark-node-6.efi"),
+        "no signed manifest",
+    );
+    // The untouched copy still answers.
+    assert_eq!(
+        booted_image_identity(&esp, &f.trust, "bulwark-node-6.efi")
+            .unwrap()
+            .version,
+        6
+    );
 }
 
 /// Rename an entry the way systemd-boot does at boot, with mtools (not this

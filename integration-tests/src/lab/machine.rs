@@ -24,6 +24,8 @@ pub struct MachineSpec {
     pub devices: Vec<String>,
     /// `-object` arguments.
     pub objects: Vec<String>,
+    /// A `-netdev` argument (the NIC that uses it is one of `devices`).
+    pub netdev: Option<String>,
     pub timeout: Duration,
     /// UEFI mode: boot this disk image through OVMF (and a TPM) instead of `kernel`
     /// and `initramfs`, which are then unused.
@@ -228,6 +230,9 @@ pub fn command(qemu: &Path, spec: &MachineSpec, monitor: Option<&Path>) -> Comma
     for object in &spec.objects {
         cmd.args(["-object", object]);
     }
+    if let Some(netdev) = &spec.netdev {
+        cmd.args(["-netdev", netdev]);
+    }
     for device in &spec.devices {
         cmd.args(["-device", device]);
     }
@@ -350,6 +355,35 @@ fn hang_report(socket: &Path, pid: u32) -> String {
 
 /// Boots L1 and waits for it to power off, or kills it at the timeout.
 pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
+    boot_driven::<()>(qemu, spec, None).map(|(run, _)| run)
+}
+
+/// A host-side program run against a booted machine: started on its own thread when
+/// `marker` first shows on the console; once it returns, the machine is asked to
+/// power off (the ACPI power button) and must do so within a minute.
+pub struct Driver<T> {
+    pub marker: String,
+    pub run: Box<dyn FnOnce() -> T + Send>,
+}
+
+impl<T> std::fmt::Debug for Driver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("marker", &self.marker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`boot`], with a [`Driver`]; returns what the driver returned (`None`: its marker
+/// never showed, or it panicked).
+pub fn boot_driven<T: Send + 'static>(
+    qemu: &Path,
+    spec: &MachineSpec,
+    driver: Option<Driver<T>>,
+) -> Result<(MachineRun, Option<T>)> {
+    let mut driver = driver;
+    let mut driving: Option<std::thread::JoinHandle<T>> = None;
+    let mut driven = None;
     static BOOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let monitor = std::env::temp_dir().join(format!(
         "bulwark-lab-monitor-{}-{}.sock",
@@ -411,6 +445,22 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
                 deadline = deadline.min(at + grace);
             }
         }
+        if driver.as_ref().is_some_and(|d| {
+            String::from_utf8_lossy(&serial.lock().unwrap_or_else(|p| p.into_inner()))
+                .contains(&d.marker)
+        }) {
+            if let Some(d) = driver.take() {
+                marks.push((d.marker.clone(), start.elapsed()));
+                driving = Some(std::thread::spawn(d.run));
+            }
+        }
+        if driving.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = driving.take() {
+                driven = h.join().ok();
+            }
+            send_monitor(&monitor, "system_powerdown");
+            deadline = deadline.min(start.elapsed() + Duration::from_secs(60));
+        }
         match child.try_wait().map_err(LabError::io("waiting for QEMU"))? {
             Some(status) => break MachineEnd::Exited(status.to_string()),
             None if start.elapsed() >= deadline => {
@@ -440,13 +490,20 @@ pub fn boot(qemu: &Path, spec: &MachineSpec) -> Result<MachineRun> {
         console.push_str(&report);
     }
     let _ = std::fs::remove_file(&monitor);
-    Ok(MachineRun {
-        console,
-        end,
-        elapsed,
-        command: line,
-        marks,
-    })
+    // A driver still running when the machine ended finds it gone and returns.
+    if let Some(h) = driving.take() {
+        driven = h.join().ok();
+    }
+    Ok((
+        MachineRun {
+            console,
+            end,
+            elapsed,
+            command: line,
+            marks,
+        },
+        driven,
+    ))
 }
 
 /// Types `command` into QEMU's human monitor at `socket` (best effort: a failure
@@ -520,6 +577,7 @@ mod tests {
             memory_mib: 512,
             devices: vec!["edu".into()],
             objects: vec![],
+            netdev: None,
             timeout: Duration::from_secs(1),
             uefi: None,
             console_actions: vec![],
@@ -659,6 +717,7 @@ mod tests {
             memory_mib: 64,
             devices: vec![],
             objects: vec![],
+            netdev: None,
             timeout,
             uefi: None,
             console_actions: vec![],

@@ -13,6 +13,7 @@ mod host_command;
 pub mod initramfs;
 pub mod l2_bundle;
 pub mod machine;
+mod main_job;
 pub mod modules;
 mod node_boot;
 pub mod node_disk;
@@ -206,6 +207,7 @@ impl Lab {
             memory_mib: scenario.memory_mib,
             devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
             objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+            netdev: None,
             timeout: Duration::from_secs(scenario.timeout_secs),
             uefi: None,
             console_actions: Vec::new(),

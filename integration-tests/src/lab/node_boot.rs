@@ -34,6 +34,9 @@ impl Lab {
     /// Builds the node image for `scenario`, boots it under OVMF + swtpm and judges
     /// the console.
     pub(super) fn run_node(&self, scenario: &Scenario, node: &NodeBoot) -> Result<ScenarioRun> {
+        if node.main_job {
+            return self.run_main_job(scenario, node);
+        }
         let start = Instant::now();
         let dir = self.target_dir.join("runs").join(scenario.name);
         fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
@@ -63,6 +66,7 @@ impl Lab {
             base_version: node.version - 1,
             update_version: node.version,
             state_mib: 64,
+            state_seed: None,
         };
         let made = node_disk::node_disk(&dir, &inputs)?;
         let disk = made.disk.clone();
@@ -116,6 +120,7 @@ impl Lab {
             memory_mib: scenario.memory_mib,
             devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
             objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+            netdev: None,
             timeout: Duration::from_secs(scenario.timeout_secs),
             uefi: Some(UefiBoot::new(&dir, &disk, true)?),
             console_actions,
@@ -369,7 +374,7 @@ impl Lab {
 
     /// The node's initramfs: bulwark-node-init as `/init`, bulwarkd (host-built, with
     /// its shared libraries), the guest programs, the modules and the configs.
-    fn node_initramfs(
+    pub(super) fn node_initramfs(
         &self,
         scenario: &Scenario,
         node: &NodeBoot,
@@ -421,7 +426,7 @@ fn has_no_shell(image: &Initramfs) -> bool {
 }
 
 /// Writes `image` as a newc cpio to `cpio` and zstd-compresses it to `zst`.
-fn compress(image: &Initramfs, cpio: &Path, zst: &Path) -> Result<()> {
+pub(super) fn compress(image: &Initramfs, cpio: &Path, zst: &Path) -> Result<()> {
     image.write_to(cpio)?;
     let mut zstd = Command::new("zstd");
     zstd.args(["-q", "-f", "-T0", "-12", "-o"])
@@ -453,6 +458,7 @@ impl Lab {
                 memory_mib: scenario.memory_mib,
                 devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
                 objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+                netdev: None,
                 timeout: Duration::from_secs(scenario.timeout_secs),
                 uefi: Some(UefiBoot::new(dir, &made.disk, true)?),
                 console_actions: actions,

@@ -46,6 +46,10 @@ pub struct NodeDiskInputs {
     pub update_version: u64,
     /// Size of the state partition.
     pub state_mib: u64,
+    /// Files the provider puts on the state partition when it provisions the node
+    /// (`mkfs.ext4 -d`): the API's TLS files, the TPM's EK chain. The provider's
+    /// public key is added as `provider.pub`.
+    pub state_seed: Option<PathBuf>,
 }
 
 /// What `node_disk` made.
@@ -185,9 +189,13 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
         })?;
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-L", "bulwark-state", "-E"])
-        .arg(format!("offset={}", state.start * 512))
-        .arg(&disk)
-        .arg(format!("{}k", state.sectors / 2));
+        .arg(format!("offset={}", state.start * 512));
+    if let Some(seed) = &inputs.state_seed {
+        fs::copy(&trust, seed.join("provider.pub"))
+            .map_err(LabError::io("copying the provider key into the state seed"))?;
+        mkfs.arg("-d").arg(seed);
+    }
+    mkfs.arg(&disk).arg(format!("{}k", state.sectors / 2));
     run(&mut mkfs)?;
 
     let state_offset = state.start * 512;
@@ -244,6 +252,7 @@ mod tests {
             base_version: 1,
             update_version: 2,
             state_mib: 32,
+            state_seed: None,
         };
         let made = node_disk(&dir, &inputs).unwrap();
         let state = install::boot_state(&made.disk).unwrap();

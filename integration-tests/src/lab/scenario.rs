@@ -61,6 +61,9 @@ pub struct NodeBoot {
     /// next power-on boots the base version (checks `node-trial-failed`,
     /// `node-fallback-healthy`, `node-fallback-disk`).
     pub update_bulwarkd_config: Option<&'static str>,
+    /// The main job: the host drives the booted node over the network
+    /// (`main_job.rs`) instead of the node-boot checks.
+    pub main_job: bool,
 }
 
 /// One lab scenario.
@@ -286,6 +289,68 @@ pub const SCENARIOS: &[Scenario] = &[
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
             expect_fatal: None,
             update_bulwarkd_config: None,
+            main_job: false,
+        }),
+        ..PLAIN
+    },
+    Scenario {
+        name: "main-job",
+        summary: "the main job end to end: the node image boots as the lab machine (OVMF, swtpm, the IOMMU, an ivshmem device whose memory BAR stands in for a GPU's, a NIC with ports forwarded from the host) and the host plays operator, tenant and customer over the network with the product's tools: bulwarkctl over mutual TLS enrols and scrubs the device, registers the tenant, uploads its signed image (bulwark-init, the confidential-inference service, encrypted weights), creates and starts the VM with the device and an exposed port through the guest firmware; bulwark-verify predict writes the policy from the signed workload image, the VM's machine and the signed node image; bulwark-verify connect affirms the TPM-quoted evidence in the attested TLS handshake and only then sends the weights' key and the request, and the answer is checked; refused: another workload signer, a newer node image demanded, replayed evidence, a second VM asking for the busy device; the VM deleted, the device scrubbed again, and the next tenant's VM gets it with that scrub (time, memory cleared) in its evidence; the node's disk holds no plaintext weights, key or request",
+        script: "# main-job: no script; the host drives the node (integration-tests/src/lab/main_job.rs)\n",
+        modules: &[
+            "kvm_amd",
+            "kvm_intel",
+            "vfio_pci",
+            "vfio_iommu_type1",
+            "efivarfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "nls_utf8",
+            "button",
+            "evdev",
+            "virtio_pci",
+            "virtio_net",
+        ],
+        devices: &[
+            // The GPU's stand-in: ivshmem-plain's BAR 2 is device memory the scrub
+            // must clear and read back zero (a "scrubbed" record in the evidence).
+            "pcie-root-port,id=rp1,chassis=1,addr=03.0",
+            "ivshmem-plain,memdev=shm,bus=rp1,addr=00.0",
+            "virtio-rng-pci,disable-legacy=on,iommu_platform=on,addr=06.0",
+            "virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=on,addr=07.0",
+        ],
+        objects: &["memory-backend-ram,id=shm,size=1M"],
+        memory_mib: 2048,
+        guest_programs: NODE_PROGRAMS,
+        host_built_programs: NODE_HOST_PROGRAMS,
+        expected_checks: &[
+            "mj-node-healthy",
+            "mj-api-tls",
+            "mj-enroll",
+            "mj-upload",
+            "mj-vm-created",
+            "mj-predict",
+            "mj-vm-running",
+            "mj-refuse-busy-device",
+            "mj-attested",
+            "mj-inference",
+            "mj-refuse-signer",
+            "mj-refuse-node-version",
+            "mj-refuse-replay",
+            "mj-teardown-scrub",
+            "mj-next-tenant-sanitized",
+            "mj-no-plaintext",
+            "node-shutdown",
+        ],
+        timeout_secs: 900,
+        node: Some(NodeBoot {
+            version: 2,
+            init_config: include_str!("../../lab/node/node-init-main-job.json"),
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd-main-job.json"),
+            expect_fatal: None,
+            update_bulwarkd_config: None,
+            main_job: true,
         }),
         ..PLAIN
     },
@@ -306,6 +371,7 @@ pub const SCENARIOS: &[Scenario] = &[
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
             expect_fatal: Some("config: /etc/bulwark/node-init.json: unknown field `modlues`"),
             update_bulwarkd_config: None,
+            main_job: false,
         }),
         ..PLAIN
     },
@@ -330,6 +396,7 @@ pub const SCENARIOS: &[Scenario] = &[
             bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
             expect_fatal: None,
             update_bulwarkd_config: Some(r#"{"devicez": []}"#),
+            main_job: false,
         }),
         ..PLAIN
     },

@@ -691,7 +691,8 @@ fn attest(
     }
 }
 
-fn cc_mode_text(m: &CcMode) -> String {
+/// A CC mode as the console writes it (`off`, `on`, `devtools`, `unknown (why)`).
+pub fn cc_mode_text(m: &CcMode) -> String {
     match m {
         CcMode::Off => "off".into(),
         CcMode::On => "on".into(),

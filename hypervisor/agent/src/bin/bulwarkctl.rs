@@ -276,6 +276,11 @@ enum VmCmd {
     Delete {
         id: String,
     },
+    /// What the VM's bulwark-init reported on the host channel: hello, stages,
+    /// status, exit, evidence served and refused.
+    Guest {
+        id: String,
+    },
     /// Ping the VM's bulwark-init over the host channel (round trip).
     Ping {
         id: String,
@@ -291,6 +296,13 @@ enum VmCmd {
         id: String,
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Write the bulwark-vmm config the VM starts with to FILE (JSON): the machine a
+    /// tenant predicts the launch measurement from (`bulwark-verify predict --vm`).
+    VmmConfig {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write the VM's attestation evidence for NONCE to FILE.
     Attest {
@@ -652,6 +664,10 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 call(sock, "DELETE", &format!("/vms/{id}"), None)?;
                 out(&json!({ "deleted": id }), &|_| println!("VM {id} deleted"))
             }
+            VmCmd::Guest { id } => out(
+                &call(sock, "GET", &format!("/vms/{id}/guest"), None)?,
+                &print_kv,
+            ),
             VmCmd::Ping { id } => out(
                 &call(sock, "POST", &format!("/vms/{id}/guest/ping"), None)?,
                 &print_kv,
@@ -674,6 +690,16 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 )?,
                 &print_kv,
             ),
+            VmCmd::VmmConfig { id, out: file } => {
+                let config = call(sock, "GET", &format!("/vms/{id}/vmm-config"), None)?;
+                let text = serde_json::to_string_pretty(&config)
+                    .map_err(|e| Fail(2, format!("encoding the config: {e}")))?;
+                std::fs::write(&file, text)
+                    .map_err(|e| Fail(2, format!("writing {}: {e}", file.display())))?;
+                out(&json!({ "written": file }), &|_| {
+                    println!("VM {id}'s bulwark-vmm config written to {}", file.display())
+                })
+            }
             VmCmd::Attest {
                 id,
                 nonce,
