@@ -505,3 +505,88 @@ pub fn log_tail(paths: &VmPaths) -> String {
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::VmState;
+
+    fn vm(mem_mib: u32) -> Vm {
+        Vm {
+            id: "v1".into(),
+            tenant: "t".into(),
+            image: "/state/images/app.bwi".into(),
+            vcpus: 2,
+            mem_mib,
+            devices: vec!["0000:01:00.0".into()],
+            state: VmState::Created,
+            pid: None,
+            api_sock: None,
+            reason: None,
+            created_at_ms: 0,
+            jail: None,
+            image_signers: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_vmm_config_is_a_valid_config_with_the_launch_shape() {
+        let tenant = Tenant {
+            id: "t".into(),
+            signer_keys: Vec::new(),
+            min_version: 3,
+        };
+        let mut paths = VmPaths::new(Path::new("/state"), "v1");
+        paths.keys = vec![paths.dir.join("signer-0.pem")];
+        let shape = LaunchShape {
+            vfio: vec![("0000:01:00.0".into(), "10de:2331".into())],
+            mmio64_gib: Some(64),
+            firmware: Some(PathBuf::from("/lib/bulwark/firmware.bin")),
+            rootfs: true,
+        };
+        let json = vmm_config(&vm(256), &tenant, &paths, &shape);
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&json.to_string()).unwrap();
+        assert_eq!(cfg.machine.vcpus, 2);
+        assert_eq!(
+            cfg.machine.firmware.as_deref(),
+            Some(Path::new("/lib/bulwark/firmware.bin"))
+        );
+        assert!(cfg.devices.rng);
+        assert!(cfg.devices.block[0].bundle_rootfs && cfg.devices.block[0].id == "rootfs");
+        assert_eq!(cfg.devices.vfio[0].stated_id(), Ok(Some((0x10de, 0x2331))));
+        // Without a rootfs, firmware or devices: none of them.
+        let bare = vmm_config(&vm(256), &tenant, &paths, &LaunchShape::default());
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&bare.to_string()).unwrap();
+        assert!(cfg.devices.block.is_empty() && cfg.devices.vfio.is_empty());
+        assert_eq!(cfg.machine.firmware, None);
+    }
+
+    #[test]
+    fn memlock_covers_guest_ram_only_with_devices() {
+        let with = LaunchShape {
+            vfio: vec![("0000:01:00.0".into(), "1af4:1110".into())],
+            ..LaunchShape::default()
+        };
+        assert_eq!(memlock_bytes(&vm(256), &with), Some(320 << 20));
+        assert_eq!(memlock_bytes(&vm(256), &LaunchShape::default()), None);
+    }
+
+    #[test]
+    fn kvm_access_is_granted_to_the_jail_group_once() {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::env::temp_dir().join(format!("bulwarkd-kvm-{}", std::process::id()));
+        std::fs::write(&f, b"").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let gid = 4242;
+        grant_kvm(&f, gid).unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!((m.gid(), m.mode() & 0o777), (gid, 0o660));
+        // Already granted: nothing changes (a wider mode stays).
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        grant_kvm(&f, gid).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o666);
+        assert!(grant_kvm(Path::new("/nonexistent/kvm"), gid).is_err());
+        std::fs::remove_file(&f).unwrap();
+    }
+}

@@ -183,30 +183,7 @@ pub fn read_string_var(path: &Path) -> Result<Option<String>, BlessError> {
     }
 }
 
-/// Decodes an efivarfs file's bytes: a 4-byte little-endian attribute word, then the
-/// variable's data, here a UTF-16LE string with or without its terminating NUL.
-pub fn decode_string_var(bytes: &[u8]) -> Result<String, String> {
-    let Some(data) = bytes.get(4..) else {
-        return Err(format!(
-            "{} bytes: shorter than the 4-byte attribute header",
-            bytes.len()
-        ));
-    };
-    if data.len() % 2 != 0 {
-        return Err(format!("{} data bytes: not UTF-16", data.len()));
-    }
-    let mut units: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    while units.last() == Some(&0) {
-        units.pop();
-    }
-    if units.contains(&0) {
-        return Err("a NUL inside the string".into());
-    }
-    String::from_utf16(&units).map_err(|e| format!("not UTF-16: {e}"))
-}
+pub use bulwark_node_image::booted::decode_string_var;
 
 /// The name systemd-boot's counting gives a good entry: `+LEFT[-DONE]` removed from
 /// the file name's stem (`\EFI\Linux\bulwark-b+2-1.efi` → `\EFI\Linux\bulwark-b.efi`).

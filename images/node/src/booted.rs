@@ -345,12 +345,23 @@ pub fn loader_entry_selected(efivars: &Path) -> Result<String, NodeImageError> {
             })
         }
     };
-    decode_string_var(&bytes)
-        .map_err(|why| NodeImageError::Refused(format!("{}: {why}", path.display())))
+    match decode_string_var(&bytes) {
+        Ok(entry) if entry.is_empty() => Err(NodeImageError::Refused(format!(
+            "{}: empty",
+            path.display()
+        ))),
+        Ok(entry) => Ok(entry),
+        Err(why) => Err(NodeImageError::Refused(format!(
+            "{}: {why}",
+            path.display()
+        ))),
+    }
 }
 
 /// Decodes an efivarfs file's bytes: a 4-byte little-endian attribute word,
-/// then a UTF-16LE string with or without its terminating NUL.
+/// then a UTF-16LE string with or without its terminating NUL (an empty string is
+/// returned as such; callers judge it). The node's PID 1 reads the boot loader's
+/// variables with it too.
 pub fn decode_string_var(bytes: &[u8]) -> Result<String, String> {
     let Some(data) = bytes.get(4..) else {
         return Err(format!(
@@ -367,9 +378,6 @@ pub fn decode_string_var(bytes: &[u8]) -> Result<String, String> {
         .collect();
     while units.last() == Some(&0) {
         units.pop();
-    }
-    if units.is_empty() {
-        return Err("empty".into());
     }
     if units.contains(&0) {
         return Err("a NUL inside the string".into());
@@ -430,7 +438,8 @@ mod tests {
         );
         assert!(decode_string_var(&[6, 0, 0]).is_err());
         assert!(decode_string_var(&[6, 0, 0, 0, 0x41]).is_err());
-        assert!(decode_string_var(&[6, 0, 0, 0, 0, 0]).is_err());
+        // An empty string decodes; loader_entry_selected refuses it.
+        assert_eq!(decode_string_var(&[6, 0, 0, 0, 0, 0]).unwrap(), "");
         assert!(decode_string_var(&[6, 0, 0, 0, 0x41, 0, 0, 0, 0x41, 0]).is_err());
     }
 }

@@ -123,7 +123,10 @@ struct Ran {
 
 impl Ran {
     fn text(&self) -> String {
-        let mut t = self.stdout.trim().to_owned();
+        // JSON on one line, so that each step stays one line of the log.
+        let mut t = serde_json::from_str::<serde_json::Value>(&self.stdout)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| self.stdout.trim().to_owned());
         if !self.stderr.trim().is_empty() {
             t.push_str(" | ");
             t.push_str(self.stderr.trim());
@@ -197,6 +200,8 @@ struct Plan {
     node_version: u64,
     /// The TPM EK CA root (swtpm's local CA).
     ek_root: PathBuf,
+    /// When the scenario started: every step's time counts from it.
+    start: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +212,50 @@ struct ApiFiles {
 }
 
 impl Plan {
+    /// The customer: `bulwark-verify connect` to the VM's exposed port under `policy`,
+    /// sending `text` once the evidence is affirmed.
+    fn connect(&self, policy: &Path, text: &str) -> Command {
+        let mut c = Command::new(&self.verify);
+        c.arg("connect")
+            .arg(format!("127.0.0.1:{}", self.service_port))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--send")
+            .arg(text);
+        c
+    }
+
+    /// The operator fetches `vm`'s evidence for `nonce`, and the tenant appraises it
+    /// under `policy` for `expected` (in JSON with `json`).
+    fn attest_and_appraise(
+        &self,
+        vm: &str,
+        (nonce, expected): (&str, &str),
+        policy: &Path,
+        json: bool,
+        log: &mut Vec<String>,
+    ) -> (Ran, Ran) {
+        let out = self.dir.join(format!("evidence-{vm}.cose"));
+        let attest = ran(
+            self.ctl()
+                .args(["vms", "attest", vm, "--nonce", nonce, "--out"])
+                .arg(&out),
+            log,
+        );
+        let mut verify = Command::new(&self.verify);
+        verify
+            .arg("evidence")
+            .arg(&out)
+            .arg("--policy")
+            .arg(policy)
+            .args(["--nonce", expected]);
+        if json {
+            verify.arg("--json");
+        }
+        let appraised = ran(&mut verify, log);
+        (attest, appraised)
+    }
+
     fn ctl(&self) -> Command {
         let mut c = Command::new(&self.ctl);
         c.arg("--json")
@@ -317,6 +366,7 @@ impl Lab {
             provider_pub: made.trust.clone(),
             node_version: node.version,
             ek_root: ek.root,
+            start,
         };
         let prepare = start.elapsed();
         let mut notes = vec![format!(
@@ -505,7 +555,7 @@ fn drive(p: &Plan) -> Steps {
     let mut s = Steps {
         lines: Vec::new(),
         log: Vec::new(),
-        start: Instant::now(),
+        start: p.start,
     };
     let _ = drive_steps(p, &mut s);
     s
@@ -658,16 +708,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     let request = fs::read_to_string(p.secrets.join("request.json")).unwrap_or_default();
     let mut connect = None;
     for _ in 0..30 {
-        let r = ran(
-            Command::new(&p.verify)
-                .arg("connect")
-                .arg(format!("127.0.0.1:{}", p.service_port))
-                .arg("--policy")
-                .arg(&policy)
-                .arg("--send")
-                .arg(&request),
-            &mut s.log,
-        );
+        let r = ran(&mut p.connect(&policy, &request), &mut s.log);
         // Until the guest's service is up the bridge has nothing to serve (exit 2).
         let retry = r.code == Some(2);
         connect = Some(r);
@@ -706,16 +747,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
             s.check(name, false, "could not write the policy");
             return;
         }
-        let r = ran(
-            Command::new(&p.verify)
-                .arg("connect")
-                .arg(format!("127.0.0.1:{}", p.service_port))
-                .arg("--policy")
-                .arg(&pol)
-                .arg("--send")
-                .arg("must not be sent"),
-            &mut s.log,
-        );
+        let r = ran(&mut p.connect(&pol, "must not be sent"), &mut s.log);
         s.check(
             name,
             r.code == Some(1) && r.verdict().contains(expect),
@@ -738,27 +770,12 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     );
 
     // Replay: evidence made for one nonce, presented for another.
-    let evidence = p.dir.join("evidence-a.cose");
-    let attest = ran(
-        p.ctl()
-            .args([
-                "vms",
-                "attest",
-                "vm-a",
-                "--nonce",
-                &"11".repeat(32),
-                "--out",
-            ])
-            .arg(&evidence),
-        &mut s.log,
-    );
-    let replay = ran(
-        Command::new(&p.verify)
-            .arg("evidence")
-            .arg(&evidence)
-            .arg("--policy")
-            .arg(&policy)
-            .args(["--nonce", &"22".repeat(32)]),
+    let (made_for, presented_for) = ("11".repeat(32), "22".repeat(32));
+    let (attest, replay) = p.attest_and_appraise(
+        "vm-a",
+        (&made_for, &presented_for),
+        &policy,
+        false,
         &mut s.log,
     );
     s.check(
@@ -821,22 +838,8 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     );
     let start_b = ran(p.ctl().args(["vms", "start", "vm-b"]), &mut s.log);
     let nonce = "33".repeat(32);
-    let evidence_b = p.dir.join("evidence-b.cose");
-    let attest_b = ran(
-        p.ctl()
-            .args(["vms", "attest", "vm-b", "--nonce", &nonce, "--out"])
-            .arg(&evidence_b),
-        &mut s.log,
-    );
-    let appraised = ran(
-        Command::new(&p.verify)
-            .arg("evidence")
-            .arg(&evidence_b)
-            .arg("--policy")
-            .arg(&policy)
-            .args(["--nonce", &nonce, "--json"]),
-        &mut s.log,
-    );
+    let (attest_b, appraised) =
+        p.attest_and_appraise("vm-b", (&nonce, &nonce), &policy, true, &mut s.log);
     let stated = sanitized_claim(&appraised.json(), &gpu);
     let at_ms = last["finished_at_ms"].as_u64();
     let matches = stated.as_ref().is_some_and(|z| {
