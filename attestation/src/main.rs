@@ -192,6 +192,11 @@ enum Kind {
         /// print what comes back.
         #[arg(long, value_name = "TEXT")]
         send: Option<String>,
+        /// Like --send, with the bytes of FILE: for secrets, which --send would
+        /// show in the process list (--json then names the file and its size,
+        /// not its content).
+        #[arg(long, value_name = "FILE", conflicts_with = "send")]
+        send_file: Option<PathBuf>,
         /// Connect and read timeout, seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         timeout: u64,
@@ -362,12 +367,36 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             addr,
             policy,
             send,
+            send_file,
             timeout,
             common,
-        } => connect(&addr, &policy, send.as_deref(), timeout, &common),
+        } => {
+            let payload = match (send, send_file) {
+                (Some(text), _) => Some(Payload {
+                    shown: serde_json::Value::String(text.clone()),
+                    bytes: text.into_bytes(),
+                }),
+                (None, Some(file)) => {
+                    let bytes = read(&file)?;
+                    Some(Payload {
+                        shown: serde_json::json!({"file": file, "bytes": bytes.len()}),
+                        bytes,
+                    })
+                }
+                (None, None) => None,
+            };
+            connect(&addr, &policy, payload, timeout, &common)
+        }
         Kind::EarVerify { file, key } => ear_verify(&file, &key),
         other => vendor(other).map(|(v, c)| Outcome::Vendor(v, c)),
     }
+}
+
+/// What `connect` sends once the evidence is affirmed, and what its JSON output
+/// says was sent.
+struct Payload {
+    bytes: Vec<u8>,
+    shown: serde_json::Value,
 }
 
 /// `connect`: 0 affirmed (and TEXT exchanged), 1 refused (no application
@@ -375,7 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 fn connect(
     addr: &str,
     policy: &Path,
-    send: Option<&str>,
+    send: Option<Payload>,
     timeout: u64,
     common: &Common,
 ) -> anyhow::Result<Outcome> {
@@ -424,11 +453,11 @@ fn connect(
         Err(e) => anyhow::bail!("{addr}: {e}"),
     };
     write_signed_ear(&appraisal.to_ear(), common)?;
-    let Some(text) = send else {
+    let Some(payload) = send else {
         print(&appraisal, None);
         return Ok(Outcome::Exit(0));
     };
-    stream.write_all(text.as_bytes())?;
+    stream.write_all(&payload.bytes)?;
     stream.conn.send_close_notify();
     stream.flush()?;
     let mut reply = Vec::new();
@@ -462,7 +491,7 @@ fn connect(
             &appraisal,
             Some((
                 "atls",
-                serde_json::json!({"sent": text, "received": reply_text}),
+                serde_json::json!({"sent": payload.shown, "received": reply_text}),
             )),
         );
     } else {

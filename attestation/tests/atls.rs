@@ -354,6 +354,62 @@ fn cli_connect() {
     server.thread.join().unwrap();
     assert_eq!(server.app_bytes.load(Ordering::SeqCst), 0);
 
+    // --send-file: the file's bytes are sent; --json names the file, not its content.
+    let secret = TempFile::new("atls-secret.txt", b"key=0123456789abcdef");
+    let server = serve(attested_config(Source::Honest).0, 2);
+    let addr = server.addr.to_string();
+    let o = cli(&[
+        "connect",
+        &addr,
+        "--policy",
+        &good.path(),
+        "--send-file",
+        &secret.path(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).ends_with("key=0123456789abcdef\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = cli(&[
+        "connect",
+        &addr,
+        "--policy",
+        &good.path(),
+        "--json",
+        "--send-file",
+        &secret.path(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let j = json(&o);
+    assert_eq!(j["atls"]["sent"]["bytes"], 20);
+    assert_eq!(j["atls"]["sent"]["file"], secret.path());
+    assert_eq!(j["atls"]["received"], "key=0123456789abcdef");
+    server.thread.join().unwrap();
+    assert_eq!(server.app_bytes.load(Ordering::SeqCst), 40);
+    // Both, or a missing file: usage or I/O errors (exit 2), nothing sent.
+    let o = cli(&[
+        "connect",
+        &addr,
+        "--policy",
+        &good.path(),
+        "--send",
+        "x",
+        "--send-file",
+        &secret.path(),
+    ]);
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(&[
+        "connect",
+        &addr,
+        "--policy",
+        &good.path(),
+        "--send-file",
+        "/nonexistent/secret",
+    ]);
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+
     // Nothing listening: exit 2.
     drop(TcpListener::bind(&addr));
     let o = cli(&["connect", &addr, "--policy", &good.path(), "--timeout", "5"]);

@@ -213,15 +213,16 @@ struct ApiFiles {
 
 impl Plan {
     /// The customer: `bulwark-verify connect` to the VM's exposed port under `policy`,
-    /// sending `text` once the evidence is affirmed.
-    fn connect(&self, policy: &Path, text: &str) -> Command {
+    /// sending the bytes of `file` once the evidence is affirmed (`--send-file`:
+    /// the request holds the weights' key, which must not show in a process list).
+    fn connect(&self, policy: &Path, file: &Path) -> Command {
         let mut c = Command::new(&self.verify);
         c.arg("connect")
             .arg(format!("127.0.0.1:{}", self.service_port))
             .arg("--policy")
             .arg(policy)
-            .arg("--send")
-            .arg(text);
+            .arg("--send-file")
+            .arg(file);
         c
     }
 
@@ -705,7 +706,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     );
 
     // Customer: attested TLS, then the key and the request.
-    let request = fs::read_to_string(p.secrets.join("request.json")).unwrap_or_default();
+    let request = p.secrets.join("request.json");
     let mut connect = None;
     for _ in 0..30 {
         let r = ran(&mut p.connect(&policy, &request), &mut s.log);
@@ -747,7 +748,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
             s.check(name, false, "could not write the policy");
             return;
         }
-        let r = ran(&mut p.connect(&pol, "must not be sent"), &mut s.log);
+        let r = ran(&mut p.connect(&pol, &request), &mut s.log);
         s.check(
             name,
             r.code == Some(1) && r.verdict().contains(expect),
