@@ -188,8 +188,10 @@ struct Plan {
     /// The tenant's signed workload image and key.
     workload: PathBuf,
     tenant_pub: PathBuf,
-    /// A key the customer's refusal policy trusts instead.
+    /// A key the customer's refusal policy trusts instead, and the workload image
+    /// signed by it alone.
     other_pub: PathBuf,
+    other_signed: PathBuf,
     /// The tenant's encrypted weights' directory (`demo-tenant train`).
     secrets: PathBuf,
     /// The guest firmware on this host (the same bytes as the node's).
@@ -341,15 +343,16 @@ impl Lab {
                 reason: trained.text(),
             });
         }
-        let (workload, tenant_pub) = self.workload_image(&dir.join("tenant"), &secrets)?;
+        let other = dir.join("other-keys");
+        let (other_key, other_pub, _) = generate_key_pair(&other).map_err(image_error("keygen"))?;
+        let (workload, tenant_pub, other_signed) =
+            self.workload_image(&dir.join("tenant"), &secrets, &other_key)?;
         eprintln!(
             "main-job: {:>7.1} s  tenant: {}; weights sealed (ChaCha20-Poly1305, key kept by the tenant); image {} signed (bulwark-init, kernel, the inference service, the sealed weights)",
             start.elapsed().as_secs_f64(),
             trained.stdout.trim(),
             workload.display()
         );
-        let other = dir.join("other-keys");
-        let (_, other_pub, _) = generate_key_pair(&other).map_err(image_error("keygen"))?;
         let plan = Plan {
             dir: dir.clone(),
             ctl: tools[0].clone(),
@@ -361,6 +364,7 @@ impl Lab {
             workload,
             tenant_pub,
             other_pub,
+            other_signed,
             secrets,
             firmware,
             node_image: made.image.clone(),
@@ -473,7 +477,13 @@ impl Lab {
     /// The tenant's signed image: the lab's kernel, an initramfs with bulwark-init and
     /// its modules, a guest-init config that serves the inference service behind
     /// attested TLS, and an ext4 rootfs with the service and the encrypted weights.
-    fn workload_image(&self, dir: &Path, secrets: &Path) -> Result<(PathBuf, PathBuf)> {
+    /// Also returns the same image signed by another key (`other_key`, PEM) only.
+    fn workload_image(
+        &self,
+        dir: &Path,
+        secrets: &Path,
+        other_key: &Path,
+    ) -> Result<(PathBuf, PathBuf, PathBuf)> {
         fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
         let built =
             programs::build_guest_programs(&self.workspace, &self.target_dir, WORKLOAD_PROGRAMS)?;
@@ -545,8 +555,13 @@ impl Lab {
             rootfs: Some(rootfs),
         };
         build(&spec, &bundle, &|_| {}).map_err(image_error("build"))?;
+        let other = dir.join("inference-other-signer.bwi");
+        fs::copy(&bundle, &other).map_err(LabError::io("copying the unsigned image"))?;
         sign(&bundle, &key, &|_| {}).map_err(image_error("sign"))?;
-        Ok((bundle, key_pub))
+        let other_key =
+            SigningKey::from_pem_file(other_key).map_err(image_error("reading the other key"))?;
+        sign(&other, &other_key, &|_| {}).map_err(image_error("sign"))?;
+        Ok((bundle, key_pub, other))
     }
 }
 
@@ -630,6 +645,33 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         format!("tenant: {}; image: {}", tenant.text(), upload.text()),
     )
     .then_some(())?;
+
+    // Refusal: the same workload signed by another key is not the tenant's image;
+    // bulwarkd verifies it against the tenant's keys at create.
+    let other_upload = ran(
+        p.ctl()
+            .args(["images", "upload"])
+            .arg(&p.other_signed)
+            .args(["--name", "other-signer"]),
+        &mut s.log,
+    );
+    let other_create = ran(
+        p.ctl().args([
+            "vms",
+            "create",
+            "vm-x",
+            "--tenant",
+            "tenant-a",
+            "--image",
+            "other-signer",
+        ]),
+        &mut s.log,
+    );
+    s.check(
+        "mj-refuse-other-signer-image",
+        other_upload.ok && !other_create.ok && other_create.text().contains("422"),
+        other_create.text(),
+    );
 
     let create = ran(
         p.ctl()

@@ -295,7 +295,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "main-job",
-        summary: "the main job end to end: the node image boots as the lab machine (OVMF, swtpm, the IOMMU, an ivshmem device whose memory BAR stands in for a GPU's, a NIC with ports forwarded from the host) and the host plays operator, tenant and customer over the network with the product's tools: bulwarkctl over mutual TLS enrols and scrubs the device, registers the tenant, uploads its signed image (bulwark-init, the confidential-inference service, encrypted weights), creates and starts the VM with the device and an exposed port through the guest firmware; bulwark-verify predict writes the policy from the signed workload image, the VM's machine and the signed node image; bulwark-verify connect affirms the TPM-quoted evidence in the attested TLS handshake and only then sends the weights' key and the request, and the answer is checked; refused: another workload signer, a newer node image demanded, replayed evidence, a second VM asking for the busy device; the VM deleted, the device scrubbed again, and the next tenant's VM gets it with that scrub (time, memory cleared) in its evidence; the node's disk holds no plaintext weights, key or request",
+        summary: "the main job end to end: the node image boots as the lab machine (OVMF, swtpm, the IOMMU, an ivshmem device whose memory BAR stands in for a GPU's, a NIC with ports forwarded from the host) and the host plays operator, tenant and customer over the network with the product's tools: bulwarkctl over mutual TLS enrols and scrubs the device, registers the tenant, uploads its signed image (bulwark-init, the confidential-inference service, encrypted weights), creates and starts the VM with the device and an exposed port through the guest firmware; bulwark-verify predict writes the policy from the signed workload image, the VM's machine and the signed node image; bulwark-verify connect affirms the TPM-quoted evidence in the attested TLS handshake and only then sends the weights' key and the request, and the answer is checked; refused: the workload signed by another key (by bulwarkd at create, and by a customer's policy trusting another signer), a newer node image demanded, replayed evidence, a second VM asking for the busy device; the VM deleted, the device scrubbed again, and the next tenant's VM gets it with that scrub (time, memory cleared) in its evidence; the node's disk holds no plaintext weights, key or request",
         script: "# main-job: no script; the host drives the node (integration-tests/src/lab/main_job.rs)\n",
         modules: &[
             "kvm_amd",
@@ -329,6 +329,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "mj-api-tls",
             "mj-enroll",
             "mj-upload",
+            "mj-refuse-other-signer-image",
             "mj-vm-created",
             "mj-predict",
             "mj-vm-running",
