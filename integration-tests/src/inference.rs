@@ -788,30 +788,46 @@ pub fn read_request(
 }
 
 /// Serves one connection: read the request, answer, close. Returns the log line.
-pub fn serve_connection(weights_file: &[u8], mut stream: TcpStream) -> String {
+pub fn serve_connection(
+    weights_file: &[u8],
+    mut stream: TcpStream,
+    journal: Option<&mut ScratchJournal>,
+) -> String {
     let started = Instant::now();
-    let handled = match read_request(&mut stream, REQUEST_DEADLINE) {
-        Ok(request) => handle_request(weights_file, &request),
-        Err(e) => refusal(&e),
+    let (handled, request) = match read_request(&mut stream, REQUEST_DEADLINE) {
+        Ok(request) => (handle_request(weights_file, &request), Some(request)),
+        Err(e) => (refusal(&e), None),
     };
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let sent = stream
         .write_all(handled.answer.as_bytes())
         .and_then(|()| stream.flush());
     let _ = stream.shutdown(std::net::Shutdown::Both);
+    let kept = match (journal, &request) {
+        (Some(j), Some(r)) => match j.record(r, handled.answer.as_bytes()) {
+            Ok(at) => format!("; kept on scratch at byte {at}"),
+            Err(e) => format!("; not kept on scratch: {e}"),
+        },
+        _ => String::new(),
+    };
     let micros = started.elapsed().as_micros();
     match sent {
-        Ok(()) => format!("{} ({micros} us)", handled.summary),
-        Err(e) => format!("{} ({micros} us); answer not sent: {e}", handled.summary),
+        Ok(()) => format!("{}{kept} ({micros} us)", handled.summary),
+        Err(e) => format!(
+            "{}{kept} ({micros} us); answer not sent: {e}",
+            handled.summary
+        ),
     }
 }
 
 /// Accepts connections one at a time and serves each; `log` gets one line per
-/// connection. With `connections`, returns after that many.
+/// connection. With `connections`, returns after that many. With `journal`, each
+/// request and its answer are kept there.
 pub fn serve(
     listener: &TcpListener,
     weights_file: &[u8],
     connections: Option<u64>,
+    mut journal: Option<&mut ScratchJournal>,
     mut log: impl FnMut(&str),
 ) -> io::Result<()> {
     let mut served = 0u64;
@@ -823,10 +839,87 @@ pub fn serve(
             Err(e) => return Err(e),
         };
         served += 1;
-        let line = serve_connection(weights_file, stream);
+        let line = serve_connection(weights_file, stream, journal.as_deref_mut());
         log(&format!("connection {served} from {peer}: {line}"));
     }
     Ok(())
+}
+
+/// The service's working journal on a raw block device: in the VM, `/dev/scratch`,
+/// which bulwark-init maps through dm-crypt with a key made at boot. Block 0 holds
+/// [`ScratchJournal::HEADER`]; then each record (the request as received, key
+/// included, and the answer) starts on a 4 KiB boundary, written and synced before
+/// the next connection. At the end of the device it starts again after the header.
+/// What it keeps is the plaintext the node must never see: the test of the main job
+/// looks for it in the node's files.
+#[derive(Debug)]
+pub struct ScratchJournal {
+    file: std::fs::File,
+    next: u64,
+    len: u64,
+}
+
+impl ScratchJournal {
+    /// The first bytes of block 0.
+    pub const HEADER: &'static [u8] = b"demo-inference scratch journal v1\n";
+    /// Records start on these boundaries.
+    pub const BLOCK: u64 = 4096;
+
+    /// Opens `path` (a block device or a file) read-write and writes the header.
+    pub fn open(path: &std::path::Path) -> io::Result<ScratchJournal> {
+        use std::io::Seek;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let len = file.seek(io::SeekFrom::End(0))?;
+        if len < 4 * Self::BLOCK {
+            return Err(io::Error::other(format!(
+                "{}: {len} bytes; a journal needs at least {}",
+                path.display(),
+                4 * Self::BLOCK
+            )));
+        }
+        let mut j = ScratchJournal {
+            file,
+            next: Self::BLOCK,
+            len,
+        };
+        j.write_synced(0, Self::HEADER)?;
+        Ok(j)
+    }
+
+    fn write_synced(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let padded = bytes.len().div_ceil(Self::BLOCK as usize) * Self::BLOCK as usize;
+        let mut block = Zeroizing::new(vec![0u8; padded]);
+        block[..bytes.len()].copy_from_slice(bytes);
+        self.file.write_all_at(&block, at)?;
+        self.file.sync_data()
+    }
+
+    /// Keeps `request` and `answer`; returns the byte offset of the record.
+    pub fn record(&mut self, request: &[u8], answer: &[u8]) -> io::Result<u64> {
+        let mut rec = Zeroizing::new(Vec::with_capacity(request.len() + answer.len() + 64));
+        rec.extend_from_slice(format!("request {}\n", request.len()).as_bytes());
+        rec.extend_from_slice(request);
+        rec.extend_from_slice(format!("\nanswer {}\n", answer.len()).as_bytes());
+        rec.extend_from_slice(answer);
+        let size = (rec.len() as u64).div_ceil(Self::BLOCK) * Self::BLOCK;
+        if size > self.len - Self::BLOCK {
+            return Err(io::Error::other(format!(
+                "a {size}-byte record does not fit a {}-byte journal",
+                self.len
+            )));
+        }
+        if self.next + size > self.len {
+            self.next = Self::BLOCK;
+        }
+        let at = self.next;
+        self.write_synced(at, &rec)?;
+        self.next += size;
+        Ok(at)
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1332,9 +1425,18 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server_file = file.clone();
+        let journal_path = std::env::temp_dir().join(format!(
+            "bulwark-journal-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::File::create(&journal_path)
+            .and_then(|f| f.set_len(64 << 10))
+            .unwrap();
+        let mut journal = ScratchJournal::open(&journal_path).unwrap();
         let server = std::thread::spawn(move || {
             let mut lines = Vec::new();
-            serve(&listener, &server_file, Some(3), |l| {
+            serve(&listener, &server_file, Some(3), Some(&mut journal), |l| {
                 lines.push(l.to_string())
             })
             .unwrap();
@@ -1367,5 +1469,47 @@ mod tests {
         assert!(lines[2].contains("refused: request is not JSON"));
         let hex = k.to_hex();
         assert!(lines.iter().all(|l| !l.contains(hex.as_str())));
+        // The journal: the header, then each request as received with its answer.
+        assert!(
+            lines[0].contains("kept on scratch at byte 4096"),
+            "{}",
+            lines[0]
+        );
+        let kept = std::fs::read(&journal_path).unwrap();
+        let _ = std::fs::remove_file(&journal_path);
+        assert!(kept.starts_with(ScratchJournal::HEADER));
+        let first = String::from_utf8_lossy(&kept[4096..8192]);
+        assert!(first.starts_with("request "), "{first}");
+        assert!(first.contains(hex.as_str()) && first.contains(good.trim()));
+        assert!(String::from_utf8_lossy(&kept[8192..]).contains("authentication failed"));
+    }
+
+    #[test]
+    fn the_journal_wraps_after_its_header_and_refuses_what_cannot_fit() {
+        let path =
+            std::env::temp_dir().join(format!("bulwark-journal-wrap-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(4 * ScratchJournal::BLOCK))
+            .unwrap();
+        let mut j = ScratchJournal::open(&path).unwrap();
+        let at: Vec<u64> = (0..4)
+            .map(|i| j.record(format!("r{i}").as_bytes(), b"a").unwrap())
+            .collect();
+        assert_eq!(at, [4096, 8192, 12288, 4096]);
+        let big = vec![b'x'; 4 * 4096];
+        assert!(j
+            .record(&big, b"")
+            .unwrap_err()
+            .to_string()
+            .contains("does not fit"));
+        let kept = std::fs::read(&path).unwrap();
+        assert!(kept.starts_with(ScratchJournal::HEADER));
+        assert!(kept[4096..].starts_with(b"request 2\nr3"));
+        // Too small a device to hold a journal at all.
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(8192))
+            .unwrap();
+        assert!(ScratchJournal::open(&path).is_err());
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -118,6 +118,24 @@ pub struct FileConfig {
     /// GPU policy.
     #[serde(default)]
     pub gpu: GpuPolicy,
+    /// The encrypted scratch disk, when the workload wants one.
+    #[serde(default)]
+    pub scratch: Option<ScratchConfig>,
+}
+
+/// `scratch`: a writable disk from the host, mapped through dm-crypt with a key made
+/// at boot (`crate::scratch`) and given to the workload as the block node
+/// `/dev/scratch`. Set, it is required: no such disk refuses the start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScratchConfig {
+    /// The virtio-blk disk's serial (the VMM's disk `id`), default `scratch`.
+    #[serde(default = "default_scratch_disk")]
+    pub disk: String,
+}
+
+fn default_scratch_disk() -> String {
+    "scratch".into()
 }
 
 /// `rootfs`.
@@ -339,6 +357,20 @@ fn check(f: &FileConfig, cmdline: &Cmdline, verity: &VerityParams) -> Result<(),
             "1 to 20 characters (a virtio-blk serial)",
         ));
     }
+    if let Some(s) = &f.scratch {
+        if s.disk.is_empty() || s.disk.len() > 20 {
+            return Err(err(
+                "config:scratch.disk",
+                "1 to 20 characters (a virtio-blk serial)",
+            ));
+        }
+        if s.disk == f.rootfs.disk {
+            return Err(err(
+                "config:scratch.disk",
+                format!("{:?} is the rootfs disk's serial too", s.disk),
+            ));
+        }
+    }
     if let Some(h) = &f.rootfs.root_hash {
         if *h != verity.root_hash_hex() {
             return Err(err(
@@ -479,6 +511,10 @@ mod tests {
         assert_eq!(c.cmdline.channel_port, 1024);
         assert_eq!(c.verity.data_blocks, 1024);
         assert_eq!(c.file.ports[0].tls, PortTls::Attested);
+        assert!(c.file.scratch.is_none());
+        let mut v = good();
+        v["scratch"] = serde_json::json!({});
+        assert_eq!(parse(&v).unwrap().file.scratch.unwrap().disk, "scratch");
     }
 
     #[test]
@@ -523,6 +559,18 @@ mod tests {
                 "config:workload.cwd",
             ),
             (Box::new(|v| v["format"] = "v0".into()), "config:format"),
+            (
+                Box::new(|v| v["scratch"] = serde_json::json!({"disk": "rootfs"})),
+                "config:scratch.disk",
+            ),
+            (
+                Box::new(|v| v["scratch"] = serde_json::json!({"disk": ""})),
+                "config:scratch.disk",
+            ),
+            (
+                Box::new(|v| v["scratch"] = serde_json::json!({"size": 1})),
+                "unknown field `size`",
+            ),
             (
                 Box::new(|v| v["rootfs"]["fs"] = "xfs".into()),
                 "config:rootfs.fs",

@@ -7,7 +7,8 @@
 //!
 //! Modules, one concern each: [`run`] (the sequence), [`pid1`] (mounts, reaping,
 //! power-off), [`config`] (command line and config component), [`modules`] (loading
-//! without kmod), [`verity`] (dm-verity through the device-mapper ioctls), [`view`]
+//! without kmod), [`verity`] (dm-verity through the device-mapper ioctls), [`scratch`] (the
+//! dm-crypt scratch disk with a key made at boot), [`view`]
 //! (the workload's filesystem view), [`gpu`] (GPU bring-up behind a trait),
 //! [`channel`] (the host channel), [`stop`] (the stop request), [`bridge`] (vsock → TCP), [`workload`] (start,
 //! output, end). `unsafe` lives only in [`sys`].
@@ -22,6 +23,7 @@ pub mod gpu;
 pub use bulwark_kmod as modules;
 pub mod pid1;
 pub mod run;
+pub mod scratch;
 pub mod stop;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -19,7 +19,7 @@ use crate::channel::{Channel, PendingQueue};
 use crate::config::{self, Cmdline, Config, VerifyMode};
 use crate::pid1::{self, console, uptime_us};
 use crate::stop::StopRequest;
-use crate::{bridge, gpu, modules, verity, view, workload};
+use crate::{bridge, gpu, modules, scratch, verity, view, workload};
 
 /// Where the image's kernel modules are.
 pub const MODULES_DIR: &str = "/lib/modules";
@@ -375,20 +375,45 @@ async fn boot(
             message: why,
         });
     }
-    let gpu_nodes = view::prepare(&cfg.file).map_err(fail(RefusalReason::Mount))?;
+    // The scratch disk, encrypted with a key made now (before the view, which gets
+    // its node).
+    let scratch = match &cfg.file.scratch {
+        None => None,
+        Some(want) => {
+            let disk = verity::find_disk_by_serial(Path::new("/sys/block"), &want.disk)
+                .map_err(|e| format!("scratch: {e}"))
+                .map_err(fail(RefusalReason::Mount))?;
+            let dev = tokio::task::spawn_blocking(move || scratch::open_scratch(&disk))
+                .await
+                .map_err(|e| e.to_string())
+                .map_err(fail(RefusalReason::Internal))?
+                .map_err(|e| e.to_string())
+                .map_err(fail(RefusalReason::Mount))?;
+            Some(dev)
+        }
+    };
+    let gpu_nodes =
+        view::prepare(&cfg.file, scratch.as_ref()).map_err(fail(RefusalReason::Mount))?;
     reach(
         channel,
         Some(&cmdline),
         Stage::RootMounted,
         format!(
-            "{} read-only on {}; GPU nodes: {}",
+            "{} read-only on {}; GPU nodes: {}; scratch: {}",
             root.fs,
             view::ROOT,
             if gpu_nodes.is_empty() {
                 "none".into()
             } else {
                 gpu_nodes.join(",")
-            }
+            },
+            scratch.as_ref().map_or("none".into(), |d| format!(
+                "/dev/{} ({} MiB on {}, dm-crypt {} with a key made at boot)",
+                scratch::NODE_NAME,
+                d.bytes >> 20,
+                d.disk,
+                scratch::CIPHER
+            )),
         ),
     );
     reach(

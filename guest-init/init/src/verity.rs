@@ -554,7 +554,7 @@ fn is_block_node(path: &Path, dev: DevNum) -> bool {
 /// The block node of `dev`: `<dev_dir>/<DEVNAME>` when devtmpfs made it (DEVNAME
 /// from `<sys_dev_block>/MAJ:MIN/uevent`), else `<dev_dir>/mapper/<name>`, made
 /// with mknod if needed.
-fn device_node(
+pub(crate) fn device_node(
     sys_dev_block: &Path,
     dev_dir: &Path,
     dev: DevNum,

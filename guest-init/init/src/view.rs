@@ -1,6 +1,7 @@
 //! The workload's view of the machine: the verified rootfs mounted read-only, and on
 //! it a fresh `/proc`, a `/dev` holding only the basic nodes and the GPU nodes, a
-//! private writable `/tmp` owned by the workload, and the configured tmpfs mounts.
+//! private writable `/tmp` owned by the workload, the configured tmpfs mounts, and
+//! `/dev/scratch` (the encrypted scratch disk, the workload's alone) when configured.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use nix::sys::stat::{mknod, Mode, SFlag};
 
 use crate::config::FileConfig;
 use crate::pid1::unmount_at_poweroff;
+use crate::scratch::ScratchDevice;
 
 /// Where the verified rootfs is mounted (the workload's `/`).
 pub const ROOT: &str = "/sysroot";
@@ -70,9 +72,9 @@ fn tmpfs(at: &Path, opts: &str, flags: MsFlags) -> Result<(), String> {
     Ok(())
 }
 
-/// Prepares `/proc`, `/dev`, `/tmp` and `mounts[]` inside the root; returns the GPU
-/// device nodes made visible.
-pub fn prepare(cfg: &FileConfig) -> Result<Vec<String>, String> {
+/// Prepares `/proc`, `/dev`, `/tmp` and `mounts[]` inside the root, and the scratch
+/// device's node when there is one; returns the GPU device nodes made visible.
+pub fn prepare(cfg: &FileConfig, scratch: Option<&ScratchDevice>) -> Result<Vec<String>, String> {
     let w = &cfg.workload;
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_at = mount_point("/proc")?;
@@ -107,6 +109,21 @@ pub fn prepare(cfg: &FileConfig) -> Result<Vec<String>, String> {
         if !copy_node(n, &dev_at)? {
             return Err(format!("/dev/{n} is not a device node in the guest"));
         }
+    }
+    if let Some(d) = scratch {
+        // The workload's alone: its uid, mode 0600.
+        let at = dev_at.join(crate::scratch::NODE_NAME);
+        mknod(
+            &at,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            d.dev.to_dev_t(),
+        )
+        .map_err(|e| format!("mknod {}: {e}", at.display()))?;
+        std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", at.display()))?;
+        std::os::unix::fs::chown(&at, Some(w.uid), Some(w.gid))
+            .map_err(|e| format!("chown {}: {e}", at.display()))?;
     }
 
     let tmp_at = mount_point("/tmp")?;

@@ -776,7 +776,7 @@ impl Agent {
         let uid = vm.jail.as_ref().map_or(jail.uid_base, |j| j.uid);
         let mut paths = VmPaths::new(&self.state_dir, &vm.id);
         vmm::grant_kvm(Path::new("/dev/kvm"), jail.gid)?;
-        vmm::prepare(&mut paths, tenant, uid, jail.gid)?;
+        vmm::prepare(&mut paths, vm, tenant, uid, jail.gid)?;
         self.open_guest_channel(&vm.id, &paths, uid, jail.gid)?;
         let listeners = crate::ports::bind(&self.cfg.port_bind_addr, &vm.ports).await?;
         let tasks = listeners

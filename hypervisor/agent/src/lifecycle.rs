@@ -238,7 +238,13 @@ pub struct CreateVm {
     /// Guest vsock ports to expose as TCP ports on the node.
     #[serde(default)]
     pub ports: Vec<crate::model::PortMap>,
+    /// MiB of per-VM scratch disk (0: none), at most [`MAX_SCRATCH_MIB`].
+    #[serde(default)]
+    pub scratch_mib: u32,
 }
+
+/// The largest scratch disk a VM may ask for: 1 TiB.
+pub const MAX_SCRATCH_MIB: u32 = 1 << 20;
 
 fn default_vcpus() -> u8 {
     1
@@ -263,6 +269,15 @@ impl CreateVm {
         }
         if self.mem_mib < 4 || !self.mem_mib.is_multiple_of(2) || self.mem_mib > 1 << 20 {
             return Err(Error::bad("mem_mib", "must be even and in 4..=1048576"));
+        }
+        if self.scratch_mib > MAX_SCRATCH_MIB {
+            return Err(Error::bad(
+                "scratch_mib",
+                format!(
+                    "must be 0 (no scratch disk) or 1..={MAX_SCRATCH_MIB} (MiB, at most 1 TiB), not {}",
+                    self.scratch_mib
+                ),
+            ));
         }
         if self.ports.len() > 64 {
             return Err(Error::bad("ports", "at most 64"));
@@ -501,6 +516,7 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
         jail: None,
         image_signers: Vec::new(),
         ports: req.ports.clone(),
+        scratch_mib: req.scratch_mib,
     };
     st.vms.insert(vm.id.clone(), vm.clone());
     st.tenancy.owner = Some(req.tenant.clone());

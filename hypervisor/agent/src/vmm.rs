@@ -27,8 +27,13 @@ pub struct VmPaths {
     pub vsock: PathBuf,
     pub log: PathBuf,
     pub serial: PathBuf,
+    /// The VM's scratch disk (virtio-blk id [`SCRATCH_DISK_ID`]) when it has one.
+    pub scratch: PathBuf,
     pub keys: Vec<PathBuf>,
 }
+
+/// The virtio-blk id of a VM's scratch disk (what bulwark-init looks for).
+pub const SCRATCH_DISK_ID: &str = "scratch";
 
 impl VmPaths {
     pub fn new(state_dir: &Path, id: &str) -> VmPaths {
@@ -38,6 +43,7 @@ impl VmPaths {
             vsock: dir.join("vsock.sock"),
             log: dir.join("vmm.log"),
             serial: dir.join("serial.log"),
+            scratch: dir.join("scratch.img"),
             keys: Vec::new(),
             dir,
         }
@@ -63,8 +69,9 @@ pub fn grant_kvm(kvm: &Path, gid: u32) -> Result<()> {
         .map_err(|e| host(&format!("chmod {}", kvm.display()), e))
 }
 
-/// Creates the VM's directory for the VMM's uid and writes the tenant's keys.
-pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Result<()> {
+/// Creates the VM's directory for the VMM's uid, writes the tenant's keys and, when
+/// `vm` has one, creates its scratch disk afresh.
+pub fn prepare(paths: &mut VmPaths, vm: &Vm, tenant: &Tenant, uid: u32, gid: u32) -> Result<()> {
     let _ = std::fs::remove_dir_all(&paths.dir);
     std::fs::create_dir_all(&paths.dir)
         .map_err(|e| host(&format!("creating {}", paths.dir.display()), e))?;
@@ -74,6 +81,9 @@ pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Resu
         std::fs::write(&p, k).map_err(|e| host(&format!("writing {}", p.display()), e))?;
         paths.keys.push(p);
     }
+    if vm.scratch_mib > 0 {
+        create_scratch(&paths.scratch, vm.scratch_mib, uid, gid)?;
+    }
     for p in std::iter::once(&paths.dir).chain(&paths.keys) {
         std::os::unix::fs::chown(p, Some(uid), Some(gid))
             .map_err(|e| host(&format!("chown {}", p.display()), e))?;
@@ -81,6 +91,28 @@ pub fn prepare(paths: &mut VmPaths, tenant: &Tenant, uid: u32, gid: u32) -> Resu
     std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| host("chmod", e))?;
     Ok(())
+}
+
+/// Creates `path` as a sparse file of `mib` MiB of zeros, the VMM's (`uid`, `gid`),
+/// mode 0600. Always a new file: the guest encrypts the disk with a key made at each
+/// boot, so what an earlier run wrote could not be read anyway. A leftover at `path`
+/// (a symlink included) is removed first and never opened.
+fn create_scratch(path: &Path, mib: u32, uid: u32, gid: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = |step: &str| format!("scratch disk {}: {step}", path.display());
+    let _ = std::fs::remove_file(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| host(&what("creating"), e))?;
+    file.set_len(u64::from(mib) << 20)
+        .map_err(|e| host(&what(&format!("sizing to {mib} MiB")), e))?;
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+        .map_err(|e| host(&what(&format!("chown to {uid}:{gid}")), e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| host(&what("chmod 0600"), e))
 }
 
 /// What bulwarkd decides about a VM's machine beyond the VM record.
@@ -105,7 +137,9 @@ pub fn memlock_bytes(vm: &Vm, shape: &LaunchShape) -> Option<u64> {
 
 /// The bulwark-vmm configuration for `vm` (schema: hypervisor/openapi.yaml). Every VM
 /// gets virtio-rng and the vsock channel; the image's rootfs, when it has one, is the
-/// read-only disk `rootfs` (dm-verity checked in the guest).
+/// read-only disk `rootfs` (dm-verity checked in the guest); a scratch disk, when the
+/// VM has one, is the writable disk `scratch` after it (dm-crypt in the guest, with a
+/// key made at boot).
 pub fn vmm_config(
     vm: &Vm,
     tenant: &Tenant,
@@ -126,8 +160,15 @@ pub fn vmm_config(
         "vsock": { "guest_cid": 3, "uds_path": paths.vsock },
         "vfio": shape.vfio.iter().map(|(a, id)| json!({ "bdf": a, "id": id })).collect::<Vec<_>>(),
     });
+    let mut disks = Vec::new();
     if shape.rootfs {
-        devices["block"] = json!([{ "id": "rootfs", "bundle_rootfs": true }]);
+        disks.push(json!({ "id": "rootfs", "bundle_rootfs": true }));
+    }
+    if vm.scratch_mib > 0 {
+        disks.push(json!({ "id": SCRATCH_DISK_ID, "path": paths.scratch, "read_only": false }));
+    }
+    if !disks.is_empty() {
+        devices["block"] = disks.into();
     }
     json!({
         "machine": machine,
@@ -527,6 +568,15 @@ mod tests {
             jail: None,
             image_signers: Vec::new(),
             ports: Vec::new(),
+            scratch_mib: 0,
+        }
+    }
+
+    fn tenant() -> Tenant {
+        Tenant {
+            id: "t".into(),
+            signer_keys: vec!["-----BEGIN PUBLIC KEY-----\n".into()],
+            min_version: 3,
         }
     }
 
@@ -560,6 +610,80 @@ mod tests {
         let cfg = bulwark_vmm::config::VmConfig::from_json(&bare.to_string()).unwrap();
         assert!(cfg.devices.block.is_empty() && cfg.devices.vfio.is_empty());
         assert_eq!(cfg.machine.firmware, None);
+    }
+
+    #[test]
+    fn a_scratch_disk_is_a_writable_block_device_after_the_rootfs() {
+        let mut paths = VmPaths::new(Path::new("/state"), "v1");
+        paths.keys = vec![paths.dir.join("signer-0.pem")];
+        let with_scratch = Vm {
+            scratch_mib: 16,
+            ..vm(256)
+        };
+        let rootfs = LaunchShape {
+            rootfs: true,
+            ..LaunchShape::default()
+        };
+        let json = vmm_config(&with_scratch, &tenant(), &paths, &rootfs);
+        assert_eq!(
+            json["devices"]["block"][1],
+            json!({ "id": "scratch", "path": "/state/vms/v1/scratch.img", "read_only": false })
+        );
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&json.to_string()).unwrap();
+        let ids: Vec<&str> = cfg.devices.block.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["rootfs", "scratch"]);
+        let scratch = &cfg.devices.block[1];
+        assert_eq!(scratch.path.as_deref(), Some(paths.scratch.as_path()));
+        assert!(!scratch.bundle_rootfs && !scratch.is_read_only());
+        // Without a rootfs the scratch disk is the only one.
+        let json = vmm_config(&with_scratch, &tenant(), &paths, &LaunchShape::default());
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&json.to_string()).unwrap();
+        assert_eq!(cfg.devices.block.len(), 1);
+        assert_eq!(cfg.devices.block[0].id, "scratch");
+        // scratch_mib 0: no scratch disk.
+        let json = vmm_config(&vm(256), &tenant(), &paths, &rootfs);
+        let cfg = bulwark_vmm::config::VmConfig::from_json(&json.to_string()).unwrap();
+        assert!(cfg.devices.block.iter().all(|b| b.id != "scratch"));
+        assert_eq!(cfg.devices.block.len(), 1);
+    }
+
+    #[test]
+    fn prepare_creates_a_fresh_sparse_scratch_disk_for_the_vmm() {
+        use std::os::unix::fs::MetadataExt;
+        let state = tempfile::tempdir().unwrap();
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
+        let mut paths = VmPaths::new(state.path(), "v1");
+        let with_scratch = Vm {
+            scratch_mib: 16,
+            ..vm(256)
+        };
+        prepare(&mut paths, &with_scratch, &tenant(), uid, gid).unwrap();
+        let m = std::fs::metadata(&paths.scratch).unwrap();
+        assert_eq!(m.len(), 16 << 20);
+        // Sparse: (almost) no blocks allocated (st_blocks counts 512-byte units).
+        assert!(m.blocks() * 512 < m.len() / 16, "{} blocks", m.blocks());
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o600));
+        assert_eq!(paths.keys, [paths.dir.join("signer-0.pem")]);
+        // What a run wrote is gone at the next start, and a symlink planted in its
+        // place is replaced, never followed.
+        std::fs::write(&paths.scratch, b"old ciphertext").unwrap();
+        prepare(&mut paths, &with_scratch, &tenant(), uid, gid).unwrap();
+        let m = std::fs::metadata(&paths.scratch).unwrap();
+        assert_eq!(m.len(), 16 << 20);
+        assert!(m.blocks() * 512 < m.len() / 16, "{} blocks", m.blocks());
+        let victim = state.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::fs::remove_file(&paths.scratch).unwrap();
+        std::os::unix::fs::symlink(&victim, &paths.scratch).unwrap();
+        create_scratch(&paths.scratch, 16, uid, gid).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&paths.scratch).unwrap().is_file());
+        // scratch_mib 0: no file.
+        prepare(&mut paths, &vm(256), &tenant(), uid, gid).unwrap();
+        assert!(!paths.scratch.exists());
     }
 
     #[test]

@@ -389,6 +389,8 @@ fn bad_input_is_refused_naming_the_field() {
         (with("gpus", json!({ "count": "one" })), 400, "gpus.count"),
         (with("vcpus", json!(0)), 400, "vcpus"),
         (with("mem_mib", json!(7)), 400, "mem_mib"),
+        (with("scratch_mib", json!(2_000_000)), 400, "scratch_mib"),
+        (with("scratch_mib", json!(-1)), 400, "scratch_mib"),
         (with("image", json!("relative.bwi")), 400, "image"),
         (with("bogus", json!(1)), 400, "bogus"),
         (with("tenant", json!("nobody")), 404, "tenant"),
@@ -688,11 +690,14 @@ fn bulwarkctl_drives_the_agent_with_text_and_json() {
         "1",
         "--port",
         "7000:18123",
+        "--scratch-mib",
+        "16",
     ]);
     assert_eq!(c, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["devices"], json!([GPU_A, GPU_A_AUDIO]));
     assert_eq!(v["ports"], json!([{ "vsock": 7000, "tcp": 18123 }]));
+    assert_eq!(v["scratch_mib"], 16);
     let (c, _, err) = ctl(&[
         "vms", "create", "x", "--tenant", "a", "--image", "/x", "--port", "7000",
     ]);

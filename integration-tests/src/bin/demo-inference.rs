@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! demo-inference serve --weights PATH --listen 127.0.0.1:PORT [--connections N]
+//!                      [--journal DEVICE]
 //! ```
 //!
 //! Loads the sealed weights (ciphertext only; the header is checked, nothing is
@@ -12,21 +13,24 @@
 //! 1 MiB, within 30 s), opens the weights with the request's key, answers one JSON
 //! line, closes, and drops (zeroizes) the key and the plaintext weights. One log line
 //! per connection on stderr, never a secret. With `--connections N` it exits 0 after
-//! N connections; without, it serves until killed. Exit 2 on usage or I/O errors.
+//! N connections; without, it serves until killed. With `--journal DEVICE` (in the
+//! VM, `/dev/scratch`: the scratch disk bulwark-init encrypts with a key made at boot)
+//! it keeps each request and its answer there (`ScratchJournal`). Exit 2 on usage or
+//! I/O errors.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
-use bulwark_integration_tests::inference::{parse_header, serve, MAX_DIM};
+use bulwark_integration_tests::inference::{parse_header, serve, ScratchJournal, MAX_DIM};
 
-const USAGE: &str =
-    "usage: demo-inference serve --weights PATH --listen 127.0.0.1:PORT [--connections N]";
+const USAGE: &str = "usage: demo-inference serve --weights PATH --listen 127.0.0.1:PORT [--connections N] [--journal DEVICE]";
 
 struct Args {
     weights: String,
     listen: SocketAddr,
     connections: Option<u64>,
+    journal: Option<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -34,12 +38,13 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     if cmd != "serve" {
         return Err(format!("unknown command {cmd:?}"));
     }
-    let (mut weights, mut listen, mut connections) = (None, None, None);
+    let (mut weights, mut listen, mut connections, mut journal) = (None, None, None, None);
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--weights" => weights = Some(value.clone()),
+            "--journal" => journal = Some(value.clone()),
             "--listen" => {
                 listen = Some(
                     value
@@ -63,6 +68,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         weights: weights.ok_or("--weights is required")?,
         listen: listen.ok_or("--listen is required")?,
         connections,
+        journal,
     })
 }
 
@@ -98,6 +104,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut journal = match args
+        .journal
+        .as_deref()
+        .map(|p| ScratchJournal::open(p.as_ref()))
+    {
+        None => None,
+        Some(Ok(j)) => {
+            eprintln!(
+                "demo-inference: journal on {}",
+                args.journal.as_deref().unwrap_or_default()
+            );
+            Some(j)
+        }
+        Some(Err(e)) => {
+            eprintln!("demo-inference: journal {:?}: {e}", args.journal);
+            return ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(args.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -117,9 +141,15 @@ fn main() -> ExitCode {
             .map(|n| format!(" for {n} connections"))
             .unwrap_or_default(),
     );
-    let result = serve(&listener, &weights, args.connections, |line| {
-        eprintln!("demo-inference: {line}");
-    });
+    let result = serve(
+        &listener,
+        &weights,
+        args.connections,
+        journal.as_mut(),
+        |line| {
+            eprintln!("demo-inference: {line}");
+        },
+    );
     match result {
         Ok(()) => {
             eprintln!("demo-inference: done");

@@ -88,7 +88,14 @@ const WORKLOAD_MODULES: &[&str] = &[
     "virtio_rng",
     "vmw_vsock_virtio_transport",
     "dm_verity",
+    "dm_crypt",
+    "xts",
+    "ecb",
 ];
+/// MiB of each VM's scratch disk (bulwarkd's `scratch.img`, dm-crypt in the guest).
+const SCRATCH_MIB: u64 = 16;
+/// Size of the node's state partition.
+const STATE_MIB: u64 = 256;
 
 /// What the host side found, step by step.
 struct Steps {
@@ -312,7 +319,7 @@ impl Lab {
             cmdline: "console=ttyS0 intel_iommu=on panic=-1 quiet".into(),
             base_version: node.version - 1,
             update_version: node.version,
-            state_mib: 256,
+            state_mib: STATE_MIB,
             state_seed: Some(seed),
         };
         let made = node_disk::node_disk(&dir, &inputs)?;
@@ -446,6 +453,15 @@ impl Lab {
                 Err(e) => e.clone(),
             },
         ));
+        // The scratch disk of the VM still on the node (vm-b, stopped): a file of
+        // ciphertext. Its service wrote the journal's header at start; in the clear
+        // it would be there.
+        let scratch = scratch_is_ciphertext(&made.disk, made.state_offset, &dir);
+        lines.push(check_line(
+            "mj-scratch-encrypted",
+            scratch.is_ok(),
+            &scratch.unwrap_or_else(|e| e),
+        ));
         lines.push(check_line(
             "node-shutdown",
             machine
@@ -520,11 +536,13 @@ impl Lab {
         make_ext4(&tree, &rootfs, 16 << 20)?;
         let config = serde_json::json!({
             "format": "bulwark.init.v1",
-            "modules": ["virtio_blk", "dm_verity", "virtio_rng"],
+            "modules": ["virtio_blk", "dm_verity", "virtio_rng", "dm_crypt", "xts", "ecb"],
             "rootfs": {"disk": "rootfs", "fs": "ext4", "verify": "full"},
+            "scratch": {"disk": "scratch"},
             "workload": {
                 "argv": ["/bin/demo-inference", "serve", "--weights", "/etc/model/weights.enc",
-                         "--listen", format!("127.0.0.1:{SERVICE_TCP}")],
+                         "--listen", format!("127.0.0.1:{SERVICE_TCP}"),
+                         "--journal", "/dev/scratch"],
                 "env": {},
                 "uid": 1000,
                 "gid": 1000,
@@ -689,6 +707,8 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
                 &gpu,
                 "--port",
                 &format!("{ATLS_VSOCK}:{SERVICE_PORT}"),
+                "--scratch-mib",
+                &SCRATCH_MIB.to_string(),
             ]),
         &mut s.log,
     );
@@ -783,6 +803,43 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     );
     s.check("mj-inference", connect.ok && checked.ok, checked.text());
 
+    // The guest's scratch disk: bulwark-init mapped it through dm-crypt with a key
+    // made at boot, and the service kept the request there (what the node holds of
+    // it is checked after the power-off: mj-no-plaintext, mj-scratch-encrypted).
+    let mut g = g;
+    for _ in 0..10 {
+        if g["stderr"]["tail"]
+            .as_str()
+            .is_some_and(|t| t.contains("kept on scratch"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        g = ran(p.ctl().args(["vms", "guest", "vm-a"]), &mut s.log).json();
+    }
+    let mapped = g["progress"].to_string();
+    let mapped = mapped.find("scratch: /dev/scratch").map(|i| {
+        mapped[i..]
+            .chars()
+            .take_while(|&c| c != ')')
+            .collect::<String>()
+            + ")"
+    });
+    let kept = g["stderr"]["tail"].as_str().and_then(|t| {
+        t.lines()
+            .find(|l| l.contains("kept on scratch"))
+            .map(|l| l.trim().to_owned())
+    });
+    s.check(
+        "mj-guest-scratch",
+        mapped.as_ref().is_some_and(|m| m.contains("dm-crypt")) && kept.is_some(),
+        format!(
+            "bulwark-init: {}; the service: {}",
+            mapped.as_deref().unwrap_or("no scratch disk reported"),
+            kept.as_deref().unwrap_or("kept nothing on scratch")
+        ),
+    );
+
     // Refusals by the customer's verifier.
     let refuse = |s: &mut Steps, name: &str, extra: &[(&str, &str)], expect: &str| {
         let pol = p.dir.join(format!("policy-{name}.toml"));
@@ -876,10 +933,24 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
                 "--image",
                 "inference",
             ])
-            .args(["--gpu", &gpu]),
+            .args(["--gpu", &gpu, "--scratch-mib", &SCRATCH_MIB.to_string()]),
         &mut s.log,
     );
     let start_b = ran(p.ctl().args(["vms", "start", "vm-b"]), &mut s.log);
+    // Its service up (journal open on the encrypted scratch disk) before anything else.
+    let mut journal_b = false;
+    for _ in 0..60 {
+        let g = ran(p.ctl().args(["vms", "guest", "vm-b"]), &mut s.log).json();
+        journal_b = g["stderr"]["tail"]
+            .as_str()
+            .is_some_and(|t| t.contains("journal on /dev/scratch"));
+        if journal_b || !start_b.ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    s.log
+        .push(format!("vm-b: journal open on /dev/scratch: {journal_b}"));
     let nonce = "33".repeat(32);
     let (attest_b, appraised) =
         p.attest_and_appraise("vm-b", (&nonce, &nonce), &policy, true, &mut s.log);
@@ -988,6 +1059,64 @@ fn write_policy(
     policy = policy.replacen(&format!("image_signers = [{node_signer:?}]\n"), &node, 1);
     policy.push_str("\n[isolation]\nrequire_single_tenant = true\nrequire_exclusive_groups = true\nmax_since_sanitize_seconds = 3600\n");
     fs::write(out, policy).map_err(|e| e.to_string())
+}
+
+/// Reads vm-b's `scratch.img` off the node's state partition (`debugfs`, from
+/// e2fsprogs) and checks it is what an encrypted scratch disk looks like from the
+/// node: the size bulwarkd was asked for, written to (its first block not zero), and
+/// without the plaintext its service wrote there (the journal's header).
+fn scratch_is_ciphertext(
+    disk: &Path,
+    state_offset: u64,
+    dir: &Path,
+) -> std::result::Result<String, String> {
+    use std::io::{Read, Seek};
+    let state = dir.join("state-partition.ext4");
+    let mut bytes = vec![0u8; (STATE_MIB << 20) as usize];
+    fs::File::open(disk)
+        .and_then(|mut f| {
+            f.seek(std::io::SeekFrom::Start(state_offset))?;
+            f.read_exact(&mut bytes)
+        })
+        .and_then(|()| fs::write(&state, &bytes))
+        .map_err(|e| format!("copying the state partition out of {}: {e}", disk.display()))?;
+    drop(bytes);
+    let file = "/vms/vm-b/scratch.img";
+    let out = dir.join("vm-b-scratch.img");
+    let _ = fs::remove_file(&out);
+    let dumped = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump {file} {}", out.display()))
+        .arg(&state)
+        .output()
+        .map_err(|e| format!("debugfs: {e}"))?;
+    let _ = fs::remove_file(&state);
+    let kept = fs::read(&out).map_err(|e| {
+        format!(
+            "{file} not dumped from the state partition ({e}): {}",
+            String::from_utf8_lossy(&dumped.stderr).trim()
+        )
+    })?;
+    let _ = fs::remove_file(&out);
+    let header = crate::inference::ScratchJournal::HEADER;
+    let written = kept.iter().take(4096).any(|&b| b != 0);
+    let clear = kept.windows(header.len()).any(|w| w == header);
+    let detail = format!(
+        "{file} on the node: {} bytes (asked {} MiB), first block {}, journal header {}",
+        kept.len(),
+        SCRATCH_MIB,
+        if written { "written" } else { "never written" },
+        if clear {
+            "IN THE CLEAR"
+        } else {
+            "not in the clear"
+        },
+    );
+    if kept.len() as u64 == SCRATCH_MIB << 20 && written && !clear {
+        Ok(detail)
+    } else {
+        Err(detail)
+    }
 }
 
 /// The hex key id (SHA-256 of the SPKI) of a PEM public key.

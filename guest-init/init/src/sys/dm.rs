@@ -390,6 +390,13 @@ pub struct Request {
     buf: Box<Aligned>,
 }
 
+/// A table can hold a key (dm-crypt's): the buffer is wiped when the request goes.
+impl Drop for Request {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf.0);
+    }
+}
+
 impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")

@@ -266,6 +266,10 @@ enum VmCmd {
         /// Serve guest vsock port VSOCK on node TCP port TCP (`VSOCK:TCP`); repeatable.
         #[arg(long = "port")]
         ports: Vec<String>,
+        /// MiB of scratch disk (virtio-blk `scratch`, encrypted by the guest with a
+        /// key made at each boot); 0: none.
+        #[arg(long, default_value_t = 0)]
+        scratch_mib: u32,
     },
     Start {
         id: String,
@@ -628,6 +632,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 model,
                 addresses,
                 ports,
+                scratch_mib,
             } => {
                 let mut g = serde_json::Map::new();
                 if let Some(n) = gpus {
@@ -649,7 +654,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                     };
                     port_maps.push(json!({ "vsock": v, "tcp": t }));
                 }
-                let body = json!({ "id": id, "tenant": tenant, "image": image, "vcpus": vcpus, "mem_mib": mem_mib, "gpus": g, "ports": port_maps });
+                let body = json!({ "id": id, "tenant": tenant, "image": image, "vcpus": vcpus, "mem_mib": mem_mib, "gpus": g, "ports": port_maps, "scratch_mib": scratch_mib });
                 out(&call(sock, "POST", "/vms", Some(body))?, &print_kv)
             }
             VmCmd::Start { id } => out(

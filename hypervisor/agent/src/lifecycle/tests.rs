@@ -76,6 +76,7 @@ fn req(id: &str, tenant: &str, gpus: GpuRequest) -> CreateVm {
         mem_mib: 64,
         gpus,
         ports: Vec::new(),
+        scratch_mib: 0,
     }
 }
 
@@ -204,6 +205,13 @@ fn create_request_validation_names_the_field() {
             "mem_mib",
         ),
         (
+            CreateVm {
+                scratch_mib: MAX_SCRATCH_MIB + 1,
+                ..req("v", "a", count(1))
+            },
+            "scratch_mib",
+        ),
+        (
             req(
                 "v",
                 "a",
@@ -243,6 +251,25 @@ fn create_request_validation_names_the_field() {
         assert_eq!((e.kind, e.field.as_str()), (Kind::BadRequest, field), "{e}");
     }
     req("v", "a", count(1)).validate().unwrap();
+    for scratch_mib in [1, MAX_SCRATCH_MIB] {
+        CreateVm {
+            scratch_mib,
+            ..req("v", "a", count(1))
+        }
+        .validate()
+        .unwrap();
+    }
+}
+
+#[test]
+fn create_records_the_scratch_disk_size() {
+    let mut st = node();
+    let r = CreateVm {
+        scratch_mib: 16,
+        ..req("v1", "a", GpuRequest::default())
+    };
+    assert_eq!(create_vm(&mut st, &r, 1).unwrap().scratch_mib, 16);
+    assert_eq!(st.vms["v1"].scratch_mib, 16);
 }
 
 #[test]
