@@ -118,10 +118,31 @@ pub struct FileConfig {
     /// GPU policy.
     #[serde(default)]
     pub gpu: GpuPolicy,
+    /// Passthrough PCI functions that must be on the guest's bus (`crate::devices`).
+    #[serde(default)]
+    pub devices: Vec<DeviceRequirement>,
     /// The encrypted scratch disk, when the workload wants one.
     #[serde(default)]
     pub scratch: Option<ScratchConfig>,
 }
+
+/// `devices[]`: at least `count` PCI functions `id` (`vvvv:dddd`, lowercase hex).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRequirement {
+    /// `vendor:device`, e.g. `10de:2330`.
+    pub id: String,
+    /// How many, at least; default 1.
+    #[serde(default = "default_device_count")]
+    pub count: u32,
+}
+
+fn default_device_count() -> u32 {
+    1
+}
+
+/// Most functions one `devices[]` entry may ask for.
+pub const MAX_DEVICE_COUNT: u32 = 64;
 
 /// `scratch`: a writable disk from the host, mapped through dm-crypt with a key made
 /// at boot (`crate::scratch`) and given to the workload as the block node
@@ -357,6 +378,41 @@ fn check(f: &FileConfig, cmdline: &Cmdline, verity: &VerityParams) -> Result<(),
             "1 to 20 characters (a virtio-blk serial)",
         ));
     }
+    let mut device_ids = std::collections::BTreeSet::new();
+    for (i, d) in f.devices.iter().enumerate() {
+        let hex4 =
+            |t: &str| t.len() == 4 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let well_formed =
+            d.id.split_once(':')
+                .is_some_and(|(v, dev)| hex4(v) && hex4(dev));
+        if !well_formed {
+            return Err(err(
+                format!("config:devices[{i}].id"),
+                format!(
+                    "{:?}: vendor:device, 4 lowercase hex digits each (10de:2330)",
+                    d.id
+                ),
+            ));
+        }
+        if d.count == 0 || d.count > MAX_DEVICE_COUNT {
+            return Err(err(
+                format!("config:devices[{i}].count"),
+                format!("1 to {MAX_DEVICE_COUNT}"),
+            ));
+        }
+        if !device_ids.insert(d.id.as_str()) {
+            return Err(err(
+                format!("config:devices[{i}].id"),
+                format!("{} is listed twice", d.id),
+            ));
+        }
+    }
+    if f.devices.len() > MAX_ENTRIES {
+        return Err(err(
+            "config:devices",
+            format!("at most {MAX_ENTRIES} entries"),
+        ));
+    }
     if let Some(s) = &f.scratch {
         if s.disk.is_empty() || s.disk.len() > 20 {
             return Err(err(
@@ -512,6 +568,10 @@ mod tests {
         assert_eq!(c.verity.data_blocks, 1024);
         assert_eq!(c.file.ports[0].tls, PortTls::Attested);
         assert!(c.file.scratch.is_none());
+        assert!(c.file.devices.is_empty());
+        let mut v = good();
+        v["devices"] = serde_json::json!([{"id": "1af4:1110"}]);
+        assert_eq!(parse(&v).unwrap().file.devices[0].count, 1);
         let mut v = good();
         v["scratch"] = serde_json::json!({});
         assert_eq!(parse(&v).unwrap().file.scratch.unwrap().disk, "scratch");
@@ -559,6 +619,24 @@ mod tests {
                 "config:workload.cwd",
             ),
             (Box::new(|v| v["format"] = "v0".into()), "config:format"),
+            (
+                Box::new(|v| v["devices"] = serde_json::json!([{"id": "10DE:2330"}])),
+                "config:devices[0].id",
+            ),
+            (
+                Box::new(|v| v["devices"] = serde_json::json!([{"id": "10de-2330"}])),
+                "config:devices[0].id",
+            ),
+            (
+                Box::new(|v| v["devices"] = serde_json::json!([{"id": "10de:2330", "count": 0}])),
+                "config:devices[0].count",
+            ),
+            (
+                Box::new(|v| {
+                    v["devices"] = serde_json::json!([{"id": "10de:2330"}, {"id": "10de:2330"}])
+                }),
+                "config:devices[1].id",
+            ),
             (
                 Box::new(|v| v["scratch"] = serde_json::json!({"disk": "rootfs"})),
                 "config:scratch.disk",

@@ -9,7 +9,8 @@
 //! power-off), [`config`] (command line and config component), [`modules`] (loading
 //! without kmod), [`verity`] (dm-verity through the device-mapper ioctls), [`scratch`] (the
 //! dm-crypt scratch disk with a key made at boot), [`view`]
-//! (the workload's filesystem view), [`gpu`] (GPU bring-up behind a trait),
+//! (the workload's filesystem view), [`devices`] (the passthrough devices
+//! the config requires), [`gpu`] (GPU bring-up behind a trait),
 //! [`channel`] (the host channel), [`stop`] (the stop request), [`bridge`] (vsock → TCP), [`workload`] (start,
 //! output, end). `unsafe` lives only in [`sys`].
 
@@ -18,6 +19,7 @@
 pub mod bridge;
 pub mod channel;
 pub mod config;
+pub mod devices;
 pub mod gpu;
 /// The module loader, shared with the node's init (`bulwark-kmod`).
 pub use bulwark_kmod as modules;

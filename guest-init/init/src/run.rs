@@ -19,7 +19,7 @@ use crate::channel::{Channel, PendingQueue};
 use crate::config::{self, Cmdline, Config, VerifyMode};
 use crate::pid1::{self, console, uptime_us};
 use crate::stop::StopRequest;
-use crate::{bridge, gpu, modules, scratch, verity, view, workload};
+use crate::{bridge, devices, gpu, modules, scratch, verity, view, workload};
 
 /// Where the image's kernel modules are.
 pub const MODULES_DIR: &str = "/lib/modules";
@@ -347,6 +347,14 @@ async fn boot(
     check_stop(stop)?;
     view::mount_root(dm.path(), &root.fs).map_err(fail(RefusalReason::Mount))?;
 
+    // The passthrough devices the config names.
+    let found = devices::scan(Path::new("/sys/bus/pci"))
+        .and_then(|bus| devices::check(&cfg.file.devices, &bus))
+        .map_err(fail(RefusalReason::DeviceRequired))?;
+    if !found.is_empty() {
+        console(&format!("devices: {}", found.join("; ")));
+    }
+
     // GPUs (before the view, so their device nodes exist to be copied in).
     let policy = cfg.file.gpu.clone();
     let outcome = tokio::task::spawn_blocking(move || gpu::bring_up_nvidia(&policy))
@@ -399,9 +407,14 @@ async fn boot(
         Some(&cmdline),
         Stage::RootMounted,
         format!(
-            "{} read-only on {}; GPU nodes: {}; scratch: {}",
+            "{} read-only on {}; devices: {}; GPU nodes: {}; scratch: {}",
             root.fs,
             view::ROOT,
+            if found.is_empty() {
+                "none required".into()
+            } else {
+                found.join(", ")
+            },
             if gpu_nodes.is_empty() {
                 "none".into()
             } else {

@@ -420,6 +420,8 @@ pub enum RefusalReason {
     GpuRequired,
     /// A GPU failed its check, is not CC-ready, or failed attestation.
     GpuCheck,
+    /// A passthrough device the config requires is not on the guest's PCI bus.
+    DeviceRequired,
     /// The workload's program does not exist on the root.
     WorkloadNotFound,
     /// The workload could not be started.

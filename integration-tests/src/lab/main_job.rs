@@ -92,6 +92,8 @@ const WORKLOAD_MODULES: &[&str] = &[
     "xts",
     "ecb",
 ];
+/// The lab's stand-in GPU (QEMU's ivshmem-plain), as the VM's config requires it.
+const GPU_STAND_IN_ID: &str = "1af4:1110";
 /// MiB of each VM's scratch disk (bulwarkd's `scratch.img`, dm-crypt in the guest).
 const SCRATCH_MIB: u64 = 16;
 /// Size of the node's state partition.
@@ -539,6 +541,7 @@ impl Lab {
             "modules": ["virtio_blk", "dm_verity", "virtio_rng", "dm_crypt", "xts", "ecb"],
             "rootfs": {"disk": "rootfs", "fs": "ext4", "verify": "full"},
             "scratch": {"disk": "scratch"},
+            "devices": [{"id": GPU_STAND_IN_ID}],
             "workload": {
                 "argv": ["/bin/demo-inference", "serve", "--weights", "/etc/model/weights.enc",
                          "--listen", format!("127.0.0.1:{SERVICE_TCP}"),
@@ -784,9 +787,16 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     // What the guest reported to bulwarkd (stages, evidence served), for the record.
     let guest = ran(p.ctl().args(["vms", "guest", "vm-a"]), &mut s.log);
     let g = guest.json();
+    let stages: Vec<&str> = g["progress"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["stage"].as_str()).collect())
+        .unwrap_or_default();
     s.log.push(format!(
         "guest: stages {}, evidence served {}, refused {}, last evidence error {}",
-        g["stages"], g["evidence_served"], g["evidence_refused"], g["last_evidence_error"]
+        stages.join(" → "),
+        g["evidence_served"],
+        g["evidence_refused"],
+        g["last_evidence_error"]
     ));
     s.check(
         "mj-attested",
@@ -817,14 +827,31 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         std::thread::sleep(Duration::from_secs(1));
         g = ran(p.ctl().args(["vms", "guest", "vm-a"]), &mut s.log).json();
     }
-    let mapped = g["progress"].to_string();
-    let mapped = mapped.find("scratch: /dev/scratch").map(|i| {
-        mapped[i..]
-            .chars()
-            .take_while(|&c| c != ')')
-            .collect::<String>()
-            + ")"
-    });
+    // bulwark-init's `root_mounted` line: the devices it found, the scratch disk.
+    let mounted = g["progress"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["stage"] == "root_mounted"))
+        .and_then(|p| p["detail"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let part = |key: &str| {
+        mounted
+            .split("; ")
+            .find_map(|p| p.strip_prefix(key))
+            .map(str::to_owned)
+    };
+    let device = part("devices: ");
+    s.check(
+        "mj-guest-device",
+        device
+            .as_ref()
+            .is_some_and(|d| d.starts_with(&format!("{GPU_STAND_IN_ID} at "))),
+        format!(
+            "bulwark-init found the passed-through device on the VM's PCI bus: {}",
+            device.as_deref().unwrap_or("nothing reported")
+        ),
+    );
+    let mapped = part("scratch: ");
     let kept = g["stderr"]["tail"].as_str().and_then(|t| {
         t.lines()
             .find(|l| l.contains("kept on scratch"))
