@@ -483,13 +483,22 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
         if d.state != DeviceState::Available || !d.present {
             let why = match (&d.owner_vm, d.present) {
                 (_, false) => "not present in the last inventory".to_string(),
-                (Some(vm), _) => format!("{} (VM {vm})", d.state.name()),
-                (None, _) => d.state.name().to_string(),
+                (Some(vm), _) => {
+                    format!("{} (VM {vm}): not scrubbed since that VM", d.state.name())
+                }
+                (None, _) => match d.state {
+                    DeviceState::Unenrolled => "unenrolled: never scrubbed by bulwarkd".into(),
+                    DeviceState::Sanitizing => {
+                        "sanitizing: its scrub since the last VM has not passed yet".into()
+                    }
+                    DeviceState::Quarantined => "quarantined: its last scrub failed".into(),
+                    s => s.name().to_string(),
+                },
             };
             return Err(Error::conflict(
                 "gpus",
                 format!(
-                    "device {a} (IOMMU group {}) is {why}: the whole group must be available",
+                    "device {a} (IOMMU group {}) is {why}; a VM gets only devices scrubbed since their last use (available), the whole group",
                     d.iommu_group.map_or("?".into(), |g| g.to_string())
                 ),
             ));

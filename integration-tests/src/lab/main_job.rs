@@ -92,8 +92,6 @@ const WORKLOAD_MODULES: &[&str] = &[
     "xts",
     "ecb",
 ];
-/// The lab's stand-in GPU (QEMU's ivshmem-plain), as the VM's config requires it.
-const GPU_STAND_IN_ID: &str = "1af4:1110";
 /// MiB of each VM's scratch disk (bulwarkd's `scratch.img`, dm-crypt in the guest).
 const SCRATCH_MIB: u64 = 16;
 /// Size of the node's state partition.
@@ -541,7 +539,7 @@ impl Lab {
             "modules": ["virtio_blk", "dm_verity", "virtio_rng", "dm_crypt", "xts", "ecb"],
             "rootfs": {"disk": "rootfs", "fs": "ext4", "verify": "full"},
             "scratch": {"disk": "scratch"},
-            "devices": [{"id": GPU_STAND_IN_ID}],
+            "devices": [{"id": DEVICE_ID}],
             "workload": {
                 "argv": ["/bin/demo-inference", "serve", "--weights", "/etc/model/weights.enc",
                          "--listen", format!("127.0.0.1:{SERVICE_TCP}"),
@@ -634,19 +632,6 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         );
         return None;
     };
-    let enrolled = ran(
-        p.ctl().args(["devices", "enroll", &gpu, "--wait"]),
-        &mut s.log,
-    );
-    let e = enrolled.json();
-    let first_scrub = e["last_scrub"].clone();
-    s.check(
-        "mj-enroll",
-        e["state"] == "available" && !first_scrub.is_null(),
-        format!("{gpu}: state {}, last scrub {first_scrub}", e["state"]),
-    )
-    .then_some(())?;
-
     let tenant = ran(
         p.ctl()
             .args(["tenants", "create", "tenant-a", "--key"])
@@ -664,6 +649,43 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         "mj-upload",
         tenant.ok && upload.ok,
         format!("tenant: {}; image: {}", tenant.text(), upload.text()),
+    )
+    .then_some(())?;
+
+    // Refusal: a VM asking for the device before bulwarkd ever scrubbed it (as found
+    // on the machine: whatever its last user left in it).
+    let unscrubbed = ran(
+        p.ctl()
+            .args([
+                "vms",
+                "create",
+                "vm-x",
+                "--tenant",
+                "tenant-a",
+                "--image",
+                "inference",
+            ])
+            .args(["--gpu", &gpu]),
+        &mut s.log,
+    );
+    s.check(
+        "mj-refuse-unscrubbed-device",
+        !unscrubbed.ok
+            && unscrubbed.text().contains("409")
+            && unscrubbed.text().contains("never scrubbed"),
+        unscrubbed.text(),
+    );
+
+    let enrolled = ran(
+        p.ctl().args(["devices", "enroll", &gpu, "--wait"]),
+        &mut s.log,
+    );
+    let e = enrolled.json();
+    let first_scrub = e["last_scrub"].clone();
+    s.check(
+        "mj-enroll",
+        e["state"] == "available" && !first_scrub.is_null(),
+        format!("{gpu}: state {}, last scrub {first_scrub}", e["state"]),
     )
     .then_some(())?;
 
@@ -845,7 +867,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         "mj-guest-device",
         device
             .as_ref()
-            .is_some_and(|d| d.starts_with(&format!("{GPU_STAND_IN_ID} at "))),
+            .is_some_and(|d| d.starts_with(&format!("{DEVICE_ID} at "))),
         format!(
             "bulwark-init found the passed-through device on the VM's PCI bus: {}",
             device.as_deref().unwrap_or("nothing reported")

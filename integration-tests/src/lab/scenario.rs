@@ -327,8 +327,9 @@ pub const SCENARIOS: &[Scenario] = &[
         expected_checks: &[
             "mj-node-healthy",
             "mj-api-tls",
-            "mj-enroll",
             "mj-upload",
+            "mj-refuse-unscrubbed-device",
+            "mj-enroll",
             "mj-refuse-other-signer-image",
             "mj-vm-created",
             "mj-predict",

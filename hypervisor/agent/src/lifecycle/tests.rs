@@ -414,7 +414,15 @@ fn second_tenant_waits_for_every_scrub() {
         create_vm(s, &req("w", "b", addrs(&["0000:02:00.0"])), 1).map(drop)
     });
     assert!(e.message.contains("0000:01:00.0"), "{e}");
-    // a itself may go on.
+    // a itself may go on, but not with the device it has not had scrubbed since.
+    let e = refused(&st, Kind::Conflict, |s| {
+        create_vm(s, &req("v2", "a", addrs(&["0000:01:00.0"])), 1).map(drop)
+    });
+    assert!(
+        e.message
+            .contains("is sanitizing: its scrub since the last VM has not passed yet"),
+        "{e}"
+    );
     let mut st_a = st.clone();
     create_vm(&mut st_a, &req("v2", "a", addrs(&["0000:02:00.0"])), 1).unwrap();
     // A failed scrub keeps b out too.
