@@ -266,6 +266,13 @@ impl Plan {
         (attest, appraised)
     }
 
+    /// `bulwarkctl vms create ID --tenant TENANT --image IMAGE`, more arguments to add.
+    fn vm_create(&self, id: &str, tenant: &str, image: &str) -> Command {
+        let mut c = self.ctl();
+        c.args(["vms", "create", id, "--tenant", tenant, "--image", image]);
+        c
+    }
+
     fn ctl(&self) -> Command {
         let mut c = Command::new(&self.ctl);
         c.arg("--json")
@@ -655,16 +662,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     // Refusal: a VM asking for the device before bulwarkd ever scrubbed it (as found
     // on the machine: whatever its last user left in it).
     let unscrubbed = ran(
-        p.ctl()
-            .args([
-                "vms",
-                "create",
-                "vm-x",
-                "--tenant",
-                "tenant-a",
-                "--image",
-                "inference",
-            ])
+        p.vm_create("vm-x", "tenant-a", "inference")
             .args(["--gpu", &gpu]),
         &mut s.log,
     );
@@ -699,15 +697,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         &mut s.log,
     );
     let other_create = ran(
-        p.ctl().args([
-            "vms",
-            "create",
-            "vm-x",
-            "--tenant",
-            "tenant-a",
-            "--image",
-            "other-signer",
-        ]),
+        &mut p.vm_create("vm-x", "tenant-a", "other-signer"),
         &mut s.log,
     );
     s.check(
@@ -717,24 +707,14 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     );
 
     let create = ran(
-        p.ctl()
-            .args([
-                "vms",
-                "create",
-                "vm-a",
-                "--tenant",
-                "tenant-a",
-                "--image",
-                "inference",
-            ])
-            .args([
-                "--gpu",
-                &gpu,
-                "--port",
-                &format!("{ATLS_VSOCK}:{SERVICE_PORT}"),
-                "--scratch-mib",
-                &SCRATCH_MIB.to_string(),
-            ]),
+        p.vm_create("vm-a", "tenant-a", "inference").args([
+            "--gpu",
+            &gpu,
+            "--port",
+            &format!("{ATLS_VSOCK}:{SERVICE_PORT}"),
+            "--scratch-mib",
+            &SCRATCH_MIB.to_string(),
+        ]),
         &mut s.log,
     );
     s.check("mj-vm-created", create.ok, create.text())
@@ -773,16 +753,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
 
     // Refusal: a second VM asking for the device the first one holds.
     let busy = ran(
-        p.ctl()
-            .args([
-                "vms",
-                "create",
-                "vm-b",
-                "--tenant",
-                "tenant-a",
-                "--image",
-                "inference",
-            ])
+        p.vm_create("vm-b", "tenant-a", "inference")
             .args(["--gpu", &gpu]),
         &mut s.log,
     );
@@ -972,17 +943,12 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
         &mut s.log,
     );
     let create_b = ran(
-        p.ctl()
-            .args([
-                "vms",
-                "create",
-                "vm-b",
-                "--tenant",
-                "tenant-b",
-                "--image",
-                "inference",
-            ])
-            .args(["--gpu", &gpu, "--scratch-mib", &SCRATCH_MIB.to_string()]),
+        p.vm_create("vm-b", "tenant-b", "inference").args([
+            "--gpu",
+            &gpu,
+            "--scratch-mib",
+            &SCRATCH_MIB.to_string(),
+        ]),
         &mut s.log,
     );
     let start_b = ran(p.ctl().args(["vms", "start", "vm-b"]), &mut s.log);
