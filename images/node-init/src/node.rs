@@ -95,6 +95,62 @@ const EARLY_MOUNTS: &[Mount] = &[
     ),
 ];
 
+/// Where the cgroup v2 hierarchy is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The cgroup made for the VMs: bulwarkd's `jail.cgroup_parent` on a node. Each VM's
+/// VMM gets `<parent>/<vm>` with its CPU, memory and pids limits.
+pub const VM_CGROUP_PARENT: &str = "/sys/fs/cgroup/bulwark-vms";
+/// The controllers the VMs' cgroups need.
+const VM_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// Mounts cgroup v2 and hands the VMs' controllers down to [`VM_CGROUP_PARENT`]
+/// (what a service manager does on a distribution).
+fn cgroups() -> Result<String, String> {
+    mount_one(
+        "cgroup2",
+        CGROUP_ROOT,
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        "nsdelegate",
+    )?;
+    delegate_controllers(Path::new(CGROUP_ROOT), Path::new(VM_CGROUP_PARENT))?;
+    Ok(format!(
+        "cgroup v2 on {CGROUP_ROOT}: {} delegated to {VM_CGROUP_PARENT}",
+        VM_CONTROLLERS.join(", ")
+    ))
+}
+
+/// Enables [`VM_CONTROLLERS`] in `root`'s children, creates `parent` below it and
+/// enables them in its children too. A controller the kernel lacks is an error
+/// naming it.
+fn delegate_controllers(root: &Path, parent: &Path) -> Result<(), String> {
+    let listed = root.join("cgroup.controllers");
+    let available = std::fs::read_to_string(&listed)
+        .map_err(|e| format!("reading {}: {e}", listed.display()))?;
+    let missing: Vec<&str> = VM_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| !available.split_whitespace().any(|a| a == *c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "cgroup v2 controller(s) {} not in the kernel ({}: {:?})",
+            missing.join(", "),
+            listed.display(),
+            available.trim()
+        ));
+    }
+    let enable: String = VM_CONTROLLERS.map(|c| format!("+{c}")).join(" ");
+    let write = |dir: &Path| {
+        let f = dir.join("cgroup.subtree_control");
+        std::fs::write(&f, &enable)
+            .map_err(|e| format!("writing {enable:?} to {}: {e}", f.display()))
+    };
+    write(root)?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    write(parent)
+}
+
 fn mount_one(
     what: &str,
     target: &str,
@@ -251,6 +307,12 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
                 fatal(&e, boot_delay);
             }
         }
+    }
+    match cgroups() {
+        Ok(line) => console(&line),
+        Err(e) => console(&format!(
+            "warning: {e} (a bulwarkd with jail.cgroup_parent refuses to start VMs; without it they run with no CPU, memory or pids limit)"
+        )),
     }
     let config = match NodeInitConfig::load(Path::new(CONFIG_PATH)) {
         Ok(c) => c,
@@ -762,6 +824,31 @@ fn describe_exit(status: &WaitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vms_controllers_are_delegated_or_the_missing_one_named() {
+        let root = std::env::temp_dir().join(format!("bulwark-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let parent = root.join("bulwark-vms");
+        std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory\n").unwrap();
+        let e = delegate_controllers(&root, &parent).unwrap_err();
+        assert!(e.contains("controller(s) pids not in the kernel"), "{e}");
+        assert!(!parent.exists());
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids\n",
+        )
+        .unwrap();
+        delegate_controllers(&root, &parent).unwrap();
+        for d in [&root, &parent] {
+            assert_eq!(
+                std::fs::read_to_string(d.join("cgroup.subtree_control")).unwrap(),
+                "+cpu +memory +pids"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     fn event(ty: u16, code: u16, value: i32) -> Vec<u8> {
         let mut e = vec![0u8; 16];

@@ -744,10 +744,22 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     .then_some(())?;
 
     let started = ran(p.ctl().args(["vms", "start", "vm-a"]), &mut s.log);
+    let jail = &started.json()["jail"];
     s.check(
         "mj-vm-running",
-        started.ok && started.json()["state"] == "running",
-        started.text(),
+        started.ok && started.json()["state"] == "running" && jail["cgroup"].is_string(),
+        if !started.ok {
+            started.text()
+        } else {
+            format!(
+                "state {}; its VMM jailed: uid {}, gid {}, cgroup {}, notes {}",
+                started.json()["state"],
+                jail["uid"],
+                jail["gid"],
+                jail["cgroup"],
+                jail["notes"]
+            )
+        },
     )
     .then_some(())?;
 
