@@ -167,7 +167,7 @@ pub struct Vm {
     /// The guest's vsock ports exposed as TCP ports on the node.
     #[serde(default)]
     pub ports: Vec<PortMap>,
-    /// MiB of scratch disk (virtio-blk id `scratch`, `<vm dir>/scratch.img`, sparse,
+    /// MiB of scratch disk (virtio-blk id `scratch`, `<vm dir>/scratch.img`, blocks reserved,
     /// recreated at every start); 0: none.
     #[serde(default)]
     pub scratch_mib: u32,

@@ -93,8 +93,11 @@ pub fn prepare(paths: &mut VmPaths, vm: &Vm, tenant: &Tenant, uid: u32, gid: u32
     Ok(())
 }
 
-/// Creates `path` as a sparse file of `mib` MiB of zeros, the VMM's (`uid`, `gid`),
-/// mode 0600. Always a new file: the guest encrypts the disk with a key made at each
+/// Creates `path` as a file of `mib` MiB of zeros with its blocks reserved
+/// (`fallocate`: nothing is written, reads give zeros), the VMM's (`uid`, `gid`),
+/// mode 0600. Reserved, not sparse: a guest filling its disk can never fill the state
+/// partition under bulwarkd's database, and a node without the room fails the start
+/// here, with the reason, instead of the guest's writes failing later. Always a new file: the guest encrypts the disk with a key made at each
 /// boot, so what an earlier run wrote could not be read anyway. A leftover at `path`
 /// (a symlink included) is removed first and never opened.
 fn create_scratch(path: &Path, mib: u32, uid: u32, gid: u32) -> Result<()> {
@@ -107,8 +110,13 @@ fn create_scratch(path: &Path, mib: u32, uid: u32, gid: u32) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(|e| host(&what("creating"), e))?;
-    file.set_len(u64::from(mib) << 20)
-        .map_err(|e| host(&what(&format!("sizing to {mib} MiB")), e))?;
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        u64::from(mib) << 20,
+    )
+    .map_err(|e| host(&what(&format!("reserving {mib} MiB")), e))?;
     std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
         .map_err(|e| host(&what(&format!("chown to {uid}:{gid}")), e))?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -648,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn prepare_creates_a_fresh_sparse_scratch_disk_for_the_vmm() {
+    fn prepare_creates_a_fresh_reserved_scratch_disk_for_the_vmm() {
         use std::os::unix::fs::MetadataExt;
         let state = tempfile::tempdir().unwrap();
         let (uid, gid) = (
@@ -663,8 +671,12 @@ mod tests {
         prepare(&mut paths, &with_scratch, &tenant(), uid, gid).unwrap();
         let m = std::fs::metadata(&paths.scratch).unwrap();
         assert_eq!(m.len(), 16 << 20);
-        // Sparse: (almost) no blocks allocated (st_blocks counts 512-byte units).
-        assert!(m.blocks() * 512 < m.len() / 16, "{} blocks", m.blocks());
+        // Reserved: every block allocated (st_blocks counts 512-byte units), all zero.
+        assert!(m.blocks() * 512 >= m.len(), "{} blocks", m.blocks());
+        assert!(std::fs::read(&paths.scratch)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o600));
         assert_eq!(paths.keys, [paths.dir.join("signer-0.pem")]);
         // What a run wrote is gone at the next start, and a symlink planted in its
@@ -673,7 +685,10 @@ mod tests {
         prepare(&mut paths, &with_scratch, &tenant(), uid, gid).unwrap();
         let m = std::fs::metadata(&paths.scratch).unwrap();
         assert_eq!(m.len(), 16 << 20);
-        assert!(m.blocks() * 512 < m.len() / 16, "{} blocks", m.blocks());
+        assert!(std::fs::read(&paths.scratch)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
         let victim = state.path().join("victim");
         std::fs::write(&victim, b"keep").unwrap();
         std::fs::remove_file(&paths.scratch).unwrap();
