@@ -297,6 +297,11 @@ fn resolver_needs_the_nonce_sni() {
 
 #[test]
 fn cli_connect() {
+    // `bulwark-verify connect ADDR --policy POLICY ARGS...`
+    let connect = |addr: &str, policy: &TempFile, args: &[&str]| {
+        let policy = policy.path();
+        cli(&[&["connect", addr, "--policy", policy.as_str()], args].concat())
+    };
     let good = TempFile::new("atls-policy.toml", policy_text(&MEASUREMENT).as_bytes());
     let other = TempFile::new(
         "atls-policy-other.toml",
@@ -306,7 +311,7 @@ fn cli_connect() {
     // Affirmed, with text sent and echoed.
     let server = serve(attested_config(Source::Honest).0, 2);
     let addr = server.addr.to_string();
-    let o = cli(&["connect", &addr, "--policy", &good.path(), "--send", "ping"]);
+    let o = connect(&addr, &good, &["--send", "ping"]);
     assert_eq!(
         code(&o),
         0,
@@ -317,15 +322,7 @@ fn cli_connect() {
     assert!(stdout(&o).contains("VERIFIED"), "{}", stdout(&o));
     assert!(stdout(&o).ends_with("ping\n"), "{}", stdout(&o));
     // JSON.
-    let o = cli(&[
-        "connect",
-        &addr,
-        "--policy",
-        &good.path(),
-        "--json",
-        "--send",
-        "x",
-    ]);
+    let o = connect(&addr, &good, &["--json", "--send", "x"]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let j = json(&o);
     assert_eq!(j["status"], "warning");
@@ -336,14 +333,7 @@ fn cli_connect() {
     // Refused: exit 1, the failed check named, nothing sent.
     let server = serve(attested_config(Source::Honest).0, 1);
     let addr = server.addr.to_string();
-    let o = cli(&[
-        "connect",
-        &addr,
-        "--policy",
-        &other.path(),
-        "--send",
-        "secret",
-    ]);
+    let o = connect(&addr, &other, &["--send", "secret"]);
     assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("REJECTED"), "{}", stdout(&o));
     assert!(
@@ -358,29 +348,14 @@ fn cli_connect() {
     let secret = TempFile::new("atls-secret.txt", b"key=0123456789abcdef");
     let server = serve(attested_config(Source::Honest).0, 2);
     let addr = server.addr.to_string();
-    let o = cli(&[
-        "connect",
-        &addr,
-        "--policy",
-        &good.path(),
-        "--send-file",
-        &secret.path(),
-    ]);
+    let o = connect(&addr, &good, &["--send-file", &secret.path()]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         stdout(&o).ends_with("key=0123456789abcdef\n"),
         "{}",
         stdout(&o)
     );
-    let o = cli(&[
-        "connect",
-        &addr,
-        "--policy",
-        &good.path(),
-        "--json",
-        "--send-file",
-        &secret.path(),
-    ]);
+    let o = connect(&addr, &good, &["--json", "--send-file", &secret.path()]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let j = json(&o);
     assert_eq!(j["atls"]["sent"]["bytes"], 20);
@@ -389,30 +364,18 @@ fn cli_connect() {
     server.thread.join().unwrap();
     assert_eq!(server.app_bytes.load(Ordering::SeqCst), 40);
     // Both, or a missing file: usage or I/O errors (exit 2), nothing sent.
-    let o = cli(&[
-        "connect",
+    let o = connect(
         &addr,
-        "--policy",
-        &good.path(),
-        "--send",
-        "x",
-        "--send-file",
-        &secret.path(),
-    ]);
+        &good,
+        &["--send", "x", "--send-file", &secret.path()],
+    );
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
-    let o = cli(&[
-        "connect",
-        &addr,
-        "--policy",
-        &good.path(),
-        "--send-file",
-        "/nonexistent/secret",
-    ]);
+    let o = connect(&addr, &good, &["--send-file", "/nonexistent/secret"]);
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
 
     // Nothing listening: exit 2.
     drop(TcpListener::bind(&addr));
-    let o = cli(&["connect", &addr, "--policy", &good.path(), "--timeout", "5"]);
+    let o = connect(&addr, &good, &["--timeout", "5"]);
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
 }
 
