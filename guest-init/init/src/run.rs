@@ -347,13 +347,10 @@ async fn boot(
     check_stop(stop)?;
     view::mount_root(dm.path(), &root.fs).map_err(fail(RefusalReason::Mount))?;
 
-    // The passthrough devices the config names.
+    // The passthrough devices the config names (reported with the view below).
     let found = devices::scan(Path::new("/sys/bus/pci"))
         .and_then(|bus| devices::check(&cfg.file.devices, &bus))
         .map_err(fail(RefusalReason::DeviceRequired))?;
-    if !found.is_empty() {
-        console(&format!("devices: {}", found.join("; ")));
-    }
 
     // GPUs (before the view, so their device nodes exist to be copied in).
     let policy = cfg.file.gpu.clone();

@@ -113,15 +113,7 @@ pub fn prepare(cfg: &FileConfig, scratch: Option<&ScratchDevice>) -> Result<Vec<
     if let Some(d) = scratch {
         // The workload's alone: its uid, mode 0600.
         let at = dev_at.join(crate::scratch::NODE_NAME);
-        mknod(
-            &at,
-            SFlag::S_IFBLK,
-            Mode::from_bits_truncate(0o600),
-            d.dev.to_dev_t(),
-        )
-        .map_err(|e| format!("mknod {}: {e}", at.display()))?;
-        std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", at.display()))?;
+        make_node(&at, SFlag::S_IFBLK, 0o600, d.dev.to_dev_t())?;
         std::os::unix::fs::chown(&at, Some(w.uid), Some(w.gid))
             .map_err(|e| format!("chown {}: {e}", at.display()))?;
     }
@@ -156,19 +148,21 @@ fn copy_node(name: &str, dev_at: &Path) -> Result<bool, String> {
     if !meta.file_type().is_char_device() {
         return Ok(false);
     }
-    let dst = dev_at.join(name);
-    mknod(
-        &dst,
+    make_node(
+        &dev_at.join(name),
         SFlag::S_IFCHR,
-        Mode::from_bits_truncate(meta.mode() & 0o666),
+        meta.mode() & 0o666,
         meta.rdev(),
-    )
-    .map_err(|e| format!("mknod {}: {e}", dst.display()))?;
-    // mknod's mode passes through the umask; set it exactly.
-    std::fs::set_permissions(
-        &dst,
-        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o666),
-    )
-    .map_err(|e| format!("chmod {}: {e}", dst.display()))?;
+    )?;
     Ok(true)
+}
+
+/// Makes the device node `dst` (`kind`: character or block) for `rdev` with exactly
+/// `mode`.
+fn make_node(dst: &Path, kind: SFlag, mode: u32, rdev: libc::dev_t) -> Result<(), String> {
+    mknod(dst, kind, Mode::from_bits_truncate(mode), rdev)
+        .map_err(|e| format!("mknod {}: {e}", dst.display()))?;
+    // mknod's mode passes through the umask; set it exactly.
+    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", dst.display()))
 }

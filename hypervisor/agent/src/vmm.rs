@@ -97,9 +97,11 @@ pub fn prepare(paths: &mut VmPaths, vm: &Vm, tenant: &Tenant, uid: u32, gid: u32
 /// (`fallocate`: nothing is written, reads give zeros), the VMM's (`uid`, `gid`),
 /// mode 0600. Reserved, not sparse: a guest filling its disk can never fill the state
 /// partition under bulwarkd's database, and a node without the room fails the start
-/// here, with the reason, instead of the guest's writes failing later. Always a new file: the guest encrypts the disk with a key made at each
-/// boot, so what an earlier run wrote could not be read anyway. A leftover at `path`
-/// (a symlink included) is removed first and never opened.
+/// here, with the reason, instead of the guest's writes failing later. Always a new
+/// file: the guest encrypts the disk with a key made at each boot, so what an earlier
+/// run wrote could not be read anyway. A leftover at `path` (a symlink included) is
+/// removed first and never opened; the mode is set again after the open because the
+/// umask may have taken bits from it.
 fn create_scratch(path: &Path, mib: u32, uid: u32, gid: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let what = |step: &str| format!("scratch disk {}: {step}", path.display());

@@ -266,6 +266,32 @@ impl Plan {
         (attest, appraised)
     }
 
+    /// Asks bulwarkd what VM `vm`'s guest reported (`vms guest`) until the workload's
+    /// stderr holds `needle`, `tries` times a second apart: whether it did, and the
+    /// last report.
+    fn guest_said(
+        &self,
+        vm: &str,
+        needle: &str,
+        tries: u32,
+        log: &mut Vec<String>,
+    ) -> (bool, serde_json::Value) {
+        let mut g = serde_json::Value::Null;
+        for i in 0..tries {
+            if i > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            g = ran(self.ctl().args(["vms", "guest", vm]), log).json();
+            if g["stderr"]["tail"]
+                .as_str()
+                .is_some_and(|t| t.contains(needle))
+            {
+                return (true, g);
+            }
+        }
+        (false, g)
+    }
+
     /// `bulwarkctl vms create ID --tenant TENANT --image IMAGE`, more arguments to add.
     fn vm_create(&self, id: &str, tenant: &str, image: &str) -> Command {
         let mut c = self.ctl();
@@ -821,17 +847,7 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     // The guest's scratch disk: bulwark-init mapped it through dm-crypt with a key
     // made at boot, and the service kept the request there (what the node holds of
     // it is checked after the power-off: mj-no-plaintext, mj-scratch-encrypted).
-    let mut g = g;
-    for _ in 0..10 {
-        if g["stderr"]["tail"]
-            .as_str()
-            .is_some_and(|t| t.contains("kept on scratch"))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        g = ran(p.ctl().args(["vms", "guest", "vm-a"]), &mut s.log).json();
-    }
+    let (_, g) = p.guest_said("vm-a", "kept on scratch", 10, &mut s.log);
     // bulwark-init's `root_mounted` line: the devices it found, the scratch disk.
     let mounted = g["progress"]
         .as_array()
@@ -965,17 +981,9 @@ fn drive_steps(p: &Plan, s: &mut Steps) -> Option<()> {
     );
     let start_b = ran(p.ctl().args(["vms", "start", "vm-b"]), &mut s.log);
     // Its service up (journal open on the encrypted scratch disk) before anything else.
-    let mut journal_b = false;
-    for _ in 0..60 {
-        let g = ran(p.ctl().args(["vms", "guest", "vm-b"]), &mut s.log).json();
-        journal_b = g["stderr"]["tail"]
-            .as_str()
-            .is_some_and(|t| t.contains("journal on /dev/scratch"));
-        if journal_b || !start_b.ok {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    let journal_b = start_b.ok
+        && p.guest_said("vm-b", "journal on /dev/scratch", 60, &mut s.log)
+            .0;
     s.log
         .push(format!("vm-b: journal open on /dev/scratch: {journal_b}"));
     let nonce = "33".repeat(32);
