@@ -72,6 +72,10 @@ pub struct Agent {
     sanitizer: Arc<dyn Sanitizer>,
     pub metrics: Metrics,
     scrubbing: Mutex<HashSet<String>>,
+    /// Per IOMMU group: held for a whole scrub, so that the members of one group
+    /// are scrubbed one after another (a group opens once; a slot reset resets
+    /// them all).
+    group_scrubs: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     enroll_lock: tokio::sync::Mutex<()>,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
@@ -110,6 +114,7 @@ impl Agent {
             sanitizer,
             metrics: Metrics::default(),
             scrubbing: Mutex::default(),
+            group_scrubs: Mutex::default(),
             enroll_lock: tokio::sync::Mutex::new(()),
             vmms: Mutex::default(),
             events: Mutex::default(),
@@ -330,6 +335,23 @@ impl Agent {
     }
 
     async fn scrub(self: &Arc<Self>, addr: &str) -> Result<()> {
+        let group = self
+            .state()
+            .await?
+            .devices
+            .get(addr)
+            .and_then(|d| d.iommu_group);
+        let group_lock = group.map(|g| {
+            Arc::clone(
+                lock(&self.group_scrubs)
+                    .entry(g)
+                    .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(()))),
+            )
+        });
+        let _group_held = match &group_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         let t0 = Instant::now();
         let a = addr.to_string();
         let started = now_ms();

@@ -96,7 +96,7 @@ impl Sanitizer for SoftwareSanitizer {
 }
 
 /// Resets through VFIO (`VFIO_DEVICE_RESET`: vfio-pci's FLR, PM or bus reset, as the
-/// device supports) and checks that the device answers again with bus mastering off.
+/// device supports; else `VFIO_DEVICE_PCI_HOT_RESET` of its slot or bus) and checks that the device answers again with bus mastering off.
 #[derive(Debug, Clone)]
 pub struct VfioSanitizer {
     sysfs_root: PathBuf,
@@ -143,6 +143,33 @@ impl VfioSanitizer {
     }
 }
 
+impl VfioSanitizer {
+    /// The reset of a device that has none of its own: `VFIO_DEVICE_PCI_HOT_RESET`
+    /// of its slot or bus (a GPU with its audio function; two functions of a slot).
+    fn hot_reset(&self, dev: &Device) -> Result<StepReport, StepFailure> {
+        let method = "vfio-pci-hot-reset";
+        let fail = |detail: String| {
+            StepFailure {
+            method: method.into(),
+            detail: format!("the device has no reset of its own (no FLR or PM reset, not alone on its bus); {detail}"),
+        }
+        };
+        let group = dev
+            .iommu_group
+            .ok_or_else(|| fail("device has no IOMMU group".into()))?;
+        let affected =
+            crate::vfio_sys::hot_reset(&self.dev_vfio, group, &dev.address).map_err(fail)?;
+        let list: Vec<String> = affected
+            .iter()
+            .map(|f| format!("{} (group {})", f.address, f.group))
+            .collect();
+        Ok(StepReport {
+            method: method.into(),
+            detail: format!("VFIO_DEVICE_PCI_HOT_RESET done: reset {}", list.join(", ")),
+        })
+    }
+}
+
 /// VFIO_PCI_CONFIG_REGION_INDEX.
 const CONFIG_REGION: u32 = 7;
 
@@ -153,12 +180,21 @@ impl Sanitizer for VfioSanitizer {
                 let method = "vfio-device-reset";
                 let d = self.open(dev, method)?;
                 match crate::vfio_sys::device_reset(&d) {
-                    Ok(true) => Ok(StepReport { method: method.into(), detail: "VFIO_DEVICE_RESET done".into() }),
-                    Ok(false) => Err(StepFailure {
+                    Ok(true) => Ok(StepReport {
                         method: method.into(),
-                        detail: "the device offers no reset through VFIO (no FLR, PM or bus reset); hot reset of the slot is not built yet".into(),
+                        detail: "VFIO_DEVICE_RESET done".into(),
                     }),
-                    Err(e) => Err(StepFailure { method: method.into(), detail: format!("VFIO_DEVICE_RESET failed: {e}") }),
+                    Ok(false) => {
+                        // No FLR, PM reset or lone-device bus reset: reset the slot
+                        // or bus with every group it touches. The group must be
+                        // closed first (it opens once).
+                        drop(d);
+                        self.hot_reset(dev)
+                    }
+                    Err(e) => Err(StepFailure {
+                        method: method.into(),
+                        detail: format!("VFIO_DEVICE_RESET failed: {e}"),
+                    }),
                 }
             }
             Step::VendorScrub => {

@@ -1,7 +1,8 @@
 # agent-vfio: the node agent bulwarkd with real VFIO. Two QEMU edu devices stand in
 # for GPUs: one behind a PCIe root port, alone on its bus (vfio-pci can reset it with
 # a secondary bus reset), one on the root bus (00:05.0: no FLR, no PM reset, no bus
-# reset). bulwarkd (dynamically linked, with its libraries) runs chrooted into a tmpfs
+# reset), and two functions of one slot behind another root port (only a hot reset of
+# that bus resets them). bulwarkd (dynamically linked, with its libraries) runs chrooted into a tmpfs
 # whose mounts are binds of L1's own directories, so that its jail can pivot_root
 # (the initramfs itself cannot be pivoted away from). Shown through bulwarkctl --json:
 # enrolment binds the group to vfio-pci through driver_override and the scrub (VFIO
@@ -14,17 +15,21 @@
 lab_check kvm-device test -c /dev/kvm
 ulimit -l unlimited || echo "could not raise RLIMIT_MEMLOCK"
 
-edu=""; bad=0000:00:05.0
+edu=""; bad=0000:00:05.0; mf=""
 for d in /sys/bus/pci/devices/*; do
   [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1234:0x11e8 ] || continue
-  case ${d##*/} in 0000:00:*) ;; *) edu=${d##*/} ;; esac
+  a=${d##*/}
+  case $a in 0000:00:*|*.1) continue ;; esac
+  # Function 0 with a function 1 beside it: the two-function slot.
+  if [ -e "/sys/bus/pci/devices/${a%.0}.1" ]; then mf=$a; else edu=$a; fi
 done
+mf1=${mf%.0}.1
 # ivshmem-plain: its BAR 2 is device memory, standing in for a GPU's.
 shm=""
 for d in /sys/bus/pci/devices/*; do
   [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1110 ] && shm=${d##*/}
 done
-for d in $edu $bad $shm; do
+for d in $edu $bad $shm $mf $mf1; do
   echo "$d: group $(basename "$(readlink /sys/bus/pci/devices/$d/iommu_group)"), members: $(ls /sys/bus/pci/devices/$d/iommu_group/devices | tr '\n' ' ')driver: $(basename "$(readlink /sys/bus/pci/devices/$d/driver 2>/dev/null)" 2>/dev/null)"
 done
 
@@ -46,7 +51,7 @@ chmod 0755 $R/var $R/var/lib $R/var/lib/bulwark
 # The VMM's gid may open /dev/kvm (as udev's kvm group would).
 chgrp 36 /dev/kvm && chmod 0660 /dev/kvm
 cat >$R/etc/bulwarkd.json <<EOF
-{"devices": ["$edu", "$bad", "$shm"],
+{"devices": ["$edu", "$bad", "$shm", "$mf"],
  "jail": {"uid_base": 2000, "uid_count": 10, "gid": 36, "cgroup_parent": "/sys/fs/cgroup/bulwark", "pids_max": 128},
  "vmm_bin": "/bin/bulwark-vmm", "vmm_mmio64_gib": 64,
  "scrub_step_timeout_ms": 60000}
@@ -125,6 +130,25 @@ elif [ "$(field "$menrolled" state)" = available ] &&
   lab_pass agent-memory-clear "$shm: before the scrub $(echo "$filled" | tail -n1 | sed 's/.*bytes, //'); after: $(echo "$cleared" | sed 's/.*bytes, //')"
 else
   lab_fail agent-memory-clear "$shm: $menrolled; scrubs: $mscrubs; after: $cleared"; agent_log
+fi
+
+# A slot with two functions (a GPU and its audio function, in miniature): neither has
+# a reset of its own, and vfio-pci's bus reset needs the device alone on its bus, so
+# the scrub resets the bus with VFIO_DEVICE_PCI_HOT_RESET, handing the kernel the
+# group of both. Enrolling function 0 brings function 1 (same IOMMU group) along; the
+# two are scrubbed one after the other.
+hot=$(ctl --json devices enroll "$mf" --wait | tr -d ' \n')
+echo "enroll $mf: $hot"
+wait_state "$mf1" available 60
+hs0=$(j devices scrubs "$mf"); hs1=$(j devices scrubs "$mf1")
+ctl devices scrubs "$mf"; ctl devices scrubs "$mf1"
+if [ "$(field "$hot" state)" = available ] && [ "$(field "$(j devices show "$mf1")" state)" = available ] &&
+  [ "$(steps "$hs0" vfio-pci-hot-reset true)" -eq 1 ] && [ "$(steps "$hs1" vfio-pci-hot-reset true)" -eq 1 ] &&
+  echo "$hs0" | grep -q "reset$mf(group[0-9]*),$mf1(group[0-9]*)" &&
+  [ "$(steps "$hs0" power-on-state-check true)" -eq 1 ] && [ "$(steps "$hs1" power-on-state-check true)" -eq 1 ]; then
+  lab_pass agent-hot-reset "$mf and $mf1 available, each after vfio-pci-hot-reset ($(echo "$hs0" | sed -n 's/.*"detail":"\(VFIO_DEVICE_PCI_HOT_RESETdone[^"]*\)".*/\1/p')) and power-on-state-check"
+else
+  lab_fail agent-hot-reset "$mf: $hot; scrubs $mf: $hs0; scrubs $mf1: $hs1"; agent_log
 fi
 
 # Tenant a's VM: the signed tiny guest with the device.
@@ -220,7 +244,7 @@ if out=$(ctl vms create w2 --tenant b --image /lab/tiny/vfio-edu.bwi --vcpus 1 -
 elif echo "$out" | grep -q "gpus: device $bad (IOMMU group [0-9]*) is quarantined" &&
   [ "$(field "$quar" state)" = quarantined ] && [ "$(field "$(j devices show "$bad")" state)" = quarantined ] &&
   echo "$qscrubs" | grep -q '"outcome":"failed"' && ! echo "$qscrubs" | grep -q '"outcome":"passed"' &&
-  [ "$(steps "$qscrubs" vfio-device-reset false)" -eq 1 ]; then
+  [ "$(steps "$qscrubs" vfio-pci-hot-reset false)" -eq 1 ]; then
   lab_pass agent-quarantine "$bad quarantined ($(field "$quar" reason)); VM refused: $out"
 else
   lab_fail agent-quarantine "device: $quar; scrubs: $qscrubs; create: $out"

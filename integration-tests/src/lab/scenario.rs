@@ -519,7 +519,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "agent-vfio",
-        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), clears an ivshmem device's memory BAR that L1 filled (and reads it back through sysfs), runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
+        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), clears an ivshmem device's memory BAR that L1 filled (and reads it back through sysfs), resets a two-function slot with a VFIO hot reset, runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
         script: include_str!("../../lab/scenarios/agent-vfio.sh"),
         modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
         // The edu behind a PCIe root port is alone on its bus, so vfio-pci can reset it
@@ -532,6 +532,12 @@ pub const SCENARIOS: &[Scenario] = &[
             "edu,addr=05.0",
             "pcie-root-port,id=rp2,chassis=2,addr=04.0",
             "ivshmem-plain,memdev=shm,bus=rp2,addr=00.0",
+            // Two functions of one slot (a GPU and its audio function, in
+            // miniature): neither is alone on its bus, so only a hot reset of the
+            // bus resets them.
+            "pcie-root-port,id=rp3,chassis=3,addr=06.0",
+            "edu,bus=rp3,addr=00.0,multifunction=on",
+            "edu,bus=rp3,addr=00.1",
         ],
         objects: &["memory-backend-ram,id=shm,size=1M"],
         memory_mib: 768,
@@ -557,6 +563,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "agent-enroll",
             "agent-scrub-on-enroll",
             "agent-memory-clear",
+            "agent-hot-reset",
             "agent-quarantine",
             "agent-vm-running",
             "agent-vm-jailed",
