@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::bless::{BlessOutcome, BootBlesser, EFIVARFS};
 use crate::config::{self, NodeInitConfig, CONFIG_PATH, STATE_DIR};
-use crate::{health, measurements, network, root, state, sys};
+use crate::{health, measurements, network, rollback, root, state, sys};
 
 /// The line the lab (and an operator on the serial console) waits for, followed by
 /// the version: `bulwark-node: healthy version=N`.
@@ -369,6 +369,12 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
                 fatal(&e, delay);
             }
         }
+    }
+    // The disk's partitions are known by now (the state partition was waited for).
+    match rollback::check(&version, Path::new(state::SYS_CLASS_BLOCK)) {
+        Ok(rollback::FloorCheck::Passed(line)) => console(&line),
+        Ok(rollback::FloorCheck::NotChecked(why)) => console(&format!("warning: {why}")),
+        Err(e) => fatal(&e, delay),
     }
     if let Some(dir) = config.bulwarkd.api_sock.parent() {
         if let Err(e) = std::fs::create_dir_all(dir) {

@@ -497,6 +497,22 @@ impl Lab {
                 at.as_secs_f64()
             ));
         }
+        // What the disk says after the fallback, before power-on 3 changes it.
+        let after = bulwark_node_image::install::boot_state(&made.disk);
+        // Power-on 3: version 2 is taken to have run healthy (blessed: the floor rises
+        // to 2), then set aside on the ESP by hand, so that systemd-boot starts version
+        // 1 again: bulwark-node-init must refuse that rolled-back image by itself.
+        let set_aside = set_aside_newest(&made.disk, node.version);
+        let rolled_back = boot(vec![ConsoleAction {
+            marker: ROLLBACK_REFUSED.into(),
+            monitor: None,
+        }])?;
+        for (marker, at) in &rolled_back.marks {
+            notes.push(format!(
+                "power-on 3: {:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
         let mut lines = Vec::new();
         let mut check = |name: &str, passed: bool, detail: String| {
             lines.push(check_line(name, passed, &detail));
@@ -530,6 +546,9 @@ impl Lab {
         check(
             "node-fallback-healthy",
             healthy_at.is_some()
+                && f.contains(&format!(
+                    "anti-rollback: version {base} is at or above the floor {base}"
+                ))
                 && !f.contains("this boot is a trial")
                 && f.contains("nothing to bless")
                 && f.contains("bulwark-node: powering off: the ACPI power button"),
@@ -542,7 +561,6 @@ impl Lab {
                 line_with(f, "boot blessing")
             ),
         );
-        let after = bulwark_node_image::install::boot_state(&made.disk);
         let detail = match &after {
             Ok(b) => format!(
                 "slots: {}; next boot {}; anti-rollback floor {}",
@@ -568,6 +586,27 @@ impl Lab {
             }),
             detail,
         );
+        let r = &rolled_back.console;
+        let refusal = format!(
+            "{ROLLBACK_REFUSED}: this is version {base}, but version {} already ran healthy",
+            node.version
+        );
+        check(
+            "node-rollback-refused",
+            set_aside.is_ok()
+                && r.contains(&refusal)
+                && !r.contains(HEALTHY)
+                && r.contains("powering off in")
+                && matches!(rolled_back.end, MachineEnd::Exited(_)),
+            match &set_aside {
+                Ok(done) => format!(
+                    "{done}; power-on 3: {}; QEMU {:?}",
+                    line_with(r, ROLLBACK_REFUSED),
+                    rolled_back.end
+                ),
+                Err(e) => format!("setting version {} aside: {e}", node.version),
+            },
+        );
         lines.push(format!("{PREFIX} done"));
         let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &fallback.end);
         let run = ScenarioRun {
@@ -579,14 +618,37 @@ impl Lab {
             notes,
         };
         let report = format!(
-            "=== power-on 1 (the trial) ===\n{}\n=== power-on 2 (the fallback) ===\n{}",
+            "=== power-on 1 (the trial) ===\n{}\n=== power-on 3 (version {} set aside, version {base} rolled back to) ===\n{}\n=== power-on 2 (the fallback) ===\n{}",
             trial.console,
+            node.version,
+            rolled_back.console,
             run.failure_report()
         );
         fs::write(&run.log_path, report)
             .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
         Ok(run)
     }
+}
+
+/// bulwark-node-init's refusal of an image below the anti-rollback floor
+/// (images/node-init/src/rollback.rs).
+const ROLLBACK_REFUSED: &str = "FATAL: refusing to run a rolled-back node image";
+
+/// Blesses `version`'s slot on `disk` (the floor rises to it, as after a healthy
+/// boot of it) and renames its UKI out of systemd-boot's sight, as a hand that wants
+/// the older image back would: what was done, or why not.
+fn set_aside_newest(disk: &Path, version: u64) -> std::result::Result<String, String> {
+    use bulwark_node_image::install::{bless, Slot, LINUX_DIR};
+    let blessed = bless(disk, version).map_err(|e| e.to_string())?;
+    let (esp, _) = bulwark_node_image::disk::esp::Esp::open(disk).map_err(|e| e.to_string())?;
+    let from = format!("{LINUX_DIR}/{}", Slot::blessed_name(version));
+    let to = format!("{LINUX_DIR}/set-aside-{}.bak", Slot::blessed_name(version));
+    esp.rename(&from, &to).map_err(|e| e.to_string())?;
+    esp.close().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "version {version} blessed (floor {}), then {from} renamed {to}",
+        blessed.floor
+    ))
 }
 
 /// The first console line containing `needle`, trimmed (or a note that none does).

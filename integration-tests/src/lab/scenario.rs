@@ -382,7 +382,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "node-update-fallback",
-        summary: "health-gated rollback: version 1 installed, version 2 written over it as the update on trial, but version 2's bulwarkd never becomes healthy (its config is refused): bulwark-node-init reboots at the trial's deadline, and the next power-on boots version 1 by itself (systemd-boot's counter), healthy; the disk says 2 failed, 1 good",
+        summary: "health-gated rollback: version 1 installed, version 2 written over it as the update on trial, but version 2's bulwarkd never becomes healthy (its config is refused): bulwark-node-init reboots at the trial's deadline, and the next power-on boots version 1 by itself (systemd-boot's counter), healthy; the disk says 2 failed, 1 good; then, with version 2 taken as once healthy (the anti-rollback floor at 2) and set aside on the ESP, version 1 boots again and bulwark-node-init refuses it and powers off",
         script: "# node-update-fallback: no script; the node has no shell\n",
         modules: &["efivarfs", "button", "evdev"],
         memory_mib: 1024,
@@ -393,6 +393,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "node-trial-failed",
             "node-fallback-healthy",
             "node-fallback-disk",
+            "node-rollback-refused",
         ],
         timeout_secs: 300,
         node: Some(NodeBoot {

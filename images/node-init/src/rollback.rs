@@ -1,0 +1,111 @@
+//! The anti-rollback floor at boot: the booted image's version (its measured command
+//! line's `bulwark.version=`) must not be below the floor that blessing raised on the
+//! EFI system partition (`bulwark_node_image::install`, docs/node-image.md). A node
+//! that booted an older image than one it already ran healthy (an older UKI copied
+//! onto the ESP by hand, the newer one removed) refuses to start bulwarkd.
+//!
+//! What this does not prove: the floor lives on the ESP, which anyone who can write
+//! the disk can rewrite; it stops a rollback by mistake or by an operator's hand, and
+//! the TPM quote still shows the older image to a verifier whatever the disk says.
+
+use std::path::Path;
+
+/// What the check found, when the node may go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FloorCheck {
+    /// The booted version is at or above the floor.
+    Passed(String),
+    /// There is nothing to check against (no ESP: a network boot, a test machine).
+    NotChecked(String),
+}
+
+/// Compares the booted `version` with `floor` (from `where_`): the console line, or
+/// why the node must not run.
+pub fn judge(version: &str, floor: u64, where_: &str) -> Result<String, String> {
+    let booted: u64 = version.parse().map_err(|_| {
+        format!(
+            "the booted image's version {version:?} is not a number, so it cannot be held against the anti-rollback floor {floor} on {where_}"
+        )
+    })?;
+    if booted < floor {
+        return Err(format!(
+            "refusing to run a rolled-back node image: this is version {booted}, but version {floor} already ran healthy on this node (anti-rollback floor on {where_}); boot version {floor} or later"
+        ));
+    }
+    Ok(format!(
+        "anti-rollback: version {booted} is at or above the floor {floor} (on {where_})"
+    ))
+}
+
+/// Finds the ESP (the GPT partition named `bulwark_node_image::disk::ESP_LABEL` in
+/// `sys_class_block`), reads its floor record and judges `version` against it. An
+/// ESP whose floor cannot be read is a refusal: `install` always writes one.
+pub fn check(version: &str, sys_class_block: &Path) -> Result<FloorCheck, String> {
+    let label = bulwark_node_image::disk::ESP_LABEL;
+    let esp = match crate::state::find_by_partlabel(sys_class_block, label)? {
+        Some(p) => p,
+        None => {
+            return Ok(FloorCheck::NotChecked(format!(
+                "no partition named {label:?}: the anti-rollback floor is not checked"
+            )))
+        }
+    };
+    let state = bulwark_node_image::install::boot_state(&esp).map_err(|e| {
+        format!(
+            "the anti-rollback floor on {} cannot be read: {e}",
+            esp.display()
+        )
+    })?;
+    judge(version, state.floor, &esp.display().to_string()).map(FloorCheck::Passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_below_the_floor_is_refused_and_one_at_or_above_passes() {
+        let err = judge("1", 2, "/dev/vda1").unwrap_err();
+        assert!(
+            err.contains("rolled-back")
+                && err.contains("version 1")
+                && err.contains("floor on /dev/vda1"),
+            "{err}"
+        );
+        assert!(judge("2", 2, "/dev/vda1")
+            .unwrap()
+            .contains("version 2 is at or above the floor 2"));
+        assert!(judge("10", 2, "x").is_ok());
+        // Not a number (no version on the command line or in the config): refused.
+        assert!(judge("unknown", 1, "x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(judge("-1", 0, "x").is_err());
+    }
+
+    #[test]
+    fn no_esp_is_not_checked_and_an_unreadable_esp_is_refused() {
+        let dir = std::env::temp_dir().join(format!("node-init-rollback-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("vda2")).unwrap();
+        std::fs::write(
+            dir.join("vda2/uevent"),
+            "DEVNAME=vda2\nDEVTYPE=partition\nPARTNAME=bulwark-state\n",
+        )
+        .unwrap();
+        assert!(matches!(check("1", &dir), Ok(FloorCheck::NotChecked(_))));
+        // An ESP partition whose device node does not exist here: refused, named.
+        let name = format!("bulwark-test-no-such-device-{}", std::process::id());
+        std::fs::create_dir_all(dir.join("vda1")).unwrap();
+        std::fs::write(
+            dir.join("vda1/uevent"),
+            format!("DEVNAME={name}\nDEVTYPE=partition\nPARTNAME=ESP\n"),
+        )
+        .unwrap();
+        let err = check("1", &dir).unwrap_err();
+        assert!(
+            err.contains("cannot be read") && err.contains(&name),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
