@@ -21,3 +21,4 @@ pub mod uki;
 pub use error::NodeImageError;
 pub mod disk;
 pub mod install;
+pub mod provision;

@@ -396,6 +396,84 @@ fn cli_install_json_and_tampered_bundle_leaves_disk_untouched() {
     assert_eq!(std::fs::read(&disk).unwrap(), before);
 }
 
+/// `install --state-files DIR`: the state partition is ext4 holding DIR's files,
+/// as e2fsprogs' own `debugfs` reads them at the partition's offset; the report says
+/// it is not encrypted. A seed that is not a directory is refused.
+#[test]
+fn cli_install_formats_and_seeds_the_state_partition() {
+    let Some(f) = fx() else { return };
+    if Command::new("debugfs").arg("-V").output().is_err() {
+        eprintln!("skipped: no debugfs (e2fsprogs)");
+        return;
+    }
+    let bundle = f.bundle(4);
+    let disk = f.path("seeded.img");
+    let seed = f.path("seed");
+    std::fs::create_dir_all(seed.join("tls")).unwrap();
+    std::fs::write(seed.join("tls/server.pem"), b"CERT-FOR-THE-API\n").unwrap();
+    std::fs::write(seed.join("provider.pub"), b"PROVIDER-KEY\n").unwrap();
+    let (b, d, p, s) = (
+        bundle.to_str().unwrap(),
+        disk.to_str().unwrap(),
+        f.public.to_str().unwrap(),
+        seed.to_str().unwrap(),
+    );
+    let args = [
+        "--json",
+        "install",
+        b,
+        "--trust",
+        p,
+        "--disk",
+        d,
+        "--esp-mib",
+        "64",
+        "--create-size",
+        "160M",
+        "--state-files",
+        s,
+    ];
+    let out = f.cli(&args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"]["filesystem"], "ext4");
+    assert_eq!(v["state"]["files"], 2);
+    assert_eq!(v["state"]["encrypted"], false);
+    let offset = v["state"]["offset"].as_u64().unwrap();
+    let state = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "bulwark-state")
+        .unwrap();
+    assert_eq!(offset, state["start"].as_u64().unwrap() * 512);
+    // The partition alone, cut out of the disk image, read by debugfs.
+    let part = f.path("state.ext4");
+    let bytes = std::fs::read(&disk).unwrap();
+    let len = state["sectors"].as_u64().unwrap() * 512;
+    std::fs::write(&part, &bytes[offset as usize..(offset + len) as usize]).unwrap();
+    let pp = part.to_str().unwrap();
+    assert_eq!(
+        ok("debugfs", &["-R", "cat /tls/server.pem", pp]),
+        "CERT-FOR-THE-API\n"
+    );
+    assert_eq!(
+        ok("debugfs", &["-R", "cat /provider.pub", pp]),
+        "PROVIDER-KEY\n"
+    );
+    assert!(ok("blkid", &["-o", "export", pp]).contains("LABEL=bulwark-state"));
+
+    // A seed that is not a directory: a clear error, exit 2.
+    let mut bad = args;
+    bad[12] = p;
+    let out = f.cli(&bad);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not a directory"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn tenant_image_or_node_image_without_bootloader_refused_disk_untouched() {
     let Some(f) = fx() else { return };

@@ -4,20 +4,19 @@
 //! provider key made for the run; version `base` installed on a disk image file
 //! (`install`: GPT, FAT32 ESP, the slot marked good), then version `update`
 //! written over it (`update`: the inactive slot, tried once), so the boot that
-//! follows is a trial that bulwark-node-init must bless. The state partition,
-//! which the node would format itself (encrypted, not built yet), is formatted
-//! ext4 here with `mkfs.ext4`.
+//! follows is a trial that bulwark-node-init must bless. The state partition is
+//! formatted ext4 and seeded by the install step (`provision::format_state`, as
+//! `install --state-files`); it is not encrypted (not built yet).
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bulwark_node_image::build::{build_node_image, default_osrel, NodeBuildSpec};
 use bulwark_node_image::install::{self, read_node_image, InstallOptions};
 use bulwark_node_image::measure::{predict_signed, SignedPrediction};
 
 use super::error::{LabError, Result};
-use super::host_command::{find_program, run};
+use super::host_command::find_program;
 
 /// Debian's systemd-stub (package `systemd-boot-efi`).
 pub const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -178,27 +177,15 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
     let next =
         read_node_image(&built[1].0, &policy, &|_| {}).map_err(lab_err("verifying the update"))?;
     install::update(&next, &disk, 1).map_err(lab_err("bulwark-node-image update"))?;
-    // The state partition, formatted where the node would format it itself.
-    let state = report
-        .partitions
-        .iter()
-        .find(|p| p.label == bulwark_node_image::disk::STATE_LABEL)
-        .ok_or_else(|| LabError::UnexpectedOutput {
-            command: "bulwark-node-image install".into(),
-            reason: "no state partition in the install report".into(),
-        })?;
-    let mut mkfs = Command::new("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-L", "bulwark-state", "-E"])
-        .arg(format!("offset={}", state.start * 512));
+    // The state partition, formatted and seeded by the product's install step.
     if let Some(seed) = &inputs.state_seed {
         fs::copy(&trust, seed.join("provider.pub"))
             .map_err(LabError::io("copying the provider key into the state seed"))?;
-        mkfs.arg("-d").arg(seed);
     }
-    mkfs.arg(&disk).arg(format!("{}k", state.sectors / 2));
-    run(&mut mkfs)?;
-
-    let state_offset = state.start * 512;
+    let state =
+        bulwark_node_image::provision::format_state(&disk, &report, inputs.state_seed.as_deref())
+            .map_err(lab_err("bulwark-node-image install --state-files"))?;
+    let state_offset = state.offset;
     let (image, uki, cmdline) = built.pop().ok_or_else(|| LabError::UnexpectedOutput {
         command: "bulwark-node-image build".into(),
         reason: "no image built".into(),
@@ -227,6 +214,8 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::host_command::run;
+    use std::process::Command;
 
     #[test]
     fn the_disk_holds_the_base_version_good_and_the_update_on_trial() {

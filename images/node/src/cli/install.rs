@@ -20,6 +20,7 @@ use bulwark_node_image::disk::DEFAULT_ESP_MIB;
 use bulwark_node_image::install::{
     install, install_bytes, read_node_image, InstallOptions, NodeImagePayload,
 };
+use bulwark_node_image::provision::format_state;
 use bulwark_node_image::NodeImageError;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,6 +53,16 @@ pub struct InstallArgs {
     /// or with a K, M, G or T suffix, powers of 1024).
     #[arg(long, value_parser = parse_size)]
     pub create_size: Option<u64>,
+    /// Format the state partition ext4 (else the node mounts a tmpfs until it is
+    /// formatted, and says so loudly).
+    #[arg(long)]
+    pub format_state: bool,
+    /// Format the state partition with this directory's contents (implies
+    /// --format-state): bulwarkd's TLS files, the TPM's EK issuer chain, the
+    /// provider's public key, as the node's bulwarkd config names them under
+    /// /var/lib/bulwark. NOT encrypted: readable from the disk.
+    #[arg(long)]
+    pub state_files: Option<PathBuf>,
 }
 
 /// Parse `123`, `64M`, `2G`, ... (powers of 1024).
@@ -120,9 +131,15 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
     bar.finish_and_clear();
     let r = r?;
     let write_s = t1.elapsed().as_secs_f64();
+    let state = if a.format_state || a.state_files.is_some() {
+        Some(format_state(&a.disk, &r, a.state_files.as_deref())?)
+    } else {
+        None
+    };
     if json {
         let mut v = serde_json::to_value(&r).unwrap_or_default();
         v["ok"] = json!(true);
+        v["state"] = serde_json::to_value(&state).unwrap_or_default();
         v["boot_manager"] = json!("signed bootloader component");
         v["boot_manager_sha384"] = json!(hex::encode(payload.boot_manager_sha384));
         v["verify_seconds"] = json!(verify_s);
@@ -155,6 +172,18 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
             "  boot manager: signed bootloader component, sha384 {}",
             hex::encode(payload.boot_manager_sha384)
         );
+        match &state {
+            Some(st) => outln!(
+                "  state partition: {} MiB ext4{}; NOT encrypted: its files can be read from the disk",
+                st.bytes >> 20,
+                st.seeded_from.as_ref().map_or(String::new(), |d| format!(
+                    ", {} files from {}",
+                    st.files,
+                    d.display()
+                ))
+            ),
+            None => outln!("  state partition: not formatted (--format-state or --state-files)"),
+        }
         if let Some(e) = &r.reread_error {
             outln!("  the kernel did not re-read the partition table ({e}); reboot before using the disk");
         }
