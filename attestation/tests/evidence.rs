@@ -744,6 +744,7 @@ fn the_quote_and_event_log_show_which_signed_node_image_booted() {
                 stub: STUB.into(),
                 boot_manager: Some(SD_BOOT.into()),
                 secure_boot: false,
+                secure_boot_signing: None,
                 uki_out: None,
             },
             &out,

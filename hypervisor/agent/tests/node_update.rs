@@ -38,6 +38,7 @@ fn node_image(dir: &Path, key: &Path, version: u64) -> PathBuf {
             stub: STUB.into(),
             boot_manager: Some(SD_BOOT.into()),
             secure_boot: false,
+            secure_boot_signing: None,
             uki_out: None,
         },
         &out,

@@ -40,8 +40,65 @@ pub struct NodeBuildSpec {
     pub boot_manager: Option<PathBuf>,
     /// The Secure Boot state the prediction assumes.
     pub secure_boot: bool,
+    /// Sign the UKI and the boot manager for UEFI Secure Boot (with `sbsign`)
+    /// before they go into the bundle; `None`: they go in as they are.
+    pub secure_boot_signing: Option<SecureBootSigning>,
     /// Also write the UKI here.
     pub uki_out: Option<PathBuf>,
+}
+
+/// The provider's Secure Boot db key: the private key (PEM, unencrypted) and its
+/// X.509 certificate (PEM), as `sbsign --key --cert` take them.
+#[derive(Clone, Debug)]
+pub struct SecureBootSigning {
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Certificate (PEM) enrolled in the firmware's db.
+    pub cert: PathBuf,
+}
+
+/// Signs `bytes` (a PE image) with `sbsign`: the signed image. `what` names it in
+/// errors; the temporary files live beside `scratch`. The prediction is made from
+/// the signed files: sbsign leaves the file-aligned UKI's Authenticode digest as it
+/// was, but pads systemd-boot (not 8-byte aligned), whose digest (PCR 4) changes.
+fn sbsign(
+    bytes: &[u8],
+    with: &SecureBootSigning,
+    scratch: &Path,
+    what: &str,
+) -> Result<Vec<u8>, NodeImageError> {
+    let name = |suffix: &str| {
+        let mut n = scratch.file_name().unwrap_or_default().to_os_string();
+        n.push(format!(".{what}.{suffix}.tmp"));
+        scratch.with_file_name(n)
+    };
+    let (input, output) = (name("unsigned"), name("signed"));
+    write(&input, bytes)?;
+    let out = std::process::Command::new("sbsign")
+        .arg("--key")
+        .arg(&with.key)
+        .arg("--cert")
+        .arg(&with.cert)
+        .arg("--output")
+        .arg(&output)
+        .arg(&input)
+        .output();
+    let _ = std::fs::remove_file(&input);
+    let result = match out {
+        Err(e) => Err(NodeImageError::Invalid(format!(
+            "running sbsign (Debian sbsigntool) to sign the {what} for Secure Boot: {e}"
+        ))),
+        Ok(o) if !o.status.success() => Err(NodeImageError::Invalid(format!(
+            "sbsign could not sign the {what} with {} and {} ({}): {}",
+            with.key.display(),
+            with.cert.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Ok(_) => read(&output),
+    };
+    let _ = std::fs::remove_file(&output);
+    result
 }
 
 /// What was built.
@@ -57,6 +114,9 @@ pub struct NodeImageSummary {
     pub uki_size: u64,
     /// SHA-384 of the UKI bytes (as in the manifest).
     pub uki_sha384: String,
+    /// Whether the UKI (and the boot manager) carry a Secure Boot signature
+    /// (`--sb-key`); the certificate that signed them.
+    pub secure_boot_signed_with: Option<PathBuf>,
     /// The command line embedded in `.cmdline`.
     pub cmdline: String,
     /// The kernel release put in `.uname`, if any.
@@ -207,7 +267,7 @@ pub fn build_node_image(
     };
     let uname = spec.uname.clone().or_else(|| kernel_release(&kernel));
     let cmdline = node_cmdline(spec.cmdline.as_deref(), spec.version)?;
-    let boot_manager = spec.boot_manager.as_deref().map(read).transpose()?;
+    let mut boot_manager = spec.boot_manager.as_deref().map(read).transpose()?;
     let uki = assemble(&UkiInputs {
         stub: &stub,
         linux: &kernel,
@@ -216,6 +276,27 @@ pub fn build_node_image(
         osrel: &osrel,
         uname: uname.as_deref().map(str::as_bytes),
     })?;
+    // Secure Boot signatures go on before anything is hashed into the manifest: the
+    // bundle holds the files that boot.
+    let (uki, signed_boot_manager) = match &spec.secure_boot_signing {
+        Some(with) => {
+            let uki = sbsign(&uki, with, out, "UKI")?;
+            let bm = match &boot_manager {
+                Some(b) => {
+                    let signed = sbsign(b, with, out, "boot manager")?;
+                    let mut n = out.file_name().unwrap_or_default().to_os_string();
+                    n.push(".bootloader.tmp");
+                    let path = out.with_file_name(n);
+                    write(&path, &signed)?;
+                    boot_manager = Some(signed);
+                    Some(path)
+                }
+                None => None,
+            };
+            (uki, bm)
+        }
+        None => (uki, None),
+    };
     let prediction = predict(
         &uki,
         &MeasureOptions {
@@ -257,7 +338,9 @@ pub fn build_node_image(
             version: spec.version,
             created: created(spec),
             uki: uki_file.clone(),
-            bootloader: spec.boot_manager.clone(),
+            bootloader: signed_boot_manager
+                .clone()
+                .or_else(|| spec.boot_manager.clone()),
             node,
         },
         out,
@@ -265,6 +348,9 @@ pub fn build_node_image(
     );
     if temporary {
         let _ = std::fs::remove_file(&uki_file);
+    }
+    if let Some(p) = &signed_boot_manager {
+        let _ = std::fs::remove_file(p);
     }
     result?;
     let bundle_size = std::fs::metadata(out)
@@ -279,6 +365,7 @@ pub fn build_node_image(
         uki_path: spec.uki_out.clone(),
         uki_size: uki.len() as u64,
         uki_sha384: hex::encode(Sha384::digest(&uki)),
+        secure_boot_signed_with: spec.secure_boot_signing.as_ref().map(|s| s.cert.clone()),
         cmdline,
         uname,
         name: spec.name.clone(),

@@ -291,3 +291,135 @@ fn build_osrel_must_carry_image_id_and_version() {
     assert!(o.status.success(), "{o:?}");
     assert!(out.exists());
 }
+
+/// `build --sb-key --sb-cert`: the UKI and systemd-boot in the bundle carry a
+/// Secure Boot signature that sbsigntool's own `sbverify` accepts for that
+/// certificate (and not for another), and the PCR prediction is the unsigned
+/// build's (the signature moves no Authenticode digest). A key that does not
+/// match its certificate is a clear error.
+#[test]
+fn build_signs_for_secure_boot_and_the_prediction_holds() {
+    let (Some(kernel), Some(_)) = (fake_kernel(), input(STUB, "systemd-boot-efi")) else {
+        return;
+    };
+    let (Some(_), Some(_), Some(_)) = (
+        tool("sbsign", "sbsigntool"),
+        tool("sbverify", "sbsigntool"),
+        tool("openssl", "openssl"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    std::fs::write(d("vmlinuz"), &kernel).unwrap();
+    std::fs::write(d("initrd.img"), fake_initrd(100_000)).unwrap();
+    for name in ["db", "other"] {
+        let st = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", &format!("/CN=bulwark test {name}"), "-keyout"])
+            .arg(d(&format!("{name}.key")))
+            .arg("-out")
+            .arg(d(&format!("{name}.pem")))
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+    }
+    let build = |out: &str, uki: &str, sb: Option<(&str, &str)>| {
+        let mut args = vec![
+            "--json".to_string(),
+            "build".into(),
+            "--name".into(),
+            "bulwark-node".into(),
+            "--version".into(),
+            "6".into(),
+            "--kernel".into(),
+            p(&d("vmlinuz")).into(),
+            "--initrd".into(),
+            p(&d("initrd.img")).into(),
+            "--out".into(),
+            p(&d(out)).into(),
+            "--uki-out".into(),
+            p(&d(uki)).into(),
+        ];
+        if let Some((k, c)) = sb {
+            args.extend([
+                "--sb-key".into(),
+                p(&d(k)).into(),
+                "--sb-cert".into(),
+                p(&d(c)).into(),
+            ]);
+        }
+        node(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let plain = ok_json(&build("plain.bwi", "plain.efi", None));
+    let signed = ok_json(&build(
+        "signed.bwi",
+        "signed.efi",
+        Some(("db.key", "db.pem")),
+    ));
+    // The UKI's PCRs (9, 11, 12) and its Authenticode digest do not move; PCR 4 does,
+    // by the padding sbsign gives systemd-boot, and the prediction is the signed
+    // file's (checked below against the bundled boot manager).
+    let (sp, pp) = (
+        &signed["summary"]["prediction"],
+        &plain["summary"]["prediction"],
+    );
+    for pcr in ["9", "11", "12"] {
+        assert_eq!(sp["pcrs"][pcr], pp["pcrs"][pcr], "PCR {pcr}");
+    }
+    assert_eq!(sp["uki_authenticode_sha256"], pp["uki_authenticode_sha256"]);
+    assert_ne!(sp["pcrs"]["4"], pp["pcrs"]["4"]);
+    assert!(plain["summary"]["secure_boot_signed_with"].is_null());
+    assert_eq!(
+        signed["summary"]["secure_boot_signed_with"],
+        p(&d("db.pem"))
+    );
+    assert_ne!(
+        signed["summary"]["uki_sha384"],
+        plain["summary"]["uki_sha384"]
+    );
+
+    let sbverify = |cert: &str, file: &Path| {
+        Command::new("sbverify")
+            .arg("--cert")
+            .arg(d(cert))
+            .arg(file)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(sbverify("db.pem", &d("signed.efi")), "the signed UKI");
+    assert!(
+        !sbverify("other.pem", &d("signed.efi")),
+        "another db certificate"
+    );
+    assert!(!sbverify("db.pem", &d("plain.efi")), "the unsigned UKI");
+    // The boot manager inside the bundle: the component that will boot.
+    let (key, key_pub, _) = bulwark_image::generate_key_pair(&d("keys")).unwrap();
+    let signing = bulwark_image::SigningKey::from_pem_file(&key).unwrap();
+    bulwark_image::sign(&d("signed.bwi"), &signing, &|_| {}).unwrap();
+    let policy = bulwark_image::TrustPolicy::from_pem_files(&[&key_pub], 1, 0).unwrap();
+    let payload =
+        bulwark_node_image::install::read_node_image(&d("signed.bwi"), &policy, &|_| {}).unwrap();
+    std::fs::write(d("bm.efi"), &payload.boot_manager).unwrap();
+    std::fs::write(d("bundled-uki.efi"), &payload.uki).unwrap();
+    assert!(sbverify("db.pem", &d("bm.efi")), "the bundled boot manager");
+    assert_eq!(
+        sp["boot_manager_authenticode_sha256"],
+        hex::encode(bulwark_node_image::pe::authenticode_sha256(&payload.boot_manager).unwrap())
+    );
+    assert!(sbverify("db.pem", &d("bundled-uki.efi")), "the bundled UKI");
+
+    // A key that is not the certificate's: sbsign's refusal, named.
+    let o = build("bad.bwi", "bad.efi", Some(("other.key", "db.pem")));
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("sbsign could not sign the UKI"), "{text}");
+}

@@ -90,6 +90,7 @@ impl Fx {
             stub: PathBuf::from(STUB),
             boot_manager,
             secure_boot: false,
+            secure_boot_signing: None,
             uki_out: Some(self.uki_path(version)),
         };
         build_node_image(&spec, &out).unwrap();
@@ -1224,6 +1225,7 @@ fn real_node_image(f: &Fx, v: u64, vmlinuz: &str, busybox: &str) -> PathBuf {
         stub: PathBuf::from(STUB),
         boot_manager: Some(PathBuf::from(SD_BOOT)),
         secure_boot: false,
+        secure_boot_signing: None,
         uki_out: Some(f.uki_path(v)),
     };
     build_node_image(&spec, &out).unwrap();

@@ -149,6 +149,7 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
                 stub: STUB.into(),
                 boot_manager: Some(SYSTEMD_BOOT.into()),
                 secure_boot: false,
+                secure_boot_signing: None,
                 uki_out: Some(uki.clone()),
             },
             &image,

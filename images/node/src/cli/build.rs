@@ -46,6 +46,13 @@ pub struct BuildArgs {
     /// Secure Boot state the stored prediction assumes.
     #[arg(long, value_enum, default_value = "off")]
     pub secure_boot: SecureBoot,
+    /// Sign the UKI and the boot manager for UEFI Secure Boot with this private
+    /// key (PEM, unencrypted; `sbsign`), before they go into the bundle.
+    #[arg(long, requires = "sb_cert")]
+    pub sb_key: Option<PathBuf>,
+    /// The certificate (PEM) of --sb-key, as enrolled in the firmware's db.
+    #[arg(long, requires = "sb_key")]
+    pub sb_cert: Option<PathBuf>,
     /// The unsigned node image bundle to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -67,6 +74,10 @@ pub fn run(a: BuildArgs, json: bool) -> Result<(), NodeImageError> {
         stub: a.stub,
         boot_manager: (!a.no_boot_manager).then_some(a.boot_manager),
         secure_boot: a.secure_boot == SecureBoot::On,
+        secure_boot_signing: a
+            .sb_key
+            .zip(a.sb_cert)
+            .map(|(key, cert)| bulwark_node_image::build::SecureBootSigning { key, cert }),
         uki_out: a.uki_out,
     };
     let s = build_node_image(&spec, &a.out)?;
@@ -86,6 +97,13 @@ pub fn run(a: BuildArgs, json: bool) -> Result<(), NodeImageError> {
     println!("  uki      {} bytes, sha384 {}", s.uki_size, s.uki_sha384);
     if let Some(p) = &s.uki_path {
         println!("  uki file {}", p.display());
+    }
+    match &s.secure_boot_signed_with {
+        Some(cert) => println!(
+            "  secure boot: UKI and boot manager signed (sbsign) for the db certificate {}",
+            cert.display()
+        ),
+        None => println!("  secure boot: not signed (--sb-key, --sb-cert)"),
     }
     println!("  cmdline  {}", s.cmdline);
     if let Some(u) = &s.uname {
