@@ -140,6 +140,11 @@ fn node_update_fallback() {
     run_scenario("node-update-fallback");
 }
 
+#[test]
+fn node_secure_boot() {
+    run_scenario("node-secure-boot");
+}
+
 /// The main job, end to end (`scripts/demo` runs the same scenario).
 #[test]
 fn main_job() {

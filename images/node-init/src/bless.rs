@@ -165,6 +165,29 @@ impl BootBlesser for EspBlesser {
     }
 }
 
+/// The UEFI global variable GUID (`EFI_GLOBAL_VARIABLE`), whose `SecureBoot`
+/// variable the firmware sets.
+pub const EFI_GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// Whether the firmware enforces Secure Boot, from its `SecureBoot` variable
+/// (attributes, then one byte: 1 on, 0 off); `None` when the firmware sets no such
+/// variable (no Secure Boot support).
+pub fn secure_boot(efivarfs: &Path) -> Result<Option<bool>, BlessError> {
+    let path = efivarfs.join(format!("SecureBoot-{EFI_GLOBAL_GUID}"));
+    match std::fs::read(&path) {
+        Ok(b) => match b.as_slice() {
+            [_, _, _, _, 1] => Ok(Some(true)),
+            [_, _, _, _, 0] => Ok(Some(false)),
+            _ => Err(BlessError::Malformed {
+                path,
+                reason: format!("{} bytes, not a 4-byte header and one byte 0 or 1", b.len()),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BlessError::Read { path, source }),
+    }
+}
+
 /// Reads an efivarfs file holding a UTF-16 string; `None` when the variable does
 /// not exist.
 pub fn read_string_var(path: &Path) -> Result<Option<String>, BlessError> {
@@ -289,6 +312,25 @@ mod tests {
             },
             dir,
         )
+    }
+
+    #[test]
+    fn the_secure_boot_variable_says_on_off_or_absent() {
+        let (b, dir) = efivarfs(None);
+        assert_eq!(secure_boot(&b.efivarfs).unwrap(), None);
+        let file = dir.join(format!("SecureBoot-{EFI_GLOBAL_GUID}"));
+        std::fs::write(&file, [6, 0, 0, 0, 1]).unwrap();
+        assert_eq!(secure_boot(&dir).unwrap(), Some(true));
+        std::fs::write(&file, [6, 0, 0, 0, 0]).unwrap();
+        assert_eq!(secure_boot(&dir).unwrap(), Some(false));
+        for bad in [&[6u8, 0, 0, 0, 2][..], &[6, 0, 0, 0], &[6, 0, 0, 0, 1, 0]] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(
+                matches!(secure_boot(&dir), Err(BlessError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -334,6 +334,12 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
                 "warning: {e} (boot blessing cannot read the loader's variables)"
             ));
         }
+        console(&match crate::bless::secure_boot(Path::new(EFIVARFS)) {
+            Ok(Some(true)) => "UEFI Secure Boot: enforced".to_string(),
+            Ok(Some(false)) => "UEFI Secure Boot: off".to_string(),
+            Ok(None) => "UEFI Secure Boot: not supported by this firmware".to_string(),
+            Err(e) => format!("warning: UEFI Secure Boot state unknown: {e}"),
+        });
     } else {
         console("warning: not booted through UEFI (no /sys/firmware/efi): no boot counting");
     }

@@ -42,6 +42,17 @@ pub struct MachineSpec {
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// Debian's OVMF variable store template; each run boots a fresh copy.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Debian's OVMF with Secure Boot (SMM), and its variable store with Secure Boot
+/// enforced and Debian's snakeoil test certificate in PK, KEK and db.
+pub const OVMF_CODE_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd";
+/// See [`OVMF_CODE_SECURE_BOOT`].
+pub const OVMF_VARS_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+/// Debian's snakeoil test key (PEM, passphrase `snakeoil`), whose certificate
+/// [`SNAKEOIL_CERT`] the Secure Boot variable store has in db: the lab's stand-in
+/// for a provider's db key.
+pub const SNAKEOIL_KEY: &str = "/usr/share/ovmf/PkKek-1-snakeoil.key";
+/// See [`SNAKEOIL_KEY`].
+pub const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
 
 /// A UEFI machine: OVMF as pflash, a raw disk image on NVMe (which the node's kernel
 /// drives without modules), and a TPM 2.0 (`swtpm`, started and stopped by
@@ -56,13 +67,35 @@ pub struct UefiBoot {
     pub firmware_vars: PathBuf,
     /// The swtpm state directory (made fresh: a new TPM with EK certificates), or no TPM.
     pub tpm_dir: Option<PathBuf>,
+    /// Secure Boot enforced (the firmware runs in SMM with secure pflash).
+    pub secure_boot: bool,
 }
 
 impl UefiBoot {
     /// A UEFI boot of `disk` with fresh firmware variables in `run_dir` and, with
     /// `tpm`, a fresh TPM in `run_dir/tpm`.
     pub fn new(run_dir: &Path, disk: &Path, tpm: bool) -> Result<UefiBoot> {
-        for file in [OVMF_CODE, OVMF_VARS] {
+        UefiBoot::with_firmware(run_dir, disk, tpm, false)
+    }
+
+    /// As [`UefiBoot::new`], with Secure Boot enforced and Debian's snakeoil
+    /// certificate in db ([`OVMF_CODE_SECURE_BOOT`]).
+    pub fn secure_boot(run_dir: &Path, disk: &Path, tpm: bool) -> Result<UefiBoot> {
+        UefiBoot::with_firmware(run_dir, disk, tpm, true)
+    }
+
+    fn with_firmware(
+        run_dir: &Path,
+        disk: &Path,
+        tpm: bool,
+        secure_boot: bool,
+    ) -> Result<UefiBoot> {
+        let (code, vars_template) = if secure_boot {
+            (OVMF_CODE_SECURE_BOOT, OVMF_VARS_SECURE_BOOT)
+        } else {
+            (OVMF_CODE, OVMF_VARS)
+        };
+        for file in [code, vars_template] {
             if !Path::new(file).is_file() {
                 return Err(LabError::Prerequisite {
                     what: format!("{file} not found (the lab's UEFI mode boots Debian's OVMF)"),
@@ -71,8 +104,8 @@ impl UefiBoot {
             }
         }
         let vars = run_dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).map_err(LabError::io(format!(
-            "copying {OVMF_VARS} to {}",
+        std::fs::copy(vars_template, &vars).map_err(LabError::io(format!(
+            "copying {vars_template} to {}",
             vars.display()
         )))?;
         let tpm_dir = if tpm {
@@ -89,9 +122,10 @@ impl UefiBoot {
         };
         Ok(UefiBoot {
             disk: disk.to_owned(),
-            firmware_code: PathBuf::from(OVMF_CODE),
+            firmware_code: PathBuf::from(code),
             firmware_vars: vars,
             tpm_dir,
+            secure_boot,
         })
     }
 
@@ -280,6 +314,12 @@ pub fn command(qemu: &Path, spec: &MachineSpec, monitor: Option<&Path>) -> Comma
                 uefi.disk.display()
             ))
             .args(["-device", "nvme,drive=nodedisk,serial=bulwark-node"]);
+            if uefi.secure_boot {
+                // Secure Boot's variables live in SMM-protected flash (UEFI-TPM.md);
+                // QEMU merges this -M with the first.
+                cmd.args(["-M", "smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
             if let Some(socket) = uefi.tpm_socket() {
                 cmd.arg("-chardev")
                     .arg(format!("socket,id=chrtpm,path={}", socket.display()))
@@ -611,6 +651,7 @@ mod tests {
                 firmware_code: "/code.fd".into(),
                 firmware_vars: "/vars.fd".into(),
                 tpm_dir: Some("/t".into()),
+                secure_boot: false,
             }),
             ..spec(Duration::from_secs(1))
         };
@@ -630,8 +671,26 @@ mod tests {
         ] {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }
-        for absent in ["-nographic", "-kernel", "-initrd", "-append"] {
+        for absent in ["-nographic", "-kernel", "-initrd", "-append", "smm=on"] {
             assert!(!line.contains(absent), "{absent:?} in {line}");
+        }
+        // With Secure Boot: SMM and secure pflash, as OVMF's secboot build needs.
+        let sb = MachineSpec {
+            uefi: Some(UefiBoot {
+                disk: "/d.img".into(),
+                firmware_code: "/code.fd".into(),
+                firmware_vars: "/vars.fd".into(),
+                tpm_dir: None,
+                secure_boot: true,
+            }),
+            ..self::spec(Duration::from_secs(1))
+        };
+        let line = format!("{:?}", command(Path::new("qemu"), &sb, None));
+        for part in [
+            "\"-M\" \"smm=on\"",
+            "driver=cfi.pflash01,property=secure,value=on",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
         }
     }
 
@@ -667,6 +726,7 @@ mod tests {
                 firmware_code: "/code.fd".into(),
                 firmware_vars: "/vars.fd".into(),
                 tpm_dir: Some(dir.join("tpm")),
+                secure_boot: false,
             }),
             ..spec(Duration::from_secs(60))
         };

@@ -354,6 +354,7 @@ impl Lab {
             update_version: node.version,
             state_mib: STATE_MIB,
             state_seed: Some(seed),
+            secure_boot_signing: None,
         };
         let made = node_disk::node_disk(&dir, &inputs)?;
         eprintln!(

@@ -67,6 +67,11 @@ impl Lab {
             update_version: node.version,
             state_mib: 64,
             state_seed: None,
+            secure_boot_signing: if node.secure_boot {
+                Some(snakeoil_db_key(&dir)?)
+            } else {
+                None
+            },
         };
         let made = node_disk::node_disk(&dir, &inputs)?;
         let disk = made.disk.clone();
@@ -84,6 +89,9 @@ impl Lab {
         let _ = fs::remove_file(&cpio);
         if node.update_bulwarkd_config.is_some() {
             return self.run_node_fallback(scenario, node, &dir, &image, &made, notes, start);
+        }
+        if node.secure_boot {
+            return self.run_node_secure_boot(scenario, node, &dir, &image, &made, notes, start);
         }
 
         let healthy_marker = format!("{HEALTHY}{}", node.version);
@@ -628,6 +636,164 @@ impl Lab {
             .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
         Ok(run)
     }
+}
+
+impl Lab {
+    /// `node-secure-boot`: the signed node image boots with Secure Boot enforced;
+    /// then its UKI, one byte flipped on the ESP, must not load.
+    #[allow(clippy::too_many_arguments)]
+    fn run_node_secure_boot(
+        &self,
+        scenario: &Scenario,
+        node: &NodeBoot,
+        dir: &Path,
+        image: &Initramfs,
+        made: &node_disk::NodeDisk,
+        mut notes: Vec<String>,
+        start: Instant,
+    ) -> Result<ScenarioRun> {
+        let prepare = start.elapsed();
+        let boot = |actions: Vec<ConsoleAction>| {
+            let spec = MachineSpec {
+                kernel: self.kernel.clone(),
+                initramfs: made.disk.clone(),
+                memory_mib: scenario.memory_mib,
+                devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
+                objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+                netdev: None,
+                timeout: Duration::from_secs(scenario.timeout_secs),
+                uefi: Some(UefiBoot::secure_boot(dir, &made.disk, true)?),
+                console_actions: actions,
+                exit_after_actions: Some(Duration::from_secs(60)),
+            };
+            machine::boot(&self.qemu, &spec)
+        };
+        // Power-on 1: the signed update on trial, to healthy; then the power button.
+        let healthy_marker = format!("{HEALTHY}{}", node.version);
+        let signed = boot(vec![
+            ConsoleAction {
+                marker: healthy_marker.clone(),
+                monitor: None,
+            },
+            ConsoleAction {
+                marker: BOOT_COMPLETE.into(),
+                monitor: Some("system_powerdown".into()),
+            },
+        ])?;
+        for (marker, at) in &signed.marks {
+            notes.push(format!(
+                "power-on 1: {:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
+        // One byte of the (now blessed) UKI flipped on the ESP, in place.
+        let tampered = flip_uki_byte(&made.disk, node.version);
+        // Power-on 2: systemd-boot asks the firmware to load it; the firmware refuses
+        // (systemd-boot then waits at its menu: QEMU is stopped there).
+        let refused = boot(vec![ConsoleAction {
+            marker: "Error loading".into(),
+            monitor: Some("quit".into()),
+        }])?;
+        for (marker, at) in &refused.marks {
+            notes.push(format!(
+                "power-on 2: {:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
+        let mut lines = Vec::new();
+        let mut check = |name: &str, passed: bool, detail: String| {
+            lines.push(check_line(name, passed, &detail));
+        };
+        check(
+            "node-no-shell",
+            has_no_shell(image),
+            "the node initramfs has no shell".into(),
+        );
+        let s = &signed.console;
+        check(
+            "node-sb-healthy",
+            s.contains(&healthy_marker)
+                && s.contains("bulwark-node: UEFI Secure Boot: enforced")
+                && s.contains("bulwark-node: powering off: the ACPI power button"),
+            format!(
+                "{}; {}; {}",
+                line_with(s, "UEFI Secure Boot"),
+                line_with(s, &healthy_marker),
+                line_with(s, "boot blessing")
+            ),
+        );
+        let r = &refused.console;
+        check(
+            "node-sb-tampered-refused",
+            tampered.is_ok()
+                && (r.contains("Access Denied") || r.contains("Security Violation"))
+                && !r.contains("bulwark-node:")
+                && !r.contains("Linux version"),
+            format!(
+                "{}; power-on 2: {}",
+                tampered.as_ref().map_or_else(|e| e.clone(), |t| t.clone()),
+                line_with(r, "Error loading")
+            ),
+        );
+        lines.push(format!("{PREFIX} done"));
+        let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &signed.end);
+        let run = ScenarioRun {
+            scenario: scenario.name,
+            verdict,
+            machine: signed,
+            log_path: dir.join("console.log"),
+            prepare,
+            notes,
+        };
+        let report = format!(
+            "=== power-on 2 (the tampered UKI) ===\n{}\n=== power-on 1 (signed, Secure Boot enforced) ===\n{}",
+            refused.console,
+            run.failure_report()
+        );
+        fs::write(&run.log_path, report)
+            .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
+        Ok(run)
+    }
+}
+
+/// Debian's snakeoil key without its passphrase (sbsign reads no encrypted keys),
+/// in `dir`, with its certificate: the lab's provider db key.
+fn snakeoil_db_key(dir: &Path) -> Result<bulwark_node_image::build::SecureBootSigning> {
+    let key = dir.join("snakeoil-db.key");
+    let mut openssl = Command::new("openssl");
+    openssl
+        .args([
+            "rsa",
+            "-in",
+            machine::SNAKEOIL_KEY,
+            "-passin",
+            "pass:snakeoil",
+            "-out",
+        ])
+        .arg(&key);
+    run(&mut openssl)?;
+    Ok(bulwark_node_image::build::SecureBootSigning {
+        key,
+        cert: machine::SNAKEOIL_CERT.into(),
+    })
+}
+
+/// Flips one byte in the middle of `version`'s blessed UKI on `disk`'s ESP, in
+/// place: what was done, or why not.
+fn flip_uki_byte(disk: &Path, version: u64) -> std::result::Result<String, String> {
+    use bulwark_node_image::install::{Slot, LINUX_DIR};
+    let (esp, _) = bulwark_node_image::disk::esp::Esp::open(disk).map_err(|e| e.to_string())?;
+    let path = format!("{LINUX_DIR}/{}", Slot::blessed_name(version));
+    let mut uki = esp
+        .read_file(&path, 1 << 30)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{path} is not on the ESP (was version {version} blessed?)"))?;
+    let at = uki.len() / 2;
+    uki[at] ^= 0x01;
+    esp.overwrite_in_place(&path, &uki)
+        .map_err(|e| e.to_string())?;
+    esp.close().map_err(|e| e.to_string())?;
+    Ok(format!("byte {at} of {path} ({} bytes) flipped", uki.len()))
 }
 
 /// bulwark-node-init's refusal of an image below the anti-rollback floor

@@ -11,7 +11,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bulwark_node_image::build::{build_node_image, default_osrel, NodeBuildSpec};
+use bulwark_node_image::build::{
+    build_node_image, default_osrel, NodeBuildSpec, SecureBootSigning,
+};
 use bulwark_node_image::install::{self, read_node_image, InstallOptions};
 use bulwark_node_image::measure::{predict_signed, SignedPrediction};
 
@@ -49,6 +51,9 @@ pub struct NodeDiskInputs {
     /// (`mkfs.ext4 -d`): the API's TLS files, the TPM's EK chain. The provider's
     /// public key is added as `provider.pub`.
     pub state_seed: Option<PathBuf>,
+    /// Sign the UKIs and systemd-boot for Secure Boot with this db key (`build
+    /// --sb-key`); the prediction then assumes Secure Boot on.
+    pub secure_boot_signing: Option<SecureBootSigning>,
 }
 
 /// What `node_disk` made.
@@ -148,8 +153,8 @@ pub fn node_disk(run_dir: &Path, inputs: &NodeDiskInputs) -> Result<NodeDisk> {
                 uname: None,
                 stub: STUB.into(),
                 boot_manager: Some(SYSTEMD_BOOT.into()),
-                secure_boot: false,
-                secure_boot_signing: None,
+                secure_boot: inputs.secure_boot_signing.is_some(),
+                secure_boot_signing: inputs.secure_boot_signing.clone(),
                 uki_out: Some(uki.clone()),
             },
             &image,
@@ -243,6 +248,7 @@ mod tests {
             update_version: 2,
             state_mib: 32,
             state_seed: None,
+            secure_boot_signing: None,
         };
         let made = node_disk(&dir, &inputs).unwrap();
         let state = install::boot_state(&made.disk).unwrap();

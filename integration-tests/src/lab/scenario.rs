@@ -64,6 +64,10 @@ pub struct NodeBoot {
     /// The main job: the host drives the booted node over the network
     /// (`main_job.rs`) instead of the node-boot checks.
     pub main_job: bool,
+    /// Secure Boot: the node image is signed with Debian's snakeoil db key and boots
+    /// on OVMF with Secure Boot enforced; then a tampered UKI must not start
+    /// (checks `node-sb-healthy`, `node-sb-tampered-refused`).
+    pub secure_boot: bool,
 }
 
 /// One lab scenario.
@@ -117,6 +121,8 @@ pub struct Scenario {
 
 const THIS_PACKAGE: &str = env!("CARGO_PKG_NAME");
 const KVM_MODULES: &[&str] = &["kvm_amd"];
+/// The modules `node-init-trial.json` loads: loader variables and the power button.
+const NODE_TRIAL_MODULES: &[&str] = &["efivarfs", "button", "evdev"];
 const VFIO_MODULES: &[&str] = &["vfio_pci", "vfio_iommu_type1"];
 const VFIO_PROBE: GuestProgram = GuestProgram {
     package: THIS_PACKAGE,
@@ -290,6 +296,7 @@ pub const SCENARIOS: &[Scenario] = &[
             expect_fatal: None,
             update_bulwarkd_config: None,
             main_job: false,
+            secure_boot: false,
         }),
         ..PLAIN
     },
@@ -356,6 +363,7 @@ pub const SCENARIOS: &[Scenario] = &[
             expect_fatal: None,
             update_bulwarkd_config: None,
             main_job: true,
+            secure_boot: false,
         }),
         ..PLAIN
     },
@@ -377,6 +385,7 @@ pub const SCENARIOS: &[Scenario] = &[
             expect_fatal: Some("config: /etc/bulwark/node-init.json: unknown field `modlues`"),
             update_bulwarkd_config: None,
             main_job: false,
+            secure_boot: false,
         }),
         ..PLAIN
     },
@@ -384,7 +393,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "node-update-fallback",
         summary: "health-gated rollback: version 1 installed, version 2 written over it as the update on trial, but version 2's bulwarkd never becomes healthy (its config is refused): bulwark-node-init reboots at the trial's deadline, and the next power-on boots version 1 by itself (systemd-boot's counter), healthy; the disk says 2 failed, 1 good; then, with version 2 taken as once healthy (the anti-rollback floor at 2) and set aside on the ESP, version 1 boots again and bulwark-node-init refuses it and powers off",
         script: "# node-update-fallback: no script; the node has no shell\n",
-        modules: &["efivarfs", "button", "evdev"],
+        modules: NODE_TRIAL_MODULES,
         memory_mib: 1024,
         guest_programs: NODE_PROGRAMS,
         host_built_programs: NODE_HOST_PROGRAMS,
@@ -403,6 +412,28 @@ pub const SCENARIOS: &[Scenario] = &[
             expect_fatal: None,
             update_bulwarkd_config: Some(r#"{"devicez": []}"#),
             main_job: false,
+            secure_boot: false,
+        }),
+        ..PLAIN
+    },
+    Scenario {
+        name: "node-secure-boot",
+        summary: "UEFI Secure Boot: the node image built with `--sb-key` (Debian's snakeoil key standing in for the provider's db key) boots on OVMF with Secure Boot enforced (snakeoil certificate in db), through systemd-boot, to bulwarkd healthy, bulwark-node-init reading Secure Boot enforced from the firmware; then one byte of the UKI on the ESP is flipped and the firmware refuses to load it: no node code runs",
+        script: "# node-secure-boot: no script; the node has no shell\n",
+        modules: NODE_TRIAL_MODULES,
+        memory_mib: 1024,
+        guest_programs: NODE_PROGRAMS,
+        host_built_programs: NODE_HOST_PROGRAMS,
+        expected_checks: &["node-no-shell", "node-sb-healthy", "node-sb-tampered-refused"],
+        timeout_secs: 300,
+        node: Some(NodeBoot {
+            version: 2,
+            init_config: include_str!("../../lab/node/node-init-trial.json"),
+            bulwarkd_config: include_str!("../../lab/node/bulwarkd.json"),
+            expect_fatal: None,
+            update_bulwarkd_config: None,
+            main_job: false,
+            secure_boot: true,
         }),
         ..PLAIN
     },
