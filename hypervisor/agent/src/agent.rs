@@ -79,6 +79,8 @@ pub struct Agent {
     enroll_lock: tokio::sync::Mutex<()>,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
+    /// The newest event's sequence number, for requests that wait for the next one.
+    event_seq: tokio::sync::watch::Sender<u64>,
     /// The node's evidence producer, made at the first evidence request (a TPM's AK
     /// is enrolled then); `None` until then.
     attester: tokio::sync::Mutex<Option<bulwark_tpm::attester::Attester>>,
@@ -118,6 +120,7 @@ impl Agent {
             enroll_lock: tokio::sync::Mutex::new(()),
             vmms: Mutex::default(),
             events: Mutex::default(),
+            event_seq: tokio::sync::watch::Sender::new(0),
             attester: tokio::sync::Mutex::new(None),
             node_image,
             guests: Mutex::default(),
@@ -160,6 +163,30 @@ impl Agent {
         log.items.push_back(e);
         while log.items.len() > EVENTS_KEPT {
             log.items.pop_front();
+        }
+        let seq = log.next;
+        drop(log);
+        self.event_seq.send_replace(seq);
+    }
+
+    /// Events after `since`; when there are none yet, waits up to `wait` for the
+    /// next (a blocking query, as Nomad's and Consul's `?index=&wait=`): a client
+    /// that follows the stream asks again with the last seq it saw.
+    pub async fn wait_events(&self, since: u64, wait: Duration) -> Vec<Event> {
+        // Subscribed before the log is read: an event between the read and the
+        // wait still wakes it.
+        let mut seq = self.event_seq.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let found = self.events(since);
+            if !found.is_empty() || wait.is_zero() {
+                return found;
+            }
+            match tokio::time::timeout_at(deadline, seq.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out (or the agent is going away): nothing new.
+                _ => return Vec::new(),
+            }
         }
     }
 

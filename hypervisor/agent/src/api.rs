@@ -161,10 +161,25 @@ async fn node(State(app): State<App>) -> ApiResult {
 struct Since {
     #[serde(default)]
     since: u64,
+    /// With no event after `since` yet: how long to wait for one (a blocking query).
+    #[serde(default)]
+    wait_ms: u64,
 }
 
+/// The longest a blocking `GET /events` waits.
+pub const EVENTS_MAX_WAIT_MS: u64 = 60_000;
+
 async fn events(State(app): State<App>, Query(q): Query<Since>) -> ApiResult {
-    ok(app.agent.events(q.since))
+    if q.wait_ms > EVENTS_MAX_WAIT_MS {
+        return Err(Error::bad(
+            "wait_ms",
+            format!("at most {EVENTS_MAX_WAIT_MS} ms, not {}", q.wait_ms),
+        ));
+    }
+    ok(app
+        .agent
+        .wait_events(q.since, std::time::Duration::from_millis(q.wait_ms))
+        .await)
 }
 
 async fn devices(State(app): State<App>) -> ApiResult {

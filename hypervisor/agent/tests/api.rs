@@ -929,3 +929,110 @@ fn images_are_uploaded_streamed_listed_used_by_name_and_deleted() {
         .collect();
     assert_eq!(files, ["second.bwi"]);
 }
+
+/// The event stream is pushed: `GET /events?since=N&wait_ms=M` waits for the next
+/// event when there is none yet (a blocking query), and `bulwarkctl node events
+/// --follow` prints events as they happen. A wait above 60 s is refused naming the
+/// field; a wait that sees nothing answers an empty list.
+#[test]
+fn events_are_followed_as_they_happen() {
+    let mut n = Node::new(json!({ "sanitizer": { "kind": "software_test", "step_ms": 20 } }));
+    n.start();
+    let last = n
+        .get("/events")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let (s, v) = n.call("GET", &format!("/events?since={last}&wait_ms=60001"), None);
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("wait_ms")),
+        "{v}"
+    );
+    assert_eq!(
+        n.get(&format!("/events?since={last}&wait_ms=50")),
+        json!([])
+    );
+
+    // A blocking query issued before anything happens gets the enrolment's event.
+    let sock = n.sock();
+    let waiter = std::thread::spawn(move || {
+        bulwark_agent::client::blocking(
+            &sock,
+            "GET",
+            &format!("/events?since={last}&wait_ms=30000"),
+            None,
+        )
+        .unwrap()
+    });
+    // bulwarkctl following from the same point, one JSON object per line.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_bulwarkctl"))
+        .arg("--api-sock")
+        .arg(n.sock())
+        .args(["--json", "node", "events", "--follow", "--since"])
+        .arg(last.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    enroll_and_settle(&n, GPU_A);
+
+    let answered = waiter.join().unwrap();
+    assert_eq!(answered.status, 200);
+    let first = answered.json();
+    let first = first.as_array().unwrap();
+    assert!(
+        !first.is_empty(),
+        "the blocking query ended without the event"
+    );
+    assert!(first.iter().all(|e| e["seq"].as_u64().unwrap() > last));
+    assert!(
+        first
+            .iter()
+            .any(|e| e["what"].as_str().unwrap().starts_with("enrolled")),
+        "{first:?}"
+    );
+
+    // The follower prints every event of the enrolment, in order, ending with both
+    // functions' scrubs passed (the bound only keeps a broken stream from hanging).
+    let mut seen: Vec<Value> = Vec::new();
+    while seen
+        .iter()
+        .filter(|e| {
+            e["what"]
+                .as_str()
+                .unwrap_or("")
+                .contains("passed: available")
+        })
+        .count()
+        < 2
+    {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("bulwarkctl --follow stopped printing: {seen:?}"));
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(seqs[0], last + 1);
+    let all = n.get(&format!("/events?since={last}"));
+    assert_eq!(&all.as_array().unwrap()[..seen.len()], &seen[..]);
+}

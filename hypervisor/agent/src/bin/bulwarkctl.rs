@@ -164,6 +164,11 @@ enum NodeCmd {
     Events {
         #[arg(long, default_value_t = 0)]
         since: u64,
+        /// Keep printing events as they happen (blocking queries of 30 s, each
+        /// asking for what follows the last event seen), until interrupted; with
+        /// --json, one JSON object per line.
+        #[arg(long)]
+        follow: bool,
     },
     /// Whether bulwarkd is ready.
     Health,
@@ -424,6 +429,17 @@ fn print_vms(v: &Value) {
     table(&rows);
 }
 
+fn print_event(e: &Value) {
+    println!(
+        "{} {} {} {}: {}",
+        s(&e["seq"]),
+        s(&e["at_ms"]),
+        s(&e["object"]),
+        s(&e["id"]),
+        s(&e["what"])
+    );
+}
+
 fn print_kv(v: &Value) {
     if let Some(o) = v.as_object() {
         for (k, x) in o {
@@ -476,21 +492,37 @@ fn run(cli: Cli) -> Result<(), Fail> {
             out(&answer(r)?, &print_kv)
         }
         Noun::Node(NodeCmd::Boot) => out(&call(sock, "GET", "/node/boot", None)?, &print_kv),
-        Noun::Node(NodeCmd::Events { since }) => out(
+        Noun::Node(NodeCmd::Events {
+            since,
+            follow: false,
+        }) => out(
             &call(sock, "GET", &format!("/events?since={since}"), None)?,
             &|v| {
                 for e in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{} {} {} {}: {}",
-                        s(&e["seq"]),
-                        s(&e["at_ms"]),
-                        s(&e["object"]),
-                        s(&e["id"]),
-                        s(&e["what"])
-                    );
+                    print_event(e);
                 }
             },
         ),
+        Noun::Node(NodeCmd::Events {
+            mut since,
+            follow: true,
+        }) => loop {
+            let v = call(
+                sock,
+                "GET",
+                &format!("/events?since={since}&wait_ms=30000"),
+                None,
+            )?;
+            for e in v.as_array().into_iter().flatten() {
+                if j {
+                    println!("{e}");
+                } else {
+                    print_event(e);
+                }
+                since = since.max(e["seq"].as_u64().unwrap_or(since));
+            }
+            let _ = std::io::stdout().flush();
+        },
         Noun::Devices(c) => match c {
             DeviceCmd::List => out(&call(sock, "GET", "/devices", None)?, &print_devices),
             DeviceCmd::Show { address } => out(
