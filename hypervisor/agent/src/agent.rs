@@ -327,6 +327,58 @@ impl Agent {
         Ok(())
     }
 
+    /// Operator unenrolment: `addr`'s whole IOMMU group leaves bulwarkd's care and
+    /// goes back to the host's drivers. The database says so first (the devices are
+    /// unenrolled, their scrubs forgotten), then sysfs is written: a crash between
+    /// leaves unenrolled devices still on vfio-pci, which no VM is given and which
+    /// enrol again. Returns each member with the host driver it is on now.
+    pub async fn unenroll(self: &Arc<Self>, addr: &str) -> Result<Vec<(String, Option<String>)>> {
+        let _one_at_a_time = self.enroll_lock.lock().await;
+        let a = addr.to_string();
+        let members = self
+            .txn(move |t| lifecycle::unenroll(&mut t.state, &a))
+            .await?;
+        crash::point("unenroll:committed");
+        let sysfs = self.sysfs.clone();
+        let m = members.clone();
+        let done = tokio::task::spawn_blocking(move || sysfs.unenroll_members(&m))
+            .await
+            .map_err(|e| Error::internal("sysfs", e.to_string()))?;
+        match done {
+            Ok(drivers) => {
+                let text: Vec<String> = drivers
+                    .iter()
+                    .map(|(m, d)| format!("{m} on {}", d.as_deref().unwrap_or("no driver")))
+                    .collect();
+                self.event(
+                    "device",
+                    addr,
+                    format!("unenrolled by the operator: {}", text.join(", ")),
+                );
+                Ok(drivers)
+            }
+            Err(e) => {
+                let why = format!(
+                    "unenrolled, but giving it back to the host failed: {}",
+                    e.message
+                );
+                let (ms, w) = (members.clone(), why.clone());
+                let _ = self
+                    .txn(move |t| {
+                        for m in &ms {
+                            if let Some(d) = t.state.devices.get_mut(m) {
+                                d.reason = Some(w.clone());
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
+                self.event("device", addr, why);
+                Err(e)
+            }
+        }
+    }
+
     // ----- sanitization -----
 
     /// Starts a scrub for every sanitizing device that has none running.

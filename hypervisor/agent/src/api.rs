@@ -210,6 +210,18 @@ async fn enroll(State(app): State<App>, UrlPath(addr): UrlPath<String>) -> ApiRe
     device(State(app), UrlPath(addr)).await
 }
 
+async fn unenroll(State(app): State<App>, UrlPath(addr): UrlPath<String>) -> ApiResult {
+    let drivers = app.agent.unenroll(&addr).await?;
+    ok(json!({
+        "address": addr,
+        "state": "unenrolled",
+        "members": drivers
+            .iter()
+            .map(|(m, d)| json!({ "address": m, "driver": d }))
+            .collect::<Vec<_>>(),
+    }))
+}
+
 async fn release(State(app): State<App>, UrlPath(addr): UrlPath<String>) -> ApiResult {
     app.agent.release(&addr).await?;
     device(State(app), UrlPath(addr)).await
@@ -463,6 +475,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/devices/{addr}", get(device))
         .route("/devices/{addr}/enroll", post(enroll))
         .route("/devices/{addr}/release", post(release))
+        .route("/devices/{addr}/unenroll", post(unenroll))
         .route("/devices/{addr}/scrubs", get(device_scrubs))
         .route("/tenants", get(tenants).post(create_tenant))
         .route("/tenants/{id}", get(tenant).delete(delete_tenant))

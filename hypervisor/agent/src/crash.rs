@@ -18,6 +18,7 @@ pub const POINTS: &[&str] = &[
     "scrub:vendor-done",
     "scrub:committed",
     "release:committed",
+    "unenroll:committed",
 ];
 
 /// A step boundary: with the test hook armed for `name`, the process dies here as if

@@ -292,6 +292,40 @@ impl Sysfs {
     }
 }
 
+impl Sysfs {
+    /// Gives `members` back to the host: for each one bound to vfio-pci, clears
+    /// `driver_override`, unbinds it and asks the kernel to probe its own driver
+    /// (`drivers_probe`). Returns each member with the driver it is on now (`None`:
+    /// no driver claims it); a member still on vfio-pci afterwards is an error.
+    pub fn unenroll_members(&self, members: &[String]) -> Result<Vec<(String, Option<String>)>> {
+        let write =
+            |p: PathBuf, v: &str| std::fs::write(&p, v).map_err(|e| io_err("writing", &p, e));
+        for m in members {
+            let f = self.function(m)?;
+            let dir = self.dev_dir(m);
+            // A newline clears the override (the kernel's driver_override store).
+            write(dir.join("driver_override"), "\n")?;
+            if f.driver.as_deref() == Some("vfio-pci") {
+                write(dir.join("driver/unbind"), m)?;
+                write(self.root.join("bus/pci/drivers_probe"), m)?;
+            }
+        }
+        let mut out = Vec::new();
+        for m in members {
+            let now = self.function(m)?;
+            if now.driver.as_deref() == Some("vfio-pci") {
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "address",
+                    format!("{m} is still bound to vfio-pci after the unbind"),
+                ));
+            }
+            out.push((m.clone(), now.driver));
+        }
+        Ok(out)
+    }
+}
+
 /// Builders of fake sysfs trees (tests of this crate and its integration tests).
 pub mod fake {
     use std::path::Path;
@@ -323,6 +357,11 @@ pub mod fake {
         if let Some(d) = driver {
             set_driver(root, addr, d);
         }
+    }
+
+    /// Removes `addr`'s driver link (as the kernel does on unbind).
+    pub fn clear_driver(root: &Path, addr: &str) {
+        let _ = std::fs::remove_file(root.join("bus/pci/devices").join(addr).join("driver"));
     }
 
     /// Points `addr`'s driver link at `driver` (as the kernel does on bind).
@@ -489,6 +528,59 @@ mod tests {
         let bound = s.enroll_group("0000:02:00.0", &[]).unwrap();
         let addrs: Vec<&str> = bound.iter().map(|f| f.address.as_str()).collect();
         assert_eq!(addrs, ["0000:02:00.0", "0000:02:00.1"]);
+    }
+
+    #[test]
+    fn unenrolment_clears_the_override_unbinds_and_probes() {
+        let t = tree();
+        let s = Sysfs::new(t.path());
+        let members = ["0000:02:00.0".to_string(), "0000:02:00.1".to_string()];
+        for m in &members {
+            set_driver(t.path(), m, "vfio-pci");
+            std::fs::write(
+                t.path()
+                    .join("bus/pci/devices")
+                    .join(m)
+                    .join("driver_override"),
+                "vfio-pci",
+            )
+            .unwrap();
+        }
+        // The fake kernel does not unbind: the check after the writes says so...
+        let e = s.unenroll_members(&members).unwrap_err();
+        assert!(
+            e.message
+                .contains("0000:02:00.0 is still bound to vfio-pci"),
+            "{e}"
+        );
+        let dev = |a: &str, f: &str| {
+            std::fs::read_to_string(t.path().join("bus/pci/devices").join(a).join(f)).unwrap()
+        };
+        for m in &members {
+            assert_eq!(dev(m, "driver_override"), "\n");
+        }
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("bus/pci/drivers/vfio-pci/unbind")).unwrap(),
+            "0000:02:00.1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("bus/pci/drivers_probe")).unwrap(),
+            "0000:02:00.1"
+        );
+        // ...and once "the kernel" let go (one member back on its host driver, one on
+        // none), each is reported with the driver it is on.
+        clear_driver(t.path(), "0000:02:00.0");
+        set_driver(t.path(), "0000:02:00.1", "snd_hda_intel");
+        assert_eq!(
+            s.unenroll_members(&members).unwrap(),
+            [
+                ("0000:02:00.0".to_string(), None),
+                (
+                    "0000:02:00.1".to_string(),
+                    Some("snd_hda_intel".to_string())
+                )
+            ]
+        );
     }
 
     #[test]

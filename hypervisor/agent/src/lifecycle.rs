@@ -27,10 +27,12 @@ pub enum DeviceEvent {
     VmEnded,
     /// Operator release of a quarantined device: scrub again.
     OperatorRelease,
+    /// Operator: give the device back to the host's own driver.
+    Unenroll,
 }
 
 impl DeviceEvent {
-    pub const ALL: [DeviceEvent; 8] = [
+    pub const ALL: [DeviceEvent; 9] = [
         DeviceEvent::Enroll,
         DeviceEvent::ScrubPassed,
         DeviceEvent::ScrubFailed,
@@ -39,6 +41,7 @@ impl DeviceEvent {
         DeviceEvent::Start,
         DeviceEvent::VmEnded,
         DeviceEvent::OperatorRelease,
+        DeviceEvent::Unenroll,
     ];
 }
 
@@ -57,6 +60,7 @@ pub fn transition(from: DeviceState, ev: DeviceEvent) -> Option<DeviceState> {
         (S::Assigned, E::Start) => Some(S::InUse),
         (S::InUse, E::VmEnded) => Some(S::Sanitizing),
         (S::Quarantined, E::OperatorRelease) => Some(S::Sanitizing),
+        (S::Available | S::Quarantined, E::Unenroll) => Some(S::Unenrolled),
         _ => None,
     }
 }
@@ -204,6 +208,48 @@ pub fn operator_release(st: &mut NodeState, addr: &str) -> Result<()> {
     apply(d, DeviceEvent::OperatorRelease)?;
     d.reason = Some("released by the operator: scrubbing again".into());
     Ok(())
+}
+
+/// Operator unenrolment of `addr` and every tracked member of its IOMMU group (the
+/// group is the unit): each must be available or quarantined (not sanitizing, not a
+/// VM's). They become unenrolled and lose their scrub record: whatever the host does
+/// with them afterwards, a later enrolment scrubs them again. Returns the members.
+pub fn unenroll(st: &mut NodeState, addr: &str) -> Result<Vec<String>> {
+    let d = device(st, addr, "address")?;
+    let group = d.iommu_group;
+    let mut members: Vec<String> = st
+        .devices
+        .values()
+        .filter(|m| m.address == addr || (group.is_some() && m.iommu_group == group))
+        .map(|m| m.address.clone())
+        .collect();
+    members.sort();
+    for m in &members {
+        let dev = &st.devices[m];
+        if transition(dev.state, DeviceEvent::Unenroll).is_none() {
+            return Err(Error::conflict(
+                "state",
+                format!(
+                    "{} {m} is {}{}: only an available or quarantined group can be unenrolled",
+                    if m == addr { "device" } else { "group member" },
+                    dev.state.name(),
+                    dev.owner_vm
+                        .as_deref()
+                        .map_or(String::new(), |vm| format!(" (VM {vm})"))
+                ),
+            ));
+        }
+    }
+    for m in &members {
+        let dev = st
+            .devices
+            .get_mut(m)
+            .ok_or_else(|| Error::internal("state", format!("{m} vanished")))?;
+        apply(dev, DeviceEvent::Unenroll)?;
+        dev.last_scrub = None;
+        dev.reason = Some("unenrolled by the operator: given back to the host".into());
+    }
+    Ok(members)
 }
 
 /// Which devices a VM asks for.

@@ -1036,3 +1036,96 @@ fn events_are_followed_as_they_happen() {
     let all = n.get(&format!("/events?since={last}"));
     assert_eq!(&all.as_array().unwrap()[..seen.len()], &seen[..]);
 }
+
+/// Unenrolment gives a whole group back to the host: refused while a VM holds it
+/// (409, naming the VM), then the database unenrols every member and forgets their
+/// scrubs before sysfs is written (the override cleared, the unbind and the probe
+/// written). The fake kernel never lets go of vfio-pci, so the answer is 422 saying
+/// so and the reason is stored; no VM gets an unenrolled device, and enrolling again
+/// scrubs it again.
+#[test]
+fn unenrolment_gives_the_group_back_and_a_new_enrolment_scrubs_again() {
+    let mut n = Node::new(json!({ "sanitizer": { "kind": "software_test", "step_ms": 10 } }));
+    let img = signed_image(n.dir.path(), 1);
+    n.start();
+    enroll_and_settle(&n, GPU_A);
+    tenant(&n, "a", &img.key_pem);
+    let (s, v) = n.call("POST", "/vms", Some(json!({ "id": "v", "tenant": "a", "image": img.path, "gpus": { "addresses": [GPU_A] } })));
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = n.call("POST", &format!("/devices/{GPU_A_AUDIO}/unenroll"), None);
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (409, Some("state")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("is assigned (VM v)"), "{msg}");
+    assert_eq!(n.device(GPU_A)["state"], "assigned");
+
+    let (s, v) = n.call("DELETE", "/vms/v", None);
+    assert_eq!(s, 204, "{v}");
+    n.settle();
+    let (s, v) = n.call("POST", &format!("/devices/{GPU_A}/unenroll"), None);
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (422, Some("address")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still bound to vfio-pci"),
+        "{v}"
+    );
+    for a in [GPU_A, GPU_A_AUDIO] {
+        let d = n.device(a);
+        assert_eq!(
+            (&d["state"], &d["last_scrub"]),
+            (&json!("unenrolled"), &Value::Null),
+            "{d}"
+        );
+        assert!(
+            d["reason"]
+                .as_str()
+                .unwrap()
+                .contains("giving it back to the host failed"),
+            "{d}"
+        );
+        let o = std::fs::read_to_string(
+            n.path("sys")
+                .join("bus/pci/devices")
+                .join(a)
+                .join("driver_override"),
+        )
+        .unwrap();
+        assert_eq!(o, "\n", "{a}: the override is cleared");
+    }
+    n.check_invariants();
+    let (s, v) = n.call("POST", "/vms", Some(json!({ "id": "w", "tenant": "a", "image": img.path, "gpus": { "addresses": [GPU_A] } })));
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unenrolled"),
+        "{v}"
+    );
+    // Enrolled again: a new scrub before it is available.
+    let before = n
+        .get(&format!("/devices/{GPU_A}/scrubs"))
+        .as_array()
+        .unwrap()
+        .len();
+    let d = enroll_and_settle(&n, GPU_A);
+    assert_eq!(d["state"], "available", "{d}");
+    let after = n.get(&format!("/devices/{GPU_A}/scrubs"));
+    assert_eq!(after.as_array().unwrap().len(), before + 1);
+    assert_eq!(
+        d["last_scrub"],
+        after.as_array().unwrap().last().unwrap()["id"]
+    );
+    // Unknown devices and bad addresses.
+    let (s, _) = n.call("POST", "/devices/0000:0f:00.0/unenroll", None);
+    assert_eq!(s, 404);
+}

@@ -25,6 +25,7 @@ struct Scenario<'a> {
     created: Vec<String>,
     released: bool,
     gpuless_done: bool,
+    unenrolled: bool,
 }
 
 impl Scenario<'_> {
@@ -154,7 +155,16 @@ impl Scenario<'_> {
             assert_eq!(s, 200, "{v}");
             self.released = true;
         }
-        self.settle()
+        self.settle()?;
+        if !self.unenrolled {
+            self.enroll(GPU_B)?;
+            let (s, v) = self.call("POST", &format!("/devices/{GPU_B}/unenroll"), None)?;
+            // The fake kernel never lets go of vfio-pci: the database has unenrolled
+            // the device, and the answer says why sysfs did not follow.
+            assert_eq!(s, 422, "{v}");
+            self.unenrolled = true;
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +193,12 @@ fn final_state(n: &Node) {
         assert_eq!(n.device(a)["state"], "available", "{a}");
     }
     assert_eq!(n.device(GPU_BAD)["state"], "quarantined");
+    let b = n.device(GPU_B);
+    assert_eq!(
+        (&b["state"], &b["last_scrub"]),
+        (&json!("unenrolled"), &Value::Null),
+        "{b}"
+    );
     // Enrolment scrub, the scrub after the failed start: at least these two passed.
     let recs = n.get(&format!("/devices/{GPU_A}/scrubs"));
     assert!(
@@ -207,9 +223,11 @@ fn crash_at(point: &str) {
         created: Vec::new(),
         released: false,
         gpuless_done: false,
+        unenrolled: false,
     };
     let first = s.run();
-    let (created, released, gpuless_done) = (s.created.clone(), s.released, s.gpuless_done);
+    let (created, released, gpuless_done, unenrolled) =
+        (s.created.clone(), s.released, s.gpuless_done, s.unenrolled);
     assert!(first.is_err(), "crash point {point} was never reached");
     assert!(n.dead());
     assert!(
@@ -245,6 +263,7 @@ fn crash_at(point: &str) {
         created,
         released,
         gpuless_done,
+        unenrolled,
     };
     s.run()
         .unwrap_or_else(|_| panic!("bulwarkd died after the restart"));
@@ -286,6 +305,7 @@ fn the_scenario_runs_to_its_end_without_a_crash() {
         created: Vec::new(),
         released: false,
         gpuless_done: false,
+        unenrolled: false,
     };
     s.run().unwrap();
     final_state(&n);

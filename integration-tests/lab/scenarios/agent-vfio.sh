@@ -151,6 +151,23 @@ else
   lab_fail agent-hot-reset "$mf: $hot; scrubs $mf: $hs0; scrubs $mf1: $hs1"; agent_log
 fi
 
+# The operator gives the two-function group back to the host: bulwarkd unenrols both
+# (its database first), clears their driver_override and unbinds them from vfio-pci;
+# edu has no host driver, so both end up on none and the group's VFIO node is gone.
+hg=$(field "$hot" iommu_group)
+un=$(ctl --json devices unenroll "$mf" | tr -d ' \n')
+echo "unenroll $mf: $un"
+drv() { basename "$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null)" 2>/dev/null; }
+if [ "$(field "$un" state)" = unenrolled ] && [ "$(field "$(j devices show "$mf")" state)" = unenrolled ] &&
+  [ "$(field "$(j devices show "$mf1")" state)" = unenrolled ] &&
+  [ "$(cat /sys/bus/pci/devices/$mf/driver_override)" = "(null)" ] &&
+  [ "$(cat /sys/bus/pci/devices/$mf1/driver_override)" = "(null)" ] &&
+  [ -z "$(drv "$mf")" ] && [ -z "$(drv "$mf1")" ] && [ -n "$hg" ] && [ ! -e "/dev/vfio/$hg" ]; then
+  lab_pass agent-unenroll "$mf and $mf1 unenrolled: driver_override (null), no driver, /dev/vfio/$hg gone; $(echo "$un" | sed 's/.*"members":\(.*\),"state".*/\1/')"
+else
+  lab_fail agent-unenroll "$un; $mf: $(cat /sys/bus/pci/devices/$mf/driver_override) driver '$(drv "$mf")'; $mf1: driver '$(drv "$mf1")'; /dev/vfio/$hg: $(ls -l "/dev/vfio/$hg" 2>&1)"; agent_log
+fi
+
 # Tenant a's VM: the signed tiny guest with the device.
 ctl tenants create a --key /lab/tiny/signing.pub
 ctl tenants create b --key /lab/tiny/signing.pub

@@ -551,7 +551,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "agent-vfio",
-        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), clears an ivshmem device's memory BAR that L1 filled (and reads it back through sysfs), resets a two-function slot with a VFIO hot reset, runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
+        summary: "bulwarkd with real VFIO in L1: enrols edu devices (binds their groups to vfio-pci), scrubs them (VFIO reset + power-on check), clears an ivshmem device's memory BAR that L1 filled (and reads it back through sysfs), resets a two-function slot with a VFIO hot reset and gives it back to the host (unenrol), runs a jailed bulwark-vmm with the device passed into a signed tiny guest, scrubs it again after the VM; tenancy 409 until then; a device without a reset is quarantined",
         script: include_str!("../../lab/scenarios/agent-vfio.sh"),
         modules: &["kvm_amd", "vfio_pci", "vfio_iommu_type1"],
         // The edu behind a PCIe root port is alone on its bus, so vfio-pci can reset it
@@ -596,6 +596,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "agent-scrub-on-enroll",
             "agent-memory-clear",
             "agent-hot-reset",
+            "agent-unenroll",
             "agent-quarantine",
             "agent-vm-running",
             "agent-vm-jailed",

@@ -202,6 +202,11 @@ enum DeviceCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Give the device's whole IOMMU group back to the host's own drivers
+    /// (available or quarantined only); enrolling it again scrubs it again.
+    Unenroll {
+        address: String,
+    },
     /// The device's scrub records.
     Scrubs {
         address: String,
@@ -537,6 +542,18 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
                 out(&d, &print_kv)
             }
+            DeviceCmd::Unenroll { address } => out(
+                &call(sock, "POST", &format!("/devices/{address}/unenroll"), None)?,
+                &|v| {
+                    for m in v["members"].as_array().into_iter().flatten() {
+                        println!(
+                            "{}: unenrolled, now on {}",
+                            s(&m["address"]),
+                            m["driver"].as_str().unwrap_or("no driver")
+                        );
+                    }
+                },
+            ),
             DeviceCmd::Release { address, wait } => {
                 let mut d = call(sock, "POST", &format!("/devices/{address}/release"), None)?;
                 if wait {

@@ -115,6 +115,8 @@ fn every_state_event_pair_has_exactly_the_documented_outcome() {
         (S::Assigned, E::Start, S::InUse),
         (S::InUse, E::VmEnded, S::Sanitizing),
         (S::Quarantined, E::OperatorRelease, S::Sanitizing),
+        (S::Available, E::Unenroll, S::Unenrolled),
+        (S::Quarantined, E::Unenroll, S::Unenrolled),
     ];
     let mut checked = 0;
     for s in S::ALL {
@@ -127,7 +129,7 @@ fn every_state_event_pair_has_exactly_the_documented_outcome() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 48);
+    assert_eq!(checked, 54);
     // No path reaches available except through a passed scrub.
     for s in S::ALL {
         for e in E::ALL {
@@ -624,4 +626,43 @@ fn ports_are_validated_and_exclusive_across_vms() {
     };
     let e = refused(&st, Kind::Conflict, |s| create_vm(s, &r2, 1).map(drop));
     assert_eq!(e.field, "ports[0].tcp");
+}
+
+#[test]
+fn unenrolment_takes_the_whole_group_back_and_only_when_no_vm_has_it() {
+    let mut st = node();
+    // One member of group 2 busy: refused, naming it, nothing changed.
+    st.devices.get_mut("0000:02:00.1").unwrap().state = DeviceState::Sanitizing;
+    let before = st.clone();
+    let e = unenroll(&mut st, "0000:02:00.0").unwrap_err();
+    assert_eq!(e.kind, Kind::Conflict);
+    assert!(
+        e.message
+            .contains("group member 0000:02:00.1 is sanitizing"),
+        "{e}"
+    );
+    assert_eq!(st, before);
+    // Available (and quarantined) members: all of them unenrolled, scrubs forgotten.
+    st.devices.get_mut("0000:02:00.1").unwrap().state = DeviceState::Quarantined;
+    let members = unenroll(&mut st, "0000:02:00.1").unwrap();
+    assert_eq!(members, ["0000:02:00.0", "0000:02:00.1"]);
+    for m in &members {
+        let d = &st.devices[m];
+        assert_eq!(
+            (d.state, d.last_scrub),
+            (DeviceState::Unenrolled, None),
+            "{d:?}"
+        );
+    }
+    assert!(invariant_violations(&st).is_empty());
+    // The other group is untouched; unenrolling twice is a conflict.
+    assert_eq!(st.devices["0000:01:00.0"].state, DeviceState::Available);
+    assert_eq!(
+        unenroll(&mut st, "0000:02:00.0").unwrap_err().kind,
+        Kind::Conflict
+    );
+    assert_eq!(
+        unenroll(&mut st, "0000:09:00.0").unwrap_err().kind,
+        Kind::NotFound
+    );
 }
