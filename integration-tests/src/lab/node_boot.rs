@@ -459,68 +459,48 @@ impl Lab {
     ) -> Result<ScenarioRun> {
         let prepare = start.elapsed();
         let base = node.version - 1;
-        let boot = |actions: Vec<ConsoleAction>| {
-            let spec = MachineSpec {
-                kernel: self.kernel.clone(),
-                initramfs: made.disk.clone(),
-                memory_mib: scenario.memory_mib,
-                devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
-                objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
-                netdev: None,
-                timeout: Duration::from_secs(scenario.timeout_secs),
-                uefi: Some(UefiBoot::new(dir, &made.disk, true)?),
-                console_actions: actions,
-                exit_after_actions: Some(Duration::from_secs(120)),
-            };
-            machine::boot(&self.qemu, &spec)
+        let mut boot = |n: u32, actions: Vec<ConsoleAction>| {
+            let uefi = UefiBoot::new(dir, &made.disk, true)?;
+            self.power_on(scenario, made, uefi, actions, 120, n, &mut notes)
         };
         // Power-on 1: the update on trial; its bulwarkd is refused its config and never
         // becomes healthy, so the node reboots at the trial's deadline (-no-reboot: QEMU
         // exits).
-        let trial = boot(vec![ConsoleAction {
-            marker: "bulwark-node: rebooting:".into(),
-            monitor: None,
-        }])?;
-        for (marker, at) in &trial.marks {
-            notes.push(format!(
-                "power-on 1: {:>6.1} s after QEMU start: {marker:?}",
-                at.as_secs_f64()
-            ));
-        }
+        let trial = boot(
+            1,
+            vec![ConsoleAction {
+                marker: "bulwark-node: rebooting:".into(),
+                monitor: None,
+            }],
+        )?;
         // Power-on 2: systemd-boot finds the trial's tries used up and boots the base.
         let healthy_marker = format!("{HEALTHY}{base}");
-        let fallback = boot(vec![
-            ConsoleAction {
-                marker: healthy_marker.clone(),
-                monitor: None,
-            },
-            ConsoleAction {
-                marker: BOOT_COMPLETE.into(),
-                monitor: Some("system_powerdown".into()),
-            },
-        ])?;
-        for (marker, at) in &fallback.marks {
-            notes.push(format!(
-                "power-on 2: {:>6.1} s after QEMU start: {marker:?}",
-                at.as_secs_f64()
-            ));
-        }
+        let fallback = boot(
+            2,
+            vec![
+                ConsoleAction {
+                    marker: healthy_marker.clone(),
+                    monitor: None,
+                },
+                ConsoleAction {
+                    marker: BOOT_COMPLETE.into(),
+                    monitor: Some("system_powerdown".into()),
+                },
+            ],
+        )?;
         // What the disk says after the fallback, before power-on 3 changes it.
         let after = bulwark_node_image::install::boot_state(&made.disk);
         // Power-on 3: version 2 is taken to have run healthy (blessed: the floor rises
         // to 2), then set aside on the ESP by hand, so that systemd-boot starts version
         // 1 again: bulwark-node-init must refuse that rolled-back image by itself.
         let set_aside = set_aside_newest(&made.disk, node.version);
-        let rolled_back = boot(vec![ConsoleAction {
-            marker: ROLLBACK_REFUSED.into(),
-            monitor: None,
-        }])?;
-        for (marker, at) in &rolled_back.marks {
-            notes.push(format!(
-                "power-on 3: {:>6.1} s after QEMU start: {marker:?}",
-                at.as_secs_f64()
-            ));
-        }
+        let rolled_back = boot(
+            3,
+            vec![ConsoleAction {
+                marker: ROLLBACK_REFUSED.into(),
+                monitor: None,
+            }],
+        )?;
         let mut lines = Vec::new();
         let mut check = |name: &str, passed: bool, detail: String| {
             lines.push(check_line(name, passed, &detail));
@@ -653,53 +633,36 @@ impl Lab {
         start: Instant,
     ) -> Result<ScenarioRun> {
         let prepare = start.elapsed();
-        let boot = |actions: Vec<ConsoleAction>| {
-            let spec = MachineSpec {
-                kernel: self.kernel.clone(),
-                initramfs: made.disk.clone(),
-                memory_mib: scenario.memory_mib,
-                devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
-                objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
-                netdev: None,
-                timeout: Duration::from_secs(scenario.timeout_secs),
-                uefi: Some(UefiBoot::secure_boot(dir, &made.disk, true)?),
-                console_actions: actions,
-                exit_after_actions: Some(Duration::from_secs(60)),
-            };
-            machine::boot(&self.qemu, &spec)
+        let mut boot = |n: u32, actions: Vec<ConsoleAction>| {
+            let uefi = UefiBoot::secure_boot(dir, &made.disk, true)?;
+            self.power_on(scenario, made, uefi, actions, 60, n, &mut notes)
         };
         // Power-on 1: the signed update on trial, to healthy; then the power button.
         let healthy_marker = format!("{HEALTHY}{}", node.version);
-        let signed = boot(vec![
-            ConsoleAction {
-                marker: healthy_marker.clone(),
-                monitor: None,
-            },
-            ConsoleAction {
-                marker: BOOT_COMPLETE.into(),
-                monitor: Some("system_powerdown".into()),
-            },
-        ])?;
-        for (marker, at) in &signed.marks {
-            notes.push(format!(
-                "power-on 1: {:>6.1} s after QEMU start: {marker:?}",
-                at.as_secs_f64()
-            ));
-        }
+        let signed = boot(
+            1,
+            vec![
+                ConsoleAction {
+                    marker: healthy_marker.clone(),
+                    monitor: None,
+                },
+                ConsoleAction {
+                    marker: BOOT_COMPLETE.into(),
+                    monitor: Some("system_powerdown".into()),
+                },
+            ],
+        )?;
         // One byte of the (now blessed) UKI flipped on the ESP, in place.
         let tampered = flip_uki_byte(&made.disk, node.version);
         // Power-on 2: systemd-boot asks the firmware to load it; the firmware refuses
         // (systemd-boot then waits at its menu: QEMU is stopped there).
-        let refused = boot(vec![ConsoleAction {
-            marker: "Error loading".into(),
-            monitor: Some("quit".into()),
-        }])?;
-        for (marker, at) in &refused.marks {
-            notes.push(format!(
-                "power-on 2: {:>6.1} s after QEMU start: {marker:?}",
-                at.as_secs_f64()
-            ));
-        }
+        let refused = boot(
+            2,
+            vec![ConsoleAction {
+                marker: "Error loading".into(),
+                monitor: Some("quit".into()),
+            }],
+        )?;
         let mut lines = Vec::new();
         let mut check = |name: &str, passed: bool, detail: String| {
             lines.push(check_line(name, passed, &detail));
@@ -752,6 +715,44 @@ impl Lab {
         );
         fs::write(&run.log_path, report)
             .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
+        Ok(run)
+    }
+}
+
+impl Lab {
+    /// Power-on `n` of a node scenario's disk with `uefi`'s firmware: each console
+    /// marker of `actions` is noted in `notes` with its time; QEMU is given
+    /// `exit_after_s` to end by itself once the actions are done.
+    #[allow(clippy::too_many_arguments)]
+    fn power_on(
+        &self,
+        scenario: &Scenario,
+        made: &node_disk::NodeDisk,
+        uefi: UefiBoot,
+        actions: Vec<ConsoleAction>,
+        exit_after_s: u64,
+        n: u32,
+        notes: &mut Vec<String>,
+    ) -> Result<machine::MachineRun> {
+        let spec = MachineSpec {
+            kernel: self.kernel.clone(),
+            initramfs: made.disk.clone(),
+            memory_mib: scenario.memory_mib,
+            devices: scenario.devices.iter().map(|d| d.to_string()).collect(),
+            objects: scenario.objects.iter().map(|o| o.to_string()).collect(),
+            netdev: None,
+            timeout: Duration::from_secs(scenario.timeout_secs),
+            uefi: Some(uefi),
+            console_actions: actions,
+            exit_after_actions: Some(Duration::from_secs(exit_after_s)),
+        };
+        let run = machine::boot(&self.qemu, &spec)?;
+        for (marker, at) in &run.marks {
+            notes.push(format!(
+                "power-on {n}: {:>6.1} s after QEMU start: {marker:?}",
+                at.as_secs_f64()
+            ));
+        }
         Ok(run)
     }
 }
