@@ -72,10 +72,11 @@ pub struct Agent {
     sanitizer: Arc<dyn Sanitizer>,
     pub metrics: Metrics,
     scrubbing: Mutex<HashSet<String>>,
-    /// Per IOMMU group: held for a whole scrub, so that the members of one group
-    /// are scrubbed one after another (a group opens once; a slot reset resets
-    /// them all).
-    group_scrubs: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per PCI bus and per IOMMU group: both held for a whole scrub, so that the
+    /// devices of one bus (one hot-reset domain: a reset opens every group on it)
+    /// and the members of one group (a group opens once) are scrubbed one after
+    /// another.
+    scrub_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     enroll_lock: tokio::sync::Mutex<()>,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
@@ -116,7 +117,7 @@ impl Agent {
             sanitizer,
             metrics: Metrics::default(),
             scrubbing: Mutex::default(),
-            group_scrubs: Mutex::default(),
+            scrub_locks: Mutex::default(),
             enroll_lock: tokio::sync::Mutex::new(()),
             vmms: Mutex::default(),
             events: Mutex::default(),
@@ -176,7 +177,8 @@ impl Agent {
         // Subscribed before the log is read: an event between the read and the
         // wait still wakes it.
         let mut seq = self.event_seq.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or(now);
         loop {
             let found = self.events(since);
             if !found.is_empty() || wait.is_zero() {
@@ -191,9 +193,12 @@ impl Agent {
     }
 
     /// Events after `since` (the event stream is polled with the last seq seen).
+    /// Sequence numbers restart with bulwarkd: a `since` beyond the newest event is
+    /// a client of an earlier run, and gets every event of this one.
     pub fn events(&self, since: u64) -> Vec<Event> {
-        lock(&self.events)
-            .items
+        let log = lock(&self.events);
+        let since = if since > log.next { 0 } else { since };
+        log.items
             .iter()
             .filter(|e| e.seq > since)
             .cloned()
@@ -420,17 +425,24 @@ impl Agent {
             .devices
             .get(addr)
             .and_then(|d| d.iommu_group);
-        let group_lock = group.map(|g| {
-            Arc::clone(
-                lock(&self.group_scrubs)
-                    .entry(g)
-                    .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(()))),
-            )
-        });
-        let _group_held = match &group_lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
+        // The bus first, then the group: always in that order, so no two scrubs
+        // wait for each other.
+        let mut keys = vec![format!("bus {}", addr.get(..7).unwrap_or(addr))];
+        keys.extend(group.map(|g| format!("group {g}")));
+        let locks: Vec<_> = keys
+            .into_iter()
+            .map(|k| {
+                Arc::clone(
+                    lock(&self.scrub_locks)
+                        .entry(k)
+                        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(()))),
+                )
+            })
+            .collect();
+        let mut _held = Vec::new();
+        for l in &locks {
+            _held.push(l.lock().await);
+        }
         let t0 = Instant::now();
         let a = addr.to_string();
         let started = now_ms();

@@ -211,9 +211,11 @@ pub fn operator_release(st: &mut NodeState, addr: &str) -> Result<()> {
 }
 
 /// Operator unenrolment of `addr` and every tracked member of its IOMMU group (the
-/// group is the unit): each must be available or quarantined (not sanitizing, not a
-/// VM's). They become unenrolled and lose their scrub record: whatever the host does
-/// with them afterwards, a later enrolment scrubs them again. Returns the members.
+/// group is the unit): each must be available, quarantined or already unenrolled
+/// (not sanitizing, not a VM's: an unenrolment that a crash or a sysfs failure cut
+/// short is simply asked for again). They become unenrolled and lose their scrub
+/// record: whatever the host does with them afterwards, a later enrolment scrubs
+/// them again. Returns the members.
 pub fn unenroll(st: &mut NodeState, addr: &str) -> Result<Vec<String>> {
     let d = device(st, addr, "address")?;
     let group = d.iommu_group;
@@ -226,11 +228,13 @@ pub fn unenroll(st: &mut NodeState, addr: &str) -> Result<Vec<String>> {
     members.sort();
     for m in &members {
         let dev = &st.devices[m];
-        if transition(dev.state, DeviceEvent::Unenroll).is_none() {
+        if dev.state != DeviceState::Unenrolled
+            && transition(dev.state, DeviceEvent::Unenroll).is_none()
+        {
             return Err(Error::conflict(
                 "state",
                 format!(
-                    "{} {m} is {}{}: only an available or quarantined group can be unenrolled",
+                    "{} {m} is {}{}: only an available, quarantined or unenrolled group can be unenrolled",
                     if m == addr { "device" } else { "group member" },
                     dev.state.name(),
                     dev.owner_vm
@@ -245,7 +249,9 @@ pub fn unenroll(st: &mut NodeState, addr: &str) -> Result<Vec<String>> {
             .devices
             .get_mut(m)
             .ok_or_else(|| Error::internal("state", format!("{m} vanished")))?;
-        apply(dev, DeviceEvent::Unenroll)?;
+        if dev.state != DeviceState::Unenrolled {
+            apply(dev, DeviceEvent::Unenroll)?;
+        }
         dev.last_scrub = None;
         dev.reason = Some("unenrolled by the operator: given back to the host".into());
     }
@@ -533,6 +539,14 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
                     format!("{} (VM {vm}): not scrubbed since that VM", d.state.name())
                 }
                 (None, _) => match d.state {
+                    DeviceState::Unenrolled
+                        if d
+                            .reason
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with("unenrolled by the operator")) =>
+                    {
+                        "unenrolled: given back to the host by the operator (enrolling it again scrubs it first)".into()
+                    }
                     DeviceState::Unenrolled => "unenrolled: never scrubbed by bulwarkd".into(),
                     DeviceState::Sanitizing => {
                         "sanitizing: its scrub since the last VM has not passed yet".into()

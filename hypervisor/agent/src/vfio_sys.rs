@@ -80,9 +80,13 @@ pub fn other_groups(affected: &[AffectedFunction], own: u32) -> Vec<u32> {
     out
 }
 
-fn ioctl_ptr<T>(fd: &impl AsRawFd, req: libc::c_ulong, arg: *mut T) -> std::io::Result<()> {
-    // SAFETY: every caller passes a request whose argument is the pointed-to type,
-    // sized by its own `argsz` where it has one; the pointer is valid for the call.
+/// `ioctl(fd, req, arg)` with the errno as an error.
+///
+/// # Safety
+/// `arg` must point to memory valid for reads and writes of what `req` takes, as
+/// large as the `argsz` it carries where it has one.
+unsafe fn ioctl_ptr<T>(fd: &impl AsRawFd, req: libc::c_ulong, arg: *mut T) -> std::io::Result<()> {
+    // SAFETY: the caller guarantees `arg` is what `req` reads and writes.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
@@ -105,7 +109,8 @@ fn attach_group(dev_vfio: &Path, container: &File, group: u32) -> Result<File, S
     let path = dev_vfio.join(group.to_string());
     let g = open_rw(&path).map_err(|e| format!("{e} (is the group held by a VM?)"))?;
     let mut status = [8u32, 0u32]; // struct vfio_group_status { argsz, flags }
-    ioctl_ptr(&g, VFIO_GROUP_GET_STATUS, status.as_mut_ptr())
+                                   // SAFETY: VFIO_GROUP_GET_STATUS reads and writes the 8-byte struct `status` is.
+    unsafe { ioctl_ptr(&g, VFIO_GROUP_GET_STATUS, status.as_mut_ptr()) }
         .map_err(|e| format!("VFIO_GROUP_GET_STATUS on group {group}: {e}"))?;
     if status[1] & VFIO_GROUP_FLAGS_VIABLE == 0 {
         return Err(format!(
@@ -113,7 +118,8 @@ fn attach_group(dev_vfio: &Path, container: &File, group: u32) -> Result<File, S
         ));
     }
     let mut fd = container.as_raw_fd();
-    ioctl_ptr(&g, VFIO_GROUP_SET_CONTAINER, &mut fd)
+    // SAFETY: VFIO_GROUP_SET_CONTAINER reads one int, the container's fd.
+    unsafe { ioctl_ptr(&g, VFIO_GROUP_SET_CONTAINER, &mut fd) }
         .map_err(|e| format!("VFIO_GROUP_SET_CONTAINER for group {group}: {e}"))?;
     Ok(g)
 }
@@ -169,11 +175,15 @@ pub fn hot_reset(
 
     // The affected functions: first ask with room for none to learn the count.
     let mut head = [12u32, 0, 0];
-    match ioctl_ptr(
-        &device,
-        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
-        head.as_mut_ptr(),
-    ) {
+    // SAFETY: the 12-byte header with argsz 12 (room for no entry): the kernel
+    // writes the count into it and answers ENOSPC.
+    match unsafe {
+        ioctl_ptr(
+            &device,
+            VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+            head.as_mut_ptr(),
+        )
+    } {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
         Err(e) => {
@@ -190,11 +200,14 @@ pub fn hot_reset(
     }
     let mut info = vec![0u32; 3 + 2 * count];
     info[0] = (info.len() * 4) as u32;
-    ioctl_ptr(
-        &device,
-        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
-        info.as_mut_ptr(),
-    )
+    // SAFETY: `info` is argsz bytes: the header and `count` 8-byte entries.
+    unsafe {
+        ioctl_ptr(
+            &device,
+            VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+            info.as_mut_ptr(),
+        )
+    }
     .map_err(|e| format!("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO {address}: {e}"))?;
     if info[1] & VFIO_PCI_HOT_RESET_FLAG_DEV_ID != 0 {
         return Err("the kernel answered device ids, not groups (iommufd cdev mode)".into());
@@ -219,7 +232,8 @@ pub fn hot_reset(
     let mut req: Vec<u32> = vec![0, 0, groups.len() as u32];
     req.extend(groups.iter().map(|g| g.as_raw_fd() as u32));
     req[0] = (req.len() * 4) as u32;
-    ioctl_ptr(&device, VFIO_DEVICE_PCI_HOT_RESET, req.as_mut_ptr())
+    // SAFETY: `req` is argsz bytes: the header and `count` 4-byte group fds, all open.
+    unsafe { ioctl_ptr(&device, VFIO_DEVICE_PCI_HOT_RESET, req.as_mut_ptr()) }
         .map_err(|e| format!("VFIO_DEVICE_PCI_HOT_RESET {address}: {e}"))?;
     Ok(affected)
 }
@@ -274,7 +288,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bulwark-hot-reset-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = hot_reset(&dir, 3, "0000:03:00.0").unwrap_err();
-        assert!(err.contains("vfio"), "{err}");
+        let container = dir.join("vfio");
+        assert!(
+            err.starts_with(&format!("opening {}", container.display())),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

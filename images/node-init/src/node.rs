@@ -377,7 +377,11 @@ pub fn run(blesser: &dyn BootBlesser) -> ! {
         }
     }
     // The disk's partitions are known by now (the state partition was waited for).
-    match rollback::check(&version, Path::new(state::SYS_CLASS_BLOCK)) {
+    match rollback::check(
+        &version,
+        Path::new(state::SYS_CLASS_BLOCK),
+        Path::new(EFIVARFS),
+    ) {
         Ok(rollback::FloorCheck::Passed(line)) => console(&line),
         Ok(rollback::FloorCheck::NotChecked(why)) => console(&format!("warning: {why}")),
         Err(e) => fatal(&e, delay),

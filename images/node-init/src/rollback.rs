@@ -37,16 +37,30 @@ pub fn judge(version: &str, floor: u64, where_: &str) -> Result<String, String> 
     ))
 }
 
-/// Finds the ESP (the GPT partition named `bulwark_node_image::disk::ESP_LABEL` in
-/// `sys_class_block`), reads its floor record and judges `version` against it. An
-/// ESP whose floor cannot be read is a refusal: `install` always writes one.
-pub fn check(version: &str, sys_class_block: &Path) -> Result<FloorCheck, String> {
+/// Judges `version` against the floor of the ESP the node booted from. Only a node
+/// that systemd-boot started from a disk is checked (its `LoaderDevicePartUUID`
+/// variable in `efivarfs`; a network boot has no ESP of its own), and the ESP is the
+/// one partition named `bulwark_node_image::disk::ESP_LABEL` in `sys_class_block`;
+/// none or several (another disk's) is not checked, said so. An ESP whose floor
+/// cannot be read is a refusal: `install` always writes one.
+pub fn check(version: &str, sys_class_block: &Path, efivarfs: &Path) -> Result<FloorCheck, String> {
+    let var = format!("LoaderDevicePartUUID-{}", crate::bless::LOADER_GUID);
+    if !efivarfs.join(&var).exists() {
+        return Ok(FloorCheck::NotChecked(format!(
+            "not started by systemd-boot from a disk (no {var}): the anti-rollback floor is not checked"
+        )));
+    }
     let label = bulwark_node_image::disk::ESP_LABEL;
-    let esp = match crate::state::find_by_partlabel(sys_class_block, label)? {
-        Some(p) => p,
-        None => {
+    let esp = match crate::state::find_by_partlabel(sys_class_block, label) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
             return Ok(FloorCheck::NotChecked(format!(
                 "no partition named {label:?}: the anti-rollback floor is not checked"
+            )))
+        }
+        Err(e) => {
+            return Ok(FloorCheck::NotChecked(format!(
+                "{e}: which one booted is not known, the anti-rollback floor is not checked"
             )))
         }
     };
@@ -86,13 +100,32 @@ mod tests {
     #[test]
     fn no_esp_is_not_checked_and_an_unreadable_esp_is_refused() {
         let dir = std::env::temp_dir().join(format!("node-init-rollback-{}", std::process::id()));
+        let efi = dir.join("efivars");
         std::fs::create_dir_all(dir.join("vda2")).unwrap();
+        std::fs::create_dir_all(&efi).unwrap();
         std::fs::write(
             dir.join("vda2/uevent"),
             "DEVNAME=vda2\nDEVTYPE=partition\nPARTNAME=bulwark-state\n",
         )
         .unwrap();
-        assert!(matches!(check("1", &dir), Ok(FloorCheck::NotChecked(_))));
+        // Not started by systemd-boot (no loader variable): not checked.
+        let not = check("1", &dir, &efi);
+        assert!(
+            matches!(&not, Ok(FloorCheck::NotChecked(w)) if w.contains("LoaderDevicePartUUID")),
+            "{not:?}"
+        );
+        std::fs::write(
+            efi.join(format!(
+                "LoaderDevicePartUUID-{}",
+                crate::bless::LOADER_GUID
+            )),
+            [6, 0, 0, 0],
+        )
+        .unwrap();
+        assert!(matches!(
+            check("1", &dir, &efi),
+            Ok(FloorCheck::NotChecked(_))
+        ));
         // An ESP partition whose device node does not exist here: refused, named.
         let name = format!("bulwark-test-no-such-device-{}", std::process::id());
         std::fs::create_dir_all(dir.join("vda1")).unwrap();
@@ -101,10 +134,22 @@ mod tests {
             format!("DEVNAME={name}\nDEVTYPE=partition\nPARTNAME=ESP\n"),
         )
         .unwrap();
-        let err = check("1", &dir).unwrap_err();
+        let err = check("1", &dir, &efi).unwrap_err();
         assert!(
             err.contains("cannot be read") && err.contains(&name),
             "{err}"
+        );
+        // Two partitions named ESP (another disk's): which one booted is not known.
+        std::fs::create_dir_all(dir.join("sdb1")).unwrap();
+        std::fs::write(
+            dir.join("sdb1/uevent"),
+            "DEVNAME=sdb1\nDEVTYPE=partition\nPARTNAME=ESP\n",
+        )
+        .unwrap();
+        let two = check("1", &dir, &efi);
+        assert!(
+            matches!(&two, Ok(FloorCheck::NotChecked(w)) if w.contains("2 partitions")),
+            "{two:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -278,24 +278,14 @@ pub fn build_node_image(
     })?;
     // Secure Boot signatures go on before anything is hashed into the manifest: the
     // bundle holds the files that boot.
-    let (uki, signed_boot_manager) = match &spec.secure_boot_signing {
+    let uki = match &spec.secure_boot_signing {
         Some(with) => {
-            let uki = sbsign(&uki, with, out, "UKI")?;
-            let bm = match &boot_manager {
-                Some(b) => {
-                    let signed = sbsign(b, with, out, "boot manager")?;
-                    let mut n = out.file_name().unwrap_or_default().to_os_string();
-                    n.push(".bootloader.tmp");
-                    let path = out.with_file_name(n);
-                    write(&path, &signed)?;
-                    boot_manager = Some(signed);
-                    Some(path)
-                }
-                None => None,
-            };
-            (uki, bm)
+            if let Some(b) = &boot_manager {
+                boot_manager = Some(sbsign(b, with, out, "boot manager")?);
+            }
+            sbsign(&uki, with, out, "UKI")?
         }
-        None => (uki, None),
+        None => uki,
     };
     let prediction = predict(
         &uki,
@@ -332,6 +322,22 @@ pub fn build_node_image(
         }
     };
     write(&uki_file, &uki)?;
+    // A signed boot manager goes to the builder through a file of its own too.
+    let signed_boot_manager = match (&spec.secure_boot_signing, &boot_manager) {
+        (Some(_), Some(bytes)) => {
+            let mut n = out.file_name().unwrap_or_default().to_os_string();
+            n.push(".bootloader.tmp");
+            let path = out.with_file_name(n);
+            if let Err(e) = write(&path, bytes) {
+                if temporary {
+                    let _ = std::fs::remove_file(&uki_file);
+                }
+                return Err(e);
+            }
+            Some(path)
+        }
+        _ => None,
+    };
     let result = bulwark_image::build_node(
         &bulwark_image::NodeBuildSpec {
             name: spec.name.clone(),

@@ -33,6 +33,25 @@ pub struct StateReport {
     pub encrypted: bool,
 }
 
+/// Checks, before anything is written, that the state partition can be formatted:
+/// `mkfs.ext4` runs and `files`, when given, is a directory.
+pub fn check_state_inputs(files: Option<&Path>) -> Result<(), NodeImageError> {
+    if let Some(dir) = files {
+        if !dir.is_dir() {
+            return Err(NodeImageError::Invalid(format!(
+                "--state-files {}: not a directory",
+                dir.display()
+            )));
+        }
+    }
+    match Command::new("mkfs.ext4").arg("-V").output() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(NodeImageError::Invalid(format!(
+            "mkfs.ext4 (e2fsprogs) is needed to format the state partition: {e}"
+        ))),
+    }
+}
+
 /// Formats the state partition of the disk `install` just wrote (`report`) as ext4
 /// labelled `bulwark-state`, with the contents of `files` when given.
 pub fn format_state(
@@ -59,7 +78,8 @@ pub fn format_state(
         }
         None => 0,
     };
-    let (offset, bytes) = (part.start * 512, part.sectors * 512);
+    let sector = crate::disk::gpt::SECTOR;
+    let (offset, bytes) = (part.start * sector, part.sectors * sector);
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-L", STATE_LABEL, "-E"])
         .arg(format!("offset={offset}"));

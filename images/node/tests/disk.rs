@@ -464,7 +464,9 @@ fn cli_install_formats_and_seeds_the_state_partition() {
     );
     assert!(ok("blkid", &["-o", "export", pp]).contains("LABEL=bulwark-state"));
 
-    // A seed that is not a directory: a clear error, exit 2.
+    // A seed that is not a directory: a clear error, exit 2, before the disk is
+    // touched.
+    let before = std::fs::read(&disk).unwrap();
     let mut bad = args;
     bad[12] = p;
     let out = f.cli(&bad);
@@ -473,6 +475,7 @@ fn cli_install_formats_and_seeds_the_state_partition() {
         String::from_utf8_lossy(&out.stdout).contains("not a directory"),
         "{out:?}"
     );
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
 }
 
 #[test]

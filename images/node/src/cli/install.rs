@@ -20,7 +20,7 @@ use bulwark_node_image::disk::DEFAULT_ESP_MIB;
 use bulwark_node_image::install::{
     install, install_bytes, read_node_image, InstallOptions, NodeImagePayload,
 };
-use bulwark_node_image::provision::format_state;
+use bulwark_node_image::provision::{check_state_inputs, format_state};
 use bulwark_node_image::NodeImageError;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -119,6 +119,11 @@ pub fn verify(a: &ImageArgs, json: bool) -> Result<NodeImagePayload, NodeImageEr
 
 pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
     let t0 = Instant::now();
+    let format = a.format_state || a.state_files.is_some();
+    if format {
+        // Before the disk is touched: a typo must not leave a half-provisioned disk.
+        check_state_inputs(a.state_files.as_deref())?;
+    }
     let payload = verify(&a.image, json)?;
     let verify_s = t0.elapsed().as_secs_f64();
     let bar = progress_bar(show_progress(json), install_bytes(&payload), "writing");
@@ -131,7 +136,7 @@ pub fn run(a: &InstallArgs, json: bool) -> Result<(), NodeImageError> {
     bar.finish_and_clear();
     let r = r?;
     let write_s = t1.elapsed().as_secs_f64();
-    let state = if a.format_state || a.state_files.is_some() {
+    let state = if format {
         Some(format_state(&a.disk, &r, a.state_files.as_deref())?)
     } else {
         None
