@@ -364,7 +364,8 @@ impl Agent {
             }
             Err(e) => {
                 let why = format!(
-                    "unenrolled, but giving it back to the host failed: {}",
+                    "{}, but giving it back to the host failed: {}",
+                    lifecycle::OPERATOR_UNENROLLED,
                     e.message
                 );
                 let (ms, w) = (members.clone(), why.clone());
@@ -402,9 +403,9 @@ impl Agent {
         {
             if lock(&self.scrubbing).insert(d.address.clone()) {
                 let me = Arc::clone(self);
-                let addr = d.address.clone();
+                let (addr, group) = (d.address.clone(), d.iommu_group);
                 tokio::spawn(async move {
-                    if let Err(e) = me.scrub(&addr).await {
+                    if let Err(e) = me.scrub(&addr, group).await {
                         tracing::error!(device = %addr, error = %e, "scrub could not be recorded");
                     }
                     lock(&me.scrubbing).remove(&addr);
@@ -418,13 +419,8 @@ impl Agent {
         lock(&self.scrubbing).len()
     }
 
-    async fn scrub(self: &Arc<Self>, addr: &str) -> Result<()> {
-        let group = self
-            .state()
-            .await?
-            .devices
-            .get(addr)
-            .and_then(|d| d.iommu_group);
+    /// Scrubs `addr` (in IOMMU group `group`, as the state that scheduled it says).
+    async fn scrub(self: &Arc<Self>, addr: &str, group: Option<u32>) -> Result<()> {
         // The bus first, then the group: always in that order, so no two scrubs
         // wait for each other.
         let mut keys = vec![format!("bus {}", addr.get(..7).unwrap_or(addr))];

@@ -264,13 +264,11 @@ impl Sysfs {
                 continue;
             }
             let dir = self.dev_dir(&f.address);
-            let write =
-                |p: PathBuf, v: &str| std::fs::write(&p, v).map_err(|e| io_err("writing", &p, e));
-            write(dir.join("driver_override"), "vfio-pci")?;
+            write_attr(dir.join("driver_override"), "vfio-pci")?;
             if f.driver.is_some() {
-                write(dir.join("driver/unbind"), &f.address)?;
+                write_attr(dir.join("driver/unbind"), &f.address)?;
             }
-            write(self.root.join("bus/pci/drivers_probe"), &f.address)?;
+            write_attr(self.root.join("bus/pci/drivers_probe"), &f.address)?;
         }
         let mut bound = Vec::new();
         for f in bind {
@@ -290,24 +288,20 @@ impl Sysfs {
         }
         Ok(bound)
     }
-}
 
-impl Sysfs {
     /// Gives `members` back to the host: for each one bound to vfio-pci, clears
     /// `driver_override`, unbinds it and asks the kernel to probe its own driver
     /// (`drivers_probe`). Returns each member with the driver it is on now (`None`:
     /// no driver claims it); a member still on vfio-pci afterwards is an error.
     pub fn unenroll_members(&self, members: &[String]) -> Result<Vec<(String, Option<String>)>> {
-        let write =
-            |p: PathBuf, v: &str| std::fs::write(&p, v).map_err(|e| io_err("writing", &p, e));
         for m in members {
             let f = self.function(m)?;
             let dir = self.dev_dir(m);
             // A newline clears the override (the kernel's driver_override store).
-            write(dir.join("driver_override"), "\n")?;
+            write_attr(dir.join("driver_override"), "\n")?;
             if f.driver.as_deref() == Some("vfio-pci") {
-                write(dir.join("driver/unbind"), m)?;
-                write(self.root.join("bus/pci/drivers_probe"), m)?;
+                write_attr(dir.join("driver/unbind"), m)?;
+                write_attr(self.root.join("bus/pci/drivers_probe"), m)?;
             }
         }
         let mut out = Vec::new();
@@ -324,6 +318,11 @@ impl Sysfs {
         }
         Ok(out)
     }
+}
+
+/// Writes one sysfs attribute (driver_override, unbind, drivers_probe).
+fn write_attr(p: PathBuf, v: &str) -> Result<()> {
+    std::fs::write(&p, v).map_err(|e| io_err("writing", &p, e))
 }
 
 /// Builders of fake sysfs trees (tests of this crate and its integration tests).

@@ -210,6 +210,10 @@ pub fn operator_release(st: &mut NodeState, addr: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the reason of an operator-unenrolled device begins (whether giving it back
+/// to the host worked or not): what a VM asking for it is told.
+pub const OPERATOR_UNENROLLED: &str = "unenrolled by the operator";
+
 /// Operator unenrolment of `addr` and every tracked member of its IOMMU group (the
 /// group is the unit): each must be available, quarantined or already unenrolled
 /// (not sanitizing, not a VM's: an unenrolment that a crash or a sysfs failure cut
@@ -217,15 +221,8 @@ pub fn operator_release(st: &mut NodeState, addr: &str) -> Result<()> {
 /// record: whatever the host does with them afterwards, a later enrolment scrubs
 /// them again. Returns the members.
 pub fn unenroll(st: &mut NodeState, addr: &str) -> Result<Vec<String>> {
-    let d = device(st, addr, "address")?;
-    let group = d.iommu_group;
-    let mut members: Vec<String> = st
-        .devices
-        .values()
-        .filter(|m| m.address == addr || (group.is_some() && m.iommu_group == group))
-        .map(|m| m.address.clone())
-        .collect();
-    members.sort();
+    device(st, addr, "address")?;
+    let members = group_of(st, addr);
     for m in &members {
         let dev = &st.devices[m];
         if dev.state != DeviceState::Unenrolled
@@ -253,7 +250,7 @@ pub fn unenroll(st: &mut NodeState, addr: &str) -> Result<Vec<String>> {
             apply(dev, DeviceEvent::Unenroll)?;
         }
         dev.last_scrub = None;
-        dev.reason = Some("unenrolled by the operator: given back to the host".into());
+        dev.reason = Some(format!("{OPERATOR_UNENROLLED}: given back to the host"));
     }
     Ok(members)
 }
@@ -543,7 +540,7 @@ pub fn create_vm(st: &mut NodeState, req: &CreateVm, now_ms: u64) -> Result<Vm> 
                         if d
                             .reason
                             .as_deref()
-                            .is_some_and(|r| r.starts_with("unenrolled by the operator")) =>
+                            .is_some_and(|r| r.starts_with(OPERATOR_UNENROLLED)) =>
                     {
                         "unenrolled: given back to the host by the operator (enrolling it again scrubs it first)".into()
                     }

@@ -96,7 +96,8 @@ impl Sanitizer for SoftwareSanitizer {
 }
 
 /// Resets through VFIO (`VFIO_DEVICE_RESET`: vfio-pci's FLR, PM or bus reset, as the
-/// device supports; else `VFIO_DEVICE_PCI_HOT_RESET` of its slot or bus) and checks that the device answers again with bus mastering off.
+/// device supports; else `VFIO_DEVICE_PCI_HOT_RESET` of its slot or bus) and checks
+/// that the device answers again with bus mastering off.
 #[derive(Debug, Clone)]
 pub struct VfioSanitizer {
     sysfs_root: PathBuf,
@@ -141,9 +142,7 @@ impl VfioSanitizer {
             ))
         })
     }
-}
 
-impl VfioSanitizer {
     /// The reset of a device that has none of its own: `VFIO_DEVICE_PCI_HOT_RESET`
     /// of its slot or bus (a GPU with its audio function; two functions of a slot).
     fn hot_reset(&self, dev: &Device) -> Result<StepReport, StepFailure> {
@@ -151,7 +150,9 @@ impl VfioSanitizer {
         let fail = |detail: String| {
             StepFailure {
             method: method.into(),
-            detail: format!("the device has no reset of its own (no FLR or PM reset, not alone on its bus); {detail}"),
+            detail: format!(
+                "the device has no reset of its own (no FLR or PM reset, not alone on its bus); {detail}"
+            ),
         }
         };
         let group = dev
