@@ -1,5 +1,5 @@
 //! The anti-rollback floor at boot: the booted image's version (its measured command
-//! line's `bulwark.version=`) must not be below the floor that blessing raised on the
+//! line's `bulwark.node_version=`) must not be below the floor that blessing raised on the
 //! EFI system partition (`bulwark_node_image::install`, docs/node-image.md). A node
 //! that booted an older image than one it already ran healthy (an older UKI copied
 //! onto the ESP by hand, the newer one removed) refuses to start bulwarkd.

@@ -47,6 +47,13 @@ pub struct NodeBuildSpec {
     pub uki_out: Option<PathBuf>,
 }
 
+/// A temporary file next to `out`: its name with `.suffix` added.
+fn beside(out: &Path, suffix: &str) -> PathBuf {
+    let mut n = out.file_name().unwrap_or_default().to_os_string();
+    n.push(format!(".{suffix}"));
+    out.with_file_name(n)
+}
+
 /// The provider's Secure Boot db key: the private key (PEM, unencrypted) and its
 /// X.509 certificate (PEM), as `sbsign --key --cert` take them.
 #[derive(Clone, Debug)]
@@ -67,12 +74,10 @@ fn sbsign(
     scratch: &Path,
     what: &str,
 ) -> Result<Vec<u8>, NodeImageError> {
-    let name = |suffix: &str| {
-        let mut n = scratch.file_name().unwrap_or_default().to_os_string();
-        n.push(format!(".{what}.{suffix}.tmp"));
-        scratch.with_file_name(n)
-    };
-    let (input, output) = (name("unsigned"), name("signed"));
+    let (input, output) = (
+        beside(scratch, &format!("{what}.unsigned.tmp")),
+        beside(scratch, &format!("{what}.signed.tmp")),
+    );
     write(&input, bytes)?;
     let out = std::process::Command::new("sbsign")
         .arg("--key")
@@ -315,19 +320,13 @@ pub fn build_node_image(
     // The bundle builder reads the UKI from a file.
     let (uki_file, temporary) = match &spec.uki_out {
         Some(p) => (p.clone(), false),
-        None => {
-            let mut name = out.file_name().unwrap_or_default().to_os_string();
-            name.push(".uki.tmp");
-            (out.with_file_name(name), true)
-        }
+        None => (beside(out, "uki.tmp"), true),
     };
     write(&uki_file, &uki)?;
     // A signed boot manager goes to the builder through a file of its own too.
     let signed_boot_manager = match (&spec.secure_boot_signing, &boot_manager) {
         (Some(_), Some(bytes)) => {
-            let mut n = out.file_name().unwrap_or_default().to_os_string();
-            n.push(".bootloader.tmp");
-            let path = out.with_file_name(n);
+            let path = beside(out, "bootloader.tmp");
             if let Err(e) = write(&path, bytes) {
                 if temporary {
                     let _ = std::fs::remove_file(&uki_file);
