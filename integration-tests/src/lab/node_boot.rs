@@ -595,30 +595,24 @@ impl Lab {
                 Err(e) => format!("setting version {} aside: {e}", node.version),
             },
         );
-        lines.push(format!("{PREFIX} done"));
-        let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &fallback.end);
-        let run = ScenarioRun {
-            scenario: scenario.name,
-            verdict,
-            machine: fallback,
-            log_path: dir.join("console.log"),
+        let rolled_back_label = format!(
+            "power-on 3 (version {} set aside, version {base} rolled back to)",
+            node.version
+        );
+        power_ons_run(
+            scenario,
+            dir,
+            lines,
+            (fallback, "power-on 2 (the fallback)"),
+            &[
+                ("power-on 1 (the trial)", &trial.console),
+                (&rolled_back_label, &rolled_back.console),
+            ],
             prepare,
             notes,
-        };
-        let report = format!(
-            "=== power-on 1 (the trial) ===\n{}\n=== power-on 3 (version {} set aside, version {base} rolled back to) ===\n{}\n=== power-on 2 (the fallback) ===\n{}",
-            trial.console,
-            node.version,
-            rolled_back.console,
-            run.failure_report()
-        );
-        fs::write(&run.log_path, report)
-            .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
-        Ok(run)
+        )
     }
-}
 
-impl Lab {
     /// `node-secure-boot`: the signed node image boots with Secure Boot enforced;
     /// then its UKI, one byte flipped on the ESP, must not load.
     #[allow(clippy::too_many_arguments)]
@@ -698,28 +692,17 @@ impl Lab {
                 line_with(r, "Error loading")
             ),
         );
-        lines.push(format!("{PREFIX} done"));
-        let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &signed.end);
-        let run = ScenarioRun {
-            scenario: scenario.name,
-            verdict,
-            machine: signed,
-            log_path: dir.join("console.log"),
+        power_ons_run(
+            scenario,
+            dir,
+            lines,
+            (signed, "power-on 1 (signed, Secure Boot enforced)"),
+            &[("power-on 2 (the tampered UKI)", &refused.console)],
             prepare,
             notes,
-        };
-        let report = format!(
-            "=== power-on 2 (the tampered UKI) ===\n{}\n=== power-on 1 (signed, Secure Boot enforced) ===\n{}",
-            refused.console,
-            run.failure_report()
-        );
-        fs::write(&run.log_path, report)
-            .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
-        Ok(run)
+        )
     }
-}
 
-impl Lab {
     /// Power-on `n` of a node scenario's disk with `uefi`'s firmware: each console
     /// marker of `actions` is noted in `notes` with its time; QEMU is given
     /// `exit_after_s` to end by itself once the actions are done.
@@ -755,6 +738,38 @@ impl Lab {
         }
         Ok(run)
     }
+}
+
+/// The end of a node scenario of several power-ons: the check `lines` judged with
+/// `main`'s end (the power-on whose clean end the scenario needs), and the log
+/// holding each of the `others`' console, then `main`'s failure report.
+fn power_ons_run(
+    scenario: &Scenario,
+    dir: &Path,
+    mut lines: Vec<String>,
+    (main, main_label): (machine::MachineRun, &str),
+    others: &[(&str, &str)],
+    prepare: Duration,
+    notes: Vec<String>,
+) -> Result<ScenarioRun> {
+    lines.push(format!("{PREFIX} done"));
+    let verdict = Verdict::judge(&lines.join("\n"), scenario.expected_checks, &main.end);
+    let run = ScenarioRun {
+        scenario: scenario.name,
+        verdict,
+        machine: main,
+        log_path: dir.join("console.log"),
+        prepare,
+        notes,
+    };
+    let mut report = String::new();
+    for (label, console) in others {
+        report.push_str(&format!("=== {label} ===\n{console}\n"));
+    }
+    report.push_str(&format!("=== {main_label} ===\n{}", run.failure_report()));
+    fs::write(&run.log_path, report)
+        .map_err(LabError::io(format!("writing {}", run.log_path.display())))?;
+    Ok(run)
 }
 
 /// Debian's snakeoil key without its passphrase (sbsign reads no encrypted keys),
