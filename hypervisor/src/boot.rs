@@ -11,8 +11,10 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader, KernelLoaderResult};
 use serde::Serialize;
+use sha2::Digest;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::blob::Blob;
 use crate::boot_source::{BootInputs, BootPayload};
 use crate::config::{ApStart, LinuxEntry, RawEntry, RawMode, VmConfig};
 use crate::layout::*;
@@ -101,7 +103,7 @@ pub struct BootPlan {
 
 /// Writes boot data into guest memory and records each write as a measured blob.
 pub(crate) struct Writer<'a> {
-    mem: &'a GuestMemoryMmap,
+    pub(crate) mem: &'a GuestMemoryMmap,
     pub(crate) layout: &'a MemoryLayout,
     /// The guest's e820 map, from the machine plan.
     pub(crate) e820: &'a [E820Entry],
@@ -156,6 +158,13 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Notes that `bytes` (which must not move until they are measured) have the
+    /// SHA-384 `digest`, checked when they were read.
+    pub(crate) fn add_verified(&mut self, bytes: &[u8], digest: [u8; 48]) {
+        self.verified
+            .push((bytes.as_ptr() as usize, bytes.len(), digest));
+    }
+
     fn measure_blob(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) {
         let known = self
             .verified
@@ -169,39 +178,45 @@ impl Writer<'_> {
                     Field::Bytes(d.to_vec()),
                     "a verified digest must be the digest of exactly these bytes"
                 );
-                Field::Bytes(d.to_vec())
+                d
             }
-            None => sha384_field(bytes),
+            None => sha2::Sha384::digest(bytes).into(),
         };
+        self.record_blob(kind, addr, bytes.len() as u64, digest);
+    }
+
+    /// Records the `blob` event of `len` bytes written at `addr` whose SHA-384 is
+    /// `digest` (computed as they were written).
+    pub(crate) fn record_blob(
+        &mut self,
+        kind: &'static str,
+        addr: u64,
+        len: u64,
+        digest: [u8; 48],
+    ) {
         self.events.push(Event::new(
             "blob",
             vec![
                 text(kind),
                 Field::U64(addr),
-                Field::U64(bytes.len() as u64),
-                digest,
+                Field::U64(len),
+                Field::Bytes(digest.to_vec()),
             ],
-            format!("{kind} at {addr:#x}, {} bytes", bytes.len()),
+            format!("{kind} at {addr:#x}, {len} bytes"),
         ));
     }
 }
 
 /// The payload buffers whose SHA-384 the bundle verification computed:
-/// `(address, length, digest)`.
+/// `(address, length, digest)` (a raw image read from a bundle; signed Linux blobs
+/// carry their digests).
 fn verified_buffers(inputs: &BootInputs) -> Vec<(usize, usize, [u8; 48])> {
-    let (kernel, initrd) = match &inputs.payload {
-        BootPayload::Linux { kernel, initrd, .. } => (kernel, initrd.as_ref()),
-        BootPayload::Raw { image, .. } => (image, None),
-    };
-    let d = &inputs.verified_sha384;
-    let mut out = Vec::new();
-    if let Some(k) = d.kernel {
-        out.push((kernel.as_ptr() as usize, kernel.len(), k));
+    match (&inputs.payload, inputs.verified_raw_sha384) {
+        (BootPayload::Raw { image, .. }, Some(d)) => {
+            vec![(image.as_ptr() as usize, image.len(), d)]
+        }
+        _ => Vec::new(),
     }
-    if let (Some(i), Some(bytes)) = (d.initrd, initrd) {
-        out.push((bytes.as_ptr() as usize, bytes.len(), i));
-    }
-    out
 }
 
 /// GDT for the boot: null, null, 64-bit code (0x10), data (0x18), TSS (0x20); the
@@ -337,18 +352,24 @@ pub fn prepare_with(
             let cmdline = machine.linux_cmdline(cmdline);
             match &inputs.firmware {
                 Some(firmware) => {
+                    // The firmware boot stages whole files: read (and check) them whole.
+                    let kernel_bytes = read_blob(&mut w, kernel, BootError::Kernel)?;
+                    let initrd_bytes = initrd
+                        .as_ref()
+                        .map(|i| read_blob(&mut w, i, BootError::Initrd))
+                        .transpose()?;
                     let (entry, table) = crate::firmware_boot::stage(
                         &mut w,
                         firmware,
-                        kernel,
-                        initrd.as_deref(),
+                        &kernel_bytes,
+                        initrd_bytes.as_deref(),
                         &cmdline,
                         rsdp,
                     )?;
                     firmware_hashes = Some(table);
                     entry
                 }
-                None => load_linux(&mut w, kernel, initrd.as_deref(), &cmdline, *entry, rsdp)?,
+                None => load_linux(&mut w, kernel, initrd.as_ref(), &cmdline, *entry, rsdp)?,
             }
         }
     };
@@ -439,7 +460,11 @@ fn load_raw(
 /// above `BOOT_AREA_END` (the loader places each at its `p_paddr`; the boot structures
 /// live below), like the raw path. Parses the ELF64 program headers with checked
 /// arithmetic; anything malformed is an error, never a panic.
-fn check_elf_segments(kernel: &[u8], layout: &MemoryLayout, acpi: bool) -> Result<(), BootError> {
+pub(crate) fn check_elf_segments(
+    kernel: &[u8],
+    layout: &MemoryLayout,
+    acpi: bool,
+) -> Result<(), BootError> {
     const PT_LOAD: u32 = 1;
     const PHDR_MIN: usize = 56;
     let bad = |what: String| BootError::Kernel(format!("vmlinux ELF: {what}"));
@@ -499,16 +524,33 @@ fn check_elf_segments(kernel: &[u8], layout: &MemoryLayout, acpi: bool) -> Resul
     Ok(())
 }
 
+/// A blob's bytes in one buffer (a signed one read and checked now), noted as verified
+/// when its digest is known so that measuring it does not hash it again.
+fn read_blob<'b>(
+    w: &mut Writer,
+    blob: &'b Blob,
+    err: fn(String) -> BootError,
+) -> Result<std::borrow::Cow<'b, [u8]>, BootError> {
+    let bytes = blob.read().map_err(|e| err(e.to_string()))?;
+    if let Some(d) = blob.known_sha384() {
+        w.add_verified(&bytes, d);
+    }
+    Ok(bytes)
+}
+
 fn load_linux(
     w: &mut Writer,
-    kernel: &[u8],
-    initrd: Option<&[u8]>,
+    kernel: &Blob,
+    initrd: Option<&Blob>,
     cmdline: &str,
     want: LinuxEntry,
     rsdp: Option<u64>,
 ) -> Result<EntryState, BootError> {
     check_cmdline(cmdline)?;
-    let (loaded, is_elf) = load_kernel(w, kernel, rsdp.is_some())?;
+    let (loaded, is_elf) = match kernel {
+        Blob::Bytes(bytes) => load_kernel(w, bytes, rsdp.is_some())?,
+        Blob::Signed(c) => crate::stream_load::load_kernel(w, c, rsdp.is_some())?,
+    };
     let pvh = pvh_entry(want, &loaded, is_elf)?;
     let cl = put_cmdline(w, cmdline)?;
     let initrd_at = put_initrd(w, initrd, loaded.kernel_end)?;
@@ -531,7 +573,7 @@ fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
 /// Loads a vmlinux ELF (its segments checked first) or a bzImage above `HIMEM_START`
 /// and measures the file where it was loaded; returns the loader's result and
 /// whether it was an ELF.
-fn load_kernel(
+pub(crate) fn load_kernel(
     w: &mut Writer,
     kernel: &[u8],
     acpi: bool,
@@ -591,14 +633,14 @@ fn put_cmdline(w: &mut Writer, cmdline: &str) -> Result<Vec<u8>, BootError> {
 /// `initrd_addr_max`), above the kernel; returns `(address, length)`.
 fn put_initrd(
     w: &mut Writer,
-    initrd: Option<&[u8]>,
+    initrd: Option<&Blob>,
     kernel_end: u64,
 ) -> Result<Option<(u64, u64)>, BootError> {
     let Some(data) = initrd else {
         return Ok(None);
     };
     let limit = w.boot.linux_initrd_limit;
-    let len = data.len() as u64;
+    let len = data.len();
     let at = limit
         .checked_sub(len)
         .map(|a| a & !0xfff)
@@ -608,7 +650,13 @@ fn put_initrd(
                 "{len} bytes do not fit between the kernel and {limit:#x}"
             ))
         })?;
-    w.put("initrd", at, data)?;
+    match data {
+        Blob::Bytes(bytes) => w.put("initrd", at, bytes)?,
+        Blob::Signed(c) => {
+            let digest = crate::stream_load::put_initrd(w, c, at, len)?;
+            w.record_blob("initrd", at, len, digest);
+        }
+    }
     Ok(Some((at, len)))
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use bulwark_image::{Bundle, Component, ComponentKind, Manifest, RollbackState, TrustPolicy};
 use sha2::{Digest, Sha384};
 
+use crate::blob::{Blob, SignedComponent};
 use crate::config::{BootSource, BundleBoot, LinuxBoot, LinuxEntry, RawBoot, RawEntry, RawLoad};
 use crate::initrd_config;
 use crate::measurement::{text, Event, Field};
@@ -17,10 +18,10 @@ pub const MAX_BLOB_SIZE: u64 = 1 << 30;
 pub enum BootPayload {
     /// A Linux kernel.
     Linux {
-        /// vmlinux ELF or bzImage bytes.
-        kernel: Vec<u8>,
-        /// Initrd bytes.
-        initrd: Option<Vec<u8>>,
+        /// vmlinux ELF or bzImage (a signed one is read by the loader).
+        kernel: Blob,
+        /// Initrd (a signed one is read by the loader).
+        initrd: Option<Blob>,
         /// Command line.
         cmdline: String,
         /// Entry choice.
@@ -95,12 +96,45 @@ pub struct BootInputs {
     pub rootfs: Option<RootfsExtent>,
     /// The guest firmware image (`machine.firmware`), checked by [`read_firmware`].
     pub firmware: Option<Vec<u8>>,
-    /// SHA-384 digests already verified over exactly the payload's bytes (a signed
-    /// bundle's component digests, checked as each component was read), so that the
-    /// launch measurement reuses them instead of hashing the same bytes again.
-    pub verified_sha384: VerifiedDigests,
+    /// SHA-384 of a raw payload's image, verified against the signed digest as it was
+    /// read, so that the launch measurement reuses it instead of hashing the same bytes
+    /// again (a Linux payload's signed blobs carry theirs).
+    pub verified_raw_sha384: Option<[u8; 48]>,
     /// How long reading took, by phase (logged with the build's phases).
     pub read_timings: ReadTimings,
+    /// The version to record in the rollback state once the boot has read and checked
+    /// every signed component (`Vm::build` does, right after loading).
+    pub pending_version: Option<PendingVersion>,
+}
+
+/// A signed image's version, checked against the rollback state file (still locked)
+/// and to be recorded there once its components are loaded and checked.
+#[derive(Debug, Clone)]
+pub struct PendingVersion {
+    state: std::sync::Arc<std::sync::Mutex<RollbackState>>,
+    name: String,
+    version: u64,
+}
+
+impl PartialEq for PendingVersion {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, self.version) == (&other.name, other.version)
+    }
+}
+
+impl Eq for PendingVersion {}
+
+impl PendingVersion {
+    /// Records the version (a no-op when a higher one is recorded).
+    pub fn record(&self) -> Result<(), SourceError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| SourceError::State("the rollback state lock is poisoned".into()))?;
+        state
+            .record(&self.name, self.version)
+            .map_err(|e| SourceError::State(e.to_string()))
+    }
 }
 
 /// Time spent reading the boot source, by phase.
@@ -108,22 +142,12 @@ pub struct BootInputs {
 pub struct ReadTimings {
     /// Checking a bundle's signatures and every byte of its contents (0 for files).
     pub verify: std::time::Duration,
-    /// Reading the kernel, initrd, command line and config into memory (re-hashed as
-    /// read) and, for files, reading them.
+    /// Reading a bundle's command line and config (and a raw boot's image) into memory,
+    /// each re-hashed as read, or the plain files; a signed kernel and initrd are read
+    /// later, as they are loaded (`load_and_measure`).
     pub read: std::time::Duration,
     /// Reading and checking the firmware image.
     pub firmware: std::time::Duration,
-}
-
-/// SHA-384 of the payload's kernel (or raw image) and initrd bytes, when the bundle
-/// verification computed them over exactly those bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VerifiedDigests {
-    /// Of `BootPayload::Linux::kernel` or `BootPayload::Raw::image`.
-    pub kernel: Option<[u8; 48]>,
-    /// Of `BootPayload::Linux::initrd` (none when the VMM changed it, e.g. appended
-    /// the config archive).
-    pub initrd: Option<[u8; 48]>,
 }
 
 /// Where a verified bundle's rootfs lies in the bundle file: the filesystem image and
@@ -294,10 +318,10 @@ pub fn read_boot_source(
             entry,
         }) => Ok(BootInputs {
             payload: BootPayload::Linux {
-                kernel: read("boot_source.kernel", kernel)?,
+                kernel: Blob::Bytes(read("boot_source.kernel", kernel)?),
                 initrd: initrd
                     .as_deref()
-                    .map(|p| read("boot_source.initrd", p))
+                    .map(|p| read("boot_source.initrd", p).map(Blob::Bytes))
                     .transpose()?,
                 cmdline: cmdline.clone(),
                 entry: *entry,
@@ -305,8 +329,9 @@ pub fn read_boot_source(
             origin: Origin::Unsigned,
             rootfs: None,
             firmware: None,
-            verified_sha384: VerifiedDigests::default(),
+            verified_raw_sha384: None,
             read_timings: ReadTimings::default(),
+            pending_version: None,
         }),
         BootSource::Raw(RawBoot {
             image,
@@ -321,8 +346,9 @@ pub fn read_boot_source(
             origin: Origin::Unsigned,
             rootfs: None,
             firmware: None,
-            verified_sha384: VerifiedDigests::default(),
+            verified_raw_sha384: None,
             read_timings: ReadTimings::default(),
+            pending_version: None,
         }),
         BootSource::Bundle(BundleBoot {
             path,
@@ -372,7 +398,7 @@ fn read_bundle(
             message: e.source.to_string(),
         })?;
     // Locked from before verification until the booted version is recorded.
-    let mut state = trust
+    let state = trust
         .rollback_state
         .map(RollbackState::open)
         .transpose()
@@ -423,9 +449,6 @@ fn read_bundle(
             ))
         })
     };
-    let kernel = read(ComponentKind::Kernel)?
-        .ok_or_else(|| SourceError::Bundle("the bundle has no kernel component".into()))?;
-    let initrd = read(ComponentKind::Initrd)?;
     let cmdline = match read(ComponentKind::Cmdline)? {
         Some(b) => String::from_utf8(b)
             .map_err(|_| SourceError::Bundle("the cmdline component is not UTF-8".into()))?,
@@ -436,30 +459,61 @@ fn read_bundle(
         version: manifest.version,
         manifest_sha384: hex::encode(verified.manifest_sha384()),
     };
-    let component_sha384 = |kind| manifest.component(kind).and_then(|c| c.sha384()).copied();
-    let mut verified_sha384 = VerifiedDigests {
-        kernel: component_sha384(ComponentKind::Kernel),
-        initrd: None,
+    let bundle_file = || {
+        verified
+            .source()
+            .file()
+            .try_clone()
+            .map(std::sync::Arc::new)
+            .map_err(|e| SourceError::Bundle(format!("keeping the bundle file open: {e}")))
     };
+    let mut verified_raw_sha384 = None;
     let payload = match raw {
         Some(r) => {
-            if initrd.is_some() || !cmdline.is_empty() {
+            let image = read(ComponentKind::Kernel)?
+                .ok_or_else(|| SourceError::Bundle("the bundle has no kernel component".into()))?;
+            if manifest.component(ComponentKind::Initrd).is_some() || !cmdline.is_empty() {
                 return Err(SourceError::Bundle(
                     "a bundle booted as a raw binary must not carry an initrd or a command line (they would not be loaded)".into(),
                 ));
             }
+            verified_raw_sha384 = manifest
+                .component(ComponentKind::Kernel)
+                .and_then(|c| c.sha384())
+                .copied();
             BootPayload::Raw {
-                image: kernel,
+                image,
                 load_addr: r.load_addr,
                 entry: r.entry.clone(),
             }
         }
         None => {
+            // The kernel and initrd stay in the verified file: the loader reads each
+            // once, hashing it against the signed digest as it writes it into guest
+            // memory (`crate::blob`).
+            let file = bundle_file()?;
+            let signed = |kind| -> Result<Option<Blob>, SourceError> {
+                let Some(c) = manifest.component(kind) else {
+                    return Ok(None);
+                };
+                let sha384 = *c.sha384().ok_or_else(|| {
+                    SourceError::Bundle(format!(
+                        "the {kind} component is not bound by a SHA-384 digest"
+                    ))
+                })?;
+                Ok(Some(Blob::Signed(SignedComponent {
+                    kind,
+                    file: file.clone(),
+                    offset: c.offset,
+                    len: c.size,
+                    sha384,
+                    appended: Vec::new(),
+                })))
+            };
+            let kernel = signed(ComponentKind::Kernel)?
+                .ok_or_else(|| SourceError::Bundle("the bundle has no kernel component".into()))?;
+            let initrd = signed(ComponentKind::Initrd)?;
             let config = read(ComponentKind::Config)?;
-            if config.is_none() {
-                // The initrd goes to the guest as read: its verified digest holds.
-                verified_sha384.initrd = component_sha384(ComponentKind::Initrd);
-            }
             let (cmdline, initrd) =
                 signed_linux_handoff(manifest, config.as_deref(), cmdline, initrd)?;
             BootPayload::Linux {
@@ -470,26 +524,24 @@ fn read_bundle(
             }
         }
     };
-    // Every loaded component is read and checked: only now is the version recorded.
-    if let Some(state) = state.as_mut() {
-        if trust.state_use == StateUse::Record {
-            state
-                .record(&manifest.name, manifest.version)
-                .map_err(|e| SourceError::State(e.to_string()))?;
-        }
-    }
+    // Recorded once every loaded component is read and checked (`Vm::build`); the
+    // state file stays locked until then.
+    let pending_version = match (state, trust.state_use) {
+        (Some(state), StateUse::Record) => Some(PendingVersion {
+            state: std::sync::Arc::new(std::sync::Mutex::new(state)),
+            name: manifest.name.clone(),
+            version: manifest.version,
+        }),
+        _ => None,
+    };
     let rootfs = match manifest.component(ComponentKind::Rootfs) {
         Some(c) => {
             let end = c
                 .stored_end()
                 .ok_or_else(|| SourceError::Bundle("the rootfs extent overflows".into()))?;
-            let file =
-                verified.source().file().try_clone().map_err(|e| {
-                    SourceError::Bundle(format!("keeping the bundle file open: {e}"))
-                })?;
             Some(RootfsExtent {
                 path: path.to_path_buf(),
-                file: std::sync::Arc::new(file),
+                file: bundle_file()?,
                 offset: c.offset,
                 len: end - c.offset,
             })
@@ -501,12 +553,13 @@ fn read_bundle(
         origin,
         rootfs,
         firmware: None,
-        verified_sha384,
+        verified_raw_sha384,
         read_timings: ReadTimings {
             verify,
             read: read_started.elapsed(),
             firmware: std::time::Duration::ZERO,
         },
+        pending_version,
     })
 }
 
@@ -529,8 +582,8 @@ pub fn signed_linux_handoff(
     manifest: &Manifest,
     config: Option<&[u8]>,
     cmdline: String,
-    initrd: Option<Vec<u8>>,
-) -> Result<(String, Option<Vec<u8>>), SourceError> {
+    initrd: Option<Blob>,
+) -> Result<(String, Option<Blob>), SourceError> {
     let mut fragments = Vec::new();
     if let Some(rootfs) = manifest.component(ComponentKind::Rootfs) {
         fragments.push(verity_fragment(rootfs)?);
@@ -543,7 +596,18 @@ pub fn signed_linux_handoff(
             ));
             let archive = initrd_config::config_archive(config)
                 .map_err(|e| SourceError::Bundle(e.to_string()))?;
-            Some(initrd_config::append_archive(initrd, &archive))
+            Some(match initrd {
+                Some(Blob::Signed(mut c)) => {
+                    // The padding and the archive follow the signed bytes in guest
+                    // memory; the measurement covers them, the signature does not.
+                    c.appended = initrd_config::archive_after(c.len, &archive);
+                    Blob::Signed(c)
+                }
+                Some(Blob::Bytes(b)) => {
+                    Blob::Bytes(initrd_config::append_archive(Some(b), &archive))
+                }
+                None => Blob::Bytes(archive),
+            })
         }
         None => initrd,
     };
@@ -662,7 +726,10 @@ mod tests {
     #[test]
     fn no_rootfs_and_no_config_change_nothing() {
         let m = manifest(false, None);
-        for (cmdline, initrd) in [("", None), ("console=ttyS0", Some(b"abc".to_vec()))] {
+        for (cmdline, initrd) in [
+            ("", None),
+            ("console=ttyS0", Some(Blob::Bytes(b"abc".to_vec()))),
+        ] {
             let got = signed_linux_handoff(&m, None, cmdline.into(), initrd.clone()).unwrap();
             assert_eq!(got, (cmdline.to_string(), initrd));
         }
@@ -672,12 +739,17 @@ mod tests {
     fn the_rootfs_gives_the_verity_fragment() {
         let m = manifest(false, Some((3 * 4096, vec![0xab, 0x01])));
         let want = format!("bulwark.verity=1:sha256:4096:4096:3:3:{ROOT}:ab01");
-        let (cmdline, initrd) =
-            signed_linux_handoff(&m, None, "console=ttyS0".into(), Some(b"i".to_vec())).unwrap();
+        let (cmdline, initrd) = signed_linux_handoff(
+            &m,
+            None,
+            "console=ttyS0".into(),
+            Some(Blob::Bytes(b"i".to_vec())),
+        )
+        .unwrap();
         assert_eq!(cmdline, format!("console=ttyS0 {want}"));
         assert_eq!(
             initrd,
-            Some(b"i".to_vec()),
+            Some(Blob::Bytes(b"i".to_vec())),
             "no config: the initrd is untouched"
         );
         let (cmdline, initrd) = signed_linux_handoff(&m, None, String::new(), None).unwrap();
@@ -727,13 +799,18 @@ mod tests {
         let digest = hex::encode(Sha384::digest(config));
         let m = manifest(true, Some((3 * 4096, vec![0xab])));
         let initrd = b"0123456".to_vec(); // 7 bytes: one byte of padding
-        let (cmdline, got) =
-            signed_linux_handoff(&m, Some(config), "quiet".into(), Some(initrd.clone())).unwrap();
+        let (cmdline, got) = signed_linux_handoff(
+            &m,
+            Some(config),
+            "quiet".into(),
+            Some(Blob::Bytes(initrd.clone())),
+        )
+        .unwrap();
         assert_eq!(
             cmdline,
             format!("quiet bulwark.verity=1:sha256:4096:4096:3:3:{ROOT}:ab bulwark.config_sha384={digest}")
         );
-        let got = got.unwrap();
+        let got = got.unwrap().read().unwrap().into_owned();
         assert_eq!(&got[..7], &initrd[..]);
         assert_eq!(got[7], 0);
         let entries = parse_newc(&got[8..]);
@@ -750,6 +827,40 @@ mod tests {
         let m = manifest(true, None);
         let (cmdline, got) = signed_linux_handoff(&m, Some(config), String::new(), None).unwrap();
         assert_eq!(cmdline, format!("bulwark.config_sha384={digest}"));
-        assert_eq!(got, Some(initrd_config::config_archive(config).unwrap()));
+        assert_eq!(
+            got,
+            Some(Blob::Bytes(initrd_config::config_archive(config).unwrap()))
+        );
+    }
+
+    /// A signed initrd still in the bundle gets the same padding and archive after it as
+    /// one in memory, for every length modulo 4.
+    #[test]
+    fn a_signed_initrd_gets_the_archive_the_in_memory_one_gets() {
+        use std::io::Write;
+        let config = br#"{"workload":"x"}"#;
+        let m = manifest(true, None);
+        for len in 0..8usize {
+            let body: Vec<u8> = (0..len as u8).map(|b| b + 1).collect();
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&body).unwrap();
+            let signed = Blob::Signed(SignedComponent {
+                kind: ComponentKind::Initrd,
+                file: std::sync::Arc::new(f),
+                offset: 0,
+                len: len as u64,
+                sha384: Sha384::digest(&body).into(),
+                appended: Vec::new(),
+            });
+            let (_, streamed) =
+                signed_linux_handoff(&m, Some(config), String::new(), Some(signed)).unwrap();
+            let (_, in_memory) =
+                signed_linux_handoff(&m, Some(config), String::new(), Some(Blob::Bytes(body)))
+                    .unwrap();
+            let (streamed, in_memory) = (streamed.unwrap(), in_memory.unwrap());
+            assert_eq!(streamed.len(), in_memory.len());
+            assert_eq!(streamed.read().unwrap(), in_memory.read().unwrap());
+            assert_eq!(streamed.known_sha384(), None, "the archive is not signed");
+        }
     }
 }

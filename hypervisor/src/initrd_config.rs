@@ -123,6 +123,15 @@ pub fn append_archive(initrd: Option<Vec<u8>>, archive: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What [`append_archive`] adds after an initrd of `initrd_len` bytes: the zero padding
+/// and `archive` (for an initrd that stays in the bundle until it is loaded).
+pub fn archive_after(initrd_len: u64, archive: &[u8]) -> Vec<u8> {
+    let pad = (4 - (initrd_len % 4) as usize) % 4;
+    let mut out = vec![0u8; pad];
+    out.extend_from_slice(archive);
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

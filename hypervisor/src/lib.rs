@@ -11,6 +11,7 @@
 
 pub mod acpi;
 pub mod api;
+pub mod blob;
 pub mod boot;
 pub mod boot_source;
 pub mod bus;
@@ -29,6 +30,7 @@ pub mod pci;
 pub mod plan;
 pub mod seccomp;
 pub mod signals;
+pub mod stream_load;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod vcpu;

@@ -230,6 +230,12 @@ impl Vm {
         let allocated = build_started.elapsed();
         let plan = prepare_with(cfg, &machine, inputs, &mem)?;
         let loaded = build_started.elapsed();
+        // Every signed component is read and checked now: record its version.
+        if let Some(pending) = &inputs.pending_version {
+            pending
+                .record()
+                .map_err(|e| VmError::Config(e.to_string()))?;
+        }
         // Guest RAM stays mapped until the process exits (see `sys::register_guest_ram`),
         // so vCPU threads that `stop` gives up on can never touch unmapped memory.
         crate::sys::register_guest_ram(&vm_fd, &mem).map_err(VmError::Host)?;

@@ -2,12 +2,13 @@
 //! STATUS MARKER GUEST_MIB -- COMMAND...` spawns COMMAND (a VMM whose guest serial
 //! console is its standard output) and prints one line
 //! `BENCH NAME first_byte_ms=A marker_ms=B exit_ms=C status=S rss_kib=R
-//! own_rss_kib=O guest_rss_kib=G` with the times from spawn to the first byte on
+//! own_rss_kib=O guest_rss_kib=G own_anon_kib=P` with the times from spawn to the first byte on
 //! standard output, to the first line holding MARKER, and to process exit, and the
 //! VMM's resident memory when MARKER appeared: R is its whole resident set (the sum of
 //! `Rss` over `/proc/PID/smaps`, i.e. VmRSS), G the resident part of its guest-RAM
 //! mapping (the mapping of GUEST_MIB MiB; see [`guest_rss_kib`]) and O = R - G, the
-//! VMM's own footprint beyond guest memory. Exit 0 when the command exited with
+//! VMM's own footprint beyond guest memory, and P its anonymous (private) part: O less
+//! the pages of its binary, which every process running it shares. Exit 0 when the command exited with
 //! STATUS and printed MARKER, else 1 (with what it printed on stderr); 2 on bad
 //! arguments. It measures; it judges no time and no size.
 
@@ -15,54 +16,92 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// One mapping of `/proc/PID/smaps`: its size and resident size, in KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One mapping of `/proc/PID/smaps`: its size, resident size and anonymous (private,
+/// not file-backed) resident size, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Mapping {
     size_kib: u64,
     rss_kib: u64,
+    anon_kib: u64,
 }
 
-/// The mappings of a `/proc/PID/smaps` text (each mapping's `Size:` then `Rss:`).
+/// The mappings of a `/proc/PID/smaps` text (a header line, then its `Key: value`
+/// fields, of which `Size:`, `Rss:` and `Anonymous:` are kept).
 fn mappings(smaps: &str) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    let mut size = None;
+    let mut out: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
-        let kib = |rest: &str| rest.split_whitespace().next()?.parse::<u64>().ok();
-        if let Some(rest) = line.strip_prefix("Size:") {
-            size = kib(rest);
-        } else if let Some(rest) = line.strip_prefix("Rss:") {
-            if let (Some(size_kib), Some(rss_kib)) = (size.take(), kib(rest)) {
-                out.push(Mapping { size_kib, rss_kib });
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        let kib = words.next().and_then(|w| w.parse::<u64>().ok());
+        match first {
+            "Size:" => {
+                if let (Some(m), Some(v)) = (out.last_mut(), kib) {
+                    m.size_kib = v;
+                }
             }
+            "Rss:" => {
+                if let (Some(m), Some(v)) = (out.last_mut(), kib) {
+                    m.rss_kib = v;
+                }
+            }
+            "Anonymous:" => {
+                if let (Some(m), Some(v)) = (out.last_mut(), kib) {
+                    m.anon_kib = v;
+                }
+            }
+            f if !f.ends_with(':') => out.push(Mapping::default()),
+            _ => {}
         }
     }
     out
 }
 
-/// The resident KiB of the guest-RAM mapping among `maps`: the mappings exactly
-/// `guest_kib` large (each VMM maps guest RAM below 3 GiB as one region); if there is
-/// none (the kernel merged it with a neighbouring mapping of the same kind), the
-/// largest mapping at least that large. `None` when no mapping is that large.
-fn guest_rss_kib(maps: &[Mapping], guest_kib: u64) -> Option<u64> {
+/// The guest-RAM mapping among `maps` (its resident and anonymous KiB): the mappings
+/// exactly `guest_kib` large (each VMM maps guest RAM below 3 GiB as one region); if
+/// there is none (the kernel merged it with a neighbouring mapping of the same kind),
+/// the largest mapping at least that large. `None` when no mapping is that large.
+fn guest_mapping(maps: &[Mapping], guest_kib: u64) -> Option<Mapping> {
     let exact: Vec<&Mapping> = maps.iter().filter(|m| m.size_kib == guest_kib).collect();
     if !exact.is_empty() {
-        return Some(exact.iter().map(|m| m.rss_kib).sum());
+        return Some(Mapping {
+            size_kib: guest_kib,
+            rss_kib: exact.iter().map(|m| m.rss_kib).sum(),
+            anon_kib: exact.iter().map(|m| m.anon_kib).sum(),
+        });
     }
     maps.iter()
         .filter(|m| m.size_kib >= guest_kib)
         .max_by_key(|m| m.size_kib)
-        .map(|m| m.rss_kib)
+        .copied()
 }
 
-/// `(rss_kib, guest_rss_kib)` of process `pid` now, or why not.
-fn resident(pid: u32, guest_kib: u64) -> Result<(u64, u64), String> {
+/// What process `pid` holds resident now, in KiB.
+struct Resident {
+    /// The whole resident set (VmRSS).
+    rss: u64,
+    /// The resident part of the guest-RAM mapping.
+    guest: u64,
+    /// The anonymous resident memory beyond guest RAM: what one more VMM process
+    /// costs (its binary's pages are shared by every process that runs it).
+    own_anon: u64,
+}
+
+/// What process `pid` holds resident now, or why not.
+fn resident(pid: u32, guest_kib: u64) -> Result<Resident, String> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
     let maps = mappings(&smaps);
-    let rss = maps.iter().map(|m| m.rss_kib).sum();
-    let guest = guest_rss_kib(&maps, guest_kib)
+    let guest = guest_mapping(&maps, guest_kib)
         .ok_or_else(|| format!("no mapping of {guest_kib} KiB or more in /proc/{pid}/smaps"))?;
-    Ok((rss, guest))
+    Ok(Resident {
+        rss: maps.iter().map(|m| m.rss_kib).sum(),
+        guest: guest.rss_kib,
+        own_anon: maps
+            .iter()
+            .map(|m| m.anon_kib)
+            .sum::<u64>()
+            .saturating_sub(guest.anon_kib),
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -141,20 +180,21 @@ fn main() -> std::process::ExitCode {
             format!("{:.1}", d.as_secs_f64() * 1e3)
         })
     };
-    let (rss, own, guest) = match &memory {
-        Some(Ok((rss, guest))) => (
-            rss.to_string(),
-            rss.saturating_sub(*guest).to_string(),
-            guest.to_string(),
+    let (rss, own, guest, own_anon) = match &memory {
+        Some(Ok(r)) => (
+            r.rss.to_string(),
+            r.rss.saturating_sub(r.guest).to_string(),
+            r.guest.to_string(),
+            r.own_anon.to_string(),
         ),
         Some(Err(e)) => {
             eprintln!("lab-boot-timer: {name}: {e}");
-            ("none".into(), "none".into(), "none".into())
+            ("none".into(), "none".into(), "none".into(), "none".into())
         }
-        None => ("none".into(), "none".into(), "none".into()),
+        None => ("none".into(), "none".into(), "none".into(), "none".into()),
     };
     println!(
-        "BENCH {name} first_byte_ms={} marker_ms={} exit_ms={} status={status} rss_kib={rss} own_rss_kib={own} guest_rss_kib={guest}",
+        "BENCH {name} first_byte_ms={} marker_ms={} exit_ms={} status={status} rss_kib={rss} own_rss_kib={own} guest_rss_kib={guest} own_anon_kib={own_anon}",
         ms(first),
         ms(seen),
         ms(Some(exit))
@@ -181,12 +221,15 @@ Size:               1024 kB
 KernelPageSize:        4 kB
 Rss:                 900 kB
 Pss:                 900 kB
+Anonymous:             0 kB
 7f0000000000-7f0010000000 rw-p 00000000 00:00 0
 Size:             262144 kB
 Rss:              120000 kB
+Anonymous:        119000 kB
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 Size:                132 kB
 Rss:                  16 kB
+Anonymous:            12 kB
 ";
 
     #[test]
@@ -194,7 +237,13 @@ Rss:                  16 kB
         let maps = mappings(SMAPS);
         assert_eq!(maps.len(), 3);
         assert_eq!(maps.iter().map(|m| m.rss_kib).sum::<u64>(), 120_916);
-        assert_eq!(guest_rss_kib(&maps, 256 * 1024), Some(120_000));
+        let guest = guest_mapping(&maps, 256 * 1024).unwrap();
+        assert_eq!((guest.rss_kib, guest.anon_kib), (120_000, 119_000));
+        // Anonymous beyond guest RAM: the stack's 12 KiB (the binary's pages are not).
+        assert_eq!(
+            maps.iter().map(|m| m.anon_kib).sum::<u64>() - guest.anon_kib,
+            12
+        );
     }
 
     #[test]
@@ -203,13 +252,15 @@ Rss:                  16 kB
             Mapping {
                 size_kib: 262_144 + 2048,
                 rss_kib: 5000,
+                anon_kib: 4000,
             },
             Mapping {
                 size_kib: 8192,
                 rss_kib: 8000,
+                anon_kib: 0,
             },
         ];
-        assert_eq!(guest_rss_kib(&maps, 256 * 1024), Some(5000));
-        assert_eq!(guest_rss_kib(&maps[1..], 256 * 1024), None);
+        assert_eq!(guest_mapping(&maps, 256 * 1024), Some(maps[0]));
+        assert_eq!(guest_mapping(&maps[1..], 256 * 1024), None);
     }
 }
