@@ -407,8 +407,7 @@ fn read_bundle(
     let bundle = Bundle::open(path).map_err(|e| SourceError::Bundle(e.to_string()))?;
     // The components read into memory below are hashed as they are read (once);
     // everything else in the file is checked here, before any of them is read.
-    let verified = bundle
-        .verify_for_loading(&policy, &LOADED_COMPONENTS)
+    let verified = on_boot_pool(|| bundle.verify_for_loading(&policy, &LOADED_COMPONENTS))?
         .map_err(|e| SourceError::Bundle(format!("verification failed: {e}")))?;
     let verify = verify_started.elapsed();
     let manifest = verified.manifest();
@@ -561,6 +560,45 @@ fn read_bundle(
         },
         pending_version,
     })
+}
+
+/// How long [`on_boot_pool`] waits for its threads to exit.
+const BOOT_POOL_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` (the bundle's verification, parallel inside) on a thread pool of its own
+/// and returns once every thread of that pool has exited. The process-wide pool would
+/// keep idle threads for the VMM's lifetime, the only threads without the seccomp
+/// filter that each VMM thread installs for itself: a guest that took over a filtered
+/// thread could hand them work. (And their stacks would stay resident.)
+fn on_boot_pool<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, SourceError> {
+    use std::sync::{Arc, Condvar, Mutex, PoisonError};
+    let exited = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let on_exit = Arc::clone(&exited);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("verify-{i}"))
+        .exit_handler(move |_| {
+            let (count, cv) = &*on_exit;
+            *count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+            cv.notify_all();
+        })
+        .build()
+        .map_err(|e| SourceError::Bundle(format!("starting the verification threads: {e}")))?;
+    let threads = pool.current_num_threads();
+    let out = pool.install(f);
+    drop(pool);
+    let (count, cv) = &*exited;
+    let done = count.lock().unwrap_or_else(PoisonError::into_inner);
+    let (done, timeout) = cv
+        .wait_timeout_while(done, BOOT_POOL_EXIT, |n| *n < threads)
+        .unwrap_or_else(PoisonError::into_inner);
+    drop(done);
+    if timeout.timed_out() {
+        return Err(SourceError::Bundle(format!(
+            "the verification threads did not exit within {} s",
+            BOOT_POOL_EXIT.as_secs()
+        )));
+    }
+    Ok(out)
 }
 
 /// What a signed bundle booted as Linux gives the guest beyond its signed command line

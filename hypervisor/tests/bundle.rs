@@ -449,3 +449,61 @@ fn a_node_os_image_is_refused_naming_its_kind() {
         "{err}"
     );
 }
+
+/// The bundle is verified on threads of its own that have exited before the guest
+/// runs: every thread of a running VMM booted from a bundle (with a rootfs, whose
+/// dm-verity tree is checked in parallel) runs under its seccomp filter.
+#[test]
+fn no_verification_thread_outlives_the_boot_without_seccomp() {
+    let (_dir, bundle, key_pub, _) =
+        make_full_bundle(&flat("smp"), None, None, None, Some(&rootfs_bytes()));
+    let mut cfg = bundle_config(&bundle, &key_pub);
+    // vCPU 0 of the smp guest waits for two vCPUs; with one it spins until stopped.
+    cfg["boot_source"]["raw"] = json!({"load_addr": 0x10_0000,
+        "entry": {"mode": "long64", "rip": 0x10_0000, "rsi": 2, "aps": "at_entry"}});
+    let mut vmm = spawn_vmm(scratch(), cfg, false);
+    let pid = vmm.child.id();
+    let threads = || -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+                    .map(|status| {
+                        let field = |k: &str| {
+                            status
+                                .lines()
+                                .find_map(|l| l.strip_prefix(k))
+                                .unwrap_or_default()
+                                .trim()
+                                .to_string()
+                        };
+                        (field("Name:"), field("Seccomp:"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let seen = loop {
+        let now = threads();
+        let running = now.iter().any(|(name, _)| name == "vcpu0");
+        if running && now.iter().all(|(_, mode)| mode == "2") {
+            break now;
+        }
+        if std::time::Instant::now() > deadline || vmm_exited(pid) {
+            let _ = vmm.child.kill();
+            panic!("threads of the running VMM: {now:?} (every one must be in seccomp mode 2)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        seen.iter().all(|(name, _)| !name.starts_with("verify-")),
+        "{seen:?}"
+    );
+    // And it stays so (no late thread without a filter).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let later = threads();
+    assert!(later.iter().all(|(_, mode)| mode == "2"), "{later:?}");
+    let _ = vmm.child.kill();
+    let _ = vmm.child.wait();
+}
