@@ -49,6 +49,12 @@ struct VmmEntry {
     stop_requested: bool,
 }
 
+/// What a driver change is serialised on: the device's IOMMU group (the unit that
+/// moves between drivers), or the address of a device without one.
+fn driver_change_key(addr: &str, group: Option<u32>) -> String {
+    group.map_or_else(|| addr.to_string(), |g| format!("IOMMU group {g}"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -78,6 +84,10 @@ pub struct Agent {
     /// another.
     scrub_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     enroll_lock: tokio::sync::Mutex<()>,
+    /// The groups whose driver change (enrolment, unenrolment) the kernel has not
+    /// finished, with when it was asked for: set before the sysfs writes, cleared by
+    /// the thread that made them when they return, however late.
+    driver_changes: Arc<Mutex<HashMap<String, Instant>>>,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
     /// The newest event's sequence number, for requests that wait for the next one.
@@ -119,6 +129,7 @@ impl Agent {
             scrubbing: Mutex::default(),
             scrub_locks: Mutex::default(),
             enroll_lock: tokio::sync::Mutex::new(()),
+            driver_changes: Arc::default(),
             vmms: Mutex::default(),
             events: Mutex::default(),
             event_seq: tokio::sync::watch::Sender::new(0),
@@ -276,9 +287,10 @@ impl Agent {
         let sysfs = self.sysfs.clone();
         let disallowed = self.cfg.disallowed_host_drivers.clone();
         let a = addr.to_string();
-        let bound = tokio::task::spawn_blocking(move || sysfs.enroll_group(&a, &disallowed))
-            .await
-            .map_err(|e| Error::internal("sysfs", e.to_string()))?;
+        let key = driver_change_key(addr, d.iommu_group);
+        let bound = self
+            .driver_change(key, move || sysfs.enroll_group(&a, &disallowed))
+            .await;
         let bound = match bound {
             Ok(b) => b,
             Err(e) => {
@@ -339,6 +351,14 @@ impl Agent {
     /// enrol again. Returns each member with the host driver it is on now.
     pub async fn unenroll(self: &Arc<Self>, addr: &str) -> Result<Vec<(String, Option<String>)>> {
         let _one_at_a_time = self.enroll_lock.lock().await;
+        let group = self
+            .state()
+            .await?
+            .devices
+            .get(addr)
+            .and_then(|d| d.iommu_group);
+        let key = driver_change_key(addr, group);
+        self.refuse_if_changing(&key)?;
         let a = addr.to_string();
         let members = self
             .txn(move |t| lifecycle::unenroll(&mut t.state, &a))
@@ -346,9 +366,9 @@ impl Agent {
         crash::point("unenroll:committed");
         let sysfs = self.sysfs.clone();
         let m = members.clone();
-        let done = tokio::task::spawn_blocking(move || sysfs.unenroll_members(&m))
-            .await
-            .map_err(|e| Error::internal("sysfs", e.to_string()))?;
+        let done = self
+            .driver_change(key, move || sysfs.unenroll_members(&m))
+            .await;
         match done {
             Ok(drivers) => {
                 let text: Vec<String> = drivers
@@ -382,6 +402,57 @@ impl Agent {
                 self.event("device", addr, why);
                 Err(e)
             }
+        }
+    }
+
+    /// Refuses (409) a driver change of `key` while an earlier one has not returned.
+    fn refuse_if_changing(&self, key: &str) -> Result<()> {
+        match lock(&self.driver_changes).get(key) {
+            Some(since) => Err(Error::conflict(
+                "address",
+                format!(
+                    "{key}: the driver change bulwarkd asked of the kernel {} s ago has not finished (a driver's unbind or probe hangs: see the kernel log); nothing more is written to it until that one returns",
+                    since.elapsed().as_secs()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `change` (sysfs writes that move `key`'s devices between drivers) on a
+    /// blocking thread, bounded by `driver_change_timeout_ms`. When the kernel has not
+    /// finished by then (a driver's remove callback that hangs), bulwarkd stops
+    /// waiting and says so, so that the enrolment lock serves every other group
+    /// again; `key` refuses further changes until the abandoned thread returns.
+    async fn driver_change<T: Send + 'static>(
+        &self,
+        key: String,
+        change: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.refuse_if_changing(&key)?;
+        lock(&self.driver_changes).insert(key.clone(), Instant::now());
+        /// Clears the mark when the thread ends, whether `change` returned or panicked.
+        struct Done(Arc<Mutex<HashMap<String, Instant>>>, String);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                lock(&self.0).remove(&self.1);
+            }
+        }
+        let done = Done(Arc::clone(&self.driver_changes), key.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let _done = done;
+            change()
+        });
+        let limit = Duration::from_millis(self.cfg.driver_change_timeout_ms);
+        match tokio::time::timeout(limit, task).await {
+            Ok(joined) => joined.map_err(|e| Error::internal("sysfs", e.to_string()))?,
+            Err(_) => Err(Error::internal(
+                "address",
+                format!(
+                    "{key}: the kernel did not finish the driver change within {} ms (a driver's unbind or probe hangs: see the kernel log); bulwarkd stopped waiting and writes nothing more to it until that change returns",
+                    self.cfg.driver_change_timeout_ms
+                ),
+            )),
         }
     }
 

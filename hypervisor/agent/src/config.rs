@@ -87,6 +87,10 @@ pub struct Config {
     /// Upper bound of each scrub step.
     #[serde(default = "default_scrub_timeout")]
     pub scrub_step_timeout_ms: u64,
+    /// Upper bound of the sysfs writes that move a group's devices between drivers
+    /// (enrolment, unenrolment); a driver whose unbind hangs is given up on after it.
+    #[serde(default = "default_driver_change_timeout")]
+    pub driver_change_timeout_ms: u64,
     /// The bulwark-vmm binary.
     #[serde(default)]
     pub vmm_bin: Option<PathBuf>,
@@ -257,6 +261,9 @@ fn default_sysfs() -> PathBuf {
 fn default_scrub_timeout() -> u64 {
     120_000
 }
+fn default_driver_change_timeout() -> u64 {
+    60_000
+}
 fn default_disallowed() -> Vec<String> {
     [
         "nvme",
@@ -308,6 +315,9 @@ impl Config {
         }
         if c.scrub_step_timeout_ms == 0 {
             return Err(Error::bad("scrub_step_timeout_ms", "must be positive"));
+        }
+        if c.driver_change_timeout_ms == 0 {
+            return Err(Error::bad("driver_change_timeout_ms", "must be positive"));
         }
         if let Some(a) = &c.attestation {
             match &a.node_image {
@@ -388,6 +398,10 @@ mod tests {
             (r#"{"sanitizer":{"kind":"magic"}}"#, "sanitizer.kind"),
             (r#"{"jail":{"gid":5}}"#, "jail.uid_base"),
             (r#"{"scrub_step_timeout_ms":0}"#, "scrub_step_timeout_ms"),
+            (
+                r#"{"driver_change_timeout_ms":0}"#,
+                "driver_change_timeout_ms",
+            ),
             (r#"{"jail":{"uid_base":0,"gid":5}}"#, "jail.uid_base"),
             (r#"{"operator_gid":"x"}"#, "operator_gid"),
             (

@@ -1129,3 +1129,72 @@ fn unenrolment_gives_the_group_back_and_a_new_enrolment_scrubs_again() {
     let (s, _) = n.call("POST", "/devices/0000:0f:00.0/unenroll", None);
     assert_eq!(s, 404);
 }
+
+/// A driver whose unbind never returns (the fake kernel's `unbind` attribute of the
+/// host driver is a FIFO nobody reads, so the write blocks) is given up on after
+/// `driver_change_timeout_ms`: the enrolment answers 500 saying so, the enrolment lock
+/// is free for every other group at once, the stuck group refuses further changes
+/// (409) until the kernel returns, and accepts them again afterwards.
+#[test]
+fn a_hanging_unbind_is_given_up_on_and_holds_only_its_own_group() {
+    let mut n = Node::new(json!({"driver_change_timeout_ms": 400}));
+    let unbind = n.path("sys/bus/pci/drivers/nvidia/unbind");
+    std::fs::remove_file(&unbind).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(&unbind)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    n.start();
+    let asked = std::time::Instant::now();
+    let (s, v) = n.call("POST", &format!("/devices/{GPU_HOST}/enroll"), None);
+    assert_eq!(s, 500, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("IOMMU group 5")
+            && msg.contains("did not finish the driver change within 400 ms"),
+        "{msg}"
+    );
+    assert!(asked.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(n.device(GPU_HOST)["state"], "unenrolled");
+    // The same group is refused while the write hangs...
+    let (s, v) = n.call("POST", &format!("/devices/{GPU_HOST}/enroll"), None);
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has not finished"),
+        "{v}"
+    );
+    // ...and every other group enrols at once.
+    let (s, v) = n.call("POST", &format!("/devices/{GPU_B}/enroll"), None);
+    assert!(s < 300, "{s} {v}");
+    // The kernel returns: the blocked write completes (and its result, the fake
+    // kernel's refusal to rebind, goes nowhere); the group takes changes again.
+    let got = std::fs::read_to_string(&unbind).unwrap();
+    assert_eq!(got, GPU_HOST);
+    std::fs::remove_file(&unbind).unwrap();
+    std::fs::write(&unbind, "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, v) = n.call("POST", &format!("/devices/{GPU_HOST}/enroll"), None);
+        if s == 422 {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("did not bind to vfio-pci"),
+                "{v}"
+            );
+            break;
+        }
+        assert_eq!(s, 409, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group stayed stuck"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    n.check_invariants();
+}
