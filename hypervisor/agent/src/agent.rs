@@ -49,6 +49,43 @@ struct VmmEntry {
     stop_requested: bool,
 }
 
+/// Work running on blocking threads that may outlive the request that started it (a
+/// driver change or scrub step given up on after its timeout), by key: marked when it
+/// starts, unmarked by its thread when it returns, however late.
+#[derive(Debug, Default)]
+struct Outstanding(Arc<Mutex<HashMap<String, Instant>>>);
+
+/// Unmarks its keys when dropped: moved into the blocking closure, so that it drops
+/// when the work returns or panics.
+struct OutstandingMark(Arc<Mutex<HashMap<String, Instant>>>, Vec<String>);
+
+impl Drop for OutstandingMark {
+    fn drop(&mut self) {
+        let mut m = lock(&self.0);
+        for k in &self.1 {
+            m.remove(k);
+        }
+    }
+}
+
+impl Outstanding {
+    /// Marks `keys` as running from now on.
+    fn mark(&self, keys: Vec<String>) -> OutstandingMark {
+        let now = Instant::now();
+        let mut m = lock(&self.0);
+        for k in &keys {
+            m.insert(k.clone(), now);
+        }
+        OutstandingMark(Arc::clone(&self.0), keys)
+    }
+
+    /// The first of `keys` with work still running, and since when.
+    fn since(&self, keys: &[String]) -> Option<(String, Instant)> {
+        let m = lock(&self.0);
+        keys.iter().find_map(|k| m.get(k).map(|t| (k.clone(), *t)))
+    }
+}
+
 /// What a driver change is serialised on: the device's IOMMU group (the unit that
 /// moves between drivers), or the address of a device without one.
 fn driver_change_key(addr: &str, group: Option<u32>) -> String {
@@ -85,9 +122,13 @@ pub struct Agent {
     scrub_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     enroll_lock: tokio::sync::Mutex<()>,
     /// The groups whose driver change (enrolment, unenrolment) the kernel has not
-    /// finished, with when it was asked for: set before the sysfs writes, cleared by
-    /// the thread that made them when they return, however late.
-    driver_changes: Arc<Mutex<HashMap<String, Instant>>>,
+    /// finished: marked before the sysfs writes, cleared by the thread that made them
+    /// when they return, however late.
+    driver_changes: Outstanding,
+    /// The PCI buses and IOMMU groups (the scrub lock keys) of scrub steps still
+    /// running on their blocking thread: a step that outlives its timeout keeps its
+    /// device's VFIO group open (and the hardware may be wedged) until it returns.
+    scrub_steps: Outstanding,
     vmms: Mutex<HashMap<String, VmmEntry>>,
     events: Mutex<EventLog>,
     /// The newest event's sequence number, for requests that wait for the next one.
@@ -129,7 +170,8 @@ impl Agent {
             scrubbing: Mutex::default(),
             scrub_locks: Mutex::default(),
             enroll_lock: tokio::sync::Mutex::new(()),
-            driver_changes: Arc::default(),
+            driver_changes: Outstanding::default(),
+            scrub_steps: Outstanding::default(),
             vmms: Mutex::default(),
             events: Mutex::default(),
             event_seq: tokio::sync::watch::Sender::new(0),
@@ -407,8 +449,8 @@ impl Agent {
 
     /// Refuses (409) a driver change of `key` while an earlier one has not returned.
     fn refuse_if_changing(&self, key: &str) -> Result<()> {
-        match lock(&self.driver_changes).get(key) {
-            Some(since) => Err(Error::conflict(
+        match self.driver_changes.since(std::slice::from_ref(&key.to_string())) {
+            Some((_, since)) => Err(Error::conflict(
                 "address",
                 format!(
                     "{key}: the driver change bulwarkd asked of the kernel {} s ago has not finished (a driver's unbind or probe hangs: see the kernel log); nothing more is written to it until that one returns",
@@ -430,17 +472,9 @@ impl Agent {
         change: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.refuse_if_changing(&key)?;
-        lock(&self.driver_changes).insert(key.clone(), Instant::now());
-        /// Clears the mark when the thread ends, whether `change` returned or panicked.
-        struct Done(Arc<Mutex<HashMap<String, Instant>>>, String);
-        impl Drop for Done {
-            fn drop(&mut self) {
-                lock(&self.0).remove(&self.1);
-            }
-        }
-        let done = Done(Arc::clone(&self.driver_changes), key.clone());
+        let running = self.driver_changes.mark(vec![key.clone()]);
         let task = tokio::task::spawn_blocking(move || {
-            let _done = done;
+            let _running = running;
             change()
         });
         let limit = Duration::from_millis(self.cfg.driver_change_timeout_ms);
@@ -497,11 +531,11 @@ impl Agent {
         let mut keys = vec![format!("bus {}", addr.get(..7).unwrap_or(addr))];
         keys.extend(group.map(|g| format!("group {g}")));
         let locks: Vec<_> = keys
-            .into_iter()
+            .iter()
             .map(|k| {
                 Arc::clone(
                     lock(&self.scrub_locks)
-                        .entry(k)
+                        .entry(k.clone())
                         .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(()))),
                 )
             })
@@ -557,18 +591,34 @@ impl Agent {
             let s0 = now_ms();
             let san = Arc::clone(&self.sanitizer);
             let d = dev.clone();
-            let run = tokio::task::spawn_blocking(move || san.step(&d, step));
-            let result = match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(r)) => r.map_err(|f| (f.method, f.detail)),
-                Ok(Err(e)) => Err(("?".into(), format!("the step's thread failed: {e}"))),
-                Err(_) => Err((
-                    "timeout".into(),
+            let result = if let Some((key, since)) = self.scrub_steps.since(&keys) {
+                // An earlier step on this bus or group outlived its timeout and still
+                // runs: the device's group may be open there, the hardware wedged.
+                Err((
+                    "not-run".into(),
                     format!(
-                        "{} did not finish within {} ms; the device is left hung",
-                        step.name(),
-                        timeout.as_millis()
+                        "a scrub step on {key} timed out {} s ago and has not returned: nothing on {key} is scrubbed until it does",
+                        since.elapsed().as_secs()
                     ),
-                )),
+                ))
+            } else {
+                let running = self.scrub_steps.mark(keys.clone());
+                let run = tokio::task::spawn_blocking(move || {
+                    let _running = running;
+                    san.step(&d, step)
+                });
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(r)) => r.map_err(|f| (f.method, f.detail)),
+                    Ok(Err(e)) => Err(("?".into(), format!("the step's thread failed: {e}"))),
+                    Err(_) => Err((
+                        "timeout".into(),
+                        format!(
+                            "{} did not finish within {} ms; the device is left hung",
+                            step.name(),
+                            timeout.as_millis()
+                        ),
+                    )),
+                }
             };
             let (ok, method, detail) = match result {
                 Ok(r) => (true, r.method, r.detail),

@@ -269,6 +269,25 @@ fn a_hung_scrub_is_cut_off_by_the_timeout_and_quarantined() {
     assert_eq!(recs[0]["steps"][0]["method"], "timeout");
     // The API still answers while the hung thread sleeps.
     assert_eq!(n.call("GET", "/health", None).0, 200);
+    // Released while the hung step still runs: nothing on its group is touched, the
+    // scrub fails at once saying why, and the device stays quarantined.
+    assert_eq!(
+        n.call("POST", &format!("/devices/{GPU_B}/release"), None).0,
+        200
+    );
+    n.settle();
+    let d = n.device(GPU_B);
+    assert_eq!(d["state"], "quarantined", "{d}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("a scrub step on bus 0000:02 timed out")
+            && reason.contains("has not returned"),
+        "{d}"
+    );
+    let recs = n.get(&format!("/devices/{GPU_B}/scrubs"));
+    let last = recs.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["steps"][0]["method"], "not-run", "{recs}");
+    n.check_invariants();
 }
 
 #[test]
@@ -1140,10 +1159,7 @@ fn a_hanging_unbind_is_given_up_on_and_holds_only_its_own_group() {
     let mut n = Node::new(json!({"driver_change_timeout_ms": 400}));
     let unbind = n.path("sys/bus/pci/drivers/nvidia/unbind");
     std::fs::remove_file(&unbind).unwrap();
-    let made = Command::new("mkfifo")
-        .arg(&unbind)
-        .status()
-        .unwrap();
+    let made = Command::new("mkfifo").arg(&unbind).status().unwrap();
     assert!(made.success());
     n.start();
     let asked = std::time::Instant::now();
