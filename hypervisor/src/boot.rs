@@ -158,19 +158,21 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Notes that `bytes` (which must not move until they are measured) have the
-    /// SHA-384 `digest`, checked when they were read.
+    /// Notes that `bytes` (which must not move or be freed until they are measured,
+    /// which uses the note up) have the SHA-384 `digest`, checked when they were read.
     pub(crate) fn add_verified(&mut self, bytes: &[u8], digest: [u8; 48]) {
         self.verified
             .push((bytes.as_ptr() as usize, bytes.len(), digest));
     }
 
     fn measure_blob(&mut self, kind: &'static str, addr: u64, bytes: &[u8]) {
+        // An entry serves once: its buffer may be freed after this, and another one
+        // allocated at the same address must not inherit the digest.
         let known = self
             .verified
             .iter()
-            .find(|(p, l, _)| *p == bytes.as_ptr() as usize && *l == bytes.len())
-            .map(|(_, _, d)| *d);
+            .position(|(p, l, _)| *p == bytes.as_ptr() as usize && *l == bytes.len())
+            .map(|i| self.verified.swap_remove(i).2);
         let digest = match known {
             Some(d) => {
                 debug_assert_eq!(

@@ -562,41 +562,35 @@ fn read_bundle(
     })
 }
 
-/// How long [`on_boot_pool`] waits for its threads to exit.
-const BOOT_POOL_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Runs `f` (the bundle's verification, parallel inside) on a thread pool of its own
-/// and returns once every thread of that pool has exited. The process-wide pool would
-/// keep idle threads for the VMM's lifetime, the only threads without the seccomp
+/// and returns once every thread of that pool has been joined. The process-wide pool
+/// would keep idle threads for the VMM's lifetime, the only threads without the seccomp
 /// filter that each VMM thread installs for itself: a guest that took over a filtered
 /// thread could hand them work. (And their stacks would stay resident.)
 fn on_boot_pool<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, SourceError> {
-    use std::sync::{Arc, Condvar, Mutex, PoisonError};
-    let exited = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let on_exit = Arc::clone(&exited);
+    use std::sync::{Arc, Mutex, PoisonError};
+    let threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+    let spawned = Arc::clone(&threads);
     let pool = rayon::ThreadPoolBuilder::new()
-        .thread_name(|i| format!("verify-{i}"))
-        .exit_handler(move |_| {
-            let (count, cv) = &*on_exit;
-            *count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-            cv.notify_all();
+        .spawn_handler(move |worker| {
+            let handle = std::thread::Builder::new()
+                .name(format!("verify-{}", worker.index()))
+                .spawn(move || worker.run())?;
+            spawned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(handle);
+            Ok(())
         })
         .build()
         .map_err(|e| SourceError::Bundle(format!("starting the verification threads: {e}")))?;
-    let threads = pool.current_num_threads();
     let out = pool.install(f);
+    // Dropping the pool ends its workers; joining waits until each thread is gone.
     drop(pool);
-    let (count, cv) = &*exited;
-    let done = count.lock().unwrap_or_else(PoisonError::into_inner);
-    let (done, timeout) = cv
-        .wait_timeout_while(done, BOOT_POOL_EXIT, |n| *n < threads)
-        .unwrap_or_else(PoisonError::into_inner);
-    drop(done);
-    if timeout.timed_out() {
-        return Err(SourceError::Bundle(format!(
-            "the verification threads did not exit within {} s",
-            BOOT_POOL_EXIT.as_secs()
-        )));
+    let handles = std::mem::take(&mut *threads.lock().unwrap_or_else(PoisonError::into_inner));
+    for h in handles {
+        h.join()
+            .map_err(|_| SourceError::Bundle("a verification thread panicked".into()))?;
     }
     Ok(out)
 }

@@ -402,6 +402,84 @@ mod tests {
         assert!(pvh_note(&[1, 2, 3], 3).is_err());
     }
 
+    fn layout() -> MemoryLayout {
+        MemoryLayout::new(64 << 20, 1 << 30, 52).unwrap()
+    }
+
+    /// An ELF64 header with `phnum` program headers at `phoff`, entry 2 MiB.
+    fn elf_header(phoff: u64, phnum: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = 1;
+        h[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        h[32..40].copy_from_slice(&phoff.to_le_bytes());
+        h[54..56].copy_from_slice(&56u16.to_le_bytes());
+        h[56..58].copy_from_slice(&phnum.to_le_bytes());
+        h
+    }
+
+    fn phdr(p_type: u32, offset: u64, paddr: u64, size: u64) -> Vec<u8> {
+        let mut p = vec![0u8; 56];
+        p[..4].copy_from_slice(&p_type.to_le_bytes());
+        p[8..16].copy_from_slice(&offset.to_le_bytes());
+        p[24..32].copy_from_slice(&paddr.to_le_bytes());
+        p[32..40].copy_from_slice(&size.to_le_bytes());
+        p[40..48].copy_from_slice(&size.to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn an_ordinary_vmlinux_layout_streams() {
+        let mut h = elf_header(64, 2);
+        h.extend(phdr(PT_LOAD, 0x1000, 0x20_0000, 0x30_0000));
+        h.extend(phdr(PT_NOTE, 0x2000, 0x20_1000, 0x40));
+        let Placement::Elf(plan) = place(&h, 0x40_0000, &layout(), true) else {
+            panic!("not streamed");
+        };
+        assert_eq!(plan.segments, [(0x1000, 0x30_0000, 0x20_0000)]);
+        assert_eq!(plan.kernel_end, 0x50_0000);
+        assert_eq!(
+            plan.note.as_ref().map(|n| (n.0, n.1, n.2.len())),
+            Some((0x2000, 0x40, 0x60))
+        );
+    }
+
+    /// What the streaming path leaves to the in-memory loader (which then names what
+    /// is wrong, or loads it): each of these is read whole.
+    #[test]
+    fn unusual_or_malformed_kernels_are_read_whole() {
+        let whole = |first: &[u8], len: u64| {
+            matches!(place(first, len, &layout(), true), Placement::Whole(_))
+        };
+        // Program headers beyond the first chunk.
+        assert!(whole(&elf_header(2 << 20, 1), 3 << 20));
+        // Overlapping segments in guest memory.
+        let mut h = elf_header(64, 2);
+        h.extend(phdr(PT_LOAD, 0x1000, 0x20_0000, 0x1000));
+        h.extend(phdr(PT_LOAD, 0x3000, 0x20_0800, 0x1000));
+        assert!(whole(&h, 0x10_000));
+        // Two note segments.
+        let mut h = elf_header(64, 2);
+        h.extend(phdr(PT_NOTE, 0x1000, 0, 0x10));
+        h.extend(phdr(PT_NOTE, 0x2000, 0, 0x10));
+        assert!(whole(&h, 0x10_000));
+        // A segment past the end of the file.
+        let mut h = elf_header(64, 1);
+        h.extend(phdr(PT_LOAD, 0x1000, 0x20_0000, 0x10_0000));
+        assert!(whole(&h, 0x2000));
+        // An entry below 1 MiB, a wrong program header size.
+        let mut h = elf_header(64, 0);
+        h[24..32].copy_from_slice(&0x1000u64.to_le_bytes());
+        assert!(whole(&h, 64));
+        let mut h = elf_header(64, 0);
+        h[54] = 32;
+        assert!(whole(&h, 64));
+        // Not a bzImage either: too short, no HdrS.
+        assert!(whole(&[0u8; 100], 100));
+        assert!(whole(&vec![0u8; 4096], 4096));
+    }
+
     #[test]
     fn overlap_is_the_intersection_in_chunk_indices() {
         assert_eq!(overlap(100, 0, 10, 20), Some((10, 30)));

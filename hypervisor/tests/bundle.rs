@@ -484,9 +484,14 @@ fn no_verification_thread_outlives_the_boot_without_seccomp() {
             .unwrap_or_default()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut first_running = None;
     let seen = loop {
         let now = threads();
         let running = now.iter().any(|(name, _)| name == "vcpu0");
+        if running && first_running.is_none() {
+            // The guest runs: the verification threads are already gone.
+            first_running = Some(now.clone());
+        }
         if running && now.iter().all(|(_, mode)| mode == "2") {
             break now;
         }
@@ -496,6 +501,13 @@ fn no_verification_thread_outlives_the_boot_without_seccomp() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    let first_running = first_running.unwrap();
+    assert!(
+        first_running
+            .iter()
+            .all(|(name, _)| !name.starts_with("verify-")),
+        "{first_running:?}"
+    );
     assert!(
         seen.iter().all(|(name, _)| !name.starts_with("verify-")),
         "{seen:?}"

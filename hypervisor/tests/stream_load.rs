@@ -152,6 +152,75 @@ fn a_streamed_initrd_with_the_config_archive_after_it_matches() {
     assert_streamed_equals_in_memory(&case(&elf("e820"), &initrd, Some(config)));
 }
 
+/// A vmlinux of several chunks: its loaded segment starts just below the first chunk's
+/// end and runs 3 MiB, and its note segment (a GNU note, then the Xen PVH entry note)
+/// straddles the first chunk boundary. Streamed, it loads and measures as in memory,
+/// and the PVH entry is the one the note names.
+#[test]
+fn a_vmlinux_of_several_chunks_with_a_note_across_a_chunk_boundary_matches() {
+    let dir = scratch();
+    let (seg_off, seg_len, note_off) = (0xf_ff00u64, 0x30_0000u64, 0xf_ffe0u64);
+    let mut image: Vec<u8> = (0..seg_off + seg_len + 0x1234)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let note = |name: &[u8; 4], n_type: u32, desc: &[u8]| {
+        let mut n = Vec::new();
+        n.extend_from_slice(&4u32.to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&n_type.to_le_bytes());
+        n.extend_from_slice(name);
+        n.extend_from_slice(desc);
+        n
+    };
+    let mut notes = note(b"GNU\0", 3, &[7; 8]);
+    notes.extend(note(b"Xen\0", 18, &0x20_0100u32.to_le_bytes()));
+    image[note_off as usize..note_off as usize + notes.len()].copy_from_slice(&notes);
+    let mut header = vec![0u8; 64];
+    header[..4].copy_from_slice(b"\x7fELF");
+    header[4] = 2; // ELFCLASS64
+    header[5] = 1; // little-endian
+    header[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
+    header[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    header[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    header[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+    let phdr = |p_type: u32, offset: u64, paddr: u64, filesz: u64, memsz: u64| {
+        let mut p = vec![0u8; 56];
+        p[..4].copy_from_slice(&p_type.to_le_bytes());
+        p[8..16].copy_from_slice(&offset.to_le_bytes());
+        p[24..32].copy_from_slice(&paddr.to_le_bytes());
+        p[32..40].copy_from_slice(&filesz.to_le_bytes());
+        p[40..48].copy_from_slice(&memsz.to_le_bytes());
+        p
+    };
+    header.extend(phdr(1, seg_off, 0x20_0000, seg_len, seg_len + 0x1000));
+    header.extend(phdr(4, note_off, 0, notes.len() as u64, notes.len() as u64));
+    image[..header.len()].copy_from_slice(&header);
+    let kernel = dir.path().join("synthetic-vmlinux");
+    std::fs::write(&kernel, &image).unwrap();
+    let c = case(&kernel, b"initrd", None);
+    assert_streamed_equals_in_memory(&c);
+    let vm = build_vm(&c.bundle_cfg, StateUse::CheckOnly).unwrap();
+    let entry = loaded_events(&vm)
+        .into_iter()
+        .find(|(e, _)| e.starts_with("entry: "))
+        .unwrap();
+    assert!(
+        entry.0.starts_with("entry: protected32 rip=0x200100"),
+        "{entry:?}"
+    );
+}
+
+/// A bzImage of several chunks (the e820 guest with 2.5 MiB after it).
+#[test]
+fn a_bzimage_of_several_chunks_matches() {
+    let dir = scratch();
+    let mut image = std::fs::read(bzimage("e820", dir.path())).unwrap();
+    image.extend((0..(5u32 << 19)).map(|i| (i % 253) as u8));
+    let kernel = dir.path().join("big.bzImage");
+    std::fs::write(&kernel, &image).unwrap();
+    assert_streamed_equals_in_memory(&case(&kernel, b"initrd", None));
+}
+
 /// A vmlinux whose program headers lie beyond the first chunk (1 MiB) is read whole
 /// and loaded by the in-memory loader: the same result.
 #[test]
@@ -176,7 +245,16 @@ fn an_elf_the_streaming_path_leaves_to_the_in_memory_loader_matches() {
 fn a_kernel_or_initrd_changed_after_verification_is_refused_and_records_nothing() {
     use std::os::unix::fs::FileExt;
     let initrd = vec![1u8; (1 << 20) + 17];
-    for component in ["kernel", "initrd"] {
+    // The first byte (the ELF magic: the kernel is then read whole; the initrd's first
+    // chunk), one in the header's program table, and the last byte (read last).
+    let cases = [
+        ("kernel", 0u64),
+        ("kernel", 64 + 24),
+        ("kernel", u64::MAX),
+        ("initrd", 5),
+        ("initrd", u64::MAX),
+    ];
+    for (component, position) in cases {
         let c = case(&elf("e820"), &initrd, None);
         let cfg = VmConfig::from_json(&c.bundle_cfg.to_string()).unwrap();
         let inputs = read_inputs(&cfg, StateUse::Record).unwrap();
@@ -190,8 +268,7 @@ fn a_kernel_or_initrd_changed_after_verification_is_refused_and_records_nothing(
             bulwark_image::ComponentKind::Initrd
         };
         let comp = manifest.component(kind).unwrap();
-        // The last byte: read only in the stream's last chunk.
-        let at = comp.offset + comp.size - 1;
+        let at = comp.offset + position.min(comp.size - 1);
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -201,7 +278,7 @@ fn a_kernel_or_initrd_changed_after_verification_is_refused_and_records_nothing(
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
         let Err(e) = Vm::build(&cfg, &inputs) else {
-            panic!("a changed {component} byte must be refused");
+            panic!("a changed {component} byte at {position} must be refused");
         };
         let e = e.to_string();
         assert!(
