@@ -905,6 +905,7 @@ impl Agent {
         }
         let i = id.to_string();
         let j = jail.clone();
+        let sysfs_root = self.cfg.sysfs_root.clone();
         let (vm, tenant) = self
             .txn(move |t| {
                 let used: HashSet<u32> = t.state.vms.values().filter(|v| v.state.has_vmm()).filter_map(|v| v.jail.as_ref().map(|j| j.uid)).collect();
@@ -917,10 +918,24 @@ impl Agent {
                 if !j.pivot_root {
                     notes.push("mount namespace: private but not pivoted (config jail.pivot_root false): the VMM sees the host files its uid may read".to_string());
                 }
-                if j.cgroup_parent.is_none() {
-                    notes.push("cgroup: none (config jail.cgroup_parent not set)".into());
-                }
-                vm.jail = Some(JailRecord { uid, gid: j.gid, cgroup: j.cgroup_parent.as_ref().map(|p| p.join(&i).display().to_string()), notes });
+                let numa = match &j.cgroup_parent {
+                    None => {
+                        notes.push("cgroup: none (config jail.cgroup_parent not set)".into());
+                        None
+                    }
+                    Some(parent) => {
+                        let devices: Vec<(String, Option<i32>)> = vm.devices.iter().map(|a| (a.clone(), t.state.devices.get(a).and_then(|d| d.numa_node))).collect();
+                        let controllers = std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+                        match vmm::numa_placement(&sysfs_root, &devices, &controllers) {
+                            Ok(p) => p,
+                            Err(why) => {
+                                notes.push(format!("NUMA placement: none ({why})"));
+                                None
+                            }
+                        }
+                    }
+                };
+                vm.jail = Some(JailRecord { uid, gid: j.gid, cgroup: j.cgroup_parent.as_ref().map(|p| p.join(&i).display().to_string()), notes, numa });
                 t.state.vms.insert(i.clone(), vm.clone());
                 Ok((vm, tenant))
             })

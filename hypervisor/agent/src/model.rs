@@ -188,6 +188,17 @@ pub struct JailRecord {
     pub gid: u32,
     pub cgroup: Option<String>,
     pub notes: Vec<String>,
+    /// The NUMA node the VMM's threads and memory are confined to (its cgroup's
+    /// cpuset): the node of the VM's assigned devices, when they share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<NumaPlacement>,
+}
+
+/// A NUMA node and its CPUs (the kernel's list form, e.g. `0-15,32-47`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumaPlacement {
+    pub node: u32,
+    pub cpus: String,
 }
 
 /// Who the node belongs to.

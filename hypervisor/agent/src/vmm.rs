@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::client;
 use crate::config::JailConfig;
 use crate::error::{Error, Kind, Result};
-use crate::model::{Tenant, Vm};
+use crate::model::{NumaPlacement, Tenant, Vm};
 
 /// Where a VM's files live: `<state-dir>/vms/<id>/`.
 #[derive(Debug, Clone)]
@@ -192,6 +192,58 @@ pub fn vmm_config(
     })
 }
 
+/// Where VM `vm`'s VMM runs: the NUMA node of all its assigned devices (`devices`:
+/// each one's address and the node the kernel reports), with that node's CPUs from
+/// `sysfs_root/devices/system/node/nodeN/cpulist`, so that its vCPUs and guest memory
+/// sit next to its GPUs. `Ok(None)` for a VM without devices; `Err(why)` when there is
+/// no single node to place it on or `cgroup_controllers` (the cgroup parent's) lacks
+/// `cpuset`.
+pub fn numa_placement(
+    sysfs_root: &Path,
+    devices: &[(String, Option<i32>)],
+    cgroup_controllers: &str,
+) -> std::result::Result<Option<NumaPlacement>, String> {
+    let mut nodes = std::collections::BTreeSet::new();
+    for (addr, node) in devices {
+        match node {
+            Some(n) if *n >= 0 => {
+                nodes.insert(*n as u32);
+            }
+            _ => return Err(format!("the kernel reports no NUMA node for {addr}")),
+        }
+    }
+    let node = match nodes.len() {
+        0 => return Ok(None),
+        1 => *nodes.first().unwrap_or(&0),
+        _ => {
+            let list: Vec<String> = nodes.iter().map(u32::to_string).collect();
+            return Err(format!(
+                "the VM's devices are on NUMA nodes {}",
+                list.join(" and ")
+            ));
+        }
+    };
+    if !cgroup_controllers.split_whitespace().any(|c| c == "cpuset") {
+        return Err(format!(
+            "cgroup v2 controller cpuset is not enabled in the cgroup parent (controllers: {:?})",
+            cgroup_controllers.trim()
+        ));
+    }
+    let path = sysfs_root.join(format!("devices/system/node/node{node}/cpulist"));
+    let cpus = std::fs::read_to_string(&path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    if cpus.is_empty()
+        || !cpus
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
+    {
+        return Err(format!("{} holds {cpus:?}, not a CPU list", path.display()));
+    }
+    Ok(Some(NumaPlacement { node, cpus }))
+}
+
 /// A cgroup v2 for one VM: created with its limits; the VMM joins it before exec.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -221,7 +273,15 @@ impl Cgroup {
                 ));
             }
         }
-        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory +pids");
+        let numa = vm.jail.as_ref().and_then(|j| j.numa.as_ref());
+        let _ = std::fs::write(
+            parent.join("cgroup.subtree_control"),
+            if numa.is_some() {
+                "+cpu +memory +pids +cpuset"
+            } else {
+                "+cpu +memory +pids"
+            },
+        );
         let dir = parent.join(&vm.id);
         // A leftover from an earlier run is removed; a busy one (processes in it) refuses.
         if dir.exists() {
@@ -238,14 +298,19 @@ impl Cgroup {
         std::fs::create_dir(&dir)
             .map_err(|e| err(format!("creating cgroup {}", dir.display()), e))?;
         let mem = (u64::from(vm.mem_mib) + 256) << 20;
-        for (f, v) in [
+        let mut limits = vec![
             (
                 "cpu.max",
                 format!("{} 100000", u64::from(vm.vcpus) * 100_000),
             ),
             ("memory.max", mem.to_string()),
             ("pids.max", pids_max.to_string()),
-        ] {
+        ];
+        if let Some(p) = numa {
+            limits.push(("cpuset.cpus", p.cpus.clone()));
+            limits.push(("cpuset.mems", p.node.to_string()));
+        }
+        for (f, v) in limits {
             std::fs::write(dir.join(f), v)
                 .map_err(|e| err(format!("writing {}/{f}", dir.display()), e))?;
         }
@@ -580,6 +645,92 @@ mod tests {
             ports: Vec::new(),
             scratch_mib: 0,
         }
+    }
+
+    #[test]
+    fn a_vm_is_placed_on_the_numa_node_of_its_devices() {
+        let sys = tempfile::tempdir().unwrap();
+        let node1 = sys.path().join("devices/system/node/node1");
+        std::fs::create_dir_all(&node1).unwrap();
+        std::fs::write(node1.join("cpulist"), "16-31,48-63\n").unwrap();
+        let all = "cpuset cpu io memory pids";
+        let dev = |a: &str, n: Option<i32>| (a.to_string(), n);
+        let placed = numa_placement(
+            sys.path(),
+            &[dev("0000:41:00.0", Some(1)), dev("0000:41:00.1", Some(1))],
+            all,
+        );
+        assert_eq!(
+            placed,
+            Ok(Some(NumaPlacement {
+                node: 1,
+                cpus: "16-31,48-63".into()
+            }))
+        );
+        assert_eq!(numa_placement(sys.path(), &[], all), Ok(None), "no devices");
+        let why =
+            |d: &[(String, Option<i32>)], c: &str| numa_placement(sys.path(), d, c).unwrap_err();
+        assert!(why(
+            &[dev("0000:01:00.0", Some(0)), dev("0000:41:00.0", Some(1))],
+            all
+        )
+        .contains("NUMA nodes 0 and 1"));
+        for unknown in [None, Some(-1)] {
+            assert!(
+                why(&[dev("0000:01:00.0", unknown)], all).contains("no NUMA node for 0000:01:00.0")
+            );
+        }
+        assert!(why(&[dev("0000:01:00.0", Some(1))], "cpu io memory pids")
+            .contains("cpuset is not enabled"));
+        assert!(why(&[dev("0000:01:00.0", Some(2))], all).contains("node2/cpulist"));
+        std::fs::write(node1.join("cpulist"), "0-3; rm -rf /\n").unwrap();
+        assert!(why(&[dev("0000:41:00.0", Some(1))], all).contains("not a CPU list"));
+    }
+
+    #[test]
+    fn the_cgroup_confines_a_placed_vm_to_its_node() {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::write(
+            parent.path().join("cgroup.controllers"),
+            "cpuset cpu memory pids\n",
+        )
+        .unwrap();
+        let mut placed = vm(256);
+        placed.jail = Some(crate::model::JailRecord {
+            uid: 1,
+            gid: 1,
+            cgroup: None,
+            notes: Vec::new(),
+            numa: Some(NumaPlacement {
+                node: 1,
+                cpus: "16-31".into(),
+            }),
+        });
+        let cg = Cgroup::create(parent.path(), &placed, 64).unwrap();
+        let read = |f: &str| std::fs::read_to_string(cg.dir.join(f)).unwrap();
+        assert_eq!(read("cpuset.cpus"), "16-31");
+        assert_eq!(read("cpuset.mems"), "1");
+        assert_eq!(read("cpu.max"), "200000 100000");
+        assert_eq!(
+            std::fs::read_to_string(parent.path().join("cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids +cpuset"
+        );
+        // Unplaced: no cpuset written.
+        drop(cg);
+        Cgroup::remove(parent.path(), "v1");
+        for f in [
+            "cpu.max",
+            "memory.max",
+            "pids.max",
+            "cpuset.cpus",
+            "cpuset.mems",
+            "cgroup.procs",
+        ] {
+            let _ = std::fs::remove_file(parent.path().join("v1").join(f));
+        }
+        Cgroup::remove(parent.path(), "v1");
+        let cg = Cgroup::create(parent.path(), &vm(256), 64).unwrap();
+        assert!(!cg.dir.join("cpuset.cpus").exists());
     }
 
     fn tenant() -> Tenant {
