@@ -458,6 +458,29 @@ fn load_raw(
     })
 }
 
+/// The little-endian `u16` (widened), `u32` and `u64` at byte `at` of `b`; `None`
+/// past its end (offsets checked, never a panic). ELF headers and notes are read
+/// through these.
+pub(crate) fn le_u16(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    )))
+}
+
+/// See [`le_u16`].
+pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// See [`le_u16`].
+pub(crate) fn le_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
 /// Refuses a vmlinux whose PT_LOAD segments would not land wholly in guest RAM at or
 /// above `BOOT_AREA_END` (the loader places each at its `p_paddr`; the boot structures
 /// live below), like the raw path. Parses the ELF64 program headers with checked
@@ -470,18 +493,9 @@ pub(crate) fn check_elf_segments(
     const PT_LOAD: u32 = 1;
     const PHDR_MIN: usize = 56;
     let bad = |what: String| BootError::Kernel(format!("vmlinux ELF: {what}"));
-    let u16_at = |off: usize| -> Option<u64> {
-        let b = kernel.get(off..off.checked_add(2)?)?;
-        Some(u64::from(u16::from_le_bytes([b[0], b[1]])))
-    };
-    let u32_at = |off: usize| -> Option<u32> {
-        let b: [u8; 4] = kernel.get(off..off.checked_add(4)?)?.try_into().ok()?;
-        Some(u32::from_le_bytes(b))
-    };
-    let u64_at = |off: usize| -> Option<u64> {
-        let b: [u8; 8] = kernel.get(off..off.checked_add(8)?)?.try_into().ok()?;
-        Some(u64::from_le_bytes(b))
-    };
+    let u16_at = |off: usize| le_u16(kernel, off);
+    let u32_at = |off: usize| le_u32(kernel, off);
+    let u64_at = |off: usize| le_u64(kernel, off);
     if kernel.len() < 64 || kernel[4] != 2 || kernel[5] != 1 {
         return Err(bad("not a little-endian ELF64 file".into()));
     }

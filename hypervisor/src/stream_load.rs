@@ -17,7 +17,7 @@ use linux_loader::loader::KernelLoaderResult;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::blob::{BlobError, SignedComponent};
-use crate::boot::{check_elf_segments, BootError, Writer};
+use crate::boot::{check_elf_segments, le_u16, le_u32, le_u64, BootError, Writer};
 use crate::layout::{MemoryLayout, HIMEM_START};
 
 /// Largest note segment streamed (the PVH note is a few hundred bytes).
@@ -221,20 +221,6 @@ fn place(first: &[u8], len: u64, layout: &MemoryLayout, acpi: bool) -> Placement
         bzimage_plan(first, len, layout)
     };
     planned.unwrap_or_else(|| Placement::Whole(Vec::new()))
-}
-
-fn le_u16(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from(u16::from_le_bytes(
-        b.get(at..at + 2)?.try_into().ok()?,
-    )))
-}
-
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 /// The segments of a vmlinux whose header and program headers lie in `first`, with
